@@ -1,0 +1,48 @@
+//! `pgdr cat KEY`: any stored object's plaintext on stdout — the emergency exit, e.g.
+//! `pgdr cat LABEL/databases/app.dump | pg_restore -d app`.
+
+use anyhow::Result;
+
+use super::Ctx;
+use crate::cli::CatArgs;
+use crate::exit::Exit;
+use crate::pipeline;
+use crate::repo::{self, BackupLabel, layout};
+use crate::storage::{self, ObjectKey};
+use crate::usage;
+
+/// `LABEL/...` is short for `backups/LABEL/...`.
+fn object_key(raw: &str) -> Result<ObjectKey> {
+    let raw = raw.trim_start_matches('/');
+    let full = match raw.split_once('/') {
+        Some((first, rest)) if first.parse::<BackupLabel>().is_ok() => {
+            layout::backup_object(&first.parse().expect("checked"), rest).to_string()
+        }
+        _ if raw.parse::<BackupLabel>().is_ok() => {
+            return Err(usage!("{raw} is a backup, not an object; try {raw}/manifest.json"));
+        }
+        _ => raw.to_string(),
+    };
+    ObjectKey::new(full).map_err(|e| usage!("{e}"))
+}
+
+pub async fn run(ctx: &Ctx, args: CatArgs) -> Result<Exit> {
+    let key = object_key(&args.key)?;
+    let storage = storage::open(&ctx.config.repository, &ctx.config.cluster).await?;
+    if key == layout::repo_info() {
+        // The one plaintext object.
+        let data = storage.get(&key).await?;
+        use std::io::Write;
+        std::io::stdout().write_all(&data)?;
+        return Ok(Exit::Success);
+    }
+    let keys = repo::load_keyring(&ctx.config)?;
+    let stdout = std::io::stdout();
+    pipeline::load_to_writer(&storage, &key, stdout, &keys, None, None)
+        .await
+        .map_err(|e| match e.downcast_ref::<storage::StorageError>() {
+            Some(storage::StorageError::NotFound(_)) => usage!("{key} does not exist in {}", storage.describe()),
+            _ => e,
+        })?;
+    Ok(Exit::Success)
+}

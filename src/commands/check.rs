@@ -1,0 +1,272 @@
+//! `pgdr check`: the pre-flight checks of the user's plan, for pgdr's part — one line
+//! per check, ✓ or ✗ (⚠ for things to look at that are not failures); exit 1 if any
+//! check failed.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Result;
+use bytes::Bytes;
+use chrono::Utc;
+use serde_json::json;
+
+use super::Ctx;
+use crate::cli::CheckArgs;
+use crate::config::RepoUrl;
+use crate::exit::Exit;
+use crate::postgres::{PgTarget, PgTools, server};
+use crate::progress::human_bytes;
+use crate::repo::{self, catalog, info, layout};
+use crate::storage::{self, DynStorage, PutMode, local};
+
+/// Below this, free space is reported as a failure.
+const MIN_FREE: u64 = 1 << 30;
+/// Orphans untouched for this long are stale, not a backup in progress.
+const ORPHAN_AGE: Duration = Duration::from_secs(3600);
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Status {
+    Ok,
+    Warn,
+    Fail,
+}
+
+struct Report {
+    lines: Vec<(Status, String, String)>,
+}
+
+impl Report {
+    fn add(&mut self, status: Status, name: &str, detail: impl Into<String>) {
+        self.lines.push((status, name.to_string(), detail.into()));
+    }
+
+    fn result<T>(&mut self, name: &str, r: Result<T>, ok: impl FnOnce(&T) -> String) -> Option<T> {
+        match r {
+            Ok(v) => {
+                self.add(Status::Ok, name, ok(&v));
+                Some(v)
+            }
+            Err(e) => {
+                self.add(Status::Fail, name, format!("{e:#}"));
+                None
+            }
+        }
+    }
+}
+
+/// Free bytes on the filesystem holding `path` (or its nearest existing parent).
+pub fn free_bytes(path: &Path) -> Option<u64> {
+    let mut p = path.to_path_buf();
+    while !p.exists() {
+        p = p.parent()?.to_path_buf();
+    }
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: statvfs writes into the zeroed struct we own; the path is NUL-terminated.
+    unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        if libc::statvfs(c.as_ptr(), &mut st) != 0 {
+            return None;
+        }
+        Some(st.f_bavail as u64 * st.f_frsize as u64)
+    }
+}
+
+pub async fn run(ctx: &Ctx, args: CheckArgs) -> Result<Exit> {
+    let config = &ctx.config;
+    let mut report = Report { lines: Vec::new() };
+    report.add(Status::Ok, "configuration", format!("loaded from {}", config.source));
+
+    // PostgreSQL and its tools.
+    let target = PgTarget::from_config(config.postgres.url.as_deref());
+    let server_info = match target {
+        Ok(target) => {
+            let connected = async {
+                let client = target.connect(None).await?;
+                server::server_info(&client).await
+            }
+            .await;
+            report.result("postgres", connected, |s| {
+                format!("PostgreSQL {} reachable at {}", s.version, target.describe())
+            })
+        }
+        Err(e) => {
+            report.add(Status::Fail, "postgres", format!("{e:#}"));
+            None
+        }
+    };
+    let tools = PgTools::locate(config.postgres.bin_dir.as_deref()).and_then(|t| Ok((t.major_version()?, t)));
+    if let Some((major, _)) = report.result("tools", tools, |(m, _)| format!("pg_dump {m}")) {
+        if let Some(s) = &server_info {
+            if major == s.major() {
+                report.add(Status::Ok, "versions", format!("server and client tools are both PostgreSQL {major}"));
+            } else if major > s.major() {
+                report.add(
+                    Status::Warn,
+                    "versions",
+                    format!("client tools {major} are newer than server {}; dumps work, but prefer matching versions", s.major()),
+                );
+            } else {
+                report.add(
+                    Status::Fail,
+                    "versions",
+                    format!("client tools {major} are older than server {} — set [postgres] bin_dir to version {} tools", s.major(), s.major()),
+                );
+            }
+        }
+    }
+
+    // Repository: reachable, ours, writable; key.
+    let storage = storage::open(&config.repository, &config.cluster).await;
+    let storage: Option<DynStorage> = report.result("repository", storage, |s| format!("{} opened", s.describe()));
+    if let Some(storage) = &storage {
+        let found = info::read(storage).await;
+        match found {
+            Ok(Some(info)) => {
+                report.add(Status::Ok, "repository", format!("repo.json found (cluster {:?}, PostgreSQL {})", info.cluster, info.pg_major));
+                if let Some(s) = &server_info {
+                    if s.system_identifier == info.system_identifier {
+                        report.add(Status::Ok, "identity", format!("repository belongs to this cluster ({})", info.system_identifier));
+                    } else {
+                        report.add(
+                            Status::Fail,
+                            "identity",
+                            format!(
+                                "repository belongs to system identifier {}, the server is {} — wrong repository or cluster name",
+                                info.system_identifier, s.system_identifier
+                            ),
+                        );
+                    }
+                }
+                match repo::load_keyring(config) {
+                    Ok(keys) => {
+                        if keys.primary().id().to_hex() == info.key_id {
+                            report.add(Status::Ok, "key", format!("repository key present and matching (id {})", info.key_id));
+                        } else {
+                            report.add(
+                                Status::Fail,
+                                "key",
+                                format!(
+                                    "the configured key (id {}) is not this repository's key (id {}) — check key_file / PGDR_KEY",
+                                    keys.primary().id().to_hex(),
+                                    info.key_id
+                                ),
+                            );
+                        }
+                    }
+                    Err(e) => report.add(Status::Fail, "key", format!("{e:#}")),
+                }
+            }
+            Ok(None) => report.add(Status::Fail, "repository", "no repo.json — run `pgdr init`"),
+            Err(e) => report.add(Status::Fail, "repository", format!("{e:#}")),
+        }
+        let probe = layout::write_probe();
+        let written = async {
+            storage.put(&probe, Bytes::from_static(b"pgdr write probe"), PutMode::CreateNew).await?;
+            storage.delete(std::slice::from_ref(&probe)).await?;
+            anyhow::Ok(())
+        }
+        .await;
+        report.result("writable", written, |_| "repository accepts writes and deletes".to_string());
+    }
+
+    // Disk space where pgdr writes locally.
+    let mut places = vec![("temp", std::env::temp_dir())];
+    if let Ok(RepoUrl::Local(path)) = config.repository.parsed_url() {
+        places.push(("repository disk", path));
+    }
+    for (name, path) in places {
+        match free_bytes(&path) {
+            Some(free) if free >= MIN_FREE => {
+                report.add(Status::Ok, name, format!("{} free at {}", human_bytes(free), path.display()))
+            }
+            Some(free) => report.add(
+                Status::Fail,
+                name,
+                format!("only {} free at {} (want at least {})", human_bytes(free), path.display(), human_bytes(MIN_FREE)),
+            ),
+            None => report.add(Status::Fail, name, format!("cannot read free space at {}", path.display())),
+        }
+    }
+
+    // Orphans: objects of backups that never got a manifest.
+    if let Some(storage) = &storage {
+        match catalog::scan(storage).await {
+            Ok(scan) => {
+                let now = Utc::now();
+                let stale = |o: &catalog::Orphan| {
+                    o.newest.is_none_or(|t| (now - t).to_std().unwrap_or_default() > ORPHAN_AGE)
+                };
+                if scan.orphans.is_empty() {
+                    report.add(Status::Ok, "orphans", format!("{} complete backup(s), no orphans", scan.complete.len()));
+                } else if args.clean_orphans {
+                    let (old, recent): (Vec<_>, Vec<_>) = scan.orphans.iter().partition(|o| stale(o));
+                    let keys: Vec<_> = old.iter().flat_map(|o| o.objects.iter().cloned()).collect();
+                    match storage.delete(&keys).await {
+                        Ok(()) => report.add(
+                            Status::Ok,
+                            "orphans",
+                            format!(
+                                "removed {} orphaned backup(s); left {} recent one(s) that may still be running",
+                                old.len(),
+                                recent.len()
+                            ),
+                        ),
+                        Err(e) => report.add(Status::Fail, "orphans", format!("removing orphans: {e}")),
+                    }
+                } else {
+                    let names: Vec<String> = scan
+                        .orphans
+                        .iter()
+                        .map(|o| format!("{} ({}{})", o.label, human_bytes(o.bytes), if stale(o) { "" } else { ", recent" }))
+                        .collect();
+                    report.add(
+                        Status::Warn,
+                        "orphans",
+                        format!(
+                            "{} backup(s) without a manifest (failed or running): {} — remove stale ones with `pgdr check --clean-orphans`",
+                            names.len(),
+                            names.join(", ")
+                        ),
+                    );
+                }
+            }
+            Err(e) => report.add(Status::Fail, "orphans", format!("{e:#}")),
+        }
+        if let Ok(RepoUrl::Local(path)) = config.repository.parsed_url() {
+            let temps = local::stale_temp_files(&path.join(&config.cluster));
+            if !temps.is_empty() {
+                report.add(
+                    Status::Warn,
+                    "temp files",
+                    format!("{} leftover temporary file(s) from interrupted writes, e.g. {}", temps.len(), temps[0].display()),
+                );
+            }
+        }
+    }
+
+    let failed = report.lines.iter().any(|(s, _, _)| *s == Status::Fail);
+    if ctx.json {
+        let checks: Vec<_> = report
+            .lines
+            .iter()
+            .map(|(s, name, detail)| {
+                json!({
+                    "check": name,
+                    "status": match s { Status::Ok => "ok", Status::Warn => "warning", Status::Fail => "failed" },
+                    "detail": detail,
+                })
+            })
+            .collect();
+        ctx.print_json(&json!({"ok": !failed, "checks": checks}));
+    } else {
+        for (status, name, detail) in &report.lines {
+            let mark = match status {
+                Status::Ok => "✓",
+                Status::Warn => "⚠",
+                Status::Fail => "✗",
+            };
+            println!("{mark} {name}: {detail}");
+        }
+    }
+    Ok(if failed { Exit::Failure } else { Exit::Success })
+}

@@ -1,0 +1,57 @@
+//! `pgdr list`: complete backups, newest first. A backup without a manifest does not
+//! exist here (`pgdr check` reports those as orphans).
+
+use anyhow::Result;
+use serde_json::json;
+
+use super::Ctx;
+use crate::cli::ListArgs;
+use crate::exit::Exit;
+use crate::progress::human_bytes;
+use crate::repo::Repo;
+
+pub async fn run(ctx: &Ctx, _args: ListArgs) -> Result<Exit> {
+    let repo = Repo::open(&ctx.config).await?;
+    let manifests = repo.manifests().await?;
+    if ctx.json {
+        let rows: Vec<_> = manifests
+            .iter()
+            .map(|m| {
+                json!({
+                    "label": m.label,
+                    "kind": m.kind,
+                    "tags": m.tags,
+                    "start_time": m.start_time,
+                    "stop_time": m.stop_time,
+                    "pg_version": m.pg_version,
+                    "stored_bytes": m.stored_size(),
+                    "plain_bytes": m.plain_size(),
+                    "databases": m.databases.iter().map(|d| &d.name).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        ctx.print_json(&json!(rows));
+        return Ok(Exit::Success);
+    }
+    if manifests.is_empty() {
+        println!("no backups in {} yet — run `pgdr backup`", repo.storage.describe());
+        return Ok(Exit::Success);
+    }
+    println!("{:<20} {:<9} {:<20} {:>10}  {:<30} TAGS", "LABEL", "KIND", "TIME (UTC)", "SIZE", "DATABASES");
+    for m in &manifests {
+        let mut dbs = m.databases.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(",");
+        if dbs.chars().count() > 30 {
+            dbs = format!("{}…", dbs.chars().take(29).collect::<String>());
+        }
+        println!(
+            "{:<20} {:<9} {:<20} {:>10}  {:<30} {}",
+            m.label.as_str(),
+            m.kind.to_string(),
+            m.start_time.format("%Y-%m-%d %H:%M:%S").to_string(),
+            human_bytes(m.stored_size()),
+            dbs,
+            m.tags.join(",")
+        );
+    }
+    Ok(Exit::Success)
+}

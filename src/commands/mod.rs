@@ -1,0 +1,48 @@
+//! One file per verb. Each is a thin composition of config, repo, pipeline, storage
+//! and postgres; none of them juggles channels or formats object keys by hand.
+
+mod backup;
+mod cat;
+mod check;
+mod init;
+mod list;
+mod restore;
+
+use anyhow::Result;
+
+use crate::cli::{Cli, Command};
+use crate::config::Config;
+use crate::exit::Exit;
+
+/// What every command gets: the loaded configuration and the output mode.
+pub struct Ctx {
+    pub config: Config,
+    pub json: bool,
+}
+
+impl Ctx {
+    /// Print a JSON value on stdout (for `--json`).
+    pub fn print_json(&self, value: &serde_json::Value) {
+        println!("{}", serde_json::to_string_pretty(value).expect("JSON serialises"));
+    }
+}
+
+pub async fn run(cli: Cli) -> Result<Exit> {
+    let config = Config::load(cli.config.as_deref());
+    // `init --generate-key` may run before a configuration exists.
+    if let Command::Init(args) = &cli.command
+        && config.is_err()
+        && args.generate_key.is_some()
+    {
+        return init::generate_only(args, cli.json);
+    }
+    let ctx = Ctx { config: config?, json: cli.json };
+    match cli.command {
+        Command::Init(args) => init::run(&ctx, args).await,
+        Command::Check(args) => check::run(&ctx, args).await,
+        Command::Backup(args) => backup::run(&ctx, args).await,
+        Command::List(args) => list::run(&ctx, args).await,
+        Command::Restore(args) => restore::run(&ctx, args).await,
+        Command::Cat(args) => cat::run(&ctx, args).await,
+    }
+}

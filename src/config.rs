@@ -1,0 +1,309 @@
+//! Configuration: one TOML file (`--config` or `PGDR_CONFIG`), every field overridable
+//! by a `PGDR_<SECTION>_<KEY>` environment variable. Unknown keys and bad values are
+//! rejected with the file, the key and what was expected. Parsing happens once, here.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::Deserialize;
+
+use crate::usage;
+
+/// Environment variables that carry something other than a config field.
+const RESERVED_ENV: &[&str] = &["PGDR_CONFIG", "PGDR_KEY", "PGDR_LOG", "PGDR_LOG_FORMAT"];
+const SECTIONS: &[&str] = &["postgres", "repository", "retention"];
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Name of this cluster's area in the repository.
+    #[serde(default = "default_cluster")]
+    pub cluster: String,
+    #[serde(default)]
+    pub postgres: PostgresConfig,
+    pub repository: RepositoryConfig,
+    #[serde(default)]
+    pub retention: RetentionConfig,
+    /// Where the configuration came from, for messages.
+    #[serde(skip)]
+    pub source: String,
+}
+
+fn default_cluster() -> String {
+    "main".to_string()
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// A libpq URL or key=value string; libpq's PG* variables and .pgpass also work.
+    pub url: Option<String>,
+    /// Where PostgreSQL's tools live; default: PATH, then `pg_config --bindir`.
+    pub bin_dir: Option<PathBuf>,
+    /// The data directory, for physical backups on the database host.
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepositoryConfig {
+    /// `file:///path` or `s3://bucket/prefix`.
+    pub url: String,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    #[serde(default)]
+    pub force_path_style: bool,
+    /// File holding the repository key (64 hex characters); or `PGDR_KEY`.
+    pub key_file: Option<PathBuf>,
+    /// zstd level, 1..=19.
+    #[serde(default = "default_level")]
+    pub compress_level: i32,
+    /// zstd worker threads; 0 means one per core.
+    #[serde(default)]
+    pub compress_threads: u32,
+    /// Multipart part size in bytes (at least 5 MiB).
+    pub s3_part_size: Option<u64>,
+    /// Attempts per S3 request, including the first.
+    #[serde(default = "default_attempts")]
+    pub s3_max_attempts: u32,
+}
+
+fn default_level() -> i32 {
+    3
+}
+
+fn default_attempts() -> u32 {
+    4
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    pub full_days: Option<u32>,
+    pub full_count: Option<u32>,
+    pub logical_days: Option<u32>,
+    pub logical_count: Option<u32>,
+    pub wal_days: Option<u32>,
+}
+
+/// A parsed repository URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RepoUrl {
+    Local(PathBuf),
+    S3 { bucket: String, prefix: String },
+}
+
+impl RepositoryConfig {
+    pub fn parsed_url(&self) -> Result<RepoUrl> {
+        parse_repo_url(&self.url)
+    }
+}
+
+pub fn parse_repo_url(url: &str) -> Result<RepoUrl> {
+    if let Some(path) = url.strip_prefix("file://") {
+        if !path.starts_with('/') {
+            return Err(usage!(
+                "repository.url {url:?} must name an absolute path, e.g. file:///var/lib/pgdr/repo"
+            ));
+        }
+        return Ok(RepoUrl::Local(PathBuf::from(path)));
+    }
+    if let Some(rest) = url.strip_prefix("s3://") {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(usage!("repository.url {url:?} has no bucket, e.g. s3://backups/prod"));
+        }
+        return Ok(RepoUrl::S3 {
+            bucket: bucket.to_string(),
+            prefix: prefix.trim_matches('/').to_string(),
+        });
+    }
+    Err(usage!(
+        "repository.url {url:?} is not supported: use file:///path or s3://bucket/prefix"
+    ))
+}
+
+impl Config {
+    /// Load from `path` (or `PGDR_CONFIG`), then apply `PGDR_*` overrides. With no file
+    /// at all, the environment alone must supply `PGDR_REPOSITORY_URL`.
+    pub fn load(path: Option<&Path>) -> Result<Config> {
+        let path = path
+            .map(Path::to_path_buf)
+            .or_else(|| std::env::var_os("PGDR_CONFIG").filter(|p| !p.is_empty()).map(PathBuf::from));
+        let (mut table, source) = match &path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| usage!("cannot read the configuration file {}: {e}", path.display()))?;
+                let table: toml::Table = text
+                    .parse()
+                    .map_err(|e: toml::de::Error| usage!("{}: {}", path.display(), one_line(&e.to_string())))?;
+                (table, path.display().to_string())
+            }
+            None => {
+                if std::env::var_os("PGDR_REPOSITORY_URL").is_none() {
+                    return Err(usage!(
+                        "no configuration: pass --config FILE, set PGDR_CONFIG, or set PGDR_REPOSITORY_URL"
+                    ));
+                }
+                (toml::Table::new(), "the environment".to_string())
+            }
+        };
+        apply_env_overrides(&mut table, std::env::vars())?;
+        let config = Config::from_table(table, &source)?;
+        Ok(config)
+    }
+
+    pub fn from_table(table: toml::Table, source: &str) -> Result<Config> {
+        let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = one_line(&e.into_inner().to_string());
+            if path == "." || path.is_empty() {
+                usage!("{source}: {inner}")
+            } else {
+                usage!("{source}: key `{path}`: {inner}")
+            }
+        })?;
+        config.source = source.to_string();
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let src = &self.source;
+        if self.cluster.is_empty()
+            || !self
+                .cluster
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+            || self.cluster.starts_with('.')
+        {
+            return Err(usage!(
+                "{src}: key `cluster`: {:?} must be letters, digits, '-', '_' or '.'",
+                self.cluster
+            ));
+        }
+        self.repository
+            .parsed_url()
+            .with_context(|| format!("{src}: key `repository.url`"))?;
+        if !(1..=19).contains(&self.repository.compress_level) {
+            return Err(usage!(
+                "{src}: key `repository.compress_level`: {} is out of range, expected 1 to 19",
+                self.repository.compress_level
+            ));
+        }
+        if self.repository.s3_max_attempts == 0 {
+            return Err(usage!("{src}: key `repository.s3_max_attempts`: expected at least 1"));
+        }
+        Ok(())
+    }
+
+    /// Where `initdb`-made sandboxes and spools may go.
+    pub fn temp_dir(&self) -> PathBuf {
+        std::env::temp_dir()
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// `PGDR_REPOSITORY_URL=...` sets `repository.url`; `PGDR_CLUSTER` sets `cluster`.
+pub fn apply_env_overrides(table: &mut toml::Table, vars: impl Iterator<Item = (String, String)>) -> Result<()> {
+    for (name, raw) in vars {
+        let Some(rest) = name.strip_prefix("PGDR_") else { continue };
+        if RESERVED_ENV.contains(&name.as_str()) || rest.starts_with("TEST_") {
+            continue;
+        }
+        let rest = rest.to_ascii_lowercase();
+        let (section, key) = match SECTIONS.iter().find(|s| rest.starts_with(&format!("{s}_"))) {
+            Some(section) => (Some(*section), rest[section.len() + 1..].to_string()),
+            None => (None, rest),
+        };
+        let value = env_value(&raw);
+        let target = match section {
+            Some(section) => {
+                let entry = table
+                    .entry(section.to_string())
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                match entry {
+                    toml::Value::Table(t) => t,
+                    _ => return Err(usage!("{name}: `{section}` is not a table in the configuration file")),
+                }
+            }
+            None => &mut *table,
+        };
+        target.insert(key, value);
+    }
+    Ok(())
+}
+
+/// Environment values are strings; numbers and booleans are recognised as such.
+fn env_value(raw: &str) -> toml::Value {
+    if let Ok(b) = raw.parse::<bool>() {
+        return toml::Value::Boolean(b);
+    }
+    if let Ok(i) = raw.parse::<i64>() {
+        return toml::Value::Integer(i);
+    }
+    toml::Value::String(raw.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config> {
+        Config::from_table(text.parse().unwrap(), "test.toml")
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = parse("[repository]\nurl = \"file:///tmp/r\"\n").unwrap();
+        assert_eq!(c.cluster, "main");
+        assert_eq!(c.repository.compress_level, 3);
+        assert_eq!(c.repository.parsed_url().unwrap(), RepoUrl::Local("/tmp/r".into()));
+    }
+
+    #[test]
+    fn unknown_key_names_file_and_key() {
+        let err = parse("[repository]\nurl = \"file:///tmp/r\"\nkeyfile = \"x\"\n").unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.contains("test.toml") && msg.contains("keyfile"), "{msg}");
+    }
+
+    #[test]
+    fn bad_value_names_key() {
+        let err = parse("[repository]\nurl = \"file:///tmp/r\"\ncompress_level = \"high\"\n").unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.contains("repository.compress_level"), "{msg}");
+        let err = parse("[repository]\nurl = \"ftp://x\"\n").unwrap_err();
+        assert!(format!("{err:#}").contains("repository.url"));
+    }
+
+    #[test]
+    fn env_overrides_fields() {
+        let mut t: toml::Table = "[repository]\nurl = \"file:///tmp/r\"\n".parse().unwrap();
+        let vars = vec![
+            ("PGDR_REPOSITORY_URL".to_string(), "s3://b/p".to_string()),
+            ("PGDR_REPOSITORY_FORCE_PATH_STYLE".to_string(), "true".to_string()),
+            ("PGDR_CLUSTER".to_string(), "prod".to_string()),
+            ("PGDR_KEY".to_string(), "secret".to_string()),
+        ];
+        apply_env_overrides(&mut t, vars.into_iter()).unwrap();
+        let c = Config::from_table(t, "x").unwrap();
+        assert_eq!(c.cluster, "prod");
+        assert!(c.repository.force_path_style);
+        assert_eq!(
+            c.repository.parsed_url().unwrap(),
+            RepoUrl::S3 { bucket: "b".into(), prefix: "p".into() }
+        );
+    }
+
+    #[test]
+    fn unknown_env_override_is_rejected() {
+        let mut t: toml::Table = "[repository]\nurl = \"file:///tmp/r\"\n".parse().unwrap();
+        apply_env_overrides(&mut t, vec![("PGDR_REPOSITORY_BOGUS".to_string(), "1".to_string())].into_iter())
+            .unwrap();
+        assert!(Config::from_table(t, "x").is_err());
+    }
+}

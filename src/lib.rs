@@ -1,0 +1,16 @@
+//! pgdr — PostgreSQL backup and disaster recovery.
+//!
+//! Data flows one way: source → pipeline → storage on backup, storage → pipeline → sink
+//! on restore. `storage` moves opaque bytes, `pipeline` compresses and encrypts them,
+//! `repo` knows where things live and what a backup is, `postgres` drives the server and
+//! its tools, and `commands` composes those parts, one file per verb.
+
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod exit;
+pub mod pipeline;
+pub mod postgres;
+pub mod progress;
+pub mod repo;
+pub mod storage;

@@ -1,0 +1,131 @@
+//! Repository keys. The repository key never encrypts data itself: it wraps a fresh
+//! random data key per object. Its id (a hash of the key) is stored in every object
+//! header and in repo.json, so a wrong key is recognised before anything is decrypted.
+//! Several keys can be loaded at once (rotation): the first encrypts, all decrypt.
+
+use std::path::Path;
+
+use aes_gcm::{Aes256Gcm, Key, KeyInit};
+use anyhow::Result;
+use sha2::{Digest, Sha256};
+
+use crate::usage;
+
+pub const KEY_LEN: usize = 32;
+pub const KEY_ID_LEN: usize = 16;
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KeyId(pub [u8; KEY_ID_LEN]);
+
+impl KeyId {
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+impl std::fmt::Debug for KeyId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KeyId({})", self.to_hex())
+    }
+}
+
+/// A repository key. Its bytes are never printed: Debug shows only the id.
+#[derive(Clone)]
+pub struct RepoKey {
+    id: KeyId,
+    cipher: Aes256Gcm,
+}
+
+impl std::fmt::Debug for RepoKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RepoKey({})", self.id.to_hex())
+    }
+}
+
+impl RepoKey {
+    pub fn from_bytes(bytes: &[u8; KEY_LEN]) -> RepoKey {
+        let mut hasher = Sha256::new();
+        hasher.update(b"pgdr key id v1\0");
+        hasher.update(bytes);
+        let digest = hasher.finalize();
+        let mut id = [0u8; KEY_ID_LEN];
+        id.copy_from_slice(&digest[..KEY_ID_LEN]);
+        RepoKey {
+            id: KeyId(id),
+            cipher: Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(bytes)),
+        }
+    }
+
+    /// Parse the textual form: 64 hex characters, surrounding whitespace ignored.
+    /// `origin` names where it came from, for the error (never the key itself).
+    pub fn from_hex(text: &str, origin: &str) -> Result<RepoKey> {
+        let text = text.trim();
+        let bytes = hex::decode(text).ok().filter(|b| b.len() == KEY_LEN).ok_or_else(|| {
+            usage!("{origin} does not hold a repository key: expected 64 hex characters (generate one with `pgdr init --generate-key FILE`)")
+        })?;
+        let mut key = [0u8; KEY_LEN];
+        key.copy_from_slice(&bytes);
+        Ok(RepoKey::from_bytes(&key))
+    }
+
+    pub fn load_file(path: &Path) -> Result<RepoKey> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| usage!("cannot read the repository key file {}: {e}", path.display()))?;
+        RepoKey::from_hex(&text, &format!("the key file {}", path.display()))
+    }
+
+    /// A new random key in its textual form.
+    pub fn generate_hex() -> String {
+        let bytes: [u8; KEY_LEN] = rand::random();
+        hex::encode(bytes)
+    }
+
+    pub fn id(&self) -> KeyId {
+        self.id
+    }
+
+    pub(crate) fn cipher(&self) -> &Aes256Gcm {
+        &self.cipher
+    }
+}
+
+/// The keys in use: the first encrypts new objects; any of them decrypts.
+#[derive(Debug, Clone)]
+pub struct Keyring {
+    keys: Vec<RepoKey>,
+}
+
+impl Keyring {
+    pub fn new(primary: RepoKey) -> Keyring {
+        Keyring { keys: vec![primary] }
+    }
+
+    pub fn add_old(&mut self, key: RepoKey) {
+        if self.get(&key.id()).is_none() {
+            self.keys.push(key);
+        }
+    }
+
+    pub fn primary(&self) -> &RepoKey {
+        &self.keys[0]
+    }
+
+    pub fn get(&self, id: &KeyId) -> Option<&RepoKey> {
+        self.keys.iter().find(|k| &k.id == id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_round_trip_and_stable_id() {
+        let text = RepoKey::generate_hex();
+        let a = RepoKey::from_hex(&format!("{text}\n"), "x").unwrap();
+        let b = RepoKey::from_hex(&text, "x").unwrap();
+        assert_eq!(a.id(), b.id());
+        assert!(!format!("{a:?}").contains(&text));
+        assert!(RepoKey::from_hex("abc", "the key file k").is_err());
+    }
+}

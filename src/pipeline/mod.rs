@@ -1,0 +1,256 @@
+//! The pipeline turns plaintext into stored objects and back, streaming, in bounded
+//! memory. It reads as a list:
+//!
+//! - store: `tally(plain) → zstd → seal → tally(stored) → storage`
+//! - load:  `storage → tally(stored) → open → unzstd → tally(plain) → sink`
+//!
+//! The CPU stages run on a blocking thread; storage runs on the async runtime; a
+//! bounded channel joins them. Commands call `store_*` / `load_*` and never see the
+//! channels.
+
+pub mod keys;
+pub mod seal;
+pub mod tally;
+
+use std::io::{self, Read, Write};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use anyhow::{Context, Result, anyhow};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+pub use keys::{KeyId, Keyring, RepoKey};
+use seal::{Opener, Sealer};
+pub use tally::Tally;
+use tally::{TallyReader, TallyWriter};
+
+use crate::storage::{BodySender, DynStorage, ObjectKey, PutMode, StorageError, body_channel};
+
+const READ_BUF: usize = 1 << 20;
+
+/// Compression settings for new objects.
+#[derive(Debug, Clone, Copy)]
+pub struct Compression {
+    pub level: i32,
+    /// zstd worker threads; 0 compresses on the pipeline thread itself.
+    pub threads: u32,
+}
+
+/// What the pipeline learned about one stored object: it goes into the manifest and
+/// is checked again on every restore.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectRecord {
+    /// Key relative to the backup's directory (e.g. `databases/app.dump`).
+    pub name: String,
+    pub plain: Tally,
+    pub stored: Tally,
+}
+
+/// A blocking writer that forwards bytes into a storage body channel.
+struct ChannelWriter {
+    tx: BodySender,
+}
+
+impl Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.tx.send_blocking(Bytes::copy_from_slice(data))?;
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A blocking reader over a storage download channel.
+struct ChannelReader {
+    rx: mpsc::Receiver<Result<Bytes, StorageError>>,
+    current: Bytes,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                None => return Ok(0),
+                Some(Ok(data)) => self.current = data,
+                Some(Err(e)) => return Err(io::Error::other(e)),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        let _ = self.current.split_to(n);
+        Ok(n)
+    }
+}
+
+fn copy_all<R: Read + ?Sized, W: Write + ?Sized>(r: &mut R, w: &mut W) -> io::Result<u64> {
+    let mut buf = vec![0u8; READ_BUF];
+    let mut total = 0u64;
+    loop {
+        let n = match r.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        w.write_all(&buf[..n])?;
+        total += n as u64;
+    }
+}
+
+/// The producing half of a store: plaintext → zstd → seal → stored bytes.
+fn produce<R: Read>(
+    source: R,
+    out: ChannelWriter,
+    key: &RepoKey,
+    object: &str,
+    compression: Compression,
+    progress: Option<Arc<AtomicU64>>,
+) -> io::Result<(Tally, Tally, ChannelWriter)> {
+    let mut plain = TallyReader::new(source, progress);
+    let stored = TallyWriter::new(out, None);
+    let sealer = Sealer::new(stored, key, object)?;
+    let mut zstd = zstd::stream::write::Encoder::new(sealer, compression.level)?;
+    if compression.threads > 0 {
+        zstd.multithread(compression.threads)?;
+    }
+    copy_all(&mut plain, &mut zstd)?;
+    let sealer = zstd.finish()?;
+    let stored = sealer.finish()?;
+    let (_, plain_tally) = plain.finish();
+    let (out, stored_tally) = stored.finish();
+    Ok((plain_tally, stored_tally, out))
+}
+
+/// Store everything `source` yields as object `key`. `name` is what the manifest
+/// calls it. The object becomes visible only if `source` reaches its end without
+/// error (a reader that reports a failed child process at EOF keeps it invisible).
+pub async fn store_reader<R: Read + Send + 'static>(
+    storage: &DynStorage,
+    key: &ObjectKey,
+    name: &str,
+    source: R,
+    keys: &Keyring,
+    compression: Compression,
+    mode: PutMode,
+    progress: Option<Arc<AtomicU64>>,
+) -> Result<ObjectRecord> {
+    let (tx, rx) = body_channel();
+    let repo_key = keys.primary().clone();
+    let object = key.to_string();
+    let producer = tokio::task::spawn_blocking(move || {
+        let out = ChannelWriter { tx };
+        match produce(source, out, &repo_key, &object, compression, progress) {
+            Ok((plain, stored, out)) => {
+                out.tx.finish_blocking();
+                Ok((plain, stored))
+            }
+            // The sender is dropped with the writer: storage sees an unfinished body
+            // and discards it.
+            Err(e) => Err(e),
+        }
+    });
+    let stored = storage.put_stream(key, rx, mode).await;
+    let produced = producer.await.map_err(|e| anyhow!("pipeline thread failed: {e}"))?;
+    match (produced, stored) {
+        (Ok((plain, stored_tally)), Ok(size)) => {
+            debug_assert_eq!(size, stored_tally.size);
+            Ok(ObjectRecord { name: name.to_string(), plain, stored: stored_tally })
+        }
+        // The storage side failed on its own: its error is the cause.
+        (_, Err(e)) if !matches!(e, StorageError::Source(_)) => Err(e).context(format!("storing {key}")),
+        (Err(e), _) => Err(anyhow::Error::new(e)),
+        (Ok(_), Err(e)) => Err(e).context(format!("storing {key}")),
+    }
+}
+
+/// Store a small in-memory object (manifests, reports).
+pub async fn store_bytes(
+    storage: &DynStorage,
+    key: &ObjectKey,
+    name: &str,
+    data: Vec<u8>,
+    keys: &Keyring,
+    mode: PutMode,
+) -> Result<ObjectRecord> {
+    let compression = Compression { level: 3, threads: 0 };
+    store_reader(storage, key, name, io::Cursor::new(data), keys, compression, mode, None).await
+}
+
+/// Why a load failed, when the stored bytes are at fault (not the sink).
+fn damaged(key: &ObjectKey, err: io::Error) -> anyhow::Error {
+    if let Some(seal) = seal::seal_error(&err) {
+        return anyhow!("{key} {seal}");
+    }
+    if err.kind() == io::ErrorKind::InvalidData || err.kind() == io::ErrorKind::Other {
+        return anyhow!("{key} cannot be read: {err}");
+    }
+    anyhow::Error::new(err)
+}
+
+/// Stream object `key` through open → unzstd into `sink`, checking it against the
+/// manifest's record when one is given. Returns the sink and what was seen.
+pub async fn load_to_writer<W: Write + Send + 'static>(
+    storage: &DynStorage,
+    key: &ObjectKey,
+    sink: W,
+    keys: &Keyring,
+    expect: Option<&ObjectRecord>,
+    progress: Option<Arc<AtomicU64>>,
+) -> Result<(W, Tally, Tally)> {
+    let rx = storage.get_stream(key).await.with_context(|| format!("reading {key}"))?;
+    let keys = keys.clone();
+    let object = key.to_string();
+    let task_key = key.clone();
+    let result = tokio::task::spawn_blocking(move || -> Result<(W, Tally, Tally)> {
+        let stored = TallyReader::new(ChannelReader { rx, current: Bytes::new() }, progress);
+        let opener = Opener::new(stored, &keys, &object).map_err(|e| damaged(&task_key, e))?;
+        let mut unzstd = zstd::stream::read::Decoder::new(opener).map_err(|e| damaged(&task_key, e))?;
+        let mut plain = TallyWriter::new(sink, None);
+        let mut buf = vec![0u8; READ_BUF];
+        loop {
+            let n = match unzstd.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(damaged(&task_key, e)),
+            };
+            plain.write_all(&buf[..n])?;
+        }
+        // The decoder reads on to the end of its input; make sure the opener saw the
+        // sealed end (the flagged last chunk), not just the end of a zstd frame.
+        let mut opener = unzstd.finish().into_inner();
+        let mut rest = Vec::new();
+        opener.read_to_end(&mut rest).map_err(|e| damaged(&task_key, e))?;
+        if !rest.is_empty() {
+            return Err(anyhow!("{task_key} has trailing data after its compressed stream"));
+        }
+        let (_, stored_tally) = opener.into_inner().finish();
+        let (sink, plain_tally) = plain.finish();
+        Ok((sink, plain_tally, stored_tally))
+    })
+    .await
+    .map_err(|e| anyhow!("pipeline thread failed: {e}"))??;
+    if let Some(expect) = expect {
+        let (_, plain, stored) = &result;
+        if stored != &expect.stored || plain != &expect.plain {
+            return Err(anyhow!(
+                "{key} does not match its manifest (stored sha256 {} size {}, manifest says sha256 {} size {}) — the object was replaced or damaged",
+                stored.sha256,
+                stored.size,
+                expect.stored.sha256,
+                expect.stored.size
+            ));
+        }
+    }
+    Ok(result)
+}
+
+/// Load a small object whole.
+pub async fn load_bytes(storage: &DynStorage, key: &ObjectKey, keys: &Keyring) -> Result<Vec<u8>> {
+    let (data, _, _) = load_to_writer(storage, key, Vec::new(), keys, None, None).await?;
+    Ok(data)
+}

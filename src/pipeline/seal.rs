@@ -1,0 +1,367 @@
+//! The stored object format (docs/FORMAT.md): AES-256-GCM in the STREAM construction
+//! (aes-gcm's `stream` support, big-endian 32-bit counter), with a per-object data key
+//! wrapped by the repository key.
+//!
+//! ```text
+//! "PGDR" | format u8 = 1 | key id [16] | wrapped data key [60] | nonce prefix [7] | chunk size u32 BE
+//! chunk 1 .. chunk N: ciphertext + 16-byte tag, every chunk `chunk size` bytes of
+//! plaintext but the last, which is flagged in its nonce and may be shorter (or empty)
+//! ```
+//!
+//! Every chunk is authenticated together with the header and the object's key
+//! (its path inside the cluster's area), so a flipped bit, a truncation, a swapped
+//! header or an object moved to another name fails to open.
+
+use std::io::{self, Read, Write};
+
+use aes_gcm::aead::generic_array::GenericArray;
+use aes_gcm::aead::stream::{DecryptorBE32, EncryptorBE32};
+use aes_gcm::aead::{Aead, AeadCore, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Key};
+
+use super::keys::{KEY_ID_LEN, KEY_LEN, KeyId, Keyring, RepoKey};
+
+pub const MAGIC: &[u8; 4] = b"PGDR";
+pub const FORMAT: u8 = 1;
+/// Plaintext bytes per chunk.
+pub const CHUNK_SIZE: u32 = 1 << 20;
+pub const TAG_LEN: usize = 16;
+const WRAP_NONCE_LEN: usize = 12;
+pub const WRAPPED_KEY_LEN: usize = WRAP_NONCE_LEN + KEY_LEN + TAG_LEN;
+pub const NONCE_PREFIX_LEN: usize = 7;
+pub const HEADER_LEN: usize = 4 + 1 + KEY_ID_LEN + WRAPPED_KEY_LEN + NONCE_PREFIX_LEN + 4;
+/// Largest accepted chunk size when reading, so a damaged header cannot make us
+/// allocate without bound.
+const MAX_CHUNK_SIZE: u32 = 64 << 20;
+
+/// Why an object could not be opened. Converted to `io::Error` (InvalidData) inside
+/// readers; `describe` gives the user-facing sentence.
+#[derive(Debug, thiserror::Error)]
+pub enum SealError {
+    #[error("is not a pgdr object (bad magic) or is truncated inside its header")]
+    NotPgdr,
+    #[error("uses object format {0}, which this pgdr does not know — upgrade pgdr")]
+    UnknownFormat(u8),
+    #[error("was encrypted with key id {0}, which is not the configured repository key — check key_file / PGDR_KEY")]
+    UnknownKey(String),
+    #[error("cannot be opened with the repository key: wrong key, or the header is damaged")]
+    Unwrap,
+    #[error("failed authentication in chunk {0}: the object was modified, truncated or moved")]
+    Chunk(u64),
+    #[error("has an invalid chunk size {0}")]
+    ChunkSize(u32),
+}
+
+impl From<SealError> for io::Error {
+    fn from(e: SealError) -> io::Error {
+        io::Error::new(io::ErrorKind::InvalidData, e)
+    }
+}
+
+fn header_aad(header: &[u8], object: &str) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(header.len() + object.len());
+    aad.extend_from_slice(header);
+    aad.extend_from_slice(object.as_bytes());
+    aad
+}
+
+/// Encrypting writer: plaintext in, the stored format out to `inner`.
+pub struct Sealer<W: Write> {
+    inner: W,
+    encryptor: Option<EncryptorBE32<Aes256Gcm>>,
+    aad: Vec<u8>,
+    buf: Vec<u8>,
+    chunk: usize,
+}
+
+impl<W: Write> Sealer<W> {
+    /// Start an object named `object` (its key, for the AAD); writes the header.
+    pub fn new(mut inner: W, key: &RepoKey, object: &str) -> io::Result<Self> {
+        let data_key: [u8; KEY_LEN] = rand::random();
+        let nonce_prefix: [u8; NONCE_PREFIX_LEN] = rand::random();
+        let wrap_nonce = Aes256Gcm::generate_nonce(&mut rand::rngs::OsRng);
+
+        let mut header = Vec::with_capacity(HEADER_LEN);
+        header.extend_from_slice(MAGIC);
+        header.push(FORMAT);
+        header.extend_from_slice(&key.id().0);
+        let wrap_aad = header.clone();
+        let wrapped = key
+            .cipher()
+            .encrypt(&wrap_nonce, Payload { msg: &data_key, aad: &wrap_aad })
+            .map_err(|_| io::Error::other("cannot wrap the data key"))?;
+        header.extend_from_slice(&wrap_nonce);
+        header.extend_from_slice(&wrapped);
+        header.extend_from_slice(&nonce_prefix);
+        header.extend_from_slice(&CHUNK_SIZE.to_be_bytes());
+        debug_assert_eq!(header.len(), HEADER_LEN);
+        inner.write_all(&header)?;
+
+        let cipher = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&data_key));
+        let encryptor = EncryptorBE32::from_aead(cipher, GenericArray::from_slice(&nonce_prefix));
+        Ok(Sealer {
+            inner,
+            encryptor: Some(encryptor),
+            aad: header_aad(&header, object),
+            buf: Vec::with_capacity(CHUNK_SIZE as usize + TAG_LEN),
+            chunk: CHUNK_SIZE as usize,
+        })
+    }
+
+    fn seal_chunk(&mut self, last: bool) -> io::Result<()> {
+        let mut chunk: Vec<u8> = if last {
+            std::mem::take(&mut self.buf)
+        } else {
+            let rest = self.buf.split_off(self.chunk);
+            std::mem::replace(&mut self.buf, rest)
+        };
+        chunk.reserve(TAG_LEN);
+        let failed = || io::Error::other("encryption failed");
+        if last {
+            let enc = self.encryptor.take().ok_or_else(failed)?;
+            enc.encrypt_last_in_place(&self.aad, &mut chunk).map_err(|_| failed())?;
+        } else {
+            let enc = self.encryptor.as_mut().ok_or_else(failed)?;
+            enc.encrypt_next_in_place(&self.aad, &mut chunk).map_err(|_| failed())?;
+        }
+        self.inner.write_all(&chunk)
+    }
+
+    /// Seal the last chunk and hand back the inner writer.
+    pub fn finish(mut self) -> io::Result<W> {
+        self.seal_chunk(true)?;
+        self.inner.flush()?;
+        Ok(self.inner)
+    }
+}
+
+impl<W: Write> Write for Sealer<W> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        // Keep a full chunk back until more arrives: only `finish` knows which is last.
+        while self.buf.len() > self.chunk {
+            self.seal_chunk(false)?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Read just the header's key id, without decrypting anything.
+pub fn peek_key_id(header: &[u8]) -> Result<KeyId, SealError> {
+    if header.len() < 4 + 1 + KEY_ID_LEN || &header[..4] != MAGIC {
+        return Err(SealError::NotPgdr);
+    }
+    if header[4] != FORMAT {
+        return Err(SealError::UnknownFormat(header[4]));
+    }
+    let mut id = [0u8; KEY_ID_LEN];
+    id.copy_from_slice(&header[5..5 + KEY_ID_LEN]);
+    Ok(KeyId(id))
+}
+
+/// Decrypting reader: the stored format in, plaintext out.
+pub struct Opener<R: Read> {
+    inner: R,
+    decryptor: Option<DecryptorBE32<Aes256Gcm>>,
+    aad: Vec<u8>,
+    chunk: usize,
+    /// Ciphertext read but not yet opened (one chunk plus a look-ahead byte).
+    pending: Vec<u8>,
+    /// Opened plaintext not yet handed out.
+    out: Vec<u8>,
+    out_pos: usize,
+    chunk_no: u64,
+    done: bool,
+}
+
+fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match r.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+impl<R: Read> Opener<R> {
+    /// Read and check the header, unwrap the data key. Fails before any plaintext.
+    pub fn new(mut inner: R, keys: &Keyring, object: &str) -> io::Result<Self> {
+        let mut header = [0u8; HEADER_LEN];
+        if read_full(&mut inner, &mut header)? < HEADER_LEN {
+            return Err(SealError::NotPgdr.into());
+        }
+        let key_id = peek_key_id(&header)?;
+        let key = keys.get(&key_id).ok_or_else(|| SealError::UnknownKey(key_id.to_hex()))?;
+        let mut at = 5 + KEY_ID_LEN;
+        let wrap_nonce = GenericArray::clone_from_slice(&header[at..at + WRAP_NONCE_LEN]);
+        at += WRAP_NONCE_LEN;
+        let wrapped = &header[at..at + KEY_LEN + TAG_LEN];
+        at += KEY_LEN + TAG_LEN;
+        let data_key = key
+            .cipher()
+            .decrypt(&wrap_nonce, Payload { msg: wrapped, aad: &header[..5 + KEY_ID_LEN] })
+            .map_err(|_| SealError::Unwrap)?;
+        let nonce_prefix = &header[at..at + NONCE_PREFIX_LEN];
+        at += NONCE_PREFIX_LEN;
+        let chunk = u32::from_be_bytes(header[at..at + 4].try_into().expect("4 bytes"));
+        if chunk == 0 || chunk > MAX_CHUNK_SIZE {
+            return Err(SealError::ChunkSize(chunk).into());
+        }
+        let cipher = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&data_key));
+        Ok(Opener {
+            inner,
+            decryptor: Some(DecryptorBE32::from_aead(cipher, GenericArray::from_slice(nonce_prefix))),
+            aad: header_aad(&header, object),
+            chunk: chunk as usize,
+            pending: Vec::new(),
+            out: Vec::new(),
+            out_pos: 0,
+            chunk_no: 0,
+            done: false,
+        })
+    }
+
+    /// Open the next chunk into `out`. Returns false at the end of the object.
+    fn open_next(&mut self) -> io::Result<bool> {
+        if self.done {
+            return Ok(false);
+        }
+        let sealed = self.chunk + TAG_LEN;
+        // Fill one sealed chunk plus one byte, to learn whether this chunk is the last.
+        let want = sealed + 1;
+        if self.pending.len() < want {
+            let have = self.pending.len();
+            self.pending.resize(want, 0);
+            let got = read_full(&mut self.inner, &mut self.pending[have..])?;
+            self.pending.truncate(have + got);
+        }
+        self.chunk_no += 1;
+        let last = self.pending.len() <= sealed;
+        let mut chunk = if last {
+            std::mem::take(&mut self.pending)
+        } else {
+            let rest = self.pending.split_off(sealed);
+            std::mem::replace(&mut self.pending, rest)
+        };
+        let bad = SealError::Chunk(self.chunk_no);
+        if last {
+            let dec = self.decryptor.take().ok_or(SealError::Chunk(self.chunk_no))?;
+            dec.decrypt_last_in_place(&self.aad, &mut chunk).map_err(|_| bad)?;
+            self.done = true;
+        } else {
+            let dec = self.decryptor.as_mut().ok_or(SealError::Chunk(self.chunk_no))?;
+            dec.decrypt_next_in_place(&self.aad, &mut chunk).map_err(|_| bad)?;
+        }
+        self.out = chunk;
+        self.out_pos = 0;
+        Ok(true)
+    }
+
+    pub fn into_inner(self) -> R {
+        self.inner
+    }
+}
+
+impl<R: Read> Read for Opener<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.out_pos == self.out.len() {
+            if !self.open_next()? {
+                return Ok(0);
+            }
+        }
+        let n = buf.len().min(self.out.len() - self.out_pos);
+        buf[..n].copy_from_slice(&self.out[self.out_pos..self.out_pos + n]);
+        self.out_pos += n;
+        Ok(n)
+    }
+}
+
+/// The `SealError` inside an I/O error, if that is what it is.
+pub fn seal_error(err: &io::Error) -> Option<&SealError> {
+    err.get_ref().and_then(|e| e.downcast_ref::<SealError>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keyring() -> Keyring {
+        Keyring::new(RepoKey::from_bytes(&[7u8; 32]))
+    }
+
+    fn seal(data: &[u8], keys: &Keyring, name: &str) -> Vec<u8> {
+        let mut s = Sealer::new(Vec::new(), keys.primary(), name).unwrap();
+        // Write in odd-sized pieces to exercise chunk boundaries.
+        for piece in data.chunks(333_333) {
+            s.write_all(piece).unwrap();
+        }
+        s.finish().unwrap()
+    }
+
+    fn open(stored: &[u8], keys: &Keyring, name: &str) -> io::Result<Vec<u8>> {
+        let mut o = Opener::new(stored, keys, name)?;
+        let mut out = Vec::new();
+        o.read_to_end(&mut out)?;
+        Ok(out)
+    }
+
+    #[test]
+    fn round_trips_at_every_boundary() {
+        let keys = keyring();
+        let c = CHUNK_SIZE as usize;
+        for len in [0, 1, c - 1, c, c + 1, 2 * c, 2 * c + 5] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
+            let stored = seal(&data, &keys, "a/b");
+            assert_eq!(open(&stored, &keys, "a/b").unwrap(), data, "len {len}");
+        }
+    }
+
+    #[test]
+    fn flipped_byte_anywhere_fails() {
+        let keys = keyring();
+        let data = vec![42u8; CHUNK_SIZE as usize + 1000];
+        let stored = seal(&data, &keys, "x");
+        for pos in [0, 4, 5, 30, HEADER_LEN - 1, HEADER_LEN, HEADER_LEN + 500, stored.len() - 1] {
+            let mut bad = stored.clone();
+            bad[pos] ^= 0x01;
+            assert!(open(&bad, &keys, "x").is_err(), "flip at {pos} went unnoticed");
+        }
+    }
+
+    #[test]
+    fn truncation_fails_even_at_chunk_boundary() {
+        let keys = keyring();
+        let data = vec![1u8; 2 * CHUNK_SIZE as usize + 10];
+        let stored = seal(&data, &keys, "x");
+        let boundary = HEADER_LEN + CHUNK_SIZE as usize + TAG_LEN;
+        for len in [0, 10, HEADER_LEN, boundary, boundary + 1, stored.len() - 1] {
+            assert!(open(&stored[..len], &keys, "x").is_err(), "truncation to {len} went unnoticed");
+        }
+    }
+
+    #[test]
+    fn wrong_key_and_moved_object_fail() {
+        let keys = keyring();
+        let stored = seal(b"hello", &keys, "x");
+        let other = Keyring::new(RepoKey::from_bytes(&[8u8; 32]));
+        let err = open(&stored, &other, "x").unwrap_err();
+        assert!(matches!(seal_error(&err), Some(SealError::UnknownKey(_))));
+        assert!(open(&stored, &keys, "y").is_err());
+    }
+
+    #[test]
+    fn plaintext_does_not_appear() {
+        let keys = keyring();
+        let marker = b"VERY-SECRET-MARKER-0123456789";
+        let stored = seal(&marker.repeat(1000), &keys, "x");
+        assert!(!stored.windows(marker.len()).any(|w| w == marker));
+    }
+}

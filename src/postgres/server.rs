@@ -1,0 +1,168 @@
+//! Catalog queries pgdr needs: the server's identity and version, its databases, and
+//! exact row counts of every table inside an exported snapshot (the one `pg_dump
+//! --snapshot` then dumps), so a restore can be checked row for row.
+
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+use tokio_postgres::{Client, GenericClient, IsolationLevel};
+
+use super::conn::db_err;
+use super::{PgTarget, quote_ident};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerInfo {
+    pub version: String,
+    pub version_num: u32,
+    pub system_identifier: String,
+}
+
+impl ServerInfo {
+    pub fn major(&self) -> u32 {
+        self.version_num / 10000
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableRows {
+    pub schema: String,
+    pub name: String,
+    pub rows: i64,
+}
+
+pub async fn server_info(client: &Client) -> Result<ServerInfo> {
+    let row = client
+        .query_one(
+            "SELECT current_setting('server_version'), current_setting('server_version_num')::int4, \
+             (SELECT system_identifier FROM pg_control_system())::text",
+            &[],
+        )
+        .await
+        .map_err(db_err("reading the server version and system identifier"))?;
+    let version: String = row.get(0);
+    Ok(ServerInfo {
+        version: version.split_whitespace().next().unwrap_or(&version).to_string(),
+        version_num: row.get::<_, i32>(1) as u32,
+        system_identifier: row.get(2),
+    })
+}
+
+/// Databases a full logical backup covers: every one that accepts connections,
+/// templates excluded.
+pub async fn databases(client: &Client) -> Result<Vec<String>> {
+    let rows = client
+        .query(
+            "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY datname",
+            &[],
+        )
+        .await
+        .map_err(db_err("listing databases"))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Encoding, collation and ctype of a database, to create its restore alike.
+pub async fn database_locale(client: &Client, name: &str) -> Result<(String, String, String)> {
+    let row = client
+        .query_one(
+            "SELECT pg_encoding_to_char(encoding)::text, datcollate::text, datctype::text FROM pg_database WHERE datname = $1",
+            &[&name],
+        )
+        .await
+        .map_err(db_err(format!("reading the settings of database {name:?}")))?;
+    Ok((row.get(0), row.get(1), row.get(2)))
+}
+
+pub async fn database_exists(client: &Client, name: &str) -> Result<bool> {
+    let row = client
+        .query_one("SELECT count(*) FROM pg_database WHERE datname = $1", &[&name])
+        .await
+        .map_err(db_err("looking up a database"))?;
+    Ok(row.get::<_, i64>(0) > 0)
+}
+
+/// Number of user relations (tables, views, sequences…) in the connected database.
+pub async fn user_relation_count(client: &Client) -> Result<i64> {
+    let row = client
+        .query_one(
+            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') \
+               AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp\\_%'",
+            &[],
+        )
+        .await
+        .map_err(db_err("inspecting the target database"))?;
+    Ok(row.get(0))
+}
+
+/// User tables whose rows a dump carries: ordinary tables (partitions included) outside
+/// the system schemas and not owned by an extension.
+const USER_TABLES: &str = "SELECT n.nspname::text, c.relname::text FROM pg_class c \
+     JOIN pg_namespace n ON n.oid = c.relnamespace \
+     WHERE c.relkind = 'r' \
+       AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+       AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp\\_%' \
+       AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass \
+                       AND d.objid = c.oid AND d.deptype = 'e') \
+     ORDER BY 1, 2";
+
+/// Exact row counts of every user table, as seen by `client`'s snapshot.
+pub async fn count_rows<C: GenericClient>(client: &C) -> Result<Vec<TableRows>> {
+    let tables = client.query(USER_TABLES, &[]).await.map_err(db_err("listing tables"))?;
+    let mut out = Vec::with_capacity(tables.len());
+    for row in tables {
+        let schema: String = row.get(0);
+        let name: String = row.get(1);
+        let sql = format!("SELECT count(*) FROM ONLY {}.{}", quote_ident(&schema), quote_ident(&name));
+        let count = client
+            .query_one(&sql, &[])
+            .await
+            .map_err(db_err(format!("counting rows of {schema}.{name}")))?;
+        out.push(TableRows { schema, name, rows: count.get(0) });
+    }
+    Ok(out)
+}
+
+/// Exact row counts of every user table in `dbname`, now.
+pub async fn count_rows_now(target: &PgTarget, dbname: &str) -> Result<Vec<TableRows>> {
+    let mut client = target.connect(Some(dbname)).await?;
+    let tx = client
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(db_err("starting a transaction"))?;
+    let counts = count_rows(&tx).await?;
+    tx.commit().await.map_err(db_err("ending a transaction"))?;
+    Ok(counts)
+}
+
+/// A repeatable-read transaction that exported its snapshot for `pg_dump --snapshot`.
+/// It must stay open until pg_dump has finished importing it; dropping it ends it.
+pub struct ExportedSnapshot {
+    pub client: Client,
+    pub id: String,
+}
+
+impl ExportedSnapshot {
+    pub async fn start(target: &PgTarget, dbname: &str) -> Result<ExportedSnapshot> {
+        let client = target.connect(Some(dbname)).await?;
+        client
+            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await
+            .map_err(db_err("starting the snapshot transaction"))?;
+        let row = client
+            .query_one("SELECT pg_export_snapshot()", &[])
+            .await
+            .map_err(db_err("exporting a snapshot"))?;
+        Ok(ExportedSnapshot { id: row.get(0), client })
+    }
+
+    /// Row counts inside the exported snapshot: exactly what the dump contains.
+    pub async fn count_rows(&self) -> Result<Vec<TableRows>> {
+        count_rows(&self.client).await
+    }
+
+    pub async fn finish(self) -> Result<()> {
+        self.client.batch_execute("COMMIT").await.map_err(db_err("ending the snapshot transaction"))
+    }
+}

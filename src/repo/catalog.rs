@@ -1,0 +1,108 @@
+//! What is in the repository: complete backups (those with a manifest), orphans
+//! (objects under a label with no manifest: a failed or running backup), and how a
+//! user's selector (`LABEL`, `latest`, `tag:T`) picks one.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result};
+use chrono::{DateTime, Utc};
+
+use super::label::{BackupKind, BackupLabel};
+use super::layout;
+use super::manifest::Manifest;
+use crate::pipeline::{self, Keyring};
+use crate::storage::{DynStorage, ObjectKey};
+use crate::usage;
+
+/// Objects under a label that has no manifest.
+#[derive(Debug, Clone)]
+pub struct Orphan {
+    pub label: BackupLabel,
+    pub objects: Vec<ObjectKey>,
+    pub bytes: u64,
+    pub newest: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Default)]
+pub struct Scan {
+    pub complete: Vec<BackupLabel>,
+    pub orphans: Vec<Orphan>,
+}
+
+/// List `backups/` once and sort labels into complete and orphaned.
+pub async fn scan(storage: &DynStorage) -> Result<Scan> {
+    let objects = storage.list(layout::BACKUPS).await?;
+    let mut by_label: BTreeMap<BackupLabel, (bool, Orphan)> = BTreeMap::new();
+    for meta in objects {
+        let Some((label, is_manifest)) = layout::parse_backup_key(&meta.key) else { continue };
+        let entry = by_label.entry(label.clone()).or_insert_with(|| {
+            (false, Orphan { label, objects: Vec::new(), bytes: 0, newest: None })
+        });
+        entry.0 |= is_manifest;
+        entry.1.bytes += meta.size;
+        entry.1.newest = entry.1.newest.max(meta.modified);
+        entry.1.objects.push(meta.key);
+    }
+    let mut scan = Scan::default();
+    for (label, (complete, orphan)) in by_label {
+        if complete {
+            scan.complete.push(label);
+        } else {
+            scan.orphans.push(orphan);
+        }
+    }
+    Ok(scan)
+}
+
+pub async fn load_manifest(storage: &DynStorage, keys: &Keyring, label: &BackupLabel) -> Result<Manifest> {
+    let data = pipeline::load_bytes(storage, &layout::manifest(label), keys).await?;
+    serde_json::from_slice(&data).with_context(|| format!("the manifest of {label} is not valid JSON"))
+}
+
+/// Every complete backup's manifest, newest first (by start time, then label).
+pub async fn load_manifests(storage: &DynStorage, keys: &Keyring) -> Result<Vec<Manifest>> {
+    let scan = scan(storage).await?;
+    let mut manifests = Vec::with_capacity(scan.complete.len());
+    for label in &scan.complete {
+        manifests.push(load_manifest(storage, keys, label).await?);
+    }
+    sort_newest_first(&mut manifests);
+    Ok(manifests)
+}
+
+pub fn sort_newest_first(manifests: &mut [Manifest]) {
+    manifests.sort_by(|a, b| b.start_time.cmp(&a.start_time).then_with(|| b.label.cmp(&a.label)));
+}
+
+/// Pick a backup: a label, `latest`, or `tag:NAME` (the newest with that tag),
+/// optionally only of one kind. `manifests` must be newest first.
+pub fn resolve<'a>(manifests: &'a [Manifest], selector: &str, kind: Option<BackupKind>) -> Result<&'a Manifest> {
+    let of_kind = |m: &&Manifest| kind.is_none_or(|k| m.kind == k);
+    let kind_word = kind.map(|k| format!("{k} ")).unwrap_or_default();
+    if selector == "latest" {
+        return manifests
+            .iter()
+            .find(of_kind)
+            .ok_or_else(|| usage!("there is no {kind_word}backup in the repository yet — run `pgdr backup` first"));
+    }
+    if let Some(tag) = selector.strip_prefix("tag:") {
+        return manifests
+            .iter()
+            .filter(of_kind)
+            .find(|m| m.tags.iter().any(|t| t == tag))
+            .ok_or_else(|| usage!("no {kind_word}backup is tagged {tag:?} — see `pgdr list`"));
+    }
+    let label: BackupLabel = selector
+        .parse()
+        .map_err(|e: String| usage!("--backup {e}; use a label from `pgdr list`, `latest` or `tag:NAME`"))?;
+    let found = manifests
+        .iter()
+        .find(|m| m.label == label)
+        .ok_or_else(|| usage!("backup {label} does not exist (or has no manifest) — see `pgdr list`"))?;
+    if let Some(k) = kind
+        && found.kind != k
+    {
+        return Err(usage!("backup {label} is a {} backup, not {k}", found.kind));
+    }
+    Ok(found)
+}

@@ -1,0 +1,60 @@
+//! `repo.json`: the repository's identity — which PostgreSQL cluster it belongs to
+//! (system identifier), its major version, the format, and the id of its key. It is
+//! the one object stored in plain JSON: it holds no secret, and pgdr must read it to
+//! say "wrong key" or "wrong cluster" before decrypting anything (docs/FORMAT.md).
+
+use anyhow::{Context, Result, anyhow};
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::layout;
+use crate::pipeline::KeyId;
+use crate::storage::{DynStorage, PutMode, StorageError};
+
+pub const REPO_FORMAT: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RepoInfo {
+    pub format: u32,
+    pub cluster: String,
+    pub system_identifier: String,
+    pub pg_major: u32,
+    pub key_id: String,
+    pub created: DateTime<Utc>,
+}
+
+impl RepoInfo {
+    pub fn key_id(&self) -> Result<KeyId> {
+        let bytes = hex::decode(&self.key_id)
+            .ok()
+            .and_then(|b| <[u8; 16]>::try_from(b).ok())
+            .ok_or_else(|| anyhow!("repo.json has a malformed key_id {:?}", self.key_id))?;
+        Ok(KeyId(bytes))
+    }
+}
+
+pub async fn read(storage: &DynStorage) -> Result<Option<RepoInfo>> {
+    match storage.get(&layout::repo_info()).await {
+        Ok(data) => {
+            let info: RepoInfo = serde_json::from_slice(&data)
+                .with_context(|| format!("{}/repo.json is not valid", storage.describe()))?;
+            if info.format > REPO_FORMAT {
+                return Err(anyhow!(
+                    "the repository at {} uses format {}, newer than this pgdr understands ({REPO_FORMAT}) — upgrade pgdr",
+                    storage.describe(),
+                    info.format
+                ));
+            }
+            Ok(Some(info))
+        }
+        Err(StorageError::NotFound(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Write repo.json; fails with `AlreadyExists` if another init won the race.
+pub async fn create(storage: &DynStorage, info: &RepoInfo) -> Result<(), StorageError> {
+    let data = serde_json::to_vec_pretty(info).expect("repo info serialises");
+    storage.put(&layout::repo_info(), Bytes::from(data), PutMode::CreateNew).await
+}

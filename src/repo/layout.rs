@@ -1,0 +1,77 @@
+//! Every object key pgdr uses is built here, and nowhere else (DESIGN.md, repository
+//! layout). Keys are relative to the cluster's area `<root>/<cluster>/`.
+
+use crate::storage::ObjectKey;
+
+use super::label::BackupLabel;
+
+pub const BACKUPS: &str = "backups/";
+const MANIFEST: &str = "manifest.json";
+
+pub fn repo_info() -> ObjectKey {
+    key("repo.json".to_string())
+}
+
+fn key(s: String) -> ObjectKey {
+    ObjectKey::new(s).expect("layout builds valid keys")
+}
+
+pub fn backup_prefix(label: &BackupLabel) -> String {
+    format!("{BACKUPS}{label}/")
+}
+
+/// The commit point of a backup: written last; a backup without it does not exist.
+pub fn manifest(label: &BackupLabel) -> ObjectKey {
+    key(format!("{BACKUPS}{label}/{MANIFEST}"))
+}
+
+/// A data object of a backup, by its name in the manifest.
+pub fn backup_object(label: &BackupLabel, name: &str) -> ObjectKey {
+    key(format!("{BACKUPS}{label}/{name}"))
+}
+
+/// The manifest name of a database's dump. Names are percent-encoded so any database
+/// name (spaces, slashes, UTF-8) makes one safe key component.
+pub fn database_dump_name(database: &str) -> String {
+    let mut out = String::from("databases/");
+    for b in database.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out.push_str(".dump");
+    out
+}
+
+pub fn globals_name() -> &'static str {
+    "globals.sql"
+}
+
+/// `(label, is_manifest)` for a key under `backups/`, if it is one.
+pub fn parse_backup_key(key: &ObjectKey) -> Option<(BackupLabel, bool)> {
+    let rest = key.as_str().strip_prefix(BACKUPS)?;
+    let (label, name) = rest.split_once('/')?;
+    Some((label.parse().ok()?, name == MANIFEST))
+}
+
+/// A throw-away object used by `check` to prove the repository is writable.
+pub fn write_probe() -> ObjectKey {
+    key(format!("locks/check-probe-{}-{:08x}", std::process::id(), rand::random::<u32>()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_stable() {
+        let l: BackupLabel = "20261126T020000Z-L".parse().unwrap();
+        assert_eq!(manifest(&l).as_str(), "backups/20261126T020000Z-L/manifest.json");
+        assert_eq!(database_dump_name("app"), "databases/app.dump");
+        assert_eq!(database_dump_name("my db/ü"), "databases/my%20db%2F%C3%BC.dump");
+        assert_eq!(parse_backup_key(&manifest(&l)), Some((l.clone(), true)));
+        assert_eq!(parse_backup_key(&backup_object(&l, "globals.sql")), Some((l, false)));
+    }
+}

@@ -1,0 +1,75 @@
+//! The manifest: everything a restore needs to know about one backup, written last
+//! as the backup's commit point, encrypted like every other object.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::label::{BackupKind, BackupLabel};
+use crate::pipeline::ObjectRecord;
+use crate::postgres::TableRows;
+
+pub const MANIFEST_FORMAT: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: u32,
+    pub label: BackupLabel,
+    pub kind: BackupKind,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    pub start_time: DateTime<Utc>,
+    pub stop_time: DateTime<Utc>,
+    /// e.g. "15.18"
+    pub pg_version: String,
+    pub pg_version_num: u32,
+    pub system_identifier: String,
+    pub key_id: String,
+    pub compression: CompressionInfo,
+    #[serde(default)]
+    pub databases: Vec<DatabaseEntry>,
+    /// Object name of `pg_dumpall --globals-only` output (roles, tablespaces).
+    #[serde(default)]
+    pub globals: Option<String>,
+    /// Every data object of the backup, with plaintext and stored sizes and hashes.
+    pub objects: Vec<ObjectRecord>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CompressionInfo {
+    pub algorithm: String,
+    pub level: i32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DatabaseEntry {
+    pub name: String,
+    /// Object name of the dump (`pg_dump -Fc`).
+    pub object: String,
+    /// Exact row counts of every table, taken in the dump's own snapshot.
+    pub tables: Vec<TableRows>,
+    /// How the database was created, so a restore can create it the same way.
+    #[serde(default)]
+    pub encoding: Option<String>,
+    #[serde(default)]
+    pub collate: Option<String>,
+    #[serde(default)]
+    pub ctype: Option<String>,
+}
+
+impl Manifest {
+    pub fn object(&self, name: &str) -> Option<&ObjectRecord> {
+        self.objects.iter().find(|o| o.name == name)
+    }
+
+    pub fn database(&self, name: &str) -> Option<&DatabaseEntry> {
+        self.databases.iter().find(|d| d.name == name)
+    }
+
+    pub fn stored_size(&self) -> u64 {
+        self.objects.iter().map(|o| o.stored.size).sum()
+    }
+
+    pub fn plain_size(&self) -> u64 {
+        self.objects.iter().map(|o| o.plain.size).sum()
+    }
+}

@@ -1,0 +1,96 @@
+//! The repository: where things live (`layout`), what a backup is (`label`,
+//! `manifest`), what is there (`catalog`), and the repository's identity (`info`).
+
+pub mod catalog;
+pub mod info;
+pub mod label;
+pub mod layout;
+pub mod manifest;
+
+use anyhow::{Context, Result};
+
+use crate::config::Config;
+use crate::pipeline::{Compression, Keyring, RepoKey};
+use crate::storage::{self, DynStorage};
+use crate::usage;
+
+pub use info::RepoInfo;
+pub use label::{BackupKind, BackupLabel};
+pub use manifest::Manifest;
+
+/// An opened repository: storage, keys and identity, checked against each other.
+#[derive(Debug, Clone)]
+pub struct Repo {
+    pub storage: DynStorage,
+    pub keys: Keyring,
+    pub info: RepoInfo,
+    pub compression: Compression,
+}
+
+/// The repository key: `PGDR_KEY` (hex) if set, else `[repository] key_file`.
+pub fn load_keyring(config: &Config) -> Result<Keyring> {
+    let key = match std::env::var("PGDR_KEY").ok().filter(|k| !k.trim().is_empty()) {
+        Some(text) => RepoKey::from_hex(&text, "PGDR_KEY")?,
+        None => match &config.repository.key_file {
+            Some(path) => RepoKey::load_file(path)?,
+            None => {
+                return Err(usage!(
+                    "no repository key: set [repository] key_file or PGDR_KEY (create one with `pgdr init --generate-key FILE`)"
+                ));
+            }
+        },
+    };
+    Ok(Keyring::new(key))
+}
+
+pub fn compression(config: &Config) -> Compression {
+    let threads = match config.repository.compress_threads {
+        0 => std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1),
+        n => n,
+    };
+    Compression { level: config.repository.compress_level, threads }
+}
+
+impl Repo {
+    /// Open the configured repository: load the key, read repo.json, and refuse a key
+    /// that does not belong to it.
+    pub async fn open(config: &Config) -> Result<Repo> {
+        let keys = load_keyring(config)?;
+        let storage = storage::open(&config.repository, &config.cluster).await?;
+        let info = info::read(&storage).await?.ok_or_else(|| {
+            usage!(
+                "no pgdr repository for cluster {:?} at {} — run `pgdr init` first",
+                config.cluster,
+                storage.describe()
+            )
+        })?;
+        if keys.get(&info.key_id()?).is_none() {
+            return Err(usage!(
+                "the repository key (id {}) is not the key of the repository at {} (id {}) — check key_file / PGDR_KEY",
+                keys.primary().id().to_hex(),
+                storage.describe(),
+                info.key_id
+            ));
+        }
+        Ok(Repo { storage, keys, info, compression: compression(config) })
+    }
+
+    /// Refuse to work for a PostgreSQL cluster other than the repository's own.
+    pub fn check_system_identifier(&self, live: &str) -> Result<()> {
+        if live != self.info.system_identifier {
+            return Err(usage!(
+                "the repository at {} belongs to the cluster with system identifier {}, but the server has {} — point [repository] url or cluster at this server's repository",
+                self.storage.describe(),
+                self.info.system_identifier,
+                live
+            ));
+        }
+        Ok(())
+    }
+
+    pub async fn manifests(&self) -> Result<Vec<Manifest>> {
+        catalog::load_manifests(&self.storage, &self.keys)
+            .await
+            .context("reading the backup catalog")
+    }
+}

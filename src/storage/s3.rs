@@ -1,0 +1,440 @@
+//! S3 backend (aws-sdk-s3). Small objects go up in one PUT; streamed ones as a
+//! multipart upload with a bounded number of parts in flight, aborted on any failure.
+//! The SDK's standard retry mode retries transient errors with backoff, boundedly.
+//! Credentials come only from the environment (AWS conventions): no instance-metadata
+//! lookups, so pgdr never talks to anything but the configured endpoint.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_s3::config::retry::RetryConfig;
+use aws_sdk_s3::config::timeout::TimeoutConfig;
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
+use aws_sdk_s3::Client;
+use bytes::{Bytes, BytesMut};
+use chrono::{DateTime, Utc};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use super::{BodyReceiver, ObjectKey, ObjectMeta, PutMode, Result, Storage, StorageError};
+use crate::config::RepositoryConfig;
+
+/// S3 allows at most 10 000 parts of at least 5 MiB (but the last).
+const MIN_PART_SIZE: usize = 5 << 20;
+const DEFAULT_PART_SIZE: usize = 8 << 20;
+const PARTS_IN_FLIGHT: usize = 2;
+const DELETE_BATCH: usize = 1000;
+
+#[derive(Debug, Clone)]
+pub struct S3Storage {
+    client: Client,
+    bucket: String,
+    prefix: String,
+    endpoint: String,
+    part_size: usize,
+}
+
+impl S3Storage {
+    /// Build a client from the repository settings and the AWS environment variables.
+    pub async fn connect(repo: &RepositoryConfig, bucket: &str, prefix: &str) -> anyhow::Result<Self> {
+        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let (Some(access_key), Some(secret_key)) = (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")) else {
+            return Err(crate::usage!(
+                "S3 credentials are missing: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment"
+            ));
+        };
+        let credentials = Credentials::new(access_key, secret_key, env("AWS_SESSION_TOKEN"), None, "environment");
+        let region = repo
+            .region
+            .clone()
+            .or_else(|| env("AWS_REGION"))
+            .or_else(|| env("AWS_DEFAULT_REGION"))
+            .unwrap_or_else(|| "us-east-1".to_string());
+        let endpoint = repo.endpoint.clone().or_else(|| env("AWS_ENDPOINT_URL"));
+        let mut builder = aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(region.clone()))
+            .credentials_provider(credentials)
+            .force_path_style(repo.force_path_style)
+            .retry_config(
+                RetryConfig::standard()
+                    .with_max_attempts(repo.s3_max_attempts)
+                    .with_initial_backoff(Duration::from_millis(200))
+                    .with_max_backoff(Duration::from_secs(10)),
+            )
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(10))
+                    .read_timeout(Duration::from_secs(120))
+                    .build(),
+            );
+        if let Some(endpoint) = &endpoint {
+            builder = builder.endpoint_url(endpoint);
+        }
+        let part_size = repo.s3_part_size.map(|s| s as usize).unwrap_or(DEFAULT_PART_SIZE).max(MIN_PART_SIZE);
+        Ok(S3Storage {
+            client: Client::from_conf(builder.build()),
+            bucket: bucket.to_string(),
+            prefix: prefix.trim_matches('/').to_string(),
+            endpoint: endpoint.unwrap_or_else(|| format!("AWS {region}")),
+            part_size,
+        })
+    }
+
+    fn full_key(&self, key: &ObjectKey) -> String {
+        format!("{}/{}", self.prefix, key.as_str())
+    }
+
+    fn relative(&self, full: &str) -> Option<String> {
+        full.strip_prefix(&self.prefix)?.strip_prefix('/').map(str::to_string)
+    }
+
+    /// Turn an SDK error into the storage contract's variants, with a message that
+    /// names the endpoint and bucket and says what to check.
+    fn map_err<E>(&self, op: &str, key: &str, err: SdkError<E>) -> StorageError
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let place = format!("s3://{}/{} at {}", self.bucket, self.prefix, self.endpoint);
+        match &err {
+            SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
+                return StorageError::Unreachable(format!(
+                    "cannot reach the S3 endpoint for {place}: {} — check that the server is up and [repository] endpoint",
+                    DisplayErrorContext(&err)
+                ));
+            }
+            SdkError::ResponseError(_) => {
+                return StorageError::Transient(format!("{op} {key}: unreadable reply from {place}: {}", DisplayErrorContext(&err)));
+            }
+            _ => {}
+        }
+        let status = err.raw_response().map(|r| r.status().as_u16());
+        let code = err.code().unwrap_or("").to_string();
+        let message = err.message().unwrap_or("").to_string();
+        match (code.as_str(), status) {
+            ("NoSuchBucket", _) => StorageError::Unreachable(format!(
+                "the bucket {} does not exist at {} — create it or fix [repository] url",
+                self.bucket, self.endpoint
+            )),
+            ("NoSuchKey" | "NotFound", _) | (_, Some(404)) => StorageError::NotFound(key.to_string()),
+            ("PreconditionFailed" | "ConditionalRequestConflict", _) | (_, Some(412)) => {
+                StorageError::AlreadyExists(key.to_string())
+            }
+            ("AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch", _) | (_, Some(403)) => {
+                StorageError::Unreachable(format!(
+                    "access to {place} was denied ({code}) — check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY and the bucket policy"
+                ))
+            }
+            ("SlowDown" | "RequestTimeout" | "InternalError", _) | (_, Some(500 | 502 | 503 | 504)) => {
+                StorageError::Transient(format!("{op} {key} on {place}: {code} {message} (retries exhausted)"))
+            }
+            _ => StorageError::Permanent(format!("{op} {key} on {place}: {}", DisplayErrorContext(&err))),
+        }
+    }
+
+    async fn put_once(&self, key: &ObjectKey, data: Bytes, mode: PutMode) -> Result<()> {
+        let full = self.full_key(key);
+        let mut req = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(&full)
+            .body(ByteStream::from(data));
+        if mode == PutMode::CreateNew {
+            req = req.if_none_match("*");
+        }
+        req.send().await.map_err(|e| self.map_err("PUT", key.as_str(), e))?;
+        Ok(())
+    }
+
+    async fn multipart(&self, key: &ObjectKey, parts: PartReader<'_>, mode: PutMode) -> Result<u64> {
+        let full = self.full_key(key);
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&full)
+            .checksum_algorithm(ChecksumAlgorithm::Crc32)
+            .send()
+            .await
+            .map_err(|e| self.map_err("CreateMultipartUpload", key.as_str(), e))?;
+        let upload_id = created
+            .upload_id()
+            .ok_or_else(|| StorageError::Permanent("S3 returned no upload id".into()))?
+            .to_string();
+        let result = self.upload_parts(key, &full, &upload_id, parts, mode).await;
+        if result.is_err() {
+            // Best effort: the upload is invisible either way; this frees its storage.
+            let _ = self
+                .client
+                .abort_multipart_upload()
+                .bucket(&self.bucket)
+                .key(&full)
+                .upload_id(&upload_id)
+                .send()
+                .await;
+        }
+        result
+    }
+
+    async fn upload_parts(
+        &self,
+        key: &ObjectKey,
+        full: &str,
+        upload_id: &str,
+        mut reader: PartReader<'_>,
+        mode: PutMode,
+    ) -> Result<u64> {
+        let mut in_flight: JoinSet<Result<CompletedPart>> = JoinSet::new();
+        let mut parts = Vec::new();
+        let mut total = 0u64;
+        let mut number = 0i32;
+        while let Some(part) = reader.next_part().await? {
+            number += 1;
+            total += part.len() as u64;
+            while in_flight.len() >= PARTS_IN_FLIGHT {
+                parts.push(join_part(in_flight.join_next().await)?);
+            }
+            let this = self.clone();
+            let key = key.clone();
+            let full = full.to_string();
+            let upload_id = upload_id.to_string();
+            in_flight.spawn(async move {
+                let out = this
+                    .client
+                    .upload_part()
+                    .bucket(&this.bucket)
+                    .key(&full)
+                    .upload_id(&upload_id)
+                    .part_number(number)
+                    .checksum_algorithm(ChecksumAlgorithm::Crc32)
+                    .body(ByteStream::from(part))
+                    .send()
+                    .await
+                    .map_err(|e| this.map_err("UploadPart", key.as_str(), e))?;
+                Ok(CompletedPart::builder()
+                    .part_number(number)
+                    .set_e_tag(out.e_tag().map(str::to_string))
+                    .set_checksum_crc32(out.checksum_crc32().map(str::to_string))
+                    .build())
+            });
+        }
+        while let Some(done) = in_flight.join_next().await {
+            parts.push(join_part(Some(done))?);
+        }
+        parts.sort_by_key(|p| p.part_number());
+        let mut req = self
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(full)
+            .upload_id(upload_id)
+            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build());
+        if mode == PutMode::CreateNew {
+            req = req.if_none_match("*");
+        }
+        req.send()
+            .await
+            .map_err(|e| self.map_err("CompleteMultipartUpload", key.as_str(), e))?;
+        Ok(total)
+    }
+}
+
+/// Cuts a body into parts of `part_size` bytes (the last may be shorter).
+struct PartReader<'a> {
+    body: &'a mut BodyReceiver,
+    buf: BytesMut,
+    part_size: usize,
+    ended: bool,
+}
+
+impl PartReader<'_> {
+    async fn next_part(&mut self) -> Result<Option<Bytes>> {
+        while !self.ended && self.buf.len() < self.part_size {
+            match self.body.next().await? {
+                Some(data) => self.buf.extend_from_slice(&data),
+                None => self.ended = true,
+            }
+        }
+        if self.buf.is_empty() {
+            return Ok(None);
+        }
+        let take = self.buf.len().min(self.part_size);
+        Ok(Some(self.buf.split_to(take).freeze()))
+    }
+}
+
+fn join_part(joined: Option<std::result::Result<Result<CompletedPart>, tokio::task::JoinError>>) -> Result<CompletedPart> {
+    match joined {
+        Some(Ok(part)) => part,
+        Some(Err(e)) => Err(StorageError::Permanent(format!("upload task failed: {e}"))),
+        None => Err(StorageError::Permanent("upload task vanished".into())),
+    }
+}
+
+fn to_utc(t: Option<&aws_smithy_types::DateTime>) -> Option<DateTime<Utc>> {
+    t.and_then(|t| DateTime::<Utc>::from_timestamp(t.secs(), t.subsec_nanos()))
+}
+
+#[async_trait]
+impl Storage for S3Storage {
+    fn describe(&self) -> String {
+        format!("s3://{}/{}", self.bucket, self.prefix)
+    }
+
+    async fn put(&self, key: &ObjectKey, data: Bytes, mode: PutMode) -> Result<()> {
+        self.put_once(key, data, mode).await
+    }
+
+    async fn put_stream(&self, key: &ObjectKey, mut body: BodyReceiver, mode: PutMode) -> Result<u64> {
+        // Buffer up to one part: a small object goes up as a single PUT.
+        let mut buf = BytesMut::new();
+        while buf.len() <= self.part_size {
+            match body.next().await? {
+                Some(data) => buf.extend_from_slice(&data),
+                None => {
+                    let size = buf.len() as u64;
+                    self.put_once(key, buf.freeze(), mode).await?;
+                    return Ok(size);
+                }
+            }
+        }
+        let reader = PartReader {
+            body: &mut body,
+            buf,
+            part_size: self.part_size,
+            ended: false,
+        };
+        self.multipart(key, reader, mode).await
+    }
+
+    async fn get(&self, key: &ObjectKey) -> Result<Bytes> {
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.full_key(key))
+            .send()
+            .await
+            .map_err(|e| self.map_err("GET", key.as_str(), e))?;
+        let data = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| StorageError::Transient(format!("reading {key} from {}: {e}", self.describe())))?;
+        Ok(data.into_bytes())
+    }
+
+    async fn get_stream(&self, key: &ObjectKey) -> Result<mpsc::Receiver<Result<Bytes>>> {
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.full_key(key))
+            .send()
+            .await
+            .map_err(|e| self.map_err("GET", key.as_str(), e))?;
+        let (tx, rx) = mpsc::channel(8);
+        let mut body = out.body;
+        let what = format!("reading {key} from {}", self.describe());
+        tokio::spawn(async move {
+            loop {
+                match body.next().await {
+                    None => return,
+                    Some(Ok(data)) => {
+                        if tx.send(Ok(data)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Some(Err(e)) => {
+                        let _ = tx.send(Err(StorageError::Transient(format!("{what}: {e}")))).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(rx)
+    }
+
+    async fn head(&self, key: &ObjectKey) -> Result<Option<ObjectMeta>> {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(self.full_key(key))
+            .send()
+            .await
+        {
+            Ok(out) => Ok(Some(ObjectMeta {
+                key: key.clone(),
+                size: out.content_length().unwrap_or(0).max(0) as u64,
+                modified: to_utc(out.last_modified()),
+            })),
+            Err(e) => match self.map_err("HEAD", key.as_str(), e) {
+                StorageError::NotFound(_) => Ok(None),
+                other => Err(other),
+            },
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
+        let full_prefix = format!("{}/{}", self.prefix, prefix);
+        let mut out = Vec::new();
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(&full_prefix)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| self.map_err("LIST", prefix, e))?;
+            for object in page.contents() {
+                let Some(rel) = object.key().and_then(|k| self.relative(k)) else { continue };
+                let Ok(key) = ObjectKey::new(rel) else { continue };
+                out.push(ObjectMeta {
+                    key,
+                    size: object.size().unwrap_or(0).max(0) as u64,
+                    modified: to_utc(object.last_modified()),
+                });
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    async fn delete(&self, keys: &[ObjectKey]) -> Result<()> {
+        for batch in keys.chunks(DELETE_BATCH) {
+            let objects = batch
+                .iter()
+                .map(|k| ObjectIdentifier::builder().key(self.full_key(k)).build())
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| StorageError::Permanent(format!("bad delete request: {e}")))?;
+            let delete = Delete::builder()
+                .set_objects(Some(objects))
+                .quiet(true)
+                .build()
+                .map_err(|e| StorageError::Permanent(format!("bad delete request: {e}")))?;
+            let out = self
+                .client
+                .delete_objects()
+                .bucket(&self.bucket)
+                .delete(delete)
+                .send()
+                .await
+                .map_err(|e| self.map_err("DeleteObjects", "batch", e))?;
+            if let Some(err) = out.errors().first() {
+                return Err(StorageError::Permanent(format!(
+                    "deleting {} failed: {} {}",
+                    err.key().unwrap_or("?"),
+                    err.code().unwrap_or(""),
+                    err.message().unwrap_or("")
+                )));
+            }
+        }
+        Ok(())
+    }
+}
