@@ -11,7 +11,12 @@ use crate::exit::{self, Exit};
 use crate::repo::BackupKind;
 
 #[derive(Debug, Parser)]
-#[command(name = "pgdr", version, about = "PostgreSQL backup and disaster recovery", max_term_width = 100)]
+#[command(
+    name = "pgdr",
+    version,
+    about = "PostgreSQL backup and disaster recovery",
+    max_term_width = 100
+)]
 pub struct Cli {
     /// Configuration file (default: $PGDR_CONFIG)
     #[arg(long, global = true, value_name = "FILE")]
@@ -127,7 +132,10 @@ fn init_logging(format: LogFormat) {
         .ok()
         .and_then(|l| l.parse::<tracing::Level>().ok())
         .unwrap_or(tracing::Level::WARN);
-    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr).with_max_level(level).with_target(false);
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(level)
+        .with_target(false);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
@@ -139,7 +147,11 @@ pub fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { Exit::Usage as u8 } else { Exit::Success as u8 });
+            return ExitCode::from(if e.use_stderr() {
+                Exit::Usage as u8
+            } else {
+                Exit::Success as u8
+            });
         }
     };
     init_logging(cli.log_format);

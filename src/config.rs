@@ -127,9 +127,11 @@ impl Config {
     /// Load from `path` (or `PGDR_CONFIG`), then apply `PGDR_*` overrides. With no file
     /// at all, the environment alone must supply `PGDR_REPOSITORY_URL`.
     pub fn load(path: Option<&Path>) -> Result<Config> {
-        let path = path
-            .map(Path::to_path_buf)
-            .or_else(|| std::env::var_os("PGDR_CONFIG").filter(|p| !p.is_empty()).map(PathBuf::from));
+        let path = path.map(Path::to_path_buf).or_else(|| {
+            std::env::var_os("PGDR_CONFIG")
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from)
+        });
         let (mut table, source) = match &path {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
@@ -210,7 +212,9 @@ fn one_line(s: &str) -> String {
 /// `PGDR_REPOSITORY_URL=...` sets `repository.url`; `PGDR_CLUSTER` sets `cluster`.
 pub fn apply_env_overrides(table: &mut toml::Table, vars: impl Iterator<Item = (String, String)>) -> Result<()> {
     for (name, raw) in vars {
-        let Some(rest) = name.strip_prefix("PGDR_") else { continue };
+        let Some(rest) = name.strip_prefix("PGDR_") else {
+            continue;
+        };
         if RESERVED_ENV.contains(&name.as_str()) || rest.starts_with("TEST_") {
             continue;
         }
@@ -227,7 +231,9 @@ pub fn apply_env_overrides(table: &mut toml::Table, vars: impl Iterator<Item = (
                     .or_insert_with(|| toml::Value::Table(toml::Table::new()));
                 match entry {
                     toml::Value::Table(t) => t,
-                    _ => return Err(usage!("{name}: `{section}` is not a table in the configuration file")),
+                    _ => {
+                        return Err(usage!("{name}: `{section}` is not a table in the configuration file"));
+                    }
                 }
             }
             None => &mut *table,
@@ -295,15 +301,21 @@ mod tests {
         assert!(c.repository.force_path_style);
         assert_eq!(
             c.repository.parsed_url().unwrap(),
-            RepoUrl::S3 { bucket: "b".into(), prefix: "p".into() }
+            RepoUrl::S3 {
+                bucket: "b".into(),
+                prefix: "p".into()
+            }
         );
     }
 
     #[test]
     fn unknown_env_override_is_rejected() {
         let mut t: toml::Table = "[repository]\nurl = \"file:///tmp/r\"\n".parse().unwrap();
-        apply_env_overrides(&mut t, vec![("PGDR_REPOSITORY_BOGUS".to_string(), "1".to_string())].into_iter())
-            .unwrap();
+        apply_env_overrides(
+            &mut t,
+            vec![("PGDR_REPOSITORY_BOGUS".to_string(), "1".to_string())].into_iter(),
+        )
+        .unwrap();
         assert!(Config::from_table(t, "x").is_err());
     }
 }

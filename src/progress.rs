@@ -19,7 +19,12 @@ impl Progress {
     /// `total`, when known, turns the spinner into a bar.
     pub fn start(total: Option<u64>) -> Progress {
         let counter = Arc::new(AtomicU64::new(0));
-        let mut progress = Progress { counter: counter.clone(), bar: None, ticker: None, started: Instant::now() };
+        let mut progress = Progress {
+            counter: counter.clone(),
+            bar: None,
+            ticker: None,
+            started: Instant::now(),
+        };
         if !std::io::stderr().is_terminal() {
             return progress;
         }
@@ -30,7 +35,8 @@ impl Progress {
                     .progress_chars("=> "),
             ),
             None => ProgressBar::new_spinner().with_style(
-                ProgressStyle::with_template("{spinner} {msg} {bytes} {bytes_per_sec} {elapsed}").expect("valid template"),
+                ProgressStyle::with_template("{spinner} {msg} {bytes} {bytes_per_sec} {elapsed}")
+                    .expect("valid template"),
             ),
         };
         let ticking = bar.clone();
@@ -92,7 +98,11 @@ pub fn human_bytes(n: u64) -> String {
         value /= 1024.0;
         unit += 1;
     }
-    if unit == 0 { format!("{n} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
 }
 
 /// Bytes per second as "12.3 MiB/s".

@@ -11,7 +11,7 @@ use serde_json::json;
 use super::Ctx;
 use crate::cli::BackupArgs;
 use crate::exit::Exit;
-use crate::pipeline::{self, ObjectRecord};
+use crate::pipeline::ObjectRecord;
 use crate::postgres::server::{self, ExportedSnapshot};
 use crate::postgres::tools::ChildReader;
 use crate::postgres::{PgTarget, PgTools, ServerInfo};
@@ -37,15 +37,18 @@ async fn fresh_label(repo: &Repo, kind: BackupKind) -> Result<BackupLabel> {
         }
         tokio::time::sleep(Duration::from_millis(1000)).await;
     }
-    Err(anyhow::anyhow!("could not find a free backup label — is another backup starting right now?"))
+    Err(anyhow::anyhow!(
+        "could not find a free backup label — is another backup starting right now?"
+    ))
 }
 
 fn validate_tag(tag: &str) -> Result<()> {
-    let ok = !tag.is_empty()
-        && tag.len() <= 100
-        && tag.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c));
+    let ok =
+        !tag.is_empty() && tag.len() <= 100 && tag.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c));
     if !ok {
-        return Err(usage!("--tag {tag:?}: use letters, digits, '-', '_', '.' or ':' (at most 100)"));
+        return Err(usage!(
+            "--tag {tag:?}: use letters, digits, '-', '_', '.' or ':' (at most 100)"
+        ));
     }
     Ok(())
 }
@@ -80,7 +83,10 @@ async fn logical(ctx: &Ctx, args: BackupArgs) -> Result<Exit> {
     } else {
         for db in &args.databases {
             if !all.contains(db) {
-                return Err(usage!("database {db:?} does not exist on {} — see `psql -l`", target.describe()));
+                return Err(usage!(
+                    "database {db:?} does not exist on {} — see `psql -l`",
+                    target.describe()
+                ));
             }
         }
         args.databases.clone()
@@ -116,13 +122,17 @@ async fn logical(ctx: &Ctx, args: BackupArgs) -> Result<Exit> {
         pg_version_num: source.server.version_num,
         system_identifier: source.server.system_identifier.clone(),
         key_id: repo.keys.primary().id().to_hex(),
-        compression: CompressionInfo { algorithm: "zstd".into(), level: repo.compression.level },
+        compression: CompressionInfo {
+            algorithm: "zstd".into(),
+            level: repo.compression.level,
+        },
         databases: entries,
         globals: Some(globals),
         objects,
     };
     let data = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
-    pipeline::store_bytes(&repo.storage, &layout::manifest(&label), "manifest.json", data, &repo.keys, PutMode::CreateNew)
+    repo.store()
+        .bytes(&layout::manifest(&label), "manifest.json", data, PutMode::CreateNew)
         .await
         .with_context(|| format!("writing the manifest of {label}"))?;
     let elapsed = progress.elapsed();
@@ -171,18 +181,17 @@ async fn dump_all(
     let mut cmd = source.tools.command("pg_dumpall", &source.target, None)?;
     cmd.args(["--globals-only", "--no-password"]);
     let reader = ChildReader::spawn("pg_dumpall", cmd)?;
-    let record = pipeline::store_reader(
-        &repo.storage,
-        &layout::backup_object(label, &globals),
-        &globals,
-        reader,
-        &repo.keys,
-        repo.compression,
-        PutMode::CreateNew,
-        Some(progress.counter()),
-    )
-    .await
-    .context("backing up roles and tablespaces (pg_dumpall --globals-only)")?;
+    let record = repo
+        .store()
+        .reader(
+            &layout::backup_object(label, &globals),
+            &globals,
+            reader,
+            PutMode::CreateNew,
+            Some(progress.counter()),
+        )
+        .await
+        .context("backing up roles and tablespaces (pg_dumpall --globals-only)")?;
     objects.push(record);
 
     let mut entries = Vec::new();
@@ -214,16 +223,8 @@ async fn dump_database(
         .arg(format!("--snapshot={}", snapshot.id));
     let reader = ChildReader::spawn("pg_dump", cmd)?;
     let key = layout::backup_object(label, &name);
-    let store = pipeline::store_reader(
-        &repo.storage,
-        &key,
-        &name,
-        reader,
-        &repo.keys,
-        repo.compression,
-        PutMode::CreateNew,
-        Some(progress.counter()),
-    );
+    let store = repo.store();
+    let store = store.reader(&key, &name, reader, PutMode::CreateNew, Some(progress.counter()));
     let (stored, counted) = tokio::join!(store, snapshot.count_rows());
     // pg_dump's own failure explains more than a count that failed alongside it.
     let record = stored?;

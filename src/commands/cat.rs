@@ -41,7 +41,9 @@ pub async fn run(ctx: &Ctx, args: CatArgs) -> Result<Exit> {
     pipeline::load_to_writer(&storage, &key, stdout, &keys, None, None)
         .await
         .map_err(|e| match e.downcast_ref::<storage::StorageError>() {
-            Some(storage::StorageError::NotFound(_)) => usage!("{key} does not exist in {}", storage.describe()),
+            Some(storage::StorageError::NotFound(_)) => {
+                usage!("{key} does not exist in {}", storage.describe())
+            }
             _ => e,
         })?;
     Ok(Exit::Success)

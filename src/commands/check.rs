@@ -95,21 +95,34 @@ pub async fn run(ctx: &Ctx, args: CheckArgs) -> Result<Exit> {
         }
     };
     let tools = PgTools::locate(config.postgres.bin_dir.as_deref()).and_then(|t| Ok((t.major_version()?, t)));
-    if let Some((major, _)) = report.result("tools", tools, |(m, _)| format!("pg_dump {m}")) {
-        if let Some(s) = &server_info {
+    if let Some((major, _)) = report.result("tools", tools, |(m, _)| format!("pg_dump {m}"))
+        && let Some(s) = &server_info
+    {
+        {
             if major == s.major() {
-                report.add(Status::Ok, "versions", format!("server and client tools are both PostgreSQL {major}"));
+                report.add(
+                    Status::Ok,
+                    "versions",
+                    format!("server and client tools are both PostgreSQL {major}"),
+                );
             } else if major > s.major() {
                 report.add(
                     Status::Warn,
                     "versions",
-                    format!("client tools {major} are newer than server {}; dumps work, but prefer matching versions", s.major()),
+                    format!(
+                        "client tools {major} are newer than server {}; dumps work, but prefer matching versions",
+                        s.major()
+                    ),
                 );
             } else {
                 report.add(
                     Status::Fail,
                     "versions",
-                    format!("client tools {major} are older than server {} — set [postgres] bin_dir to version {} tools", s.major(), s.major()),
+                    format!(
+                        "client tools {major} are older than server {} — set [postgres] bin_dir to version {} tools",
+                        s.major(),
+                        s.major()
+                    ),
                 );
             }
         }
@@ -122,10 +135,21 @@ pub async fn run(ctx: &Ctx, args: CheckArgs) -> Result<Exit> {
         let found = info::read(storage).await;
         match found {
             Ok(Some(info)) => {
-                report.add(Status::Ok, "repository", format!("repo.json found (cluster {:?}, PostgreSQL {})", info.cluster, info.pg_major));
+                report.add(
+                    Status::Ok,
+                    "repository",
+                    format!(
+                        "repo.json found (cluster {:?}, PostgreSQL {})",
+                        info.cluster, info.pg_major
+                    ),
+                );
                 if let Some(s) = &server_info {
                     if s.system_identifier == info.system_identifier {
-                        report.add(Status::Ok, "identity", format!("repository belongs to this cluster ({})", info.system_identifier));
+                        report.add(
+                            Status::Ok,
+                            "identity",
+                            format!("repository belongs to this cluster ({})", info.system_identifier),
+                        );
                     } else {
                         report.add(
                             Status::Fail,
@@ -140,7 +164,11 @@ pub async fn run(ctx: &Ctx, args: CheckArgs) -> Result<Exit> {
                 match repo::load_keyring(config) {
                     Ok(keys) => {
                         if keys.primary().id().to_hex() == info.key_id {
-                            report.add(Status::Ok, "key", format!("repository key present and matching (id {})", info.key_id));
+                            report.add(
+                                Status::Ok,
+                                "key",
+                                format!("repository key present and matching (id {})", info.key_id),
+                            );
                         } else {
                             report.add(
                                 Status::Fail,
@@ -161,12 +189,16 @@ pub async fn run(ctx: &Ctx, args: CheckArgs) -> Result<Exit> {
         }
         let probe = layout::write_probe();
         let written = async {
-            storage.put(&probe, Bytes::from_static(b"pgdr write probe"), PutMode::CreateNew).await?;
+            storage
+                .put(&probe, Bytes::from_static(b"pgdr write probe"), PutMode::CreateNew)
+                .await?;
             storage.delete(std::slice::from_ref(&probe)).await?;
             anyhow::Ok(())
         }
         .await;
-        report.result("writable", written, |_| "repository accepts writes and deletes".to_string());
+        report.result("writable", written, |_| {
+            "repository accepts writes and deletes".to_string()
+        });
     }
 
     // Disk space where pgdr writes locally.
@@ -176,15 +208,26 @@ pub async fn run(ctx: &Ctx, args: CheckArgs) -> Result<Exit> {
     }
     for (name, path) in places {
         match free_bytes(&path) {
-            Some(free) if free >= MIN_FREE => {
-                report.add(Status::Ok, name, format!("{} free at {}", human_bytes(free), path.display()))
-            }
+            Some(free) if free >= MIN_FREE => report.add(
+                Status::Ok,
+                name,
+                format!("{} free at {}", human_bytes(free), path.display()),
+            ),
             Some(free) => report.add(
                 Status::Fail,
                 name,
-                format!("only {} free at {} (want at least {})", human_bytes(free), path.display(), human_bytes(MIN_FREE)),
+                format!(
+                    "only {} free at {} (want at least {})",
+                    human_bytes(free),
+                    path.display(),
+                    human_bytes(MIN_FREE)
+                ),
             ),
-            None => report.add(Status::Fail, name, format!("cannot read free space at {}", path.display())),
+            None => report.add(
+                Status::Fail,
+                name,
+                format!("cannot read free space at {}", path.display()),
+            ),
         }
     }
 
@@ -194,10 +237,15 @@ pub async fn run(ctx: &Ctx, args: CheckArgs) -> Result<Exit> {
             Ok(scan) => {
                 let now = Utc::now();
                 let stale = |o: &catalog::Orphan| {
-                    o.newest.is_none_or(|t| (now - t).to_std().unwrap_or_default() > ORPHAN_AGE)
+                    o.newest
+                        .is_none_or(|t| (now - t).to_std().unwrap_or_default() > ORPHAN_AGE)
                 };
                 if scan.orphans.is_empty() {
-                    report.add(Status::Ok, "orphans", format!("{} complete backup(s), no orphans", scan.complete.len()));
+                    report.add(
+                        Status::Ok,
+                        "orphans",
+                        format!("{} complete backup(s), no orphans", scan.complete.len()),
+                    );
                 } else if args.clean_orphans {
                     let (old, recent): (Vec<_>, Vec<_>) = scan.orphans.iter().partition(|o| stale(o));
                     let keys: Vec<_> = old.iter().flat_map(|o| o.objects.iter().cloned()).collect();
@@ -217,7 +265,14 @@ pub async fn run(ctx: &Ctx, args: CheckArgs) -> Result<Exit> {
                     let names: Vec<String> = scan
                         .orphans
                         .iter()
-                        .map(|o| format!("{} ({}{})", o.label, human_bytes(o.bytes), if stale(o) { "" } else { ", recent" }))
+                        .map(|o| {
+                            format!(
+                                "{} ({}{})",
+                                o.label,
+                                human_bytes(o.bytes),
+                                if stale(o) { "" } else { ", recent" }
+                            )
+                        })
                         .collect();
                     report.add(
                         Status::Warn,
@@ -238,7 +293,11 @@ pub async fn run(ctx: &Ctx, args: CheckArgs) -> Result<Exit> {
                 report.add(
                     Status::Warn,
                     "temp files",
-                    format!("{} leftover temporary file(s) from interrupted writes, e.g. {}", temps.len(), temps[0].display()),
+                    format!(
+                        "{} leftover temporary file(s) from interrupted writes, e.g. {}",
+                        temps.len(),
+                        temps[0].display()
+                    ),
                 );
             }
         }

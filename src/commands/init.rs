@@ -28,7 +28,10 @@ fn write_key_file(path: &Path) -> Result<RepoKey> {
         .open(path)
         .map_err(|e| {
             if e.kind() == std::io::ErrorKind::AlreadyExists {
-                usage!("{} already exists; pgdr never overwrites a key file — choose another path", path.display())
+                usage!(
+                    "{} already exists; pgdr never overwrites a key file — choose another path",
+                    path.display()
+                )
             } else {
                 usage!("cannot create the key file {}: {e}", path.display())
             }
@@ -58,7 +61,9 @@ pub async fn run(ctx: &Ctx, args: InitArgs) -> Result<Exit> {
     let keys = match &args.generate_key {
         Some(path) => {
             let generated = write_key_file(path)?;
-            if config.repository.key_file.as_deref().is_some_and(|k| k != path) || std::env::var_os("PGDR_KEY").is_some() {
+            if config.repository.key_file.as_deref().is_some_and(|k| k != path)
+                || std::env::var_os("PGDR_KEY").is_some()
+            {
                 return Err(usage!(
                     "wrote {}, but the configuration names another key; set [repository] key_file = {:?} and run `pgdr init` again",
                     path.display(),
@@ -107,7 +112,10 @@ pub async fn run(ctx: &Ctx, args: InitArgs) -> Result<Exit> {
             match info::create(&storage, &info).await {
                 Ok(()) => {}
                 Err(StorageError::AlreadyExists(_)) => {
-                    return Err(usage!("{} was initialised concurrently — run `pgdr init` again", storage.describe()));
+                    return Err(usage!(
+                        "{} was initialised concurrently — run `pgdr init` again",
+                        storage.describe()
+                    ));
                 }
                 Err(e) => return Err(e).context("writing repo.json"),
             }
@@ -132,7 +140,10 @@ pub async fn run(ctx: &Ctx, args: InitArgs) -> Result<Exit> {
             server.version
         );
     } else {
-        println!("{} is already initialised for this cluster; nothing to do", storage.describe());
+        println!(
+            "{} is already initialised for this cluster; nothing to do",
+            storage.describe()
+        );
     }
     Ok(Exit::Success)
 }

@@ -37,9 +37,17 @@ pub async fn run(ctx: &Ctx, _args: ListArgs) -> Result<Exit> {
         println!("no backups in {} yet — run `pgdr backup`", repo.storage.describe());
         return Ok(Exit::Success);
     }
-    println!("{:<20} {:<9} {:<20} {:>10}  {:<30} TAGS", "LABEL", "KIND", "TIME (UTC)", "SIZE", "DATABASES");
+    println!(
+        "{:<20} {:<9} {:<20} {:>10}  {:<30} TAGS",
+        "LABEL", "KIND", "TIME (UTC)", "SIZE", "DATABASES"
+    );
     for m in &manifests {
-        let mut dbs = m.databases.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(",");
+        let mut dbs = m
+            .databases
+            .iter()
+            .map(|d| d.name.as_str())
+            .collect::<Vec<_>>()
+            .join(",");
         if dbs.chars().count() > 30 {
             dbs = format!("{}…", dbs.chars().take(29).collect::<String>());
         }

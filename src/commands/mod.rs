@@ -36,7 +36,10 @@ pub async fn run(cli: Cli) -> Result<Exit> {
     {
         return init::generate_only(args, cli.json);
     }
-    let ctx = Ctx { config: config?, json: cli.json };
+    let ctx = Ctx {
+        config: config?,
+        json: cli.json,
+    };
     match cli.command {
         Command::Init(args) => init::run(&ctx, args).await,
         Command::Check(args) => check::run(&ctx, args).await,

@@ -14,7 +14,7 @@ use crate::exit::Exit;
 use crate::pipeline;
 use crate::postgres::conn::db_err;
 use crate::postgres::server;
-use crate::postgres::tools::{ChildWriter, StderrTail};
+use crate::postgres::tools::ChildWriter;
 use crate::postgres::{PgTarget, PgTools, TableRows, quote_ident, quote_literal};
 use crate::progress::{Progress, human_bytes, human_rate};
 use crate::repo::catalog;
@@ -103,7 +103,11 @@ pub async fn run(ctx: &Ctx, args: RestoreArgs) -> Result<Exit> {
         return Err(e.context(format!(
             "restore of {} into {to:?} failed{}",
             manifest.label,
-            if args.jobs == 1 { "; its single transaction was rolled back" } else { "" }
+            if args.jobs == 1 {
+                "; its single transaction was rolled back"
+            } else {
+                ""
+            }
         )));
     }
     let elapsed = started.elapsed();
@@ -154,11 +158,22 @@ fn parse_table(raw: &str) -> Result<(String, String)> {
 }
 
 fn pick_database<'a>(manifest: &'a Manifest, wanted: Option<&str>) -> Result<&'a DatabaseEntry> {
-    let names = || manifest.databases.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(", ");
+    let names = || {
+        manifest
+            .databases
+            .iter()
+            .map(|d| d.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     match wanted {
-        Some(name) => manifest
-            .database(name)
-            .ok_or_else(|| usage!("backup {} has no database {name:?}; it has: {}", manifest.label, names())),
+        Some(name) => manifest.database(name).ok_or_else(|| {
+            usage!(
+                "backup {} has no database {name:?}; it has: {}",
+                manifest.label,
+                names()
+            )
+        }),
         None if manifest.databases.len() == 1 => Ok(&manifest.databases[0]),
         None => Err(usage!(
             "backup {} holds several databases ({}) — choose one with --database NAME",
@@ -174,7 +189,11 @@ async fn create_database(client: &tokio_postgres::Client, name: &str, entry: &Da
         sql.push_str(&format!(" ENCODING {}", quote_literal(encoding)));
     }
     if let (Some(collate), Some(ctype)) = (&entry.collate, &entry.ctype) {
-        sql.push_str(&format!(" LC_COLLATE {} LC_CTYPE {}", quote_literal(collate), quote_literal(ctype)));
+        sql.push_str(&format!(
+            " LC_COLLATE {} LC_CTYPE {}",
+            quote_literal(collate),
+            quote_literal(ctype)
+        ));
     }
     client
         .batch_execute(&sql)
@@ -200,7 +219,8 @@ async fn restore_dump(
     let key = layout::backup_object(&manifest.label, &entry.object);
     let record = manifest.object(&entry.object).expect("checked by caller");
     let mut cmd = tools.command("pg_restore", target, Some(to))?;
-    cmd.args(["--no-password", "--exit-on-error"]).arg(format!("--dbname={to}"));
+    cmd.args(["--no-password", "--exit-on-error"])
+        .arg(format!("--dbname={to}"));
     if args.clean {
         cmd.args(["--clean", "--if-exists"]);
     }
@@ -213,14 +233,12 @@ async fn restore_dump(
     if args.jobs == 1 {
         cmd.arg("--single-transaction");
         let sink = ChildWriter::spawn("pg_restore", cmd)?;
-        let stderr = sink.stderr();
-        let loaded = pipeline::load_to_writer(&repo.storage, &key, sink, &repo.keys, Some(record), Some(progress.counter())).await;
-        match loaded {
-            Ok((sink, _, _)) => sink.finish(),
-            Err(e) => Err(explain(e, &stderr)),
-        }
+        feed_tool(repo, &key, record, sink, Some(progress)).await
     } else {
-        let dir = tempfile::Builder::new().prefix("pgdr-restore-").tempdir().context("creating a staging directory")?;
+        let dir = tempfile::Builder::new()
+            .prefix("pgdr-restore-")
+            .tempdir()
+            .context("creating a staging directory")?;
         let path = dir.path().join("dump");
         let free = crate::commands::check::free_bytes(dir.path()).unwrap_or(u64::MAX);
         if free < record.plain.size {
@@ -233,9 +251,21 @@ async fn restore_dump(
             ));
         }
         let file = std::fs::File::create(&path)?;
-        pipeline::load_to_writer(&repo.storage, &key, file, &repo.keys, Some(record), Some(progress.counter())).await?;
+        pipeline::load_to_writer(
+            &repo.storage,
+            &key,
+            file,
+            &repo.keys,
+            Some(record),
+            Some(progress.counter()),
+        )
+        .await?;
         cmd.arg(format!("--jobs={}", args.jobs)).arg(&path);
-        let mut child = cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn()
+        let mut child = cmd
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
             .map_err(|e| anyhow!("cannot start pg_restore: {e}"))?;
         let stderr = child.stderr.take();
         let status = tokio::task::spawn_blocking(move || {
@@ -250,23 +280,52 @@ async fn restore_dump(
         let (status, text) = status;
         let status = status?;
         if !status.success() {
-            let line = text.lines().find(|l| l.contains("error")).or(text.lines().last()).unwrap_or("");
+            let line = text
+                .lines()
+                .find(|l| l.contains("error"))
+                .or(text.lines().last())
+                .unwrap_or("");
             return Err(anyhow!("pg_restore failed ({status}): {}", line.trim()));
         }
         Ok(())
     }
 }
 
-/// If pg_restore said why it stopped, that is the better explanation than a broken pipe.
-fn explain(err: anyhow::Error, stderr: &StderrTail) -> anyhow::Error {
-    let broken_pipe = err
-        .chain()
-        .any(|e| e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe));
-    let said = stderr.summary();
-    if broken_pipe && !said.is_empty() {
-        anyhow!("pg_restore failed: {said}")
-    } else {
-        err
+/// Stream an object into a tool's stdin and wait for the tool. A tool may stop
+/// reading early on purpose (pg_restore --table has what it needs): then its own exit
+/// status decides. Every byte it did read had been authenticated.
+async fn feed_tool(
+    repo: &Repo,
+    key: &crate::storage::ObjectKey,
+    record: &pipeline::ObjectRecord,
+    sink: ChildWriter,
+    progress: Option<&Progress>,
+) -> Result<()> {
+    let waiter = sink.waiter();
+    let loaded = pipeline::load_to_writer(
+        &repo.storage,
+        key,
+        sink,
+        &repo.keys,
+        Some(record),
+        progress.map(|p| p.counter()),
+    )
+    .await;
+    match loaded {
+        Ok((sink, _, _)) => sink.finish(),
+        Err(e) => {
+            let broken_pipe = e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            });
+            // The tool has seen the end of its input by now; learn how it ended.
+            let ended = waiter.wait();
+            match (broken_pipe, ended) {
+                (true, Ok(())) => Ok(()),
+                (true, Err(tool)) => Err(tool),
+                (false, _) => Err(e),
+            }
+        }
     }
 }
 
@@ -277,23 +336,26 @@ async fn restore_globals(repo: &Repo, manifest: &Manifest, tools: &PgTools, targ
         .globals
         .as_ref()
         .ok_or_else(|| usage!("backup {} has no roles/tablespaces object", manifest.label))?;
-    let record = manifest.object(name).ok_or_else(|| anyhow!("the manifest lists no object {name}"))?;
+    let record = manifest
+        .object(name)
+        .ok_or_else(|| anyhow!("the manifest lists no object {name}"))?;
     let mut cmd = tools.command("psql", target, None)?;
     cmd.args(["-X", "-q", "--no-password", "-v", "ON_ERROR_STOP=0", "-f", "-"]);
     let sink = ChildWriter::spawn("psql", cmd)?;
-    let stderr = sink.stderr();
+    let waiter = sink.waiter();
     let key = layout::backup_object(&manifest.label, name);
-    let (sink, _, _) = pipeline::load_to_writer(&repo.storage, &key, sink, &repo.keys, Some(record), None)
+    feed_tool(repo, &key, record, sink, None)
         .await
-        .map_err(|e| explain(e, &stderr))?;
-    sink.finish().context("restoring roles and tablespaces")?;
-    Ok(stderr.wait().iter().filter(|l| l.contains("ERROR:")).count())
+        .context("restoring roles and tablespaces")?;
+    Ok(waiter.stderr().wait().iter().filter(|l| l.contains("ERROR:")).count())
 }
 
 /// Differences between expected and actual row counts, one phrase each.
 fn compare_counts(expected: &[&TableRows], actual: &[TableRows]) -> Vec<String> {
-    let actual: BTreeMap<(&str, &str), i64> =
-        actual.iter().map(|t| ((t.schema.as_str(), t.name.as_str()), t.rows)).collect();
+    let actual: BTreeMap<(&str, &str), i64> = actual
+        .iter()
+        .map(|t| ((t.schema.as_str(), t.name.as_str()), t.rows))
+        .collect();
     expected
         .iter()
         .filter_map(|t| match actual.get(&(t.schema.as_str(), t.name.as_str())) {

@@ -5,7 +5,7 @@
 //! - load:  `storage → tally(stored) → open → unzstd → tally(plain) → sink`
 //!
 //! The CPU stages run on a blocking thread; storage runs on the async runtime; a
-//! bounded channel joins them. Commands call `store_*` / `load_*` and never see the
+//! bounded channel joins them. Commands call `Store` / `load_*` and never see the
 //! channels.
 
 pub mod keys;
@@ -125,59 +125,65 @@ fn produce<R: Read>(
     Ok((plain_tally, stored_tally, out))
 }
 
-/// Store everything `source` yields as object `key`. `name` is what the manifest
-/// calls it. The object becomes visible only if `source` reaches its end without
-/// error (a reader that reports a failed child process at EOF keeps it invisible).
-pub async fn store_reader<R: Read + Send + 'static>(
-    storage: &DynStorage,
-    key: &ObjectKey,
-    name: &str,
-    source: R,
-    keys: &Keyring,
-    compression: Compression,
-    mode: PutMode,
-    progress: Option<Arc<AtomicU64>>,
-) -> Result<ObjectRecord> {
-    let (tx, rx) = body_channel();
-    let repo_key = keys.primary().clone();
-    let object = key.to_string();
-    let producer = tokio::task::spawn_blocking(move || {
-        let out = ChannelWriter { tx };
-        match produce(source, out, &repo_key, &object, compression, progress) {
-            Ok((plain, stored, out)) => {
-                out.tx.finish_blocking();
-                Ok((plain, stored))
-            }
-            // The sender is dropped with the writer: storage sees an unfinished body
-            // and discards it.
-            Err(e) => Err(e),
-        }
-    });
-    let stored = storage.put_stream(key, rx, mode).await;
-    let produced = producer.await.map_err(|e| anyhow!("pipeline thread failed: {e}"))?;
-    match (produced, stored) {
-        (Ok((plain, stored_tally)), Ok(size)) => {
-            debug_assert_eq!(size, stored_tally.size);
-            Ok(ObjectRecord { name: name.to_string(), plain, stored: stored_tally })
-        }
-        // The storage side failed on its own: its error is the cause.
-        (_, Err(e)) if !matches!(e, StorageError::Source(_)) => Err(e).context(format!("storing {key}")),
-        (Err(e), _) => Err(anyhow::Error::new(e)),
-        (Ok(_), Err(e)) => Err(e).context(format!("storing {key}")),
-    }
+/// Where and how new objects are stored: the storage, the keys (the primary one
+/// encrypts) and the compression settings.
+#[derive(Clone, Copy)]
+pub struct Store<'a> {
+    pub storage: &'a DynStorage,
+    pub keys: &'a Keyring,
+    pub compression: Compression,
 }
 
-/// Store a small in-memory object (manifests, reports).
-pub async fn store_bytes(
-    storage: &DynStorage,
-    key: &ObjectKey,
-    name: &str,
-    data: Vec<u8>,
-    keys: &Keyring,
-    mode: PutMode,
-) -> Result<ObjectRecord> {
-    let compression = Compression { level: 3, threads: 0 };
-    store_reader(storage, key, name, io::Cursor::new(data), keys, compression, mode, None).await
+impl Store<'_> {
+    /// Store everything `source` yields as object `key`. `name` is what the manifest
+    /// calls it. The object becomes visible only if `source` reaches its end without
+    /// error (a reader that reports a failed child process at EOF keeps it invisible).
+    pub async fn reader<R: Read + Send + 'static>(
+        &self,
+        key: &ObjectKey,
+        name: &str,
+        source: R,
+        mode: PutMode,
+        progress: Option<Arc<AtomicU64>>,
+    ) -> Result<ObjectRecord> {
+        let (tx, rx) = body_channel();
+        let repo_key = self.keys.primary().clone();
+        let object = key.to_string();
+        let compression = self.compression;
+        let producer = tokio::task::spawn_blocking(move || {
+            let out = ChannelWriter { tx };
+            // On error the sender is dropped with the writer: storage sees an
+            // unfinished body and discards it.
+            let (plain, stored, out) = produce(source, out, &repo_key, &object, compression, progress)?;
+            out.tx.finish_blocking();
+            io::Result::Ok((plain, stored))
+        });
+        let stored = self.storage.put_stream(key, rx, mode).await;
+        let produced = producer.await.map_err(|e| anyhow!("pipeline thread failed: {e}"))?;
+        match (produced, stored) {
+            (Ok((plain, stored_tally)), Ok(size)) => {
+                debug_assert_eq!(size, stored_tally.size);
+                Ok(ObjectRecord {
+                    name: name.to_string(),
+                    plain,
+                    stored: stored_tally,
+                })
+            }
+            // The storage side failed on its own: its error is the cause.
+            (_, Err(e)) if !matches!(e, StorageError::Source(_)) => Err(e).context(format!("storing {key}")),
+            (Err(e), _) => Err(anyhow::Error::new(e)),
+            (Ok(_), Err(e)) => Err(e).context(format!("storing {key}")),
+        }
+    }
+
+    /// Store a small in-memory object (manifests, reports).
+    pub async fn bytes(&self, key: &ObjectKey, name: &str, data: Vec<u8>, mode: PutMode) -> Result<ObjectRecord> {
+        let small = Store {
+            compression: Compression { level: 3, threads: 0 },
+            ..*self
+        };
+        small.reader(key, name, io::Cursor::new(data), mode, None).await
+    }
 }
 
 /// Why a load failed, when the stored bytes are at fault (not the sink).
@@ -201,12 +207,21 @@ pub async fn load_to_writer<W: Write + Send + 'static>(
     expect: Option<&ObjectRecord>,
     progress: Option<Arc<AtomicU64>>,
 ) -> Result<(W, Tally, Tally)> {
-    let rx = storage.get_stream(key).await.with_context(|| format!("reading {key}"))?;
+    let rx = storage
+        .get_stream(key)
+        .await
+        .with_context(|| format!("reading {key}"))?;
     let keys = keys.clone();
     let object = key.to_string();
     let task_key = key.clone();
     let result = tokio::task::spawn_blocking(move || -> Result<(W, Tally, Tally)> {
-        let stored = TallyReader::new(ChannelReader { rx, current: Bytes::new() }, progress);
+        let stored = TallyReader::new(
+            ChannelReader {
+                rx,
+                current: Bytes::new(),
+            },
+            progress,
+        );
         let opener = Opener::new(stored, &keys, &object).map_err(|e| damaged(&task_key, e))?;
         let mut unzstd = zstd::stream::read::Decoder::new(opener).map_err(|e| damaged(&task_key, e))?;
         let mut plain = TallyWriter::new(sink, None);

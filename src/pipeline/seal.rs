@@ -88,7 +88,13 @@ impl<W: Write> Sealer<W> {
         let wrap_aad = header.clone();
         let wrapped = key
             .cipher()
-            .encrypt(&wrap_nonce, Payload { msg: &data_key, aad: &wrap_aad })
+            .encrypt(
+                &wrap_nonce,
+                Payload {
+                    msg: &data_key,
+                    aad: &wrap_aad,
+                },
+            )
             .map_err(|_| io::Error::other("cannot wrap the data key"))?;
         header.extend_from_slice(&wrap_nonce);
         header.extend_from_slice(&wrapped);
@@ -199,7 +205,9 @@ impl<R: Read> Opener<R> {
             return Err(SealError::NotPgdr.into());
         }
         let key_id = peek_key_id(&header)?;
-        let key = keys.get(&key_id).ok_or_else(|| SealError::UnknownKey(key_id.to_hex()))?;
+        let key = keys
+            .get(&key_id)
+            .ok_or_else(|| SealError::UnknownKey(key_id.to_hex()))?;
         let mut at = 5 + KEY_ID_LEN;
         let wrap_nonce = GenericArray::clone_from_slice(&header[at..at + WRAP_NONCE_LEN]);
         at += WRAP_NONCE_LEN;
@@ -207,7 +215,13 @@ impl<R: Read> Opener<R> {
         at += KEY_LEN + TAG_LEN;
         let data_key = key
             .cipher()
-            .decrypt(&wrap_nonce, Payload { msg: wrapped, aad: &header[..5 + KEY_ID_LEN] })
+            .decrypt(
+                &wrap_nonce,
+                Payload {
+                    msg: wrapped,
+                    aad: &header[..5 + KEY_ID_LEN],
+                },
+            )
             .map_err(|_| SealError::Unwrap)?;
         let nonce_prefix = &header[at..at + NONCE_PREFIX_LEN];
         at += NONCE_PREFIX_LEN;
@@ -329,7 +343,16 @@ mod tests {
         let keys = keyring();
         let data = vec![42u8; CHUNK_SIZE as usize + 1000];
         let stored = seal(&data, &keys, "x");
-        for pos in [0, 4, 5, 30, HEADER_LEN - 1, HEADER_LEN, HEADER_LEN + 500, stored.len() - 1] {
+        for pos in [
+            0,
+            4,
+            5,
+            30,
+            HEADER_LEN - 1,
+            HEADER_LEN,
+            HEADER_LEN + 500,
+            stored.len() - 1,
+        ] {
             let mut bad = stored.clone();
             bad[pos] ^= 0x01;
             assert!(open(&bad, &keys, "x").is_err(), "flip at {pos} went unnoticed");
@@ -343,7 +366,10 @@ mod tests {
         let stored = seal(&data, &keys, "x");
         let boundary = HEADER_LEN + CHUNK_SIZE as usize + TAG_LEN;
         for len in [0, 10, HEADER_LEN, boundary, boundary + 1, stored.len() - 1] {
-            assert!(open(&stored[..len], &keys, "x").is_err(), "truncation to {len} went unnoticed");
+            assert!(
+                open(&stored[..len], &keys, "x").is_err(),
+                "truncation to {len} went unnoticed"
+            );
         }
     }
 

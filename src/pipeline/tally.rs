@@ -23,7 +23,11 @@ struct Counter {
 
 impl Counter {
     fn new(progress: Option<Arc<AtomicU64>>) -> Counter {
-        Counter { hasher: Sha256::new(), size: 0, progress }
+        Counter {
+            hasher: Sha256::new(),
+            size: 0,
+            progress,
+        }
     }
 
     fn see(&mut self, data: &[u8]) {
@@ -35,7 +39,10 @@ impl Counter {
     }
 
     fn tally(self) -> Tally {
-        Tally { size: self.size, sha256: hex::encode(self.hasher.finalize()) }
+        Tally {
+            size: self.size,
+            sha256: hex::encode(self.hasher.finalize()),
+        }
     }
 }
 
@@ -47,7 +54,10 @@ pub struct TallyReader<R> {
 impl<R: Read> TallyReader<R> {
     /// `progress`, if given, is advanced by every byte read.
     pub fn new(inner: R, progress: Option<Arc<AtomicU64>>) -> Self {
-        TallyReader { inner, counter: Counter::new(progress) }
+        TallyReader {
+            inner,
+            counter: Counter::new(progress),
+        }
     }
 
     pub fn finish(self) -> (R, Tally) {
@@ -70,7 +80,10 @@ pub struct TallyWriter<W> {
 
 impl<W: Write> TallyWriter<W> {
     pub fn new(inner: W, progress: Option<Arc<AtomicU64>>) -> Self {
-        TallyWriter { inner, counter: Counter::new(progress) }
+        TallyWriter {
+            inner,
+            counter: Counter::new(progress),
+        }
     }
 
     pub fn finish(self) -> (W, Tally) {

@@ -89,7 +89,10 @@ impl PgTarget {
         } else {
             host.join(",")
         };
-        let user = config.get_user().map(str::to_string).unwrap_or_else(|| env("PGUSER").unwrap_or_else(os_user));
+        let user = config
+            .get_user()
+            .map(str::to_string)
+            .unwrap_or_else(|| env("PGUSER").unwrap_or_else(os_user));
         let sslmode = match config.get_ssl_mode() {
             SslMode::Disable => Some("disable".to_string()),
             SslMode::Require => Some("require".to_string()),
@@ -112,7 +115,9 @@ impl PgTarget {
 
     /// The password from the settings, or else from the password file.
     fn password_for(&self, dbname: &str) -> Option<String> {
-        self.password.clone().or_else(|| pgpass_lookup(&self.host, self.port, dbname, &self.user))
+        self.password
+            .clone()
+            .or_else(|| pgpass_lookup(&self.host, self.port, dbname, &self.user))
     }
 
     /// Connect pgdr itself to `dbname` (the configured database if `None`).
@@ -192,7 +197,11 @@ fn pgpass_lookup(host: &str, port: u16, dbname: &str, user: &str) -> Option<Stri
         .map(PathBuf::from)
         .or_else(|| env("HOME").map(|h| PathBuf::from(h).join(".pgpass")))?;
     let text = std::fs::read_to_string(path).ok()?;
-    let host = if host.starts_with('/') { "localhost" } else { host.split(',').next().unwrap_or(host) };
+    let host = if host.starts_with('/') {
+        "localhost"
+    } else {
+        host.split(',').next().unwrap_or(host)
+    };
     let port = port.to_string();
     for line in text.lines() {
         if line.trim_start().starts_with('#') || line.trim().is_empty() {
@@ -203,7 +212,10 @@ fn pgpass_lookup(host: &str, port: u16, dbname: &str, user: &str) -> Option<Stri
             continue;
         }
         let matches = |field: &str, value: &str| field == "*" || field == value;
-        if matches(&fields[0], host) && matches(&fields[1], &port) && matches(&fields[2], dbname) && matches(&fields[3], user)
+        if matches(&fields[0], host)
+            && matches(&fields[1], &port)
+            && matches(&fields[2], dbname)
+            && matches(&fields[3], user)
         {
             return Some(fields[4].clone());
         }
@@ -241,7 +253,10 @@ mod tests {
     #[test]
     fn url_parts_and_child_env() {
         let t = PgTarget::from_url("postgresql://alice:s3cret@127.0.0.1:6543/app").unwrap();
-        assert_eq!((t.host.as_str(), t.port, t.user.as_str(), t.dbname.as_str()), ("127.0.0.1", 6543, "alice", "app"));
+        assert_eq!(
+            (t.host.as_str(), t.port, t.user.as_str(), t.dbname.as_str()),
+            ("127.0.0.1", 6543, "alice", "app")
+        );
         assert!(!t.describe().contains("s3cret"));
         assert!(!format!("{t:?}").contains("s3cret"));
         let env = t.child_env(Some("other"));

@@ -111,12 +111,20 @@ pub async fn count_rows<C: GenericClient>(client: &C) -> Result<Vec<TableRows>> 
     for row in tables {
         let schema: String = row.get(0);
         let name: String = row.get(1);
-        let sql = format!("SELECT count(*) FROM ONLY {}.{}", quote_ident(&schema), quote_ident(&name));
+        let sql = format!(
+            "SELECT count(*) FROM ONLY {}.{}",
+            quote_ident(&schema),
+            quote_ident(&name)
+        );
         let count = client
             .query_one(&sql, &[])
             .await
             .map_err(db_err(format!("counting rows of {schema}.{name}")))?;
-        out.push(TableRows { schema, name, rows: count.get(0) });
+        out.push(TableRows {
+            schema,
+            name,
+            rows: count.get(0),
+        });
     }
     Ok(out)
 }
@@ -163,6 +171,9 @@ impl ExportedSnapshot {
     }
 
     pub async fn finish(self) -> Result<()> {
-        self.client.batch_execute("COMMIT").await.map_err(db_err("ending the snapshot transaction"))
+        self.client
+            .batch_execute("COMMIT")
+            .await
+            .map_err(db_err("ending the snapshot transaction"))
     }
 }

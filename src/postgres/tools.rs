@@ -36,7 +36,9 @@ impl PgTools {
                     dir.display()
                 ));
             }
-            return Ok(PgTools { dirs: vec![dir.to_path_buf()] });
+            return Ok(PgTools {
+                dirs: vec![dir.to_path_buf()],
+            });
         }
         let mut dirs = Vec::new();
         if let Some(dump) = on_path("pg_dump") {
@@ -67,12 +69,20 @@ impl PgTools {
 
     /// Full path of a tool; an error naming where it was looked for.
     pub fn path(&self, tool: &str) -> Result<PathBuf> {
-        self.dirs.iter().map(|d| d.join(tool)).find(|p| p.is_file()).ok_or_else(|| {
-            usage!(
-                "{tool} not found in {} — install PostgreSQL's tools or set [postgres] bin_dir",
-                self.dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
-            )
-        })
+        self.dirs
+            .iter()
+            .map(|d| d.join(tool))
+            .find(|p| p.is_file())
+            .ok_or_else(|| {
+                usage!(
+                    "{tool} not found in {} — install PostgreSQL's tools or set [postgres] bin_dir",
+                    self.dirs
+                        .iter()
+                        .map(|d| d.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })
     }
 
     /// Major version of the tools, from `pg_dump --version`.
@@ -90,7 +100,16 @@ impl PgTools {
     /// A command for `tool`, connected to `dbname` through the environment.
     pub fn command(&self, tool: &str, target: &PgTarget, dbname: Option<&str>) -> Result<Command> {
         let mut cmd = Command::new(self.path(tool)?);
-        for var in ["PGPASSWORD", "PGSERVICE", "PGOPTIONS", "PGDATABASE", "PGHOST", "PGHOSTADDR", "PGPORT", "PGUSER"] {
+        for var in [
+            "PGPASSWORD",
+            "PGSERVICE",
+            "PGOPTIONS",
+            "PGDATABASE",
+            "PGHOST",
+            "PGHOSTADDR",
+            "PGPORT",
+            "PGUSER",
+        ] {
             cmd.env_remove(var);
         }
         cmd.envs(target.child_env(dbname));
@@ -123,7 +142,10 @@ impl StderrTail {
                 lines.push_back(line);
             }
         });
-        StderrTail { lines, reader: Arc::new(Mutex::new(Some(handle))) }
+        StderrTail {
+            lines,
+            reader: Arc::new(Mutex::new(Some(handle))),
+        }
     }
 
     /// Wait until the tool closed stderr, then return what it said.
@@ -160,7 +182,11 @@ fn tool_error(tool: &str, status: ExitStatus, stderr: &StderrTail) -> ToolError 
     ToolError {
         tool: tool.to_string(),
         status: status.to_string(),
-        detail: if summary.is_empty() { String::new() } else { format!(": {summary}") },
+        detail: if summary.is_empty() {
+            String::new()
+        } else {
+            format!(": {summary}")
+        },
     }
 }
 
@@ -184,7 +210,12 @@ impl ChildReader {
     pub fn spawn(tool: &str, cmd: Command) -> Result<ChildReader> {
         let (mut child, stderr) = spawn(tool, cmd, Stdio::null(), Stdio::piped())?;
         let stdout = child.stdout.take().expect("stdout piped");
-        Ok(ChildReader { tool: tool.to_string(), child: Some(child), stdout, stderr })
+        Ok(ChildReader {
+            tool: tool.to_string(),
+            child: Some(child),
+            stdout,
+            stderr,
+        })
     }
 
     pub fn stderr(&self) -> StderrTail {
@@ -218,34 +249,63 @@ impl Drop for ChildReader {
     }
 }
 
-/// A tool's stdin. `finish` closes it and waits for the tool.
+/// A tool's stdin. `finish` closes it and waits for the tool. Dropping it only
+/// closes stdin: the tool sees the end of its input and decides for itself (a
+/// single-transaction restore rolls back), and a `ChildWaiter` can still learn how
+/// it ended.
 pub struct ChildWriter {
-    tool: String,
-    child: Option<Child>,
     stdin: Option<ChildStdin>,
+    waiter: ChildWaiter,
+}
+
+/// Waits for a tool whose stdin is (or was) a `ChildWriter`.
+#[derive(Clone)]
+pub struct ChildWaiter {
+    tool: String,
+    child: Arc<Mutex<Option<Child>>>,
     stderr: StderrTail,
+}
+
+impl ChildWaiter {
+    /// Wait for the tool; an error with its stderr if it failed.
+    pub fn wait(&self) -> Result<()> {
+        let Some(mut child) = self.child.lock().expect("child lock").take() else {
+            return Ok(());
+        };
+        let status = child.wait()?;
+        if !status.success() {
+            return Err(tool_error(&self.tool, status, &self.stderr).into());
+        }
+        Ok(())
+    }
+
+    pub fn stderr(&self) -> &StderrTail {
+        &self.stderr
+    }
 }
 
 impl ChildWriter {
     pub fn spawn(tool: &str, cmd: Command) -> Result<ChildWriter> {
         let (mut child, stderr) = spawn(tool, cmd, Stdio::piped(), Stdio::null())?;
         let stdin = child.stdin.take();
-        Ok(ChildWriter { tool: tool.to_string(), child: Some(child), stdin, stderr })
+        Ok(ChildWriter {
+            stdin,
+            waiter: ChildWaiter {
+                tool: tool.to_string(),
+                child: Arc::new(Mutex::new(Some(child))),
+                stderr,
+            },
+        })
     }
 
-    pub fn stderr(&self) -> StderrTail {
-        self.stderr.clone()
+    pub fn waiter(&self) -> ChildWaiter {
+        self.waiter.clone()
     }
 
     /// Close stdin and wait; an error if the tool failed.
     pub fn finish(mut self) -> Result<()> {
         drop(self.stdin.take());
-        let mut child = self.child.take().expect("child present until finish");
-        let status = child.wait()?;
-        if !status.success() {
-            return Err(tool_error(&self.tool, status, &self.stderr).into());
-        }
-        Ok(())
+        self.waiter.wait()
     }
 }
 
@@ -265,16 +325,6 @@ impl Write for ChildWriter {
     }
 }
 
-impl Drop for ChildWriter {
-    fn drop(&mut self) {
-        drop(self.stdin.take());
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
 /// Run a tool to completion, capturing stdout; an error with its stderr if it fails.
 pub fn run_capture(tool: &str, mut cmd: Command) -> Result<String> {
     let out = cmd
@@ -283,7 +333,11 @@ pub fn run_capture(tool: &str, mut cmd: Command) -> Result<String> {
         .map_err(|e| anyhow!("cannot start {tool}: {e}"))?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
-        let line = stderr.lines().find(|l| l.contains("error")).or(stderr.lines().last()).unwrap_or("");
+        let line = stderr
+            .lines()
+            .find(|l| l.contains("error"))
+            .or(stderr.lines().last())
+            .unwrap_or("");
         return Err(anyhow!("{tool} failed ({}): {}", out.status, line.trim()));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())

@@ -34,9 +34,19 @@ pub async fn scan(storage: &DynStorage) -> Result<Scan> {
     let objects = storage.list(layout::BACKUPS).await?;
     let mut by_label: BTreeMap<BackupLabel, (bool, Orphan)> = BTreeMap::new();
     for meta in objects {
-        let Some((label, is_manifest)) = layout::parse_backup_key(&meta.key) else { continue };
+        let Some((label, is_manifest)) = layout::parse_backup_key(&meta.key) else {
+            continue;
+        };
         let entry = by_label.entry(label.clone()).or_insert_with(|| {
-            (false, Orphan { label, objects: Vec::new(), bytes: 0, newest: None })
+            (
+                false,
+                Orphan {
+                    label,
+                    objects: Vec::new(),
+                    bytes: 0,
+                    newest: None,
+                },
+            )
         });
         entry.0 |= is_manifest;
         entry.1.bytes += meta.size;

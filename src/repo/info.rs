@@ -56,5 +56,7 @@ pub async fn read(storage: &DynStorage) -> Result<Option<RepoInfo>> {
 /// Write repo.json; fails with `AlreadyExists` if another init won the race.
 pub async fn create(storage: &DynStorage, info: &RepoInfo) -> Result<(), StorageError> {
     let data = serde_json::to_vec_pretty(info).expect("repo info serialises");
-    storage.put(&layout::repo_info(), Bytes::from(data), PutMode::CreateNew).await
+    storage
+        .put(&layout::repo_info(), Bytes::from(data), PutMode::CreateNew)
+        .await
 }

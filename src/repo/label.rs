@@ -48,7 +48,11 @@ impl BackupLabel {
     }
 
     pub fn kind(&self) -> BackupKind {
-        if self.0.ends_with('F') { BackupKind::Physical } else { BackupKind::Logical }
+        if self.0.ends_with('F') {
+            BackupKind::Physical
+        } else {
+            BackupKind::Logical
+        }
     }
 
     pub fn time(&self) -> DateTime<Utc> {
@@ -69,7 +73,9 @@ impl FromStr for BackupLabel {
         if ok {
             Ok(BackupLabel(s.to_string()))
         } else {
-            Err(format!("{s:?} is not a backup label (expected e.g. 20261126T020000Z-L)"))
+            Err(format!(
+                "{s:?} is not a backup label (expected e.g. 20261126T020000Z-L)"
+            ))
         }
     }
 }
@@ -105,7 +111,10 @@ mod tests {
         assert_eq!(l.as_str(), "20261126T020000Z-L");
         assert_eq!(l.time(), t);
         assert_eq!(l.kind(), BackupKind::Logical);
-        assert_eq!("20261126T020000Z-F".parse::<BackupLabel>().unwrap().kind(), BackupKind::Physical);
+        assert_eq!(
+            "20261126T020000Z-F".parse::<BackupLabel>().unwrap().kind(),
+            BackupKind::Physical
+        );
         assert!("latest".parse::<BackupLabel>().is_err());
         assert!("20261126T020000Z-X".parse::<BackupLabel>().is_err());
     }

@@ -58,7 +58,11 @@ pub fn parse_backup_key(key: &ObjectKey) -> Option<(BackupLabel, bool)> {
 
 /// A throw-away object used by `check` to prove the repository is writable.
 pub fn write_probe() -> ObjectKey {
-    key(format!("locks/check-probe-{}-{:08x}", std::process::id(), rand::random::<u32>()))
+    key(format!(
+        "locks/check-probe-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    ))
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ pub mod manifest;
 use anyhow::{Context, Result};
 
 use crate::config::Config;
-use crate::pipeline::{Compression, Keyring, RepoKey};
+use crate::pipeline::{Compression, Keyring, RepoKey, Store};
 use crate::storage::{self, DynStorage};
 use crate::usage;
 
@@ -45,10 +45,15 @@ pub fn load_keyring(config: &Config) -> Result<Keyring> {
 
 pub fn compression(config: &Config) -> Compression {
     let threads = match config.repository.compress_threads {
-        0 => std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1),
+        0 => std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(1),
         n => n,
     };
-    Compression { level: config.repository.compress_level, threads }
+    Compression {
+        level: config.repository.compress_level,
+        threads,
+    }
 }
 
 impl Repo {
@@ -72,7 +77,12 @@ impl Repo {
                 info.key_id
             ));
         }
-        Ok(Repo { storage, keys, info, compression: compression(config) })
+        Ok(Repo {
+            storage,
+            keys,
+            info,
+            compression: compression(config),
+        })
     }
 
     /// Refuse to work for a PostgreSQL cluster other than the repository's own.
@@ -86,6 +96,15 @@ impl Repo {
             ));
         }
         Ok(())
+    }
+
+    /// How this repository stores new objects.
+    pub fn store(&self) -> Store<'_> {
+        Store {
+            storage: &self.storage,
+            keys: &self.keys,
+            compression: self.compression,
+        }
     }
 
     pub async fn manifests(&self) -> Result<Vec<Manifest>> {

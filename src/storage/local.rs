@@ -64,7 +64,11 @@ struct TempFile {
 
 impl TempFile {
     fn create(dir: &Path, name: &str) -> io::Result<TempFile> {
-        let path = dir.join(format!(".{name}{TEMP_MARKER}{}-{:08x}", std::process::id(), rand::random::<u32>()));
+        let path = dir.join(format!(
+            ".{name}{TEMP_MARKER}{}-{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
         let file = OpenOptions::new().write(true).create_new(true).open(&path)?;
         Ok(TempFile { path, file: Some(file) })
     }
@@ -161,7 +165,9 @@ impl Storage for LocalStorage {
         let key = key.clone();
         tokio::task::spawn_blocking(move || {
             let (path, mut temp) = this.prepare(&key, mode)?;
-            temp.file().write_all(&data).map_err(|e| this.io_error("write", &path, e))?;
+            temp.file()
+                .write_all(&data)
+                .map_err(|e| this.io_error("write", &path, e))?;
             this.finish(&key, &path, temp, mode)
         })
         .await
@@ -178,7 +184,9 @@ impl Storage for LocalStorage {
             let mut temp = temp;
             let mut written = 0u64;
             while let Some(data) = rx.blocking_recv() {
-                temp.file().write_all(&data).map_err(|e| this.io_error("write", &writer_path, e))?;
+                temp.file()
+                    .write_all(&data)
+                    .map_err(|e| this.io_error("write", &writer_path, e))?;
                 written += data.len() as u64;
             }
             Ok((temp, written))
@@ -216,7 +224,9 @@ impl Storage for LocalStorage {
         let path = self.path(key);
         let mut file = match File::open(&path) {
             Ok(file) => file,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StorageError::NotFound(key.to_string())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StorageError::NotFound(key.to_string()));
+            }
             Err(e) => return Err(self.io_error("read", &path, e)),
         };
         let (tx, rx) = mpsc::channel(4);
@@ -344,7 +354,9 @@ pub fn stale_temp_files(root: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
-        let Ok(entries) = fs::read_dir(&dir) else { continue };
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
         for entry in entries.flatten() {
             let path = entry.path();
             if path.is_dir() {

@@ -7,13 +7,13 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use aws_sdk_s3::Client;
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
-use aws_sdk_s3::Client;
 use bytes::{Bytes, BytesMut};
 use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
@@ -74,7 +74,11 @@ impl S3Storage {
         if let Some(endpoint) = &endpoint {
             builder = builder.endpoint_url(endpoint);
         }
-        let part_size = repo.s3_part_size.map(|s| s as usize).unwrap_or(DEFAULT_PART_SIZE).max(MIN_PART_SIZE);
+        let part_size = repo
+            .s3_part_size
+            .map(|s| s as usize)
+            .unwrap_or(DEFAULT_PART_SIZE)
+            .max(MIN_PART_SIZE);
         Ok(S3Storage {
             client: Client::from_conf(builder.build()),
             bucket: bucket.to_string(),
@@ -107,7 +111,10 @@ impl S3Storage {
                 ));
             }
             SdkError::ResponseError(_) => {
-                return StorageError::Transient(format!("{op} {key}: unreadable reply from {place}: {}", DisplayErrorContext(&err)));
+                return StorageError::Transient(format!(
+                    "{op} {key}: unreadable reply from {place}: {}",
+                    DisplayErrorContext(&err)
+                ));
             }
             _ => {}
         }
@@ -267,7 +274,9 @@ impl PartReader<'_> {
     }
 }
 
-fn join_part(joined: Option<std::result::Result<Result<CompletedPart>, tokio::task::JoinError>>) -> Result<CompletedPart> {
+fn join_part(
+    joined: Option<std::result::Result<Result<CompletedPart>, tokio::task::JoinError>>,
+) -> Result<CompletedPart> {
     match joined {
         Some(Ok(part)) => part,
         Some(Err(e)) => Err(StorageError::Permanent(format!("upload task failed: {e}"))),
@@ -393,8 +402,12 @@ impl Storage for S3Storage {
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| self.map_err("LIST", prefix, e))?;
             for object in page.contents() {
-                let Some(rel) = object.key().and_then(|k| self.relative(k)) else { continue };
-                let Ok(key) = ObjectKey::new(rel) else { continue };
+                let Some(rel) = object.key().and_then(|k| self.relative(k)) else {
+                    continue;
+                };
+                let Ok(key) = ObjectKey::new(rel) else {
+                    continue;
+                };
                 out.push(ObjectMeta {
                     key,
                     size: object.size().unwrap_or(0).max(0) as u64,

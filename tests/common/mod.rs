@@ -1,0 +1,595 @@
+//! Test harness: real PostgreSQL clusters (initdb in a temp dir, a free port, run as
+//! the `postgres` OS user when the tests run as root), a real S3-compatible server
+//! (moto) on 127.0.0.1, and the real `pgdr` binary with a clean environment.
+//! Anything missing fails the test loudly; nothing is skipped.
+
+#![allow(dead_code)]
+
+use std::ffi::OsStr;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub const PGDR: &str = env!("CARGO_BIN_EXE_pgdr");
+
+pub fn is_root() -> bool {
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// uid/gid of the `postgres` OS user.
+pub fn postgres_ids() -> (u32, u32) {
+    let name = std::ffi::CString::new("postgres").unwrap();
+    let pw = unsafe { libc::getpwnam(name.as_ptr()) };
+    assert!(
+        !pw.is_null(),
+        "the tests run as root, so PostgreSQL must run as the `postgres` OS user, which does not exist — run scripts/install-deps.sh"
+    );
+    unsafe { ((*pw).pw_uid, (*pw).pw_gid) }
+}
+
+/// PostgreSQL's server binaries; panics with the fix when they are missing.
+pub fn pg_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let mut candidates = Vec::new();
+        if let Ok(dir) = std::env::var("PGDR_TEST_PG_BIN") {
+            candidates.push(PathBuf::from(dir));
+        }
+        if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
+            candidates.push(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
+        }
+        if let Ok(entries) = std::fs::read_dir("/usr/lib/postgresql") {
+            let mut dirs: Vec<_> = entries.flatten().map(|e| e.path().join("bin")).collect();
+            dirs.sort();
+            candidates.extend(dirs.into_iter().rev());
+        }
+        candidates
+            .into_iter()
+            .find(|d| d.join("initdb").is_file() && d.join("postgres").is_file())
+            .expect("PostgreSQL server binaries (initdb, postgres) not found — run scripts/install-deps.sh or set PGDR_TEST_PG_BIN")
+    })
+    .clone()
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A private directory that the `postgres` user can use too.
+pub struct TestDir {
+    pub dir: tempfile::TempDir,
+}
+
+impl TestDir {
+    pub fn new() -> TestDir {
+        let dir = tempfile::Builder::new().prefix("pgdr-test-").tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        TestDir { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn join(&self, p: impl AsRef<Path>) -> PathBuf {
+        self.dir.path().join(p)
+    }
+}
+
+fn chown_postgres(path: &Path) {
+    if is_root() {
+        let (uid, gid) = postgres_ids();
+        std::os::unix::fs::chown(path, Some(uid), Some(gid)).unwrap();
+    }
+}
+
+fn as_postgres(cmd: &mut Command) -> &mut Command {
+    if is_root() {
+        let (uid, gid) = postgres_ids();
+        cmd.uid(uid).gid(gid);
+        cmd.env("HOME", "/tmp");
+    }
+    cmd
+}
+
+/// Kill the child when the thread that spawned it dies (the test's thread).
+fn die_with_parent(cmd: &mut Command) {
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+}
+
+/// A PostgreSQL cluster of the test's own.
+pub struct Cluster {
+    pub dir: TestDir,
+    pub port: u16,
+    pub data: PathBuf,
+    server: Option<Child>,
+}
+
+impl Cluster {
+    pub fn start() -> Cluster {
+        Cluster::start_with(&[])
+    }
+
+    /// `settings` are extra `-c name=value` server settings.
+    pub fn start_with(settings: &[&str]) -> Cluster {
+        let dir = TestDir::new();
+        let data = dir.join("data");
+        std::fs::create_dir(&data).unwrap();
+        chown_postgres(&data);
+        std::fs::create_dir(dir.join("sock")).unwrap();
+        chown_postgres(&dir.join("sock"));
+        let out = as_postgres(Command::new(pg_bin().join("initdb")).args([
+            "-D",
+            data.to_str().unwrap(),
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--locale=C.UTF-8",
+            "--no-sync",
+        ]))
+        .output()
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut cluster = Cluster {
+            port: 0,
+            data,
+            dir,
+            server: None,
+        };
+        cluster.launch(settings);
+        cluster
+    }
+
+    fn launch(&mut self, settings: &[&str]) {
+        for _ in 0..5 {
+            let port = free_port();
+            let mut cmd = Command::new(pg_bin().join("postgres"));
+            cmd.arg("-D")
+                .arg(&self.data)
+                .args(["-p", &port.to_string(), "-k"])
+                .arg(self.dir.join("sock"))
+                .args([
+                    "-c",
+                    "listen_addresses=127.0.0.1",
+                    "-c",
+                    "fsync=off",
+                    "-c",
+                    "max_connections=40",
+                ]);
+            for s in settings {
+                cmd.args(["-c", s]);
+            }
+            let log = std::fs::File::create(self.dir.join("server.log")).unwrap();
+            chown_postgres(&self.dir.join("server.log"));
+            cmd.stdout(Stdio::null()).stderr(log);
+            as_postgres(&mut cmd);
+            die_with_parent(&mut cmd);
+            let mut child = cmd.spawn().expect("cannot start postgres");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break; // port race or failure: try another port
+                }
+                let ready = Command::new(pg_bin().join("pg_isready"))
+                    .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q"])
+                    .status()
+                    .map(|s| s.success())
+                    .unwrap_or(false);
+                if ready {
+                    self.port = port;
+                    self.server = Some(child);
+                    return;
+                }
+                assert!(Instant::now() < deadline, "postgres did not start: {}", self.log());
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        panic!("postgres would not start: {}", self.log());
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+    }
+
+    /// Stop the server (fast shutdown).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.server.take() {
+            unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn url(&self, db: &str) -> String {
+        format!("postgresql://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// Run SQL through psql; returns trimmed unaligned output. Panics on error.
+    pub fn psql(&self, db: &str, sql: &str) -> String {
+        let out = self.psql_output(db, sql);
+        assert!(
+            out.status.success(),
+            "psql failed on {db}: {}\nSQL: {sql}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    pub fn psql_output(&self, db: &str, sql: &str) -> Output {
+        let mut child = Command::new(pg_bin().join("psql"))
+            .args([
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+            ])
+            .args(["-p", &self.port.to_string(), "-d", db])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(sql.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    pub fn pgbench_init(&self, db: &str, scale: u32) {
+        let out = Command::new(pg_bin().join("pgbench"))
+            .args([
+                "-i",
+                "-q",
+                "-s",
+                &scale.to_string(),
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+            ])
+            .args(["-p", &self.port.to_string(), db])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pgbench -i failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Ordered content hash of every user table in `db`, and of its large objects:
+    /// `schema.table=md5` lines, sorted.
+    pub fn content_hashes(&self, db: &str) -> Vec<String> {
+        let tables = self.psql(
+            db,
+            "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'r' \
+             AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%' ORDER BY 1",
+        );
+        let mut out = Vec::new();
+        for table in tables.lines().filter(|l| !l.is_empty()) {
+            let hash = self.psql(
+                db,
+                &format!("SELECT count(*) || ':' || coalesce(md5(string_agg(t::text, '|' ORDER BY t::text)), '-') FROM {table} t"),
+            );
+            out.push(format!("{table}={hash}"));
+        }
+        let lo = self.psql(
+            db,
+            "SELECT coalesce(string_agg(loid || ':' || h, ',' ORDER BY loid), 'none') FROM \
+             (SELECT loid, md5(string_agg(data, ''::bytea ORDER BY pageno)) h FROM pg_largeobject GROUP BY loid) s",
+        );
+        out.push(format!("largeobjects={lo}"));
+        out
+    }
+
+    /// Non-system roles with their attributes, sorted.
+    pub fn roles(&self) -> String {
+        self.psql(
+            "postgres",
+            "SELECT string_agg(format('%s:%s:%s:%s', rolname, rolcanlogin, rolcreatedb, rolconnlimit), ',' ORDER BY rolname) \
+             FROM pg_roles WHERE rolname NOT LIKE 'pg\\_%'",
+        )
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Fill `db` with pgbench data plus a table of every common type and a large object.
+pub fn load_sample(cluster: &Cluster, db: &str) {
+    cluster.psql("postgres", &format!("CREATE DATABASE {db}"));
+    cluster.pgbench_init(db, 1);
+    cluster.psql(
+        db,
+        r#"
+        CREATE SCHEMA app;
+        CREATE TABLE app."All Types" (
+            id serial PRIMARY KEY, t text, b bytea, j jsonb, n numeric(20,6), ts timestamptz,
+            ints int[], texts text[], d date, u uuid, f float8, flag boolean);
+        INSERT INTO app."All Types" (t, b, j, n, ts, ints, texts, d, u, f, flag)
+        SELECT 'zeile ' || i || ' — Grüße, 日本語, emoji 🐘',
+               decode(md5(i::text), 'hex') || '\x00ff'::bytea,
+               jsonb_build_object('i', i, 'nested', jsonb_build_object('a', ARRAY[i, i+1]), 's', 'ü'),
+               i * 3.141592, timestamptz '2026-01-01 00:00:00+00' + i * interval '17 minutes',
+               ARRAY[i, -i, NULL], ARRAY['x' || i, NULL, 'quote"d'], date '2026-01-01' + i,
+               md5(i::text)::uuid, i / 7.0, i % 2 = 0
+        FROM generate_series(1, 2000) i;
+        INSERT INTO app."All Types" (t) VALUES (NULL);
+        SELECT lo_from_bytea(0, convert_to(repeat('large object payload ', 5000), 'UTF8'));
+        CREATE INDEX ON app."All Types" (ts);
+        "#,
+    );
+}
+
+/// The shared moto S3 server of this test binary.
+pub struct S3Server {
+    pub port: u16,
+}
+
+pub fn s3() -> &'static S3Server {
+    static SERVER: OnceLock<S3Server> = OnceLock::new();
+    SERVER.get_or_init(|| {
+        let moto = which("moto_server").expect(
+            "moto_server not found — the S3 tests need it: run scripts/install-deps.sh (pip install 'moto[server]>=5.2.5')",
+        );
+        let port = free_port();
+        let (tx, rx) = std::sync::mpsc::channel();
+        // A thread that lives as long as the test process owns the server, so it dies
+        // with the process (PDEATHSIG follows the spawning thread).
+        std::thread::spawn(move || {
+            let mut cmd = Command::new(moto);
+            cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            die_with_parent(&mut cmd);
+            let child = cmd.spawn().expect("cannot start moto_server");
+            tx.send(()).unwrap();
+            let _keep = child;
+            loop {
+                std::thread::park();
+            }
+        });
+        rx.recv().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "moto_server did not start on port {port}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        S3Server { port }
+    })
+}
+
+impl S3Server {
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Create a fresh bucket (moto accepts unsigned requests).
+    pub fn bucket(&self) -> String {
+        let name = format!("pgdr-{:016x}", rand::random::<u64>());
+        let status = self.raw("PUT", &format!("/{name}"));
+        assert!(status.starts_with("HTTP/1.1 200"), "creating bucket failed: {status}");
+        name
+    }
+
+    fn raw(&self, method: &str, path: &str) -> String {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.port
+        )
+        .unwrap();
+        let mut reply = String::new();
+        let _ = s.read_to_string(&mut reply);
+        reply
+    }
+}
+
+pub fn which(tool: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|d| d.join(tool)).find(|p| p.is_file())
+}
+
+pub const TEST_AWS_KEY: &str = "AKIAPGDRTEST";
+pub const TEST_AWS_SECRET: &str = "pgdr-test-secret-key-never-logged";
+
+pub enum RepoKind {
+    Local,
+    S3,
+}
+
+/// One pgdr setup: a config file, a key, a repository (local dir or S3 bucket).
+pub struct Pgdr {
+    pub dir: TestDir,
+    pub config: PathBuf,
+    pub key_file: PathBuf,
+    pub repo_dir: Option<PathBuf>,
+    pub extra_env: Vec<(String, String)>,
+}
+
+impl Pgdr {
+    pub fn new(cluster: &Cluster, kind: RepoKind) -> Pgdr {
+        let dir = TestDir::new();
+        let key_file = dir.join("repo.key");
+        let (repo_section, repo_dir) = match kind {
+            RepoKind::Local => {
+                let repo = dir.join("repo");
+                (format!("url = \"file://{}\"\n", repo.display()), Some(repo))
+            }
+            RepoKind::S3 => {
+                let server = s3();
+                let bucket = server.bucket();
+                (
+                    format!(
+                        "url = \"s3://{bucket}/backups\"\nendpoint = \"{}\"\nregion = \"us-east-1\"\nforce_path_style = true\ns3_part_size = 5242880\n",
+                        server.endpoint()
+                    ),
+                    None,
+                )
+            }
+        };
+        let config = dir.join("pgdr.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "cluster = \"test\"\n\n[postgres]\nurl = \"{}\"\nbin_dir = \"{}\"\n\n[repository]\n{repo_section}key_file = \"{}\"\ncompress_threads = 2\n",
+                cluster.url("postgres"),
+                pg_bin().display(),
+                key_file.display()
+            ),
+        )
+        .unwrap();
+        let pgdr = Pgdr {
+            dir,
+            config,
+            key_file,
+            repo_dir,
+            extra_env: Vec::new(),
+        };
+        let out = pgdr.run(&["init", "--generate-key", pgdr.key_file.to_str().unwrap()]);
+        assert_success(&out, "pgdr init");
+        pgdr
+    }
+
+    /// The pgdr command with a clean environment: nothing from the developer's
+    /// PGDR_*, AWS_* or PG* variables leaks in.
+    pub fn command(&self, args: &[impl AsRef<OsStr>]) -> Command {
+        let mut cmd = Command::new(PGDR);
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", self.dir.path())
+            .env("RUST_BACKTRACE", "1")
+            .env("PGDR_CONFIG", &self.config)
+            .env("AWS_ACCESS_KEY_ID", TEST_AWS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", TEST_AWS_SECRET)
+            .envs(self.extra_env.iter().map(|(k, v)| (k, v)))
+            .args(args)
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    pub fn run(&self, args: &[impl AsRef<OsStr>]) -> Output {
+        self.command(args).output().unwrap()
+    }
+
+    /// Run and expect success; returns stdout.
+    pub fn ok(&self, args: &[impl AsRef<OsStr>]) -> String {
+        let out = self.run(args);
+        let what = args
+            .iter()
+            .map(|a| a.as_ref().to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert_success(&out, &format!("pgdr {what}"));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn list_json(&self) -> Vec<serde_json::Value> {
+        let out = self.ok(&["list", "--json"]);
+        serde_json::from_str::<serde_json::Value>(&out)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    /// Set a key in the config file's [repository] section (appends an override).
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.extra_env.push((key.to_string(), value.to_string()));
+    }
+}
+
+pub fn assert_success(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_clean_stderr(out);
+}
+
+/// No panic, no backtrace, ever.
+pub fn assert_clean_stderr(out: &Output) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("stack backtrace") && !stderr.contains("RUST_BACKTRACE"),
+        "pgdr panicked or printed a backtrace:\n{stderr}"
+    );
+}
+
+/// A failure must be: the documented exit code, one line on stderr, mentioning
+/// `needle`. Returns that line.
+pub fn assert_fails(out: &Output, code: i32, needle: &str) -> String {
+    assert_clean_stderr(out);
+    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "expected exit {code}, got {:?}\nstdout: {}\nstderr: {stderr}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one error line, got:\n{stderr}");
+    assert!(
+        lines[0].to_lowercase().contains(&needle.to_lowercase()),
+        "error line does not mention {needle:?}: {}",
+        lines[0]
+    );
+    lines[0].to_string()
+}
+
+/// All stored files of a local repository.
+pub fn repo_files(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}

@@ -1,0 +1,281 @@
+//! Logical backups end to end: the real binary against real PostgreSQL clusters, a
+//! local repository and the real S3 server; data compared table by table.
+
+mod common;
+
+use common::*;
+
+/// Back up a cluster with pgbench data, every common type, a large object and roles;
+/// restore everything into a second, empty cluster (globals first), and compare the
+/// ordered content hash of every table and the roles.
+fn round_trip(kind: RepoKind) {
+    let source = Cluster::start();
+    load_sample(&source, "shop");
+    source.psql(
+        "postgres",
+        "CREATE ROLE app_reader LOGIN CONNECTION LIMIT 7; CREATE ROLE app_owner CREATEDB",
+    );
+    source.psql(
+        "shop",
+        "GRANT SELECT ON ALL TABLES IN SCHEMA public TO app_reader; ALTER TABLE pgbench_accounts OWNER TO app_owner",
+    );
+    let pgdr = Pgdr::new(&source, kind);
+    let out = pgdr.ok(&["backup", "--kind", "logical", "--all", "--tag", "first"]);
+    assert!(out.contains("backup ") && out.contains("database(s)"), "{out}");
+
+    let list = pgdr.list_json();
+    assert_eq!(list.len(), 1);
+    let dbs: Vec<&str> = list[0]["databases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_str().unwrap())
+        .collect();
+    assert_eq!(dbs, vec!["postgres", "shop"]);
+    assert_eq!(list[0]["tags"][0], "first");
+
+    // Restore into a different, empty cluster: roles first, then the database.
+    let target = Cluster::start();
+    let mut restorer = Pgdr {
+        extra_env: vec![],
+        ..clone_setup(&pgdr)
+    };
+    restorer.set_env("PGDR_POSTGRES_URL", &target.url("postgres"));
+    restorer.ok(&["restore", "--globals-only"]);
+    assert_eq!(target.roles(), source.roles(), "roles differ after restoring globals");
+    let out = restorer.ok(&["restore", "--backup", "tag:first", "--database", "shop", "--json"]);
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(report["rows"].as_i64().unwrap() > 100_000, "{report}");
+    assert_eq!(target.content_hashes("shop"), source.content_hashes("shop"));
+    assert_eq!(
+        target.psql(
+            "shop",
+            "SELECT tableowner FROM pg_tables WHERE tablename = 'pgbench_accounts'"
+        ),
+        "app_owner"
+    );
+
+    // And alongside the original on the same cluster, under a new name.
+    pgdr.ok(&["restore", "--database", "shop", "--to-database", "shop_copy"]);
+    assert_eq!(source.content_hashes("shop_copy"), source.content_hashes("shop"));
+}
+
+/// The same repository seen through a second config that may point elsewhere.
+fn clone_setup(p: &Pgdr) -> Pgdr {
+    let dir = TestDir::new();
+    let config = dir.join("pgdr.toml");
+    std::fs::copy(&p.config, &config).unwrap();
+    Pgdr {
+        dir,
+        config,
+        key_file: p.key_file.clone(),
+        repo_dir: p.repo_dir.clone(),
+        extra_env: vec![],
+    }
+}
+
+#[test]
+fn round_trip_local() {
+    round_trip(RepoKind::Local);
+}
+
+#[test]
+fn round_trip_s3() {
+    round_trip(RepoKind::S3);
+}
+
+#[test]
+fn stored_bytes_never_contain_plaintext() {
+    let cluster = Cluster::start();
+    let marker = "PGDR-PLAINTEXT-MARKER-7f3a9c";
+    cluster.psql("postgres", "CREATE DATABASE secrets");
+    cluster.psql(
+        "secrets",
+        &format!("CREATE TABLE s (v text); INSERT INTO s SELECT '{marker}' || i FROM generate_series(1, 1000) i"),
+    );
+    let pgdr = Pgdr::new(&cluster, RepoKind::Local);
+    pgdr.ok(&["backup", "--database", "secrets"]);
+    let files = repo_files(pgdr.repo_dir.as_ref().unwrap());
+    assert!(files.len() >= 3, "expected globals, dump and manifest: {files:?}");
+    for f in files {
+        let data = std::fs::read(&f).unwrap();
+        for needle in [marker.as_bytes(), b"secrets", b"CREATE TABLE"] {
+            let is_repo_json = f.ends_with("repo.json");
+            if is_repo_json {
+                continue;
+            }
+            assert!(
+                !data.windows(needle.len()).any(|w| w == needle),
+                "{} contains plaintext {:?}",
+                f.display(),
+                String::from_utf8_lossy(needle)
+            );
+        }
+    }
+    // And yet `cat` gets the dump back, good for pg_restore.
+    let label = pgdr.list_json()[0]["label"].as_str().unwrap().to_string();
+    let dump = pgdr
+        .command(&["cat", &format!("{label}/databases/secrets.dump")])
+        .output()
+        .unwrap();
+    assert_success(&dump, "pgdr cat");
+    assert!(dump.stdout.starts_with(b"PGDMP"), "not a custom-format dump");
+    let globals = pgdr.ok(&["cat", &format!("backups/{label}/globals.sql")]);
+    assert!(globals.contains("CREATE ROLE postgres"), "{globals}");
+    let mut restore = std::process::Command::new(pg_bin().join("pg_restore"))
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    restore.stdin.take().unwrap().write_all(&dump.stdout).unwrap();
+    let sql = restore.wait_with_output().unwrap();
+    assert!(String::from_utf8_lossy(&sql.stdout).contains(&format!("{marker}1000")));
+}
+
+#[test]
+fn restore_options_and_refusals() {
+    let cluster = Cluster::start();
+    load_sample(&cluster, "shop");
+    let pgdr = Pgdr::new(&cluster, RepoKind::Local);
+    pgdr.ok(&["backup", "--database", "shop"]);
+    let first = pgdr.list_json()[0]["label"].as_str().unwrap().to_string();
+    cluster.psql("shop", "DELETE FROM pgbench_accounts WHERE aid <= 500");
+    pgdr.ok(&["backup", "--database", "shop", "--tag", "after-delete"]);
+
+    // Newest first, and selectors pick the right one.
+    let list = pgdr.list_json();
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[1]["label"], first.as_str());
+    assert_eq!(list[0]["tags"][0], "after-delete");
+
+    // Refuses a non-empty existing database.
+    let out = pgdr.run(&["restore", "--backup", &first, "--database", "shop"]);
+    assert_fails(&out, 2, "not empty");
+    // An empty existing database is fine; --jobs 2 stages and restores in parallel.
+    cluster.psql("postgres", "CREATE DATABASE empty_target");
+    pgdr.ok(&[
+        "restore",
+        "--backup",
+        &first,
+        "--database",
+        "shop",
+        "--to-database",
+        "empty_target",
+        "--jobs",
+        "2",
+    ]);
+    assert_eq!(
+        cluster.psql("empty_target", "SELECT count(*) FROM pgbench_accounts"),
+        "100000"
+    );
+
+    // --clean replaces the objects of a non-empty database.
+    pgdr.ok(&["restore", "--backup", &first, "--database", "shop", "--clean"]);
+    assert_eq!(cluster.psql("shop", "SELECT count(*) FROM pgbench_accounts"), "100000");
+
+    // One table only.
+    pgdr.ok(&[
+        "restore",
+        "--backup",
+        "tag:after-delete",
+        "--database",
+        "shop",
+        "--to-database",
+        "one_table",
+        "--table",
+        "public.pgbench_accounts",
+    ]);
+    assert_eq!(
+        cluster.psql("one_table", "SELECT count(*) FROM pgbench_accounts"),
+        "99500"
+    );
+    assert_eq!(
+        cluster.psql(
+            "one_table",
+            "SELECT count(*) FROM pg_tables WHERE schemaname IN ('public', 'app')"
+        ),
+        "1"
+    );
+
+    // Unknown label, unknown tag, unknown database, bad table syntax: exit 2, one line.
+    assert_fails(
+        &pgdr.run(&["restore", "--backup", "20200101T000000Z-L"]),
+        2,
+        "does not exist",
+    );
+    assert_fails(&pgdr.run(&["restore", "--backup", "tag:nope"]), 2, "tagged");
+    assert_fails(
+        &pgdr.run(&["restore", "--backup", "yesterday"]),
+        2,
+        "not a backup label",
+    );
+    assert_fails(
+        &pgdr.run(&["restore", "--database", "nope", "--to-database", "x"]),
+        2,
+        "no database",
+    );
+    assert_fails(
+        &pgdr.run(&["restore", "--table", "nodot", "--to-database", "x"]),
+        2,
+        "schema.name",
+    );
+}
+
+#[test]
+fn check_reports_every_part() {
+    let cluster = Cluster::start();
+    let pgdr = Pgdr::new(&cluster, RepoKind::Local);
+    let out = pgdr.run(&["check"]);
+    assert_success(&out, "pgdr check");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for part in [
+        "postgres",
+        "versions",
+        "repository",
+        "identity",
+        "key",
+        "writable",
+        "temp",
+        "orphans",
+    ] {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with('✓') && l.contains(&format!("{part}:"))),
+            "no ✓ {part} in:\n{text}"
+        );
+    }
+    // An orphan: objects under a label without a manifest.
+    let orphan = pgdr
+        .repo_dir
+        .as_ref()
+        .unwrap()
+        .join("test/backups/20200101T000000Z-L/databases");
+    std::fs::create_dir_all(&orphan).unwrap();
+    std::fs::write(orphan.join("x.dump"), b"partial").unwrap();
+    let text = pgdr.ok(&["check"]);
+    assert!(
+        text.contains("⚠ orphans") && text.contains("20200101T000000Z-L"),
+        "{text}"
+    );
+    assert!(pgdr.list_json().is_empty(), "an orphan must not be listed");
+    // A wrong key fails the key check (exit 1), naming the key.
+    let mut wrong = clone_setup(&pgdr);
+    wrong.set_env("PGDR_KEY", &"11".repeat(32));
+    let out = wrong.run(&["check", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let key = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == "key")
+        .unwrap();
+    assert_eq!(key["status"], "failed");
+    // PostgreSQL down: ✗ postgres, exit 1.
+    drop(cluster);
+    let out = pgdr.run(&["check"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("✗ postgres"));
+}
