@@ -29,6 +29,7 @@ use tally::{TallyReader, TallyWriter};
 use crate::storage::{BodySender, DynStorage, ObjectKey, PutMode, StorageError, body_channel};
 
 const READ_BUF: usize = 1 << 20;
+const ZSTD_JOB_SIZE: u32 = 2 << 20;
 
 /// Compression settings for new objects.
 #[derive(Debug, Clone, Copy)]
@@ -116,6 +117,8 @@ fn produce<R: Read>(
     let mut zstd = zstd::stream::write::Encoder::new(sealer, compression.level)?;
     if compression.threads > 0 {
         zstd.multithread(compression.threads)?;
+        // Smaller jobs than zstd's default (4 windows) keep memory bounded per worker.
+        zstd.set_parameter(zstd::stream::raw::CParameter::JobSize(ZSTD_JOB_SIZE))?;
     }
     copy_all(&mut plain, &mut zstd)?;
     let sealer = zstd.finish()?;

@@ -133,7 +133,7 @@ enum Piece {
 }
 
 /// How many pieces may wait in a body channel: bounds memory to this many chunks.
-const BODY_CHANNEL_DEPTH: usize = 8;
+const BODY_CHANNEL_DEPTH: usize = 4;
 
 /// The producing side of a streamed body; used from blocking threads.
 pub struct BodySender {

@@ -26,6 +26,8 @@ use crate::config::RepositoryConfig;
 const MIN_PART_SIZE: usize = 5 << 20;
 const DEFAULT_PART_SIZE: usize = 8 << 20;
 const PARTS_IN_FLIGHT: usize = 2;
+/// 1000 parts of 8 MiB, then 1000 of 16 MiB, …: about 8 TiB within 10 000 parts.
+const PARTS_PER_SIZE: usize = 1000;
 const DELETE_BATCH: usize = 1000;
 
 #[derive(Debug, Clone)]
@@ -199,7 +201,7 @@ impl S3Storage {
         let mut parts = Vec::new();
         let mut total = 0u64;
         let mut number = 0i32;
-        while let Some(part) = reader.next_part().await? {
+        while let Some(part) = reader.next_part(number).await? {
             number += 1;
             total += part.len() as u64;
             while in_flight.len() >= PARTS_IN_FLIGHT {
@@ -259,8 +261,12 @@ struct PartReader<'a> {
 }
 
 impl PartReader<'_> {
-    async fn next_part(&mut self) -> Result<Option<Bytes>> {
-        while !self.ended && self.buf.len() < self.part_size {
+    /// The next part, `done` parts having been cut already. Parts double in size
+    /// every `PARTS_PER_SIZE` parts, so small objects use little memory and huge ones
+    /// stay within S3's 10 000 parts.
+    async fn next_part(&mut self, done: i32) -> Result<Option<Bytes>> {
+        let part_size = self.part_size << (done as usize / PARTS_PER_SIZE).min(10);
+        while !self.ended && self.buf.len() < part_size {
             match self.body.next().await? {
                 Some(data) => self.buf.extend_from_slice(&data),
                 None => self.ended = true,
@@ -269,7 +275,7 @@ impl PartReader<'_> {
         if self.buf.is_empty() {
             return Ok(None);
         }
-        let take = self.buf.len().min(self.part_size);
+        let take = self.buf.len().min(part_size);
         Ok(Some(self.buf.split_to(take).freeze()))
     }
 }
