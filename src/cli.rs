@@ -48,9 +48,40 @@ pub enum Command {
     /// List backups, newest first
     List(ListArgs),
     /// Restore a backup
-    Restore(RestoreArgs),
+    Restore(Box<RestoreArgs>),
     /// Stream any stored object's plaintext to stdout
     Cat(CatArgs),
+    /// archive_command: store one WAL file (archive_command = 'pgdr wal-push %p')
+    WalPush(WalPushArgs),
+    /// restore_command: fetch one WAL file (restore_command = 'pgdr wal-fetch %f %p')
+    WalFetch(WalFetchArgs),
+    /// Background prefetcher started by wal-fetch
+    #[command(hide = true)]
+    WalPrefetch(WalPrefetchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct WalPushArgs {
+    /// Path of the WAL file (%p)
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct WalFetchArgs {
+    /// Name of the wanted file (%f)
+    pub name: String,
+    /// Where to put it (%p)
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct WalPrefetchArgs {
+    #[arg(long)]
+    pub after: String,
+    #[arg(long)]
+    pub segment_size: u64,
+    #[arg(long)]
+    pub dir: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -81,6 +112,12 @@ pub struct BackupArgs {
     /// Tag the backup (repeatable), e.g. deploy-20261230_0900
     #[arg(long = "tag", value_name = "TAG")]
     pub tags: Vec<String>,
+    /// Parallel workers for a physical backup (default: one per core)
+    #[arg(long)]
+    pub jobs: Option<usize>,
+    /// Spread the starting checkpoint instead of forcing it (less I/O, slower start)
+    #[arg(long)]
+    pub spread_checkpoint: bool,
 }
 
 #[derive(Debug, Args)]
@@ -103,9 +140,10 @@ pub struct RestoreArgs {
     /// Restore only these tables (repeatable), as schema.name
     #[arg(long = "table", value_name = "SCHEMA.NAME")]
     pub tables: Vec<String>,
-    /// Parallel pg_restore jobs (stages the dump in a temporary file)
-    #[arg(long, default_value_t = 1)]
-    pub jobs: u32,
+    /// Parallel workers (logical: pg_restore jobs, staging the dump in a temporary
+    /// file; physical: default one per core)
+    #[arg(long)]
+    pub jobs: Option<u32>,
     /// Drop and recreate objects in a non-empty target database
     #[arg(long)]
     pub clean: bool,
@@ -118,6 +156,81 @@ pub struct RestoreArgs {
     /// Do not restore object ownership (for targets without the original roles)
     #[arg(long)]
     pub no_owner: bool,
+
+    /// Physical: the data directory to restore into (created, or empty unless --delta)
+    #[arg(long, value_name = "DIR", help_heading = "Physical restore")]
+    pub to: Option<PathBuf>,
+    /// Recover to this time (RFC 3339 or PostgreSQL syntax, with a time zone)
+    #[arg(long, value_name = "TIME", help_heading = "Physical restore", group = "target_kind")]
+    pub target_time: Option<String>,
+    /// Recover to this LSN
+    #[arg(long, value_name = "LSN", help_heading = "Physical restore", group = "target_kind")]
+    pub target_lsn: Option<String>,
+    /// Recover to this transaction id
+    #[arg(long, value_name = "XID", help_heading = "Physical restore", group = "target_kind")]
+    pub target_xid: Option<String>,
+    /// Recover to this restore point (pg_create_restore_point)
+    #[arg(long, value_name = "NAME", help_heading = "Physical restore", group = "target_kind")]
+    pub target_name: Option<String>,
+    /// Recover to the end of the backup (immediate) or of the archive (latest)
+    #[arg(long, value_enum, help_heading = "Physical restore", group = "target_kind")]
+    pub target: Option<TargetKeyword>,
+    /// What the server does at the target
+    #[arg(long, value_enum, default_value_t = TargetAction::Promote, help_heading = "Physical restore")]
+    pub target_action: TargetAction,
+    /// Stop just before the target instead of just after it
+    #[arg(long, help_heading = "Physical restore")]
+    pub target_exclusive: bool,
+    /// Timeline to follow: latest (default), current, or a number
+    #[arg(long, value_name = "TLI", help_heading = "Physical restore")]
+    pub target_timeline: Option<String>,
+    /// Restore as a standby (standby.signal) that keeps following the archive
+    #[arg(long, help_heading = "Physical restore")]
+    pub standby: bool,
+    /// Standby: connection string of the primary to stream from
+    #[arg(long, value_name = "CONNINFO", help_heading = "Physical restore")]
+    pub primary_conninfo: Option<String>,
+    /// Rewrite only the files whose checksum differs, in a non-empty directory
+    #[arg(long, help_heading = "Physical restore")]
+    pub delta: bool,
+    /// Restore tablespace OID into DIR instead of its original place (repeatable)
+    #[arg(long = "tablespace-map", value_name = "OID=DIR", help_heading = "Physical restore")]
+    pub tablespace_map: Vec<String>,
+    /// Turn WAL archiving off in the restored copy (scratch copies)
+    #[arg(long, help_heading = "Physical restore")]
+    pub no_archive: bool,
+    /// Start the server and wait for recovery to finish
+    #[arg(long, help_heading = "Physical restore")]
+    pub start: bool,
+    /// Port for --start
+    #[arg(long, help_heading = "Physical restore")]
+    pub port: Option<u16>,
+    /// Unix socket directory for --start
+    #[arg(long, value_name = "DIR", help_heading = "Physical restore")]
+    pub socket_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TargetKeyword {
+    Immediate,
+    Latest,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TargetAction {
+    Promote,
+    Pause,
+    Shutdown,
+}
+
+impl TargetAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TargetAction::Promote => "promote",
+            TargetAction::Pause => "pause",
+            TargetAction::Shutdown => "shutdown",
+        }
+    }
 }
 
 #[derive(Debug, Args)]

@@ -11,7 +11,7 @@ use crate::usage;
 
 /// Environment variables that carry something other than a config field.
 const RESERVED_ENV: &[&str] = &["PGDR_CONFIG", "PGDR_KEY", "PGDR_LOG", "PGDR_LOG_FORMAT"];
-const SECTIONS: &[&str] = &["postgres", "repository", "retention"];
+const SECTIONS: &[&str] = &["postgres", "repository", "retention", "wal"];
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -24,9 +24,13 @@ pub struct Config {
     pub repository: RepositoryConfig,
     #[serde(default)]
     pub retention: RetentionConfig,
+    #[serde(default)]
+    pub wal: WalConfig,
     /// Where the configuration came from, for messages.
     #[serde(skip)]
     pub source: String,
+    #[serde(skip)]
+    file: Option<PathBuf>,
 }
 
 fn default_cluster() -> String {
@@ -84,6 +88,46 @@ pub struct RetentionConfig {
     pub logical_days: Option<u32>,
     pub logical_count: Option<u32>,
     pub wal_days: Option<u32>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WalConfig {
+    /// Segments `wal-push` stores in parallel: the one asked for plus those already
+    /// marked `.ready` after it.
+    #[serde(default = "default_push_parallel")]
+    pub push_parallel: u32,
+    /// Segments `wal-fetch` fetches ahead, in the background, during recovery.
+    #[serde(default = "default_prefetch")]
+    pub prefetch: u32,
+    /// Where `wal-push` remembers what it already stored ahead of PostgreSQL's asking.
+    pub spool_dir: Option<PathBuf>,
+    /// How long a physical backup waits for its last WAL segment to be archived.
+    #[serde(default = "default_archive_timeout")]
+    pub archive_timeout: u64,
+}
+
+impl Default for WalConfig {
+    fn default() -> Self {
+        WalConfig {
+            push_parallel: default_push_parallel(),
+            prefetch: default_prefetch(),
+            spool_dir: None,
+            archive_timeout: default_archive_timeout(),
+        }
+    }
+}
+
+fn default_push_parallel() -> u32 {
+    4
+}
+
+fn default_prefetch() -> u32 {
+    8
+}
+
+fn default_archive_timeout() -> u64 {
+    120
 }
 
 /// A parsed repository URL.
@@ -151,7 +195,8 @@ impl Config {
             }
         };
         apply_env_overrides(&mut table, std::env::vars())?;
-        let config = Config::from_table(table, &source)?;
+        let mut config = Config::from_table(table, &source)?;
+        config.file = path.map(|p| std::path::absolute(&p).unwrap_or(p));
         Ok(config)
     }
 
@@ -199,9 +244,17 @@ impl Config {
         Ok(())
     }
 
-    /// Where `initdb`-made sandboxes and spools may go.
-    pub fn temp_dir(&self) -> PathBuf {
-        std::env::temp_dir()
+    /// Where `wal-push` keeps its notes; per cluster, so two clusters never mix.
+    pub fn spool_dir(&self) -> PathBuf {
+        self.wal
+            .spool_dir
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join(format!("pgdr-spool-{}", self.cluster)))
+    }
+
+    /// The absolute path of the configuration file, when there is one.
+    pub fn file(&self) -> Option<PathBuf> {
+        self.file.clone()
     }
 }
 

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod exit;
+pub mod physical;
 pub mod pipeline;
 pub mod postgres;
 pub mod progress;

@@ -38,7 +38,7 @@ fn round_trip(kind: RepoKind) {
     let target = Cluster::start();
     let mut restorer = Pgdr {
         extra_env: vec![],
-        ..clone_setup(&pgdr)
+        ..pgdr.clone_setup()
     };
     restorer.set_env("PGDR_POSTGRES_URL", &target.url("postgres"));
     restorer.ok(&["restore", "--globals-only"]);
@@ -58,20 +58,6 @@ fn round_trip(kind: RepoKind) {
     // And alongside the original on the same cluster, under a new name.
     pgdr.ok(&["restore", "--database", "shop", "--to-database", "shop_copy"]);
     assert_eq!(source.content_hashes("shop_copy"), source.content_hashes("shop"));
-}
-
-/// The same repository seen through a second config that may point elsewhere.
-fn clone_setup(p: &Pgdr) -> Pgdr {
-    let dir = TestDir::new();
-    let config = dir.join("pgdr.toml");
-    std::fs::copy(&p.config, &config).unwrap();
-    Pgdr {
-        dir,
-        config,
-        key_file: p.key_file.clone(),
-        repo_dir: p.repo_dir.clone(),
-        extra_env: vec![],
-    }
 }
 
 #[test]
@@ -261,7 +247,7 @@ fn check_reports_every_part() {
     );
     assert!(pgdr.list_json().is_empty(), "an orphan must not be listed");
     // A wrong key fails the key check (exit 1), naming the key.
-    let mut wrong = clone_setup(&pgdr);
+    let mut wrong = pgdr.clone_setup();
     wrong.set_env("PGDR_KEY", &"11".repeat(32));
     let out = wrong.run(&["check", "--json"]);
     assert_eq!(out.status.code(), Some(1));

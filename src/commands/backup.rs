@@ -12,11 +12,11 @@ use super::Ctx;
 use crate::cli::BackupArgs;
 use crate::exit::Exit;
 use crate::pipeline::ObjectRecord;
-use crate::postgres::server::{self, ExportedSnapshot};
+use crate::postgres::server::{self, BackupSession, BackupStop, ExportedSnapshot};
 use crate::postgres::tools::ChildReader;
-use crate::postgres::{PgTarget, PgTools, ServerInfo};
+use crate::postgres::{Lsn, PgTarget, PgTools, Segment, ServerInfo};
 use crate::progress::{Progress, human_bytes, human_rate};
-use crate::repo::manifest::{CompressionInfo, DatabaseEntry, MANIFEST_FORMAT};
+use crate::repo::manifest::{CompressionInfo, DatabaseEntry, MANIFEST_FORMAT, PhysicalInfo};
 use crate::repo::{BackupKind, BackupLabel, Manifest, Repo, layout};
 use crate::storage::PutMode;
 use crate::usage;
@@ -24,7 +24,7 @@ use crate::usage;
 pub async fn run(ctx: &Ctx, args: BackupArgs) -> Result<Exit> {
     match args.kind {
         BackupKind::Logical => logical(ctx, args).await,
-        BackupKind::Physical => Err(usage!("physical backups are not implemented yet — use --kind logical")),
+        BackupKind::Physical => physical(ctx, args).await,
     }
 }
 
@@ -129,6 +129,7 @@ async fn logical(ctx: &Ctx, args: BackupArgs) -> Result<Exit> {
         databases: entries,
         globals: Some(globals),
         objects,
+        physical: None,
     };
     let data = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
     repo.store()
@@ -241,4 +242,205 @@ async fn dump_database(
         },
         record,
     ))
+}
+
+/// The `START WAL LOCATION: 0/2000028 (file 000000010000000000000002)` line of a
+/// backup label.
+fn label_start_segment(label_file: &str) -> Option<String> {
+    let line = label_file.lines().find(|l| l.starts_with("START WAL LOCATION:"))?;
+    let file = line.split("(file ").nth(1)?.trim_end_matches(')').trim();
+    Some(file.to_string())
+}
+
+async fn physical(ctx: &Ctx, args: BackupArgs) -> Result<Exit> {
+    for tag in &args.tags {
+        validate_tag(tag)?;
+    }
+    if !args.databases.is_empty() {
+        return Err(usage!(
+            "--database is for logical backups; a physical backup copies the whole cluster"
+        ));
+    }
+    let config = &ctx.config;
+    let repo = Repo::open(config).await?;
+    let target = PgTarget::from_config(config.postgres.url.as_deref())?;
+    let client = target.connect(None).await?;
+    let server = server::server_info(&client).await?;
+    repo.check_system_identifier(&server.system_identifier)?;
+    if server.major() < 15 {
+        return Err(usage!(
+            "physical backups need PostgreSQL 15 or newer (pg_backup_start); this server is {} — use --kind logical",
+            server.version
+        ));
+    }
+    let archive_mode = server::setting(&client, "archive_mode").await?;
+    let archive_command = server::setting(&client, "archive_command").await?;
+    if archive_mode == "off" || archive_command.trim().is_empty() || archive_command == "(disabled)" {
+        return Err(usage!(
+            "WAL archiving is off (archive_mode = {archive_mode}): a physical backup is useless without it — set archive_mode = on and archive_command = 'pgdr wal-push %p', then restart PostgreSQL"
+        ));
+    }
+    let data_dir = match &config.postgres.data_dir {
+        Some(dir) => dir.clone(),
+        None => server::setting(&client, "data_directory").await?.into(),
+    };
+    let local = crate::postgres::datadir::control_system_identifier(&data_dir).map_err(|e| {
+        usage!(
+            "cannot read {}/global/pg_control ({e}) — physical backups run on the database host; set [postgres] data_dir",
+            data_dir.display()
+        )
+    })?;
+    if local != server.system_identifier {
+        return Err(usage!(
+            "{} belongs to another cluster (system identifier {local}) than the server pgdr is connected to ({}) — check [postgres] data_dir and url",
+            data_dir.display(),
+            server.system_identifier
+        ));
+    }
+    let segment_size: u64 = server::setting(&client, "wal_segment_size")
+        .await?
+        .trim_end_matches("MB")
+        .parse::<u64>()
+        .map(|mb| mb << 20)
+        .map_err(|_| anyhow::anyhow!("cannot read wal_segment_size"))?;
+    let jobs = args
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2))
+        .max(1);
+
+    let label = fresh_label(&repo, BackupKind::Physical).await?;
+    let start_time = Utc::now();
+    let (session, start_lsn) = BackupSession::start(client, label.as_str(), !args.spread_checkpoint).await?;
+    let timeline = session.timeline().await?;
+    let listing = crate::physical::listing_for(&data_dir)?;
+    let total: u64 = listing.files.iter().map(|f| f.size).sum();
+    let progress = Progress::start(Some(total));
+    progress.set_message(format!("{label} ({jobs} workers)"));
+    let copied = crate::physical::copy_files(&repo, &label, &listing, jobs, progress.counter()).await;
+    let outcome = match copied {
+        Ok(parts) => {
+            progress.set_message("waiting for WAL");
+            finish_physical(
+                &repo,
+                session,
+                parts,
+                &label,
+                timeline,
+                segment_size,
+                config.wal.archive_timeout,
+            )
+            .await
+        }
+        Err(e) => Err(e),
+    };
+    progress.finish();
+    let (files, objects, stop, wal_start, wal_stop) = match outcome {
+        Ok(parts) => parts,
+        Err(e) => {
+            if let Ok(objects) = repo.storage.list(&layout::backup_prefix(&label)).await {
+                let keys: Vec<_> = objects.into_iter().map(|o| o.key).collect();
+                let _ = repo.storage.delete(&keys).await;
+            }
+            return Err(e.context(format!("backup {label} failed; nothing was kept")));
+        }
+    };
+    let info = PhysicalInfo {
+        start_lsn: start_lsn.parse().map_err(|e: String| anyhow::anyhow!(e))?,
+        stop_lsn: stop.lsn.parse().map_err(|e: String| anyhow::anyhow!(e))?,
+        timeline,
+        segment_size,
+        wal_start,
+        wal_stop,
+        backup_label: stop.label_file,
+        tablespace_map: stop.tablespace_map,
+        dirs: listing.dirs.clone(),
+        tablespaces: listing.tablespaces.clone(),
+        files,
+    };
+    let manifest = Manifest {
+        format: MANIFEST_FORMAT,
+        label: label.clone(),
+        kind: BackupKind::Physical,
+        tags: args.tags.clone(),
+        start_time,
+        stop_time: Utc::now(),
+        pg_version: server.version.clone(),
+        pg_version_num: server.version_num,
+        system_identifier: server.system_identifier.clone(),
+        key_id: repo.keys.primary().id().to_hex(),
+        compression: CompressionInfo {
+            algorithm: "zstd".into(),
+            level: repo.compression.level,
+        },
+        databases: Vec::new(),
+        globals: None,
+        objects,
+        physical: Some(info),
+    };
+    let data = serde_json::to_vec(&manifest).expect("manifest serialises");
+    repo.store()
+        .bytes(&layout::manifest(&label), "manifest.json", data, PutMode::CreateNew)
+        .await
+        .with_context(|| format!("writing the manifest of {label}"))?;
+    let elapsed = (manifest.stop_time - manifest.start_time).to_std().unwrap_or_default();
+    let info = manifest.physical.as_ref().expect("set above");
+    if ctx.json {
+        ctx.print_json(&json!({
+            "label": label,
+            "kind": "physical",
+            "tags": manifest.tags,
+            "files": info.files.len(),
+            "plain_bytes": manifest.plain_size(),
+            "stored_bytes": manifest.stored_size(),
+            "start_lsn": info.start_lsn,
+            "stop_lsn": info.stop_lsn,
+            "timeline": info.timeline,
+            "wal_start": info.wal_start,
+            "wal_stop": info.wal_stop,
+            "seconds": elapsed.as_secs_f64(),
+        }));
+    } else {
+        println!(
+            "backup {label}: {} files, {} copied → {} stored ({:.1}x) in {:.1} s ({}); WAL {}..{} archived",
+            info.files.len(),
+            human_bytes(manifest.plain_size()),
+            human_bytes(manifest.stored_size()),
+            manifest.plain_size() as f64 / manifest.stored_size().max(1) as f64,
+            elapsed.as_secs_f64(),
+            human_rate(manifest.plain_size(), elapsed),
+            info.wal_start,
+            info.wal_stop
+        );
+    }
+    Ok(Exit::Success)
+}
+
+type PhysicalParts = (
+    Vec<crate::repo::manifest::FileRecord>,
+    Vec<ObjectRecord>,
+    BackupStop,
+    String,
+    String,
+);
+
+async fn finish_physical(
+    repo: &Repo,
+    session: BackupSession,
+    (files, objects): (Vec<crate::repo::manifest::FileRecord>, Vec<ObjectRecord>),
+    label: &BackupLabel,
+    timeline: u32,
+    segment_size: u64,
+    timeout: u64,
+) -> Result<PhysicalParts> {
+    let stop = session.stop().await?;
+    let wal_start = label_start_segment(&stop.label_file)
+        .ok_or_else(|| anyhow::anyhow!("pg_backup_stop returned a backup label without START WAL LOCATION"))?;
+    let stop_lsn: Lsn = stop.lsn.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+    let start = Segment::parse(&wal_start, segment_size)
+        .ok_or_else(|| anyhow::anyhow!("malformed start segment {wal_start} in the backup label"))?;
+    let last = Segment::containing(timeline, Lsn(stop_lsn.0.saturating_sub(1)), segment_size);
+    crate::physical::wait_for_wal(repo, start, last, segment_size, std::time::Duration::from_secs(timeout))
+        .await
+        .with_context(|| format!("backup {label}"))?;
+    Ok((files, objects, stop, wal_start, last.name(segment_size)))
 }

@@ -7,6 +7,9 @@ mod check;
 mod init;
 mod list;
 mod restore;
+mod restore_physical;
+mod wal_fetch;
+mod wal_push;
 
 use anyhow::Result;
 
@@ -45,7 +48,10 @@ pub async fn run(cli: Cli) -> Result<Exit> {
         Command::Check(args) => check::run(&ctx, args).await,
         Command::Backup(args) => backup::run(&ctx, args).await,
         Command::List(args) => list::run(&ctx, args).await,
-        Command::Restore(args) => restore::run(&ctx, args).await,
+        Command::Restore(args) => restore::run(&ctx, *args).await,
         Command::Cat(args) => cat::run(&ctx, args).await,
+        Command::WalPush(args) => wal_push::run(&ctx, args).await,
+        Command::WalFetch(args) => wal_fetch::run(&ctx, args).await,
+        Command::WalPrefetch(args) => wal_fetch::prefetch(&ctx, args).await,
     }
 }

@@ -23,10 +23,11 @@ use crate::repo::{BackupKind, Manifest, Repo, layout};
 use crate::usage;
 
 pub async fn run(ctx: &Ctx, args: RestoreArgs) -> Result<Exit> {
-    if args.kind == BackupKind::Physical {
-        return Err(usage!("physical restores are not implemented yet — use --kind logical"));
+    if args.kind == BackupKind::Physical || args.to.is_some() {
+        return super::restore_physical::run(ctx, args).await;
     }
-    if args.jobs == 0 {
+    let jobs = args.jobs.unwrap_or(1);
+    if jobs == 0 {
         return Err(usage!("--jobs must be at least 1"));
     }
     let tables = args.tables.iter().map(|t| parse_table(t)).collect::<Result<Vec<_>>>()?;
@@ -84,7 +85,10 @@ pub async fn run(ctx: &Ctx, args: RestoreArgs) -> Result<Exit> {
     let started = Instant::now();
     let progress = Progress::start(Some(record.plain.size));
     progress.set_message(format!("{} → {to}", entry.name));
-    let outcome = restore_dump(&repo, manifest, entry, &tools, &target, &to, &args, &tables, &progress).await;
+    let outcome = restore_dump(
+        &repo, manifest, entry, &tools, &target, &to, &args, jobs, &tables, &progress,
+    )
+    .await;
     progress.finish();
     if let Err(e) = outcome {
         if created {
@@ -103,7 +107,7 @@ pub async fn run(ctx: &Ctx, args: RestoreArgs) -> Result<Exit> {
         return Err(e.context(format!(
             "restore of {} into {to:?} failed{}",
             manifest.label,
-            if args.jobs == 1 {
+            if jobs == 1 {
                 "; its single transaction was rolled back"
             } else {
                 ""
@@ -213,6 +217,7 @@ async fn restore_dump(
     target: &PgTarget,
     to: &str,
     args: &RestoreArgs,
+    jobs: u32,
     tables: &[(String, String)],
     progress: &Progress,
 ) -> Result<()> {
@@ -230,7 +235,7 @@ async fn restore_dump(
     for (schema, name) in tables {
         cmd.arg(format!("--schema={schema}")).arg(format!("--table={name}"));
     }
-    if args.jobs == 1 {
+    if jobs == 1 {
         cmd.arg("--single-transaction");
         let sink = ChildWriter::spawn("pg_restore", cmd)?;
         feed_tool(repo, &key, record, sink, Some(progress)).await
@@ -244,7 +249,7 @@ async fn restore_dump(
         if free < record.plain.size {
             return Err(anyhow!(
                 "--jobs {} stages the dump in {} but only {} are free there and the dump is {} — set TMPDIR to a larger place or use --jobs 1",
-                args.jobs,
+                jobs,
                 dir.path().display(),
                 human_bytes(free),
                 human_bytes(record.plain.size)
@@ -260,7 +265,7 @@ async fn restore_dump(
             Some(progress.counter()),
         )
         .await?;
-        cmd.arg(format!("--jobs={}", args.jobs)).arg(&path);
+        cmd.arg(format!("--jobs={jobs}")).arg(&path);
         let mut child = cmd
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())

@@ -179,10 +179,14 @@ impl Store<'_> {
         }
     }
 
-    /// Store a small in-memory object (manifests, reports).
+    /// Store an in-memory object (manifests, WAL segments, reports), compressed on
+    /// the calling pipeline thread only.
     pub async fn bytes(&self, key: &ObjectKey, name: &str, data: Vec<u8>, mode: PutMode) -> Result<ObjectRecord> {
         let small = Store {
-            compression: Compression { level: 3, threads: 0 },
+            compression: Compression {
+                level: self.compression.level,
+                threads: 0,
+            },
             ..*self
         };
         small.reader(key, name, io::Cursor::new(data), mode, None).await

@@ -108,6 +108,15 @@ impl PgTarget {
         })
     }
 
+    /// The same credentials, pointed at another server (a restored copy).
+    pub fn with_address(&self, host: &str, port: u16) -> PgTarget {
+        PgTarget {
+            host: host.to_string(),
+            port,
+            ..self.clone()
+        }
+    }
+
     /// host:port and user, for messages (no password).
     pub fn describe(&self) -> String {
         format!("{}:{} as {}", self.host, self.port, self.user)

@@ -3,12 +3,16 @@
 //! This module never touches storage: it yields and consumes byte streams.
 
 pub mod conn;
+pub mod datadir;
+pub mod recovery;
 pub mod server;
 pub mod tools;
+pub mod wal;
 
 pub use conn::PgTarget;
 pub use server::{ServerInfo, TableRows};
 pub use tools::PgTools;
+pub use wal::{Lsn, Segment, TimelineId, WalFile};
 
 /// Quote an SQL identifier.
 pub fn quote_ident(name: &str) -> String {

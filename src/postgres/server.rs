@@ -46,6 +46,15 @@ pub async fn server_info(client: &Client) -> Result<ServerInfo> {
     })
 }
 
+/// A server setting's current value (`current_setting`).
+pub async fn setting(client: &Client, name: &str) -> Result<String> {
+    let row = client
+        .query_one("SELECT current_setting($1)", &[&name])
+        .await
+        .map_err(db_err(format!("reading the setting {name}")))?;
+    Ok(row.get(0))
+}
+
 /// Databases a full logical backup covers: every one that accepts connections,
 /// templates excluded.
 pub async fn databases(client: &Client) -> Result<Vec<String>> {
@@ -175,5 +184,55 @@ impl ExportedSnapshot {
             .batch_execute("COMMIT")
             .await
             .map_err(db_err("ending the snapshot transaction"))
+    }
+}
+
+/// The non-exclusive low-level backup API, over one session held open throughout
+/// (closing the session aborts the backup, so a crash never leaves backup mode on).
+pub struct BackupSession {
+    client: Client,
+}
+
+pub struct BackupStop {
+    pub lsn: String,
+    pub label_file: String,
+    pub tablespace_map: Option<String>,
+}
+
+impl BackupSession {
+    /// `pg_backup_start(label, fast)`; returns the session and the start LSN.
+    pub async fn start(client: Client, label: &str, fast: bool) -> Result<(BackupSession, String)> {
+        let row = client
+            .query_one("SELECT pg_backup_start($1, $2)::text", &[&label, &fast])
+            .await
+            .map_err(db_err("starting the backup (pg_backup_start)"))?;
+        Ok((BackupSession { client }, row.get(0)))
+    }
+
+    pub async fn timeline(&self) -> Result<u32> {
+        let row = self
+            .client
+            .query_one("SELECT timeline_id FROM pg_control_checkpoint()", &[])
+            .await
+            .map_err(db_err("reading the timeline"))?;
+        Ok(row.get::<_, i32>(0) as u32)
+    }
+
+    /// `pg_backup_stop(false)`: pgdr waits for the WAL itself, with a timeout.
+    pub async fn stop(self) -> Result<BackupStop> {
+        let row = self
+            .client
+            .query_one(
+                "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(false)",
+                &[],
+            )
+            .await
+            .map_err(db_err("ending the backup (pg_backup_stop)"))?;
+        let map: Option<String> = row.get(2);
+        Ok(BackupStop {
+            lsn: row.get(0),
+            label_file: row.get(1),
+            tablespace_map: map.filter(|m| !m.trim().is_empty()),
+        })
     }
 }

@@ -4,8 +4,10 @@
 use crate::storage::ObjectKey;
 
 use super::label::BackupLabel;
+use crate::postgres::WalFile;
 
 pub const BACKUPS: &str = "backups/";
+pub const WAL: &str = "wal/";
 const MANIFEST: &str = "manifest.json";
 
 pub fn repo_info() -> ObjectKey {
@@ -56,6 +58,23 @@ pub fn parse_backup_key(key: &ObjectKey) -> Option<(BackupLabel, bool)> {
     Some((label.parse().ok()?, name == MANIFEST))
 }
 
+/// Where a WAL file is archived: `wal/<TLI+LOG>/<name>`; history files directly in
+/// `wal/`.
+pub fn wal_file(file: &WalFile) -> ObjectKey {
+    match file.log_dir() {
+        Some(dir) => key(format!("{WAL}{dir}/{}", file.name())),
+        None => key(format!("{WAL}{}", file.name())),
+    }
+}
+
+/// The archive's WAL file named by a key, if it is one.
+pub fn parse_wal_key(key: &ObjectKey) -> Option<WalFile> {
+    let rest = key.as_str().strip_prefix(WAL)?;
+    let name = rest.rsplit('/').next()?;
+    let file = WalFile::parse(name)?;
+    (wal_file(&file) == *key).then_some(file)
+}
+
 /// A throw-away object used by `check` to prove the repository is writable.
 pub fn write_probe() -> ObjectKey {
     key(format!(
@@ -77,5 +96,11 @@ mod tests {
         assert_eq!(database_dump_name("my db/ü"), "databases/my%20db%2F%C3%BC.dump");
         assert_eq!(parse_backup_key(&manifest(&l)), Some((l.clone(), true)));
         assert_eq!(parse_backup_key(&backup_object(&l, "globals.sql")), Some((l, false)));
+        let seg = WalFile::parse("000000010000000A000000FF").unwrap();
+        assert_eq!(wal_file(&seg).as_str(), "wal/000000010000000A/000000010000000A000000FF");
+        assert_eq!(parse_wal_key(&wal_file(&seg)), Some(seg));
+        let hist = WalFile::parse("00000002.history").unwrap();
+        assert_eq!(wal_file(&hist).as_str(), "wal/00000002.history");
+        assert_eq!(parse_wal_key(&wal_file(&hist)), Some(hist));
     }
 }

@@ -6,7 +6,8 @@ use serde::{Deserialize, Serialize};
 
 use super::label::{BackupKind, BackupLabel};
 use crate::pipeline::ObjectRecord;
-use crate::postgres::TableRows;
+use crate::postgres::datadir::{DirEntry, Tablespace};
+use crate::postgres::{Lsn, TableRows, TimelineId};
 
 pub const MANIFEST_FORMAT: u32 = 1;
 
@@ -32,6 +33,38 @@ pub struct Manifest {
     pub globals: Option<String>,
     /// Every data object of the backup, with plaintext and stored sizes and hashes.
     pub objects: Vec<ObjectRecord>,
+    /// What a physical backup adds: WAL positions and the file list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub physical: Option<PhysicalInfo>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PhysicalInfo {
+    pub start_lsn: Lsn,
+    pub stop_lsn: Lsn,
+    pub timeline: TimelineId,
+    pub segment_size: u64,
+    /// First and last WAL segment the backup needs to be consistent.
+    pub wal_start: String,
+    pub wal_stop: String,
+    /// From `pg_backup_stop`, written into the restored data directory.
+    pub backup_label: String,
+    #[serde(default)]
+    pub tablespace_map: Option<String>,
+    pub dirs: Vec<DirEntry>,
+    pub tablespaces: Vec<Tablespace>,
+    pub files: Vec<FileRecord>,
+}
+
+/// One file of a physical backup: where it sits inside which bundle object.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FileRecord {
+    pub path: String,
+    pub size: u64,
+    pub sha256: String,
+    pub mode: u32,
+    pub bundle: String,
+    pub offset: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -1,6 +1,7 @@
 //! The repository: where things live (`layout`), what a backup is (`label`,
 //! `manifest`), what is there (`catalog`), and the repository's identity (`info`).
 
+pub mod archive;
 pub mod catalog;
 pub mod info;
 pub mod label;

@@ -121,6 +121,13 @@ impl Cluster {
 
     /// `settings` are extra `-c name=value` server settings.
     pub fn start_with(settings: &[&str]) -> Cluster {
+        let mut cluster = Cluster::init();
+        cluster.launch(settings);
+        cluster
+    }
+
+    /// initdb only; `launch` starts it.
+    pub fn init() -> Cluster {
         let dir = TestDir::new();
         let data = dir.join("data");
         std::fs::create_dir(&data).unwrap();
@@ -146,17 +153,27 @@ impl Cluster {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let mut cluster = Cluster {
+        Cluster {
             port: 0,
             data,
             dir,
             server: None,
-        };
-        cluster.launch(settings);
-        cluster
+        }
     }
 
-    fn launch(&mut self, settings: &[&str]) {
+    /// Append settings to postgresql.auto.conf (before `launch`, or then restart).
+    pub fn configure(&self, lines: &[String]) {
+        let path = self.data.join("postgresql.auto.conf");
+        let mut text = std::fs::read_to_string(&path).unwrap_or_default();
+        for l in lines {
+            text.push_str(l);
+            text.push('\n');
+        }
+        std::fs::write(&path, text).unwrap();
+        chown_postgres(&path);
+    }
+
+    pub fn launch(&mut self, settings: &[&str]) {
         for _ in 0..5 {
             let port = free_port();
             let mut cmd = Command::new(pg_bin().join("postgres"));
@@ -437,6 +454,8 @@ pub struct Pgdr {
     pub key_file: PathBuf,
     pub repo_dir: Option<PathBuf>,
     pub extra_env: Vec<(String, String)>,
+    /// Run pgdr as the `postgres` OS user (physical backups, WAL), when root.
+    pub as_postgres: bool,
 }
 
 impl Pgdr {
@@ -477,6 +496,7 @@ impl Pgdr {
             key_file,
             repo_dir,
             extra_env: Vec::new(),
+            as_postgres: false,
         };
         let out = pgdr.run(&["init", "--generate-key", pgdr.key_file.to_str().unwrap()]);
         assert_success(&out, "pgdr init");
@@ -497,6 +517,10 @@ impl Pgdr {
             .envs(self.extra_env.iter().map(|(k, v)| (k, v)))
             .args(args)
             .stdin(Stdio::null());
+        if self.as_postgres {
+            as_postgres(&mut cmd);
+            cmd.env("HOME", self.dir.path());
+        }
         cmd
     }
 
@@ -592,4 +616,220 @@ pub fn repo_files(root: &Path) -> Vec<PathBuf> {
     }
     out.sort();
     out
+}
+
+/// A cluster that archives its WAL with `pgdr wal-push` into a local repository, and
+/// the pgdr setup that goes with it; pgdr runs as `postgres`, as on a database host.
+pub struct Archiving {
+    pub cluster: Cluster,
+    pub pgdr: Pgdr,
+}
+
+impl Archiving {
+    pub fn start() -> Archiving {
+        Archiving::start_with(RepoKind::Local)
+    }
+
+    pub fn start_with(kind: RepoKind) -> Archiving {
+        let dir = TestDir::new();
+        chown_postgres(dir.path());
+        let config = dir.join("pgdr.toml");
+        let key_file = dir.join("repo.key");
+        let spool = dir.join("spool");
+        std::fs::create_dir(&spool).unwrap();
+        chown_postgres(&spool);
+        let mut cluster = Cluster::init();
+        let mut env = String::new();
+        let repo_dir;
+        let repo_section = match kind {
+            RepoKind::Local => {
+                let repo = dir.join("repo");
+                std::fs::create_dir(&repo).unwrap();
+                chown_postgres(&repo);
+                repo_dir = Some(repo.clone());
+                format!("url = \"file://{}\"\n", repo.display())
+            }
+            RepoKind::S3 => {
+                let server = s3();
+                repo_dir = None;
+                env = format!("AWS_ACCESS_KEY_ID={TEST_AWS_KEY} AWS_SECRET_ACCESS_KEY={TEST_AWS_SECRET} ");
+                format!(
+                    "url = \"s3://{}/wal\"\nendpoint = \"{}\"\nregion = \"us-east-1\"\nforce_path_style = true\n",
+                    server.bucket(),
+                    server.endpoint()
+                )
+            }
+        };
+        cluster.configure(&[
+            "archive_mode = on".to_string(),
+            format!(
+                "archive_command = '{env}{PGDR} --config {} wal-push %p'",
+                config.display()
+            ),
+            "wal_level = replica".to_string(),
+        ]);
+        cluster.launch(&[]);
+        std::fs::write(
+            &config,
+            format!(
+                "cluster = \"test\"\n\n[postgres]\nurl = \"{}\"\nbin_dir = \"{}\"\ndata_dir = \"{}\"\n\n[repository]\n{repo_section}key_file = \"{}\"\n\n[wal]\nspool_dir = \"{}\"\narchive_timeout = 60\n",
+                cluster.url("postgres"),
+                pg_bin().display(),
+                cluster.data.display(),
+                key_file.display(),
+                spool.display()
+            ),
+        )
+        .unwrap();
+        let pgdr = Pgdr {
+            dir,
+            config,
+            key_file,
+            repo_dir,
+            extra_env: Vec::new(),
+            as_postgres: is_root(),
+        };
+        let out = pgdr.run(&["init", "--generate-key", pgdr.key_file.to_str().unwrap()]);
+        assert_success(&out, "pgdr init");
+        Archiving { cluster, pgdr }
+    }
+
+    /// Force a segment switch and wait until that segment is archived.
+    pub fn switch_and_wait(&self) -> String {
+        let seg = self
+            .cluster
+            .psql("postgres", "SELECT pg_walfile_name(pg_current_wal_lsn())");
+        self.cluster.psql("postgres", "SELECT pg_switch_wal()");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let archived = self.cluster.psql(
+                "postgres",
+                "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver",
+            );
+            if archived.as_str() >= seg.as_str() && !archived.is_empty() {
+                return seg;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "segment {seg} was not archived: {}",
+                self.cluster.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// A restored data directory, started by `pgdr restore --start`; stopped on drop.
+pub struct Restored {
+    pub dir: TestDir,
+    pub data: PathBuf,
+    pub port: u16,
+    pub output: String,
+}
+
+impl Restored {
+    pub fn psql(&self, db: &str, sql: &str) -> String {
+        let out = Command::new(pg_bin().join("psql"))
+            .args([
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+            ])
+            .args(["-p", &self.port.to_string(), "-d", db, "-c", sql])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "psql on restored copy failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    pub fn stop(&self) {
+        let mut cmd = Command::new(pg_bin().join("pg_ctl"));
+        cmd.arg("-D")
+            .arg(&self.data)
+            .args(["-m", "immediate", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        as_postgres(&mut cmd);
+        let _ = cmd.status();
+    }
+}
+
+impl Drop for Restored {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl Pgdr {
+    /// The same repository seen through a second config that may point elsewhere.
+    pub fn clone_setup(&self) -> Pgdr {
+        let dir = TestDir::new();
+        let config = dir.join("pgdr.toml");
+        std::fs::copy(&self.config, &config).unwrap();
+        Pgdr {
+            dir,
+            config,
+            key_file: self.key_file.clone(),
+            repo_dir: self.repo_dir.clone(),
+            extra_env: vec![],
+            as_postgres: self.as_postgres,
+        }
+    }
+
+    /// `pgdr restore --kind physical --to <new dir> --start --no-archive` plus `args`:
+    /// a scratch copy that does not archive its new timeline into the repository.
+    pub fn restore_started(&self, args: &[&str]) -> Restored {
+        let mut all = vec!["--no-archive"];
+        all.extend_from_slice(args);
+        self.restore_started_archiving(&all)
+    }
+
+    /// As `restore_started`, but the copy keeps archiving (its new timeline too).
+    pub fn restore_started_archiving(&self, args: &[&str]) -> Restored {
+        let dir = TestDir::new();
+        let data = dir.join("data");
+        let sock = dir.join("sock");
+        std::fs::create_dir(&sock).unwrap();
+        chown_postgres(&sock);
+        chown_postgres(dir.path());
+        let port = free_port();
+        let mut all: Vec<String> = [
+            "restore",
+            "--kind",
+            "physical",
+            "--to",
+            data.to_str().unwrap(),
+            "--start",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        all.extend([
+            "--port".to_string(),
+            port.to_string(),
+            "--socket-dir".to_string(),
+            sock.display().to_string(),
+        ]);
+        all.extend(args.iter().map(|s| s.to_string()));
+        let out = self.run(&all);
+        let restored = Restored {
+            dir,
+            data,
+            port,
+            output: String::from_utf8_lossy(&out.stdout).into_owned(),
+        };
+        assert_success(&out, &format!("pgdr {}", all.join(" ")));
+        restored
+    }
 }

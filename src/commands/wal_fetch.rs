@@ -1,0 +1,177 @@
+//! `pgdr wal-fetch %f %p` — PostgreSQL's `restore_command`. Exits 1 quietly when the
+//! file is not in the archive (PostgreSQL relies on that at the end of recovery).
+//! Every object is fully decrypted and authenticated before PostgreSQL sees it. After
+//! a segment, a detached prefetcher fetches the next ones in parallel into
+//! `pg_wal/.pgdr-prefetch/`, so replay is not bound by one round trip per segment.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, anyhow};
+use tokio::task::JoinSet;
+
+use super::Ctx;
+use crate::cli::{WalFetchArgs, WalPrefetchArgs};
+use crate::exit::Exit;
+use crate::pipeline::{self, Keyring};
+use crate::postgres::{Segment, WalFile};
+use crate::repo::{self, layout};
+use crate::storage::{self, DynStorage, StorageError};
+
+const PREFETCH_DIR: &str = ".pgdr-prefetch";
+/// Offset of the segment size in a segment's first (long) page header.
+const SEG_SIZE_OFFSET: usize = 32;
+const PREFETCH_PARALLEL: usize = 4;
+
+pub async fn run(ctx: &Ctx, args: WalFetchArgs) -> Result<Exit> {
+    let Some(file) = WalFile::parse(&args.name) else {
+        tracing::debug!("{} is not a WAL file name; nothing to fetch", args.name);
+        return Ok(Exit::Failure);
+    };
+    let dest = args.path;
+    let prefetch_dir = dest.parent().unwrap_or(Path::new(".")).join(PREFETCH_DIR);
+
+    let ready = prefetch_dir.join(file.name());
+    let fetched = if ready.is_file() {
+        std::fs::rename(&ready, &dest).map_err(|e| anyhow!("cannot move {} into place: {e}", ready.display()))?;
+        true
+    } else {
+        let storage = storage::open(&ctx.config.repository, &ctx.config.cluster).await?;
+        let keys = repo::load_keyring(&ctx.config)?;
+        fetch_into(&storage, &keys, &file, &dest).await?
+    };
+    if !fetched {
+        tracing::debug!("{file} is not in the archive");
+        return Ok(Exit::Failure);
+    }
+    if let WalFile::Segment(_) = file
+        && ctx.config.wal.prefetch > 0
+    {
+        start_prefetcher(ctx, &file, &dest, &prefetch_dir);
+    }
+    Ok(Exit::Success)
+}
+
+/// Fetch one archived file to `dest` (through a temporary file, renamed when whole
+/// and authenticated). `Ok(false)` if it is not in the archive.
+async fn fetch_into(storage: &DynStorage, keys: &Keyring, file: &WalFile, dest: &Path) -> Result<bool> {
+    let key = layout::wal_file(file);
+    let tmp = dest.with_file_name(format!(".{}.pgdr-tmp", file.name()));
+    let out = std::fs::File::create(&tmp).map_err(|e| anyhow!("cannot create {}: {e}", tmp.display()))?;
+    let loaded = pipeline::load_to_writer(storage, &key, out, keys, None, None).await;
+    match loaded {
+        Ok((mut out, _, _)) => {
+            out.flush()?;
+            drop(out);
+            std::fs::rename(&tmp, dest).map_err(|e| anyhow!("cannot move {} into place: {e}", tmp.display()))?;
+            Ok(true)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            if matches!(e.downcast_ref::<StorageError>(), Some(StorageError::NotFound(_))) {
+                Ok(false)
+            } else {
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Start a detached `pgdr wal-prefetch` for the segments after `file`, unless one is
+/// still running.
+fn start_prefetcher(ctx: &Ctx, file: &WalFile, dest: &Path, dir: &Path) {
+    let Ok(header) = std::fs::read(dest).map(|d| d.get(SEG_SIZE_OFFSET..SEG_SIZE_OFFSET + 4).map(|b| b.to_vec()))
+    else {
+        return;
+    };
+    let Some(seg_size) = header.map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as u64) else {
+        return;
+    };
+    if !seg_size.is_power_of_two() || std::fs::create_dir_all(dir).is_err() {
+        return;
+    }
+    if let Ok(pid) = std::fs::read_to_string(dir.join(".lock"))
+        && let Ok(pid) = pid.trim().parse::<i32>()
+        && unsafe { libc::kill(pid, 0) } == 0
+    {
+        return; // a prefetcher is at work
+    }
+    let Ok(exe) = std::env::current_exe() else { return };
+    let mut cmd = std::process::Command::new(exe);
+    if let Some(config) = ctx.config.file() {
+        cmd.arg("--config").arg(config);
+    }
+    cmd.args([
+        "wal-prefetch",
+        "--after",
+        file.name(),
+        "--segment-size",
+        &seg_size.to_string(),
+        "--dir",
+    ])
+    .arg(dir)
+    .stdin(std::process::Stdio::null())
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null());
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setsid is async-signal-safe; it detaches the prefetcher from PostgreSQL's
+    // process group so that it outlives this short process.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    if let Ok(child) = cmd.spawn() {
+        let _ = std::fs::write(dir.join(".lock"), child.id().to_string());
+    }
+}
+
+/// The detached prefetcher: fetch the next segments into the prefetch directory.
+pub async fn prefetch(ctx: &Ctx, args: WalPrefetchArgs) -> Result<Exit> {
+    let Some(first) = Segment::parse(&args.after, args.segment_size) else {
+        return Ok(Exit::Failure);
+    };
+    let storage = storage::open(&ctx.config.repository, &ctx.config.cluster).await?;
+    let keys = repo::load_keyring(&ctx.config)?;
+    // Drop what recovery has gone past.
+    if let Ok(entries) = std::fs::read_dir(&args.dir) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if WalFile::parse(&name).is_some() && name.as_str() <= args.after.as_str() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    let mut wanted: Vec<PathBuf> = Vec::new();
+    let mut seg = first;
+    for _ in 0..ctx.config.wal.prefetch {
+        seg = seg.next();
+        let path = args.dir.join(seg.name(args.segment_size));
+        if !path.exists() {
+            wanted.push(path);
+        }
+    }
+    let mut tasks = JoinSet::new();
+    for path in wanted {
+        while tasks.len() >= PREFETCH_PARALLEL {
+            if let Some(Ok(Ok(false))) = tasks.join_next().await {
+                break; // the archive ends here
+            }
+        }
+        let storage = storage.clone();
+        let keys = keys.clone();
+        tasks.spawn(async move {
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default()
+                .to_string();
+            let file = WalFile::parse(&name).ok_or_else(|| anyhow!("bad name"))?;
+            fetch_into(&storage, &keys, &file, &path).await
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    let _ = std::fs::remove_file(args.dir.join(".lock"));
+    Ok(Exit::Success)
+}

@@ -1,0 +1,261 @@
+//! Bundles: many data-directory files concatenated into one stored object, so that
+//! small files cost no per-object overhead and big backups still upload and restore
+//! in parallel (one bundle per worker at a time). The manifest says which file sits at
+//! which offset of which bundle, with its size and SHA-256.
+
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use sha2::{Digest, Sha256};
+
+use crate::postgres::datadir::FileToCopy;
+use crate::repo::manifest::FileRecord;
+
+/// Files waiting to be copied, shared by the workers.
+pub type FileQueue = Arc<Mutex<VecDeque<FileToCopy>>>;
+
+struct Current {
+    file: File,
+    entry: FileToCopy,
+    offset: u64,
+    read: u64,
+    hasher: Sha256,
+}
+
+/// A `Read` that concatenates files taken from the queue until the bundle holds at
+/// least `limit` bytes. Files that vanish before they are opened are skipped (WAL
+/// replay recreates or drops them); files that grow or shrink are copied as read.
+pub struct BundleSource {
+    queue: FileQueue,
+    bundle: String,
+    limit: u64,
+    pos: u64,
+    current: Option<Current>,
+    records: Arc<Mutex<Vec<FileRecord>>>,
+}
+
+impl BundleSource {
+    pub fn new(queue: FileQueue, bundle: String, limit: u64, records: Arc<Mutex<Vec<FileRecord>>>) -> Self {
+        BundleSource {
+            queue,
+            bundle,
+            limit,
+            pos: 0,
+            current: None,
+            records,
+        }
+    }
+
+    fn close_current(&mut self) {
+        if let Some(cur) = self.current.take() {
+            self.records.lock().expect("records lock").push(FileRecord {
+                path: cur.entry.path,
+                size: cur.read,
+                sha256: hex::encode(cur.hasher.finalize()),
+                mode: cur.entry.mode,
+                bundle: self.bundle.clone(),
+                offset: cur.offset,
+            });
+        }
+    }
+}
+
+impl Read for BundleSource {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            if let Some(cur) = &mut self.current {
+                let n = cur
+                    .file
+                    .read(buf)
+                    .map_err(|e| io::Error::new(e.kind(), format!("reading {}: {e}", cur.entry.source.display())))?;
+                if n > 0 {
+                    cur.hasher.update(&buf[..n]);
+                    cur.read += n as u64;
+                    self.pos += n as u64;
+                    return Ok(n);
+                }
+                self.close_current();
+            }
+            if self.pos >= self.limit {
+                return Ok(0);
+            }
+            let Some(entry) = self.queue.lock().expect("queue lock").pop_front() else {
+                return Ok(0);
+            };
+            match File::open(&entry.source) {
+                Ok(file) => {
+                    self.current = Some(Current {
+                        file,
+                        entry,
+                        offset: self.pos,
+                        read: 0,
+                        hasher: Sha256::new(),
+                    });
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("opening {}: {e}", entry.source.display()),
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// One file to restore from a bundle.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub record: FileRecord,
+    pub dest: PathBuf,
+    /// Already identical on disk (delta restore): read past, do not write.
+    pub skip: bool,
+}
+
+/// A `Write` that cuts a bundle's plaintext back into its files, checking each one's
+/// SHA-256 against the manifest as it completes.
+pub struct BundleSink {
+    targets: Vec<Target>,
+    index: usize,
+    pos: u64,
+    open: Option<(File, Sha256, u64)>,
+    pub written_bytes: u64,
+    pub written_files: u64,
+}
+
+impl BundleSink {
+    /// `targets` must be the bundle's files, in offset order.
+    pub fn new(targets: Vec<Target>) -> BundleSink {
+        BundleSink {
+            targets,
+            index: 0,
+            pos: 0,
+            open: None,
+            written_bytes: 0,
+            written_files: 0,
+        }
+    }
+
+    fn start(&mut self) -> io::Result<()> {
+        let t = &self.targets[self.index];
+        if t.skip {
+            self.open = None;
+            return Ok(());
+        }
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(t.record.mode.max(0o600))
+            .open(&t.dest)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot write {}: {e}", t.dest.display())))?;
+        self.open = Some((file, Sha256::new(), 0));
+        Ok(())
+    }
+
+    fn complete(&mut self) -> io::Result<()> {
+        let t = &self.targets[self.index];
+        if let Some((file, hasher, _)) = self.open.take() {
+            drop(file);
+            let sha = hex::encode(hasher.finalize());
+            if sha != t.record.sha256 {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "{} does not match the manifest (sha256 {sha}, expected {})",
+                        t.record.path, t.record.sha256
+                    ),
+                ));
+            }
+            self.written_files += 1;
+        }
+        self.index += 1;
+        Ok(())
+    }
+
+    /// Open, and close at once, the empty files due at the current position.
+    fn settle(&mut self) -> io::Result<()> {
+        while self.index < self.targets.len() && self.targets[self.index].record.size == 0 {
+            self.start()?;
+            self.complete()?;
+        }
+        Ok(())
+    }
+
+    /// All files must have been seen whole.
+    pub fn finish(mut self) -> io::Result<(u64, u64)> {
+        self.settle()?;
+        if self.index != self.targets.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("bundle ended before {}", self.targets[self.index].record.path),
+            ));
+        }
+        Ok((self.written_files, self.written_bytes))
+    }
+}
+
+impl Write for BundleSink {
+    fn write(&mut self, mut buf: &[u8]) -> io::Result<usize> {
+        let len = buf.len();
+        while !buf.is_empty() {
+            self.settle()?;
+            if self.index >= self.targets.len() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "bundle holds more data than its manifest says",
+                ));
+            }
+            let t = &self.targets[self.index];
+            if self.pos < t.record.offset {
+                // Bytes of a file this restore does not want (not in the targets).
+                let gap = ((t.record.offset - self.pos) as usize).min(buf.len());
+                self.pos += gap as u64;
+                buf = &buf[gap..];
+                continue;
+            }
+            if self.open.is_none() && !t.skip {
+                self.start()?;
+            }
+            let t = &self.targets[self.index];
+            let end = t.record.offset + t.record.size;
+            let take = ((end - self.pos) as usize).min(buf.len());
+            if let Some((file, hasher, written)) = &mut self.open {
+                file.write_all(&buf[..take])?;
+                hasher.update(&buf[..take]);
+                *written += take as u64;
+                self.written_bytes += take as u64;
+            }
+            self.pos += take as u64;
+            buf = &buf[take..];
+            if self.pos == end {
+                self.complete()?;
+            }
+        }
+        Ok(len)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// SHA-256 of a file on disk, `None` if it cannot be read.
+pub fn file_sha256(path: &std::path::Path) -> Option<String> {
+    let mut file = File::open(path).ok()?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).ok()?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Some(hex::encode(hasher.finalize()))
+}

@@ -1,0 +1,342 @@
+//! Physical backups: copy a data directory between `pg_backup_start` and
+//! `pg_backup_stop` into bundles with parallel workers, wait for the WAL the backup
+//! needs to reach the archive, and restore it — in parallel, every file checked —
+//! with the recovery settings for a point-in-time target.
+
+pub mod bundle;
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow};
+use futures::future::try_join_all;
+
+use crate::pipeline::{self, ObjectRecord};
+use crate::postgres::datadir::{self, Listing};
+use crate::postgres::{Segment, WalFile};
+use crate::repo::manifest::{FileRecord, PhysicalInfo};
+use crate::repo::{Repo, archive, layout};
+use crate::storage::PutMode;
+use bundle::{BundleSink, BundleSource, Target};
+
+/// Plaintext bytes after which a bundle is closed.
+const BUNDLE_SIZE: u64 = 64 << 20;
+
+/// Copy the listed files into bundles under `label`, `jobs` at a time.
+pub async fn copy_files(
+    repo: &Repo,
+    label: &crate::repo::BackupLabel,
+    listing: &Listing,
+    jobs: usize,
+    progress: Arc<AtomicU64>,
+) -> Result<(Vec<FileRecord>, Vec<ObjectRecord>)> {
+    // Largest first: big files start early, small ones fill the last bundles.
+    let mut files = listing.files.clone();
+    files.sort_by(|a, b| b.size.cmp(&a.size).then_with(|| a.path.cmp(&b.path)));
+    let queue = Arc::new(Mutex::new(VecDeque::from(files)));
+    let records = Arc::new(Mutex::new(Vec::new()));
+    let next_bundle = Arc::new(AtomicU64::new(0));
+    // Parallelism comes from the workers; each compresses on its own thread.
+    let store = pipeline::Store {
+        compression: pipeline::Compression {
+            threads: 0,
+            ..repo.compression
+        },
+        ..repo.store()
+    };
+    let workers = (0..jobs.max(1)).map(|_| {
+        let queue = queue.clone();
+        let records = records.clone();
+        let next_bundle = next_bundle.clone();
+        let progress = progress.clone();
+        async move {
+            let mut objects = Vec::new();
+            while !queue.lock().expect("queue lock").is_empty() {
+                let n = next_bundle.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let name = format!("data/bundle-{n:05}");
+                let source = BundleSource::new(queue.clone(), name.clone(), BUNDLE_SIZE, records.clone());
+                let key = layout::backup_object(label, &name);
+                objects.push(
+                    store
+                        .reader(&key, &name, source, PutMode::CreateNew, Some(progress.clone()))
+                        .await?,
+                );
+            }
+            anyhow::Ok(objects)
+        }
+    });
+    let objects: Vec<ObjectRecord> = try_join_all(workers).await?.into_iter().flatten().collect();
+    let mut records = std::mem::take(&mut *records.lock().expect("records lock"));
+    records.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok((records, objects))
+}
+
+/// Wait until every segment from `start` to `stop` is in the archive, or fail saying
+/// that archiving is broken.
+pub async fn wait_for_wal(
+    repo: &Repo,
+    start: Segment,
+    stop: Segment,
+    segment_size: u64,
+    timeout: Duration,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let mut missing = None;
+        let mut seg = start;
+        while seg.number <= stop.number {
+            let file = WalFile::Segment(seg.name(segment_size));
+            if repo.storage.head(&layout::wal_file(&file)).await?.is_none() {
+                missing = Some(file);
+                break;
+            }
+            seg = seg.next();
+        }
+        let Some(missing) = missing else { return Ok(()) };
+        if Instant::now() >= deadline {
+            return Err(anyhow!(
+                "WAL segment {missing}, which this backup needs, did not reach the archive within {} s — WAL archiving is broken: check archive_command = 'pgdr wal-push %p', the server log and `pgdr check`",
+                timeout.as_secs()
+            ));
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// Where a manifest path goes: tablespace contents to their (possibly remapped)
+/// locations, everything else under the data directory.
+pub struct Placement {
+    pub data_dir: PathBuf,
+    pub tablespaces: BTreeMap<String, PathBuf>,
+}
+
+impl Placement {
+    pub fn dest(&self, path: &str) -> PathBuf {
+        if let Some(rest) = path.strip_prefix("pg_tblspc/") {
+            let (oid, inner) = rest.split_once('/').unwrap_or((rest, ""));
+            if let Some(location) = self.tablespaces.get(oid) {
+                return if inner.is_empty() {
+                    location.clone()
+                } else {
+                    location.join(inner)
+                };
+            }
+        }
+        self.data_dir.join(path)
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RestoreStats {
+    pub files_written: u64,
+    pub files_unchanged: u64,
+    pub bytes_written: u64,
+    pub bundles_skipped: u64,
+    pub files_removed: u64,
+}
+
+/// Lay the backup's files down under `placement`, `jobs` bundles at a time. With
+/// `delta`, files already identical on disk are left alone (and bundles holding only
+/// such files are not even downloaded), and files not in the backup are removed.
+pub async fn restore_files(
+    repo: &Repo,
+    manifest: &crate::repo::Manifest,
+    info: &PhysicalInfo,
+    placement: &Placement,
+    jobs: usize,
+    delta: bool,
+    progress: Arc<AtomicU64>,
+) -> Result<RestoreStats> {
+    let mut stats = RestoreStats::default();
+    for dir in &info.dirs {
+        let path = placement.dest(&dir.path);
+        if dir.path.starts_with("pg_tblspc/") && !dir.path["pg_tblspc/".len()..].contains('/') {
+            continue; // the tablespace link itself, made below
+        }
+        std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+    }
+    std::fs::create_dir_all(placement.data_dir.join("pg_wal/archive_status"))?;
+    for ts in &info.tablespaces {
+        let location = placement
+            .tablespaces
+            .get(&ts.oid)
+            .cloned()
+            .unwrap_or_else(|| ts.location.clone());
+        std::fs::create_dir_all(&location)
+            .with_context(|| format!("creating tablespace directory {}", location.display()))?;
+        let link = placement.data_dir.join("pg_tblspc").join(&ts.oid);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&location, &link).with_context(|| format!("linking {}", link.display()))?;
+    }
+
+    if delta {
+        stats.files_removed = remove_strays(info, placement)?;
+    }
+
+    let mut by_bundle: BTreeMap<&str, Vec<Target>> = BTreeMap::new();
+    for record in &info.files {
+        let dest = placement.dest(&record.path);
+        let skip = delta
+            && std::fs::metadata(&dest).is_ok_and(|m| m.len() == record.size)
+            && bundle::file_sha256(&dest).is_some_and(|s| s == record.sha256);
+        if skip {
+            stats.files_unchanged += 1;
+        }
+        by_bundle.entry(record.bundle.as_str()).or_default().push(Target {
+            record: record.clone(),
+            dest,
+            skip,
+        });
+    }
+    let mut queue = VecDeque::new();
+    for (name, mut targets) in by_bundle {
+        if targets.iter().all(|t| t.skip) {
+            stats.bundles_skipped += 1;
+            continue;
+        }
+        targets.sort_by_key(|t| t.record.offset);
+        let object = manifest
+            .object(name)
+            .ok_or_else(|| anyhow!("the manifest of {} lists no bundle {name}", manifest.label))?
+            .clone();
+        queue.push_back((object, targets));
+    }
+    let queue = Arc::new(Mutex::new(queue));
+    let workers = (0..jobs.max(1)).map(|_| {
+        let queue = queue.clone();
+        let progress = progress.clone();
+        async move {
+            let mut written = (0u64, 0u64);
+            loop {
+                let Some((object, targets)) = queue.lock().expect("queue lock").pop_front() else {
+                    break;
+                };
+                let key = layout::backup_object(&manifest.label, &object.name);
+                let sink = BundleSink::new(targets);
+                let (sink, _, _) = pipeline::load_to_writer(
+                    &repo.storage,
+                    &key,
+                    sink,
+                    &repo.keys,
+                    Some(&object),
+                    Some(progress.clone()),
+                )
+                .await?;
+                let (files, bytes) = sink.finish()?;
+                written.0 += files;
+                written.1 += bytes;
+            }
+            anyhow::Ok(written)
+        }
+    });
+    for (files, bytes) in try_join_all(workers).await? {
+        stats.files_written += files;
+        stats.bytes_written += bytes;
+    }
+    // One flush of the whole filesystem instead of an fsync per file.
+    sync_filesystem(&placement.data_dir);
+    for dir in placement.tablespaces.values() {
+        sync_filesystem(dir);
+    }
+    Ok(stats)
+}
+
+fn sync_filesystem(path: &Path) {
+    if let Ok(dir) = std::fs::File::open(path) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: syncfs on an open descriptor we own.
+        unsafe { libc::syncfs(dir.as_raw_fd()) };
+    }
+}
+
+/// Delta restore: remove files under the data directory that the backup does not have
+/// (stale WAL included), so the result is exactly the backup.
+fn remove_strays(info: &PhysicalInfo, placement: &Placement) -> Result<u64> {
+    let wanted: HashSet<PathBuf> = info.files.iter().map(|f| placement.dest(&f.path)).collect();
+    let mut removed = 0;
+    let mut stack = vec![placement.data_dir.clone()];
+    stack.extend(placement.tablespaces.values().cloned());
+    for ts in &info.tablespaces {
+        stack.push(
+            placement
+                .tablespaces
+                .get(&ts.oid)
+                .cloned()
+                .unwrap_or_else(|| ts.location.clone()),
+        );
+    }
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            if meta.is_dir() {
+                stack.push(path);
+            } else if meta.file_type().is_symlink() && path.parent().is_some_and(|p| p.ends_with("pg_tblspc")) {
+                continue;
+            } else if !wanted.contains(&path) {
+                std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+                removed += 1;
+            }
+        }
+    }
+    Ok(removed)
+}
+
+/// Make the restored tree belong to `uid:gid`, with PostgreSQL's modes.
+pub fn set_ownership(placement: &Placement, owner: Option<(u32, u32)>) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&placement.data_dir, std::fs::Permissions::from_mode(0o700))?;
+    let Some((uid, gid)) = owner else { return Ok(()) };
+    let mut stack = vec![placement.data_dir.clone()];
+    stack.extend(placement.tablespaces.values().cloned());
+    while let Some(path) = stack.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        std::os::unix::fs::lchown(&path, Some(uid), Some(gid)).with_context(|| format!("chown {}", path.display()))?;
+        if meta.is_dir()
+            && let Ok(entries) = std::fs::read_dir(&path)
+        {
+            stack.extend(entries.flatten().map(|e| e.path()));
+        }
+    }
+    Ok(())
+}
+
+/// Check the archive holds an unbroken chain of WAL from the backup to the target.
+pub async fn check_wal_chain(
+    repo: &Repo,
+    info: &PhysicalInfo,
+    target_timeline: Option<crate::postgres::TimelineId>,
+    until: archive::Until,
+) -> Result<Segment> {
+    let listing = archive::list(&repo.storage).await?;
+    let target = target_timeline.unwrap_or_else(|| listing.latest_timeline(info.timeline));
+    let path = listing.path_to(&repo.storage, &repo.keys, target).await?;
+    let start = Segment::parse(&info.wal_start, info.segment_size)
+        .ok_or_else(|| anyhow!("the manifest has a malformed wal_start {}", info.wal_start))?;
+    let chain_end = listing.check_chain(start, &path, info.segment_size, until, &repo.storage.describe())?;
+    // The backup's own WAL must be complete whatever the target.
+    let stop = Segment::parse(&info.wal_stop, info.segment_size)
+        .ok_or_else(|| anyhow!("the manifest has a malformed wal_stop {}", info.wal_stop))?;
+    if chain_end.timeline == stop.timeline && chain_end.number < stop.number {
+        return Err(anyhow!(
+            "WAL gap: segment {} is missing from {}/wal — the backup cannot become consistent without it",
+            chain_end.next().name(info.segment_size),
+            repo.storage.describe()
+        ));
+    }
+    Ok(chain_end)
+}
+
+pub fn listing_for(data_dir: &Path) -> Result<Listing> {
+    datadir::list(data_dir).with_context(|| format!("listing the data directory {}", data_dir.display()))
+}

@@ -1,0 +1,149 @@
+//! Recovery configuration of a restored data directory: `recovery.signal` or
+//! `standby.signal`, and `restore_command` plus the recovery target settings in
+//! `postgresql.auto.conf` (earlier recovery settings there are replaced).
+
+use std::fmt;
+use std::io;
+use std::path::Path;
+
+use super::quote_literal;
+
+/// Where recovery stops.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecoveryTarget {
+    /// Replay the whole archive.
+    Latest,
+    /// Stop as soon as the backup is consistent.
+    Immediate,
+    Time(String),
+    Lsn(String),
+    Xid(String),
+    Name(String),
+}
+
+impl fmt::Display for RecoveryTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RecoveryTarget::Latest => write!(f, "the end of the archive"),
+            RecoveryTarget::Immediate => write!(f, "the end of the backup (immediate)"),
+            RecoveryTarget::Time(t) => write!(f, "time {t}"),
+            RecoveryTarget::Lsn(l) => write!(f, "LSN {l}"),
+            RecoveryTarget::Xid(x) => write!(f, "transaction {x}"),
+            RecoveryTarget::Name(n) => write!(f, "restore point {n:?}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RecoveryOptions {
+    pub restore_command: String,
+    pub target: RecoveryTarget,
+    /// promote | pause | shutdown
+    pub action: String,
+    pub exclusive: bool,
+    /// `latest`, `current` or a timeline id.
+    pub timeline: Option<String>,
+    pub standby: bool,
+    pub primary_conninfo: Option<String>,
+    /// Turn WAL archiving off in the restored copy.
+    pub no_archive: bool,
+}
+
+/// Settings pgdr owns in postgresql.auto.conf; older values of these are dropped.
+const OWNED: &[&str] = &[
+    "restore_command",
+    "recovery_target",
+    "recovery_target_time",
+    "recovery_target_lsn",
+    "recovery_target_xid",
+    "recovery_target_name",
+    "recovery_target_action",
+    "recovery_target_inclusive",
+    "recovery_target_timeline",
+    "primary_conninfo",
+];
+
+fn setting_name(line: &str) -> Option<String> {
+    let name = line.split('=').next()?.trim();
+    (!name.is_empty() && !name.starts_with('#')).then(|| name.to_ascii_lowercase())
+}
+
+pub fn write(data_dir: &Path, opts: &RecoveryOptions, comment: &str) -> io::Result<()> {
+    let auto = data_dir.join("postgresql.auto.conf");
+    let existing = std::fs::read_to_string(&auto).unwrap_or_default();
+    let mut out: Vec<String> = existing
+        .lines()
+        .filter(|l| {
+            setting_name(l).is_none_or(|n| !(OWNED.contains(&n.as_str()) || opts.no_archive && n == "archive_mode"))
+        })
+        .filter(|l| !l.starts_with("# pgdr:"))
+        .map(str::to_string)
+        .collect();
+    out.push(format!("# pgdr: {comment}"));
+    out.push(format!("restore_command = {}", quote_literal(&opts.restore_command)));
+    if opts.no_archive {
+        // A scratch copy (verification, drills) must not archive into the repository.
+        out.push("archive_mode = 'off'".to_string());
+    }
+    match &opts.target {
+        RecoveryTarget::Latest => {}
+        RecoveryTarget::Immediate => out.push("recovery_target = 'immediate'".to_string()),
+        RecoveryTarget::Time(t) => out.push(format!("recovery_target_time = {}", quote_literal(t))),
+        RecoveryTarget::Lsn(l) => out.push(format!("recovery_target_lsn = {}", quote_literal(l))),
+        RecoveryTarget::Xid(x) => out.push(format!("recovery_target_xid = {}", quote_literal(x))),
+        RecoveryTarget::Name(n) => out.push(format!("recovery_target_name = {}", quote_literal(n))),
+    }
+    if !matches!(opts.target, RecoveryTarget::Latest) && !opts.standby {
+        out.push(format!("recovery_target_action = {}", quote_literal(&opts.action)));
+        if opts.exclusive && !matches!(opts.target, RecoveryTarget::Immediate) {
+            out.push("recovery_target_inclusive = 'false'".to_string());
+        }
+    }
+    out.push(format!(
+        "recovery_target_timeline = {}",
+        quote_literal(opts.timeline.as_deref().unwrap_or("latest"))
+    ));
+    if let Some(conninfo) = &opts.primary_conninfo {
+        out.push(format!("primary_conninfo = {}", quote_literal(conninfo)));
+    }
+    std::fs::write(&auto, out.join("\n") + "\n")?;
+    let (signal, other) = if opts.standby {
+        ("standby.signal", "recovery.signal")
+    } else {
+        ("recovery.signal", "standby.signal")
+    };
+    let _ = std::fs::remove_file(data_dir.join(other));
+    std::fs::write(data_dir.join(signal), b"")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replaces_earlier_recovery_settings() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(
+            d.path().join("postgresql.auto.conf"),
+            "work_mem = '8MB'\nrestore_command = 'old'\n",
+        )
+        .unwrap();
+        let opts = RecoveryOptions {
+            restore_command: "pgdr wal-fetch \"%f\" \"%p\"".into(),
+            target: RecoveryTarget::Time("2026-11-26 02:00:00+00".into()),
+            action: "promote".into(),
+            exclusive: false,
+            timeline: None,
+            standby: false,
+            primary_conninfo: None,
+            no_archive: false,
+        };
+        write(d.path(), &opts, "test").unwrap();
+        write(d.path(), &opts, "test").unwrap();
+        let conf = std::fs::read_to_string(d.path().join("postgresql.auto.conf")).unwrap();
+        assert!(conf.contains("work_mem = '8MB'"));
+        assert_eq!(conf.matches("restore_command").count(), 1, "{conf}");
+        assert!(conf.contains("recovery_target_time = '2026-11-26 02:00:00+00'"));
+        assert!(d.path().join("recovery.signal").exists());
+    }
+}
