@@ -17,6 +17,8 @@ bench_setup() {
 }
 
 as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+# The same as a command prefix, for use under /usr/bin/time.
+if [ "$(id -u)" -eq 0 ]; then pgrun=(runuser -u postgres --); else pgrun=(); fi
 
 bench_cluster() {  # bench_cluster [extra postgres -c settings...]
   mkdir -p "$work/data" "$work/sock"; [ "$(id -u)" -eq 0 ] && chown postgres: "$work/data" "$work/sock" "$work"

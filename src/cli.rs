@@ -58,6 +58,16 @@ pub enum Command {
     /// Background prefetcher started by wal-fetch
     #[command(hide = true)]
     WalPrefetch(WalPrefetchArgs),
+    /// Background pusher started by wal-push
+    #[command(hide = true)]
+    WalPushAhead(WalPushAheadArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct WalPushAheadArgs {
+    /// PostgreSQL's pg_wal directory
+    #[arg(long)]
+    pub wal_dir: PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -394,3 +394,55 @@ fn wrong_key_restore_touches_nothing() {
         "pg_control changed by the run must be restored"
     );
 }
+
+/// A burst: segments pile up while archiving fails, then wal-push drains them through
+/// its parallel pusher; every one is archived intact (a latest restore has all rows).
+#[test]
+fn archive_burst_drains_through_the_pusher() {
+    let a = Archiving::start();
+    let c = &a.cluster;
+    c.psql("postgres", "CREATE TABLE burst (id int, pad text)");
+    a.pgdr.ok(&["backup", "--kind", "physical"]);
+    let command = c.psql("postgres", "SHOW archive_command");
+    c.psql("postgres", "ALTER SYSTEM SET archive_command = 'false'");
+    c.psql("postgres", "SELECT pg_reload_conf()");
+    for i in 0..12 {
+        c.psql(
+            "postgres",
+            &format!(
+                "INSERT INTO burst SELECT g, md5(g::text) FROM generate_series({0} * 20000, {0} * 20000 + 19999) g",
+                i
+            ),
+        );
+        c.psql("postgres", "SELECT pg_switch_wal()");
+    }
+    let before = c
+        .psql("postgres", "SELECT archived_count FROM pg_stat_archiver")
+        .parse::<i64>()
+        .unwrap();
+    c.psql(
+        "postgres",
+        &format!("ALTER SYSTEM SET archive_command = '{}'", command.replace('\'', "''")),
+    );
+    c.psql("postgres", "SELECT pg_reload_conf()");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while c
+        .psql("postgres", "SELECT archived_count FROM pg_stat_archiver")
+        .parse::<i64>()
+        .unwrap()
+        < before + 12
+    {
+        assert!(Instant::now() < deadline, "the burst was not archived: {}", c.log());
+        sleep(100);
+    }
+    assert!(
+        a.pgdr.dir.join("spool/pusher.log").exists(),
+        "the parallel pusher was not used for the burst"
+    );
+    a.switch_and_wait();
+    let r = a.pgdr.restore_started(&["--target", "latest"]);
+    assert_eq!(
+        r.psql("postgres", "SELECT count(*), count(DISTINCT id) FROM burst"),
+        "240000|240000"
+    );
+}

@@ -213,6 +213,7 @@ async fn pipeline_round_trip_on_both_backends() {
             storage: &s,
             keys: &keys,
             compression: Compression { level: 3, threads: 2 },
+            digests: true,
         };
         let record = store
             .reader(

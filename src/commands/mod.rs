@@ -53,5 +53,6 @@ pub async fn run(cli: Cli) -> Result<Exit> {
         Command::WalPush(args) => wal_push::run(&ctx, args).await,
         Command::WalFetch(args) => wal_fetch::run(&ctx, args).await,
         Command::WalPrefetch(args) => wal_fetch::prefetch(&ctx, args).await,
+        Command::WalPushAhead(args) => wal_push::push_ahead(&ctx, args).await,
     }
 }

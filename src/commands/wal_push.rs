@@ -1,16 +1,23 @@
 //! `pgdr wal-push %p` — PostgreSQL's `archive_command`. Exit 0 only once the file is
-//! durably in the repository. To keep up with bursts it also pushes, in parallel, the
-//! segments PostgreSQL has already marked `.ready` after this one, and notes each
-//! stored one in the spool; when PostgreSQL then asks for it, the answer is immediate.
+//! durably in the repository.
+//!
+//! To keep up with bursts (like pgBackRest's asynchronous archiving and WAL-G's
+//! background uploader), a call also makes sure a detached pusher is at work on the
+//! segments PostgreSQL has already marked `.ready`; the pusher stores them in parallel
+//! (`[wal] push_parallel`) and leaves a note per stored file. When PostgreSQL then asks
+//! for a file that has a note, the answer is immediate. A note is written only after
+//! the store succeeded, and it names the exact file (device, inode, size, mtime), so
+//! nothing is ever reported archived that was not stored.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
-use sha2::{Digest, Sha256};
 use tokio::task::JoinSet;
 
 use super::Ctx;
-use crate::cli::WalPushArgs;
+use crate::cli::{WalPushAheadArgs, WalPushArgs};
 use crate::exit::Exit;
 use crate::pipeline;
 use crate::postgres::WalFile;
@@ -20,6 +27,8 @@ use crate::usage;
 
 /// Offset of the system identifier in a segment's first (long) page header.
 const SYSID_OFFSET: usize = 24;
+/// How long a call waits for the pusher to store the file it asks about.
+const WAIT_FOR_PUSHER: Duration = Duration::from_secs(60);
 
 pub async fn run(ctx: &Ctx, args: WalPushArgs) -> Result<Exit> {
     let path = args.path;
@@ -29,77 +38,140 @@ pub async fn run(ctx: &Ctx, args: WalPushArgs) -> Result<Exit> {
         .ok_or_else(|| usage!("wal-push needs the path of a WAL file (%p), got {}", path.display()))?;
     let file = WalFile::parse(name)
         .ok_or_else(|| usage!("{name} is not a WAL segment, .partial, .backup or .history file name"))?;
-    let repo = Repo::open(&ctx.config).await?;
-    let spool = Spool::new(ctx.config.spool_dir().join("pushed"));
+    let spool = Spool::new(ctx.config.spool_dir());
+    let print = Fingerprint::of(&path)?;
 
-    // Already stored ahead by an earlier call?
-    let data = read_file(&path)?;
-    let sha = hex::encode(Sha256::digest(&data));
-    if spool.has(file.name(), &sha) {
+    // Stored ahead by the pusher? Then answer at once (waiting a little if it is on it).
+    if spool.noted(file.name(), &print) || spool.wait_for_pusher(file.name(), &print) {
         spool.forget(file.name());
         return Ok(Exit::Success);
     }
-
-    // This one, plus the next ones PostgreSQL has ready, in parallel.
-    let mut tasks = JoinSet::new();
-    let ahead = look_ahead(&path, &file, ctx.config.wal.push_parallel.saturating_sub(1) as usize);
-    for (next_file, next_path) in ahead {
-        let repo = repo.clone();
-        let spool = spool.clone();
-        tasks.spawn(async move {
-            let data = read_file(&next_path)?;
-            let sha = hex::encode(Sha256::digest(&data));
-            if spool.has(next_file.name(), &sha) {
-                return Ok(());
-            }
-            push_one(&repo, &next_file, data, &sha).await?;
-            spool.note(next_file.name(), &sha);
-            anyhow::Ok(())
-        });
-    }
-    let result = push_one(&repo, &file, data, &sha).await;
-    while let Some(done) = tasks.join_next().await {
-        // Look-ahead failures do not matter: PostgreSQL will ask for those again.
-        if let Ok(Err(e)) = done {
-            tracing::warn!("pushing ahead: {e:#}");
+    // A burst (more files ready after this one): let the pusher store them all in
+    // parallel, this one first, and wait for its note.
+    let wal_dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    if ctx.config.wal.push_parallel > 1 && !ready_after(&wal_dir, &file).is_empty() {
+        spool.start_pusher(ctx, &wal_dir);
+        if spool.wait_for_pusher(file.name(), &print) {
+            spool.forget(file.name());
+            return Ok(Exit::Success);
         }
+        // The pusher could not store it: do it here, and report why if it fails.
     }
-    result?;
+    let repo = Repo::open(&ctx.config).await?;
+    push_one(&repo, &file, &path).await?;
     Ok(Exit::Success)
 }
 
-fn read_file(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|e| anyhow!("cannot read {}: {e}", path.display()))
+/// The detached pusher: store every `.ready` file in parallel until none is left.
+pub async fn push_ahead(ctx: &Ctx, args: WalPushAheadArgs) -> Result<Exit> {
+    let spool = Spool::new(ctx.config.spool_dir());
+    if !spool.claim_pusher() {
+        return Ok(Exit::Success); // another pusher is at work
+    }
+    let repo = Repo::open(&ctx.config).await?;
+    let parallel = ctx.config.wal.push_parallel.max(1) as usize;
+    let mut tasks: JoinSet<(String, Result<()>)> = JoinSet::new();
+    let mut in_flight = std::collections::HashSet::new();
+    let mut failed = std::collections::HashSet::new();
+    // Stored in this run: PostgreSQL may not have marked them done yet.
+    let mut done = std::collections::HashSet::new();
+    let mut idle_rescans = 0;
+    loop {
+        let ready: Vec<WalFile> = ready_files(&args.wal_dir)
+            .into_iter()
+            .filter(|f| !in_flight.contains(f.name()) && !failed.contains(f.name()) && !done.contains(f.name()))
+            .filter(|f| Fingerprint::of(&args.wal_dir.join(f.name())).is_ok_and(|p| !spool.noted(f.name(), &p)))
+            .collect();
+        for file in ready.into_iter().take(parallel.saturating_sub(tasks.len())) {
+            let repo = repo.clone();
+            let path = args.wal_dir.join(file.name());
+            let spool = spool.clone();
+            in_flight.insert(file.name().to_string());
+            tasks.spawn(async move {
+                let name = file.name().to_string();
+                let result = async {
+                    let print = Fingerprint::of(&path)?;
+                    push_one(&repo, &file, &path).await?;
+                    spool.note(file.name(), &print);
+                    Ok(())
+                }
+                .await;
+                (name, result)
+            });
+        }
+        match tasks.join_next().await {
+            Some(Ok((name, result))) => {
+                in_flight.remove(&name);
+                if result.is_ok() {
+                    done.insert(name.clone());
+                }
+                if let Err(e) = result {
+                    // The foreground call will try again and report it to PostgreSQL.
+                    tracing::warn!("pushing {name} ahead: {e:#}");
+                    failed.insert(name);
+                }
+                idle_rescans = 0;
+            }
+            Some(Err(e)) => return Err(anyhow!("pusher task failed: {e}")),
+            None => {
+                // Nothing in flight and nothing ready: linger briefly for new segments.
+                idle_rescans += 1;
+                if idle_rescans > 10 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    spool.release_pusher();
+    Ok(Exit::Success)
 }
 
 /// Store one WAL file unless it is already there; the same bytes again are fine,
 /// different bytes under the same name are refused and never overwrite.
-async fn push_one(repo: &Repo, file: &WalFile, data: Vec<u8>, sha: &str) -> Result<()> {
+async fn push_one(repo: &Repo, file: &WalFile, path: &Path) -> Result<()> {
     if let WalFile::Segment(_) | WalFile::Partial(_) = file {
-        check_system_identifier(repo, file, &data)?;
+        check_system_identifier(repo, file, path)?;
     }
     let key = layout::wal_file(file);
     // Some S3 servers ignore If-None-Match (DESIGN.md): look first, and compare.
     if repo.storage.head(&key).await?.is_some() {
-        return compare_existing(repo, file, sha).await;
+        return compare_existing(repo, file, path).await;
     }
-    match repo.store().bytes(&key, file.name(), data, PutMode::CreateNew).await {
+    let source = std::fs::File::open(path).map_err(|e| anyhow!("cannot read {}: {e}", path.display()))?;
+    let store = pipeline::Store {
+        compression: pipeline::Compression {
+            threads: 0,
+            ..repo.compression
+        },
+        digests: false,
+        ..repo.store()
+    };
+    match store.reader(&key, file.name(), source, PutMode::CreateNew, None).await {
         Ok(_) => Ok(()),
         Err(e) if matches!(e.downcast_ref::<StorageError>(), Some(StorageError::AlreadyExists(_))) => {
-            compare_existing(repo, file, sha).await
+            compare_existing(repo, file, path).await
         }
         Err(e) => Err(e.context(format!("archiving {file}"))),
     }
 }
 
-/// PostgreSQL retries a push after a crash: the same bytes succeed. A `.history`
-/// file is never overwritten (a second timeline history under the same name means
-/// two clusters share an archive — see WAL-G issue 420).
-async fn compare_existing(repo: &Repo, file: &WalFile, sha: &str) -> Result<()> {
-    let existing = pipeline::load_bytes(&repo.storage, &layout::wal_file(file), &repo.keys)
-        .await
-        .with_context(|| format!("{file} is already archived but cannot be read back to compare"))?;
-    if hex::encode(Sha256::digest(&existing)) == sha {
+/// PostgreSQL retries a push after a crash: the same bytes succeed. Different bytes
+/// are refused; in particular a `.history` file is never overwritten (a second
+/// history under the same name means two clusters share an archive — WAL-G issue 420).
+async fn compare_existing(repo: &Repo, file: &WalFile, path: &Path) -> Result<()> {
+    let ours = pipeline::tally::sha256_file(path).map_err(|e| anyhow!("cannot read {}: {e}", path.display()))?;
+    let (_, plain, _) = pipeline::load_to_writer(
+        &repo.storage,
+        &layout::wal_file(file),
+        std::io::sink(),
+        &repo.keys,
+        None,
+        None,
+    )
+    .await
+    .with_context(|| format!("{file} is already archived but cannot be read back to compare"))?;
+    if plain.sha256 == ours {
         return Ok(());
     }
     Err(anyhow!(
@@ -108,11 +180,13 @@ async fn compare_existing(repo: &Repo, file: &WalFile, sha: &str) -> Result<()> 
     ))
 }
 
-fn check_system_identifier(repo: &Repo, file: &WalFile, data: &[u8]) -> Result<()> {
-    let Some(bytes) = data.get(SYSID_OFFSET..SYSID_OFFSET + 8) else {
-        return Err(anyhow!("{file} is too short to be a WAL segment"));
-    };
-    let sysid = u64::from_le_bytes(bytes.try_into().expect("8 bytes")).to_string();
+fn check_system_identifier(repo: &Repo, file: &WalFile, path: &Path) -> Result<()> {
+    use std::io::Read;
+    let mut header = [0u8; SYSID_OFFSET + 8];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut header))
+        .map_err(|e| anyhow!("cannot read the header of {}: {e}", path.display()))?;
+    let sysid = u64::from_le_bytes(header[SYSID_OFFSET..].try_into().expect("8 bytes")).to_string();
     if sysid != repo.info.system_identifier {
         return Err(usage!(
             "{file} belongs to the cluster with system identifier {sysid}, but the repository at {} belongs to {} — check [repository] url and cluster",
@@ -123,13 +197,9 @@ fn check_system_identifier(repo: &Repo, file: &WalFile, data: &[u8]) -> Result<(
     Ok(())
 }
 
-/// The next WAL files PostgreSQL has marked ready after `file`, oldest first.
-fn look_ahead(path: &Path, file: &WalFile, count: usize) -> Vec<(WalFile, PathBuf)> {
-    if count == 0 {
-        return Vec::new();
-    }
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let Ok(entries) = std::fs::read_dir(dir.join("archive_status")) else {
+/// Files PostgreSQL has marked ready for archiving, oldest first.
+fn ready_files(wal_dir: &Path) -> Vec<WalFile> {
+    let Ok(entries) = std::fs::read_dir(wal_dir.join("archive_status")) else {
         return Vec::new();
     };
     let mut ready: Vec<WalFile> = entries
@@ -138,24 +208,46 @@ fn look_ahead(path: &Path, file: &WalFile, count: usize) -> Vec<(WalFile, PathBu
             let name = e.file_name().to_string_lossy().into_owned();
             WalFile::parse(name.strip_suffix(".ready")?)
         })
-        .filter(|f| f.name() > file.name() && !matches!(f, WalFile::History(_)))
+        .filter(|f| !matches!(f, WalFile::History(_)))
         .collect();
     ready.sort();
-    ready.truncate(count);
     ready
+}
+
+fn ready_after(wal_dir: &Path, file: &WalFile) -> Vec<WalFile> {
+    ready_files(wal_dir)
         .into_iter()
-        .map(|f| {
-            let p = dir.join(f.name());
-            (f, p)
-        })
+        .filter(|f| f.name() > file.name())
         .collect()
 }
 
-/// Notes of files stored ahead of PostgreSQL's asking: `<spool>/<name>` holding the
-/// SHA-256 of what was stored. A note is written only after the store succeeded.
+/// Identifies one exact file: a recycled or rewritten segment never matches.
+#[derive(Debug, PartialEq, Eq)]
+struct Fingerprint(String);
+
+impl Fingerprint {
+    fn of(path: &Path) -> Result<Fingerprint> {
+        let m = std::fs::metadata(path).map_err(|e| anyhow!("cannot read {}: {e}", path.display()))?;
+        Ok(Fingerprint(format!(
+            "{}:{}:{}:{}.{}",
+            m.dev(),
+            m.ino(),
+            m.size(),
+            m.mtime(),
+            m.mtime_nsec()
+        )))
+    }
+}
+
+/// The spool: notes of files stored ahead (`pushed/<name>`), and the pusher's lock.
 #[derive(Clone)]
 struct Spool {
     dir: PathBuf,
+}
+
+fn alive(pid: i32) -> bool {
+    // SAFETY: kill with signal 0 only checks for existence.
+    pid > 0 && unsafe { libc::kill(pid, 0) } == 0
 }
 
 impl Spool {
@@ -163,20 +255,121 @@ impl Spool {
         Spool { dir }
     }
 
-    fn has(&self, name: &str, sha: &str) -> bool {
-        std::fs::read_to_string(self.dir.join(name)).is_ok_and(|s| s.trim() == sha)
+    fn note_path(&self, name: &str) -> PathBuf {
+        self.dir.join("pushed").join(name)
     }
 
-    fn note(&self, name: &str, sha: &str) {
+    fn noted(&self, name: &str, print: &Fingerprint) -> bool {
+        std::fs::read_to_string(self.note_path(name)).is_ok_and(|s| s.trim() == print.0)
+    }
+
+    fn note(&self, name: &str, print: &Fingerprint) {
         // Best effort: without the note the file is simply pushed (and compared) again.
-        let _ = std::fs::create_dir_all(&self.dir);
-        let tmp = self.dir.join(format!(".{name}.tmp"));
-        if std::fs::write(&tmp, sha).is_ok() {
-            let _ = std::fs::rename(&tmp, self.dir.join(name));
+        let dir = self.dir.join("pushed");
+        let _ = std::fs::create_dir_all(&dir);
+        let tmp = dir.join(format!(".{name}.tmp"));
+        if std::fs::write(&tmp, &print.0).is_ok() {
+            let _ = std::fs::rename(&tmp, self.note_path(name));
         }
     }
 
     fn forget(&self, name: &str) {
-        let _ = std::fs::remove_file(self.dir.join(name));
+        let _ = std::fs::remove_file(self.note_path(name));
+    }
+
+    fn lock_path(&self) -> PathBuf {
+        self.dir.join("pusher.pid")
+    }
+
+    fn pusher_pid(&self) -> Option<i32> {
+        let pid = std::fs::read_to_string(self.lock_path()).ok()?.trim().parse().ok()?;
+        alive(pid).then_some(pid)
+    }
+
+    /// While a pusher runs, wait for it to note `name`.
+    fn wait_for_pusher(&self, name: &str, print: &Fingerprint) -> bool {
+        let deadline = Instant::now() + WAIT_FOR_PUSHER;
+        while self.pusher_pid().is_some() && Instant::now() < deadline {
+            if self.noted(name, print) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.noted(name, print)
+    }
+
+    /// Become the pusher: the lock file names this process (the starter wrote it), or
+    /// is created now, replacing a dead holder's.
+    fn claim_pusher(&self) -> bool {
+        let _ = std::fs::create_dir_all(&self.dir);
+        let me = std::process::id().to_string();
+        if std::fs::read_to_string(self.lock_path()).is_ok_and(|p| p.trim() == me) {
+            return true;
+        }
+        for _ in 0..2 {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(self.lock_path())
+            {
+                Ok(mut f) => {
+                    use std::io::Write;
+                    return f.write_all(me.as_bytes()).is_ok();
+                }
+                Err(_) => {
+                    if self.pusher_pid().is_some() {
+                        return false;
+                    }
+                    let _ = std::fs::remove_file(self.lock_path());
+                }
+            }
+        }
+        false
+    }
+
+    fn release_pusher(&self) {
+        if std::fs::read_to_string(self.lock_path()).is_ok_and(|p| p.trim() == std::process::id().to_string()) {
+            let _ = std::fs::remove_file(self.lock_path());
+        }
+    }
+
+    fn start_pusher(&self, ctx: &Ctx, wal_dir: &Path) {
+        if self.pusher_pid().is_some() {
+            return;
+        }
+        let Ok(exe) = std::env::current_exe() else { return };
+        let wal_dir = std::path::absolute(wal_dir).unwrap_or_else(|_| wal_dir.to_path_buf());
+        let mut cmd = std::process::Command::new(exe);
+        if let Some(config) = ctx.config.file() {
+            cmd.arg("--config").arg(config);
+        }
+        let _ = std::fs::create_dir_all(&self.dir);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("pusher.log"));
+        cmd.args(["wal-push-ahead", "--wal-dir"])
+            .arg(&wal_dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(
+                log.map(std::process::Stdio::from)
+                    .unwrap_or_else(|_| std::process::Stdio::null()),
+            );
+        use std::os::unix::process::CommandExt;
+        // SAFETY: setsid is async-signal-safe; it detaches the pusher from PostgreSQL's
+        // archiver so that it outlives this short process.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+        // The lock names the child before it runs, so the next call already waits
+        // for it instead of pushing the same file twice.
+        if let Ok(child) = cmd.spawn() {
+            let _ = std::fs::remove_file(self.lock_path());
+            let _ = std::fs::write(self.lock_path(), child.id().to_string());
+        }
     }
 }

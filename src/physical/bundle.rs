@@ -244,18 +244,3 @@ impl Write for BundleSink {
         Ok(())
     }
 }
-
-/// SHA-256 of a file on disk, `None` if it cannot be read.
-pub fn file_sha256(path: &std::path::Path) -> Option<String> {
-    let mut file = File::open(path).ok()?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf).ok()?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Some(hex::encode(hasher.finalize()))
-}

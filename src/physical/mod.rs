@@ -183,7 +183,7 @@ pub async fn restore_files(
         let dest = placement.dest(&record.path);
         let skip = delta
             && std::fs::metadata(&dest).is_ok_and(|m| m.len() == record.size)
-            && bundle::file_sha256(&dest).is_some_and(|s| s == record.sha256);
+            && pipeline::tally::sha256_file(&dest).is_ok_and(|s| s == record.sha256);
         if skip {
             stats.files_unchanged += 1;
         }

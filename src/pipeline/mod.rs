@@ -109,10 +109,15 @@ fn produce<R: Read>(
     key: &RepoKey,
     object: &str,
     compression: Compression,
+    digests: bool,
     progress: Option<Arc<AtomicU64>>,
 ) -> io::Result<(Tally, Tally, ChannelWriter)> {
     let mut plain = TallyReader::new(source, progress);
-    let stored = TallyWriter::new(out, None);
+    let mut stored = TallyWriter::new(out, None);
+    if !digests {
+        plain = plain.without_hash();
+        stored = stored.without_hash();
+    }
     let sealer = Sealer::new(stored, key, object)?;
     let mut zstd = zstd::stream::write::Encoder::new(sealer, compression.level)?;
     if compression.threads > 0 {
@@ -135,6 +140,9 @@ pub struct Store<'a> {
     pub storage: &'a DynStorage,
     pub keys: &'a Keyring,
     pub compression: Compression,
+    /// Compute SHA-256 of plaintext and stored bytes (for manifests). WAL segments,
+    /// which no manifest lists, skip it: the AEAD tags already protect them.
+    pub digests: bool,
 }
 
 impl Store<'_> {
@@ -153,11 +161,12 @@ impl Store<'_> {
         let repo_key = self.keys.primary().clone();
         let object = key.to_string();
         let compression = self.compression;
+        let digests = self.digests;
         let producer = tokio::task::spawn_blocking(move || {
             let out = ChannelWriter { tx };
             // On error the sender is dropped with the writer: storage sees an
             // unfinished body and discards it.
-            let (plain, stored, out) = produce(source, out, &repo_key, &object, compression, progress)?;
+            let (plain, stored, out) = produce(source, out, &repo_key, &object, compression, digests, progress)?;
             out.tx.finish_blocking();
             io::Result::Ok((plain, stored))
         });

@@ -16,7 +16,7 @@ pub struct Tally {
 }
 
 struct Counter {
-    hasher: Sha256,
+    hasher: Option<Sha256>,
     size: u64,
     progress: Option<Arc<AtomicU64>>,
 }
@@ -24,24 +24,27 @@ struct Counter {
 impl Counter {
     fn new(progress: Option<Arc<AtomicU64>>) -> Counter {
         Counter {
-            hasher: Sha256::new(),
+            hasher: Some(Sha256::new()),
             size: 0,
             progress,
         }
     }
 
     fn see(&mut self, data: &[u8]) {
-        self.hasher.update(data);
+        if let Some(h) = &mut self.hasher {
+            h.update(data);
+        }
         self.size += data.len() as u64;
         if let Some(p) = &self.progress {
             p.fetch_add(data.len() as u64, Ordering::Relaxed);
         }
     }
 
+    /// The hash is empty when hashing was switched off.
     fn tally(self) -> Tally {
         Tally {
             size: self.size,
-            sha256: hex::encode(self.hasher.finalize()),
+            sha256: self.hasher.map(|h| hex::encode(h.finalize())).unwrap_or_default(),
         }
     }
 }
@@ -58,6 +61,12 @@ impl<R: Read> TallyReader<R> {
             inner,
             counter: Counter::new(progress),
         }
+    }
+
+    /// Count only, do not hash (for objects whose hash nobody records).
+    pub fn without_hash(mut self) -> Self {
+        self.counter.hasher = None;
+        self
     }
 
     pub fn finish(self) -> (R, Tally) {
@@ -86,6 +95,12 @@ impl<W: Write> TallyWriter<W> {
         }
     }
 
+    /// Count only, do not hash.
+    pub fn without_hash(mut self) -> Self {
+        self.counter.hasher = None;
+        self
+    }
+
     pub fn finish(self) -> (W, Tally) {
         (self.inner, self.counter.tally())
     }
@@ -101,4 +116,19 @@ impl<W: Write> Write for TallyWriter<W> {
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
     }
+}
+
+/// SHA-256 of a file on disk, streamed.
+pub fn sha256_file(path: &std::path::Path) -> io::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
 }

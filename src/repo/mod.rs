@@ -105,6 +105,7 @@ impl Repo {
             storage: &self.storage,
             keys: &self.keys,
             compression: self.compression,
+            digests: true,
         }
     }
 
