@@ -51,6 +51,14 @@ pub enum Command {
     Restore(Box<RestoreArgs>),
     /// Stream any stored object's plaintext to stdout
     Cat(CatArgs),
+    /// Apply retention: remove old backups and WAL (report what stays and why)
+    Expire(ExpireArgs),
+    /// Restore test: restore into a scratch cluster and check its integrity
+    Verify(VerifyArgs),
+    /// Run, check or export the job schedule
+    Schedule(ScheduleArgs),
+    /// Print Prometheus metrics once (for a textfile collector)
+    Metrics(MetricsArgs),
     /// archive_command: store one WAL file (archive_command = 'pgdr wal-push %p')
     WalPush(WalPushArgs),
     /// restore_command: fetch one WAL file (restore_command = 'pgdr wal-fetch %f %p')
@@ -68,6 +76,78 @@ pub struct WalPushAheadArgs {
     /// PostgreSQL's pg_wal directory
     #[arg(long)]
     pub wal_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ExpireArgs {
+    /// Show what would be removed, remove nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Mark a backup keep (never expired), then stop (repeatable)
+    #[arg(long, value_name = "LABEL")]
+    pub keep: Vec<String>,
+    /// Clear a backup's keep mark, then stop (repeatable)
+    #[arg(long, value_name = "LABEL")]
+    pub unkeep: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Which backup: a label, `latest`, or `tag:NAME`
+    #[arg(long, default_value = "latest", value_name = "LABEL|latest|tag:TAG")]
+    pub backup: String,
+    /// Kind of backup to verify
+    #[arg(long, value_enum, default_value_t = BackupKind::Physical)]
+    pub kind: BackupKind,
+    /// Parallel workers for the restore
+    #[arg(long)]
+    pub jobs: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+pub struct ScheduleArgs {
+    #[command(subcommand)]
+    pub command: ScheduleCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ScheduleCommand {
+    /// Run the schedule as a daemon
+    Run(ScheduleRunArgs),
+    /// Validate a schedule file and print the next runs of every job
+    Check(ScheduleFileArgs),
+    /// Print equivalent crontab lines
+    Crontab(ScheduleFileArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ScheduleFileArgs {
+    /// Schedule file
+    #[arg(long, value_name = "FILE")]
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ScheduleRunArgs {
+    /// Schedule file
+    #[arg(long, value_name = "FILE")]
+    pub file: PathBuf,
+    /// Address for /metrics and /health (default from [schedule] listen, 127.0.0.1:9187)
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Job history file, JSON lines (default from [schedule] history)
+    #[arg(long, value_name = "FILE")]
+    pub history: Option<PathBuf>,
+    /// How long a running job may finish after SIGTERM before it is stopped
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    pub grace: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct MetricsArgs {
+    /// Job history file to include job metrics from
+    #[arg(long, value_name = "FILE")]
+    pub history: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -128,6 +208,9 @@ pub struct BackupArgs {
     /// Spread the starting checkpoint instead of forcing it (less I/O, slower start)
     #[arg(long)]
     pub spread_checkpoint: bool,
+    /// Mark the backup keep: expire never removes it
+    #[arg(long)]
+    pub keep: bool,
 }
 
 #[derive(Debug, Args)]

@@ -11,7 +11,15 @@ use crate::usage;
 
 /// Environment variables that carry something other than a config field.
 const RESERVED_ENV: &[&str] = &["PGDR_CONFIG", "PGDR_KEY", "PGDR_LOG", "PGDR_LOG_FORMAT"];
-const SECTIONS: &[&str] = &["postgres", "repository", "retention", "wal"];
+const SECTIONS: &[&str] = &[
+    "postgres",
+    "repository",
+    "retention",
+    "wal",
+    "verify",
+    "notify",
+    "schedule",
+];
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -26,6 +34,12 @@ pub struct Config {
     pub retention: RetentionConfig,
     #[serde(default)]
     pub wal: WalConfig,
+    #[serde(default)]
+    pub verify: VerifyConfig,
+    #[serde(default)]
+    pub notify: NotifyConfig,
+    #[serde(default)]
+    pub schedule: ScheduleConfig,
     /// Where the configuration came from, for messages.
     #[serde(skip)]
     pub source: String,
@@ -128,6 +142,59 @@ fn default_prefetch() -> u32 {
 
 fn default_archive_timeout() -> u64 {
     120
+}
+
+/// The weekly restore test's own checks, on top of amcheck and row counts.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyConfig {
+    #[serde(default)]
+    pub check: Vec<SqlCheck>,
+}
+
+/// `[[verify.check]] sql = "...", expect = "..."`: the first column of the first row,
+/// as text, must equal `expect`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqlCheck {
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Database to run in (default: postgres).
+    #[serde(default)]
+    pub database: Option<String>,
+    pub sql: String,
+    pub expect: toml::Value,
+}
+
+impl SqlCheck {
+    /// `expect` as the text PostgreSQL would print (`true` → `t`).
+    pub fn expected_text(&self) -> String {
+        match &self.expect {
+            toml::Value::String(s) => s.clone(),
+            toml::Value::Boolean(b) => if *b { "t" } else { "f" }.to_string(),
+            other => other.to_string(),
+        }
+    }
+}
+
+/// Where failures are announced. The webhook URL usually carries a secret: it is
+/// never logged or printed, only its host.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyConfig {
+    /// JSON POST with a Slack-compatible `text` field.
+    pub webhook_url: Option<String>,
+    /// A command run with the message in PGDR_NOTIFY_MESSAGE (and on stdin).
+    pub command: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleConfig {
+    /// Address of /metrics and /health (default 127.0.0.1:9187).
+    pub listen: Option<String>,
+    /// Job history, JSON lines (default: in the temp directory, per cluster).
+    pub history: Option<PathBuf>,
 }
 
 /// A parsed repository URL.
@@ -250,6 +317,14 @@ impl Config {
             .spool_dir
             .clone()
             .unwrap_or_else(|| std::env::temp_dir().join(format!("pgdr-spool-{}", self.cluster)))
+    }
+
+    /// Where the scheduler's job history goes.
+    pub fn history_file(&self) -> PathBuf {
+        self.schedule
+            .history
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join(format!("pgdr-{}-history.jsonl", self.cluster)))
     }
 
     /// The absolute path of the configuration file, when there is one.

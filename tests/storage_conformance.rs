@@ -213,7 +213,7 @@ async fn pipeline_round_trip_on_both_backends() {
             storage: &s,
             keys: &keys,
             compression: Compression { level: 3, threads: 2 },
-            digests: true,
+            plain_digest: true,
         };
         let record = store
             .reader(
@@ -227,9 +227,10 @@ async fn pipeline_round_trip_on_both_backends() {
             .unwrap();
         assert_eq!(record.plain.size, payload.len() as u64);
         assert_eq!(s.head(&k).await.unwrap().unwrap().size, record.stored.size);
-        let (back, plain, stored) = pipeline::load_to_writer(&s, &k, Vec::new(), &keys, Some(&record), None)
-            .await
-            .unwrap();
+        let (back, plain, stored) =
+            pipeline::load_to_writer(&s, &k, Vec::new(), &keys, pipeline::Verify::Record(&record), None)
+                .await
+                .unwrap();
         assert_eq!(back, payload);
         assert_eq!((plain, stored), (record.plain.clone(), record.stored.clone()));
     }

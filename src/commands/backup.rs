@@ -28,6 +28,15 @@ pub async fn run(ctx: &Ctx, args: BackupArgs) -> Result<Exit> {
     }
 }
 
+/// Run the copy until it ends or SIGTERM/SIGINT arrives; a signal becomes an error, so
+/// the caller's cleanup runs (no manifest is written: nothing becomes visible).
+async fn interruptible<T>(work: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    tokio::select! {
+        r = work => r,
+        s = super::shutdown_signal() => Err(anyhow::anyhow!("interrupted by {s}")),
+    }
+}
+
 /// A label no other backup (complete or not) uses yet.
 async fn fresh_label(repo: &Repo, kind: BackupKind) -> Result<BackupLabel> {
     for _ in 0..5 {
@@ -97,7 +106,7 @@ async fn logical(ctx: &Ctx, args: BackupArgs) -> Result<Exit> {
     let start_time = Utc::now();
     let source = Source { target, tools, server };
     let progress = Progress::start(None);
-    let result = dump_all(&repo, &source, &label, &databases, &progress).await;
+    let result = interruptible(dump_all(&repo, &source, &label, &databases, &progress)).await;
     let (globals, entries, objects) = match result {
         Ok(parts) => parts,
         Err(e) => {
@@ -136,6 +145,9 @@ async fn logical(ctx: &Ctx, args: BackupArgs) -> Result<Exit> {
         .bytes(&layout::manifest(&label), "manifest.json", data, PutMode::CreateNew)
         .await
         .with_context(|| format!("writing the manifest of {label}"))?;
+    if args.keep {
+        super::expire::set_keep(&repo, &label).await?;
+    }
     let elapsed = progress.elapsed();
     progress.finish();
 
@@ -316,7 +328,14 @@ async fn physical(ctx: &Ctx, args: BackupArgs) -> Result<Exit> {
     let total: u64 = listing.files.iter().map(|f| f.size).sum();
     let progress = Progress::start(Some(total));
     progress.set_message(format!("{label} ({jobs} workers)"));
-    let copied = crate::physical::copy_files(&repo, &label, &listing, jobs, progress.counter()).await;
+    let copied = interruptible(crate::physical::copy_files(
+        &repo,
+        &label,
+        &listing,
+        jobs,
+        progress.counter(),
+    ))
+    .await;
     let outcome = match copied {
         Ok(parts) => {
             progress.set_message("waiting for WAL");
@@ -382,6 +401,9 @@ async fn physical(ctx: &Ctx, args: BackupArgs) -> Result<Exit> {
         .bytes(&layout::manifest(&label), "manifest.json", data, PutMode::CreateNew)
         .await
         .with_context(|| format!("writing the manifest of {label}"))?;
+    if args.keep {
+        super::expire::set_keep(&repo, &label).await?;
+    }
     let elapsed = (manifest.stop_time - manifest.start_time).to_std().unwrap_or_default();
     let info = manifest.physical.as_ref().expect("set above");
     if ctx.json {

@@ -38,7 +38,7 @@ pub async fn run(ctx: &Ctx, args: CatArgs) -> Result<Exit> {
     }
     let keys = repo::load_keyring(&ctx.config)?;
     let stdout = std::io::stdout();
-    pipeline::load_to_writer(&storage, &key, stdout, &keys, None, None)
+    pipeline::load_to_writer(&storage, &key, stdout, &keys, pipeline::Verify::Authenticated, None)
         .await
         .map_err(|e| match e.downcast_ref::<storage::StorageError>() {
             Some(storage::StorageError::NotFound(_)) => {

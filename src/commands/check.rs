@@ -250,7 +250,7 @@ pub async fn run(ctx: &Ctx, args: CheckArgs) -> Result<Exit> {
                     let (old, recent): (Vec<_>, Vec<_>) = scan.orphans.iter().partition(|o| stale(o));
                     let keys: Vec<_> = old.iter().flat_map(|o| o.objects.iter().cloned()).collect();
                     match storage.delete(&keys).await {
-                        Ok(()) => report.add(
+                        Ok(_) => report.add(
                             Status::Ok,
                             "orphans",
                             format!(

@@ -13,6 +13,22 @@ use crate::repo::Repo;
 pub async fn run(ctx: &Ctx, _args: ListArgs) -> Result<Exit> {
     let repo = Repo::open(&ctx.config).await?;
     let manifests = repo.manifests().await?;
+    let verified = crate::repo::verification::latest_reports(&repo)
+        .await
+        .unwrap_or_default();
+    let keep = crate::repo::catalog::scan(&repo.storage)
+        .await
+        .map(|s| s.keep)
+        .unwrap_or_default();
+    let verdict = |label: &crate::repo::BackupLabel| {
+        verified.get(label).map(|r| {
+            format!(
+                "{} {}",
+                if r.ok { "ok" } else { "FAILED" },
+                r.finished.format("%Y-%m-%d")
+            )
+        })
+    };
     if ctx.json {
         let rows: Vec<_> = manifests
             .iter()
@@ -27,6 +43,8 @@ pub async fn run(ctx: &Ctx, _args: ListArgs) -> Result<Exit> {
                     "stored_bytes": m.stored_size(),
                     "plain_bytes": m.plain_size(),
                     "databases": m.databases.iter().map(|d| &d.name).collect::<Vec<_>>(),
+                    "keep": keep.contains(&m.label),
+                    "verification": verified.get(&m.label).map(|r| json!({"ok": r.ok, "finished": r.finished})),
                 })
             })
             .collect();
@@ -38,8 +56,8 @@ pub async fn run(ctx: &Ctx, _args: ListArgs) -> Result<Exit> {
         return Ok(Exit::Success);
     }
     println!(
-        "{:<20} {:<9} {:<20} {:>10}  {:<30} TAGS",
-        "LABEL", "KIND", "TIME (UTC)", "SIZE", "DATABASES"
+        "{:<20} {:<9} {:<20} {:>10}  {:<18} {:<24} TAGS",
+        "LABEL", "KIND", "TIME (UTC)", "SIZE", "VERIFIED", "DATABASES"
     );
     for m in &manifests {
         let mut dbs = m
@@ -48,17 +66,25 @@ pub async fn run(ctx: &Ctx, _args: ListArgs) -> Result<Exit> {
             .map(|d| d.name.as_str())
             .collect::<Vec<_>>()
             .join(",");
-        if dbs.chars().count() > 30 {
-            dbs = format!("{}…", dbs.chars().take(29).collect::<String>());
+        if dbs.chars().count() > 24 {
+            dbs = format!("{}…", dbs.chars().take(23).collect::<String>());
+        }
+        if m.databases.is_empty() {
+            dbs = "(whole cluster)".into();
+        }
+        let mut tags = m.tags.clone();
+        if keep.contains(&m.label) {
+            tags.insert(0, "[keep]".into());
         }
         println!(
-            "{:<20} {:<9} {:<20} {:>10}  {:<30} {}",
+            "{:<20} {:<9} {:<20} {:>10}  {:<18} {:<24} {}",
             m.label.as_str(),
             m.kind.to_string(),
             m.start_time.format("%Y-%m-%d %H:%M:%S").to_string(),
             human_bytes(m.stored_size()),
+            verdict(&m.label).unwrap_or_else(|| "-".into()),
             dbs,
-            m.tags.join(",")
+            tags.join(",")
         );
     }
     Ok(Exit::Success)

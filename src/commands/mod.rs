@@ -4,10 +4,14 @@
 mod backup;
 mod cat;
 mod check;
+pub mod expire;
 mod init;
 mod list;
+mod metrics;
 mod restore;
 mod restore_physical;
+mod schedule;
+mod verify;
 mod wal_fetch;
 mod wal_push;
 
@@ -30,7 +34,26 @@ impl Ctx {
     }
 }
 
+/// Resolves on SIGINT or SIGTERM, naming which.
+pub async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return "SIGINT";
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+    }
+}
+
 pub async fn run(cli: Cli) -> Result<Exit> {
+    // Checking a schedule file needs no pgdr configuration.
+    if let Command::Schedule(args) = &cli.command
+        && let crate::cli::ScheduleCommand::Check(f) = &args.command
+    {
+        return schedule::check(f, cli.json);
+    }
     let config = Config::load(cli.config.as_deref());
     // `init --generate-key` may run before a configuration exists.
     if let Command::Init(args) = &cli.command
@@ -50,6 +73,10 @@ pub async fn run(cli: Cli) -> Result<Exit> {
         Command::List(args) => list::run(&ctx, args).await,
         Command::Restore(args) => restore::run(&ctx, *args).await,
         Command::Cat(args) => cat::run(&ctx, args).await,
+        Command::Expire(args) => expire::run(&ctx, args).await,
+        Command::Verify(args) => verify::run(&ctx, args).await,
+        Command::Schedule(args) => schedule::run(&ctx, args).await,
+        Command::Metrics(args) => metrics::run(&ctx, args).await,
         Command::WalPush(args) => wal_push::run(&ctx, args).await,
         Command::WalFetch(args) => wal_fetch::run(&ctx, args).await,
         Command::WalPrefetch(args) => wal_fetch::prefetch(&ctx, args).await,

@@ -261,7 +261,7 @@ async fn restore_dump(
             &key,
             file,
             &repo.keys,
-            Some(record),
+            pipeline::Verify::Record(record),
             Some(progress.counter()),
         )
         .await?;
@@ -312,7 +312,7 @@ async fn feed_tool(
         key,
         sink,
         &repo.keys,
-        Some(record),
+        pipeline::Verify::Record(record),
         progress.map(|p| p.counter()),
     )
     .await;

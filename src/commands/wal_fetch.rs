@@ -58,7 +58,7 @@ async fn fetch_into(storage: &DynStorage, keys: &Keyring, file: &WalFile, dest: 
     let key = layout::wal_file(file);
     let tmp = dest.with_file_name(format!(".{}.pgdr-tmp", file.name()));
     let out = std::fs::File::create(&tmp).map_err(|e| anyhow!("cannot create {}: {e}", tmp.display()))?;
-    let loaded = pipeline::load_to_writer(storage, &key, out, keys, None, None).await;
+    let loaded = pipeline::load_to_writer(storage, &key, out, keys, pipeline::Verify::Authenticated, None).await;
     match loaded {
         Ok((mut out, _, _)) => {
             out.flush()?;

@@ -144,7 +144,7 @@ async fn push_one(repo: &Repo, file: &WalFile, path: &Path) -> Result<()> {
             threads: 0,
             ..repo.compression
         },
-        digests: false,
+        plain_digest: false,
         ..repo.store()
     };
     match store.reader(&key, file.name(), source, PutMode::CreateNew, None).await {
@@ -166,7 +166,7 @@ async fn compare_existing(repo: &Repo, file: &WalFile, path: &Path) -> Result<()
         &layout::wal_file(file),
         std::io::sink(),
         &repo.keys,
-        None,
+        pipeline::Verify::Digests,
         None,
     )
     .await

@@ -19,7 +19,7 @@ use crate::repo::manifest::FileRecord;
 pub type FileQueue = Arc<Mutex<VecDeque<FileToCopy>>>;
 
 struct Current {
-    file: File,
+    file: io::Take<File>,
     entry: FileToCopy,
     offset: u64,
     read: u64,
@@ -59,6 +59,7 @@ impl BundleSource {
                 mode: cur.entry.mode,
                 bundle: self.bundle.clone(),
                 offset: cur.offset,
+                file_offset: cur.entry.start,
             });
         }
     }
@@ -86,7 +87,12 @@ impl Read for BundleSource {
             let Some(entry) = self.queue.lock().expect("queue lock").pop_front() else {
                 return Ok(0);
             };
-            match File::open(&entry.source) {
+            let opened = File::open(&entry.source).and_then(|mut f| {
+                use std::io::Seek;
+                f.seek(io::SeekFrom::Start(entry.start))?;
+                Ok(f.take(entry.len.unwrap_or(u64::MAX)))
+            });
+            match opened {
                 Ok(file) => {
                     self.current = Some(Current {
                         file,
@@ -147,13 +153,18 @@ impl BundleSink {
             self.open = None;
             return Ok(());
         }
-        let file = OpenOptions::new()
+        // Files were created at their full size beforehand; pieces land at their offsets.
+        let mut file = OpenOptions::new()
             .write(true)
             .create(true)
-            .truncate(true)
+            .truncate(false)
             .mode(t.record.mode.max(0o600))
             .open(&t.dest)
             .map_err(|e| io::Error::new(e.kind(), format!("cannot write {}: {e}", t.dest.display())))?;
+        if t.record.file_offset > 0 {
+            use std::io::Seek;
+            file.seek(io::SeekFrom::Start(t.record.file_offset))?;
+        }
         self.open = Some((file, Sha256::new(), 0));
         Ok(())
     }

@@ -15,7 +15,7 @@ use anyhow::{Context, Result, anyhow};
 use futures::future::try_join_all;
 
 use crate::pipeline::{self, ObjectRecord};
-use crate::postgres::datadir::{self, Listing};
+use crate::postgres::datadir::{self, FileToCopy, Listing};
 use crate::postgres::{Segment, WalFile};
 use crate::repo::manifest::{FileRecord, PhysicalInfo};
 use crate::repo::{Repo, archive, layout};
@@ -24,6 +24,8 @@ use bundle::{BundleSink, BundleSource, Target};
 
 /// Plaintext bytes after which a bundle is closed.
 const BUNDLE_SIZE: u64 = 64 << 20;
+/// Files larger than this are stored as pieces of this size.
+const PIECE_SIZE: u64 = 64 << 20;
 
 /// Copy the listed files into bundles under `label`, `jobs` at a time.
 pub async fn copy_files(
@@ -33,14 +35,35 @@ pub async fn copy_files(
     jobs: usize,
     progress: Arc<AtomicU64>,
 ) -> Result<(Vec<FileRecord>, Vec<ObjectRecord>)> {
-    // Largest first: big files start early, small ones fill the last bundles.
-    let mut files = listing.files.clone();
+    // Large files go as pieces, so one big relation does not serialise the backup
+    // (or the restore) behind a single worker. Largest first: small files fill the
+    // last bundles.
+    let mut files = Vec::with_capacity(listing.files.len());
+    for f in &listing.files {
+        let mut start = 0;
+        while f.size > start + PIECE_SIZE {
+            files.push(FileToCopy {
+                start,
+                len: Some(PIECE_SIZE),
+                size: PIECE_SIZE,
+                ..f.clone()
+            });
+            start += PIECE_SIZE;
+        }
+        files.push(FileToCopy {
+            start,
+            len: None,
+            size: f.size - start,
+            ..f.clone()
+        });
+    }
     files.sort_by(|a, b| b.size.cmp(&a.size).then_with(|| a.path.cmp(&b.path)));
     let queue = Arc::new(Mutex::new(VecDeque::from(files)));
     let records = Arc::new(Mutex::new(Vec::new()));
     let next_bundle = Arc::new(AtomicU64::new(0));
     // Parallelism comes from the workers; each compresses on its own thread.
     let store = pipeline::Store {
+        plain_digest: false,
         compression: pipeline::Compression {
             threads: 0,
             ..repo.compression
@@ -70,7 +93,7 @@ pub async fn copy_files(
     });
     let objects: Vec<ObjectRecord> = try_join_all(workers).await?.into_iter().flatten().collect();
     let mut records = std::mem::take(&mut *records.lock().expect("records lock"));
-    records.sort_by(|a, b| a.path.cmp(&b.path));
+    records.sort_by(|a, b| a.path.cmp(&b.path).then(a.file_offset.cmp(&b.file_offset)));
     Ok((records, objects))
 }
 
@@ -178,20 +201,42 @@ pub async fn restore_files(
         stats.files_removed = remove_strays(info, placement)?;
     }
 
+    // Decide what to write (delta: pieces already identical on disk are skipped),
+    // then give every file its final size, so pieces can land in parallel.
     let mut by_bundle: BTreeMap<&str, Vec<Target>> = BTreeMap::new();
+    let mut sizes: BTreeMap<&str, (u64, u32)> = BTreeMap::new();
     for record in &info.files {
         let dest = placement.dest(&record.path);
         let skip = delta
-            && std::fs::metadata(&dest).is_ok_and(|m| m.len() == record.size)
-            && pipeline::tally::sha256_file(&dest).is_ok_and(|s| s == record.sha256);
+            && pipeline::tally::sha256_range(&dest, record.file_offset, record.size).is_ok_and(|s| s == record.sha256);
         if skip {
             stats.files_unchanged += 1;
         }
+        let entry = sizes.entry(record.path.as_str()).or_insert((0, record.mode));
+        entry.0 = entry.0.max(record.file_offset + record.size);
         by_bundle.entry(record.bundle.as_str()).or_default().push(Target {
             record: record.clone(),
             dest,
             skip,
         });
+    }
+    for (path, (size, mode)) in &sizes {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let dest = placement.dest(path);
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(!delta)
+            .mode((*mode).max(0o600))
+            .open(&dest)
+            .with_context(|| format!("creating {}", dest.display()))?;
+        if file.metadata()?.len() != *size {
+            file.set_len(*size)
+                .with_context(|| format!("sizing {}", dest.display()))?;
+        }
+        if delta {
+            file.set_permissions(std::fs::Permissions::from_mode((*mode).max(0o600)))?;
+        }
     }
     let mut queue = VecDeque::new();
     for (name, mut targets) in by_bundle {
@@ -223,7 +268,7 @@ pub async fn restore_files(
                     &key,
                     sink,
                     &repo.keys,
-                    Some(&object),
+                    pipeline::Verify::RecordStored(&object),
                     Some(progress.clone()),
                 )
                 .await?;

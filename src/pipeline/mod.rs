@@ -109,15 +109,14 @@ fn produce<R: Read>(
     key: &RepoKey,
     object: &str,
     compression: Compression,
-    digests: bool,
+    plain_digest: bool,
     progress: Option<Arc<AtomicU64>>,
 ) -> io::Result<(Tally, Tally, ChannelWriter)> {
     let mut plain = TallyReader::new(source, progress);
-    let mut stored = TallyWriter::new(out, None);
-    if !digests {
+    if !plain_digest {
         plain = plain.without_hash();
-        stored = stored.without_hash();
     }
+    let stored = TallyWriter::new(out, None);
     let sealer = Sealer::new(stored, key, object)?;
     let mut zstd = zstd::stream::write::Encoder::new(sealer, compression.level)?;
     if compression.threads > 0 {
@@ -140,9 +139,10 @@ pub struct Store<'a> {
     pub storage: &'a DynStorage,
     pub keys: &'a Keyring,
     pub compression: Compression,
-    /// Compute SHA-256 of plaintext and stored bytes (for manifests). WAL segments,
-    /// which no manifest lists, skip it: the AEAD tags already protect them.
-    pub digests: bool,
+    /// Compute the SHA-256 of the plaintext (for manifests). Stored bytes are always
+    /// hashed. WAL segments, which no manifest lists, and bundles, whose files are
+    /// hashed one by one, skip it.
+    pub plain_digest: bool,
 }
 
 impl Store<'_> {
@@ -161,12 +161,12 @@ impl Store<'_> {
         let repo_key = self.keys.primary().clone();
         let object = key.to_string();
         let compression = self.compression;
-        let digests = self.digests;
+        let plain_digest = self.plain_digest;
         let producer = tokio::task::spawn_blocking(move || {
             let out = ChannelWriter { tx };
             // On error the sender is dropped with the writer: storage sees an
             // unfinished body and discards it.
-            let (plain, stored, out) = produce(source, out, &repo_key, &object, compression, digests, progress)?;
+            let (plain, stored, out) = produce(source, out, &repo_key, &object, compression, plain_digest, progress)?;
             out.tx.finish_blocking();
             io::Result::Ok((plain, stored))
         });
@@ -213,14 +213,29 @@ fn damaged(key: &ObjectKey, err: io::Error) -> anyhow::Error {
     anyhow::Error::new(err)
 }
 
-/// Stream object `key` through open → unzstd into `sink`, checking it against the
-/// manifest's record when one is given. Returns the sink and what was seen.
+/// How a load checks what it reads. Every load is authenticated chunk by chunk (AEAD);
+/// digests add a check against the manifest.
+#[derive(Clone, Copy)]
+pub enum Verify<'a> {
+    /// Authentication only (WAL fetches, `cat`).
+    Authenticated,
+    /// Compute both digests and return them, nothing to compare with.
+    Digests,
+    /// Compare stored and plaintext size and SHA-256 with the manifest's record.
+    Record(&'a ObjectRecord),
+    /// Compare the stored SHA-256 and both sizes; the caller checks the plaintext
+    /// itself (a physical restore hashes every file).
+    RecordStored(&'a ObjectRecord),
+}
+
+/// Stream object `key` through open → unzstd into `sink`, checking it as `verify`
+/// says. `progress` counts plaintext bytes. Returns the sink and what was seen.
 pub async fn load_to_writer<W: Write + Send + 'static>(
     storage: &DynStorage,
     key: &ObjectKey,
     sink: W,
     keys: &Keyring,
-    expect: Option<&ObjectRecord>,
+    verify: Verify<'_>,
     progress: Option<Arc<AtomicU64>>,
 ) -> Result<(W, Tally, Tally)> {
     let rx = storage
@@ -230,17 +245,28 @@ pub async fn load_to_writer<W: Write + Send + 'static>(
     let keys = keys.clone();
     let object = key.to_string();
     let task_key = key.clone();
+    let (stored_digest, plain_digest) = match verify {
+        Verify::Authenticated => (false, false),
+        Verify::Digests | Verify::Record(_) => (true, true),
+        Verify::RecordStored(_) => (true, false),
+    };
     let result = tokio::task::spawn_blocking(move || -> Result<(W, Tally, Tally)> {
-        let stored = TallyReader::new(
+        let mut stored = TallyReader::new(
             ChannelReader {
                 rx,
                 current: Bytes::new(),
             },
-            progress,
+            None,
         );
+        if !stored_digest {
+            stored = stored.without_hash();
+        }
         let opener = Opener::new(stored, &keys, &object).map_err(|e| damaged(&task_key, e))?;
         let mut unzstd = zstd::stream::read::Decoder::new(opener).map_err(|e| damaged(&task_key, e))?;
-        let mut plain = TallyWriter::new(sink, None);
+        let mut plain = TallyWriter::new(sink, progress);
+        if !plain_digest {
+            plain = plain.without_hash();
+        }
         let mut buf = vec![0u8; READ_BUF];
         loop {
             let n = match unzstd.read(&mut buf) {
@@ -265,23 +291,26 @@ pub async fn load_to_writer<W: Write + Send + 'static>(
     })
     .await
     .map_err(|e| anyhow!("pipeline thread failed: {e}"))??;
-    if let Some(expect) = expect {
-        let (_, plain, stored) = &result;
-        if stored != &expect.stored || plain != &expect.plain {
-            return Err(anyhow!(
-                "{key} does not match its manifest (stored sha256 {} size {}, manifest says sha256 {} size {}) — the object was replaced or damaged",
-                stored.sha256,
-                stored.size,
-                expect.stored.sha256,
-                expect.stored.size
-            ));
-        }
+    let (_, plain, stored) = &result;
+    let mismatch = match verify {
+        Verify::Record(expect) => stored != &expect.stored || plain != &expect.plain,
+        Verify::RecordStored(expect) => stored != &expect.stored || plain.size != expect.plain.size,
+        Verify::Authenticated | Verify::Digests => false,
+    };
+    if let (true, Verify::Record(expect) | Verify::RecordStored(expect)) = (mismatch, verify) {
+        return Err(anyhow!(
+            "{key} does not match its manifest (stored sha256 {} size {}, manifest says sha256 {} size {}) — the object was replaced or damaged",
+            stored.sha256,
+            stored.size,
+            expect.stored.sha256,
+            expect.stored.size
+        ));
     }
     Ok(result)
 }
 
 /// Load a small object whole.
 pub async fn load_bytes(storage: &DynStorage, key: &ObjectKey, keys: &Keyring) -> Result<Vec<u8>> {
-    let (data, _, _) = load_to_writer(storage, key, Vec::new(), keys, None, None).await?;
+    let (data, _, _) = load_to_writer(storage, key, Vec::new(), keys, Verify::Authenticated, None).await?;
     Ok(data)
 }

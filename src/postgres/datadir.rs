@@ -57,6 +57,9 @@ pub struct FileToCopy {
     pub source: PathBuf,
     pub size: u64,
     pub mode: u32,
+    /// A piece of a large file: copy from `start`, `len` bytes (`None`: to the end).
+    pub start: u64,
+    pub len: Option<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -198,6 +201,8 @@ fn walk(dir: &Path, rel: &str, listing: &mut Listing, top: bool) -> io::Result<(
             source: path,
             size: meta.len(),
             mode: meta.permissions().mode() & 0o7777,
+            start: 0,
+            len: None,
         });
     }
     Ok(())

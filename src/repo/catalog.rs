@@ -27,16 +27,25 @@ pub struct Orphan {
 pub struct Scan {
     pub complete: Vec<BackupLabel>,
     pub orphans: Vec<Orphan>,
+    /// Backups marked keep.
+    pub keep: std::collections::BTreeSet<BackupLabel>,
+    /// Every object of each complete backup.
+    pub objects: BTreeMap<BackupLabel, Vec<ObjectKey>>,
 }
 
 /// List `backups/` once and sort labels into complete and orphaned.
 pub async fn scan(storage: &DynStorage) -> Result<Scan> {
     let objects = storage.list(layout::BACKUPS).await?;
+    let mut keep = std::collections::BTreeSet::new();
     let mut by_label: BTreeMap<BackupLabel, (bool, Orphan)> = BTreeMap::new();
     for meta in objects {
-        let Some((label, is_manifest)) = layout::parse_backup_key(&meta.key) else {
+        let Some((label, name)) = layout::parse_backup_key(&meta.key) else {
             continue;
         };
+        let is_manifest = layout::is_manifest(name);
+        if layout::is_keep_mark(name) {
+            keep.insert(label.clone());
+        }
         let entry = by_label.entry(label.clone()).or_insert_with(|| {
             (
                 false,
@@ -53,9 +62,13 @@ pub async fn scan(storage: &DynStorage) -> Result<Scan> {
         entry.1.newest = entry.1.newest.max(meta.modified);
         entry.1.objects.push(meta.key);
     }
-    let mut scan = Scan::default();
+    let mut scan = Scan {
+        keep,
+        ..Default::default()
+    };
     for (label, (complete, orphan)) in by_label {
         if complete {
+            scan.objects.insert(label.clone(), orphan.objects);
             scan.complete.push(label);
         } else {
             scan.orphans.push(orphan);

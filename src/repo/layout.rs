@@ -9,6 +9,7 @@ use crate::postgres::WalFile;
 pub const BACKUPS: &str = "backups/";
 pub const WAL: &str = "wal/";
 const MANIFEST: &str = "manifest.json";
+const KEEP: &str = "keep.json";
 
 pub fn repo_info() -> ObjectKey {
     key("repo.json".to_string())
@@ -51,11 +52,36 @@ pub fn globals_name() -> &'static str {
     "globals.sql"
 }
 
-/// `(label, is_manifest)` for a key under `backups/`, if it is one.
-pub fn parse_backup_key(key: &ObjectKey) -> Option<(BackupLabel, bool)> {
+/// `(label, object name)` for a key under `backups/`, if it is one.
+pub fn parse_backup_key(key: &ObjectKey) -> Option<(BackupLabel, &str)> {
     let rest = key.as_str().strip_prefix(BACKUPS)?;
     let (label, name) = rest.split_once('/')?;
-    Some((label.parse().ok()?, name == MANIFEST))
+    Some((label.parse().ok()?, name))
+}
+
+pub fn is_manifest(name: &str) -> bool {
+    name == MANIFEST
+}
+
+/// A backup's permanent mark: expire never removes a backup that has one.
+pub fn keep_mark(label: &BackupLabel) -> ObjectKey {
+    key(format!("{BACKUPS}{label}/{KEEP}"))
+}
+
+pub fn is_keep_mark(name: &str) -> bool {
+    name == KEEP
+}
+
+/// Restore-test and drill reports.
+pub const VERIFICATIONS: &str = "verifications/";
+
+pub fn verification(stamp: &str) -> ObjectKey {
+    key(format!("{VERIFICATIONS}{stamp}.json"))
+}
+
+/// A lock object (scheduler jobs).
+pub fn lock(name: &str) -> ObjectKey {
+    key(format!("locks/{name}"))
 }
 
 /// Where a WAL file is archived: `wal/<TLI+LOG>/<name>`; history files directly in
@@ -94,8 +120,11 @@ mod tests {
         assert_eq!(manifest(&l).as_str(), "backups/20261126T020000Z-L/manifest.json");
         assert_eq!(database_dump_name("app"), "databases/app.dump");
         assert_eq!(database_dump_name("my db/ü"), "databases/my%20db%2F%C3%BC.dump");
-        assert_eq!(parse_backup_key(&manifest(&l)), Some((l.clone(), true)));
-        assert_eq!(parse_backup_key(&backup_object(&l, "globals.sql")), Some((l, false)));
+        assert_eq!(parse_backup_key(&manifest(&l)), Some((l.clone(), "manifest.json")));
+        assert_eq!(
+            parse_backup_key(&backup_object(&l, "globals.sql")),
+            Some((l, "globals.sql"))
+        );
         let seg = WalFile::parse("000000010000000A000000FF").unwrap();
         assert_eq!(wal_file(&seg).as_str(), "wal/000000010000000A/000000010000000A000000FF");
         assert_eq!(parse_wal_key(&wal_file(&seg)), Some(seg));

@@ -65,6 +65,10 @@ pub struct FileRecord {
     pub mode: u32,
     pub bundle: String,
     pub offset: u64,
+    /// Where this piece starts in its file: large files are stored as several pieces
+    /// (records with the same path), so that they copy and restore in parallel.
+    #[serde(default)]
+    pub file_offset: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

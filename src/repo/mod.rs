@@ -6,7 +6,10 @@ pub mod catalog;
 pub mod info;
 pub mod label;
 pub mod layout;
+pub mod lock;
 pub mod manifest;
+pub mod retention;
+pub mod verification;
 
 use anyhow::{Context, Result};
 
@@ -105,7 +108,7 @@ impl Repo {
             storage: &self.storage,
             keys: &self.keys,
             compression: self.compression,
-            digests: true,
+            plain_digest: true,
         }
     }
 

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 
-use super::{BodyReceiver, ObjectKey, ObjectMeta, PutMode, Result, Storage, StorageError};
+use super::{BodyReceiver, ObjectKey, ObjectMeta, PutMode, Refused, Result, Storage, StorageError};
 
 /// Temporary files carry this marker; listings never show them.
 const TEMP_MARKER: &str = ".pgdr-tmp-";
@@ -319,13 +319,20 @@ impl Storage for LocalStorage {
         .map_err(|e| StorageError::Permanent(format!("list task failed: {e}")))?
     }
 
-    async fn delete(&self, keys: &[ObjectKey]) -> Result<()> {
+    async fn delete(&self, keys: &[ObjectKey]) -> Result<Vec<Refused>> {
         let mut dirs = std::collections::BTreeSet::new();
+        let mut refused = Vec::new();
         for key in keys {
             let path = self.path(key);
             match fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                    refused.push(Refused {
+                        key: key.clone(),
+                        reason: e.to_string(),
+                    });
+                }
                 Err(e) => return Err(self.io_error("delete", &path, e)),
             }
             if let Some(dir) = path.parent() {
@@ -345,7 +352,7 @@ impl Storage for LocalStorage {
                 }
             }
         }
-        Ok(())
+        Ok(refused)
     }
 }
 

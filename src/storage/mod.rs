@@ -55,6 +55,13 @@ pub struct ObjectMeta {
     pub modified: Option<DateTime<Utc>>,
 }
 
+/// An object a delete left in place, and why.
+#[derive(Debug, Clone)]
+pub struct Refused {
+    pub key: ObjectKey,
+    pub reason: String,
+}
+
 /// Whether a put may replace an object that is already there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PutMode {
@@ -118,8 +125,10 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// prefix with nothing under it returns an empty list, not an error.
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>>;
 
-    /// Delete objects; keys that are already gone are not an error.
-    async fn delete(&self, keys: &[ObjectKey]) -> Result<()>;
+    /// Delete objects; keys that are already gone are not an error. Keys the store
+    /// refuses to delete (S3 Object Lock, a read-only file) are returned with the
+    /// reason, not treated as a failure of the whole call.
+    async fn delete(&self, keys: &[ObjectKey]) -> Result<Vec<Refused>>;
 }
 
 pub type DynStorage = Arc<dyn Storage>;

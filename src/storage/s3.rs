@@ -19,7 +19,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use super::{BodyReceiver, ObjectKey, ObjectMeta, PutMode, Result, Storage, StorageError};
+use super::{BodyReceiver, ObjectKey, ObjectMeta, PutMode, Refused, Result, Storage, StorageError};
 use crate::config::RepositoryConfig;
 
 /// S3 allows at most 10 000 parts of at least 5 MiB (but the last).
@@ -425,7 +425,8 @@ impl Storage for S3Storage {
         Ok(out)
     }
 
-    async fn delete(&self, keys: &[ObjectKey]) -> Result<()> {
+    async fn delete(&self, keys: &[ObjectKey]) -> Result<Vec<Refused>> {
+        let mut refused = Vec::new();
         for batch in keys.chunks(DELETE_BATCH) {
             let objects = batch
                 .iter()
@@ -437,23 +438,47 @@ impl Storage for S3Storage {
                 .quiet(true)
                 .build()
                 .map_err(|e| StorageError::Permanent(format!("bad delete request: {e}")))?;
-            let out = self
-                .client
-                .delete_objects()
-                .bucket(&self.bucket)
-                .delete(delete)
-                .send()
-                .await
-                .map_err(|e| self.map_err("DeleteObjects", "batch", e))?;
-            if let Some(err) = out.errors().first() {
-                return Err(StorageError::Permanent(format!(
-                    "deleting {} failed: {} {}",
-                    err.key().unwrap_or("?"),
-                    err.code().unwrap_or(""),
-                    err.message().unwrap_or("")
-                )));
+            // Throttling (SlowDown) is retried by the SDK; keep going after a pause if
+            // it persists (pgbackrest#2040), boundedly.
+            let mut pause = Duration::from_secs(1);
+            let out = loop {
+                match self
+                    .client
+                    .delete_objects()
+                    .bucket(&self.bucket)
+                    .delete(delete.clone())
+                    .send()
+                    .await
+                {
+                    Ok(out) => break out,
+                    Err(e) => match self.map_err("DeleteObjects", "batch", e) {
+                        StorageError::Transient(_) if pause <= Duration::from_secs(30) => {
+                            tokio::time::sleep(pause).await;
+                            pause *= 2;
+                        }
+                        other => return Err(other),
+                    },
+                }
+            };
+            for err in out.errors() {
+                let Some(key) = err
+                    .key()
+                    .and_then(|k| self.relative(k))
+                    .and_then(|k| ObjectKey::new(k).ok())
+                else {
+                    continue;
+                };
+                if err.code() == Some("NoSuchKey") {
+                    continue;
+                }
+                refused.push(Refused {
+                    key,
+                    reason: format!("{} {}", err.code().unwrap_or(""), err.message().unwrap_or(""))
+                        .trim()
+                        .to_string(),
+                });
             }
         }
-        Ok(())
+        Ok(refused)
     }
 }

@@ -1,0 +1,298 @@
+//! Retention: which backups and which WAL an `expire` removes, and why everything else
+//! stays. Pure decisions over the catalog and the archive listing; `commands/expire.rs`
+//! carries them out.
+//!
+//! Rules:
+//! - backups are ordered by their start time, never by name (a timeline reset made
+//!   WAL-G delete its newest backups when it sorted by name, wal-g#636);
+//! - the newest valid backup of each kind, and backups marked keep, always stay;
+//! - a backup stays while it is among the newest `*_count` or younger than `*_days`;
+//! - WAL stays from the start of the newest backup that began before the `wal_days`
+//!   window (so any point inside the window can be reached), and every retained
+//!   backup keeps the WAL it needs to become consistent; timeline history files stay.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, Duration, Utc};
+
+use super::archive::ArchiveListing;
+use super::label::{BackupKind, BackupLabel};
+use super::manifest::Manifest;
+use crate::config::RetentionConfig;
+use crate::postgres::Segment;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub label: BackupLabel,
+    pub kind: BackupKind,
+    pub keep: bool,
+    pub reason: String,
+}
+
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub backups: Vec<Decision>,
+    /// WAL segment names to remove.
+    pub wal_remove: Vec<String>,
+    /// The oldest segment kept for point-in-time recovery, if any.
+    pub wal_anchor: Option<String>,
+}
+
+fn kind_rules(cfg: &RetentionConfig, kind: BackupKind) -> (Option<u32>, Option<u32>) {
+    match kind {
+        BackupKind::Physical => (cfg.full_days, cfg.full_count),
+        BackupKind::Logical => (cfg.logical_days, cfg.logical_count),
+    }
+}
+
+/// Decide. `manifests` may be in any order; `keep_marks` are labels marked keep.
+pub fn plan(
+    cfg: &RetentionConfig,
+    manifests: &[Manifest],
+    keep_marks: &BTreeSet<BackupLabel>,
+    archive: &ArchiveListing,
+    now: DateTime<Utc>,
+) -> Plan {
+    let mut plan = Plan::default();
+    let mut by_time: Vec<&Manifest> = manifests.iter().collect();
+    by_time.sort_by(|a, b| b.start_time.cmp(&a.start_time).then_with(|| b.label.cmp(&a.label)));
+    for kind in [BackupKind::Physical, BackupKind::Logical] {
+        let (days, count) = kind_rules(cfg, kind);
+        for (rank, m) in by_time.iter().filter(|m| m.kind == kind).enumerate() {
+            let age = now - m.start_time;
+            let (keep, reason) = if rank == 0 {
+                (true, "the newest backup of its kind is always kept".to_string())
+            } else if keep_marks.contains(&m.label) {
+                (true, "marked keep".to_string())
+            } else if days.is_none() && count.is_none() {
+                (true, format!("no retention set for {kind} backups"))
+            } else if count.is_some_and(|c| (rank as u32) < c) {
+                (true, format!("among the newest {}", count.unwrap_or(0)))
+            } else if days.is_some_and(|d| age < Duration::days(d as i64)) {
+                (true, format!("younger than {} days", days.unwrap_or(0)))
+            } else {
+                let mut why = Vec::new();
+                if let Some(c) = count {
+                    why.push(format!("beyond the newest {c}"));
+                }
+                if let Some(d) = days {
+                    why.push(format!("older than {d} days"));
+                }
+                (false, why.join(" and "))
+            };
+            plan.backups.push(Decision {
+                label: m.label.clone(),
+                kind,
+                keep,
+                reason,
+            });
+        }
+    }
+
+    // WAL: only physical backups need it.
+    let kept: Vec<&Manifest> = by_time
+        .iter()
+        .copied()
+        .filter(|m| m.kind == BackupKind::Physical)
+        .filter(|m| plan.backups.iter().any(|d| d.label == m.label && d.keep))
+        .collect();
+    let Some(oldest_kept) = kept.last() else {
+        return plan; // no physical backup: WAL is useless for recovery, but leave it be
+    };
+    let window_start = cfg.wal_days.map(|d| now - Duration::days(d as i64));
+    // The newest kept backup that started before the window opens anchors it; without
+    // a window, the oldest kept backup does.
+    let anchor = match window_start {
+        Some(start) => kept
+            .iter()
+            .find(|m| m.start_time <= start)
+            .copied()
+            .unwrap_or(oldest_kept),
+        None => oldest_kept,
+    };
+    let Some(anchor_info) = anchor.physical.as_ref() else {
+        return plan;
+    };
+    let size = anchor_info.segment_size;
+    let Some(anchor_seg) = Segment::parse(&anchor_info.wal_start, size) else {
+        return plan;
+    };
+    plan.wal_anchor = Some(anchor_info.wal_start.clone());
+    // Segments every kept backup needs to become consistent, by timeline.
+    let mut needed: BTreeMap<u32, Vec<(u64, u64)>> = BTreeMap::new();
+    for m in &kept {
+        if let Some(info) = &m.physical
+            && let (Some(a), Some(b)) = (
+                Segment::parse(&info.wal_start, size),
+                Segment::parse(&info.wal_stop, size),
+            )
+        {
+            needed.entry(a.timeline).or_default().push((a.number, b.number));
+        }
+    }
+    for name in archive.segments.keys() {
+        let Some(seg) = Segment::parse(name, size) else {
+            continue;
+        };
+        // Compare positions, not names: a later timeline's name sorts after every
+        // earlier one whatever its position.
+        if seg.number >= anchor_seg.number {
+            continue;
+        }
+        let for_consistency = needed
+            .get(&seg.timeline)
+            .is_some_and(|ranges| ranges.iter().any(|(a, b)| seg.number >= *a && seg.number <= *b));
+        if !for_consistency {
+            plan.wal_remove.push(name.clone());
+        }
+    }
+    // Partial segments before the anchor are history too.
+    for name in &archive.partials {
+        if let Some(seg) = Segment::parse(&name[..24], size)
+            && seg.number < anchor_seg.number
+        {
+            plan.wal_remove.push(name.clone());
+        }
+    }
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::manifest::{CompressionInfo, PhysicalInfo};
+
+    const SZ: u64 = 16 << 20;
+
+    fn physical(label: &str, start: DateTime<Utc>, wal_start: &str, wal_stop: &str) -> Manifest {
+        Manifest {
+            format: 1,
+            label: label.parse().unwrap(),
+            kind: BackupKind::Physical,
+            tags: vec![],
+            start_time: start,
+            stop_time: start,
+            pg_version: "15".into(),
+            pg_version_num: 150000,
+            system_identifier: "1".into(),
+            key_id: "k".into(),
+            compression: CompressionInfo {
+                algorithm: "zstd".into(),
+                level: 3,
+            },
+            databases: vec![],
+            globals: None,
+            objects: vec![],
+            physical: Some(PhysicalInfo {
+                start_lsn: crate::postgres::Lsn(0),
+                stop_lsn: crate::postgres::Lsn(0),
+                timeline: 1,
+                segment_size: SZ,
+                wal_start: wal_start.into(),
+                wal_stop: wal_stop.into(),
+                backup_label: String::new(),
+                tablespace_map: None,
+                dirs: vec![],
+                tablespaces: vec![],
+                files: vec![],
+            }),
+        }
+    }
+
+    fn archive(names: &[&str]) -> ArchiveListing {
+        ArchiveListing {
+            segments: names.iter().map(|n| (n.to_string(), None)).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn keeps_newest_marked_and_needed_wal() {
+        let now: DateTime<Utc> = "2026-11-30T00:00:00Z".parse().unwrap();
+        let days = |d: i64| now - Duration::days(d);
+        let ms = vec![
+            physical(
+                "20261101T000000Z-F",
+                days(29),
+                "000000010000000000000002",
+                "000000010000000000000002",
+            ),
+            physical(
+                "20261110T000000Z-F",
+                days(20),
+                "000000010000000000000005",
+                "000000010000000000000005",
+            ),
+            physical(
+                "20261120T000000Z-F",
+                days(10),
+                "000000010000000000000008",
+                "000000010000000000000008",
+            ),
+            physical(
+                "20261128T000000Z-F",
+                days(2),
+                "00000001000000000000000B",
+                "00000001000000000000000B",
+            ),
+        ];
+        let cfg = RetentionConfig {
+            full_days: Some(15),
+            wal_days: Some(7),
+            ..Default::default()
+        };
+        let marks: BTreeSet<BackupLabel> = ["20261101T000000Z-F".parse().unwrap()].into();
+        let names: Vec<String> = (1..=12).map(|n| format!("{:08X}{:08X}{:08X}", 1, 0, n)).collect();
+        let arch = archive(&names.iter().map(String::as_str).collect::<Vec<_>>());
+        let p = plan(&cfg, &ms, &marks, &arch, now);
+        let kept: Vec<&str> = p.backups.iter().filter(|d| d.keep).map(|d| d.label.as_str()).collect();
+        assert_eq!(
+            kept,
+            vec!["20261128T000000Z-F", "20261120T000000Z-F", "20261101T000000Z-F"]
+        );
+        // Anchor: the newest kept backup before the 7-day window = the one 10 days old.
+        assert_eq!(p.wal_anchor.as_deref(), Some("000000010000000000000008"));
+        // Segment 2 stays for the kept (marked) backup's consistency; 5 goes with its backup.
+        assert!(!p.wal_remove.contains(&"000000010000000000000002".to_string()));
+        assert!(p.wal_remove.contains(&"000000010000000000000005".to_string()));
+        assert!(p.wal_remove.contains(&"000000010000000000000001".to_string()));
+        assert!(!p.wal_remove.iter().any(|n| n.as_str() >= "000000010000000000000008"));
+    }
+
+    #[test]
+    fn orders_by_time_not_name_across_timelines() {
+        let now: DateTime<Utc> = "2026-11-30T00:00:00Z".parse().unwrap();
+        // After a timeline reset a newer backup can have a "smaller" label position;
+        // labels here sort the other way round from their start times.
+        let mut newer = physical(
+            "20261101T000000Z-F",
+            now - Duration::days(1),
+            "000000020000000000000009",
+            "000000020000000000000009",
+        );
+        newer.physical.as_mut().unwrap().timeline = 2;
+        let older = physical(
+            "20261120T000000Z-F",
+            now - Duration::days(40),
+            "000000010000000000000003",
+            "000000010000000000000003",
+        );
+        let cfg = RetentionConfig {
+            full_count: Some(1),
+            ..Default::default()
+        };
+        let arch = archive(&[
+            "000000010000000000000003",
+            "000000020000000000000009",
+            "00000002000000000000000A",
+        ]);
+        let p = plan(&cfg, &[older, newer], &BTreeSet::new(), &arch, now);
+        let keep = p
+            .backups
+            .iter()
+            .find(|d| d.label.as_str() == "20261101T000000Z-F")
+            .unwrap();
+        assert!(keep.keep, "the backup with the newest start time must stay");
+        assert_eq!(p.wal_remove, vec!["000000010000000000000003".to_string()]);
+    }
+}

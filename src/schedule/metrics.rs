@@ -1,0 +1,313 @@
+//! Prometheus metrics (text format 0.0.4) and the /metrics + /health endpoint: are
+//! backups fresh, is WAL archiving keeping up, was the last restore test good, are the
+//! jobs succeeding.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::daemon::SharedState;
+use super::history::{JobState, Outcome};
+use crate::config::Config;
+use crate::postgres::PgTarget;
+use crate::repo::{BackupKind, Repo, verification};
+
+fn escape(label: &str) -> String {
+    label.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+struct Out {
+    text: String,
+    declared: std::collections::BTreeSet<String>,
+}
+
+impl Out {
+    fn metric(&mut self, name: &str, kind: &str, help: &str, labels: &[(&str, &str)], value: f64) {
+        if self.declared.insert(name.to_string()) {
+            let _ = writeln!(self.text, "# HELP {name} {help}");
+            let _ = writeln!(self.text, "# TYPE {name} {kind}");
+        }
+        let labels = if labels.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "{{{}}}",
+                labels
+                    .iter()
+                    .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )
+        };
+        let _ = writeln!(self.text, "{name}{labels} {value}");
+    }
+}
+
+/// All metrics, from the job states, the repository and the server.
+pub async fn render(config: &Config, repo: &Repo, jobs: &BTreeMap<String, JobState>) -> String {
+    let mut out = Out {
+        text: String::new(),
+        declared: Default::default(),
+    };
+    let now = Utc::now();
+
+    for (name, s) in jobs {
+        let l = [("job", name.as_str())];
+        if let Some(t) = s.last_success {
+            out.metric(
+                "pgdr_job_last_success_timestamp_seconds",
+                "gauge",
+                "Time of the job's last successful run.",
+                &l,
+                t.timestamp() as f64,
+            );
+        }
+        if let Some(o) = &s.last_outcome {
+            out.metric(
+                "pgdr_job_last_success",
+                "gauge",
+                "1 if the job's last run succeeded, else 0.",
+                &l,
+                if *o == Outcome::Success { 1.0 } else { 0.0 },
+            );
+        }
+        if let Some(secs) = s.last_seconds {
+            out.metric(
+                "pgdr_job_last_duration_seconds",
+                "gauge",
+                "Duration of the job's last run.",
+                &l,
+                secs,
+            );
+        }
+        out.metric(
+            "pgdr_job_consecutive_failures",
+            "gauge",
+            "Failed runs of the job since its last success.",
+            &l,
+            s.consecutive_failures as f64,
+        );
+    }
+
+    match repo.manifests().await {
+        Ok(manifests) => {
+            for kind in [BackupKind::Physical, BackupKind::Logical] {
+                let k = kind.to_string();
+                let l = [("kind", k.as_str())];
+                let of_kind: Vec<_> = manifests.iter().filter(|m| m.kind == kind).collect();
+                out.metric(
+                    "pgdr_backups",
+                    "gauge",
+                    "Complete backups in the repository.",
+                    &l,
+                    of_kind.len() as f64,
+                );
+                if let Some(m) = of_kind.first() {
+                    out.metric(
+                        "pgdr_backup_last_timestamp_seconds",
+                        "gauge",
+                        "End time of the newest backup.",
+                        &l,
+                        m.stop_time.timestamp() as f64,
+                    );
+                    out.metric(
+                        "pgdr_backup_last_age_seconds",
+                        "gauge",
+                        "Age of the newest backup.",
+                        &l,
+                        (now - m.stop_time).num_seconds() as f64,
+                    );
+                    out.metric(
+                        "pgdr_backup_last_size_bytes",
+                        "gauge",
+                        "Stored size of the newest backup.",
+                        &l,
+                        m.stored_size() as f64,
+                    );
+                }
+            }
+            out.metric(
+                "pgdr_repository_up",
+                "gauge",
+                "1 if the repository could be read.",
+                &[],
+                1.0,
+            );
+        }
+        Err(e) => {
+            tracing::warn!("metrics: reading the catalog: {e:#}");
+            out.metric(
+                "pgdr_repository_up",
+                "gauge",
+                "1 if the repository could be read.",
+                &[],
+                0.0,
+            );
+        }
+    }
+    if let Ok(objects) = repo.storage.list("").await {
+        let size: u64 = objects.iter().map(|o| o.size).sum();
+        out.metric(
+            "pgdr_repository_size_bytes",
+            "gauge",
+            "Bytes stored in this cluster's repository area.",
+            &[],
+            size as f64,
+        );
+    }
+    if let Ok(reports) = verification::latest_reports(repo).await
+        && let Some(newest) = reports.values().max_by_key(|r| r.finished)
+    {
+        out.metric(
+            "pgdr_verify_last_success",
+            "gauge",
+            "1 if the newest restore test passed.",
+            &[],
+            if newest.ok { 1.0 } else { 0.0 },
+        );
+        out.metric(
+            "pgdr_verify_last_timestamp_seconds",
+            "gauge",
+            "End time of the newest restore test.",
+            &[],
+            newest.finished.timestamp() as f64,
+        );
+    }
+
+    // WAL archiving, as the server sees it.
+    let archiver = async {
+        let target = PgTarget::from_config(config.postgres.url.as_deref())?;
+        let client = target.connect(None).await?;
+        let row = client
+            .query_one(
+                "SELECT extract(epoch FROM last_archived_time)::float8, archived_count, failed_count, \
+                 extract(epoch FROM last_failed_time)::float8, \
+                 (SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready')::int8 \
+                 FROM pg_stat_archiver",
+                &[],
+            )
+            .await?;
+        anyhow::Ok((
+            row.get::<_, Option<f64>>(0),
+            row.get::<_, i64>(1),
+            row.get::<_, i64>(2),
+            row.get::<_, Option<f64>>(3),
+            row.get::<_, i64>(4),
+        ))
+    }
+    .await;
+    match archiver {
+        Ok((last, archived, failed, last_failed, ready)) => {
+            out.metric("pgdr_postgres_up", "gauge", "1 if PostgreSQL answered.", &[], 1.0);
+            if let Some(t) = last {
+                out.metric(
+                    "pgdr_wal_last_archived_timestamp_seconds",
+                    "gauge",
+                    "Time of the last archived WAL file.",
+                    &[],
+                    t,
+                );
+                // A quiet server archives nothing: lag counts only while files wait.
+                let lag = if ready > 0 { now.timestamp() as f64 - t } else { 0.0 };
+                out.metric(
+                    "pgdr_wal_archive_lag_seconds",
+                    "gauge",
+                    "Seconds since the last archived WAL file while files wait to be archived.",
+                    &[],
+                    lag,
+                );
+            }
+            out.metric(
+                "pgdr_wal_ready_files",
+                "gauge",
+                "WAL files waiting to be archived.",
+                &[],
+                ready as f64,
+            );
+            out.metric(
+                "pgdr_wal_archived_total",
+                "counter",
+                "WAL files archived (pg_stat_archiver).",
+                &[],
+                archived as f64,
+            );
+            out.metric(
+                "pgdr_wal_archive_failed_total",
+                "counter",
+                "Failed archive attempts (pg_stat_archiver).",
+                &[],
+                failed as f64,
+            );
+            if let Some(t) = last_failed {
+                out.metric(
+                    "pgdr_wal_last_failed_timestamp_seconds",
+                    "gauge",
+                    "Time of the last failed archive attempt.",
+                    &[],
+                    t,
+                );
+            }
+        }
+        Err(_) => out.metric("pgdr_postgres_up", "gauge", "1 if PostgreSQL answered.", &[], 0.0),
+    }
+    out.text
+}
+
+/// Serve GET /metrics and GET /health until aborted.
+pub async fn serve(listener: tokio::net::TcpListener, config: Config, repo: Repo, shared: SharedState) {
+    let cache: std::sync::Arc<tokio::sync::Mutex<Option<(Instant, String)>>> = Default::default();
+    loop {
+        let Ok((mut socket, _)) = listener.accept().await else {
+            continue;
+        };
+        let (config, repo, shared, cache) = (config.clone(), repo.clone(), shared.clone(), cache.clone());
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 8192];
+            let mut len = 0;
+            while len < buf.len() {
+                match tokio::time::timeout(Duration::from_secs(5), socket.read(&mut buf[len..])).await {
+                    Ok(Ok(0)) | Err(_) | Ok(Err(_)) => break,
+                    Ok(Ok(n)) => len += n,
+                }
+                if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+                    break;
+                }
+            }
+            let request = String::from_utf8_lossy(&buf[..len]);
+            let path = request.split_whitespace().nth(1).unwrap_or("");
+            let (status, ctype, body) = match path {
+                "/metrics" => {
+                    let mut cached = cache.lock().await;
+                    let fresh = cached
+                        .as_ref()
+                        .is_some_and(|(t, _)| t.elapsed() < Duration::from_secs(10));
+                    if !fresh {
+                        let jobs = shared.lock().expect("state").jobs.clone();
+                        *cached = Some((Instant::now(), render(&config, &repo, &jobs).await));
+                    }
+                    (
+                        "200 OK",
+                        "text/plain; version=0.0.4",
+                        cached.as_ref().map(|(_, t)| t.clone()).unwrap_or_default(),
+                    )
+                }
+                "/health" => {
+                    let state = shared.lock().expect("state");
+                    let running: Vec<&String> = state.running.keys().collect();
+                    let body = serde_json::json!({"status": "ok", "running": running}).to_string();
+                    ("200 OK", "application/json", body)
+                }
+                _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
+            };
+            let reply = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = socket.write_all(reply.as_bytes()).await;
+            let _ = socket.shutdown().await;
+        });
+    }
+}
