@@ -17,6 +17,8 @@ if [ -z "$bindir" ] || [ ! -x "$bindir/initdb" ] || [ ! -x "$bindir/pgbench" ]; 
   need_apt+=(postgresql postgresql-contrib)
 fi
 command -v pgbouncer >/dev/null 2>&1 || need_apt+=(pgbouncer)
+# promtool validates the shipped Prometheus alert rules.
+command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 if [ "${#need_apt[@]}" -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "install-deps: need root to apt-get install ${need_apt[*]}" >&2
@@ -28,7 +30,7 @@ if [ "${#need_apt[@]}" -gt 0 ]; then
   mkdir -p /etc/postgresql-common
   grep -qs '^create_main_cluster' /etc/postgresql-common/createcluster.conf 2>/dev/null \
     || echo 'create_main_cluster = false' >> /etc/postgresql-common/createcluster.conf
-  apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 # The postgres OS user runs server processes when we are root.
 if [ "$(id -u)" -eq 0 ] && ! id postgres >/dev/null 2>&1; then

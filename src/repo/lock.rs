@@ -106,7 +106,7 @@ impl Lease {
         }
     }
 
-    pub async fn release(self) -> Result<()> {
+    pub async fn release(&self) -> Result<()> {
         if read(&self.repo, &self.key)
             .await?
             .is_some_and(|b| b.holder == self.holder)

@@ -122,6 +122,9 @@ pub async fn run(config: Config, opts: Options) -> Result<()> {
     for (job, at) in &next {
         tracing::info!(job = %job.name, "next run at {at}");
     }
+    // One signal listener for the whole loop: a listener made afresh each turn could
+    // miss a signal that arrives between two turns.
+    let mut shutdown = std::pin::pin!(crate::commands::shutdown_signal());
     let signal = loop {
         let Some(soonest) = next.iter().map(|(_, t)| *t).min() else {
             break "no jobs left";
@@ -138,7 +141,7 @@ pub async fn run(config: Config, opts: Options) -> Result<()> {
                 }
             }
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-            s = crate::commands::shutdown_signal() => break s,
+            s = &mut shutdown => break s,
         }
     };
 
@@ -223,9 +226,14 @@ fn spawn_job(tasks: &mut JoinSet<()>, ctx: &Arc<JobContext>, job: Job, scheduled
 }
 
 async fn run_job(ctx: &JobContext, job: &Job, scheduled: chrono::DateTime<Utc>) {
-    let start = Utc::now();
-    let started = Instant::now();
-    let entry = |outcome: Outcome, attempts: u32, bytes: Option<u64>, detail: String| Entry {
+    let mut start = Utc::now();
+    let mut started = Instant::now();
+    let entry = |start: chrono::DateTime<Utc>,
+                 started: Instant,
+                 outcome: Outcome,
+                 attempts: u32,
+                 bytes: Option<u64>,
+                 detail: String| Entry {
         job: job.name.clone(),
         scheduled,
         start,
@@ -240,17 +248,34 @@ async fn run_job(ctx: &JobContext, job: &Job, scheduled: chrono::DateTime<Utc>) 
         Ok(Ok(lease)) => lease,
         Ok(Err(holder)) => {
             tracing::warn!(job = %job.name, "already running on {holder}: skipped");
-            ctx.record(&entry(Outcome::Skipped, 0, None, format!("running on {holder}")));
+            ctx.record(&entry(
+                start,
+                started,
+                Outcome::Skipped,
+                0,
+                None,
+                format!("running on {holder}"),
+            ));
             return;
         }
         Err(e) => {
             tracing::error!(job = %job.name, "cannot take the job lock: {e:#}");
-            let e = entry(Outcome::Failure, 0, None, format!("cannot take the job lock: {e:#}"));
+            let e = entry(
+                start,
+                started,
+                Outcome::Failure,
+                0,
+                None,
+                format!("cannot take the job lock: {e:#}"),
+            );
             ctx.record(&e);
             announce(ctx, job, &e).await;
             return;
         }
     };
+    // The run starts once the lease is held: runs of one job never overlap in time.
+    start = Utc::now();
+    started = Instant::now();
     let lease = Arc::new(lease);
     let renewer = {
         let lease = lease.clone();
@@ -279,13 +304,11 @@ async fn run_job(ctx: &JobContext, job: &Job, scheduled: chrono::DateTime<Utc>) 
         tracing::warn!(job = %job.name, "attempt {attempt} failed ({detail}); retrying in {} s", backoff.as_secs());
         tokio::time::sleep(backoff).await;
     };
+    let e = entry(start, started, outcome.clone(), attempt, bytes, detail);
     renewer.abort();
-    if let Ok(lease) = Arc::try_unwrap(lease)
-        && let Err(e) = lease.release().await
-    {
+    if let Err(e) = lease.release().await {
         tracing::warn!(job = %job.name, "releasing the job lease: {e:#}");
     }
-    let e = entry(outcome.clone(), attempt, bytes, detail);
     match outcome {
         Outcome::Success => tracing::info!(job = %job.name, "succeeded in {:.1} s", e.seconds),
         _ => tracing::error!(job = %job.name, "{:?} after {attempt} attempt(s): {}", outcome, e.detail),

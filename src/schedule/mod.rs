@@ -103,17 +103,15 @@ impl Job {
         self.next_runs(after, 1).into_iter().next()
     }
 
-    /// The latest scheduled time in (`since`, `now`], if any.
+    /// The latest scheduled time in (`since`, `now`), if any (searched backwards from
+    /// now, so a scheduler down for years costs nothing).
     pub fn last_due(&self, since: DateTime<Utc>, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        let mut last = None;
-        for t in self.schedule.after(&since.with_timezone(&self.timezone)) {
-            let t = t.with_timezone(&Utc);
-            if t > now {
-                break;
-            }
-            last = Some(t);
-        }
-        last
+        let prev = self
+            .schedule
+            .after(&now.with_timezone(&self.timezone))
+            .next_back()?
+            .with_timezone(&Utc);
+        (prev > since).then_some(prev)
     }
 }
 
@@ -162,8 +160,11 @@ pub fn parse(text: &str, source: &str) -> Result<Vec<Job>> {
         } else {
             j.cron.clone()
         };
-        let schedule = cron::Schedule::from_str(&expr)
-            .map_err(|e| usage!("{at}: `cron` {:?} is not a cron expression ({e})", j.cron))?;
+        let schedule = cron::Schedule::from_str(&expr).map_err(|e| {
+            let why = e.to_string();
+            let why = why.lines().last().unwrap_or("").trim().to_string();
+            usage!("{at}: `cron` {:?} is not a cron expression: {why}", j.cron)
+        })?;
         let timezone = match &j.timezone {
             None => Tz::UTC,
             Some(tz) => tz

@@ -174,8 +174,13 @@ impl Cluster {
     }
 
     pub fn launch(&mut self, settings: &[&str]) {
-        for _ in 0..5 {
-            let port = free_port();
+        for attempt in 0..5 {
+            // A relaunch keeps its port (configurations point at it).
+            let port = if attempt == 0 && self.port != 0 {
+                self.port
+            } else {
+                free_port()
+            };
             let mut cmd = Command::new(pg_bin().join("postgres"));
             cmd.arg("-D")
                 .arg(&self.data)
