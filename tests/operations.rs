@@ -49,7 +49,15 @@ fn verification_of(pgdr: &Pgdr, label: &str) -> serde_json::Value {
 
 #[test]
 fn verify_physical_passes_then_catches_damage_and_heap_corruption() {
-    let a = Archiving::start();
+    let mut a = Archiving::start();
+    // A private TMPDIR: the scratch cluster's directory must be gone afterwards.
+    let tmp = a.pgdr.dir.join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    if is_root() {
+        let (uid, gid) = postgres_ids();
+        std::os::unix::fs::chown(&tmp, Some(uid), Some(gid)).unwrap();
+    }
+    a.pgdr.set_env("TMPDIR", tmp.to_str().unwrap());
     let c = &a.cluster;
     c.psql("postgres", "CREATE DATABASE shop");
     c.pgbench_init("shop", 1);
@@ -69,7 +77,7 @@ fn verify_physical_passes_then_catches_damage_and_heap_corruption() {
     assert_eq!(names, vec!["restore", "amcheck"]);
     assert_eq!(verification_of(&a.pgdr, &label)["ok"], true);
     // The scratch cluster is gone.
-    let leftovers: Vec<_> = std::fs::read_dir(std::env::temp_dir())
+    let leftovers: Vec<_> = std::fs::read_dir(&tmp)
         .unwrap()
         .flatten()
         .filter(|e| e.file_name().to_string_lossy().starts_with("pgdr-verify-"))
