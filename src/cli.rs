@@ -333,11 +333,18 @@ pub struct CatArgs {
     pub key: String,
 }
 
-fn init_logging(format: LogFormat) {
+/// Logs go to stderr: warnings by default, everything from `info` up for the daemon
+/// (whose log is its record); PGDR_LOG overrides.
+fn init_logging(format: LogFormat, daemon: bool) {
+    let default = if daemon {
+        tracing::Level::INFO
+    } else {
+        tracing::Level::WARN
+    };
     let level = std::env::var("PGDR_LOG")
         .ok()
         .and_then(|l| l.parse::<tracing::Level>().ok())
-        .unwrap_or(tracing::Level::WARN);
+        .unwrap_or(default);
     let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_max_level(level)
@@ -360,7 +367,8 @@ pub fn main() -> ExitCode {
             });
         }
     };
-    init_logging(cli.log_format);
+    let daemon = matches!(&cli.command, Command::Schedule(s) if matches!(s.command, ScheduleCommand::Run(_)));
+    init_logging(cli.log_format, daemon);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

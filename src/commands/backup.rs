@@ -37,6 +37,31 @@ async fn interruptible<T>(work: impl std::future::Future<Output = Result<T>>) ->
     }
 }
 
+/// The commit point: the manifest, written last and never over another; then the keep
+/// mark if asked for.
+async fn commit(repo: &Repo, manifest: &Manifest, keep: bool) -> Result<()> {
+    let label = &manifest.label;
+    let data = serde_json::to_vec(manifest).expect("manifest serialises");
+    repo.store()
+        .bytes(&layout::manifest(label), "manifest.json", data, PutMode::CreateNew)
+        .await
+        .with_context(|| format!("writing the manifest of {label}"))?;
+    if keep {
+        super::expire::set_keep(repo, label).await?;
+    }
+    Ok(())
+}
+
+/// After a failure: without a manifest nothing is visible anyway; removing the pieces
+/// is tidiness. Returns the error to report.
+async fn discard(repo: &Repo, label: &BackupLabel, e: anyhow::Error) -> anyhow::Error {
+    if let Ok(objects) = repo.storage.list(&layout::backup_prefix(label)).await {
+        let keys: Vec<_> = objects.into_iter().map(|o| o.key).collect();
+        let _ = repo.storage.delete(&keys).await;
+    }
+    e.context(format!("backup {label} failed; nothing was kept"))
+}
+
 /// A label no other backup (complete or not) uses yet.
 async fn fresh_label(repo: &Repo, kind: BackupKind) -> Result<BackupLabel> {
     for _ in 0..5 {
@@ -111,12 +136,7 @@ async fn logical(ctx: &Ctx, args: BackupArgs) -> Result<Exit> {
         Ok(parts) => parts,
         Err(e) => {
             progress.finish();
-            // Nothing without a manifest is visible; removing the pieces is tidiness.
-            if let Ok(objects) = repo.storage.list(&layout::backup_prefix(&label)).await {
-                let keys: Vec<_> = objects.into_iter().map(|o| o.key).collect();
-                let _ = repo.storage.delete(&keys).await;
-            }
-            return Err(e.context(format!("backup {label} failed; nothing was kept")));
+            return Err(discard(&repo, &label, e).await);
         }
     };
 
@@ -140,14 +160,7 @@ async fn logical(ctx: &Ctx, args: BackupArgs) -> Result<Exit> {
         objects,
         physical: None,
     };
-    let data = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
-    repo.store()
-        .bytes(&layout::manifest(&label), "manifest.json", data, PutMode::CreateNew)
-        .await
-        .with_context(|| format!("writing the manifest of {label}"))?;
-    if args.keep {
-        super::expire::set_keep(&repo, &label).await?;
-    }
+    commit(&repo, &manifest, args.keep).await?;
     let elapsed = progress.elapsed();
     progress.finish();
 
@@ -356,11 +369,7 @@ async fn physical(ctx: &Ctx, args: BackupArgs) -> Result<Exit> {
     let (files, objects, stop, wal_start, wal_stop) = match outcome {
         Ok(parts) => parts,
         Err(e) => {
-            if let Ok(objects) = repo.storage.list(&layout::backup_prefix(&label)).await {
-                let keys: Vec<_> = objects.into_iter().map(|o| o.key).collect();
-                let _ = repo.storage.delete(&keys).await;
-            }
-            return Err(e.context(format!("backup {label} failed; nothing was kept")));
+            return Err(discard(&repo, &label, e).await);
         }
     };
     let info = PhysicalInfo {
@@ -396,14 +405,7 @@ async fn physical(ctx: &Ctx, args: BackupArgs) -> Result<Exit> {
         objects,
         physical: Some(info),
     };
-    let data = serde_json::to_vec(&manifest).expect("manifest serialises");
-    repo.store()
-        .bytes(&layout::manifest(&label), "manifest.json", data, PutMode::CreateNew)
-        .await
-        .with_context(|| format!("writing the manifest of {label}"))?;
-    if args.keep {
-        super::expire::set_keep(&repo, &label).await?;
-    }
+    commit(&repo, &manifest, args.keep).await?;
     let elapsed = (manifest.stop_time - manifest.start_time).to_std().unwrap_or_default();
     let info = manifest.physical.as_ref().expect("set above");
     if ctx.json {

@@ -261,27 +261,7 @@ impl Cluster {
     }
 
     pub fn psql_output(&self, db: &str, sql: &str) -> Output {
-        let mut child = Command::new(pg_bin().join("psql"))
-            .args([
-                "-X",
-                "-q",
-                "-A",
-                "-t",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-            ])
-            .args(["-p", &self.port.to_string(), "-d", db])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(sql.as_bytes()).unwrap();
-        child.wait_with_output().unwrap()
+        psql_at(self.port, db, sql)
     }
 
     pub fn pgbench_init(&self, db: &str, scale: u32) {
@@ -346,6 +326,31 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Run SQL through psql against 127.0.0.1:`port` as postgres.
+pub fn psql_at(port: u16, db: &str, sql: &str) -> Output {
+    let mut child = Command::new(pg_bin().join("psql"))
+        .args([
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+        ])
+        .args(["-p", &port.to_string(), "-d", db])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(sql.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
 }
 
 /// Fill `db` with pgbench data plus a table of every common type and a large object.
@@ -734,22 +739,7 @@ pub struct Restored {
 
 impl Restored {
     pub fn psql(&self, db: &str, sql: &str) -> String {
-        let out = Command::new(pg_bin().join("psql"))
-            .args([
-                "-X",
-                "-q",
-                "-A",
-                "-t",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-            ])
-            .args(["-p", &self.port.to_string(), "-d", db, "-c", sql])
-            .output()
-            .unwrap();
+        let out = psql_at(self.port, db, sql);
         assert!(
             out.status.success(),
             "psql on restored copy failed: {}",
