@@ -68,6 +68,7 @@ pub async fn push_ahead(ctx: &Ctx, args: WalPushAheadArgs) -> Result<Exit> {
     if !spool.claim_pusher() {
         return Ok(Exit::Success); // another pusher is at work
     }
+    let began = Instant::now();
     let repo = Repo::open(&ctx.config).await?;
     let parallel = ctx.config.wal.push_parallel.max(1) as usize;
     let mut tasks: JoinSet<(String, Result<()>)> = JoinSet::new();
@@ -124,6 +125,15 @@ pub async fn push_ahead(ctx: &Ctx, args: WalPushAheadArgs) -> Result<Exit> {
         }
     }
     spool.release_pusher();
+    // Its stderr is the spool's pusher.log: one line per run, for the operator.
+    eprintln!(
+        "{} pusher {}: stored {} file(s) in {:.2} s, {} failed",
+        chrono::Utc::now().to_rfc3339(),
+        std::process::id(),
+        done.len(),
+        began.elapsed().as_secs_f64(),
+        failed.len()
+    );
     Ok(Exit::Success)
 }
 
