@@ -92,7 +92,8 @@ rm -rf "$work/r-pgdr" "$work/r-pgbr"
 
 # Archive burst: let $segments segments pile up (archive_command fails), then time
 # until the tool has archived them all. Each tool gets a fresh pile of the same kind.
-psql_q -d bench -c "CREATE TABLE burst (id bigint, pad text)"
+# No autovacuum on the burst table: it would compete for the CPU during the timing.
+psql_q -d bench -c "CREATE TABLE burst (id bigint, pad text) WITH (autovacuum_enabled = off)"
 burst() {  # burst NAME COMMAND
   local name=$1 command=$2
   set_archive "false"
@@ -103,12 +104,14 @@ burst() {  # burst NAME COMMAND
     psql_q -d bench -c "INSERT INTO burst SELECT g, md5(random()::text) || md5(random()::text) FROM generate_series(1, 60000) g" -c "SELECT pg_switch_wal()" >/dev/null
   done
   local target=$((before + segments))
+  # Let the checkpoint the pile caused finish before the clock starts.
+  psql_q -d postgres -c "CHECKPOINT" >/dev/null
   local rsslog="$work/rss-${name// /-}.log"
   : > "$rsslog"; chmod 666 "$rsslog"
   local start end
   start=$(date +%s.%N)
   set_archive "/usr/bin/time -f %M -a -o $rsslog $command"
-  while [ "$(psql_q -d postgres -c "SELECT archived_count FROM pg_stat_archiver")" -lt "$target" ]; do sleep 0.05; done
+  while [ "$(psql_q -d postgres -c "SELECT archived_count FROM pg_stat_archiver")" -lt "$target" ]; do sleep 0.2; done
   end=$(date +%s.%N)
   local wall rss
   wall=$(python3 -c "print(f'{$end - $start:.2f}')")

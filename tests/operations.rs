@@ -34,7 +34,7 @@ fn rewrite_object(pgdr: &Pgdr, key: &str, edit: impl FnOnce(Vec<u8>) -> Vec<u8>)
             storage: &storage,
             keys: &keys,
             compression: pgdr::pipeline::Compression { level: 3, threads: 0 },
-            plain_digest: true,
+            digests: pgdr::pipeline::Digests::Both,
         };
         store
             .bytes(&key, "manifest.json", edit(data), pgdr::storage::PutMode::Overwrite)

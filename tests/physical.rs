@@ -446,3 +446,53 @@ fn archive_burst_drains_through_the_pusher() {
         "240000|240000"
     );
 }
+
+/// Tablespaces are backed up and restored, remapped to a new place.
+#[test]
+fn tablespaces_are_included_and_can_be_remapped() {
+    let a = Archiving::start();
+    let c = &a.cluster;
+    let ts_dir = a.pgdr.dir.join("ts");
+    std::fs::create_dir(&ts_dir).unwrap();
+    chmod_all(&a.pgdr.dir.join("ts"));
+    if is_root() {
+        let (uid, gid) = postgres_ids();
+        std::os::unix::fs::chown(&ts_dir, Some(uid), Some(gid)).unwrap();
+    }
+    c.psql(
+        "postgres",
+        &format!("CREATE TABLESPACE elsewhere LOCATION '{}'", ts_dir.display()),
+    );
+    c.psql(
+        "postgres",
+        "CREATE TABLE far (x int) TABLESPACE elsewhere; INSERT INTO far SELECT generate_series(1, 5000)",
+    );
+    let oid = c.psql("postgres", "SELECT oid FROM pg_tablespace WHERE spcname = 'elsewhere'");
+    a.pgdr.ok(&["backup", "--kind", "physical"]);
+    // The original location is in use: a restore there is refused, with the way out.
+    let target = a.pgdr.dir.join("refused");
+    let out = a
+        .pgdr
+        .run(&["restore", "--kind", "physical", "--to", target.to_str().unwrap()]);
+    assert_fails(&out, 2, "--tablespace-map");
+    let new_ts = a.pgdr.dir.join("ts-restored");
+    std::fs::create_dir(&new_ts).unwrap();
+    if is_root() {
+        let (uid, gid) = postgres_ids();
+        std::os::unix::fs::chown(&new_ts, Some(uid), Some(gid)).unwrap();
+    }
+    let r = a.pgdr.restore_started(&[
+        "--target",
+        "immediate",
+        "--tablespace-map",
+        &format!("{oid}={}", new_ts.display()),
+    ]);
+    assert_eq!(r.psql("postgres", "SELECT count(*), sum(x) FROM far"), "5000|12502500");
+    assert_eq!(
+        r.psql(
+            "postgres",
+            "SELECT pg_tablespace_location(oid) FROM pg_tablespace WHERE spcname = 'elsewhere'"
+        ),
+        new_ts.display().to_string()
+    );
+}

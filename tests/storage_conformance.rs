@@ -213,7 +213,7 @@ async fn pipeline_round_trip_on_both_backends() {
             storage: &s,
             keys: &keys,
             compression: Compression { level: 3, threads: 2 },
-            plain_digest: true,
+            digests: pipeline::Digests::Both,
         };
         let record = store
             .reader(

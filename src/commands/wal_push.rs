@@ -154,7 +154,7 @@ async fn push_one(repo: &Repo, file: &WalFile, path: &Path) -> Result<()> {
             threads: 0,
             ..repo.compression
         },
-        plain_digest: false,
+        digests: pipeline::Digests::None,
         ..repo.store()
     };
     match store.reader(&key, file.name(), source, PutMode::CreateNew, None).await {

@@ -63,7 +63,7 @@ pub async fn copy_files(
     let next_bundle = Arc::new(AtomicU64::new(0));
     // Parallelism comes from the workers; each compresses on its own thread.
     let store = pipeline::Store {
-        plain_digest: false,
+        digests: pipeline::Digests::StoredOnly,
         compression: pipeline::Compression {
             threads: 0,
             ..repo.compression

@@ -109,14 +109,17 @@ fn produce<R: Read>(
     key: &RepoKey,
     object: &str,
     compression: Compression,
-    plain_digest: bool,
+    digests: Digests,
     progress: Option<Arc<AtomicU64>>,
 ) -> io::Result<(Tally, Tally, ChannelWriter)> {
     let mut plain = TallyReader::new(source, progress);
-    if !plain_digest {
+    if digests != Digests::Both {
         plain = plain.without_hash();
     }
-    let stored = TallyWriter::new(out, None);
+    let mut stored = TallyWriter::new(out, None);
+    if digests == Digests::None {
+        stored = stored.without_hash();
+    }
     let sealer = Sealer::new(stored, key, object)?;
     let mut zstd = zstd::stream::write::Encoder::new(sealer, compression.level)?;
     if compression.threads > 0 {
@@ -132,6 +135,16 @@ fn produce<R: Read>(
     Ok((plain_tally, stored_tally, out))
 }
 
+/// Which digests a store computes. Manifests list both; bundles only the stored one
+/// (their files are hashed one by one); WAL segments none (no manifest lists them, and
+/// the AEAD tags protect every byte).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Digests {
+    Both,
+    StoredOnly,
+    None,
+}
+
 /// Where and how new objects are stored: the storage, the keys (the primary one
 /// encrypts) and the compression settings.
 #[derive(Clone, Copy)]
@@ -139,10 +152,8 @@ pub struct Store<'a> {
     pub storage: &'a DynStorage,
     pub keys: &'a Keyring,
     pub compression: Compression,
-    /// Compute the SHA-256 of the plaintext (for manifests). Stored bytes are always
-    /// hashed. WAL segments, which no manifest lists, and bundles, whose files are
-    /// hashed one by one, skip it.
-    pub plain_digest: bool,
+    /// Which SHA-256 digests to compute for the manifest.
+    pub digests: Digests,
 }
 
 impl Store<'_> {
@@ -161,12 +172,12 @@ impl Store<'_> {
         let repo_key = self.keys.primary().clone();
         let object = key.to_string();
         let compression = self.compression;
-        let plain_digest = self.plain_digest;
+        let digests = self.digests;
         let producer = tokio::task::spawn_blocking(move || {
             let out = ChannelWriter { tx };
             // On error the sender is dropped with the writer: storage sees an
             // unfinished body and discards it.
-            let (plain, stored, out) = produce(source, out, &repo_key, &object, compression, plain_digest, progress)?;
+            let (plain, stored, out) = produce(source, out, &repo_key, &object, compression, digests, progress)?;
             out.tx.finish_blocking();
             io::Result::Ok((plain, stored))
         });

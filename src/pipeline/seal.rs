@@ -114,23 +114,22 @@ impl<W: Write> Sealer<W> {
         })
     }
 
+    /// Seal what `buf` holds (a full chunk, or the rest at the end) in place, write
+    /// it, and empty `buf` for the next one — one buffer for the whole object.
     fn seal_chunk(&mut self, last: bool) -> io::Result<()> {
-        let mut chunk: Vec<u8> = if last {
-            std::mem::take(&mut self.buf)
-        } else {
-            let rest = self.buf.split_off(self.chunk);
-            std::mem::replace(&mut self.buf, rest)
-        };
-        chunk.reserve(TAG_LEN);
         let failed = || io::Error::other("encryption failed");
         if last {
             let enc = self.encryptor.take().ok_or_else(failed)?;
-            enc.encrypt_last_in_place(&self.aad, &mut chunk).map_err(|_| failed())?;
+            enc.encrypt_last_in_place(&self.aad, &mut self.buf)
+                .map_err(|_| failed())?;
         } else {
             let enc = self.encryptor.as_mut().ok_or_else(failed)?;
-            enc.encrypt_next_in_place(&self.aad, &mut chunk).map_err(|_| failed())?;
+            enc.encrypt_next_in_place(&self.aad, &mut self.buf)
+                .map_err(|_| failed())?;
         }
-        self.inner.write_all(&chunk)
+        self.inner.write_all(&self.buf)?;
+        self.buf.clear();
+        Ok(())
     }
 
     /// Seal the last chunk and hand back the inner writer.
@@ -143,10 +142,16 @@ impl<W: Write> Sealer<W> {
 
 impl<W: Write> Write for Sealer<W> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        self.buf.extend_from_slice(data);
-        // Keep a full chunk back until more arrives: only `finish` knows which is last.
-        while self.buf.len() > self.chunk {
-            self.seal_chunk(false)?;
+        let mut rest = data;
+        while !rest.is_empty() {
+            // A full chunk is sealed only once more data arrives: only `finish` knows
+            // which chunk is the last.
+            if self.buf.len() == self.chunk {
+                self.seal_chunk(false)?;
+            }
+            let take = (self.chunk - self.buf.len()).min(rest.len());
+            self.buf.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
         }
         Ok(data.len())
     }
@@ -251,20 +256,25 @@ impl<R: Read> Opener<R> {
         let sealed = self.chunk + TAG_LEN;
         // Fill one sealed chunk plus one byte, to learn whether this chunk is the last.
         let want = sealed + 1;
-        if self.pending.len() < want {
-            let have = self.pending.len();
-            self.pending.resize(want, 0);
-            let got = read_full(&mut self.inner, &mut self.pending[have..])?;
-            self.pending.truncate(have + got);
+        // Buffers are reused: `pending` becomes the plaintext in place, and the old
+        // plaintext buffer takes the next ciphertext (no allocation per chunk).
+        let mut chunk = std::mem::take(&mut self.out);
+        chunk.clear();
+        chunk.extend_from_slice(&self.pending);
+        self.pending.clear();
+        if chunk.len() < want {
+            let have = chunk.len();
+            chunk.resize(want, 0);
+            let got = read_full(&mut self.inner, &mut chunk[have..])?;
+            chunk.truncate(have + got);
         }
         self.chunk_no += 1;
-        let last = self.pending.len() <= sealed;
-        let mut chunk = if last {
-            std::mem::take(&mut self.pending)
-        } else {
-            let rest = self.pending.split_off(sealed);
-            std::mem::replace(&mut self.pending, rest)
-        };
+        let last = chunk.len() <= sealed;
+        if !last {
+            // Keep the look-ahead byte for the next chunk.
+            self.pending.extend_from_slice(&chunk[sealed..]);
+            chunk.truncate(sealed);
+        }
         let bad = SealError::Chunk(self.chunk_no);
         if last {
             let dec = self.decryptor.take().ok_or(SealError::Chunk(self.chunk_no))?;

@@ -108,7 +108,7 @@ impl Repo {
             storage: &self.storage,
             keys: &self.keys,
             compression: self.compression,
-            plain_digest: true,
+            digests: crate::pipeline::Digests::Both,
         }
     }
 
