@@ -674,3 +674,57 @@ fn webhook_announces_failure_and_recovery_without_leaking_its_secret() {
     assert!(!log.contains(secret), "the webhook secret leaked into the log: {log}");
     assert!(log.contains("127.0.0.1"), "the log should name the webhook host: {log}");
 }
+
+/// Ctrl-C during a restore test: the scratch cluster is stopped and removed, and the
+/// report says it was interrupted.
+#[test]
+fn verify_cleans_up_on_ctrl_c() {
+    let cluster = Cluster::start();
+    load_sample(&cluster, "shop");
+    let mut pgdr = Pgdr::new(&cluster, RepoKind::Local);
+    let tmp = pgdr.dir.join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    if is_root() {
+        let (uid, gid) = postgres_ids();
+        std::os::unix::fs::chown(&tmp, Some(uid), Some(gid)).unwrap();
+    }
+    pgdr.set_env("TMPDIR", tmp.to_str().unwrap());
+    pgdr.ok(&["backup", "--database", "shop"]);
+    let mut child = pgdr
+        .command(&["verify", "--kind", "logical"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the scratch cluster is up, then interrupt.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let running = std::fs::read_dir(&tmp)
+            .unwrap()
+            .flatten()
+            .any(|e| e.path().join("data/postmaster.pid").exists());
+        if running {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "verify ended before it could be interrupted"
+        );
+        assert!(Instant::now() < deadline, "the scratch cluster never started");
+        sleep(20);
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("stopped by SIGINT"));
+    let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().flatten().map(|e| e.path()).collect();
+    assert!(left.is_empty(), "the scratch cluster was left behind: {left:?}");
+    // And no postgres still runs from it.
+    let ps = std::process::Command::new("ps")
+        .args(["-eo", "pid,ppid,args"])
+        .output()
+        .unwrap();
+    let ps = String::from_utf8_lossy(&ps.stdout);
+    let strays: Vec<&str> = ps.lines().filter(|l| l.contains(tmp.to_str().unwrap())).collect();
+    assert!(strays.is_empty(), "a scratch server still runs: {strays:?}");
+}

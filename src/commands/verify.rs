@@ -409,10 +409,13 @@ async fn restore_logical(
 }
 
 async fn init_cluster(tools: &PgTools, scratch: &Scratch, port: u16) -> Result<()> {
-    let run = |mut cmd: std::process::Command, what: &'static str| async move {
-        as_postgres(&mut cmd);
-        cmd.stdin(Stdio::null());
-        let out = tokio::task::spawn_blocking(move || cmd.output()).await??;
+    // Killed if verify is abandoned (Ctrl-C): nothing outlives the scratch directory.
+    let run = |mut cmd: tokio::process::Command, what: &'static str| async move {
+        if let Some((uid, gid)) = postgres_owner() {
+            cmd.uid(uid).gid(gid);
+        }
+        cmd.stdin(Stdio::null()).kill_on_drop(true);
+        let out = cmd.output().await?;
         if !out.status.success() {
             return Err(anyhow!(
                 "{what} failed: {}",
@@ -421,13 +424,13 @@ async fn init_cluster(tools: &PgTools, scratch: &Scratch, port: u16) -> Result<(
         }
         anyhow::Ok(())
     };
-    let mut initdb = std::process::Command::new(tools.path("initdb")?);
+    let mut initdb = tokio::process::Command::new(tools.path("initdb")?);
     initdb
         .arg("-D")
         .arg(scratch.data())
         .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"]);
     run(initdb, "initdb").await?;
-    let mut start = std::process::Command::new(tools.path("pg_ctl")?);
+    let mut start = tokio::process::Command::new(tools.path("pg_ctl")?);
     start
         .arg("-D")
         .arg(scratch.data())
