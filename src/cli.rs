@@ -211,6 +211,10 @@ pub struct BackupArgs {
     /// Mark the backup keep: expire never removes it
     #[arg(long)]
     pub keep: bool,
+    /// Physical: read the data directory here (local), or stream it with
+    /// pg_basebackup when it is on another host (basebackup)
+    #[arg(long, value_enum, default_value_t = crate::repo::manifest::PhysicalMethod::Local)]
+    pub method: crate::repo::manifest::PhysicalMethod,
 }
 
 #[derive(Debug, Args)]

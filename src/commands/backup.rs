@@ -16,7 +16,9 @@ use crate::postgres::server::{self, BackupSession, BackupStop, ExportedSnapshot}
 use crate::postgres::tools::ChildReader;
 use crate::postgres::{Lsn, PgTarget, PgTools, Segment, ServerInfo};
 use crate::progress::{Progress, human_bytes, human_rate};
-use crate::repo::manifest::{CompressionInfo, DatabaseEntry, MANIFEST_FORMAT, PhysicalInfo};
+use crate::repo::manifest::{
+    BASE_TAR, CompressionInfo, DatabaseEntry, FileRecord, MANIFEST_FORMAT, PhysicalInfo, PhysicalMethod,
+};
 use crate::repo::{BackupKind, BackupLabel, Manifest, Repo, layout};
 use crate::storage::PutMode;
 use crate::usage;
@@ -305,6 +307,16 @@ async fn physical(ctx: &Ctx, args: BackupArgs) -> Result<Exit> {
             "WAL archiving is off (archive_mode = {archive_mode}): a physical backup is useless without it — set archive_mode = on and archive_command = 'pgdr wal-push %p', then restart PostgreSQL"
         ));
     }
+    let segment_size: u64 = server::setting(&client, "wal_segment_size")
+        .await?
+        .trim_end_matches("MB")
+        .parse::<u64>()
+        .map(|mb| mb << 20)
+        .map_err(|_| anyhow::anyhow!("cannot read wal_segment_size"))?;
+    if args.method == PhysicalMethod::Basebackup {
+        drop(client);
+        return basebackup(ctx, &args, &repo, &target, &server, segment_size).await;
+    }
     let data_dir = match &config.postgres.data_dir {
         Some(dir) => dir.clone(),
         None => server::setting(&client, "data_directory").await?.into(),
@@ -322,12 +334,7 @@ async fn physical(ctx: &Ctx, args: BackupArgs) -> Result<Exit> {
             server.system_identifier
         ));
     }
-    let segment_size: u64 = server::setting(&client, "wal_segment_size")
-        .await?
-        .trim_end_matches("MB")
-        .parse::<u64>()
-        .map(|mb| mb << 20)
-        .map_err(|_| anyhow::anyhow!("cannot read wal_segment_size"))?;
+
     let jobs = args
         .jobs
         .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2))
@@ -373,6 +380,7 @@ async fn physical(ctx: &Ctx, args: BackupArgs) -> Result<Exit> {
         }
     };
     let info = PhysicalInfo {
+        method: PhysicalMethod::Local,
         start_lsn: start_lsn.parse().map_err(|e: String| anyhow::anyhow!(e))?,
         stop_lsn: stop.lsn.parse().map_err(|e: String| anyhow::anyhow!(e))?,
         timeline,
@@ -467,4 +475,152 @@ async fn finish_physical(
         .await
         .with_context(|| format!("backup {label}"))?;
     Ok((files, objects, stop, wal_start, last.name(segment_size)))
+}
+
+/// `--method basebackup`: pg_basebackup streams the cluster as a tar into one object;
+/// PostgreSQL's own backup_manifest (SHA-256 per file) rides along and becomes the file
+/// list of pgdr's manifest.
+async fn basebackup(
+    ctx: &Ctx,
+    args: &BackupArgs,
+    repo: &Repo,
+    target: &PgTarget,
+    server: &ServerInfo,
+    segment_size: u64,
+) -> Result<Exit> {
+    use crate::physical::basebackup::{PgManifest, TarObserver};
+    let tools = PgTools::locate(ctx.config.postgres.bin_dir.as_deref())?;
+    let label = fresh_label(repo, BackupKind::Physical).await?;
+    let start_time = Utc::now();
+    let mut cmd = tools.command("pg_basebackup", target, None)?;
+    cmd.args([
+        "-D",
+        "-",
+        "-Ft",
+        "-X",
+        "none",
+        "--no-password",
+        "--manifest-checksums=SHA256",
+    ])
+    .arg(format!(
+        "--checkpoint={}",
+        if args.spread_checkpoint { "spread" } else { "fast" }
+    ))
+    .arg(format!("--label={label}"));
+    let reader = ChildReader::spawn("pg_basebackup", cmd)?;
+    let (observer, captured) = TarObserver::new(reader);
+    let progress = Progress::start(None);
+    progress.set_message(format!("{label} (pg_basebackup)"));
+    let key = layout::backup_object(&label, BASE_TAR);
+    let store = crate::pipeline::Store {
+        digests: crate::pipeline::Digests::StoredOnly,
+        ..repo.store()
+    };
+    let stored =
+        interruptible(store.reader(&key, BASE_TAR, observer, PutMode::CreateNew, Some(progress.counter()))).await;
+    progress.finish();
+    let record = match stored {
+        Ok(r) => r,
+        Err(e) => return Err(discard(repo, &label, e.context("pg_basebackup")).await),
+    };
+    let captured = captured.lock().expect("capture lock").clone();
+    let parts = async {
+        let label_file = captured
+            .backup_label
+            .ok_or_else(|| anyhow::anyhow!("pg_basebackup sent no backup_label"))?;
+        let manifest_text = captured
+            .backup_manifest
+            .ok_or_else(|| anyhow::anyhow!("pg_basebackup sent no backup_manifest"))?;
+        let pg: PgManifest = serde_json::from_str(&manifest_text).context("reading PostgreSQL's backup_manifest")?;
+        let range = pg
+            .wal_ranges
+            .last()
+            .ok_or_else(|| anyhow::anyhow!("backup_manifest has no WAL range"))?;
+        let start_lsn: Lsn = range.start_lsn.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+        let stop_lsn: Lsn = range.end_lsn.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+        let wal_start = label_start_segment(&label_file)
+            .ok_or_else(|| anyhow::anyhow!("the backup label has no START WAL LOCATION"))?;
+        let first = Segment::parse(&wal_start, segment_size).ok_or_else(|| anyhow::anyhow!("bad start segment"))?;
+        let last = Segment::containing(range.timeline, Lsn(stop_lsn.0.saturating_sub(1)), segment_size);
+        crate::physical::wait_for_wal(
+            repo,
+            first,
+            last,
+            segment_size,
+            std::time::Duration::from_secs(ctx.config.wal.archive_timeout),
+        )
+        .await?;
+        let files = pg
+            .files
+            .iter()
+            .map(|f| FileRecord {
+                path: f.path.clone(),
+                size: f.size,
+                sha256: f.checksum.clone(),
+                mode: 0o600,
+                bundle: BASE_TAR.to_string(),
+                offset: 0,
+                file_offset: 0,
+            })
+            .collect();
+        anyhow::Ok(PhysicalInfo {
+            method: PhysicalMethod::Basebackup,
+            start_lsn,
+            stop_lsn,
+            timeline: range.timeline,
+            segment_size,
+            wal_start,
+            wal_stop: last.name(segment_size),
+            backup_label: label_file,
+            tablespace_map: None,
+            dirs: Vec::new(),
+            tablespaces: Vec::new(),
+            files,
+        })
+    }
+    .await;
+    let info = match parts {
+        Ok(info) => info,
+        Err(e) => return Err(discard(repo, &label, e).await),
+    };
+    let manifest = Manifest {
+        format: MANIFEST_FORMAT,
+        label: label.clone(),
+        kind: BackupKind::Physical,
+        tags: args.tags.clone(),
+        start_time,
+        stop_time: Utc::now(),
+        pg_version: server.version.clone(),
+        pg_version_num: server.version_num,
+        system_identifier: server.system_identifier.clone(),
+        key_id: repo.keys.primary().id().to_hex(),
+        compression: CompressionInfo {
+            algorithm: "zstd".into(),
+            level: repo.compression.level,
+        },
+        databases: Vec::new(),
+        globals: None,
+        objects: vec![record.clone()],
+        physical: Some(info),
+    };
+    commit(repo, &manifest, args.keep).await?;
+    let info = manifest.physical.as_ref().expect("set above");
+    if ctx.json {
+        ctx.print_json(&json!({
+            "label": label, "kind": "physical", "method": "basebackup", "tags": manifest.tags,
+            "files": info.files.len(), "plain_bytes": record.plain.size, "stored_bytes": record.stored.size,
+            "start_lsn": info.start_lsn, "stop_lsn": info.stop_lsn, "timeline": info.timeline,
+            "wal_start": info.wal_start, "wal_stop": info.wal_stop,
+        }));
+    } else {
+        println!(
+            "backup {label} (pg_basebackup): {} files, {} streamed → {} stored; WAL {}..{} archived",
+            info.files.len(),
+            human_bytes(record.plain.size),
+            human_bytes(record.stored.size),
+            info.wal_start,
+            info.wal_stop
+        );
+    }
+    Ok(Exit::Success)
 }

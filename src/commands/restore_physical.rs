@@ -18,7 +18,7 @@ use crate::postgres::recovery::{self, RecoveryOptions, RecoveryTarget};
 use crate::postgres::{Lsn, PgTarget, PgTools};
 use crate::progress::{Progress, human_bytes, human_rate};
 use crate::repo::archive::Until;
-use crate::repo::manifest::PhysicalInfo;
+use crate::repo::manifest::{PhysicalInfo, PhysicalMethod};
 use crate::repo::{BackupKind, Manifest, Repo, catalog};
 use crate::usage;
 
@@ -207,6 +207,12 @@ pub async fn run(ctx: &Ctx, args: RestoreArgs) -> Result<Exit> {
         .physical
         .as_ref()
         .ok_or_else(|| anyhow!("{} has no physical section", manifest.label))?;
+    if args.delta && info.method == PhysicalMethod::Basebackup {
+        return Err(usage!(
+            "--delta is not available for {}, which was taken with --method basebackup — restore into an empty directory",
+            manifest.label
+        ));
+    }
     if !args.delta && !is_empty_dir(&dir)? {
         return Err(usage!(
             "{} is not empty — restore into a new directory, or pass --delta to rewrite only what differs",
@@ -248,7 +254,15 @@ pub async fn run(ctx: &Ctx, args: RestoreArgs) -> Result<Exit> {
     let total: u64 = info.files.iter().map(|f| f.size).sum();
     let progress = Progress::start(Some(total));
     progress.set_message(format!("{} → {}", manifest.label, dir.display()));
-    let stats = physical::restore_files(&repo, manifest, info, &placement, jobs, args.delta, progress.counter()).await;
+    let stats = match info.method {
+        PhysicalMethod::Local => {
+            physical::restore_files(&repo, manifest, info, &placement, jobs, args.delta, progress.counter()).await
+        }
+        PhysicalMethod::Basebackup => {
+            let tools = PgTools::locate(ctx.config.postgres.bin_dir.as_deref())?;
+            physical::restore_tar(&repo, manifest, &dir, &tools, progress.counter()).await
+        }
+    };
     progress.finish();
     let stats = stats.with_context(|| format!("restoring {} into {}", manifest.label, dir.display()))?;
 

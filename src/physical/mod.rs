@@ -3,6 +3,7 @@
 //! needs to reach the archive, and restore it — in parallel, every file checked —
 //! with the recovery settings for a point-in-time target.
 
+pub mod basebackup;
 pub mod bundle;
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
@@ -384,4 +385,52 @@ pub async fn check_wal_chain(
 
 pub fn listing_for(data_dir: &Path) -> Result<Listing> {
     datadir::list(data_dir).with_context(|| format!("listing the data directory {}", data_dir.display()))
+}
+
+/// Restore a `--method basebackup` backup: unpack its tar (GNU tar) and have
+/// `pg_verifybackup` check every file against PostgreSQL's own backup_manifest.
+pub async fn restore_tar(
+    repo: &Repo,
+    manifest: &crate::repo::Manifest,
+    dir: &Path,
+    tools: &crate::postgres::PgTools,
+    progress: Arc<AtomicU64>,
+) -> Result<RestoreStats> {
+    use crate::postgres::tools::ChildWriter;
+    let info = manifest.physical.as_ref().expect("physical");
+    let record = manifest.object(crate::repo::manifest::BASE_TAR).ok_or_else(|| {
+        anyhow!(
+            "the manifest of {} lists no {}",
+            manifest.label,
+            crate::repo::manifest::BASE_TAR
+        )
+    })?;
+    let mut tar = std::process::Command::new("tar");
+    tar.args(["-x", "-f", "-", "-C"]).arg(dir);
+    let sink = ChildWriter::spawn("tar", tar)?;
+    let key = layout::backup_object(&manifest.label, crate::repo::manifest::BASE_TAR);
+    let (sink, _, _) = pipeline::load_to_writer(
+        &repo.storage,
+        &key,
+        sink,
+        &repo.keys,
+        pipeline::Verify::RecordStored(record),
+        Some(progress),
+    )
+    .await?;
+    sink.finish()?;
+    let verify = crate::postgres::tools::run_capture("pg_verifybackup", {
+        let mut cmd = std::process::Command::new(tools.path("pg_verifybackup")?);
+        cmd.args(["--no-parse-wal", "--quiet", "-m"])
+            .arg(dir.join("backup_manifest"))
+            .arg(dir);
+        cmd
+    });
+    verify.context("pg_verifybackup found the restored files differ from the backup")?;
+    sync_filesystem(dir);
+    Ok(RestoreStats {
+        files_written: info.files.len() as u64,
+        bytes_written: record.plain.size,
+        ..Default::default()
+    })
 }

@@ -40,6 +40,10 @@ pub struct Manifest {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PhysicalInfo {
+    /// How the files were taken: copied by pgdr (bundles) or streamed by pg_basebackup
+    /// (one tar object, checked on restore by pg_verifybackup).
+    #[serde(default)]
+    pub method: PhysicalMethod,
     pub start_lsn: Lsn,
     pub stop_lsn: Lsn,
     pub timeline: TimelineId,
@@ -55,6 +59,19 @@ pub struct PhysicalInfo {
     pub tablespaces: Vec<Tablespace>,
     pub files: Vec<FileRecord>,
 }
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum PhysicalMethod {
+    /// pgdr reads the data directory itself (on the database host).
+    #[default]
+    Local,
+    /// pg_basebackup streams it over a replication connection (from anywhere).
+    Basebackup,
+}
+
+/// The object a basebackup-method backup is stored in.
+pub const BASE_TAR: &str = "data/base.tar";
 
 /// One file of a physical backup: where it sits inside which bundle object.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

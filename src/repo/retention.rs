@@ -184,6 +184,7 @@ mod tests {
             globals: None,
             objects: vec![],
             physical: Some(PhysicalInfo {
+                method: Default::default(),
                 start_lsn: crate::postgres::Lsn(0),
                 stop_lsn: crate::postgres::Lsn(0),
                 timeline: 1,
