@@ -26,11 +26,10 @@ if [ "${#need_apt[@]}" -gt 0 ]; then
   fi
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  # Do not let the package start a system cluster of its own.
-  mkdir -p /etc/postgresql-common
-  grep -qs '^create_main_cluster' /etc/postgresql-common/createcluster.conf 2>/dev/null \
-    || echo 'create_main_cluster = false' >> /etc/postgresql-common/createcluster.conf
-  apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+  # No questions: keep existing configuration files, take defaults otherwise.
+  apt-get install -y -qq --no-install-recommends \
+    -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
+    "${need_apt[@]}" >/dev/null
 fi
 # The postgres OS user runs server processes when we are root.
 if [ "$(id -u)" -eq 0 ] && ! id postgres >/dev/null 2>&1; then
