@@ -720,11 +720,12 @@ fn verify_cleans_up_on_ctrl_c() {
     let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().flatten().map(|e| e.path()).collect();
     assert!(left.is_empty(), "the scratch cluster was left behind: {left:?}");
     // And no postgres still runs from it.
-    let ps = std::process::Command::new("ps")
-        .args(["-eo", "pid,ppid,args"])
-        .output()
-        .unwrap();
-    let ps = String::from_utf8_lossy(&ps.stdout);
-    let strays: Vec<&str> = ps.lines().filter(|l| l.contains(tmp.to_str().unwrap())).collect();
+    let strays: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(tmp.to_str().unwrap()))
+        .collect();
     assert!(strays.is_empty(), "a scratch server still runs: {strays:?}");
 }
