@@ -403,3 +403,54 @@ fn secrets_stay_secret() {
         assert!(!data.windows(key.len()).any(|w| w == key.as_bytes()));
     }
 }
+
+/// A server that accepts only TLS: pgdr's own connection and the tools it drives both
+/// encrypt; sslmode=disable is refused by the server with a clear line.
+#[test]
+fn tls_only_server() {
+    let mut cluster = Cluster::init();
+    let out = std::process::Command::new("openssl")
+        .args(["req", "-new", "-x509", "-days", "2", "-nodes", "-subj", "/CN=127.0.0.1"])
+        .arg("-out")
+        .arg(cluster.data.join("server.crt"))
+        .arg("-keyout")
+        .arg(cluster.data.join("server.key"))
+        .output()
+        .expect("openssl is needed to make a test certificate");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for f in ["server.crt", "server.key"] {
+        let p = cluster.data.join(f);
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        if is_root() {
+            let (uid, gid) = postgres_ids();
+            std::os::unix::fs::chown(&p, Some(uid), Some(gid)).unwrap();
+        }
+    }
+    std::fs::write(
+        cluster.data.join("pg_hba.conf"),
+        "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostnossl all all 127.0.0.1/32 reject\n",
+    )
+    .unwrap();
+    cluster.configure(&["ssl = on".to_string()]);
+    cluster.launch(&[]);
+    cluster.psql("postgres", "CREATE DATABASE shop; SELECT 1");
+    let mut pgdr = Pgdr::new(&cluster, RepoKind::Local);
+    pgdr.set_env(
+        "PGDR_POSTGRES_URL",
+        &format!("{}?sslmode=require", cluster.url("postgres")),
+    );
+    pgdr.ok(&["backup", "--database", "shop"]);
+    pgdr.ok(&["restore", "--database", "shop", "--to-database", "shop_copy"]);
+    assert_eq!(
+        cluster.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_database WHERE datname = 'shop_copy'"
+        ),
+        "1"
+    );
+    pgdr.set_env(
+        "PGDR_POSTGRES_URL",
+        &format!("{}?sslmode=disable", cluster.url("postgres")),
+    );
+    assert_fails(&pgdr.run(&["backup"]), 1, "cannot connect");
+}

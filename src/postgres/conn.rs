@@ -96,7 +96,7 @@ impl PgTarget {
         let sslmode = match config.get_ssl_mode() {
             SslMode::Disable => Some("disable".to_string()),
             SslMode::Require => Some("require".to_string()),
-            _ => None,
+            _ => env("PGSSLMODE"),
         };
         Ok(PgTarget {
             host,
@@ -149,13 +149,37 @@ impl PgTarget {
         if let Some(password) = self.password_for(dbname) {
             config.password(password);
         }
-        let (client, connection) = config.connect(NoTls).await.map_err(|e| {
+        let failed = |e: tokio_postgres::Error| {
             anyhow!(
                 "cannot connect to PostgreSQL at {} (database {dbname:?}): {} — is the server running? check [postgres] url",
                 self.describe(),
                 one_line(&e)
             )
-        })?;
+        };
+        // TLS as libpq's sslmode says: off for `disable`, otherwise offered (`prefer`)
+        // or required (`require`). Like libpq without a root certificate, the server
+        // certificate is not verified; verify-ca/verify-full are left to libpq's tools.
+        if let Some(mode @ ("verify-ca" | "verify-full")) = self.sslmode.as_deref() {
+            return Err(usage!(
+                "sslmode={mode}: pgdr's own connection cannot verify the server certificate yet — use sslmode=require (encrypted; PostgreSQL's tools still verify per libpq's settings)"
+            ));
+        }
+        if self.sslmode.as_deref() == Some("disable") {
+            config.ssl_mode(SslMode::Disable);
+            let (client, connection) = config.connect(NoTls).await.map_err(failed)?;
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!("postgres connection ended: {e}");
+                }
+            });
+            return Ok(client);
+        }
+        config.ssl_mode(if self.sslmode.as_deref() == Some("require") {
+            SslMode::Require
+        } else {
+            SslMode::Prefer
+        });
+        let (client, connection) = config.connect(tls_connector()).await.map_err(failed)?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!("postgres connection ended: {e}");
@@ -182,6 +206,61 @@ impl PgTarget {
         }
         vars
     }
+}
+
+/// A rustls connector that encrypts without verifying the server's certificate, as
+/// libpq does for sslmode=prefer/require.
+fn tls_connector() -> tokio_postgres_rustls::MakeRustlsConnect {
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    use rustls::{DigitallySignedStruct, SignatureScheme};
+
+    #[derive(Debug)]
+    struct Unverified(std::sync::Arc<rustls::crypto::CryptoProvider>);
+
+    impl ServerCertVerifier for Unverified {
+        fn verify_server_cert(
+            &self,
+            _: &CertificateDer<'_>,
+            _: &[CertificateDer<'_>],
+            _: &ServerName<'_>,
+            _: &[u8],
+            _: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(Unverified(provider)))
+        .with_no_client_auth();
+    tokio_postgres_rustls::MakeRustlsConnect::new(config)
 }
 
 /// The full error chain of a driver error on one line.
