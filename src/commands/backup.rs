@@ -39,6 +39,37 @@ async fn interruptible<T>(work: impl std::future::Future<Output = Result<T>>) ->
     }
 }
 
+/// A manifest with everything but the backup's contents filled in.
+fn new_manifest(
+    repo: &Repo,
+    label: &BackupLabel,
+    kind: BackupKind,
+    tags: &[String],
+    start_time: chrono::DateTime<Utc>,
+    server: &ServerInfo,
+) -> Manifest {
+    Manifest {
+        format: MANIFEST_FORMAT,
+        label: label.clone(),
+        kind,
+        tags: tags.to_vec(),
+        start_time,
+        stop_time: Utc::now(),
+        pg_version: server.version.clone(),
+        pg_version_num: server.version_num,
+        system_identifier: server.system_identifier.clone(),
+        key_id: repo.keys.primary().id().to_hex(),
+        compression: CompressionInfo {
+            algorithm: "zstd".into(),
+            level: repo.compression.level,
+        },
+        databases: Vec::new(),
+        globals: None,
+        objects: Vec::new(),
+        physical: None,
+    }
+}
+
 /// The commit point: the manifest, written last and never over another; then the keep
 /// mark if asked for.
 async fn commit(repo: &Repo, manifest: &Manifest, keep: bool) -> Result<()> {
@@ -143,24 +174,18 @@ async fn logical(ctx: &Ctx, args: BackupArgs) -> Result<Exit> {
     };
 
     let manifest = Manifest {
-        format: MANIFEST_FORMAT,
-        label: label.clone(),
-        kind: BackupKind::Logical,
-        tags: args.tags.clone(),
-        start_time,
-        stop_time: Utc::now(),
-        pg_version: source.server.version.clone(),
-        pg_version_num: source.server.version_num,
-        system_identifier: source.server.system_identifier.clone(),
-        key_id: repo.keys.primary().id().to_hex(),
-        compression: CompressionInfo {
-            algorithm: "zstd".into(),
-            level: repo.compression.level,
-        },
         databases: entries,
         globals: Some(globals),
         objects,
         physical: None,
+        ..new_manifest(
+            &repo,
+            &label,
+            BackupKind::Logical,
+            &args.tags,
+            start_time,
+            &source.server,
+        )
     };
     commit(&repo, &manifest, args.keep).await?;
     let elapsed = progress.elapsed();
@@ -394,24 +419,11 @@ async fn physical(ctx: &Ctx, args: BackupArgs) -> Result<Exit> {
         files,
     };
     let manifest = Manifest {
-        format: MANIFEST_FORMAT,
-        label: label.clone(),
-        kind: BackupKind::Physical,
-        tags: args.tags.clone(),
-        start_time,
-        stop_time: Utc::now(),
-        pg_version: server.version.clone(),
-        pg_version_num: server.version_num,
-        system_identifier: server.system_identifier.clone(),
-        key_id: repo.keys.primary().id().to_hex(),
-        compression: CompressionInfo {
-            algorithm: "zstd".into(),
-            level: repo.compression.level,
-        },
         databases: Vec::new(),
         globals: None,
         objects,
         physical: Some(info),
+        ..new_manifest(&repo, &label, BackupKind::Physical, &args.tags, start_time, &server)
     };
     commit(&repo, &manifest, args.keep).await?;
     let elapsed = (manifest.stop_time - manifest.start_time).to_std().unwrap_or_default();
@@ -584,24 +596,11 @@ async fn basebackup(
         Err(e) => return Err(discard(repo, &label, e).await),
     };
     let manifest = Manifest {
-        format: MANIFEST_FORMAT,
-        label: label.clone(),
-        kind: BackupKind::Physical,
-        tags: args.tags.clone(),
-        start_time,
-        stop_time: Utc::now(),
-        pg_version: server.version.clone(),
-        pg_version_num: server.version_num,
-        system_identifier: server.system_identifier.clone(),
-        key_id: repo.keys.primary().id().to_hex(),
-        compression: CompressionInfo {
-            algorithm: "zstd".into(),
-            level: repo.compression.level,
-        },
         databases: Vec::new(),
         globals: None,
         objects: vec![record.clone()],
         physical: Some(info),
+        ..new_manifest(repo, &label, BackupKind::Physical, &args.tags, start_time, server)
     };
     commit(repo, &manifest, args.keep).await?;
     let info = manifest.physical.as_ref().expect("set above");
