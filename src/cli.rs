@@ -381,8 +381,9 @@ pub fn main() -> ExitCode {
         }
     };
     let outcome = runtime.block_on(commands::run(cli));
-    // Do not wait for stray background work (e.g. a download nobody reads any more).
-    runtime.shutdown_background();
+    // Give abandoned work (an interrupted upload's writer thread) a moment to remove
+    // its temporary file, but never hang on exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(3));
     match outcome {
         Ok(code) => ExitCode::from(code as u8),
         Err(err) => {

@@ -8,6 +8,10 @@ pub enum Exit {
     Success = 0,
     Failure = 1,
     Usage = 2,
+    /// wal-fetch only: the archived file is damaged. PostgreSQL treats exit codes above
+    /// 125 as fatal and stops recovery, instead of taking "not there" for the end of
+    /// the archive and promoting too early.
+    AbortRecovery = 126,
 }
 
 /// Marks an error as the user's input or configuration being wrong (exit 2), as opposed

@@ -530,3 +530,57 @@ fn basebackup_method_round_trip() {
     ]);
     assert_fails(&out, 2, "--method basebackup");
 }
+
+/// A damaged archived segment stops recovery (wal-fetch exits above 125) instead of
+/// passing for the end of the archive and promoting early.
+#[test]
+fn damaged_segment_stops_recovery() {
+    let a = Archiving::start();
+    let c = &a.cluster;
+    c.psql("postgres", "CREATE TABLE markers (m text PRIMARY KEY)");
+    a.pgdr.ok(&["backup", "--kind", "physical"]);
+    c.psql("postgres", "INSERT INTO markers VALUES ('lost if skipped')");
+    let seg = a.switch_and_wait();
+    c.psql("postgres", "INSERT INTO markers VALUES ('later')");
+    a.switch_and_wait();
+    let path = a
+        .pgdr
+        .repo_dir
+        .as_ref()
+        .unwrap()
+        .join(format!("test/wal/{}/{seg}", &seg[..16]));
+    let mut bytes = std::fs::read(&path).unwrap();
+    let n = bytes.len() / 2;
+    bytes[n] ^= 0x10;
+    std::fs::write(&path, &bytes).unwrap();
+    let out_dir = TestDir::new();
+    let data = out_dir.join("data");
+    let sock = out_dir.join("sock");
+    std::fs::create_dir(&sock).unwrap();
+    if is_root() {
+        let (uid, gid) = postgres_ids();
+        std::os::unix::fs::chown(out_dir.path(), Some(uid), Some(gid)).unwrap();
+        std::os::unix::fs::chown(&sock, Some(uid), Some(gid)).unwrap();
+    }
+    let port = free_port().to_string();
+    let out = a.pgdr.run(&[
+        "restore",
+        "--kind",
+        "physical",
+        "--no-archive",
+        "--to",
+        data.to_str().unwrap(),
+        "--start",
+        "--port",
+        &port,
+        "--socket-dir",
+        sock.to_str().unwrap(),
+    ]);
+    assert_fails(&out, 1, "stopped during recovery");
+    let log = std::fs::read_to_string(data.join("pgdr-recovery.log")).unwrap();
+    assert!(log.contains(&seg) && log.contains("stopping recovery"), "{log}");
+    assert!(
+        !log.contains("selected new timeline"),
+        "the server promoted past a damaged segment: {log}"
+    );
+}

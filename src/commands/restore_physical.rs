@@ -379,7 +379,13 @@ async fn start_and_wait(ctx: &Ctx, dir: &Path, args: &RestoreArgs) -> Result<Rea
         opts.push_str(&format!(" -k {}", sock.display()));
     }
     let mut cmd = std::process::Command::new(tools.path("pg_ctl")?);
-    cmd.arg("-D").arg(dir).arg("-l").arg(&log).args(["-o", &opts, "start"]);
+    // -W: pg_ctl would give up after 60 s, long before a big recovery is done; this
+    // function does the waiting.
+    cmd.arg("-D")
+        .arg(dir)
+        .arg("-l")
+        .arg(&log)
+        .args(["-W", "-o", &opts, "start"]);
     cmd.stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped());
@@ -390,10 +396,23 @@ async fn start_and_wait(ctx: &Ctx, dir: &Path, args: &RestoreArgs) -> Result<Rea
     let started = Instant::now();
     let out = cmd.output().map_err(|e| anyhow!("cannot run pg_ctl: {e}"))?;
     if !out.status.success() {
+        let said = String::from_utf8_lossy(&out.stderr);
         return Err(anyhow!(
             "pg_ctl start failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
+            said.lines().next().unwrap_or("").trim()
         ));
+    }
+    // The postmaster writes its pid file when it is up; until then there is nothing
+    // to watch.
+    let appear = Instant::now() + Duration::from_secs(60);
+    while !dir.join("postmaster.pid").exists() {
+        if Instant::now() > appear || recovery_log_says(&log, "FATAL:") {
+            return Err(anyhow!(
+                "the restored server stopped during recovery: {}",
+                fatal_line(&log)
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let base = PgTarget::from_config(ctx.config.postgres.url.as_deref())?;
     let target = base.with_address("127.0.0.1", port);

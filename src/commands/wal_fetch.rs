@@ -38,7 +38,14 @@ pub async fn run(ctx: &Ctx, args: WalFetchArgs) -> Result<Exit> {
     } else {
         let storage = storage::open(&ctx.config.repository, &ctx.config.cluster).await?;
         let keys = repo::load_keyring(&ctx.config)?;
-        fetch_into(&storage, &keys, &file, &dest).await?
+        match fetch_into(&storage, &keys, &file, &dest).await {
+            Ok(found) => found,
+            Err(e) if e.chain().any(|c| c.is::<pipeline::Damaged>()) => {
+                eprintln!("pgdr: error: {e:#} — stopping recovery rather than replaying past it");
+                return Ok(Exit::AbortRecovery);
+            }
+            Err(e) => return Err(e),
+        }
     };
     if !fetched {
         tracing::debug!("{file} is not in the archive");

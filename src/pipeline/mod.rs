@@ -216,13 +216,20 @@ impl Store<'_> {
 /// Why a load failed, when the stored bytes are at fault (not the sink).
 fn damaged(key: &ObjectKey, err: io::Error) -> anyhow::Error {
     if let Some(seal) = seal::seal_error(&err) {
-        return anyhow!("{key} {seal}");
+        return Damaged(format!("{key} {seal}")).into();
     }
     if err.kind() == io::ErrorKind::InvalidData || err.kind() == io::ErrorKind::Other {
-        return anyhow!("{key} cannot be read: {err}");
+        return Damaged(format!("{key} cannot be read: {err}")).into();
     }
     anyhow::Error::new(err)
 }
+
+/// A stored object failed its integrity checks (authentication, size or digest): it
+/// was modified, truncated, moved or replaced. Callers may branch on it (wal-fetch
+/// stops recovery rather than let PostgreSQL take it for the end of the archive).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Damaged(pub String);
 
 /// How a load checks what it reads. Every load is authenticated chunk by chunk (AEAD);
 /// digests add a check against the manifest.
@@ -294,7 +301,7 @@ pub async fn load_to_writer<W: Write + Send + 'static>(
         let mut rest = Vec::new();
         opener.read_to_end(&mut rest).map_err(|e| damaged(&task_key, e))?;
         if !rest.is_empty() {
-            return Err(anyhow!("{task_key} has trailing data after its compressed stream"));
+            return Err(Damaged(format!("{task_key} has trailing data after its compressed stream")).into());
         }
         let (_, stored_tally) = opener.into_inner().finish();
         let (sink, plain_tally) = plain.finish();
@@ -309,13 +316,10 @@ pub async fn load_to_writer<W: Write + Send + 'static>(
         Verify::Authenticated | Verify::Digests => false,
     };
     if let (true, Verify::Record(expect) | Verify::RecordStored(expect)) = (mismatch, verify) {
-        return Err(anyhow!(
+        return Err(anyhow::Error::new(Damaged(format!(
             "{key} does not match its manifest (stored sha256 {} size {}, manifest says sha256 {} size {}) — the object was replaced or damaged",
-            stored.sha256,
-            stored.size,
-            expect.stored.sha256,
-            expect.stored.size
-        ));
+            stored.sha256, stored.size, expect.stored.sha256, expect.stored.size
+        ))));
     }
     Ok(result)
 }
