@@ -157,6 +157,12 @@ fn point_in_time_restores_land_exactly() {
         String::from_utf8_lossy(&amcheck.stdout)
     );
 
+    // check: archiving configured, a segment round trip, an unbroken chain.
+    let check = a.pgdr.ok(&["check"]);
+    for line in ["✓ archiving:", "✓ archive round trip:", "✓ wal chain:"] {
+        assert!(check.contains(line), "no {line} in:\n{check}");
+    }
+
     // No backup precedes a target before the first backup: a clear refusal.
     let out = a.pgdr.run(&[
         "restore",
