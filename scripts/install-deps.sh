@@ -19,6 +19,10 @@ fi
 command -v pgbouncer >/dev/null 2>&1 || need_apt+=(pgbouncer)
 # promtool validates the shipped Prometheus alert rules.
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+# Tests: a TLS certificate (openssl), a full-disk tmpfs (mount), tarballs (tar).
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+command -v mount >/dev/null 2>&1 || need_apt+=(mount)
+command -v tar >/dev/null 2>&1 || need_apt+=(tar)
 if [ "${#need_apt[@]}" -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "install-deps: need root to apt-get install ${need_apt[*]}" >&2
