@@ -50,6 +50,9 @@ PY
 }
 if ! moto_ok || ! command -v moto_server >/dev/null 2>&1; then
   python3 -m pip install -q --disable-pip-version-check "moto[server]>=5.2.5" 2>&1 | grep -v "Running pip as the 'root' user" || true
+  # A system Python that is "externally managed" (PEP 668) needs to be told.
+  moto_ok || python3 -m pip install -q --disable-pip-version-check --break-system-packages "moto[server]>=5.2.5" 2>&1 \
+    | grep -v "Running pip as the 'root' user" || true
 fi
 moto_ok || { echo "install-deps: moto >= 5.2.5 with its server extra is not installed" >&2; exit 1; }
 
