@@ -387,16 +387,29 @@ pub struct S3Server {
 pub fn s3() -> &'static S3Server {
     static SERVER: OnceLock<S3Server> = OnceLock::new();
     SERVER.get_or_init(|| {
-        let moto = which("moto_server").expect(
-            "moto_server not found — the S3 tests need it: run scripts/install-deps.sh (pip install 'moto[server]>=5.2.5')",
-        );
+        // The entry point, or the module when pip's script directory is not on PATH.
+        let moto: Vec<String> = match which("moto_server") {
+            Some(p) => vec![p.display().to_string()],
+            None => {
+                let has_module = Command::new("python3")
+                    .args(["-c", "import moto.server"])
+                    .status()
+                    .is_ok_and(|s| s.success());
+                assert!(
+                    has_module,
+                    "moto_server not found — the S3 tests need it: run scripts/install-deps.sh (pip install 'moto[server]>=5.2.5')"
+                );
+                vec!["python3".into(), "-m".into(), "moto.server".into()]
+            }
+        };
         let port = free_port();
         let (tx, rx) = std::sync::mpsc::channel();
         // A thread that lives as long as the test process owns the server, so it dies
         // with the process (PDEATHSIG follows the spawning thread).
         std::thread::spawn(move || {
-            let mut cmd = Command::new(moto);
-            cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            let mut cmd = Command::new(&moto[0]);
+            cmd.args(&moto[1..])
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null());
             die_with_parent(&mut cmd);
