@@ -421,10 +421,7 @@ fn tls_only_server() {
     for f in ["server.crt", "server.key"] {
         let p = cluster.data.join(f);
         std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-        if is_root() {
-            let (uid, gid) = postgres_ids();
-            std::os::unix::fs::chown(&p, Some(uid), Some(gid)).unwrap();
-        }
+        chown_postgres(&p);
     }
     std::fs::write(
         cluster.data.join("pg_hba.conf"),

@@ -52,11 +52,7 @@ fn verify_physical_passes_then_catches_damage_and_heap_corruption() {
     let mut a = Archiving::start();
     // A private TMPDIR: the scratch cluster's directory must be gone afterwards.
     let tmp = a.pgdr.dir.join("tmp");
-    std::fs::create_dir(&tmp).unwrap();
-    if is_root() {
-        let (uid, gid) = postgres_ids();
-        std::os::unix::fs::chown(&tmp, Some(uid), Some(gid)).unwrap();
-    }
+    pg_owned_dir(&tmp);
     a.pgdr.set_env("TMPDIR", tmp.to_str().unwrap());
     let c = &a.cluster;
     c.psql("postgres", "CREATE DATABASE shop");
@@ -683,11 +679,7 @@ fn verify_cleans_up_on_ctrl_c() {
     load_sample(&cluster, "shop");
     let mut pgdr = Pgdr::new(&cluster, RepoKind::Local);
     let tmp = pgdr.dir.join("tmp");
-    std::fs::create_dir(&tmp).unwrap();
-    if is_root() {
-        let (uid, gid) = postgres_ids();
-        std::os::unix::fs::chown(&tmp, Some(uid), Some(gid)).unwrap();
-    }
+    pg_owned_dir(&tmp);
     pgdr.set_env("TMPDIR", tmp.to_str().unwrap());
     pgdr.ok(&["backup", "--database", "shop"]);
     let mut child = pgdr

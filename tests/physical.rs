@@ -353,14 +353,12 @@ fn wal_push_is_idempotent_and_never_overwrites() {
     }
 }
 
+/// Hand a directory and its entries to the `postgres` user.
 fn chmod_all(dir: &std::path::Path) {
-    if is_root() {
-        let (uid, gid) = postgres_ids();
-        for entry in std::fs::read_dir(dir).unwrap().flatten() {
-            std::os::unix::fs::chown(entry.path(), Some(uid), Some(gid)).unwrap();
-        }
-        std::os::unix::fs::chown(dir, Some(uid), Some(gid)).unwrap();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        chown_postgres(&entry.path());
     }
+    chown_postgres(dir);
 }
 
 /// The wrong key is refused before the target directory is created.
@@ -458,13 +456,7 @@ fn archive_burst_drains_through_the_pusher() {
 fn tablespaces_are_included_and_can_be_remapped() {
     let a = Archiving::start();
     let c = &a.cluster;
-    let ts_dir = a.pgdr.dir.join("ts");
-    std::fs::create_dir(&ts_dir).unwrap();
-    chmod_all(&a.pgdr.dir.join("ts"));
-    if is_root() {
-        let (uid, gid) = postgres_ids();
-        std::os::unix::fs::chown(&ts_dir, Some(uid), Some(gid)).unwrap();
-    }
+    let ts_dir = pg_owned_dir(&a.pgdr.dir.join("ts"));
     c.psql(
         "postgres",
         &format!("CREATE TABLESPACE elsewhere LOCATION '{}'", ts_dir.display()),
@@ -482,11 +474,7 @@ fn tablespaces_are_included_and_can_be_remapped() {
         .run(&["restore", "--kind", "physical", "--to", target.to_str().unwrap()]);
     assert_fails(&out, 2, "--tablespace-map");
     let new_ts = a.pgdr.dir.join("ts-restored");
-    std::fs::create_dir(&new_ts).unwrap();
-    if is_root() {
-        let (uid, gid) = postgres_ids();
-        std::os::unix::fs::chown(&new_ts, Some(uid), Some(gid)).unwrap();
-    }
+    pg_owned_dir(&new_ts);
     let r = a.pgdr.restore_started(&[
         "--target",
         "immediate",
@@ -561,13 +549,8 @@ fn damaged_segment_stops_recovery() {
     std::fs::write(&path, &bytes).unwrap();
     let out_dir = TestDir::new();
     let data = out_dir.join("data");
-    let sock = out_dir.join("sock");
-    std::fs::create_dir(&sock).unwrap();
-    if is_root() {
-        let (uid, gid) = postgres_ids();
-        std::os::unix::fs::chown(out_dir.path(), Some(uid), Some(gid)).unwrap();
-        std::os::unix::fs::chown(&sock, Some(uid), Some(gid)).unwrap();
-    }
+    chown_postgres(out_dir.path());
+    let sock = pg_owned_dir(&out_dir.join("sock"));
     let port = free_port().to_string();
     let out = a.pgdr.run(&[
         "restore",

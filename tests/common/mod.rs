@@ -80,11 +80,19 @@ impl TestDir {
     }
 }
 
-fn chown_postgres(path: &Path) {
+/// Hand `path` to the `postgres` user (when the tests run as root).
+pub fn chown_postgres(path: &Path) {
     if is_root() {
         let (uid, gid) = postgres_ids();
         std::os::unix::fs::chown(path, Some(uid), Some(gid)).unwrap();
     }
+}
+
+/// Create a directory that the `postgres` user owns.
+pub fn pg_owned_dir(path: &Path) -> PathBuf {
+    std::fs::create_dir(path).unwrap();
+    chown_postgres(path);
+    path.to_path_buf()
 }
 
 fn as_postgres(cmd: &mut Command) -> &mut Command {
@@ -130,10 +138,8 @@ impl Cluster {
     pub fn init() -> Cluster {
         let dir = TestDir::new();
         let data = dir.join("data");
-        std::fs::create_dir(&data).unwrap();
-        chown_postgres(&data);
-        std::fs::create_dir(dir.join("sock")).unwrap();
-        chown_postgres(&dir.join("sock"));
+        pg_owned_dir(&data);
+        pg_owned_dir(&dir.join("sock"));
         let out = as_postgres(Command::new(pg_bin().join("initdb")).args([
             "-D",
             data.to_str().unwrap(),
@@ -513,13 +519,24 @@ impl Pgdr {
             ),
         )
         .unwrap();
+        Pgdr::initialised(dir, config, key_file, repo_dir, false)
+    }
+
+    /// A setup whose config file is written: generate its key and `pgdr init`.
+    fn initialised(
+        dir: TestDir,
+        config: PathBuf,
+        key_file: PathBuf,
+        repo_dir: Option<PathBuf>,
+        as_postgres: bool,
+    ) -> Pgdr {
         let pgdr = Pgdr {
             dir,
             config,
             key_file,
             repo_dir,
             extra_env: Vec::new(),
-            as_postgres: false,
+            as_postgres,
         };
         let out = pgdr.run(&["init", "--generate-key", pgdr.key_file.to_str().unwrap()]);
         assert_success(&out, "pgdr init");
@@ -659,16 +676,14 @@ impl Archiving {
         let config = dir.join("pgdr.toml");
         let key_file = dir.join("repo.key");
         let spool = dir.join("spool");
-        std::fs::create_dir(&spool).unwrap();
-        chown_postgres(&spool);
+        pg_owned_dir(&spool);
         let mut cluster = Cluster::init();
         let mut env = String::new();
         let repo_dir;
         let repo_section = match kind {
             RepoKind::Local => {
                 let repo = dir.join("repo");
-                std::fs::create_dir(&repo).unwrap();
-                chown_postgres(&repo);
+                pg_owned_dir(&repo);
                 repo_dir = Some(repo.clone());
                 format!("url = \"file://{}\"\n", repo.display())
             }
@@ -704,16 +719,7 @@ impl Archiving {
             ),
         )
         .unwrap();
-        let pgdr = Pgdr {
-            dir,
-            config,
-            key_file,
-            repo_dir,
-            extra_env: Vec::new(),
-            as_postgres: is_root(),
-        };
-        let out = pgdr.run(&["init", "--generate-key", pgdr.key_file.to_str().unwrap()]);
-        assert_success(&out, "pgdr init");
+        let pgdr = Pgdr::initialised(dir, config, key_file, repo_dir, is_root());
         Archiving { cluster, pgdr }
     }
 
@@ -808,8 +814,7 @@ impl Pgdr {
         let dir = TestDir::new();
         let data = dir.join("data");
         let sock = dir.join("sock");
-        std::fs::create_dir(&sock).unwrap();
-        chown_postgres(&sock);
+        pg_owned_dir(&sock);
         chown_postgres(dir.path());
         let port = free_port();
         let mut all: Vec<String> = [
