@@ -19,8 +19,8 @@ pub async fn run(ctx: &Ctx, args: ExpireArgs) -> Result<Exit> {
     if !args.keep.is_empty() || !args.unkeep.is_empty() {
         return mark(ctx, &repo, &args).await;
     }
-    let manifests = repo.manifests().await?;
     let scan = catalog::scan(&repo.storage).await?;
+    let manifests = catalog::load_scanned(&repo.storage, &repo.keys, &scan).await?;
     let listing = archive::list(&repo.storage).await?;
     let plan = retention::plan(&ctx.config.retention, &manifests, &scan.keep, &listing, Utc::now());
 

@@ -12,13 +12,12 @@ use crate::repo::Repo;
 
 pub async fn run(ctx: &Ctx, _args: ListArgs) -> Result<Exit> {
     let repo = Repo::open(&ctx.config).await?;
-    let manifests = repo.manifests().await?;
+    // One listing of backups/ gives both the manifests and the keep marks.
+    let scan = crate::repo::catalog::scan(&repo.storage).await?;
+    let manifests = crate::repo::catalog::load_scanned(&repo.storage, &repo.keys, &scan).await?;
+    let keep = scan.keep;
     let verified = crate::repo::verification::latest_reports(&repo)
         .await
-        .unwrap_or_default();
-    let keep = crate::repo::catalog::scan(&repo.storage)
-        .await
-        .map(|s| s.keep)
         .unwrap_or_default();
     let verdict = |label: &crate::repo::BackupLabel| {
         verified.get(label).map(|r| {

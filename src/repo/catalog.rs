@@ -84,7 +84,12 @@ pub async fn load_manifest(storage: &DynStorage, keys: &Keyring, label: &BackupL
 
 /// Every complete backup's manifest, newest first (by start time, then label).
 pub async fn load_manifests(storage: &DynStorage, keys: &Keyring) -> Result<Vec<Manifest>> {
-    let scan = scan(storage).await?;
+    load_scanned(storage, keys, &scan(storage).await?).await
+}
+
+/// The manifests of a scan's complete backups, newest first (one listing serves both
+/// the manifests and the scan's orphans and keep marks).
+pub async fn load_scanned(storage: &DynStorage, keys: &Keyring, scan: &Scan) -> Result<Vec<Manifest>> {
     let mut manifests = Vec::with_capacity(scan.complete.len());
     for label in &scan.complete {
         manifests.push(load_manifest(storage, keys, label).await?);
