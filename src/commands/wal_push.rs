@@ -148,16 +148,21 @@ async fn push_one(repo: &Repo, file: &WalFile, path: &Path) -> Result<()> {
     if repo.storage.head(&key).await?.is_some() {
         return compare_existing(repo, file, path).await;
     }
-    let source = std::fs::File::open(path).map_err(|e| anyhow!("cannot read {}: {e}", path.display()))?;
+    // Mapped, not read: zstd compresses straight from the page cache. PostgreSQL
+    // never truncates a segment it has marked ready (it recycles one only after it
+    // was archived), so the mapping stays whole while we read it.
+    let source = path.to_path_buf();
+    let map = move || -> Result<memmap2::Mmap> {
+        let file = std::fs::File::open(&source).map_err(|e| anyhow!("cannot read {}: {e}", source.display()))?;
+        // SAFETY: see above; the map is read-only and dropped once compressed.
+        unsafe { memmap2::MmapOptions::new().populate().map(&file) }
+            .map_err(|e| anyhow!("cannot read {}: {e}", source.display()))
+    };
     let store = pipeline::Store {
-        compression: pipeline::Compression {
-            threads: 0,
-            ..repo.compression
-        },
         digests: pipeline::Digests::None,
         ..repo.store()
     };
-    match store.reader(&key, file.name(), source, PutMode::CreateNew, None).await {
+    match store.loaded(&key, file.name(), map, PutMode::CreateNew).await {
         Ok(_) => Ok(()),
         Err(e) if matches!(e.downcast_ref::<StorageError>(), Some(StorageError::AlreadyExists(_))) => {
             compare_existing(repo, file, path).await

@@ -12,11 +12,14 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 
+use super::direct::DirectWriter;
 use super::{BodyReceiver, ObjectKey, ObjectMeta, PutMode, Refused, Result, Storage, StorageError};
 
 /// Temporary files carry this marker; listings never show them.
 const TEMP_MARKER: &str = ".pgdr-tmp-";
 const READ_CHUNK: usize = 1 << 20;
+/// Objects put whole from this size on are written past the page cache.
+const DIRECT_MIN: usize = 256 << 10;
 
 #[derive(Debug, Clone)]
 pub struct LocalStorage {
@@ -165,9 +168,13 @@ impl Storage for LocalStorage {
         let key = key.clone();
         tokio::task::spawn_blocking(move || {
             let (path, mut temp) = this.prepare(&key, mode)?;
-            temp.file()
-                .write_all(&data)
-                .map_err(|e| this.io_error("write", &path, e))?;
+            let written = if data.len() >= DIRECT_MIN {
+                let mut direct = DirectWriter::new(temp.file());
+                direct.write_all(&data).and_then(|()| direct.finish()).map(|_| ())
+            } else {
+                temp.file().write_all(&data)
+            };
+            written.map_err(|e| this.io_error("write", &path, e))?;
             this.finish(&key, &path, temp, mode)
         })
         .await
@@ -182,13 +189,13 @@ impl Storage for LocalStorage {
         let writer_path = path.clone();
         let writer = tokio::task::spawn_blocking(move || -> Result<(TempFile, u64)> {
             let mut temp = temp;
-            let mut written = 0u64;
+            let mut direct = DirectWriter::new(temp.file());
             while let Some(data) = rx.blocking_recv() {
-                temp.file()
+                direct
                     .write_all(&data)
                     .map_err(|e| this.io_error("write", &writer_path, e))?;
-                written += data.len() as u64;
             }
+            let written = direct.finish().map_err(|e| this.io_error("write", &writer_path, e))?;
             Ok((temp, written))
         });
         let fed: Result<()> = async {

@@ -2,6 +2,7 @@
 //! two backends (local filesystem, S3) implement one small trait, and one conformance
 //! suite (tests/storage_conformance.rs) holds both to the same contract.
 
+mod direct;
 pub mod local;
 pub mod s3;
 
