@@ -78,12 +78,15 @@ pub async fn push_ahead(ctx: &Ctx, args: WalPushAheadArgs) -> Result<Exit> {
     let mut done = std::collections::HashSet::new();
     let mut idle_rescans = 0;
     loop {
+        // Only as many as there are free slots are looked at closely (a burst leaves
+        // hundreds ready, and this runs after every stored file).
         let ready: Vec<WalFile> = ready_files(&args.wal_dir)
             .into_iter()
             .filter(|f| !in_flight.contains(f.name()) && !failed.contains(f.name()) && !done.contains(f.name()))
             .filter(|f| Fingerprint::of(&args.wal_dir.join(f.name())).is_ok_and(|p| !spool.noted(f.name(), &p)))
+            .take(parallel.saturating_sub(tasks.len()))
             .collect();
-        for file in ready.into_iter().take(parallel.saturating_sub(tasks.len())) {
+        for file in ready {
             let repo = repo.clone();
             let path = args.wal_dir.join(file.name());
             let spool = spool.clone();
@@ -127,12 +130,13 @@ pub async fn push_ahead(ctx: &Ctx, args: WalPushAheadArgs) -> Result<Exit> {
     spool.release_pusher();
     // Its stderr is the spool's pusher.log: one line per run, for the operator.
     eprintln!(
-        "{} pusher {}: stored {} file(s) in {:.2} s, {} failed",
+        "{} pusher {}: stored {} file(s) in {:.2} s, {} failed, peak RSS {} KiB",
         chrono::Utc::now().to_rfc3339(),
         std::process::id(),
         done.len(),
         began.elapsed().as_secs_f64(),
-        failed.len()
+        failed.len(),
+        peak_rss_kib()
     );
     Ok(Exit::Success)
 }
@@ -258,6 +262,16 @@ impl Fingerprint {
 #[derive(Clone)]
 struct Spool {
     dir: PathBuf,
+}
+
+/// This process's peak resident memory, for the pusher's log line.
+fn peak_rss_kib() -> i64 {
+    // SAFETY: getrusage fills the struct we hand it.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return 0;
+    }
+    usage.ru_maxrss
 }
 
 fn alive(pid: i32) -> bool {
