@@ -300,13 +300,7 @@ fn seal_whole(
     level: i32,
     digests: Digests,
 ) -> io::Result<(Vec<u8>, Tally, Tally)> {
-    let sealed = compress_whole(data, level, |compressed| {
-        let capacity =
-            seal::HEADER_LEN + compressed.len() + (compressed.len() / seal::CHUNK_SIZE as usize + 1) * seal::TAG_LEN;
-        let mut sealer = Sealer::new(Vec::with_capacity(capacity), key, object)?;
-        sealer.write_all(compressed)?;
-        sealer.finish()
-    })?;
+    let sealed = compress_whole(data, level, |compressed| seal::seal_slice(compressed, key, object))?;
     let digest = |bytes: &[u8], wanted: bool| Tally {
         size: bytes.len() as u64,
         sha256: if wanted {

@@ -109,7 +109,8 @@ impl<W: Write> Sealer<W> {
             inner,
             encryptor: Some(encryptor),
             aad: header_aad(&header, object),
-            buf: Vec::with_capacity(CHUNK_SIZE as usize + TAG_LEN),
+            // Allocated on the first write (`seal_slice` never uses it).
+            buf: Vec::new(),
             chunk: CHUNK_SIZE as usize,
         })
     }
@@ -143,6 +144,9 @@ impl<W: Write> Sealer<W> {
 impl<W: Write> Write for Sealer<W> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         let mut rest = data;
+        if self.buf.capacity() == 0 {
+            self.buf.reserve_exact(self.chunk + TAG_LEN);
+        }
         while !rest.is_empty() {
             // A full chunk is sealed only once more data arrives: only `finish` knows
             // which chunk is the last.
@@ -158,6 +162,81 @@ impl<W: Write> Write for Sealer<W> {
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+/// Seal a whole object held in memory: the same bytes a `Sealer` writes, built in
+/// one buffer with each chunk copied once and encrypted where it lies.
+pub fn seal_slice(plain: &[u8], key: &RepoKey, object: &str) -> io::Result<Vec<u8>> {
+    let chunk = CHUNK_SIZE as usize;
+    let chunks = plain.len().div_ceil(chunk).max(1);
+    let mut sealer = Sealer::new(
+        Vec::with_capacity(HEADER_LEN + plain.len() + chunks * TAG_LEN),
+        key,
+        object,
+    )?;
+    let failed = || io::Error::other("encryption failed");
+    let mut encryptor = sealer.encryptor.take().ok_or_else(failed)?;
+    let mut out = std::mem::take(&mut sealer.inner);
+    let mut pieces = plain.chunks(chunk).peekable();
+    if pieces.peek().is_none() {
+        // An empty object is one empty, final chunk.
+        return encryptor
+            .encrypt_last_in_place(&sealer.aad, &mut Tail::new(&mut out))
+            .map(|()| out)
+            .map_err(|_| failed());
+    }
+    while let Some(piece) = pieces.next() {
+        let mut tail = Tail::new(&mut out);
+        tail.vec.extend_from_slice(piece);
+        if pieces.peek().is_some() {
+            encryptor
+                .encrypt_next_in_place(&sealer.aad, &mut tail)
+                .map_err(|_| failed())?;
+        } else {
+            return encryptor
+                .encrypt_last_in_place(&sealer.aad, &mut tail)
+                .map(|()| out)
+                .map_err(|_| failed());
+        }
+    }
+    unreachable!("the loop returns at the last piece")
+}
+
+/// The end of a vector, from `start` on, as the buffer an AEAD encrypts in place
+/// (it appends the tag).
+struct Tail<'a> {
+    vec: &'a mut Vec<u8>,
+    start: usize,
+}
+
+impl<'a> Tail<'a> {
+    fn new(vec: &'a mut Vec<u8>) -> Tail<'a> {
+        let start = vec.len();
+        Tail { vec, start }
+    }
+}
+
+impl AsRef<[u8]> for Tail<'_> {
+    fn as_ref(&self) -> &[u8] {
+        &self.vec[self.start..]
+    }
+}
+
+impl AsMut<[u8]> for Tail<'_> {
+    fn as_mut(&mut self) -> &mut [u8] {
+        &mut self.vec[self.start..]
+    }
+}
+
+impl aes_gcm::aead::Buffer for Tail<'_> {
+    fn extend_from_slice(&mut self, other: &[u8]) -> aes_gcm::aead::Result<()> {
+        self.vec.extend_from_slice(other);
+        Ok(())
+    }
+
+    fn truncate(&mut self, len: usize) {
+        self.vec.truncate(self.start + len);
     }
 }
 
@@ -335,6 +414,19 @@ mod tests {
         let mut out = Vec::new();
         o.read_to_end(&mut out)?;
         Ok(out)
+    }
+
+    #[test]
+    fn sealing_a_slice_opens_like_a_stream() {
+        let keys = keyring();
+        let c = CHUNK_SIZE as usize;
+        for len in [0, 1, c - 1, c, c + 1, 2 * c, 3 * c + 5] {
+            let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let sealed = seal_slice(&data, keys.primary(), "wal/x").unwrap();
+            assert_eq!(sealed.len(), seal(&data, &keys, "wal/x").len(), "len {len}");
+            assert_eq!(open(&sealed, &keys, "wal/x").unwrap(), data, "len {len}");
+            assert!(open(&sealed, &keys, "wal/y").is_err());
+        }
     }
 
     #[test]
