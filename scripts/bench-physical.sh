@@ -121,10 +121,12 @@ burst() {  # burst NAME COMMAND [LOG WITH "peak RSS N" LINES OF DETACHED WORKERS
   local wall rss
   wall=$(python3 -c "print(f'{$end - $start:.2f}')")
   rss=$(grep -E '^[0-9]+$' "$rsslog" | sort -n | tail -n 1)
-  # pgdr's detached pusher is not a child time(1) waits for: it logs its own peak.
-  if [ -n "${3:-}" ] && [ -f "$3" ]; then
+  # pgdr's detached pusher is not a child time(1) waits for: it logs its own peak
+  # when it ends, a moment after the last segment.
+  if [ -n "${3:-}" ]; then
+    for _ in $(seq 100); do [ -e "$(dirname "$3")/pusher.pid" ] || break; sleep 0.1; done
     local pusher
-    pusher=$(grep -o 'peak RSS [0-9]*' "$3" | awk '{print $3}' | sort -n | tail -n 1)
+    pusher=$( (grep -o 'peak RSS [0-9]*' "$3" 2>/dev/null || true) | awk '{print $3}' | sort -n | tail -n 1)
     if [ -n "$pusher" ] && [ "$pusher" -gt "$rss" ]; then rss=$pusher; fi
   fi
   printf '%s\t%s\t%s\t0\n' "$name" "$wall" "$rss" >> "$results"

@@ -107,8 +107,9 @@ pub struct RetentionConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WalConfig {
-    /// Segments `wal-push` stores in parallel: the one asked for plus those already
-    /// marked `.ready` after it.
+    /// Segments `wal-push` has in flight during a burst: the one asked for plus those
+    /// already marked `.ready` after it. Their compression runs on as many at once as
+    /// there are cores; the rest overlap storage round trips.
     #[serde(default = "default_push_parallel")]
     pub push_parallel: u32,
     /// Segments `wal-fetch` fetches ahead, in the background, during recovery.
