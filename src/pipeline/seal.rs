@@ -65,6 +65,40 @@ fn header_aad(header: &[u8], object: &str) -> Vec<u8> {
     aad
 }
 
+/// A new object's header (fresh data key, wrapped by the repository key), its
+/// chunk encryptor and the AAD every chunk is authenticated with.
+fn begin(key: &RepoKey, object: &str) -> io::Result<(Vec<u8>, EncryptorBE32<Aes256Gcm>, Vec<u8>)> {
+    let data_key: [u8; KEY_LEN] = rand::random();
+    let nonce_prefix: [u8; NONCE_PREFIX_LEN] = rand::random();
+    let wrap_nonce = Aes256Gcm::generate_nonce(&mut rand::rngs::OsRng);
+
+    let mut header = Vec::with_capacity(HEADER_LEN);
+    header.extend_from_slice(MAGIC);
+    header.push(FORMAT);
+    header.extend_from_slice(&key.id().0);
+    let wrap_aad = header.clone();
+    let wrapped = key
+        .cipher()
+        .encrypt(
+            &wrap_nonce,
+            Payload {
+                msg: &data_key,
+                aad: &wrap_aad,
+            },
+        )
+        .map_err(|_| io::Error::other("cannot wrap the data key"))?;
+    header.extend_from_slice(&wrap_nonce);
+    header.extend_from_slice(&wrapped);
+    header.extend_from_slice(&nonce_prefix);
+    header.extend_from_slice(&CHUNK_SIZE.to_be_bytes());
+    debug_assert_eq!(header.len(), HEADER_LEN);
+
+    let cipher = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&data_key));
+    let encryptor = EncryptorBE32::from_aead(cipher, GenericArray::from_slice(&nonce_prefix));
+    let aad = header_aad(&header, object);
+    Ok((header, encryptor, aad))
+}
+
 /// Encrypting writer: plaintext in, the stored format out to `inner`.
 pub struct Sealer<W: Write> {
     inner: W,
@@ -77,39 +111,13 @@ pub struct Sealer<W: Write> {
 impl<W: Write> Sealer<W> {
     /// Start an object named `object` (its key, for the AAD); writes the header.
     pub fn new(mut inner: W, key: &RepoKey, object: &str) -> io::Result<Self> {
-        let data_key: [u8; KEY_LEN] = rand::random();
-        let nonce_prefix: [u8; NONCE_PREFIX_LEN] = rand::random();
-        let wrap_nonce = Aes256Gcm::generate_nonce(&mut rand::rngs::OsRng);
-
-        let mut header = Vec::with_capacity(HEADER_LEN);
-        header.extend_from_slice(MAGIC);
-        header.push(FORMAT);
-        header.extend_from_slice(&key.id().0);
-        let wrap_aad = header.clone();
-        let wrapped = key
-            .cipher()
-            .encrypt(
-                &wrap_nonce,
-                Payload {
-                    msg: &data_key,
-                    aad: &wrap_aad,
-                },
-            )
-            .map_err(|_| io::Error::other("cannot wrap the data key"))?;
-        header.extend_from_slice(&wrap_nonce);
-        header.extend_from_slice(&wrapped);
-        header.extend_from_slice(&nonce_prefix);
-        header.extend_from_slice(&CHUNK_SIZE.to_be_bytes());
-        debug_assert_eq!(header.len(), HEADER_LEN);
+        let (header, encryptor, aad) = begin(key, object)?;
         inner.write_all(&header)?;
-
-        let cipher = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&data_key));
-        let encryptor = EncryptorBE32::from_aead(cipher, GenericArray::from_slice(&nonce_prefix));
         Ok(Sealer {
             inner,
             encryptor: Some(encryptor),
-            aad: header_aad(&header, object),
-            // Allocated on the first write (`seal_slice` never uses it).
+            aad,
+            // Allocated on the first write.
             buf: Vec::new(),
             chunk: CHUNK_SIZE as usize,
         })
@@ -165,42 +173,26 @@ impl<W: Write> Write for Sealer<W> {
     }
 }
 
-/// Seal a whole object held in memory: the same bytes a `Sealer` writes, built in
+/// Seal a whole object held in memory: the same bytes a `Sealer` writes (full chunks,
+/// then a last chunk of 1..=CHUNK_SIZE bytes, or empty for an empty object), built in
 /// one buffer with each chunk copied once and encrypted where it lies.
 pub fn seal_slice(plain: &[u8], key: &RepoKey, object: &str) -> io::Result<Vec<u8>> {
+    let (header, mut encryptor, aad) = begin(key, object)?;
     let chunk = CHUNK_SIZE as usize;
-    let chunks = plain.len().div_ceil(chunk).max(1);
-    let mut sealer = Sealer::new(
-        Vec::with_capacity(HEADER_LEN + plain.len() + chunks * TAG_LEN),
-        key,
-        object,
-    )?;
-    let failed = || io::Error::other("encryption failed");
-    let mut encryptor = sealer.encryptor.take().ok_or_else(failed)?;
-    let mut out = std::mem::take(&mut sealer.inner);
-    let mut pieces = plain.chunks(chunk).peekable();
-    if pieces.peek().is_none() {
-        // An empty object is one empty, final chunk.
-        return encryptor
-            .encrypt_last_in_place(&sealer.aad, &mut Tail::new(&mut out))
-            .map(|()| out)
-            .map_err(|_| failed());
+    let count = plain.len().div_ceil(chunk).max(1);
+    let (body, last) = plain.split_at(chunk * (count - 1));
+    let mut out = Vec::with_capacity(HEADER_LEN + plain.len() + count * TAG_LEN);
+    out.extend_from_slice(&header);
+    let failed = |_| io::Error::other("encryption failed");
+    for piece in body.chunks(chunk) {
+        encryptor
+            .encrypt_next_in_place(&aad, &mut Tail::append(&mut out, piece))
+            .map_err(failed)?;
     }
-    while let Some(piece) = pieces.next() {
-        let mut tail = Tail::new(&mut out);
-        tail.vec.extend_from_slice(piece);
-        if pieces.peek().is_some() {
-            encryptor
-                .encrypt_next_in_place(&sealer.aad, &mut tail)
-                .map_err(|_| failed())?;
-        } else {
-            return encryptor
-                .encrypt_last_in_place(&sealer.aad, &mut tail)
-                .map(|()| out)
-                .map_err(|_| failed());
-        }
-    }
-    unreachable!("the loop returns at the last piece")
+    encryptor
+        .encrypt_last_in_place(&aad, &mut Tail::append(&mut out, last))
+        .map_err(failed)?;
+    Ok(out)
 }
 
 /// The end of a vector, from `start` on, as the buffer an AEAD encrypts in place
@@ -211,8 +203,10 @@ struct Tail<'a> {
 }
 
 impl<'a> Tail<'a> {
-    fn new(vec: &'a mut Vec<u8>) -> Tail<'a> {
+    /// Append `piece` to `vec` and stand for it.
+    fn append(vec: &'a mut Vec<u8>, piece: &[u8]) -> Tail<'a> {
         let start = vec.len();
+        vec.extend_from_slice(piece);
         Tail { vec, start }
     }
 }

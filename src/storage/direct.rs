@@ -149,14 +149,11 @@ impl<'f> DirectWriter<'f> {
         match self.file.write_all_at(&buf.bytes()[..aligned], self.offset) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                // Direct I/O refused after all: the same bytes again, through the cache.
+                // Direct I/O refused after all: everything gathered, through the cache,
+                // and so on for the rest of the file.
                 set_direct(self.file, false)?;
-                self.file.write_all_at(&buf.bytes()[..aligned], self.offset)?;
-                let rest = self.filled - aligned;
-                let tail = buf.bytes()[aligned..self.filled].to_vec();
-                self.offset += aligned as u64;
-                self.file.write_all_at(&tail, self.offset)?;
-                self.offset += rest as u64;
+                self.file.write_all_at(&buf.bytes()[..self.filled], self.offset)?;
+                self.offset += self.filled as u64;
                 self.filled = 0;
                 if let Some(buf) = self.buf.take() {
                     buf.give_back();
