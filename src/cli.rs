@@ -293,8 +293,12 @@ pub struct RestoreArgs {
     /// Restore tablespace OID into DIR instead of its original place (repeatable)
     #[arg(long = "tablespace-map", value_name = "OID=DIR", help_heading = "Physical restore")]
     pub tablespace_map: Vec<String>,
-    /// Turn WAL archiving off in the restored copy (scratch copies)
+    /// Keep WAL archiving on: the restored server becomes the new primary and archives
+    /// its new timeline into the repository (default: archive_mode = off in the copy)
     #[arg(long, help_heading = "Physical restore")]
+    pub archive: bool,
+    /// Archiving off in the restored copy: the default, accepted for older scripts
+    #[arg(long, hide = true, conflicts_with = "archive")]
     pub no_archive: bool,
     /// Start the server and wait for recovery to finish
     #[arg(long, help_heading = "Physical restore")]

@@ -120,6 +120,11 @@ pub struct WalConfig {
     /// How long a physical backup waits for its last WAL segment to be archived.
     #[serde(default = "default_archive_timeout")]
     pub archive_timeout: u64,
+    /// How long `wal-fetch` retries an archive that does not answer (timeouts, 5xx,
+    /// 403, a full disk) before it stops recovery (exit 126) — or, on a standby,
+    /// gives up until PostgreSQL asks again.
+    #[serde(default = "default_fetch_retry_seconds")]
+    pub fetch_retry_seconds: u64,
 }
 
 impl Default for WalConfig {
@@ -129,6 +134,7 @@ impl Default for WalConfig {
             prefetch: default_prefetch(),
             spool_dir: None,
             archive_timeout: default_archive_timeout(),
+            fetch_retry_seconds: default_fetch_retry_seconds(),
         }
     }
 }
@@ -139,6 +145,10 @@ fn default_push_parallel() -> u32 {
 
 fn default_prefetch() -> u32 {
     8
+}
+
+fn default_fetch_retry_seconds() -> u64 {
+    60
 }
 
 fn default_archive_timeout() -> u64 {

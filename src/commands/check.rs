@@ -394,7 +394,8 @@ async fn wal_checks(config: &crate::config::Config, report: &mut Report) {
         format!("segment {seg} reached the archive")
     });
 
-    // Continuity from the oldest physical backup.
+    // Continuity from the oldest physical backup, along the timeline a recovery
+    // would follow.
     let chain = async {
         let manifests = repo.manifests().await?;
         let Some(oldest) = manifests.iter().rev().find_map(|m| m.physical.as_ref().map(|p| (m, p))) else {
@@ -402,38 +403,76 @@ async fn wal_checks(config: &crate::config::Config, report: &mut Report) {
         };
         let listing = crate::repo::archive::list(&repo.storage).await?;
         let (m, info) = oldest;
-        let tli = listing.latest_timeline(info.timeline);
-        let path = listing.path_to(&repo.storage, &repo.keys, tli).await?;
+        let choice = crate::physical::timeline_choice(&repo, &listing, info).await?;
+        let path = listing.path_to(&repo.storage, &repo.keys, choice.followed).await?;
         let start = crate::postgres::Segment::parse(&info.wal_start, info.segment_size)
             .ok_or_else(|| anyhow::anyhow!("malformed wal_start in {}", m.label))?;
-        let required = listing.required(start, &path, info.segment_size, crate::repo::archive::Until::Newest)?;
-        let gaps = listing.gaps(start, &path, info.segment_size, crate::repo::archive::Until::Newest)?;
-        let switches: Vec<String> = path
+        let ranges = listing.required_ranges(start, &path, info.segment_size, crate::repo::archive::Until::Newest)?;
+        let gaps: Vec<String> = listing
+            .gap_runs(&ranges, info.segment_size, 10)
             .iter()
-            .filter_map(|s| s.end.map(|e| format!("{}→{} at {e}", s.tli, s.tli + 1)))
+            .map(|(a, b)| {
+                if a == b {
+                    a.name(info.segment_size)
+                } else {
+                    format!("{}..{}", a.name(info.segment_size), b.name(info.segment_size))
+                }
+            })
+            .collect();
+        let switches: Vec<String> = path
+            .windows(2)
+            .filter_map(|w| w[0].end.map(|e| format!("{}→{} at {e}", w[0].tli, w[1].tli)))
             .collect();
         Ok(Some((
             m.label.clone(),
-            required.len(),
-            gaps.iter().map(|g| g.name(info.segment_size)).collect::<Vec<_>>(),
+            crate::repo::archive::ArchiveListing::count(&ranges),
+            gaps,
             switches,
+            choice,
         )))
     }
     .await;
+    if let Ok(Some((.., choice))) = &chain {
+        report.add(
+            if choice.forks.is_empty() {
+                Status::Ok
+            } else {
+                Status::Warn
+            },
+            "timelines",
+            format!(
+                "seen {}; recovery follows {}{}",
+                choice.seen.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", "),
+                choice.why,
+                choice
+                    .forks
+                    .iter()
+                    .map(|f| format!("; not following {f}"))
+                    .collect::<String>()
+            ),
+        );
+    }
     match chain {
         Ok(None) => report.add(Status::Ok, "wal chain", "no physical backup yet"),
-        Ok(Some((label, count, gaps, switches))) if gaps.is_empty() => report.add(
+        Ok(Some((label, count, gaps, switches, _))) if gaps.is_empty() => report.add(
             Status::Ok,
             "wal chain",
             format!(
                 "{count} segments from {label} to now, no gaps{}",
-                if switches.is_empty() { String::new() } else { format!("; timeline switches: {}", switches.join(", ")) }
+                if switches.is_empty() {
+                    String::new()
+                } else {
+                    format!("; timeline switches: {}", switches.join(", "))
+                }
             ),
         ),
-        Ok(Some((label, _, gaps, _))) => report.add(
+        Ok(Some((label, _, gaps, _, _))) => report.add(
             Status::Fail,
             "wal chain",
-            format!("{} missing segment(s) after {label}: {} — recovery past them is impossible; take a new physical backup", gaps.len(), gaps.join(", ")),
+            format!(
+                "missing segment(s) after {label}: {} — recovery past them is impossible; take a new physical backup",
+                gaps.join(", ")
+            ),
         ),
         Err(e) => report.add(Status::Fail, "wal chain", format!("{e:#}")),
     }

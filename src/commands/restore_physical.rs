@@ -143,9 +143,10 @@ pub fn postgres_owner() -> Option<(u32, u32)> {
     }
 }
 
-/// The restore_command for the restored server: this binary, this configuration,
-/// and the non-secret PGDR_* overrides in effect. Secrets cannot travel this way, so
-/// the key must come from a key file.
+/// The restore_command for the restored server: this binary and this configuration
+/// file, nothing else. Environment overrides are not carried over: a password in
+/// `PGDR_POSTGRES_URL` or a webhook URL would land in postgresql.auto.conf and in the
+/// argv of every `wal-fetch`, readable on disk and in `ps`.
 fn restore_command(ctx: &Ctx) -> Result<String> {
     let config = ctx.config.file().ok_or_else(|| {
         usage!("a physical restore writes restore_command = 'pgdr --config FILE wal-fetch …' — run it with --config FILE (or PGDR_CONFIG)")
@@ -157,20 +158,12 @@ fn restore_command(ctx: &Ctx) -> Result<String> {
     }
     let exe = std::env::current_exe().context("locating the pgdr binary")?;
     let sh = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
-    let mut command = String::new();
-    let mut vars: Vec<(String, String)> = std::env::vars()
-        .filter(|(k, _)| k.starts_with("PGDR_") && k != "PGDR_KEY" && k != "PGDR_CONFIG")
-        .collect();
-    vars.sort();
-    for (k, v) in vars {
-        command.push_str(&format!("{k}={} ", sh(&v)));
-    }
-    command.push_str(&format!(
+    let config = std::path::absolute(&config).unwrap_or(config);
+    Ok(format!(
         "{} --config {} wal-fetch \"%f\" \"%p\"",
         sh(&exe.to_string_lossy()),
         sh(&config.to_string_lossy())
-    ));
-    Ok(command)
+    ))
 }
 
 pub async fn run(ctx: &Ctx, args: RestoreArgs) -> Result<Exit> {
@@ -239,7 +232,25 @@ pub async fn run(ctx: &Ctx, args: RestoreArgs) -> Result<Exit> {
         (RecoveryTarget::Latest, _, _) => Until::Newest,
         _ => Until::Lsn(info.stop_lsn),
     };
-    let chain_end = physical::check_wal_chain(&repo, info, timeline, until).await?;
+    let (chain_end, choice) = physical::check_wal_chain(&repo, info, timeline, until).await?;
+    if !ctx.json {
+        println!(
+            "timelines in the archive: {}; following {}",
+            choice.seen.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", "),
+            choice.why
+        );
+        for fork in &choice.forks {
+            println!("not following {fork}");
+        }
+    }
+    // Written as a number, so PostgreSQL's own `latest` (the highest-numbered
+    // timeline) cannot pick a fork. A standby keeps `latest` to follow future
+    // promotions, unless a fork is in the archive.
+    let recovery_timeline = if args.standby && choice.forks.is_empty() && timeline.is_none() {
+        "latest".to_string()
+    } else {
+        choice.followed.to_string()
+    };
 
     let started = Instant::now();
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -275,10 +286,10 @@ pub async fn run(ctx: &Ctx, args: RestoreArgs) -> Result<Exit> {
         target: target.clone(),
         action: args.target_action.as_str().to_string(),
         exclusive: args.target_exclusive,
-        timeline: args.target_timeline.clone(),
+        timeline: Some(recovery_timeline),
         standby: args.standby,
         primary_conninfo: args.primary_conninfo.clone(),
-        no_archive: args.no_archive,
+        archive: args.archive,
     };
     recovery::write(
         &dir,
@@ -287,6 +298,18 @@ pub async fn run(ctx: &Ctx, args: RestoreArgs) -> Result<Exit> {
     )?;
     physical::set_ownership(&placement, postgres_owner())?;
     let restore_secs = started.elapsed().as_secs_f64();
+    if !ctx.json {
+        if args.archive {
+            println!(
+                "archiving stays on: this copy will archive its new timeline into {} as the new primary",
+                repo.storage.describe()
+            );
+        } else {
+            println!(
+                "archiving is off in the restored copy (archive_mode = off), so it cannot write into the repository; restore with --archive for a new primary"
+            );
+        }
+    }
 
     let mut report = json!({
         "backup": manifest.label,
@@ -298,6 +321,8 @@ pub async fn run(ctx: &Ctx, args: RestoreArgs) -> Result<Exit> {
         "bytes_written": stats.bytes_written,
         "wal_available_until": chain_end.name(info.segment_size),
         "restore_seconds": restore_secs,
+        "timeline": choice,
+        "archiving": args.archive,
     });
     if !ctx.json {
         println!(
@@ -319,6 +344,24 @@ pub async fn run(ctx: &Ctx, args: RestoreArgs) -> Result<Exit> {
     }
     if args.start {
         let reached = start_and_wait(ctx, &dir, &args).await?;
+        // Recovery that ends before the WAL the archive holds lost data on the way
+        // (an unreachable archive read as its end, say): say so, loudly.
+        let must_reach = match (&target, lsn) {
+            (RecoveryTarget::Latest, _) => Some(chain_end.start_lsn(info.segment_size)),
+            (_, Some(l)) => Some(l),
+            _ => None,
+        };
+        if let (Some(want), Ok(got)) = (must_reach, reached.lsn.parse::<Lsn>())
+            && got < want
+        {
+            return Err(anyhow!(
+                "recovery stopped short: the server reached LSN {got} on timeline {}, but the archive holds WAL up to {} ({}) — transactions after {got} are missing from this copy; see {} and do not use it as a replacement",
+                reached.timeline,
+                want,
+                chain_end.name(info.segment_size),
+                dir.join("pgdr-recovery.log").display()
+            ));
+        }
         if !ctx.json {
             println!(
                 "recovery finished: {} at LSN {} on timeline {}{}",

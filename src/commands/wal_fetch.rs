@@ -23,44 +23,100 @@ const PREFETCH_DIR: &str = ".pgdr-prefetch";
 const SEG_SIZE_OFFSET: usize = 32;
 const PREFETCH_PARALLEL: usize = 4;
 
+/// PostgreSQL's contract, in one place: 0 the file is in place; 1 the archive says
+/// it does not have it (the end of the archive); 126 anything else, which stops a
+/// target recovery instead of letting it promote early and fork a timeline before
+/// the data it has not replayed. A standby answers 1 instead and is asked again.
 pub async fn run(ctx: &Ctx, args: WalFetchArgs) -> Result<Exit> {
     let Some(file) = WalFile::parse(&args.name) else {
         tracing::debug!("{} is not a WAL file name; nothing to fetch", args.name);
         return Ok(Exit::Failure);
     };
     let dest = args.path;
-    let prefetch_dir = dest.parent().unwrap_or(Path::new(".")).join(PREFETCH_DIR);
+    let wal_dir = dest.parent().unwrap_or(Path::new("")).to_path_buf();
+    match fetch(ctx, &file, &dest, &wal_dir).await {
+        Ok(Fetched::Found) => Ok(Exit::Success),
+        Ok(Fetched::Absent) => {
+            tracing::debug!("{file} is not in the archive");
+            Ok(Exit::Failure)
+        }
+        Err(e) if e.chain().any(|c| c.is::<pipeline::Damaged>()) => {
+            eprintln!("pgdr: error: {e:#} — stopping recovery rather than replaying past it");
+            Ok(Exit::AbortRecovery)
+        }
+        Err(e) => {
+            // The data directory is the parent of pg_wal (PostgreSQL runs
+            // restore_command there, with %p relative to it).
+            let data_dir = wal_dir.parent().unwrap_or(Path::new(""));
+            if data_dir.join("standby.signal").exists() {
+                eprintln!("pgdr: error: cannot fetch {file}: {e:#} — the standby will ask again");
+                Ok(Exit::Failure)
+            } else {
+                eprintln!(
+                    "pgdr: error: cannot fetch {file} from the archive: {e:#} — stopping recovery rather than taking this for the end of the archive; fix the repository and start the server again"
+                );
+                Ok(Exit::AbortRecovery)
+            }
+        }
+    }
+}
 
+enum Fetched {
+    Found,
+    Absent,
+}
+
+async fn fetch(ctx: &Ctx, file: &WalFile, dest: &Path, wal_dir: &Path) -> Result<Fetched> {
+    let prefetch_dir = wal_dir.join(PREFETCH_DIR);
     let ready = prefetch_dir.join(file.name());
-    let fetched = if ready.is_file() {
-        std::fs::rename(&ready, &dest).map_err(|e| anyhow!("cannot move {} into place: {e}", ready.display()))?;
-        true
+    if ready.is_file() {
+        std::fs::rename(&ready, dest).map_err(|e| anyhow!("cannot move {} into place: {e}", ready.display()))?;
     } else {
         let storage = storage::open(&ctx.config.repository, &ctx.config.cluster).await?;
         let keys = repo::load_keyring(&ctx.config)?;
-        match fetch_into(&storage, &keys, &file, &dest).await {
-            Ok(found) => found,
-            Err(e) if e.chain().any(|c| c.is::<pipeline::Damaged>()) => {
-                eprintln!("pgdr: error: {e:#} — stopping recovery rather than replaying past it");
-                return Ok(Exit::AbortRecovery);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(ctx.config.wal.fetch_retry_seconds);
+        let mut delay = std::time::Duration::from_millis(250);
+        loop {
+            match fetch_into(&storage, &keys, file, dest).await {
+                Ok(true) => break,
+                // "Absent" counts only from a repository that is there: an unmounted
+                // volume or a wrong prefix would make every file absent, and recovery
+                // would end early. One look at repo.json, at the end of the archive only.
+                Ok(false) => match storage.head(&layout::repo_info()).await {
+                    Ok(Some(_)) => return Ok(Fetched::Absent),
+                    Ok(None) => {
+                        return Err(anyhow!(
+                            "{} has no repo.json: this is not the repository (unmounted? wrong [repository] url or cluster?)",
+                            storage.describe()
+                        ));
+                    }
+                    Err(e) => return Err(e.into()),
+                },
+                Err(e) if e.chain().any(|c| c.is::<pipeline::Damaged>()) => return Err(e),
+                Err(e) if std::time::Instant::now() + delay > deadline => {
+                    return Err(e.context(format!(
+                        "still failing after {} s of retries ([wal] fetch_retry_seconds)",
+                        ctx.config.wal.fetch_retry_seconds
+                    )));
+                }
+                Err(e) => {
+                    tracing::warn!("fetching {file} failed ({e:#}); retrying in {delay:?}");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(std::time::Duration::from_secs(5));
+                }
             }
-            Err(e) => return Err(e),
         }
-    };
-    if !fetched {
-        tracing::debug!("{file} is not in the archive");
-        return Ok(Exit::Failure);
     }
     if let WalFile::Segment(_) = file
         && ctx.config.wal.prefetch > 0
     {
-        start_prefetcher(ctx, &file, &dest, &prefetch_dir);
+        start_prefetcher(ctx, file, dest, &prefetch_dir);
     }
-    Ok(Exit::Success)
+    Ok(Fetched::Found)
 }
 
 /// Fetch one archived file to `dest` (through a temporary file, renamed when whole
-/// and authenticated). `Ok(false)` if it is not in the archive.
+/// and authenticated). `Ok(false)` only if storage positively says it is absent.
 async fn fetch_into(storage: &DynStorage, keys: &Keyring, file: &WalFile, dest: &Path) -> Result<bool> {
     let key = layout::wal_file(file);
     let tmp = dest.with_file_name(format!(".{}.pgdr-tmp", file.name()));
@@ -68,10 +124,18 @@ async fn fetch_into(storage: &DynStorage, keys: &Keyring, file: &WalFile, dest: 
     let loaded = pipeline::load_to_writer(storage, &key, out, keys, pipeline::Verify::Authenticated, None).await;
     match loaded {
         Ok((mut out, _, _)) => {
-            out.flush()?;
-            drop(out);
-            std::fs::rename(&tmp, dest).map_err(|e| anyhow!("cannot move {} into place: {e}", tmp.display()))?;
-            Ok(true)
+            let done = out
+                .flush()
+                .and_then(|_| out.sync_all())
+                .map_err(|e| anyhow!("cannot write {}: {e}", tmp.display()))
+                .and_then(|_| {
+                    drop(out);
+                    std::fs::rename(&tmp, dest).map_err(|e| anyhow!("cannot move {} into place: {e}", tmp.display()))
+                });
+            if done.is_err() {
+                let _ = std::fs::remove_file(&tmp);
+            }
+            done.map(|_| true)
         }
         Err(e) => {
             let _ = std::fs::remove_file(&tmp);

@@ -59,7 +59,39 @@ pub async fn run(ctx: &Ctx, args: WalPushArgs) -> Result<Exit> {
     }
     let repo = Repo::open(&ctx.config).await?;
     push_one(&repo, &file, &path).await?;
+    if let WalFile::History(name) = &file {
+        declare_if_new_primary(&repo, name, &wal_dir).await?;
+    }
     Ok(Exit::Success)
+}
+
+/// A server restored with `restore --archive` carries a marker in its data directory
+/// (the parent of pg_wal). When it archives its first timeline history, the
+/// repository records that timeline as a declared new primary, which `latest` then
+/// follows even though the old timeline went on past the branch point.
+async fn declare_if_new_primary(repo: &Repo, history: &str, wal_dir: &Path) -> Result<()> {
+    let data_dir = wal_dir.parent().unwrap_or(Path::new(""));
+    if !data_dir.join(crate::postgres::recovery::NEW_PRIMARY_MARKER).is_file() {
+        return Ok(());
+    }
+    let Some(tli) = history.get(..8).and_then(|h| u32::from_str_radix(h, 16).ok()) else {
+        return Ok(());
+    };
+    let body = serde_json::to_vec(&serde_json::json!({
+        "timeline": tli,
+        "declared": chrono::Utc::now(),
+        "by": "pgdr restore --archive",
+    }))
+    .expect("declaration serialises");
+    repo.store()
+        .bytes(
+            &layout::timeline_declaration(tli),
+            "timeline",
+            body,
+            crate::storage::PutMode::Overwrite,
+        )
+        .await?;
+    Ok(())
 }
 
 /// The detached pusher: store every `.ready` file in parallel until none is left.

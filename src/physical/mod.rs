@@ -357,15 +357,19 @@ pub fn set_ownership(placement: &Placement, owner: Option<(u32, u32)>) -> Result
     Ok(())
 }
 
-/// Check the archive holds an unbroken chain of WAL from the backup to the target.
+/// Check the archive holds an unbroken chain of WAL from the backup to the target,
+/// on the named timeline or the one `choose_timeline` picks; returns the chain's last
+/// segment and the timeline choice (to be reported and written into the recovery
+/// settings, so PostgreSQL does not pick another one itself).
 pub async fn check_wal_chain(
     repo: &Repo,
     info: &PhysicalInfo,
     target_timeline: Option<crate::postgres::TimelineId>,
     until: archive::Until,
-) -> Result<Segment> {
+) -> Result<(Segment, archive::TimelineChoice)> {
     let listing = archive::list(&repo.storage).await?;
-    let target = target_timeline.unwrap_or_else(|| listing.latest_timeline(info.timeline));
+    let choice = timeline_choice(repo, &listing, info).await?;
+    let target = target_timeline.unwrap_or(choice.followed);
     let path = listing.path_to(&repo.storage, &repo.keys, target).await?;
     let start = Segment::parse(&info.wal_start, info.segment_size)
         .ok_or_else(|| anyhow!("the manifest has a malformed wal_start {}", info.wal_start))?;
@@ -380,7 +384,27 @@ pub async fn check_wal_chain(
             repo.storage.describe()
         ));
     }
-    Ok(chain_end)
+    let choice = if target == choice.followed {
+        choice
+    } else {
+        archive::TimelineChoice {
+            followed: target,
+            why: format!("timeline {target}: named by --target-timeline"),
+            ..choice
+        }
+    };
+    Ok((chain_end, choice))
+}
+
+/// Which timeline a recovery from this backup follows when none is named.
+pub async fn timeline_choice(
+    repo: &Repo,
+    listing: &archive::ArchiveListing,
+    info: &PhysicalInfo,
+) -> Result<archive::TimelineChoice> {
+    let branches = listing.branches(&repo.storage, &repo.keys).await;
+    let declared = archive::declared_primaries(&repo.storage).await?;
+    Ok(listing.choose_timeline(info.timeline, &branches, &declared, info.segment_size))
 }
 
 pub fn listing_for(data_dir: &Path) -> Result<Listing> {

@@ -45,9 +45,14 @@ pub struct RecoveryOptions {
     pub timeline: Option<String>,
     pub standby: bool,
     pub primary_conninfo: Option<String>,
-    /// Turn WAL archiving off in the restored copy.
-    pub no_archive: bool,
+    /// Keep WAL archiving on: the DBA says the restored server becomes the new
+    /// primary. Off by default, so a copy never writes into the repository.
+    pub archive: bool,
 }
+
+/// In the data directory of a copy restored with `--archive`: `wal-push` declares the
+/// timeline it creates a new primary (see `repo::archive::choose_timeline`).
+pub const NEW_PRIMARY_MARKER: &str = "pgdr-new-primary";
 
 /// Settings pgdr owns in postgresql.auto.conf; older values of these are dropped.
 const OWNED: &[&str] = &[
@@ -74,16 +79,24 @@ pub fn write(data_dir: &Path, opts: &RecoveryOptions, comment: &str) -> io::Resu
     let mut out: Vec<String> = existing
         .lines()
         .filter(|l| {
-            setting_name(l).is_none_or(|n| !(OWNED.contains(&n.as_str()) || opts.no_archive && n == "archive_mode"))
+            setting_name(l).is_none_or(|n| !(OWNED.contains(&n.as_str()) || !opts.archive && n == "archive_mode"))
         })
         .filter(|l| !l.starts_with("# pgdr:"))
         .map(str::to_string)
         .collect();
     out.push(format!("# pgdr: {comment}"));
     out.push(format!("restore_command = {}", quote_literal(&opts.restore_command)));
-    if opts.no_archive {
-        // A scratch copy (verification, drills) must not archive into the repository.
+    let marker = data_dir.join(NEW_PRIMARY_MARKER);
+    if opts.archive {
+        std::fs::write(&marker, format!("{comment}\n"))?;
+    } else {
+        // A copy (a test restore, verification, a drill) must not archive into the
+        // repository: once promoted, its new timeline would lead later restores astray.
         out.push("archive_mode = 'off'".to_string());
+        match std::fs::remove_file(&marker) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
     }
     match &opts.target {
         RecoveryTarget::Latest => {}
@@ -136,7 +149,7 @@ mod tests {
             timeline: None,
             standby: false,
             primary_conninfo: None,
-            no_archive: false,
+            archive: false,
         };
         write(d.path(), &opts, "test").unwrap();
         write(d.path(), &opts, "test").unwrap();
@@ -145,5 +158,11 @@ mod tests {
         assert_eq!(conf.matches("restore_command").count(), 1, "{conf}");
         assert!(conf.contains("recovery_target_time = '2026-11-26 02:00:00+00'"));
         assert!(d.path().join("recovery.signal").exists());
+        assert!(conf.contains("archive_mode = 'off'"), "{conf}");
+        assert!(!d.path().join(NEW_PRIMARY_MARKER).exists());
+        write(d.path(), &RecoveryOptions { archive: true, ..opts }, "test").unwrap();
+        let conf = std::fs::read_to_string(d.path().join("postgresql.auto.conf")).unwrap();
+        assert!(!conf.contains("archive_mode"), "{conf}");
+        assert!(d.path().join(NEW_PRIMARY_MARKER).exists());
     }
 }

@@ -42,6 +42,17 @@ pub async fn list(storage: &DynStorage) -> Result<ArchiveListing> {
     Ok(listing)
 }
 
+/// Timelines that a `restore --archive` copy (a declared new primary) created: pgdr
+/// follows them even where their parent went on past the branch point.
+pub async fn declared_primaries(storage: &DynStorage) -> Result<BTreeSet<TimelineId>> {
+    Ok(storage
+        .list(layout::TIMELINES)
+        .await?
+        .iter()
+        .filter_map(|m| layout::parse_timeline_declaration(&m.key))
+        .collect())
+}
+
 /// How far a recovery must be able to replay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Until {
@@ -80,16 +91,131 @@ pub fn parse_history(text: &str) -> Result<Vec<(TimelineId, Lsn)>> {
     Ok(out)
 }
 
+/// A timeline that branched off another: its parent and the switch point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Branch {
+    pub tli: TimelineId,
+    pub parent: TimelineId,
+    pub switch: Lsn,
+}
+
+/// Which timeline a recovery follows, and what it saw on the way.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TimelineChoice {
+    pub followed: TimelineId,
+    /// The timelines of the archive at or after the backup's, in order.
+    pub seen: Vec<TimelineId>,
+    /// Branches not followed, because their parent went on past the branch point.
+    pub forks: Vec<String>,
+    /// One sentence: which timeline is followed and why.
+    pub why: String,
+}
+
 impl ArchiveListing {
-    /// The newest timeline in the archive at or after `from`.
-    pub fn latest_timeline(&self, from: TimelineId) -> TimelineId {
-        self.histories
-            .keys()
-            .copied()
-            .filter(|t| *t >= from)
-            .max()
-            .unwrap_or(from)
-            .max(from)
+    /// The newest full segment archived on `tli`.
+    pub fn newest_segment(&self, tli: TimelineId, segment_size: u64) -> Option<Segment> {
+        let prefix = format!("{tli:08X}");
+        self.segments
+            .range(prefix.clone()..)
+            .take_while(|(n, _)| n.starts_with(&prefix))
+            .filter_map(|(n, _)| Segment::parse(n, segment_size))
+            .last()
+    }
+
+    /// Read and parse every timeline history file: who branched off whom, where.
+    /// A damaged or unreadable history is skipped with a warning: that timeline
+    /// cannot be followed, the others still can.
+    pub async fn branches(&self, storage: &DynStorage, keys: &Keyring) -> Vec<Branch> {
+        let mut out = Vec::new();
+        for (tli, name) in &self.histories {
+            let key = layout::wal_file(&WalFile::History(name.clone()));
+            let parsed = match pipeline::load_bytes(storage, &key, keys).await {
+                Ok(text) => parse_history(&String::from_utf8_lossy(&text)),
+                Err(e) => Err(e),
+            };
+            match parsed.map(|h| h.last().copied()) {
+                Ok(Some((parent, switch))) if parent < *tli => out.push(Branch {
+                    tli: *tli,
+                    parent,
+                    switch,
+                }),
+                Ok(_) => tracing::warn!("{name} names no parent timeline; timeline {tli} is not followed"),
+                Err(e) => tracing::warn!("cannot read {name} ({e:#}); timeline {tli} is not followed"),
+            }
+        }
+        out
+    }
+
+    /// The timeline a recovery from a backup on `from` follows when none is named.
+    ///
+    /// PostgreSQL's `latest` takes the highest-numbered timeline. That is wrong when a
+    /// restored copy was promoted at an older point and archived its timeline here
+    /// (a test restore, pgdr before 2026-12, or a split brain): its branch point lies
+    /// behind WAL that its parent archived afterwards, and following it would replace
+    /// production's newest transactions with the copy's. So a branch is followed only
+    /// when its parent's archived WAL ends at the branch point (an ordinary promotion:
+    /// the old primary stopped), or when pgdr recorded it as a declared new primary
+    /// (`restore --archive`); of those, the highest-numbered.
+    pub fn choose_timeline(
+        &self,
+        from: TimelineId,
+        branches: &[Branch],
+        declared: &BTreeSet<TimelineId>,
+        segment_size: u64,
+    ) -> TimelineChoice {
+        let mut current = from;
+        let mut forks = Vec::new();
+        let mut reasons = Vec::new();
+        // Each step moves to a higher timeline, so this ends.
+        loop {
+            let mut next: Option<(TimelineId, String)> = None;
+            for b in branches.iter().filter(|b| b.parent == current) {
+                let switch_seg = Segment::containing(current, b.switch, segment_size);
+                let went_on = self
+                    .newest_segment(current, segment_size)
+                    .filter(|s| s.number > switch_seg.number);
+                let reason = if declared.contains(&b.tli) {
+                    format!("timeline {} was declared the new primary (restore --archive)", b.tli)
+                } else if let Some(end) = went_on {
+                    forks.push(format!(
+                        "timeline {} branched off {current} at {} but {current} went on to {} — a restored copy that archived? follow it with --target-timeline {}",
+                        b.tli,
+                        b.switch,
+                        end.name(segment_size),
+                        b.tli
+                    ));
+                    continue;
+                } else {
+                    format!("timeline {} took over from {current} at {}", b.tli, b.switch)
+                };
+                if next.as_ref().is_none_or(|(t, _)| b.tli > *t) {
+                    next = Some((b.tli, reason));
+                }
+            }
+            match next {
+                Some((tli, reason)) => {
+                    reasons.push(reason);
+                    current = tli;
+                }
+                None => break,
+            }
+        }
+        let mut seen: Vec<TimelineId> = std::iter::once(from)
+            .chain(branches.iter().map(|b| b.tli).filter(|t| *t > from))
+            .collect();
+        seen.sort_unstable();
+        seen.dedup();
+        let why = if reasons.is_empty() {
+            format!("timeline {current}: the backup's own, no branch off it to follow")
+        } else {
+            format!("timeline {current}: {}", reasons.join("; "))
+        };
+        TimelineChoice {
+            followed: current,
+            seen,
+            forks,
+            why,
+        }
     }
 
     /// The stretches from the start of time to `target`, read from its history file.
@@ -111,10 +237,18 @@ impl ArchiveListing {
         Ok(path)
     }
 
-    /// Every segment recovery needs from `start` along `path`, up to `until` (or the
-    /// newest archived segment of the last timeline), in replay order.
-    pub fn required(&self, start: Segment, path: &[Stretch], segment_size: u64, until: Until) -> Result<Vec<Segment>> {
-        let (until, until_time) = match until {
+    /// The stretches of segments recovery needs from `start` along `path`, up to
+    /// `until` (or the newest archived segment of the last timeline), in replay
+    /// order, as `(timeline, first, last)` ranges: a stray name far ahead in the
+    /// archive makes a long range, never a long list.
+    pub fn required_ranges(
+        &self,
+        start: Segment,
+        path: &[Stretch],
+        segment_size: u64,
+        until: Until,
+    ) -> Result<Vec<(TimelineId, u64, u64)>> {
+        let (until_lsn, until_time) = match until {
             Until::Lsn(lsn) => (Some(lsn), None),
             Until::Time(t) => (None, Some(t)),
             Until::Newest => (None, None),
@@ -129,7 +263,7 @@ impl ArchiveListing {
         let mut out = Vec::new();
         let mut number = start.number;
         for stretch in &path[first..] {
-            let end = match (stretch.end, until) {
+            let end = match (stretch.end, until_lsn) {
                 (Some(switch), Some(u)) if u < switch => Some(Segment::containing(stretch.tli, u, segment_size).number),
                 // The switch segment itself is read from the next timeline.
                 (Some(switch), _) => Segment::containing(stretch.tli, switch, segment_size)
@@ -138,51 +272,116 @@ impl ArchiveListing {
                 (None, Some(u)) => Some(Segment::containing(stretch.tli, u, segment_size).number),
                 // Open end: up to the newest segment of this timeline.
                 (None, None) => Some(
-                    self.segments
-                        .keys()
-                        .filter_map(|n| Segment::parse(n, segment_size))
-                        .filter(|s| s.timeline == stretch.tli)
+                    self.newest_segment(stretch.tli, segment_size)
                         .map(|s| s.number)
-                        .max()
                         .unwrap_or(number)
                         .max(number),
                 ),
             };
-            if let Some(end) = end {
-                while number <= end {
-                    let seg = Segment {
+            if let Some(mut end) = end
+                && number <= end
+            {
+                let mut stop = false;
+                // The first segment archived at or after the target time holds it.
+                if let Some(t) = until_time {
+                    let from = Segment {
                         timeline: stretch.tli,
                         number,
-                    };
-                    out.push(seg);
-                    number += 1;
-                    // The segment archived after the target time holds the target.
-                    if let Some(t) = until_time
-                        && self
-                            .segments
-                            .get(&seg.name(segment_size))
-                            .copied()
-                            .flatten()
-                            .is_some_and(|m| m >= t)
+                    }
+                    .name(segment_size);
+                    let to = Segment {
+                        timeline: stretch.tli,
+                        number: end,
+                    }
+                    .name(segment_size);
+                    if let Some(seg) = self
+                        .segments
+                        .range(from..=to)
+                        .find(|(_, m)| m.is_some_and(|m| m >= t))
+                        .and_then(|(n, _)| Segment::parse(n, segment_size))
                     {
-                        return Ok(out);
+                        end = seg.number;
+                        stop = true;
                     }
                 }
+                out.push((stretch.tli, number, end));
+                number = end + 1;
+                if stop {
+                    return Ok(out);
+                }
             }
-            if until.is_some_and(|u| stretch.end.is_none_or(|e| u < e)) {
+            if until_lsn.is_some_and(|u| stretch.end.is_none_or(|e| u < e)) {
                 break;
             }
         }
         Ok(out)
     }
 
-    /// The required segments that are not archived.
-    pub fn gaps(&self, start: Segment, path: &[Stretch], segment_size: u64, until: Until) -> Result<Vec<Segment>> {
-        Ok(self
-            .required(start, path, segment_size, until)?
-            .into_iter()
-            .filter(|s| !self.segments.contains_key(&s.name(segment_size)))
-            .collect())
+    /// How many segments the ranges hold.
+    pub fn count(ranges: &[(TimelineId, u64, u64)]) -> u64 {
+        ranges.iter().map(|(_, a, b)| b - a + 1).sum()
+    }
+
+    /// The required segments that are not archived, as `(first, last)` missing
+    /// runs, at most `limit` runs.
+    pub fn gap_runs(
+        &self,
+        ranges: &[(TimelineId, u64, u64)],
+        segment_size: u64,
+        limit: usize,
+    ) -> Vec<(Segment, Segment)> {
+        let mut runs = Vec::new();
+        for &(tli, first, last) in ranges {
+            let mut expect = first;
+            let from = Segment {
+                timeline: tli,
+                number: first,
+            }
+            .name(segment_size);
+            let to = Segment {
+                timeline: tli,
+                number: last,
+            }
+            .name(segment_size);
+            for (name, _) in self.segments.range(from..=to) {
+                let Some(seg) = Segment::parse(name, segment_size) else {
+                    continue;
+                };
+                if seg.number > expect {
+                    runs.push((
+                        Segment {
+                            timeline: tli,
+                            number: expect,
+                        },
+                        Segment {
+                            timeline: tli,
+                            number: seg.number - 1,
+                        },
+                    ));
+                }
+                expect = seg.number + 1;
+                if runs.len() >= limit {
+                    return runs;
+                }
+            }
+            if expect <= last {
+                runs.push((
+                    Segment {
+                        timeline: tli,
+                        number: expect,
+                    },
+                    Segment {
+                        timeline: tli,
+                        number: last,
+                    },
+                ));
+            }
+            if runs.len() >= limit {
+                break;
+            }
+        }
+        runs.truncate(limit);
+        runs
     }
 
     /// Check that the chain is unbroken; returns its last segment, or names the first gap.
@@ -194,18 +393,18 @@ impl ArchiveListing {
         until: Until,
         repo: &str,
     ) -> Result<Segment> {
-        let required = self.required(start, path, segment_size, until)?;
-        if let Some(missing) = required
-            .iter()
-            .find(|s| !self.segments.contains_key(&s.name(segment_size)))
-        {
+        let ranges = self.required_ranges(start, path, segment_size, until)?;
+        if let Some((missing, _)) = self.gap_runs(&ranges, segment_size, 1).first() {
             let after = Lsn(missing.start_lsn(segment_size).0.saturating_sub(1));
             return Err(anyhow!(
                 "WAL gap: segment {} is missing from {repo}/wal — the archive has a gap after {after}; recovery cannot get past it (run `pgdr check` to list gaps)",
                 missing.name(segment_size)
             ));
         }
-        Ok(required.last().copied().unwrap_or(start))
+        Ok(ranges
+            .last()
+            .map(|&(timeline, _, number)| Segment { timeline, number })
+            .unwrap_or(start))
     }
 }
 

@@ -101,6 +101,21 @@ pub fn parse_wal_key(key: &ObjectKey) -> Option<WalFile> {
     (wal_file(&file) == *key).then_some(file)
 }
 
+/// Declarations of new primaries: `timelines/<TLI>.primary`, written by `wal-push`
+/// when a copy restored with `--archive` archives its new timeline's history.
+pub const TIMELINES: &str = "timelines/";
+
+pub fn timeline_declaration(tli: u32) -> ObjectKey {
+    key(format!("{TIMELINES}{tli:08X}.primary"))
+}
+
+pub fn parse_timeline_declaration(key: &ObjectKey) -> Option<u32> {
+    let name = key.as_str().strip_prefix(TIMELINES)?.strip_suffix(".primary")?;
+    (name.len() == 8 && name.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| u32::from_str_radix(name, 16).ok())
+        .flatten()
+}
+
 /// A throw-away object used by `check` to prove the repository is writable.
 pub fn write_probe() -> ObjectKey {
     key(format!(

@@ -95,7 +95,61 @@ pub fn pg_owned_dir(path: &Path) -> PathBuf {
     path.to_path_buf()
 }
 
-fn as_postgres(cmd: &mut Command) -> &mut Command {
+/// Only what a server process needs from the environment.
+pub fn hermetic(cmd: &mut Command) -> &mut Command {
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("LC_ALL", "C.UTF-8")
+        .env("HOME", "/tmp")
+}
+
+/// Start a data directory with pg_ctl (as postgres, hermetic), listening on
+/// 127.0.0.1:`port` and a socket in `sock`; returns whether pg_ctl succeeded.
+pub fn pg_ctl_start(data: &Path, port: u16, sock: &Path, log: &Path, wait_secs: u32) -> bool {
+    let mut cmd = Command::new(pg_bin().join("pg_ctl"));
+    hermetic(&mut cmd);
+    cmd.arg("-D")
+        .arg(data)
+        .arg("-l")
+        .arg(log)
+        .args(["-w", "-t", &wait_secs.to_string(), "-o"])
+        .arg(format!("-p {port} -k {} -c listen_addresses=127.0.0.1", sock.display()))
+        .arg("start")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    as_postgres(&mut cmd);
+    cmd.status().map(|s| s.success()).unwrap_or(false)
+}
+
+pub fn pg_ctl_stop(data: &Path) {
+    let mut cmd = Command::new(pg_bin().join("pg_ctl"));
+    cmd.arg("-D")
+        .arg(data)
+        .args(["-m", "immediate", "stop"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    as_postgres(&mut cmd);
+    let _ = cmd.status();
+}
+
+/// Wait until the server on `port` has left recovery (promoted); panics after 60 s.
+pub fn wait_promoted(port: u16, log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = psql_at(port, "postgres", "SELECT pg_is_in_recovery()");
+        if out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "f" {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server did not promote: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub fn as_postgres(cmd: &mut Command) -> &mut Command {
     if is_root() {
         let (uid, gid) = postgres_ids();
         cmd.uid(uid).gid(gid);
@@ -188,6 +242,10 @@ impl Cluster {
                 free_port()
             };
             let mut cmd = Command::new(pg_bin().join("postgres"));
+            // A cleared environment: the server's archive_command (pgdr wal-push) must
+            // not pick up a developer's PGDR_*/AWS_* and archive test WAL into a real
+            // repository.
+            hermetic(&mut cmd);
             cmd.arg("-D")
                 .arg(&self.data)
                 .args(["-p", &port.to_string(), "-k"])
@@ -801,16 +859,21 @@ impl Pgdr {
         }
     }
 
-    /// `pgdr restore --kind physical --to <new dir> --start --no-archive` plus `args`:
-    /// a scratch copy that does not archive its new timeline into the repository.
+    /// `pgdr restore --kind physical --to <new dir> --start` plus `args`: by default a
+    /// copy that does not archive its new timeline into the repository.
     pub fn restore_started(&self, args: &[&str]) -> Restored {
-        let mut all = vec!["--no-archive"];
-        all.extend_from_slice(args);
-        self.restore_started_archiving(&all)
+        self.restore_started_with(args)
     }
 
-    /// As `restore_started`, but the copy keeps archiving (its new timeline too).
+    /// As `restore_started`, but the copy is the new primary (`--archive`): it keeps
+    /// archiving, its new timeline too.
     pub fn restore_started_archiving(&self, args: &[&str]) -> Restored {
+        let mut all = vec!["--archive"];
+        all.extend_from_slice(args);
+        self.restore_started_with(&all)
+    }
+
+    fn restore_started_with(&self, args: &[&str]) -> Restored {
         let dir = TestDir::new();
         let data = dir.join("data");
         let sock = dir.join("sock");

@@ -1,0 +1,324 @@
+//! Regression tests for the paths to silent data loss closed by issue 8 (see
+//! docs/TESTING.md for the table: defect, test, fix). Each runs the real binary
+//! against real clusters, the real S3 server where storage is involved.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+
+fn markers_at(port: u16) -> String {
+    let out = psql_at(
+        port,
+        "postgres",
+        "SELECT coalesce(string_agg(m, ',' ORDER BY m), '') FROM markers",
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn sleep(ms: u64) {
+    std::thread::sleep(Duration::from_millis(ms));
+}
+
+/// Production with a backup and markers t1, t2 in separate segments; returns the
+/// times between t1 and t2 and after t2.
+fn production(kind: RepoKind) -> (Archiving, String, String) {
+    let a = Archiving::start_with(kind);
+    let c = &a.cluster;
+    c.psql("postgres", "CREATE TABLE markers (m text PRIMARY KEY)");
+    a.pgdr.ok(&["backup", "--kind", "physical"]);
+    c.psql("postgres", "INSERT INTO markers VALUES ('t1')");
+    a.switch_and_wait();
+    sleep(1100);
+    let between_1_2 = c.psql("postgres", "SELECT now()");
+    sleep(1100);
+    c.psql("postgres", "INSERT INTO markers VALUES ('t2')");
+    a.switch_and_wait();
+    sleep(1100);
+    let after_2 = c.psql("postgres", "SELECT now()");
+    (a, between_1_2, after_2)
+}
+
+/// Item 1: two PITR test restores, started and used, then `--target latest` must
+/// return every committed row: a restored copy does not archive by default.
+fn test_restores_leave_latest_alone(kind: RepoKind) {
+    let (a, between_1_2, after_2) = production(kind);
+    let _ = after_2;
+    for target in [["--target-time", between_1_2.as_str()], ["--target", "immediate"]] {
+        let r = a.pgdr.restore_started(&target);
+        assert!(
+            r.output.contains("archiving is off in the restored copy"),
+            "{}",
+            r.output
+        );
+        assert_eq!(r.psql("postgres", "SHOW archive_mode"), "off");
+        // The copy is used like a real test copy: writes, a segment switch.
+        r.psql("postgres", "INSERT INTO markers VALUES ('written in the test copy')");
+        r.psql("postgres", "SELECT pg_switch_wal()");
+        r.psql("postgres", "CHECKPOINT");
+        sleep(500);
+        r.stop();
+    }
+    a.cluster.psql("postgres", "INSERT INTO markers VALUES ('t3')");
+    a.switch_and_wait();
+    let r = a.pgdr.restore_started(&["--target", "latest"]);
+    assert_eq!(markers_at(r.port), "t1,t2,t3", "latest lost production's rows");
+    assert!(r.output.contains("following timeline 1"), "{}", r.output);
+}
+
+#[test]
+fn item1_test_restores_leave_latest_alone_local() {
+    test_restores_leave_latest_alone(RepoKind::Local);
+}
+
+#[test]
+fn item1_test_restores_leave_latest_alone_s3() {
+    test_restores_leave_latest_alone(RepoKind::S3);
+}
+
+/// Item 1: a copy that did archive its timeline (pgdr before this fix, or a DBA who
+/// turned archiving back on) forked off an older point; `latest` names that fork
+/// and follows production's timeline, and `check` warns about it.
+#[test]
+fn item1_latest_is_not_led_astray_by_a_forked_timeline() {
+    let (a, between_1_2, _) = production(RepoKind::Local);
+    let dir = TestDir::new();
+    chown_postgres(dir.path());
+    let data = dir.join("data");
+    let sock = pg_owned_dir(&dir.join("sock"));
+    a.pgdr.ok(&[
+        "restore",
+        "--kind",
+        "physical",
+        "--to",
+        data.to_str().unwrap(),
+        "--target-time",
+        &between_1_2,
+    ]);
+    // What the copy looked like before the fix: the source's archiving left on.
+    let auto = data.join("postgresql.auto.conf");
+    let conf = std::fs::read_to_string(&auto).unwrap();
+    assert!(conf.contains("archive_mode = 'off'"), "{conf}");
+    std::fs::write(&auto, conf.replace("archive_mode = 'off'", "archive_mode = 'on'")).unwrap();
+    chown_postgres(&auto);
+    let port = free_port();
+    let log = dir.join("copy.log");
+    assert!(
+        pg_ctl_start(&data, port, &sock, &log, 60),
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    wait_promoted(port, &log);
+    assert_eq!(markers_at(port), "t1");
+    psql_at(port, "postgres", "INSERT INTO markers VALUES ('copy')");
+    let seg =
+        String::from_utf8_lossy(&psql_at(port, "postgres", "SELECT pg_walfile_name(pg_current_wal_lsn())").stdout)
+            .trim()
+            .to_string();
+    psql_at(port, "postgres", "SELECT pg_switch_wal()");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = psql_at(
+            port,
+            "postgres",
+            "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver",
+        );
+        if String::from_utf8_lossy(&out.stdout).trim() >= seg.as_str() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the copy did not archive {seg}: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        sleep(100);
+    }
+    pg_ctl_stop(&data);
+    assert!(
+        a.pgdr
+            .repo_dir
+            .as_ref()
+            .unwrap()
+            .join("test/wal/00000002.history")
+            .exists(),
+        "the copy's timeline is not in the archive, so this test tests nothing"
+    );
+
+    a.cluster.psql("postgres", "INSERT INTO markers VALUES ('t3')");
+    a.switch_and_wait();
+    let check = a.pgdr.run(&["check"]);
+    let stdout = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        stdout.contains("timelines:") && stdout.contains("not following timeline 2"),
+        "{stdout}"
+    );
+    let r = a.pgdr.restore_started(&["--target", "latest"]);
+    assert_eq!(markers_at(r.port), "t1,t2,t3", "latest followed the copy's timeline");
+    assert!(r.output.contains("not following timeline 2"), "{}", r.output);
+    assert!(r.output.contains("timeline 3"), "{}", r.output);
+    drop(r);
+    // Asked for by name, the fork is still there to follow.
+    let r = a
+        .pgdr
+        .restore_started(&["--target", "latest", "--target-timeline", "2"]);
+    assert_eq!(markers_at(r.port), "copy,t1");
+}
+
+/// Item 1: a copy restored with `--archive` is the new primary: it archives its new
+/// timeline and `latest` follows it, even though the old timeline went on.
+#[test]
+fn item1_archive_declares_a_new_primary() {
+    let (a, between_1_2, _) = production(RepoKind::Local);
+    let first = a.pgdr.restore_started_archiving(&["--target-time", &between_1_2]);
+    assert!(first.output.contains("archiving stays on"), "{}", first.output);
+    first.psql("postgres", "INSERT INTO markers VALUES ('new-primary')");
+    let seg = first.psql("postgres", "SELECT pg_walfile_name(pg_current_wal_lsn())");
+    first.psql("postgres", "SELECT pg_switch_wal()");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while first.psql(
+        "postgres",
+        "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver",
+    ) < seg
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new primary did not archive {seg}"
+        );
+        sleep(100);
+    }
+    first.stop();
+    let r = a.pgdr.restore_started(&["--target", "latest"]);
+    assert_eq!(markers_at(r.port), "new-primary,t1");
+    assert!(r.output.contains("declared the new primary"), "{}", r.output);
+}
+
+/// Rewrite a key of the config file's [wal] section (append under the header).
+fn set_wal_setting(config: &Path, line: &str) {
+    let text = std::fs::read_to_string(config).unwrap();
+    std::fs::write(config, text.replacen("[wal]\n", &format!("[wal]\n{line}\n"), 1)).unwrap();
+}
+
+/// Item 3: an archive that does not answer mid-recovery must stop the recovery, not
+/// read as the end of the archive: before the fix the copy promoted at the end of the
+/// backup, forking a timeline without t1 and t2.
+#[test]
+fn item3_unreachable_archive_stops_recovery_instead_of_promoting() {
+    let (a, _, _) = production(RepoKind::S3);
+    let copy = a.pgdr.clone_setup();
+    chown_postgres(copy.dir.path());
+    chown_postgres(&copy.config);
+    set_wal_setting(&copy.config, "fetch_retry_seconds = 2\nprefetch = 0");
+    let dir = TestDir::new();
+    chown_postgres(dir.path());
+    let data = dir.join("data");
+    let sock = pg_owned_dir(&dir.join("sock"));
+    copy.ok(&[
+        "restore",
+        "--kind",
+        "physical",
+        "--to",
+        data.to_str().unwrap(),
+        "--target",
+        "latest",
+    ]);
+    // Now the archive goes away: nothing listens at the endpoint any more.
+    let good = std::fs::read_to_string(&copy.config).unwrap();
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    std::fs::write(&copy.config, good.replace(&s3().endpoint(), &dead)).unwrap();
+    let port = free_port();
+    let log = dir.join("copy.log");
+    // The server needs the S3 credentials for wal-fetch, as production has them.
+    let mut cmd = std::process::Command::new(pg_bin().join("pg_ctl"));
+    hermetic(&mut cmd);
+    cmd.env("AWS_ACCESS_KEY_ID", TEST_AWS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", TEST_AWS_SECRET)
+        .arg("-D")
+        .arg(&data)
+        .arg("-l")
+        .arg(&log)
+        .args(["-w", "-t", "60", "-o"])
+        .arg(format!("-p {port} -k {} -c listen_addresses=127.0.0.1", sock.display()))
+        .arg("start")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    as_postgres(&mut cmd);
+    let started = cmd.status().unwrap().success();
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    if started {
+        pg_ctl_stop(&data);
+    }
+    assert!(!started, "the server came up without its archive: {text}");
+    assert!(
+        !text.contains("selected new timeline"),
+        "recovery promoted with the archive unreachable: {text}"
+    );
+    assert!(text.contains("stopping recovery"), "{text}");
+
+    // The archive is back: the same directory recovers everything.
+    std::fs::write(&copy.config, &good).unwrap();
+    let mut cmd = std::process::Command::new(pg_bin().join("pg_ctl"));
+    hermetic(&mut cmd);
+    cmd.env("AWS_ACCESS_KEY_ID", TEST_AWS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", TEST_AWS_SECRET)
+        .arg("-D")
+        .arg(&data)
+        .arg("-l")
+        .arg(&log)
+        .args(["-w", "-t", "60", "-o"])
+        .arg(format!("-p {port} -k {} -c listen_addresses=127.0.0.1", sock.display()))
+        .arg("start")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    as_postgres(&mut cmd);
+    assert!(
+        cmd.status().unwrap().success(),
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    wait_promoted(port, &log);
+    assert_eq!(markers_at(port), "t1,t2");
+    pg_ctl_stop(&data);
+}
+
+/// Item 3, the contract itself: absent → 1; unreachable → 126, or 1 on a standby;
+/// a local repository whose directory is gone is unreachable, not empty.
+#[test]
+fn item3_wal_fetch_exit_codes() {
+    let a = Archiving::start();
+    let wal_dir = a.pgdr.dir.join("data/pg_wal");
+    std::fs::create_dir_all(&wal_dir).unwrap();
+    chown_postgres(&a.pgdr.dir.join("data"));
+    chown_postgres(&wal_dir);
+    set_wal_setting(&a.pgdr.config, "fetch_retry_seconds = 1");
+    let dest = wal_dir.join("RECOVERYXLOG");
+    let fetch = |pgdr: &Pgdr| pgdr.run(&["wal-fetch", "0000000100000000000000F0", dest.to_str().unwrap()]);
+    let out = fetch(&a.pgdr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "absent: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let repo = a.pgdr.repo_dir.clone().unwrap();
+    let moved = repo.with_extension("unmounted");
+    std::fs::rename(&repo, &moved).unwrap();
+    let out = fetch(&a.pgdr);
+    assert_clean_stderr(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(126),
+        "a missing repository read as the end of the archive: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("stopping recovery"));
+    std::fs::write(a.pgdr.dir.join("data/standby.signal"), b"").unwrap();
+    let out = fetch(&a.pgdr);
+    assert_eq!(out.status.code(), Some(1), "a standby asks again later");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("standby will ask again"));
+    std::fs::rename(&moved, &repo).unwrap();
+    assert!(!dest.exists());
+}
