@@ -363,7 +363,27 @@ fn init_logging(format: LogFormat, daemon: bool) {
     };
 }
 
+/// The last resort: a panic is a bug, but the DBA still gets one line and exit 1,
+/// never a backtrace (these machines set RUST_BACKTRACE=1).
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let what = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown".into());
+        let place = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        eprintln!("pgdr: error: internal error ({what}{place}) — nothing more was done; please report this");
+        std::process::exit(Exit::Failure as i32);
+    }));
+}
+
 pub fn main() -> ExitCode {
+    install_panic_hook();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

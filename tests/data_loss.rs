@@ -322,3 +322,99 @@ fn item3_wal_fetch_exit_codes() {
     std::fs::rename(&moved, &repo).unwrap();
     assert!(!dest.exists());
 }
+
+/// Item 2: hostile or damaged names and objects never panic, and one damaged
+/// manifest does not hide the other backups.
+#[test]
+fn item2_hostile_keys_and_damaged_manifests_do_not_panic() {
+    let a = Archiving::start();
+    let c = &a.cluster;
+    c.psql("postgres", "CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g");
+    a.pgdr.ok(&["backup", "--kind", "physical"]);
+    a.pgdr.ok(&["backup", "--kind", "logical"]);
+    sleep(1100);
+    a.pgdr.ok(&["backup", "--kind", "logical"]);
+    let list = a.pgdr.list_json();
+    let labels: Vec<String> = list.iter().map(|b| b["label"].as_str().unwrap().to_string()).collect();
+    assert_eq!(labels.len(), 3);
+    let (newest, good) = (&labels[0], &labels[1]);
+
+    // On the command line: trailing slashes, non-ASCII labels.
+    for key in [
+        format!("{newest}/"),
+        format!("backups/{newest}/"),
+        "backups/".into(),
+        "/".into(),
+    ] {
+        let out = a.pgdr.run(&["cat", &key]);
+        assert_fails(&out, 2, "");
+    }
+    for label in ["2026112€T0200Z-L", "20261126T020000ü-L", "€"] {
+        let out = a.pgdr.run(&["restore", "--backup", label, "--to-database", "x"]);
+        assert_fails(&out, 2, "not a backup label");
+        let out = a.pgdr.run(&["cat", &format!("{label}/manifest.json")]);
+        assert_clean_stderr(&out);
+        assert_eq!(out.status.code(), Some(2));
+    }
+
+    // In the bucket: a non-ASCII label, a stray far-away segment, a damaged manifest.
+    let area = a.pgdr.repo_dir.as_ref().unwrap().join("test");
+    std::fs::create_dir_all(area.join("backups/2026112€T0200Z-L")).unwrap();
+    std::fs::write(area.join("backups/2026112€T0200Z-L/manifest.json"), b"junk").unwrap();
+    std::fs::create_dir_all(area.join("wal/00000001FFFFFFFF")).unwrap();
+    std::fs::write(area.join("wal/00000001FFFFFFFF/00000001FFFFFFFF000000FF"), b"junk").unwrap();
+    std::fs::create_dir_all(area.join("wal/ünknown")).unwrap();
+    std::fs::write(area.join("wal/ünknown/x"), b"junk").unwrap();
+    let manifest = area.join(format!("backups/{newest}/manifest.json"));
+    let mut bytes = std::fs::read(&manifest).unwrap();
+    let n = bytes.len() / 2;
+    bytes[n] ^= 0x01;
+    std::fs::write(&manifest, &bytes).unwrap();
+
+    let out = a.pgdr.run(&["list"]);
+    assert_clean_stderr(&out);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(&format!("DAMAGED {newest}")), "{stdout}");
+    assert!(stdout.contains(good.as_str()), "{stdout}");
+    for args in [vec!["expire", "--dry-run"], vec!["metrics"], vec!["check"]] {
+        let out = a.pgdr.run(&args);
+        assert_clean_stderr(&out);
+        assert!(
+            matches!(out.status.code(), Some(0 | 1)),
+            "pgdr {args:?}: {:?} {}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // The far-away segment is a gap past the real ones, reported by name.
+    let check = String::from_utf8_lossy(&a.pgdr.run(&["check"]).stdout).into_owned();
+    assert!(check.contains("00000001FFFFFFFF000000FE"), "{check}");
+    // The good backup still restores, its rows all there.
+    a.pgdr.ok(&[
+        "restore",
+        "--backup",
+        good,
+        "--database",
+        "postgres",
+        "--to-database",
+        "back",
+    ]);
+    assert_eq!(c.psql("back", "SELECT count(*), sum(g) FROM t"), "1000|500500");
+    let out = a.pgdr.run(&[
+        "restore",
+        "--backup",
+        newest,
+        "--database",
+        "postgres",
+        "--to-database",
+        "never",
+    ]);
+    assert_clean_stderr(&out);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("is damaged") && stderr.contains(newest.as_str()),
+        "{stderr}"
+    );
+}

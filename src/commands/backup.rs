@@ -237,7 +237,7 @@ async fn dump_all(
     let record = repo
         .store()
         .reader(
-            &layout::backup_object(label, &globals),
+            &layout::backup_object(label, &globals)?,
             &globals,
             reader,
             PutMode::CreateNew,
@@ -275,7 +275,7 @@ async fn dump_database(
     cmd.args(["--format=custom", "--compress=0", "--no-password"])
         .arg(format!("--snapshot={}", snapshot.id));
     let reader = ChildReader::spawn("pg_dump", cmd)?;
-    let key = layout::backup_object(label, &name);
+    let key = layout::backup_object(label, &name)?;
     let store = repo.store();
     let store = store.reader(&key, &name, reader, PutMode::CreateNew, Some(progress.counter()));
     let (stored, counted) = tokio::join!(store, snapshot.count_rows());
@@ -523,7 +523,7 @@ async fn basebackup(
     let (observer, captured) = TarObserver::new(reader);
     let progress = Progress::start(None);
     progress.set_message(format!("{label} (pg_basebackup)"));
-    let key = layout::backup_object(&label, BASE_TAR);
+    let key = layout::backup_object(&label, BASE_TAR)?;
     let store = crate::pipeline::Store {
         digests: crate::pipeline::Digests::StoredOnly,
         ..repo.store()

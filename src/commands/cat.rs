@@ -14,16 +14,23 @@ use crate::usage;
 /// `LABEL/...` is short for `backups/LABEL/...`.
 fn object_key(raw: &str) -> Result<ObjectKey> {
     let raw = raw.trim_start_matches('/');
-    let full = match raw.split_once('/') {
-        Some((first, rest)) if first.parse::<BackupLabel>().is_ok() => {
-            layout::backup_object(&first.parse().expect("checked"), rest).to_string()
+    let labelled = raw
+        .split_once('/')
+        .and_then(|(first, rest)| first.parse::<BackupLabel>().ok().map(|l| (l, rest)));
+    let full = match labelled {
+        Some((label, rest)) => {
+            if rest.is_empty() {
+                return Err(usage!("{raw} is a backup, not an object; try {label}/manifest.json"));
+            }
+            layout::backup_object(&label, rest)
+                .map_err(|e| usage!("{e:#} — see `pgdr cat {label}/manifest.json` for its objects"))?
         }
         _ if raw.parse::<BackupLabel>().is_ok() => {
             return Err(usage!("{raw} is a backup, not an object; try {raw}/manifest.json"));
         }
-        _ => raw.to_string(),
+        _ => ObjectKey::new(raw).map_err(|e| usage!("{e} — keys are like backups/LABEL/manifest.json or wal/…"))?,
     };
-    ObjectKey::new(full).map_err(|e| usage!("{e}"))
+    Ok(full)
 }
 
 pub async fn run(ctx: &Ctx, args: CatArgs) -> Result<Exit> {

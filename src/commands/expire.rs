@@ -20,9 +20,20 @@ pub async fn run(ctx: &Ctx, args: ExpireArgs) -> Result<Exit> {
         return mark(ctx, &repo, &args).await;
     }
     let scan = catalog::scan(&repo.storage).await?;
-    let manifests = catalog::load_scanned(&repo.storage, &repo.keys, &scan).await?;
+    let (manifests, damaged) = catalog::load_scanned_all(&repo.storage, &repo.keys, &scan).await?;
     let listing = archive::list(&repo.storage).await?;
-    let plan = retention::plan(&ctx.config.retention, &manifests, &scan.keep, &listing, Utc::now());
+    let mut plan = retention::plan(&ctx.config.retention, &manifests, &scan.keep, &listing, Utc::now());
+    // What WAL a backup with an unreadable manifest needs is unknown: keep all of it,
+    // and the backup itself, until it is repaired or removed by hand.
+    if !damaged.is_empty() {
+        for d in &damaged {
+            eprintln!(
+                "pgdr: warning: backup {} has a damaged manifest ({}); it is kept, and no WAL is removed while it is there",
+                d.label, d.why
+            );
+        }
+        plan.wal_remove.clear();
+    }
 
     let mut removed_backups = Vec::new();
     let mut refused: Vec<Refused> = Vec::new();

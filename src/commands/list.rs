@@ -14,7 +14,7 @@ pub async fn run(ctx: &Ctx, _args: ListArgs) -> Result<Exit> {
     let repo = Repo::open(&ctx.config).await?;
     // One listing of backups/ gives both the manifests and the keep marks.
     let scan = crate::repo::catalog::scan(&repo.storage).await?;
-    let manifests = crate::repo::catalog::load_scanned(&repo.storage, &repo.keys, &scan).await?;
+    let (manifests, damaged) = crate::repo::catalog::load_scanned_all(&repo.storage, &repo.keys, &scan).await?;
     let keep = scan.keep;
     let verified = crate::repo::verification::latest_reports(&repo)
         .await
@@ -46,9 +46,16 @@ pub async fn run(ctx: &Ctx, _args: ListArgs) -> Result<Exit> {
                     "verification": verified.get(&m.label).map(|r| json!({"ok": r.ok, "finished": r.finished})),
                 })
             })
+            .chain(damaged.iter().map(|d| json!({"label": d.label, "damaged": d.why})))
             .collect();
         ctx.print_json(&json!(rows));
         return Ok(Exit::Success);
+    }
+    for d in &damaged {
+        println!(
+            "DAMAGED {}: {} — it cannot be restored; `pgdr cat {}/manifest.json` shows what is there",
+            d.label, d.why, d.label
+        );
     }
     if manifests.is_empty() {
         println!("no backups in {} yet — run `pgdr backup`", repo.storage.describe());

@@ -221,7 +221,7 @@ async fn restore_dump(
     tables: &[(String, String)],
     progress: &Progress,
 ) -> Result<()> {
-    let key = layout::backup_object(&manifest.label, &entry.object);
+    let key = layout::backup_object(&manifest.label, &entry.object)?;
     let record = manifest.object(&entry.object).expect("checked by caller");
     let mut cmd = tools.command("pg_restore", target, Some(to))?;
     cmd.args(["--no-password", "--exit-on-error"])
@@ -348,7 +348,7 @@ async fn restore_globals(repo: &Repo, manifest: &Manifest, tools: &PgTools, targ
     cmd.args(["-X", "-q", "--no-password", "-v", "ON_ERROR_STOP=0", "-f", "-"]);
     let sink = ChildWriter::spawn("psql", cmd)?;
     let waiter = sink.waiter();
-    let key = layout::backup_object(&manifest.label, name);
+    let key = layout::backup_object(&manifest.label, name)?;
     feed_tool(repo, &key, record, sink, None)
         .await
         .context("restoring roles and tablespaces")?;

@@ -82,7 +82,7 @@ pub async fn copy_files(
                 let n = next_bundle.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let name = format!("data/bundle-{n:05}");
                 let source = BundleSource::new(queue.clone(), name.clone(), BUNDLE_SIZE, records.clone());
-                let key = layout::backup_object(label, &name);
+                let key = layout::backup_object(label, &name)?;
                 objects.push(
                     store
                         .reader(&key, &name, source, PutMode::CreateNew, Some(progress.clone()))
@@ -262,7 +262,7 @@ pub async fn restore_files(
                 let Some((object, targets)) = queue.lock().expect("queue lock").pop_front() else {
                     break;
                 };
-                let key = layout::backup_object(&manifest.label, &object.name);
+                let key = layout::backup_object(&manifest.label, &object.name)?;
                 let sink = BundleSink::new(targets);
                 let (sink, _, _) = pipeline::load_to_writer(
                     &repo.storage,
@@ -432,7 +432,7 @@ pub async fn restore_tar(
     let mut tar = std::process::Command::new("tar");
     tar.args(["-x", "-f", "-", "-C"]).arg(dir);
     let sink = ChildWriter::spawn("tar", tar)?;
-    let key = layout::backup_object(&manifest.label, crate::repo::manifest::BASE_TAR);
+    let key = layout::backup_object(&manifest.label, crate::repo::manifest::BASE_TAR)?;
     let (sink, _, _) = pipeline::load_to_writer(
         &repo.storage,
         &key,

@@ -160,9 +160,14 @@ mod tests {
         assert!(d.path().join("recovery.signal").exists());
         assert!(conf.contains("archive_mode = 'off'"), "{conf}");
         assert!(!d.path().join(NEW_PRIMARY_MARKER).exists());
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("postgresql.auto.conf"), "archive_mode = 'on'\n").unwrap();
         write(d.path(), &RecoveryOptions { archive: true, ..opts }, "test").unwrap();
         let conf = std::fs::read_to_string(d.path().join("postgresql.auto.conf")).unwrap();
-        assert!(!conf.contains("archive_mode"), "{conf}");
+        assert!(
+            conf.contains("archive_mode = 'on'") && !conf.contains("'off'"),
+            "{conf}"
+        );
         assert!(d.path().join(NEW_PRIMARY_MARKER).exists());
     }
 }

@@ -36,7 +36,8 @@ pub async fn list(storage: &DynStorage) -> Result<ArchiveListing> {
             Some(WalFile::Partial(name)) => {
                 listing.partials.insert(name);
             }
-            _ => {}
+            Some(WalFile::BackupHistory(_)) => {}
+            None => tracing::warn!("skipping {}: not a WAL file name pgdr archives", meta.key),
         }
     }
     Ok(listing)
@@ -456,6 +457,57 @@ mod tests {
         ];
         let last = l.check_chain(start, &path, SZ, Until::Newest, "r").unwrap();
         assert_eq!(last.name(SZ), "000000020000000000000005");
+    }
+
+    /// A stray key at the very end of the segment space must not make the chain
+    /// check walk (or allocate) 10^12 segments.
+    #[test]
+    fn stray_far_segment_is_a_gap_not_an_allocation() {
+        let l = listing(&["000000010000000000000002", "00000001FFFFFFFF000000FF"]);
+        let start = Segment::parse("000000010000000000000002", SZ).unwrap();
+        let path = vec![Stretch { tli: 1, end: None }];
+        let err = l
+            .check_chain(start, &path, SZ, Until::Newest, "r")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("000000010000000000000003"), "{err}");
+        let ranges = l.required_ranges(start, &path, SZ, Until::Newest).unwrap();
+        assert!(ArchiveListing::count(&ranges) > 1 << 39);
+        let runs = l.gap_runs(&ranges, SZ, 10);
+        assert_eq!(runs.len(), 1);
+        assert_eq!(runs[0].1.name(SZ), "00000001FFFFFFFF000000FE");
+    }
+
+    /// A branch whose parent went on past the branch point is a fork: not followed,
+    /// unless declared; one whose parent stopped there is followed.
+    #[test]
+    fn forks_are_not_followed() {
+        let l = listing(&[
+            "000000010000000000000002",
+            "000000010000000000000003",
+            "000000010000000000000004",
+            "000000010000000000000005",
+            "000000020000000000000003",
+        ]);
+        let fork = Branch {
+            tli: 2,
+            parent: 1,
+            switch: "0/3000100".parse().unwrap(),
+        };
+        let none = BTreeSet::new();
+        let c = l.choose_timeline(1, &[fork], &none, SZ);
+        assert_eq!(c.followed, 1);
+        assert_eq!(c.forks.len(), 1, "{c:?}");
+        let declared: BTreeSet<_> = [2].into();
+        assert_eq!(l.choose_timeline(1, &[fork], &declared, SZ).followed, 2);
+        let takeover = Branch {
+            tli: 2,
+            parent: 1,
+            switch: "0/5000100".parse().unwrap(),
+        };
+        let c = l.choose_timeline(1, &[takeover], &none, SZ);
+        assert_eq!(c.followed, 2);
+        assert!(c.forks.is_empty());
     }
 
     #[test]

@@ -40,6 +40,7 @@ pub async fn scan(storage: &DynStorage) -> Result<Scan> {
     let mut by_label: BTreeMap<BackupLabel, (bool, Orphan)> = BTreeMap::new();
     for meta in objects {
         let Some((label, name)) = layout::parse_backup_key(&meta.key) else {
+            tracing::warn!("skipping {}: not a key pgdr writes under backups/", meta.key);
             continue;
         };
         let is_manifest = layout::is_manifest(name);
@@ -87,15 +88,59 @@ pub async fn load_manifests(storage: &DynStorage, keys: &Keyring) -> Result<Vec<
     load_scanned(storage, keys, &scan(storage).await?).await
 }
 
+/// A backup whose manifest cannot be read or parsed, and why.
+#[derive(Debug, Clone)]
+pub struct DamagedManifest {
+    pub label: BackupLabel,
+    pub why: String,
+}
+
 /// The manifests of a scan's complete backups, newest first (one listing serves both
-/// the manifests and the scan's orphans and keep marks).
+/// the manifests and the scan's orphans and keep marks). A damaged manifest is
+/// skipped with a warning: one bad object must not hide every other backup.
 pub async fn load_scanned(storage: &DynStorage, keys: &Keyring, scan: &Scan) -> Result<Vec<Manifest>> {
+    Ok(load_scanned_all(storage, keys, scan).await?.0)
+}
+
+/// As `load_scanned`, with the damaged manifests named. Only an unreachable
+/// repository is an error.
+pub async fn load_scanned_all(
+    storage: &DynStorage,
+    keys: &Keyring,
+    scan: &Scan,
+) -> Result<(Vec<Manifest>, Vec<DamagedManifest>)> {
     let mut manifests = Vec::with_capacity(scan.complete.len());
+    let mut damaged = Vec::new();
     for label in &scan.complete {
-        manifests.push(load_manifest(storage, keys, label).await?);
+        match load_manifest(storage, keys, label).await {
+            Ok(m) if m.label == *label => manifests.push(m),
+            Ok(m) => damaged.push(DamagedManifest {
+                label: label.clone(),
+                why: format!("the manifest names another backup, {}", m.label),
+            }),
+            Err(e) if is_unreachable(&e) => return Err(e),
+            Err(e) => {
+                tracing::warn!("backup {label} is damaged and skipped: {e:#}");
+                damaged.push(DamagedManifest {
+                    label: label.clone(),
+                    why: format!("{e:#}"),
+                });
+            }
+        }
     }
     sort_newest_first(&mut manifests);
-    Ok(manifests)
+    Ok((manifests, damaged))
+}
+
+/// A storage failure (the repository did not answer), as opposed to a bad object.
+fn is_unreachable(e: &anyhow::Error) -> bool {
+    use crate::storage::StorageError;
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<StorageError>(),
+            Some(StorageError::Unreachable(_) | StorageError::Transient(_))
+        )
+    })
 }
 
 pub fn sort_newest_first(manifests: &mut [Manifest]) {

@@ -67,7 +67,10 @@ impl FromStr for BackupLabel {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
+        // Byte-safe: a label comes from the command line or a bucket listing, and
+        // slicing a non-ASCII string mid-character would panic.
         let ok = s.len() == 18
+            && s.is_ascii()
             && NaiveDateTime::parse_from_str(&s[..16], TIME_FORMAT).is_ok()
             && (s.ends_with("-F") || s.ends_with("-L"));
         if ok {
@@ -117,5 +120,9 @@ mod tests {
         );
         assert!("latest".parse::<BackupLabel>().is_err());
         assert!("20261126T020000Z-X".parse::<BackupLabel>().is_err());
+        // Multi-byte characters where the time ends must not panic.
+        assert!("2026112€T0200Z-L".parse::<BackupLabel>().is_err());
+        assert!("20261126T020000ü-L".parse::<BackupLabel>().is_err());
+        assert!("".parse::<BackupLabel>().is_err());
     }
 }

@@ -28,9 +28,12 @@ pub fn manifest(label: &BackupLabel) -> ObjectKey {
     key(format!("{BACKUPS}{label}/{MANIFEST}"))
 }
 
-/// A data object of a backup, by its name in the manifest.
-pub fn backup_object(label: &BackupLabel, name: &str) -> ObjectKey {
-    key(format!("{BACKUPS}{label}/{name}"))
+/// A data object of a backup, by its name in the manifest. The name comes from a
+/// manifest or the command line, so a name that makes no valid key (empty, `..`,
+/// an empty component) is refused, never a panic.
+pub fn backup_object(label: &BackupLabel, name: &str) -> anyhow::Result<ObjectKey> {
+    ObjectKey::new(format!("{BACKUPS}{label}/{name}"))
+        .map_err(|_| anyhow::anyhow!("{name:?} is not a valid object name inside backup {label}"))
 }
 
 /// The manifest name of a database's dump. Names are percent-encoded so any database
@@ -137,8 +140,8 @@ mod tests {
         assert_eq!(database_dump_name("my db/ü"), "databases/my%20db%2F%C3%BC.dump");
         assert_eq!(parse_backup_key(&manifest(&l)), Some((l.clone(), "manifest.json")));
         assert_eq!(
-            parse_backup_key(&backup_object(&l, "globals.sql")),
-            Some((l, "globals.sql"))
+            parse_backup_key(&backup_object(&l, "globals.sql").unwrap()),
+            Some((l.clone(), "globals.sql"))
         );
         let seg = WalFile::parse("000000010000000A000000FF").unwrap();
         assert_eq!(wal_file(&seg).as_str(), "wal/000000010000000A/000000010000000A000000FF");
@@ -146,5 +149,8 @@ mod tests {
         let hist = WalFile::parse("00000002.history").unwrap();
         assert_eq!(wal_file(&hist).as_str(), "wal/00000002.history");
         assert_eq!(parse_wal_key(&wal_file(&hist)), Some(hist));
+        for bad in ["", "a//b", "../x", "x/", "/x", "."] {
+            assert!(backup_object(&l, bad).is_err(), "{bad:?}");
+        }
     }
 }
