@@ -322,20 +322,35 @@ impl Config {
         Ok(())
     }
 
-    /// Where `wal-push` keeps its notes; per cluster, so two clusters never mix.
-    pub fn spool_dir(&self) -> PathBuf {
-        self.wal
-            .spool_dir
-            .clone()
-            .unwrap_or_else(|| std::env::temp_dir().join(format!("pgdr-spool-{}", self.cluster)))
+    /// Where `wal-push` keeps its notes and its pusher's lock. By default inside the
+    /// cluster's own pg_wal (`.pgdr-spool`): private to the postgres user (the data
+    /// directory is 0700) and to this cluster and system identifier. Never a shared,
+    /// predictable /tmp path, where another user could pre-create the pusher's lock.
+    pub fn spool_dir(&self, wal_dir: &Path) -> Result<PathBuf> {
+        match &self.wal.spool_dir {
+            Some(dir) => {
+                private_dir(dir).with_context(|| "[wal] spool_dir".to_string())?;
+                Ok(dir.clone())
+            }
+            None => {
+                let dir = wal_dir.join(".pgdr-spool");
+                private_dir(&dir)?;
+                Ok(dir)
+            }
+        }
     }
 
-    /// Where the scheduler's job history goes.
-    pub fn history_file(&self) -> PathBuf {
-        self.schedule
-            .history
-            .clone()
-            .unwrap_or_else(|| std::env::temp_dir().join(format!("pgdr-{}-history.jsonl", self.cluster)))
+    /// Where the scheduler's job history goes: `[schedule] history`, or a private
+    /// (0700) per-user directory under the temp directory.
+    pub fn history_file(&self) -> Result<PathBuf> {
+        if let Some(path) = &self.schedule.history {
+            return Ok(path.clone());
+        }
+        // SAFETY: geteuid has no preconditions.
+        let uid = unsafe { libc::geteuid() };
+        let dir = std::env::temp_dir().join(format!("pgdr-{uid}"));
+        private_dir(&dir)?;
+        Ok(dir.join(format!("{}-history.jsonl", self.cluster)))
     }
 
     /// The absolute path of the configuration file, when there is one.
@@ -457,4 +472,31 @@ mod tests {
         .unwrap();
         assert!(Config::from_table(t, "x").is_err());
     }
+}
+
+/// Create `dir` (mode 0700) if missing; refuse one that another user owns or that
+/// others may write to, since what is inside steers pgdr (locks, notes).
+pub fn private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    match std::fs::DirBuilder::new().mode(0o700).recursive(true).create(dir) {
+        Ok(()) => {}
+        Err(e) => return Err(anyhow::anyhow!("cannot create {}: {e}", dir.display())),
+    }
+    let meta = std::fs::symlink_metadata(dir).with_context(|| format!("reading {}", dir.display()))?;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if !meta.is_dir() || meta.uid() != me {
+        return Err(usage!(
+            "{} is not a directory of this user (uid {me}) — it may have been planted; remove it or set another path",
+            dir.display()
+        ));
+    }
+    if meta.permissions().mode() & 0o022 != 0 {
+        return Err(usage!(
+            "{} may be written by other users (mode {:o}) — run chmod 700 on it",
+            dir.display(),
+            meta.permissions().mode() & 0o777
+        ));
+    }
+    Ok(())
 }

@@ -418,3 +418,93 @@ fn item2_hostile_keys_and_damaged_manifests_do_not_panic() {
         "{stderr}"
     );
 }
+
+/// Item 8: a target database name that looks like a connection string is a name.
+/// Before the fix `dbname=victim` with --clean restored over the database `victim`.
+#[test]
+fn item8_database_names_are_never_connection_strings() {
+    let c = Cluster::start();
+    c.psql("postgres", "CREATE DATABASE app");
+    c.psql("app", "CREATE TABLE t (x text); INSERT INTO t VALUES ('from app')");
+    c.psql("postgres", "CREATE DATABASE victim");
+    c.psql(
+        "victim",
+        "CREATE TABLE t (x text); INSERT INTO t VALUES ('victim data')",
+    );
+    let before = c.content_hashes("victim");
+    let pgdr = Pgdr::new(&c, RepoKind::Local);
+    pgdr.ok(&["backup", "--kind", "logical", "-d", "app"]);
+    for name in ["dbname=victim", "host=localhost port=1 dbname=victim"] {
+        pgdr.ok(&["restore", "--database", "app", "--to-database", name, "--clean"]);
+        let exists = c.psql(
+            "postgres",
+            &format!(
+                "SELECT count(*) FROM pg_database WHERE datname = '{}'",
+                name.replace('\'', "''")
+            ),
+        );
+        assert_eq!(exists, "1", "no database literally named {name:?}");
+        assert_eq!(c.psql(&format!("dbname='{name}'"), "SELECT x FROM t"), "from app");
+    }
+    assert_eq!(c.content_hashes("victim"), before, "the database victim was replaced");
+}
+
+/// Item 9: the spool is private to the cluster (inside its pg_wal, 0700), a planted
+/// pusher lock naming another process does not stall wal-push, and a spool directory
+/// others may write to is refused.
+#[test]
+fn item9_spool_is_private_and_planted_locks_are_ignored() {
+    let a = Archiving::start();
+    let seg = a.switch_and_wait();
+    // No spool_dir: the default.
+    let text = std::fs::read_to_string(&a.pgdr.config).unwrap();
+    let without: String = text
+        .lines()
+        .filter(|l| !l.starts_with("spool_dir"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&a.pgdr.config, &without).unwrap();
+    let fake = a.pgdr.dir.join("fake");
+    let wal = fake.join("pg_wal");
+    std::fs::create_dir_all(wal.join("archive_status")).unwrap();
+    for d in [&fake, &wal, &wal.join("archive_status")] {
+        chown_postgres(d);
+    }
+    let file = wal.join(&seg);
+    a.pgdr.ok(&["wal-fetch", &seg, file.to_str().unwrap()]);
+    // A live process of the postgres user that is not pgdr's pusher (the postmaster,
+    // whose pid anyone can read), named in a planted lock.
+    let postmaster = std::fs::read_to_string(a.cluster.data.join("postmaster.pid")).unwrap();
+    let postmaster = postmaster.lines().next().unwrap().trim().to_string();
+    let spool = wal.join(".pgdr-spool");
+    std::fs::create_dir_all(&spool).unwrap();
+    std::fs::write(spool.join("pusher.pid"), &postmaster).unwrap();
+    chown_postgres(&spool);
+    chown_postgres(&spool.join("pusher.pid"));
+    let out = a.pgdr.run(&["wal-push", file.to_str().unwrap()]);
+    assert_success(&out, "wal-push with a planted pusher lock");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("is not pgdr's pusher"), "{stderr}");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::remove_dir_all(&spool).unwrap();
+    a.pgdr.ok(&["wal-push", file.to_str().unwrap()]);
+    let mode = std::fs::metadata(&spool).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "the spool pgdr made has mode {mode:o}");
+
+    // A configured spool that others may write to is refused, one line.
+    let open_spool = a.pgdr.dir.join("open-spool");
+    std::fs::create_dir(&open_spool).unwrap();
+    chown_postgres(&open_spool);
+    std::fs::set_permissions(&open_spool, std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::write(
+        &a.pgdr.config,
+        without.replacen(
+            "[wal]\n",
+            &format!("[wal]\nspool_dir = \"{}\"\n", open_spool.display()),
+            1,
+        ),
+    )
+    .unwrap();
+    let out = a.pgdr.run(&["wal-push", file.to_str().unwrap()]);
+    assert_fails(&out, 2, "chmod 700");
+}

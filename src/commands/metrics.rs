@@ -10,7 +10,7 @@ use crate::schedule::{history, metrics};
 
 pub async fn run(ctx: &Ctx, args: MetricsArgs) -> Result<Exit> {
     let repo = Repo::open(&ctx.config).await?;
-    let path = args.history.unwrap_or_else(|| ctx.config.history_file());
+    let path = args.history.map(Ok).unwrap_or_else(|| ctx.config.history_file())?;
     let jobs = history::states(&history::read(&path));
     print!("{}", metrics::render(&ctx.config, &repo, &jobs).await);
     Ok(Exit::Success)

@@ -225,7 +225,7 @@ async fn restore_dump(
     let record = manifest.object(&entry.object).expect("checked by caller");
     let mut cmd = tools.command("pg_restore", target, Some(to))?;
     cmd.args(["--no-password", "--exit-on-error"])
-        .arg(format!("--dbname={to}"));
+        .arg(format!("--dbname={}", crate::postgres::conninfo_dbname(to)));
     if args.clean {
         cmd.args(["--clean", "--if-exists"]);
     }

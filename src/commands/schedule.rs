@@ -19,7 +19,7 @@ pub async fn run(ctx: &Ctx, args: ScheduleArgs) -> Result<Exit> {
                 .listen
                 .or_else(|| ctx.config.schedule.listen.clone())
                 .unwrap_or_else(|| "127.0.0.1:9187".to_string());
-            let history = run.history.unwrap_or_else(|| ctx.config.history_file());
+            let history = run.history.map(Ok).unwrap_or_else(|| ctx.config.history_file())?;
             daemon::run(
                 ctx.config.clone(),
                 daemon::Options {

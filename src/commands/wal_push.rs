@@ -38,7 +38,8 @@ pub async fn run(ctx: &Ctx, args: WalPushArgs) -> Result<Exit> {
         .ok_or_else(|| usage!("wal-push needs the path of a WAL file (%p), got {}", path.display()))?;
     let file = WalFile::parse(name)
         .ok_or_else(|| usage!("{name} is not a WAL segment, .partial, .backup or .history file name"))?;
-    let spool = Spool::new(ctx.config.spool_dir());
+    let wal_dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let spool = Spool::new(ctx.config.spool_dir(&wal_dir)?);
     let print = Fingerprint::of(&path)?;
 
     // Stored ahead by the pusher? Then answer at once (waiting a little if it is on it).
@@ -48,7 +49,6 @@ pub async fn run(ctx: &Ctx, args: WalPushArgs) -> Result<Exit> {
     }
     // A burst (more files ready after this one): let the pusher store them all in
     // parallel, this one first, and wait for its note.
-    let wal_dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
     if ctx.config.wal.push_parallel > 1 && !ready_after(&wal_dir, &file).is_empty() {
         spool.start_pusher(ctx, &wal_dir);
         if spool.wait_for_pusher(file.name(), &print) {
@@ -96,7 +96,7 @@ async fn declare_if_new_primary(repo: &Repo, history: &str, wal_dir: &Path) -> R
 
 /// The detached pusher: store every `.ready` file in parallel until none is left.
 pub async fn push_ahead(ctx: &Ctx, args: WalPushAheadArgs) -> Result<Exit> {
-    let spool = Spool::new(ctx.config.spool_dir());
+    let spool = Spool::new(ctx.config.spool_dir(&args.wal_dir)?);
     if !spool.claim_pusher() {
         return Ok(Exit::Success); // another pusher is at work
     }
@@ -342,9 +342,25 @@ impl Spool {
         self.dir.join("pusher.pid")
     }
 
+    /// The running pusher's pid. A lock naming a process that is not pgdr's own
+    /// pusher (planted, or a recycled pid) is ignored with a warning: otherwise every
+    /// wal-push would wait for a pusher that never notes anything, while pg_wal fills.
     fn pusher_pid(&self) -> Option<i32> {
-        let pid = std::fs::read_to_string(self.lock_path()).ok()?.trim().parse().ok()?;
-        alive(pid).then_some(pid)
+        let pid: i32 = std::fs::read_to_string(self.lock_path()).ok()?.trim().parse().ok()?;
+        if !alive(pid) {
+            return None;
+        }
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let ours = cmdline.split(|b| *b == 0).any(|a| a == b"wal-push-ahead")
+            && std::fs::read_link(format!("/proc/{pid}/exe")).ok() == std::env::current_exe().ok();
+        if !ours {
+            tracing::warn!(
+                "ignoring {}: process {pid} is not pgdr's pusher",
+                self.lock_path().display()
+            );
+            return None;
+        }
+        Some(pid)
     }
 
     /// While a pusher runs, wait for it to note `name`.

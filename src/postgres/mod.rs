@@ -23,3 +23,21 @@ pub fn quote_ident(name: &str) -> String {
 pub fn quote_literal(value: &str) -> String {
     format!("'{}'", value.replace('\'', "''"))
 }
+
+/// A database name as a libpq connection string that names exactly that database.
+/// Tools take `--dbname` as a connection string when it contains `=`: a database
+/// called `host=elsewhere` would send the password to another host, and
+/// `dbname=prod` would restore into (and with --clean, over) another database.
+pub fn conninfo_dbname(name: &str) -> String {
+    format!("dbname='{}'", name.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+#[cfg(test)]
+mod conninfo_tests {
+    #[test]
+    fn database_names_stay_names() {
+        assert_eq!(super::conninfo_dbname("app"), "dbname='app'");
+        assert_eq!(super::conninfo_dbname("host=x"), "dbname='host=x'");
+        assert_eq!(super::conninfo_dbname(r"a'b\c"), r"dbname='a\'b\\c'");
+    }
+}
