@@ -183,7 +183,7 @@ pub struct InitArgs {
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {
-    /// Delete orphaned backups (no manifest, untouched for an hour)
+    /// Delete orphaned backups (no manifest), unless a backup is running
     #[arg(long)]
     pub clean_orphans: bool,
 }
@@ -215,6 +215,9 @@ pub struct BackupArgs {
     /// pg_basebackup when it is on another host (basebackup)
     #[arg(long, value_enum, default_value_t = crate::repo::manifest::PhysicalMethod::Local)]
     pub method: crate::repo::manifest::PhysicalMethod,
+    /// How long to wait for another backup of this cluster to finish
+    #[arg(long, value_name = "SECONDS", default_value_t = 600)]
+    pub lock_wait: u64,
 }
 
 #[derive(Debug, Args)]

@@ -508,3 +508,166 @@ fn item9_spool_is_private_and_planted_locks_are_ignored() {
     let out = a.pgdr.run(&["wal-push", file.to_str().unwrap()]);
     assert_fails(&out, 2, "chmod 700");
 }
+
+/// Item 4: backups started at the same moment each get their own label and all
+/// of them restore; before the fix they collided on a one-second label and the
+/// loser's clean-up deleted the winner's manifest.
+#[test]
+fn item4_concurrent_backups_do_not_collide() {
+    let c = Cluster::start();
+    c.psql("postgres", "CREATE DATABASE app");
+    c.psql("app", "CREATE TABLE t AS SELECT g FROM generate_series(1, 5000) g");
+    let pgdr = Pgdr::new(&c, RepoKind::Local);
+    let children: Vec<_> = (0..3)
+        .map(|_| {
+            pgdr.command(&["backup", "--kind", "logical", "-d", "app"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert_success(&out, "a concurrent backup");
+    }
+    let list = pgdr.list_json();
+    assert_eq!(list.len(), 3, "{list:?}");
+    for (i, b) in list.iter().enumerate() {
+        let to = format!("copy{i}");
+        pgdr.ok(&[
+            "restore",
+            "--backup",
+            b["label"].as_str().unwrap(),
+            "--to-database",
+            &to,
+        ]);
+        assert_eq!(c.psql(&to, "SELECT count(*), sum(g) FROM t"), "5000|12502500");
+    }
+}
+
+/// Item 5: `check --clean-orphans` leaves a running backup alone however old its
+/// objects look (before the fix: anything over an hour old went), and removes the
+/// objects of one that died.
+#[test]
+fn item5_orphan_cleanup_honours_the_backup_lock() {
+    use std::io::Write;
+    let c = Cluster::start();
+    c.psql("postgres", "CREATE DATABASE app");
+    c.psql("app", "CREATE TABLE t AS SELECT g FROM generate_series(1, 5000) g");
+    let pgdr = Pgdr::new(&c, RepoKind::Local);
+    let repo = pgdr.repo_dir.clone().unwrap().join("test/backups");
+    // Stall pg_dump behind a table lock, after globals.sql is stored.
+    let hold_lock = || {
+        let mut psql = std::process::Command::new(pg_bin().join("psql"))
+            .args([
+                "-X",
+                "-q",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-p",
+                &c.port.to_string(),
+                "-d",
+                "app",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        psql.stdin
+            .as_mut()
+            .unwrap()
+            .write_all(b"BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE;\n")
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while c.psql(
+            "app",
+            "SELECT count(*) FROM pg_locks WHERE mode = 'AccessExclusiveLock' AND relation = 't'::regclass",
+        ) != "1"
+        {
+            assert!(std::time::Instant::now() < deadline, "the table lock was not taken");
+            sleep(50);
+        }
+        psql
+    };
+    let wait_stalled = || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while c.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'",
+        ) == "0"
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the backup did not reach the table lock"
+            );
+            sleep(50);
+        }
+    };
+    let mut lock = hold_lock();
+    let backup = pgdr
+        .command(&["backup", "--kind", "logical", "-d", "app"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_stalled();
+    // Make the running backup's objects look two hours old.
+    for f in repo_files(&repo) {
+        let status = std::process::Command::new("touch")
+            .args(["-d", "2 hours ago"])
+            .arg(&f)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    let before = repo_files(&repo);
+    assert!(!before.is_empty());
+    let out = pgdr.run(&["check", "--clean-orphans"]);
+    assert_clean_stderr(&out);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("left alone") && stdout.contains("a backup is running"),
+        "{stdout}"
+    );
+    assert_eq!(repo_files(&repo), before, "check removed a running backup's objects");
+    lock.stdin.as_mut().unwrap().write_all(b"COMMIT;\n").unwrap();
+    drop(lock.stdin.take());
+    let _ = lock.wait();
+    let out = backup.wait_with_output().unwrap();
+    assert_success(&out, "the stalled backup");
+    pgdr.ok(&["restore", "--backup", "latest", "--to-database", "back"]);
+    assert_eq!(c.psql("back", "SELECT count(*), sum(g) FROM t"), "5000|12502500");
+
+    // A backup killed mid-way leaves an orphan and a lease of a dead process: the
+    // orphan is removed at once, without waiting an hour or for the lease to expire.
+    let mut lock = hold_lock();
+    let mut backup = pgdr
+        .command(&["backup", "--kind", "logical", "-d", "app"])
+        .spawn()
+        .unwrap();
+    wait_stalled();
+    backup.kill().unwrap();
+    let _ = backup.wait();
+    lock.stdin.as_mut().unwrap().write_all(b"COMMIT;\n").unwrap();
+    drop(lock.stdin.take());
+    let _ = lock.wait();
+    let out = pgdr.run(&["check", "--clean-orphans"]);
+    assert_clean_stderr(&out);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("removed 1 orphaned backup"), "{stdout}");
+    assert_eq!(pgdr.list_json().len(), 1);
+    let labels: std::collections::BTreeSet<_> = repo_files(&repo)
+        .iter()
+        .filter_map(|p| {
+            p.strip_prefix(&repo)
+                .ok()?
+                .components()
+                .next()
+                .map(|c| c.as_os_str().to_owned())
+        })
+        .collect();
+    assert_eq!(labels.len(), 1, "{labels:?}");
+}

@@ -16,6 +16,7 @@ use crate::postgres::server::{self, BackupSession, BackupStop, ExportedSnapshot}
 use crate::postgres::tools::ChildReader;
 use crate::postgres::{Lsn, PgTarget, PgTools, Segment, ServerInfo};
 use crate::progress::{Progress, human_bytes, human_rate};
+use crate::repo::lock::BackupLock;
 use crate::repo::manifest::{
     BASE_TAR, CompressionInfo, DatabaseEntry, FileRecord, MANIFEST_FORMAT, PhysicalInfo, PhysicalMethod,
 };
@@ -23,11 +24,32 @@ use crate::repo::{BackupKind, BackupLabel, Manifest, Repo, layout};
 use crate::storage::PutMode;
 use crate::usage;
 
+/// Every backup of a cluster holds the repository's backup lock (a lease under
+/// `locks/`), so two backups started in the same second cannot pick the same label,
+/// and `check --clean-orphans` never removes a running backup's objects.
 pub async fn run(ctx: &Ctx, args: BackupArgs) -> Result<Exit> {
-    match args.kind {
+    let repo = Repo::open(&ctx.config).await?;
+    let wait = Duration::from_secs(args.lock_wait);
+    let lock = match BackupLock::acquire(&repo, wait).await? {
+        Ok(lock) => lock,
+        Err(holder) => {
+            return Err(anyhow::anyhow!(
+                "another backup of cluster {:?} is running ({holder}) and holds the backup lock; waited {} s — try again when it is done, or raise --lock-wait",
+                ctx.config.cluster,
+                args.lock_wait
+            ));
+        }
+    };
+    let outcome = match args.kind {
         BackupKind::Logical => logical(ctx, args).await,
         BackupKind::Physical => physical(ctx, args).await,
+    };
+    let held = lock.still_held();
+    lock.release().await;
+    if !held && outcome.is_ok() {
+        tracing::warn!("the backup lock expired while the backup ran (repository unreachable for minutes?)");
     }
+    outcome
 }
 
 /// Run the copy until it ends or SIGTERM/SIGINT arrives; a signal becomes an error, so
@@ -74,6 +96,26 @@ fn new_manifest(
 /// mark if asked for.
 async fn commit(repo: &Repo, manifest: &Manifest, keep: bool) -> Result<()> {
     let label = &manifest.label;
+    // A manifest is a promise that every object it names can be read back: check
+    // they are all there, at their recorded size, before making it.
+    for object in &manifest.objects {
+        let key = layout::backup_object(label, &object.name)?;
+        match repo.storage.head(&key).await? {
+            Some(meta) if meta.size == object.stored.size => {}
+            Some(meta) => {
+                return Err(anyhow::anyhow!(
+                    "{key} holds {} bytes, but {} were written — not committing backup {label}",
+                    meta.size,
+                    object.stored.size
+                ));
+            }
+            None => {
+                return Err(anyhow::anyhow!(
+                    "{key} is missing from the repository after it was written — not committing backup {label}"
+                ));
+            }
+        }
+    }
     let data = serde_json::to_vec(manifest).expect("manifest serialises");
     repo.store()
         .bytes(&layout::manifest(label), "manifest.json", data, PutMode::CreateNew)
@@ -87,8 +129,18 @@ async fn commit(repo: &Repo, manifest: &Manifest, keep: bool) -> Result<()> {
 
 /// After a failure: without a manifest nothing is visible anyway; removing the pieces
 /// is tidiness. Returns the error to report.
+/// Objects are removed only while the label is this run's own: under the backup
+/// lock, and never when a manifest is there (that backup is somebody else's).
 async fn discard(repo: &Repo, label: &BackupLabel, e: anyhow::Error) -> anyhow::Error {
     if let Ok(objects) = repo.storage.list(&layout::backup_prefix(label)).await {
+        if objects
+            .iter()
+            .any(|o| layout::parse_backup_key(&o.key).is_some_and(|(_, n)| layout::is_manifest(n)))
+        {
+            return e.context(format!(
+                "backup {label} failed; a complete backup under the same label was left untouched"
+            ));
+        }
         let keys: Vec<_> = objects.into_iter().map(|o| o.key).collect();
         let _ = repo.storage.delete(&keys).await;
     }

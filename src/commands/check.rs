@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use anyhow::Result;
 use bytes::Bytes;
-use chrono::Utc;
 use serde_json::json;
 
 use super::Ctx;
@@ -22,7 +21,6 @@ use crate::storage::{self, DynStorage, PutMode, local};
 /// Below this, free space is reported as a failure.
 const MIN_FREE: u64 = 1 << 30;
 /// Orphans untouched for this long are stale, not a backup in progress.
-const ORPHAN_AGE: Duration = Duration::from_secs(3600);
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Status {
@@ -235,44 +233,66 @@ pub async fn run(ctx: &Ctx, args: CheckArgs) -> Result<Exit> {
     if let Some(storage) = &storage {
         match catalog::scan(storage).await {
             Ok(scan) => {
-                let now = Utc::now();
-                let stale = |o: &catalog::Orphan| {
-                    o.newest
-                        .is_none_or(|t| (now - t).to_std().unwrap_or_default() > ORPHAN_AGE)
+                // A backup in progress has no manifest yet: only the backup lock tells
+                // a running backup from a dead one (an age would not: a dump may run
+                // for hours).
+                let lock = if args.clean_orphans && !scan.orphans.is_empty() {
+                    match crate::repo::Repo::open(config).await {
+                        Ok(repo) => Some(crate::repo::lock::BackupLock::acquire(&repo, Duration::ZERO).await),
+                        Err(e) => Some(Err(e)),
+                    }
+                } else {
+                    None
                 };
+                let locked = matches!(lock, Some(Ok(Ok(_))));
                 if scan.orphans.is_empty() {
                     report.add(
                         Status::Ok,
                         "orphans",
                         format!("{} complete backup(s), no orphans", scan.complete.len()),
                     );
-                } else if args.clean_orphans {
-                    let (old, recent): (Vec<_>, Vec<_>) = scan.orphans.iter().partition(|o| stale(o));
-                    let keys: Vec<_> = old.iter().flat_map(|o| o.objects.iter().cloned()).collect();
-                    match storage.delete(&keys).await {
-                        Ok(_) => report.add(
-                            Status::Ok,
-                            "orphans",
-                            format!(
-                                "removed {} orphaned backup(s); left {} recent one(s) that may still be running",
-                                old.len(),
-                                recent.len()
-                            ),
+                } else if args.clean_orphans && !locked {
+                    let why = match &lock {
+                        Some(Ok(Err(holder))) => format!("a backup is running ({holder}) and holds the backup lock"),
+                        Some(Err(e)) => format!("the backup lock cannot be taken: {e:#}"),
+                        _ => "the backup lock is held".to_string(),
+                    };
+                    report.add(
+                        Status::Warn,
+                        "orphans",
+                        format!(
+                            "{} backup(s) without a manifest left alone: {why} — run --clean-orphans again when no backup runs",
+                            scan.orphans.len()
                         ),
-                        Err(e) => report.add(Status::Fail, "orphans", format!("removing orphans: {e}")),
+                    );
+                } else if args.clean_orphans {
+                    // No backup runs (this process holds the lock): every orphan is dead.
+                    // Listed again under the lock: one that committed since the first
+                    // listing is complete now, not an orphan.
+                    let removed = async {
+                        let now = catalog::scan(storage).await?;
+                        let keys: Vec<_> = now.orphans.iter().flat_map(|o| o.objects.iter().cloned()).collect();
+                        storage.delete(&keys).await?;
+                        // A killed backup's half-written object is a temporary file,
+                        // invisible to listings; with no backup running it is dead too.
+                        if let Ok(RepoUrl::Local(path)) = config.repository.parsed_url() {
+                            let backups = path.join(&config.cluster).join(crate::repo::layout::BACKUPS);
+                            for temp in local::stale_temp_files(&backups) {
+                                let _ = std::fs::remove_file(temp);
+                            }
+                        }
+                        anyhow::Ok(now.orphans.len())
+                    }
+                    .await;
+                    match removed {
+                        Ok(n) => report.add(Status::Ok, "orphans", format!("removed {n} orphaned backup(s)")),
+                        Err(e) => report.add(Status::Fail, "orphans", format!("removing orphans: {e:#}")),
                     }
                 } else {
                     let names: Vec<String> = scan
                         .orphans
                         .iter()
-                        .map(|o| {
-                            format!(
-                                "{} ({}{})",
-                                o.label,
-                                human_bytes(o.bytes),
-                                if stale(o) { "" } else { ", recent" }
-                            )
-                        })
+                        .map(|o| format!("{} ({})", o.label, human_bytes(o.bytes)))
                         .collect();
                     report.add(
                         Status::Warn,
@@ -283,6 +303,9 @@ pub async fn run(ctx: &Ctx, args: CheckArgs) -> Result<Exit> {
                             names.join(", ")
                         ),
                     );
+                }
+                if let Some(Ok(Ok(lock))) = lock {
+                    lock.release().await;
                 }
             }
             Err(e) => report.add(Status::Fail, "orphans", format!("{e:#}")),

@@ -116,3 +116,92 @@ impl Lease {
         Ok(())
     }
 }
+
+/// The name of the lease every backup of a cluster holds while it runs: one backup at
+/// a time, so two started in the same second cannot collide on a label, and orphan
+/// cleanup can tell a running backup from a dead one.
+pub const BACKUP_LOCK: &str = "backup";
+const BACKUP_TTL: Duration = Duration::from_secs(120);
+
+/// A held backup lock; renewed in the background until released or dropped.
+pub struct BackupLock {
+    lease: std::sync::Arc<Lease>,
+    renewer: tokio::task::JoinHandle<()>,
+    lost: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Whether `holder` (host:pid:tag) names a dead process on this host, so its lease
+/// can be taken over at once instead of after its expiry.
+fn holder_is_dead_here(holder: &str) -> bool {
+    let mut parts = holder.rsplitn(3, ':');
+    let (_tag, pid, host) = (parts.next(), parts.next(), parts.next());
+    let here = holder_id();
+    let my_host = here.rsplitn(3, ':').nth(2);
+    match (host, pid.and_then(|p| p.parse::<i32>().ok())) {
+        // SAFETY: kill with signal 0 only checks for existence.
+        (Some(h), Some(pid)) if Some(h) == my_host && pid > 0 => {
+            let gone = unsafe { libc::kill(pid, 0) } != 0;
+            gone && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+        }
+        _ => false,
+    }
+}
+
+impl BackupLock {
+    /// Take the cluster's backup lock, waiting up to `wait` for a running backup to
+    /// finish; `Ok(Err(holder))` names who still has it.
+    pub async fn acquire(repo: &Repo, wait: Duration) -> Result<std::result::Result<BackupLock, String>> {
+        let holder = holder_id();
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            match Lease::acquire(repo, BACKUP_LOCK, &holder, BACKUP_TTL).await? {
+                Ok(lease) => return Ok(Ok(BackupLock::hold(lease))),
+                Err(other) if holder_is_dead_here(&other) => {
+                    tracing::warn!("the backup lock was held by {other}, which is no longer running; taking it over");
+                    repo.storage.delete(&[layout::lock(BACKUP_LOCK)]).await?;
+                    continue;
+                }
+                Err(other) if std::time::Instant::now() >= deadline => return Ok(Err(other)),
+                Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
+        }
+    }
+
+    fn hold(lease: Lease) -> BackupLock {
+        let lease = std::sync::Arc::new(lease);
+        let lost = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let renewer = {
+            let lease = lease.clone();
+            let lost = lost.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(BACKUP_TTL / 4).await;
+                    if !lease.renew().await.unwrap_or(true) {
+                        lost.store(true, std::sync::atomic::Ordering::SeqCst);
+                        return;
+                    }
+                }
+            })
+        };
+        BackupLock { lease, renewer, lost }
+    }
+
+    /// False if the lease expired and another process took it (the backup must not
+    /// commit then: its label is no longer its own).
+    pub fn still_held(&self) -> bool {
+        !self.lost.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub async fn release(self) {
+        self.renewer.abort();
+        if let Err(e) = self.lease.release().await {
+            tracing::warn!("releasing the backup lock: {e:#} (it expires by itself)");
+        }
+    }
+}
+
+impl Drop for BackupLock {
+    fn drop(&mut self) {
+        self.renewer.abort();
+    }
+}
