@@ -671,3 +671,127 @@ fn item5_orphan_cleanup_honours_the_backup_lock() {
         .collect();
     assert_eq!(labels.len(), 1, "{labels:?}");
 }
+
+/// Rewrite a backup's manifest in a local repository, sealed with the repository key
+/// as pgdr itself would (the repository is untrusted input: this is what an attacker
+/// with the key, or a damaged writer, could leave there).
+fn rewrite_manifest(pgdr: &Pgdr, label: &str, edit: impl FnOnce(&mut serde_json::Value)) {
+    let mut manifest: serde_json::Value =
+        serde_json::from_str(&pgdr.ok(&["cat", &format!("{label}/manifest.json")])).unwrap();
+    edit(&mut manifest);
+    let data = serde_json::to_vec(&manifest).unwrap();
+    let storage: pgdr::storage::DynStorage = std::sync::Arc::new(pgdr::storage::LocalStorage::new(
+        pgdr.repo_dir.as_ref().unwrap().join("test"),
+    ));
+    let keys = pgdr::pipeline::Keyring::new(pgdr::pipeline::RepoKey::load_file(&pgdr.key_file).unwrap());
+    let store = pgdr::pipeline::Store {
+        storage: &storage,
+        keys: &keys,
+        compression: pgdr::pipeline::Compression { level: 3, threads: 1 },
+        digests: pgdr::pipeline::Digests::Both,
+    };
+    let key = pgdr::storage::ObjectKey::new(format!("backups/{label}/manifest.json")).unwrap();
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(store.bytes(&key, "manifest.json", data, pgdr::storage::PutMode::Overwrite))
+        .unwrap();
+}
+
+/// Item 6: a delta restore never writes into a running server's directory, nor into
+/// an unmapped (live) tablespace; manifest paths outside the target are refused before
+/// anything is written; restored modes carry no setuid bits.
+#[test]
+fn item6_restores_stay_inside_their_target() {
+    let a = Archiving::start();
+    let c = &a.cluster;
+    let ts_dir = pg_owned_dir(&a.pgdr.dir.join("ts"));
+    c.psql(
+        "postgres",
+        &format!("CREATE TABLESPACE live LOCATION '{}'", ts_dir.display()),
+    );
+    c.psql(
+        "postgres",
+        "CREATE TABLE far (x int) TABLESPACE live; INSERT INTO far SELECT generate_series(1, 1000)",
+    );
+    let oid = c.psql("postgres", "SELECT oid FROM pg_tablespace WHERE spcname = 'live'");
+    a.pgdr.ok(&["backup", "--kind", "physical"]);
+    let label = a.pgdr.list_json()[0]["label"].as_str().unwrap().to_string();
+    let live_before = repo_files(&ts_dir);
+
+    // Delta into a new directory, tablespace not mapped: the live one is refused.
+    let target = a.pgdr.dir.join("delta-target");
+    let out = a.pgdr.run(&[
+        "restore",
+        "--kind",
+        "physical",
+        "--to",
+        target.to_str().unwrap(),
+        "--delta",
+    ]);
+    assert_fails(&out, 2, "--tablespace-map");
+    assert_eq!(repo_files(&ts_dir), live_before, "the live tablespace was written");
+
+    // A running copy: delta over it is refused.
+    let mapped = pg_owned_dir(&a.pgdr.dir.join("ts-copy"));
+    let map = format!("{oid}={}", mapped.display());
+    let r = a
+        .pgdr
+        .restore_started(&["--target", "immediate", "--tablespace-map", &map]);
+    let out = a.pgdr.run(&[
+        "restore",
+        "--kind",
+        "physical",
+        "--to",
+        r.data.to_str().unwrap(),
+        "--delta",
+        "--tablespace-map",
+        &map,
+    ]);
+    assert_fails(&out, 2, "running server");
+    assert_eq!(r.psql("postgres", "SELECT count(*) FROM far"), "1000");
+    drop(r);
+
+    // A manifest naming a path outside the target: refused, nothing written.
+    let escape = a.pgdr.dir.join("escaped");
+    rewrite_manifest(&a.pgdr, &label, |m| {
+        let files = m["physical"]["files"].as_array_mut().unwrap();
+        let mut evil = files[0].clone();
+        evil["path"] = serde_json::json!("../escaped");
+        files.push(evil);
+    });
+    let target = a.pgdr.dir.join("hostile");
+    let out = a.pgdr.run(&[
+        "restore",
+        "--kind",
+        "physical",
+        "--to",
+        target.to_str().unwrap(),
+        "--tablespace-map",
+        &format!("{oid}={}", a.pgdr.dir.join("ts-hostile").display()),
+    ]);
+    assert_fails(&out, 1, "outside the data directory");
+    assert!(!target.exists() && !escape.exists(), "a hostile manifest wrote files");
+
+    // setuid asked for by the manifest is not granted.
+    rewrite_manifest(&a.pgdr, &label, |m| {
+        let files = m["physical"]["files"].as_array_mut().unwrap();
+        files.retain(|f| f["path"] != "../escaped");
+        for f in files.iter_mut().filter(|f| f["path"] == "PG_VERSION") {
+            f["mode"] = serde_json::json!(0o4755);
+        }
+    });
+    let ts3 = pg_owned_dir(&a.pgdr.dir.join("ts-3"));
+    let r = a.pgdr.restore_started(&[
+        "--target",
+        "immediate",
+        "--tablespace-map",
+        &format!("{oid}={}", ts3.display()),
+    ]);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(r.data.join("PG_VERSION"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o7000, 0, "PG_VERSION restored with mode {mode:o}");
+    assert_eq!(r.psql("postgres", "SELECT count(*) FROM far"), "1000");
+}

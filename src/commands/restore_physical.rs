@@ -118,6 +118,16 @@ fn choose<'a>(
     })
 }
 
+/// The pid of a live postmaster whose pid file is in `dir`, if any.
+fn running_postmaster(dir: &Path) -> Option<i32> {
+    let text = std::fs::read_to_string(dir.join("postmaster.pid")).ok()?;
+    let pid: i32 = text.lines().next()?.trim().parse().ok()?;
+    // SAFETY: kill with signal 0 only checks for existence; EPERM means it exists.
+    let alive = pid > 0
+        && (unsafe { libc::kill(pid, 0) } == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM));
+    alive.then_some(pid)
+}
+
 fn is_empty_dir(path: &Path) -> Result<bool> {
     match std::fs::read_dir(path) {
         Ok(mut entries) => Ok(entries.next().is_none()),
@@ -206,6 +216,14 @@ pub async fn run(ctx: &Ctx, args: RestoreArgs) -> Result<Exit> {
             manifest.label
         ));
     }
+    physical::validate_paths(info)?;
+    if let Some(pid) = running_postmaster(&dir) {
+        return Err(usage!(
+            "{} is the data directory of a running server (postmaster pid {pid}) — stop it first (pg_ctl -D {} stop), or restore somewhere else",
+            dir.display(),
+            dir.display()
+        ));
+    }
     if !args.delta && !is_empty_dir(&dir)? {
         return Err(usage!(
             "{} is not empty — restore into a new directory, or pass --delta to rewrite only what differs",
@@ -213,8 +231,12 @@ pub async fn run(ctx: &Ctx, args: RestoreArgs) -> Result<Exit> {
         ));
     }
     for ts in &info.tablespaces {
+        let mapped = tablespace_map.contains_key(&ts.oid);
         let location = tablespace_map.get(&ts.oid).unwrap_or(&ts.location);
-        if !args.delta && !is_empty_dir(location)? {
+        // --delta skips the emptiness check only where the DBA named the place: an
+        // unmapped tablespace goes back to its original location, which on the
+        // primary's host is the live tablespace.
+        if (!args.delta || !mapped) && !is_empty_dir(location)? {
             return Err(usage!(
                 "tablespace {} would be restored into {}, which is not empty — remap it with --tablespace-map {}=DIR",
                 ts.oid,

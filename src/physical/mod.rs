@@ -155,6 +155,60 @@ impl Placement {
     }
 }
 
+/// Every path a manifest names, checked before anything is written: the manifest
+/// comes from the repository, which may be damaged or hostile, and restores often
+/// run as root. Relative, no empty, `.` or `..` components, no NUL; inside
+/// `pg_tblspc/` only the backup's own tablespace OIDs; tablespace locations absolute.
+pub fn validate_paths(info: &PhysicalInfo) -> Result<()> {
+    let oids: HashSet<&str> = info.tablespaces.iter().map(|t| t.oid.as_str()).collect();
+    for ts in &info.tablespaces {
+        if ts.oid.is_empty() || !ts.oid.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(anyhow!("the manifest names a tablespace with a bad OID {:?}", ts.oid));
+        }
+        let loc = ts.location.to_string_lossy();
+        if !ts.location.is_absolute()
+            || loc.contains('\0')
+            || ts
+                .location
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            return Err(anyhow!(
+                "the manifest names tablespace {} at a bad location {loc:?}",
+                ts.oid
+            ));
+        }
+    }
+    let check = |path: &str| -> Result<()> {
+        let ok = !path.is_empty()
+            && !path.starts_with('/')
+            && !path.contains('\0')
+            && path.split('/').all(|c| !c.is_empty() && c != "." && c != "..");
+        let in_tablespace = path
+            .strip_prefix("pg_tblspc/")
+            .map(|rest| rest.split('/').next().unwrap_or(""));
+        if !ok || in_tablespace.is_some_and(|oid| !oids.contains(oid)) {
+            return Err(anyhow!(
+                "the manifest names a path {path:?} outside the data directory and its tablespaces — it is damaged or was tampered with; nothing was written"
+            ));
+        }
+        Ok(())
+    };
+    for d in &info.dirs {
+        check(&d.path)?;
+    }
+    for f in &info.files {
+        check(&f.path)?;
+    }
+    Ok(())
+}
+
+/// A restored file's mode: permission bits only (never setuid, setgid or sticky, which
+/// a hostile manifest could ask for), and always readable and writable by the owner.
+pub fn restored_mode(mode: u32) -> u32 {
+    (mode & 0o777) | 0o600
+}
+
 #[derive(Debug, Default, Clone, Copy)]
 pub struct RestoreStats {
     pub files_written: u64,
@@ -176,6 +230,7 @@ pub async fn restore_files(
     delta: bool,
     progress: Arc<AtomicU64>,
 ) -> Result<RestoreStats> {
+    validate_paths(info)?;
     let mut stats = RestoreStats::default();
     for dir in &info.dirs {
         let path = placement.dest(&dir.path);
@@ -224,11 +279,13 @@ pub async fn restore_files(
     for (path, (size, mode)) in &sizes {
         use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
         let dest = placement.dest(path);
+        // O_NOFOLLOW: a symlink planted where a file goes is not followed elsewhere.
         let file = std::fs::OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(!delta)
-            .mode((*mode).max(0o600))
+            .custom_flags(libc::O_NOFOLLOW)
+            .mode(restored_mode(*mode))
             .open(&dest)
             .with_context(|| format!("creating {}", dest.display()))?;
         if file.metadata()?.len() != *size {
@@ -236,7 +293,7 @@ pub async fn restore_files(
                 .with_context(|| format!("sizing {}", dest.display()))?;
         }
         if delta {
-            file.set_permissions(std::fs::Permissions::from_mode((*mode).max(0o600)))?;
+            file.set_permissions(std::fs::Permissions::from_mode(restored_mode(*mode)))?;
         }
     }
     let mut queue = VecDeque::new();
@@ -430,7 +487,10 @@ pub async fn restore_tar(
         )
     })?;
     let mut tar = std::process::Command::new("tar");
-    tar.args(["-x", "-f", "-", "-C"]).arg(dir);
+    // Whatever the archive says, members land under `dir` (GNU tar refuses `..` and
+    // strips leading slashes), owned by whoever restores, without setuid bits.
+    tar.args(["-x", "-f", "-", "--no-same-owner", "--no-same-permissions", "-C"])
+        .arg(dir);
     let sink = ChildWriter::spawn("tar", tar)?;
     let key = layout::backup_object(&manifest.label, crate::repo::manifest::BASE_TAR)?;
     let (sink, _, _) = pipeline::load_to_writer(
