@@ -312,6 +312,9 @@ pub struct RestoreArgs {
     /// Unix socket directory for --start
     #[arg(long, value_name = "DIR", help_heading = "Physical restore")]
     pub socket_dir: Option<PathBuf>,
+    /// listen_addresses for --start (default 127.0.0.1; '' for the Unix socket only)
+    #[arg(long, value_name = "ADDRS", help_heading = "Physical restore")]
+    pub listen: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

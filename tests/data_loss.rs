@@ -795,3 +795,60 @@ fn item6_restores_stay_inside_their_target() {
     assert_eq!(mode & 0o7000, 0, "PG_VERSION restored with mode {mode:o}");
     assert_eq!(r.psql("postgres", "SELECT count(*) FROM far"), "1000");
 }
+
+/// Item 7: secrets in the environment do not reach a restored server's
+/// configuration or argv, and verify's scratch cluster listens on no TCP address and
+/// was started without the repository key or a password in its environment.
+#[test]
+fn item7_secrets_stay_out_of_restored_and_scratch_servers() {
+    let mut a = Archiving::start();
+    a.cluster
+        .psql("postgres", "CREATE TABLE t AS SELECT g FROM generate_series(1, 100) g");
+    a.pgdr.ok(&["backup", "--kind", "physical"]);
+    a.switch_and_wait();
+    let key_hex = std::fs::read_to_string(&a.pgdr.key_file).unwrap().trim().to_string();
+    let secret_url = format!(
+        "postgresql://postgres:hunter2-secret@127.0.0.1:{}/postgres",
+        a.cluster.port
+    );
+    a.pgdr.set_env("PGDR_POSTGRES_URL", &secret_url);
+    a.pgdr.set_env(
+        "PGDR_NOTIFY_WEBHOOK_URL",
+        "https://hooks.example.invalid/T000/secret-hook",
+    );
+    a.pgdr.set_env("PGDR_KEY", &key_hex);
+    let r = a.pgdr.restore_started(&["--target", "immediate"]);
+    let auto = std::fs::read_to_string(r.data.join("postgresql.auto.conf")).unwrap();
+    for secret in ["hunter2-secret", "secret-hook", key_hex.as_str(), "PGDR_"] {
+        assert!(!auto.contains(secret), "{secret:?} in postgresql.auto.conf:\n{auto}");
+    }
+    assert_eq!(r.psql("postgres", "SHOW listen_addresses"), "127.0.0.1");
+    // The restored server's own environment (a backend inherits the postmaster's).
+    let environ = r.psql(
+        "postgres",
+        "SELECT encode(pg_read_binary_file('/proc/self/environ'), 'escape')",
+    );
+    for secret in ["hunter2-secret", "secret-hook", key_hex.as_str(), TEST_AWS_SECRET] {
+        assert!(
+            !environ.contains(secret),
+            "{secret:?} in the restored server's environment"
+        );
+    }
+    drop(r);
+
+    // verify: the checks run inside the scratch cluster and look at it from within.
+    let config = std::fs::read_to_string(&a.pgdr.config).unwrap();
+    std::fs::write(
+        &a.pgdr.config,
+        format!(
+            "{config}\n[[verify.check]]\nname = \"no tcp\"\nsql = \"SELECT current_setting('listen_addresses')\"\nexpect = \"\"\n\
+             [[verify.check]]\nname = \"no key\"\nsql = \"SELECT position(convert_to('PGDR_KEY=', 'UTF8') in pg_read_binary_file('/proc/self/environ')) = 0 AND position(convert_to('hunter2', 'UTF8') in pg_read_binary_file('/proc/self/environ')) = 0 AND position(convert_to('{TEST_AWS_SECRET}', 'UTF8') in pg_read_binary_file('/proc/self/environ')) = 0\"\nexpect = \"t\"\n"
+        ),
+    )
+    .unwrap();
+    let out = a.pgdr.ok(&["verify", "--kind", "physical", "--json"]);
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["ok"], true, "{report:#}");
+    let steps = report["steps"].to_string();
+    assert!(steps.contains("no tcp") && steps.contains("no key"), "{report:#}");
+}

@@ -439,7 +439,18 @@ async fn start_and_wait(ctx: &Ctx, dir: &Path, args: &RestoreArgs) -> Result<Rea
     let port = args.port.expect("checked");
     let tools = PgTools::locate(ctx.config.postgres.bin_dir.as_deref())?;
     let log = dir.join("pgdr-recovery.log");
-    let mut opts = format!("-p {port}");
+    // Never the source's listen_addresses ('*' on many primaries): a restored copy
+    // holds production data and must not be reachable from elsewhere unless asked.
+    let listen = args.listen.as_deref().unwrap_or("127.0.0.1");
+    if listen.is_empty() && args.socket_dir.is_none() {
+        return Err(usage!("--listen '' (Unix socket only) needs --socket-dir DIR"));
+    }
+    if listen.contains(|c: char| !(c.is_ascii_alphanumeric() || ".:,-*".contains(c))) {
+        return Err(usage!(
+            "--listen {listen:?}: expected host names or addresses, comma-separated"
+        ));
+    }
+    let mut opts = format!("-p {port} -c listen_addresses='{listen}'");
     if let Some(sock) = &args.socket_dir {
         opts.push_str(&format!(" -k {}", sock.display()));
     }
@@ -451,7 +462,13 @@ async fn start_and_wait(ctx: &Ctx, dir: &Path, args: &RestoreArgs) -> Result<Rea
         .arg("-l")
         .arg(&log)
         .args(["-W", "-o", &opts, "start"]);
-    cmd.stdin(std::process::Stdio::null())
+    let s3 = matches!(
+        ctx.config.repository.parsed_url(),
+        Ok(crate::config::RepoUrl::S3 { .. })
+    );
+    cmd.env_clear()
+        .envs(crate::postgres::server_env(s3))
+        .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped());
     if let Some((uid, gid)) = postgres_owner() {
@@ -480,7 +497,10 @@ async fn start_and_wait(ctx: &Ctx, dir: &Path, args: &RestoreArgs) -> Result<Rea
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let base = PgTarget::from_config(ctx.config.postgres.url.as_deref())?;
-    let target = base.with_address("127.0.0.1", port);
+    let target = match (&args.socket_dir, listen.is_empty()) {
+        (Some(sock), true) => base.with_address(&sock.display().to_string(), port),
+        _ => base.with_address("127.0.0.1", port),
+    };
     let deadline = started + Duration::from_secs(24 * 3600);
     loop {
         tokio::time::sleep(Duration::from_millis(200)).await;

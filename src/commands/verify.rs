@@ -5,6 +5,7 @@
 //! checks. The report goes to `verifications/` in the repository; the scratch cluster
 //! is always removed, on failure and on Ctrl-C too.
 
+use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Instant;
@@ -34,8 +35,10 @@ impl Scratch {
             .prefix("pgdr-verify-")
             .tempdir()
             .context("creating a scratch directory")?;
+        // Scratch clusters hold production data with trust authentication: they listen
+        // only on a Unix socket in this private (0700) directory.
         let sock = dir.path().join("sock");
-        std::fs::create_dir(&sock)?;
+        std::fs::DirBuilder::new().mode(0o700).create(&sock)?;
         if let Some((uid, gid)) = postgres_owner() {
             std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))?;
             std::os::unix::fs::chown(&sock, Some(uid), Some(gid))?;
@@ -316,6 +319,7 @@ async fn restore_physical(
             "latest",
             "--no-archive",
             "--start",
+            "--listen=",
         ])
         .args(["--backup", manifest.label.as_str()])
         .arg("--to")
@@ -358,7 +362,10 @@ async fn restore_logical(
     if made.is_err() {
         return false;
     }
-    let url = format!("postgresql://postgres@127.0.0.1:{port}/postgres");
+    let url = format!(
+        "host={} port={port} user=postgres dbname=postgres",
+        scratch.sock().display()
+    );
     let t = Instant::now();
     let globals = async {
         let mut cmd = pgdr(ctx)?;
@@ -414,6 +421,7 @@ async fn init_cluster(tools: &PgTools, scratch: &Scratch, port: u16) -> Result<(
         if let Some((uid, gid)) = postgres_owner() {
             cmd.uid(uid).gid(gid);
         }
+        cmd.env_clear().envs(crate::postgres::server_env(false));
         cmd.stdin(Stdio::null()).kill_on_drop(true);
         let out = cmd.output().await?;
         if !out.status.success() {
@@ -438,7 +446,7 @@ async fn init_cluster(tools: &PgTools, scratch: &Scratch, port: u16) -> Result<(
         .arg(scratch.dir.path().join("server.log"))
         .args(["-w", "-o"])
         .arg(format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            "-p {port} -k {} -c listen_addresses='' -c fsync=off",
             scratch.sock().display()
         ))
         .arg("start");

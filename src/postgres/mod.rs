@@ -41,3 +41,17 @@ mod conninfo_tests {
         assert_eq!(super::conninfo_dbname(r"a'b\c"), r"dbname='a\'b\\c'");
     }
 }
+
+/// The environment a server process pgdr starts (a restored copy, a scratch
+/// cluster) gets: only what PostgreSQL and its restore_command need. Never the
+/// repository key, passwords or webhook URLs; S3 credentials only when its
+/// restore_command must reach S3.
+pub fn server_env(with_aws: bool) -> Vec<(String, String)> {
+    std::env::vars()
+        .filter(|(k, _)| {
+            matches!(k.as_str(), "PATH" | "HOME" | "LANG" | "TZ" | "TMPDIR" | "PGDR_LOG")
+                || k.starts_with("LC_")
+                || (with_aws && k.starts_with("AWS_"))
+        })
+        .collect()
+}
