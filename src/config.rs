@@ -408,6 +408,33 @@ fn env_value(raw: &str) -> toml::Value {
     toml::Value::String(raw.to_string())
 }
 
+/// Create `dir` (mode 0700) if missing; refuse one that another user owns or that
+/// others may write to, since what is inside steers pgdr (locks, notes).
+pub fn private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    match std::fs::DirBuilder::new().mode(0o700).recursive(true).create(dir) {
+        Ok(()) => {}
+        Err(e) => return Err(anyhow::anyhow!("cannot create {}: {e}", dir.display())),
+    }
+    let meta = std::fs::symlink_metadata(dir).with_context(|| format!("reading {}", dir.display()))?;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if !meta.is_dir() || meta.uid() != me {
+        return Err(usage!(
+            "{} is not a directory of this user (uid {me}) — it may have been planted; remove it or set another path",
+            dir.display()
+        ));
+    }
+    if meta.permissions().mode() & 0o022 != 0 {
+        return Err(usage!(
+            "{} may be written by other users (mode {:o}) — run chmod 700 on it",
+            dir.display(),
+            meta.permissions().mode() & 0o777
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -472,31 +499,4 @@ mod tests {
         .unwrap();
         assert!(Config::from_table(t, "x").is_err());
     }
-}
-
-/// Create `dir` (mode 0700) if missing; refuse one that another user owns or that
-/// others may write to, since what is inside steers pgdr (locks, notes).
-pub fn private_dir(dir: &Path) -> Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
-    match std::fs::DirBuilder::new().mode(0o700).recursive(true).create(dir) {
-        Ok(()) => {}
-        Err(e) => return Err(anyhow::anyhow!("cannot create {}: {e}", dir.display())),
-    }
-    let meta = std::fs::symlink_metadata(dir).with_context(|| format!("reading {}", dir.display()))?;
-    // SAFETY: geteuid has no preconditions.
-    let me = unsafe { libc::geteuid() };
-    if !meta.is_dir() || meta.uid() != me {
-        return Err(usage!(
-            "{} is not a directory of this user (uid {me}) — it may have been planted; remove it or set another path",
-            dir.display()
-        ));
-    }
-    if meta.permissions().mode() & 0o022 != 0 {
-        return Err(usage!(
-            "{} may be written by other users (mode {:o}) — run chmod 700 on it",
-            dir.display(),
-            meta.permissions().mode() & 0o777
-        ));
-    }
-    Ok(())
 }

@@ -32,16 +32,6 @@ pub fn conninfo_dbname(name: &str) -> String {
     format!("dbname='{}'", name.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
-#[cfg(test)]
-mod conninfo_tests {
-    #[test]
-    fn database_names_stay_names() {
-        assert_eq!(super::conninfo_dbname("app"), "dbname='app'");
-        assert_eq!(super::conninfo_dbname("host=x"), "dbname='host=x'");
-        assert_eq!(super::conninfo_dbname(r"a'b\c"), r"dbname='a\'b\\c'");
-    }
-}
-
 /// The environment a server process pgdr starts (a restored copy, a scratch
 /// cluster) gets: only what PostgreSQL and its restore_command need. Never the
 /// repository key, passwords or webhook URLs; S3 credentials only when its
@@ -54,4 +44,14 @@ pub fn server_env(with_aws: bool) -> Vec<(String, String)> {
                 || (with_aws && k.starts_with("AWS_"))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod conninfo_tests {
+    #[test]
+    fn database_names_stay_names() {
+        assert_eq!(super::conninfo_dbname("app"), "dbname='app'");
+        assert_eq!(super::conninfo_dbname("host=x"), "dbname='host=x'");
+        assert_eq!(super::conninfo_dbname(r"a'b\c"), r"dbname='a\'b\\c'");
+    }
 }
