@@ -403,7 +403,17 @@ fn wrong_key_restore_touches_nothing() {
 /// its parallel pusher; every one is archived intact (a latest restore has all rows).
 #[test]
 fn archive_burst_drains_through_the_pusher() {
-    let a = Archiving::start();
+    archive_burst(RepoKind::Local);
+}
+
+/// The same burst, physical backup and latest restore against the S3 server.
+#[test]
+fn archive_burst_drains_through_the_pusher_s3() {
+    archive_burst(RepoKind::S3);
+}
+
+fn archive_burst(kind: RepoKind) {
+    let a = Archiving::start_with(kind);
     let c = &a.cluster;
     c.psql("postgres", "CREATE TABLE burst (id int, pad text)");
     a.pgdr.ok(&["backup", "--kind", "physical"]);

@@ -235,3 +235,107 @@ async fn pipeline_round_trip_on_both_backends() {
         assert_eq!((plain, stored), (record.plain.clone(), record.stored.clone()));
     }
 }
+
+/// Item 11 of issue 8: the never-overwrite rules (WAL and history files, manifests,
+/// leases) hold on a store that ignores If-None-Match, as Garage does.
+async fn never_overwrite_rules(inner: DynStorage) {
+    use pgdr::pipeline::{Compression, Keyring, RepoKey};
+    use pgdr::storage::ignore_conditions::IgnoreConditions;
+    let storage: DynStorage = std::sync::Arc::new(IgnoreConditions(inner));
+    // The wrapper really does overwrite: otherwise this tests nothing.
+    let probe = key("probe");
+    storage
+        .put(&probe, Bytes::from_static(b"a"), PutMode::CreateNew)
+        .await
+        .unwrap();
+    storage
+        .put(&probe, Bytes::from_static(b"b"), PutMode::CreateNew)
+        .await
+        .unwrap();
+    assert_eq!(&storage.get(&probe).await.unwrap()[..], b"b");
+
+    let repo_key = RepoKey::from_bytes(&[7u8; 32]);
+    let repo = pgdr::repo::Repo {
+        storage: storage.clone(),
+        info: pgdr::repo::RepoInfo {
+            format: 1,
+            cluster: "c".into(),
+            system_identifier: "1".into(),
+            pg_major: 15,
+            key_id: repo_key.id().to_hex(),
+            created: chrono::Utc::now(),
+        },
+        keys: Keyring::new(repo_key),
+        compression: Compression { level: 3, threads: 1 },
+    };
+
+    // Leases: a second holder is refused, the first still holds.
+    use pgdr::repo::lock::Lease;
+    let ttl = std::time::Duration::from_secs(60);
+    let first = Lease::acquire(&repo, "rule", "host:1:a", ttl)
+        .await
+        .unwrap()
+        .expect("first holder");
+    let second = Lease::acquire(&repo, "rule", "host:2:b", ttl).await.unwrap();
+    assert_eq!(
+        second.err().as_deref(),
+        Some("host:1:a"),
+        "the second holder took a live lease"
+    );
+    assert!(first.renew().await.unwrap(), "the first holder lost its lease");
+
+    // A history file: the same bytes again are fine, different bytes are refused and
+    // the archived one stays.
+    let dir = tempfile::tempdir().unwrap();
+    let file = pgdr::postgres::WalFile::parse("00000002.history").unwrap();
+    let path = dir.path().join("00000002.history");
+    std::fs::write(&path, "1\t0/3000000\tno recovery target specified\n").unwrap();
+    pgdr::commands::wal_push::push_one(&repo, &file, &path).await.unwrap();
+    pgdr::commands::wal_push::push_one(&repo, &file, &path).await.unwrap();
+    std::fs::write(&path, "1\t0/5000000\tanother cluster\n").unwrap();
+    let err = pgdr::commands::wal_push::push_one(&repo, &file, &path)
+        .await
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("different content"), "{err:#}");
+    let stored = pgdr::pipeline::load_bytes(&storage, &pgdr::repo::layout::wal_file(&file), &repo.keys)
+        .await
+        .unwrap();
+    assert_eq!(stored, b"1\t0/3000000\tno recovery target specified\n");
+
+    // Manifests: a second one under the same label is refused.
+    let label: pgdr::repo::BackupLabel = "20261201T000000Z-L".parse().unwrap();
+    let mut manifest: pgdr::repo::Manifest = serde_json::from_value(serde_json::json!({
+        "format": 1, "label": label, "kind": "logical", "tags": [], "start_time": "2026-12-01T00:00:00Z",
+        "stop_time": "2026-12-01T00:00:01Z", "pg_version": "15", "pg_version_num": 150000,
+        "system_identifier": "1", "key_id": repo.keys.primary().id().to_hex(),
+        "compression": {"algorithm": "zstd", "level": 3}, "databases": [], "objects": []
+    }))
+    .unwrap();
+    pgdr::repo::catalog::write_manifest(&repo, &manifest).await.unwrap();
+    manifest.tags = vec!["impostor".into()];
+    assert!(pgdr::repo::catalog::write_manifest(&repo, &manifest).await.is_err());
+    let kept = pgdr::repo::catalog::load_manifest(&storage, &repo.keys, &label)
+        .await
+        .unwrap();
+    assert!(kept.tags.is_empty(), "the manifest was overwritten");
+}
+
+#[tokio::test]
+async fn never_overwrite_rules_hold_when_the_store_ignores_if_none_match_local() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = repo_config(format!("file://{}", dir.path().display()), None);
+    never_overwrite_rules(storage::open(&config, "rules").await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn never_overwrite_rules_hold_when_the_store_ignores_if_none_match_s3() {
+    let server = s3();
+    let bucket = server.bucket();
+    // SAFETY: set before any thread of this test reads the environment.
+    unsafe {
+        std::env::set_var("AWS_ACCESS_KEY_ID", TEST_AWS_KEY);
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", TEST_AWS_SECRET);
+    }
+    let config = repo_config(format!("s3://{bucket}/prefix"), Some(server.endpoint()));
+    never_overwrite_rules(storage::open(&config, "rules").await.unwrap()).await;
+}

@@ -116,9 +116,7 @@ async fn commit(repo: &Repo, manifest: &Manifest, keep: bool) -> Result<()> {
             }
         }
     }
-    let data = serde_json::to_vec(manifest).expect("manifest serialises");
-    repo.store()
-        .bytes(&layout::manifest(label), "manifest.json", data, PutMode::CreateNew)
+    crate::repo::catalog::write_manifest(repo, manifest)
         .await
         .with_context(|| format!("writing the manifest of {label}"))?;
     if keep {

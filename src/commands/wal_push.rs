@@ -175,7 +175,7 @@ pub async fn push_ahead(ctx: &Ctx, args: WalPushAheadArgs) -> Result<Exit> {
 
 /// Store one WAL file unless it is already there; the same bytes again are fine,
 /// different bytes under the same name are refused and never overwrite.
-async fn push_one(repo: &Repo, file: &WalFile, path: &Path) -> Result<()> {
+pub async fn push_one(repo: &Repo, file: &WalFile, path: &Path) -> Result<()> {
     if let WalFile::Segment(_) | WalFile::Partial(_) = file {
         check_system_identifier(repo, file, path)?;
     }

@@ -78,6 +78,20 @@ pub async fn scan(storage: &DynStorage) -> Result<Scan> {
     Ok(scan)
 }
 
+/// The commit point of a backup: its manifest, never written over another. Looked
+/// for first, since some S3 servers ignore If-None-Match (DESIGN.md).
+pub async fn write_manifest(repo: &super::Repo, manifest: &Manifest) -> Result<()> {
+    let key = layout::manifest(&manifest.label);
+    if repo.storage.head(&key).await?.is_some() {
+        return Err(crate::storage::StorageError::AlreadyExists(key.to_string()).into());
+    }
+    let data = serde_json::to_vec(manifest).expect("manifest serialises");
+    repo.store()
+        .bytes(&key, "manifest.json", data, crate::storage::PutMode::CreateNew)
+        .await?;
+    Ok(())
+}
+
 pub async fn load_manifest(storage: &DynStorage, keys: &Keyring, label: &BackupLabel) -> Result<Manifest> {
     let data = pipeline::load_bytes(storage, &layout::manifest(label), keys).await?;
     serde_json::from_slice(&data).with_context(|| format!("the manifest of {label} is not valid JSON"))

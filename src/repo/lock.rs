@@ -56,6 +56,17 @@ impl Lease {
     ) -> Result<std::result::Result<Lease, String>> {
         let key = layout::lock(name);
         for _ in 0..2 {
+            // Look first: on a store that ignores If-None-Match the put below would
+            // replace a live holder's lease without a word.
+            if repo.storage.head(&key).await?.is_some() {
+                match read(repo, &key).await? {
+                    Some(current) if current.expires > Utc::now() => return Ok(Err(current.holder)),
+                    // Expired (its holder died) or unreadable: clear it.
+                    _ => {
+                        repo.storage.delete(std::slice::from_ref(&key)).await?;
+                    }
+                }
+            }
             let body = LeaseBody {
                 holder: holder.to_string(),
                 expires: Utc::now() + ttl,
@@ -64,24 +75,19 @@ impl Lease {
             match repo.store().bytes(&key, "lock", data, PutMode::CreateNew).await {
                 Ok(_) => {
                     // Read back: on a store that ignored the condition, the last writer wins.
-                    if read(repo, &key).await?.is_some_and(|b| b.holder == holder) {
-                        return Ok(Ok(Lease {
+                    return match read(repo, &key).await? {
+                        Some(b) if b.holder == holder => Ok(Ok(Lease {
                             repo: repo.clone(),
                             key,
                             holder: holder.to_string(),
                             ttl,
-                        }));
-                    }
+                        })),
+                        Some(b) => Ok(Err(b.holder)),
+                        None => Ok(Err("another process (the lease vanished while acquiring)".into())),
+                    };
                 }
                 Err(e) if matches!(e.downcast_ref::<StorageError>(), Some(StorageError::AlreadyExists(_))) => {}
                 Err(e) => return Err(e),
-            }
-            match read(repo, &key).await? {
-                Some(current) if current.expires > Utc::now() => return Ok(Err(current.holder)),
-                // Expired (its holder died) or unreadable: clear it and try once more.
-                _ => {
-                    repo.storage.delete(std::slice::from_ref(&key)).await?;
-                }
             }
         }
         Ok(Err("another process (the lease changed hands while acquiring)".into()))
