@@ -852,3 +852,96 @@ fn item7_secrets_stay_out_of_restored_and_scratch_servers() {
     let steps = report["steps"].to_string();
     assert!(steps.contains("no tcp") && steps.contains("no key"), "{report:#}");
 }
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let dest = to.join(e.file_name());
+        if e.path().is_dir() {
+            copy_tree(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), &dest).unwrap();
+        }
+    }
+}
+
+/// Item 10: objects are bound to the repository's identity (cluster name and system
+/// identifier, format 2): a backup copied into another cluster's area that shares the
+/// key no longer authenticates there. Repositories written before (format 1) still
+/// read: a fixture made by the pgdr of 2026-12-01 lists and restores.
+#[test]
+fn item10_objects_are_bound_to_their_repository() {
+    let c1 = Cluster::start();
+    c1.psql("postgres", "CREATE TABLE t AS SELECT g FROM generate_series(1, 300) g");
+    let a = Pgdr::new(&c1, RepoKind::Local);
+    a.ok(&["backup", "--kind", "logical", "-d", "postgres"]);
+    let label = a.list_json()[0]["label"].as_str().unwrap().to_string();
+    let root = a.repo_dir.clone().unwrap();
+    let manifest = std::fs::read(root.join(format!("test/backups/{label}/manifest.json"))).unwrap();
+    assert_eq!(&manifest[..5], b"PGDR\x02", "new objects are format 2");
+
+    // A second cluster, its own area in the same repository, the same key.
+    let c2 = Cluster::start();
+    let b = a.clone_setup();
+    let text = std::fs::read_to_string(&b.config).unwrap();
+    std::fs::write(
+        &b.config,
+        text.replace("cluster = \"test\"", "cluster = \"other\"")
+            .replace(&c1.url("postgres"), &c2.url("postgres")),
+    )
+    .unwrap();
+    b.ok(&["init"]);
+    copy_tree(
+        &root.join(format!("test/backups/{label}")),
+        &root.join(format!("other/backups/{label}")),
+    );
+    let out = b.run(&["list"]);
+    assert_clean_stderr(&out);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("DAMAGED {label}")),
+        "a copied-in backup authenticated:\n{stdout}"
+    );
+    let out = b.run(&[
+        "restore",
+        "--backup",
+        &label,
+        "--database",
+        "postgres",
+        "--to-database",
+        "copied",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        c2.psql("postgres", "SELECT count(*) FROM pg_database WHERE datname = 'copied'"),
+        "0"
+    );
+
+    // The format-1 fixture.
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/format1");
+    let dir = TestDir::new();
+    copy_tree(&fixture.join("repo"), &dir.join("repo"));
+    let key = dir.join("repo.key");
+    std::fs::copy(fixture.join("repo.key"), &key).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let config = dir.join("pgdr.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "cluster = \"fixture\"\n[postgres]\nurl = \"{}\"\nbin_dir = \"{}\"\n[repository]\nurl = \"file://{}\"\nkey_file = \"{}\"\n",
+            c2.url("postgres"),
+            pg_bin().display(),
+            dir.join("repo").display(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    let mut old = b.clone_setup();
+    old.config = config;
+    let list = old.list_json();
+    assert_eq!(list.len(), 1, "{list:?}");
+    old.ok(&["restore", "--database", "app", "--to-database", "app_back"]);
+    let want = std::fs::read_to_string(fixture.join("app.t.hash")).unwrap();
+    assert_eq!(c2.content_hashes("app_back")[0], format!("public.t={}", want.trim()));
+}

@@ -43,7 +43,7 @@ pub async fn run(ctx: &Ctx, args: CatArgs) -> Result<Exit> {
         std::io::stdout().write_all(&data)?;
         return Ok(Exit::Success);
     }
-    let keys = repo::load_keyring(&ctx.config)?;
+    let keys = repo::bound_keyring(&ctx.config, &storage).await?;
     let stdout = std::io::stdout();
     pipeline::load_to_writer(&storage, &key, stdout, &keys, pipeline::Verify::Authenticated, None)
         .await

@@ -35,6 +35,7 @@ pub async fn run(ctx: &Ctx, args: RestoreArgs) -> Result<Exit> {
     let repo = Repo::open(config).await?;
     let manifests = repo.manifests().await?;
     let manifest = catalog::resolve(&manifests, &args.backup, Some(BackupKind::Logical))?;
+    repo.check_manifest_identity(manifest)?;
     let tools = PgTools::locate(config.postgres.bin_dir.as_deref())?;
     let target = PgTarget::from_config(config.postgres.url.as_deref())?;
     let client = target.connect(None).await?;

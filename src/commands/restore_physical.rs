@@ -206,6 +206,7 @@ pub async fn run(ctx: &Ctx, args: RestoreArgs) -> Result<Exit> {
         time,
         lsn,
     )?;
+    repo.check_manifest_identity(manifest)?;
     let info = manifest
         .physical
         .as_ref()

@@ -73,7 +73,7 @@ async fn fetch(ctx: &Ctx, file: &WalFile, dest: &Path, wal_dir: &Path) -> Result
         std::fs::rename(&ready, dest).map_err(|e| anyhow!("cannot move {} into place: {e}", ready.display()))?;
     } else {
         let storage = storage::open(&ctx.config.repository, &ctx.config.cluster).await?;
-        let keys = repo::load_keyring(&ctx.config)?;
+        let keys = repo::bound_keyring(&ctx.config, &storage).await?;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(ctx.config.wal.fetch_retry_seconds);
         let mut delay = std::time::Duration::from_millis(250);
         loop {
@@ -204,7 +204,7 @@ pub async fn prefetch(ctx: &Ctx, args: WalPrefetchArgs) -> Result<Exit> {
         return Ok(Exit::Failure);
     };
     let storage = storage::open(&ctx.config.repository, &ctx.config.cluster).await?;
-    let keys = repo::load_keyring(&ctx.config)?;
+    let keys = repo::bound_keyring(&ctx.config, &storage).await?;
     // Drop what recovery has gone past.
     if let Ok(entries) = std::fs::read_dir(&args.dir) {
         for e in entries.flatten() {

@@ -93,11 +93,29 @@ impl RepoKey {
 #[derive(Debug, Clone)]
 pub struct Keyring {
     keys: Vec<RepoKey>,
+    /// The repository identity objects are bound to: (cluster, system identifier).
+    binding: Option<(String, String)>,
 }
 
 impl Keyring {
     pub fn new(primary: RepoKey) -> Keyring {
-        Keyring { keys: vec![primary] }
+        Keyring {
+            keys: vec![primary],
+            binding: None,
+        }
+    }
+
+    /// Bind new objects to this repository identity (and require it of bound ones).
+    pub fn bind(&mut self, cluster: &str, system_identifier: &str) {
+        self.binding = Some((cluster.to_string(), system_identifier.to_string()));
+    }
+
+    /// What an object stored under `key` is authenticated with.
+    pub fn context(&self, key: &str) -> String {
+        match &self.binding {
+            Some((cluster, sysid)) => super::seal::bound_context(cluster, sysid, key),
+            None => key.to_string(),
+        }
     }
 
     pub fn add_old(&mut self, key: RepoKey) {

@@ -171,7 +171,7 @@ impl Store<'_> {
     ) -> Result<ObjectRecord> {
         let (tx, rx) = body_channel();
         let repo_key = self.keys.primary().clone();
-        let object = key.to_string();
+        let object = self.keys.context(key.as_str());
         let compression = self.compression;
         let digests = self.digests;
         let producer = tokio::task::spawn_blocking(move || {
@@ -223,7 +223,7 @@ impl Store<'_> {
         F: FnOnce() -> Result<B> + Send + 'static,
     {
         let repo_key = self.keys.primary().clone();
-        let object = key.to_string();
+        let object = self.keys.context(key.as_str());
         let level = self.compression.level;
         let digests = self.digests;
         // Compression is CPU-bound: more at once than there are cores only makes them
@@ -362,7 +362,7 @@ pub async fn load_to_writer<W: Write + Send + 'static>(
         .await
         .with_context(|| format!("reading {key}"))?;
     let keys = keys.clone();
-    let object = key.to_string();
+    let object = keys.context(key.as_str());
     let task_key = key.clone();
     let (stored_digest, plain_digest) = match verify {
         Verify::Authenticated => (false, false),

@@ -22,7 +22,22 @@ use aes_gcm::{Aes256Gcm, Key};
 use super::keys::{KEY_ID_LEN, KEY_LEN, KeyId, Keyring, RepoKey};
 
 pub const MAGIC: &[u8; 4] = b"PGDR";
-pub const FORMAT: u8 = 1;
+/// Format 1: chunks authenticated with the header and the object's key. Format 2
+/// (written since 2026-12): also with the repository's identity — cluster name and
+/// system identifier — so an object copied into another cluster's area, even one that
+/// shares the key, fails to open. Both are read.
+pub const FORMAT_V1: u8 = 1;
+pub const FORMAT: u8 = 2;
+
+/// The object context a sealer authenticates: `cluster NUL system-identifier NUL key`
+/// for a bound (format 2) object, the bare key for format 1.
+pub fn bound_context(cluster: &str, system_identifier: &str, key: &str) -> String {
+    format!("{cluster}\0{system_identifier}\0{key}")
+}
+
+fn format_of(object: &str) -> u8 {
+    if object.contains('\0') { FORMAT } else { FORMAT_V1 }
+}
 /// Plaintext bytes per chunk.
 pub const CHUNK_SIZE: u32 = 1 << 20;
 pub const TAG_LEN: usize = 16;
@@ -50,6 +65,8 @@ pub enum SealError {
     Chunk(u64),
     #[error("has an invalid chunk size {0}")]
     ChunkSize(u32),
+    #[error("is bound to a repository identity, which was not given (read it through the repository)")]
+    Unbound,
 }
 
 impl From<SealError> for io::Error {
@@ -74,7 +91,7 @@ fn begin(key: &RepoKey, object: &str) -> io::Result<(Vec<u8>, EncryptorBE32<Aes2
 
     let mut header = Vec::with_capacity(HEADER_LEN);
     header.extend_from_slice(MAGIC);
-    header.push(FORMAT);
+    header.push(format_of(object));
     header.extend_from_slice(&key.id().0);
     let wrap_aad = header.clone();
     let wrapped = key
@@ -239,12 +256,24 @@ pub fn peek_key_id(header: &[u8]) -> Result<KeyId, SealError> {
     if header.len() < 4 + 1 + KEY_ID_LEN || &header[..4] != MAGIC {
         return Err(SealError::NotPgdr);
     }
-    if header[4] != FORMAT {
+    if header[4] != FORMAT && header[4] != FORMAT_V1 {
         return Err(SealError::UnknownFormat(header[4]));
     }
     let mut id = [0u8; KEY_ID_LEN];
     id.copy_from_slice(&header[5..5 + KEY_ID_LEN]);
     Ok(KeyId(id))
+}
+
+/// What a format-`format` object was authenticated with, given the reader's context.
+fn opened_context(format: u8, object: &str) -> io::Result<String> {
+    if format == FORMAT_V1 {
+        // Written before objects were bound: only the key.
+        return Ok(object.rsplit('\0').next().unwrap_or(object).to_string());
+    }
+    if !object.contains('\0') {
+        return Err(SealError::Unbound.into());
+    }
+    Ok(object.to_string())
 }
 
 /// Decrypting reader: the stored format in, plaintext out.
@@ -311,7 +340,7 @@ impl<R: Read> Opener<R> {
         Ok(Opener {
             inner,
             decryptor: Some(DecryptorBE32::from_aead(cipher, GenericArray::from_slice(nonce_prefix))),
-            aad: header_aad(&header, object),
+            aad: header_aad(&header, &opened_context(header[4], object)?),
             chunk: chunk as usize,
             pending: Vec::new(),
             out: Vec::new(),

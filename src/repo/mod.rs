@@ -47,6 +47,20 @@ pub fn load_keyring(config: &Config) -> Result<Keyring> {
     Ok(Keyring::new(key))
 }
 
+/// The repository key bound to the repository's identity (repo.json), for the
+/// paths that read objects without opening the whole repository (wal-fetch, cat).
+pub async fn bound_keyring(config: &Config, storage: &DynStorage) -> Result<Keyring> {
+    let mut keys = load_keyring(config)?;
+    let info = info::read(storage).await?.ok_or_else(|| {
+        anyhow::anyhow!(
+            "{} has no repo.json: this is not the repository (unmounted? wrong [repository] url or cluster?)",
+            storage.describe()
+        )
+    })?;
+    keys.bind(&info.cluster, &info.system_identifier);
+    Ok(keys)
+}
+
 pub fn compression(config: &Config) -> Compression {
     let threads = match config.repository.compress_threads {
         0 => std::thread::available_parallelism()
@@ -64,7 +78,7 @@ impl Repo {
     /// Open the configured repository: load the key, read repo.json, and refuse a key
     /// that does not belong to it.
     pub async fn open(config: &Config) -> Result<Repo> {
-        let keys = load_keyring(config)?;
+        let mut keys = load_keyring(config)?;
         let storage = storage::open(&config.repository, &config.cluster).await?;
         let info = info::read(&storage).await?.ok_or_else(|| {
             usage!(
@@ -81,6 +95,7 @@ impl Repo {
                 info.key_id
             ));
         }
+        keys.bind(&info.cluster, &info.system_identifier);
         Ok(Repo {
             storage,
             keys,
@@ -97,6 +112,21 @@ impl Repo {
                 self.storage.describe(),
                 self.info.system_identifier,
                 live
+            ));
+        }
+        Ok(())
+    }
+
+    /// Refuse a backup whose manifest names another cluster than this repository's
+    /// (a backup copied in from elsewhere).
+    pub fn check_manifest_identity(&self, manifest: &Manifest) -> Result<()> {
+        if manifest.system_identifier != self.info.system_identifier {
+            return Err(anyhow::anyhow!(
+                "backup {} was taken of the cluster with system identifier {}, but the repository at {} belongs to {} — it was copied in from another cluster's area; restore it from there",
+                manifest.label,
+                manifest.system_identifier,
+                self.storage.describe(),
+                self.info.system_identifier
             ));
         }
         Ok(())
