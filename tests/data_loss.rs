@@ -680,21 +680,22 @@ fn rewrite_manifest(pgdr: &Pgdr, label: &str, edit: impl FnOnce(&mut serde_json:
         serde_json::from_str(&pgdr.ok(&["cat", &format!("{label}/manifest.json")])).unwrap();
     edit(&mut manifest);
     let data = serde_json::to_vec(&manifest).unwrap();
-    let storage: pgdr::storage::DynStorage = std::sync::Arc::new(pgdr::storage::LocalStorage::new(
-        pgdr.repo_dir.as_ref().unwrap().join("test"),
-    ));
-    let keys = pgdr::pipeline::Keyring::new(pgdr::pipeline::RepoKey::load_file(&pgdr.key_file).unwrap());
-    let store = pgdr::pipeline::Store {
-        storage: &storage,
-        keys: &keys,
-        compression: pgdr::pipeline::Compression { level: 3, threads: 1 },
-        digests: pgdr::pipeline::Digests::Both,
-    };
-    let key = pgdr::storage::ObjectKey::new(format!("backups/{label}/manifest.json")).unwrap();
-    tokio::runtime::Runtime::new()
-        .unwrap()
-        .block_on(store.bytes(&key, "manifest.json", data, pgdr::storage::PutMode::Overwrite))
-        .unwrap();
+    let config = pgdr::config::Config::load(Some(&pgdr.config)).unwrap();
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let storage = pgdr::storage::open(&config.repository, &config.cluster).await.unwrap();
+        let keys = pgdr::repo::bound_keyring(&config, &storage).await.unwrap();
+        let store = pgdr::pipeline::Store {
+            storage: &storage,
+            keys: &keys,
+            compression: pgdr::pipeline::Compression { level: 3, threads: 1 },
+            digests: pgdr::pipeline::Digests::Both,
+        };
+        let key = pgdr::storage::ObjectKey::new(format!("backups/{label}/manifest.json")).unwrap();
+        store
+            .bytes(&key, "manifest.json", data, pgdr::storage::PutMode::Overwrite)
+            .await
+            .unwrap();
+    });
 }
 
 /// Item 6: a delta restore never writes into a running server's directory, nor into

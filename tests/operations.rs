@@ -27,7 +27,7 @@ fn rewrite_object(pgdr: &Pgdr, key: &str, edit: impl FnOnce(Vec<u8>) -> Vec<u8>)
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let storage = pgdr::storage::open(&config.repository, &config.cluster).await.unwrap();
-        let keys = pgdr::repo::load_keyring(&config).unwrap();
+        let keys = pgdr::repo::bound_keyring(&config, &storage).await.unwrap();
         let key = pgdr::storage::ObjectKey::new(key).unwrap();
         let data = pgdr::pipeline::load_bytes(&storage, &key, &keys).await.unwrap();
         let store = pgdr::pipeline::Store {
