@@ -107,7 +107,7 @@ fn item1_latest_is_not_led_astray_by_a_forked_timeline() {
     let port = free_port();
     let log = dir.join("copy.log");
     assert!(
-        pg_ctl_start(&data, port, &sock, &log, 60),
+        pg_ctl_start(&data, port, &sock, &log, &[]),
         "{}",
         std::fs::read_to_string(&log).unwrap_or_default()
     );
@@ -231,21 +231,11 @@ fn item3_unreachable_archive_stops_recovery_instead_of_promoting() {
     let port = free_port();
     let log = dir.join("copy.log");
     // The server needs the S3 credentials for wal-fetch, as production has them.
-    let mut cmd = std::process::Command::new(pg_bin().join("pg_ctl"));
-    hermetic(&mut cmd);
-    cmd.env("AWS_ACCESS_KEY_ID", TEST_AWS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", TEST_AWS_SECRET)
-        .arg("-D")
-        .arg(&data)
-        .arg("-l")
-        .arg(&log)
-        .args(["-w", "-t", "60", "-o"])
-        .arg(format!("-p {port} -k {} -c listen_addresses=127.0.0.1", sock.display()))
-        .arg("start")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    as_postgres(&mut cmd);
-    let started = cmd.status().unwrap().success();
+    let creds = [
+        ("AWS_ACCESS_KEY_ID", TEST_AWS_KEY),
+        ("AWS_SECRET_ACCESS_KEY", TEST_AWS_SECRET),
+    ];
+    let started = pg_ctl_start(&data, port, &sock, &log, &creds);
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     if started {
         pg_ctl_stop(&data);
@@ -259,22 +249,8 @@ fn item3_unreachable_archive_stops_recovery_instead_of_promoting() {
 
     // The archive is back: the same directory recovers everything.
     std::fs::write(&copy.config, &good).unwrap();
-    let mut cmd = std::process::Command::new(pg_bin().join("pg_ctl"));
-    hermetic(&mut cmd);
-    cmd.env("AWS_ACCESS_KEY_ID", TEST_AWS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", TEST_AWS_SECRET)
-        .arg("-D")
-        .arg(&data)
-        .arg("-l")
-        .arg(&log)
-        .args(["-w", "-t", "60", "-o"])
-        .arg(format!("-p {port} -k {} -c listen_addresses=127.0.0.1", sock.display()))
-        .arg("start")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    as_postgres(&mut cmd);
     assert!(
-        cmd.status().unwrap().success(),
+        pg_ctl_start(&data, port, &sock, &log, &creds),
         "{}",
         std::fs::read_to_string(&log).unwrap_or_default()
     );

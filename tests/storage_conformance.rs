@@ -20,6 +20,18 @@ fn repo_config(url: String, endpoint: Option<String>) -> RepositoryConfig {
     toml::from_str(&toml).unwrap()
 }
 
+/// A fresh bucket on the test's S3 server, its credentials in the environment.
+fn s3_repo_config() -> RepositoryConfig {
+    let server = s3();
+    let bucket = server.bucket();
+    // SAFETY: set before any thread of this test reads the environment.
+    unsafe {
+        std::env::set_var("AWS_ACCESS_KEY_ID", TEST_AWS_KEY);
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", TEST_AWS_SECRET);
+    }
+    repo_config(format!("s3://{bucket}/prefix"), Some(server.endpoint()))
+}
+
 /// Deterministic, incompressible-ish bytes.
 fn data(len: usize, seed: u8) -> Vec<u8> {
     let mut x = seed as u64 | 1;
@@ -175,14 +187,7 @@ async fn local_backend_conforms() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_backend_conforms() {
-    let server = s3();
-    let bucket = server.bucket();
-    // SAFETY: set before any thread of this test reads the environment.
-    unsafe {
-        std::env::set_var("AWS_ACCESS_KEY_ID", TEST_AWS_KEY);
-        std::env::set_var("AWS_SECRET_ACCESS_KEY", TEST_AWS_SECRET);
-    }
-    let config = repo_config(format!("s3://{bucket}/prefix"), Some(server.endpoint()));
+    let config = s3_repo_config();
     let s = storage::open(&config, "conformance").await.unwrap();
     conformance(s).await;
 }
@@ -329,13 +334,6 @@ async fn never_overwrite_rules_hold_when_the_store_ignores_if_none_match_local()
 
 #[tokio::test]
 async fn never_overwrite_rules_hold_when_the_store_ignores_if_none_match_s3() {
-    let server = s3();
-    let bucket = server.bucket();
-    // SAFETY: set before any thread of this test reads the environment.
-    unsafe {
-        std::env::set_var("AWS_ACCESS_KEY_ID", TEST_AWS_KEY);
-        std::env::set_var("AWS_SECRET_ACCESS_KEY", TEST_AWS_SECRET);
-    }
-    let config = repo_config(format!("s3://{bucket}/prefix"), Some(server.endpoint()));
+    let config = s3_repo_config();
     never_overwrite_rules(storage::open(&config, "rules").await.unwrap()).await;
 }

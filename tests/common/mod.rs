@@ -105,14 +105,16 @@ pub fn hermetic(cmd: &mut Command) -> &mut Command {
 
 /// Start a data directory with pg_ctl (as postgres, hermetic), listening on
 /// 127.0.0.1:`port` and a socket in `sock`; returns whether pg_ctl succeeded.
-pub fn pg_ctl_start(data: &Path, port: u16, sock: &Path, log: &Path, wait_secs: u32) -> bool {
+/// `env` is what the server needs beyond `hermetic` (S3 credentials for wal-fetch).
+pub fn pg_ctl_start(data: &Path, port: u16, sock: &Path, log: &Path, env: &[(&str, &str)]) -> bool {
     let mut cmd = Command::new(pg_bin().join("pg_ctl"));
     hermetic(&mut cmd);
+    cmd.envs(env.iter().copied());
     cmd.arg("-D")
         .arg(data)
         .arg("-l")
         .arg(log)
-        .args(["-w", "-t", &wait_secs.to_string(), "-o"])
+        .args(["-w", "-t", "60", "-o"])
         .arg(format!("-p {port} -k {} -c listen_addresses=127.0.0.1", sock.display()))
         .arg("start")
         .stdout(Stdio::null())
