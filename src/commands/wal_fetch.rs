@@ -73,25 +73,23 @@ async fn fetch(ctx: &Ctx, file: &WalFile, dest: &Path, wal_dir: &Path) -> Result
         std::fs::rename(&ready, dest).map_err(|e| anyhow!("cannot move {} into place: {e}", ready.display()))?;
     } else {
         let storage = storage::open(&ctx.config.repository, &ctx.config.cluster).await?;
-        let keys = repo::bound_keyring(&ctx.config, &storage).await?;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(ctx.config.wal.fetch_retry_seconds);
         let mut delay = std::time::Duration::from_millis(250);
+        let mut keys = None;
         loop {
-            match fetch_into(&storage, &keys, file, dest).await {
+            // The keyring is bound to repo.json, which proves the repository is there:
+            // "absent" counts only from a repository that is (an unmounted volume or a
+            // wrong prefix would make every file absent, and recovery end early).
+            // Reading it is retried like any fetch.
+            let attempt = async {
+                if keys.is_none() {
+                    keys = Some(repo::bound_keyring(&ctx.config, &storage).await?);
+                }
+                fetch_into(&storage, keys.as_ref().expect("set above"), file, dest).await
+            };
+            match attempt.await {
                 Ok(true) => break,
-                // "Absent" counts only from a repository that is there: an unmounted
-                // volume or a wrong prefix would make every file absent, and recovery
-                // would end early. One look at repo.json, at the end of the archive only.
-                Ok(false) => match storage.head(&layout::repo_info()).await {
-                    Ok(Some(_)) => return Ok(Fetched::Absent),
-                    Ok(None) => {
-                        return Err(anyhow!(
-                            "{} has no repo.json: this is not the repository (unmounted? wrong [repository] url or cluster?)",
-                            storage.describe()
-                        ));
-                    }
-                    Err(e) => return Err(e.into()),
-                },
+                Ok(false) => return Ok(Fetched::Absent),
                 Err(e) if e.chain().any(|c| c.is::<pipeline::Damaged>()) => return Err(e),
                 Err(e) if std::time::Instant::now() + delay > deadline => {
                     return Err(e.context(format!(
