@@ -384,8 +384,35 @@ fn install_panic_hook() {
             .map(|l| format!(" at {}:{}", l.file(), l.line()))
             .unwrap_or_default();
         eprintln!("pgdr: error: internal error ({what}{place}) — nothing more was done; please report this");
-        std::process::exit(Exit::Failure as i32);
+        std::process::exit(failure_code() as i32);
     }));
+}
+
+/// The exit code of a failure that no command decided. For `wal-fetch` that is PostgreSQL's
+/// contract: 1 means "the archive does not have it" and ends recovery as complete, so any
+/// other failure (a bad configuration, bad arguments, a panic, no runtime) must be 126 and
+/// stop recovery; except on a standby (`standby.signal` in the data directory, the parent
+/// of the destination's pg_wal, where PostgreSQL runs the command), which asks again
+/// after 1.
+fn failure_code() -> u8 {
+    wal_fetch_failure_code().unwrap_or(Exit::Failure as u8)
+}
+
+fn wal_fetch_failure_code() -> Option<u8> {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    if !args.iter().any(|a| a == "wal-fetch") {
+        return None;
+    }
+    let data_dir = args
+        .last()
+        .map(std::path::PathBuf::from)
+        .and_then(|p| Some(p.parent()?.parent()?.to_path_buf()))
+        .unwrap_or_default();
+    Some(if data_dir.join("standby.signal").exists() {
+        Exit::Failure as u8
+    } else {
+        Exit::AbortRecovery as u8
+    })
 }
 
 pub fn main() -> ExitCode {
@@ -394,10 +421,10 @@ pub fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() {
-                Exit::Usage as u8
-            } else {
+            return ExitCode::from(if !e.use_stderr() {
                 Exit::Success as u8
+            } else {
+                wal_fetch_failure_code().unwrap_or(Exit::Usage as u8)
             });
         }
     };
@@ -407,7 +434,7 @@ pub fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("pgdr: error: cannot start the runtime: {e}");
-            return ExitCode::from(Exit::Failure as u8);
+            return ExitCode::from(failure_code());
         }
     };
     let outcome = runtime.block_on(commands::run(cli));
@@ -418,7 +445,7 @@ pub fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code as u8),
         Err(err) => {
             eprintln!("pgdr: error: {err:#}");
-            ExitCode::from(exit::classify(&err) as u8)
+            ExitCode::from(wal_fetch_failure_code().unwrap_or(exit::classify(&err) as u8))
         }
     }
 }

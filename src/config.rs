@@ -278,6 +278,46 @@ impl Config {
         Ok(config)
     }
 
+    /// The configuration file alone, without `PGDR_*` overrides: what a child that
+    /// gets only `--config FILE` (a restored server's `wal-fetch`) will see.
+    pub fn file_only(&self) -> Result<Option<Config>> {
+        let Some(path) = &self.file else { return Ok(None) };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| usage!("cannot read the configuration file {}: {e}", path.display()))?;
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| usage!("{}: {}", path.display(), one_line(&e.to_string())))?;
+        let mut config = Config::from_table(table, &path.display().to_string())?;
+        config.file = Some(path.clone());
+        Ok(Some(config))
+    }
+
+    /// The settings that decide which archive `wal-fetch` reads, where `other` (the
+    /// file alone) differs from this configuration, as config keys.
+    pub fn archive_differences(&self, other: &Config) -> Vec<&'static str> {
+        let (a, b) = (&self.repository, &other.repository);
+        let mut out = Vec::new();
+        if self.cluster != other.cluster {
+            out.push("cluster");
+        }
+        if a.url != b.url {
+            out.push("repository.url");
+        }
+        if a.endpoint != b.endpoint {
+            out.push("repository.endpoint");
+        }
+        if a.region != b.region {
+            out.push("repository.region");
+        }
+        if a.force_path_style != b.force_path_style {
+            out.push("repository.force_path_style");
+        }
+        if a.key_file != b.key_file {
+            out.push("repository.key_file");
+        }
+        out
+    }
+
     pub fn from_table(table: toml::Table, source: &str) -> Result<Config> {
         let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
             let path = e.path().to_string();

@@ -189,10 +189,128 @@ fn item1_archive_declares_a_new_primary() {
         );
         sleep(100);
     }
+    // The marker is single use: declared once, it is gone, so a backup of this
+    // server (or a later promotion of it) carries no declaration along.
+    assert!(
+        !first.data.join("pgdr-new-primary").exists(),
+        "the new-primary marker outlived its declaration"
+    );
     first.stop();
     let r = a.pgdr.restore_started(&["--target", "latest"]);
     assert_eq!(markers_at(r.port), "new-primary,t1");
     assert!(r.output.contains("declared the new primary"), "{}", r.output);
+    drop(r);
+
+    // The old primary went on (a split brain) and was backed up after the branch:
+    // from that backup, the declared timeline is unreachable (it branched before the
+    // backup started), so `latest` stays on timeline 1 instead of failing or
+    // following it.
+    a.cluster.psql("postgres", "INSERT INTO markers VALUES ('t3')");
+    a.pgdr.ok(&["backup", "--kind", "physical"]);
+    a.cluster.psql("postgres", "INSERT INTO markers VALUES ('t4')");
+    a.switch_and_wait();
+    let r = a.pgdr.restore_started(&["--target", "latest"]);
+    assert_eq!(markers_at(r.port), "t1,t2,t3,t4");
+    assert!(r.output.contains("following timeline 1"), "{}", r.output);
+    assert!(r.output.contains("before this backup started"), "{}", r.output);
+}
+
+/// Review of item 1: a timeline history that cannot be read is not skipped (which
+/// would silently follow its parent past a real promotion): the restore fails and
+/// names it, and naming the timeline still restores.
+#[test]
+fn item1_damaged_history_fails_loudly() {
+    let (a, _, _) = production(RepoKind::Local);
+    let wal = a.pgdr.repo_dir.as_ref().unwrap().join("test/wal");
+    std::fs::write(wal.join("00000003.history"), b"not a sealed object").unwrap();
+    let dir = TestDir::new();
+    let out = a.pgdr.run(&[
+        "restore",
+        "--kind",
+        "physical",
+        "--to",
+        dir.join("data").to_str().unwrap(),
+    ]);
+    let err = assert_fails(&out, 1, "00000003.history");
+    assert!(err.contains("timeline 3") && err.contains("--target-timeline"), "{err}");
+    assert!(!dir.join("data").exists(), "a refused restore wrote files");
+    let out = a.pgdr.run(&["check"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("00000003.history"),
+        "check did not report the damaged history: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let r = a
+        .pgdr
+        .restore_started(&["--target", "latest", "--target-timeline", "1"]);
+    assert_eq!(markers_at(r.port), "t1,t2");
+}
+
+/// Review of item 3: `PGDR_*` overrides that point the restore at another archive
+/// than the configuration file are refused (the server's wal-fetch reads only the
+/// file); a wal-fetch whose repository belongs to another system stops recovery.
+#[test]
+fn item3_overrides_and_foreign_repositories_stop_recovery() {
+    let (a, _, _) = production(RepoKind::Local);
+    let dir = TestDir::new();
+    let out = a
+        .pgdr
+        .command(&[
+            "restore",
+            "--kind",
+            "physical",
+            "--to",
+            dir.join("data").to_str().unwrap(),
+        ])
+        .env("PGDR_CLUSTER", "elsewhere")
+        .output()
+        .unwrap();
+    let err = assert_fails(&out, 2, "cluster");
+    assert!(err.contains("PGDR_"), "{err}");
+    assert!(!dir.join("data").exists());
+
+    // A data directory of another cluster asks this repository for WAL.
+    let other = Cluster::init();
+    let data = a.pgdr.dir.join("foreign");
+    std::fs::create_dir_all(data.join("global")).unwrap();
+    std::fs::create_dir_all(data.join("pg_wal")).unwrap();
+    std::fs::copy(other.data.join("global/pg_control"), data.join("global/pg_control")).unwrap();
+    for p in ["", "global", "global/pg_control", "pg_wal"] {
+        chown_postgres(&data.join(p));
+    }
+    let dest = data.join("pg_wal/RECOVERYXLOG");
+    let out = a
+        .pgdr
+        .run(&["wal-fetch", "0000000100000000000000F0", dest.to_str().unwrap()]);
+    assert_eq!(
+        out.status.code(),
+        Some(126),
+        "another system's repository read as the end of the archive: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("belongs to system"));
+}
+
+/// Review of item 3: a standby started with `--start` is caught up by replay, not
+/// stopped: "recovery stopped short" is for recoveries that end.
+#[test]
+fn item3_started_standby_is_not_stopped_short() {
+    let a = Archiving::start();
+    let c = &a.cluster;
+    c.psql("postgres", "CREATE TABLE markers (m text PRIMARY KEY)");
+    a.pgdr.ok(&["backup", "--kind", "physical"]);
+    for i in 0..30 {
+        c.psql("postgres", &format!("INSERT INTO markers VALUES ('m{i:02}')"));
+        c.psql("postgres", "SELECT pg_switch_wal()");
+    }
+    a.switch_and_wait();
+    let r = a.pgdr.restore_started(&["--standby"]);
+    assert!(r.output.contains("running as a standby"), "{}", r.output);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while r.psql("postgres", "SELECT count(*) FROM markers") != "30" {
+        assert!(std::time::Instant::now() < deadline, "the standby did not catch up");
+        sleep(200);
+    }
 }
 
 /// Rewrite a key of the config file's [wal] section (append under the header).
@@ -297,6 +415,40 @@ fn item3_wal_fetch_exit_codes() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("standby will ask again"));
     std::fs::rename(&moved, &repo).unwrap();
     assert!(!dest.exists());
+
+    // Failures before wal-fetch's own code runs (a configuration that does not load,
+    // arguments it does not know) must stop recovery too, not end it as complete.
+    std::fs::remove_file(a.pgdr.dir.join("data/standby.signal")).unwrap();
+    let broken = a.pgdr.dir.join("broken.toml");
+    std::fs::write(&broken, "[repository\n").unwrap();
+    let out = a
+        .pgdr
+        .command(&["wal-fetch", "0000000100000000000000F0", dest.to_str().unwrap()])
+        .env("PGDR_CONFIG", &broken)
+        .output()
+        .unwrap();
+    assert_clean_stderr(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(126),
+        "a broken configuration read as the end of the archive: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = a.pgdr.run(&[
+        "wal-fetch",
+        "--no-such-flag",
+        "0000000100000000000000F0",
+        dest.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(126), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::write(a.pgdr.dir.join("data/standby.signal"), b"").unwrap();
+    let out = a
+        .pgdr
+        .command(&["wal-fetch", "0000000100000000000000F0", dest.to_str().unwrap()])
+        .env("PGDR_CONFIG", &broken)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "a standby asks again later");
 }
 
 /// Item 2: hostile or damaged names and objects never panic, and one damaged

@@ -161,6 +161,19 @@ fn restore_command(ctx: &Ctx) -> Result<String> {
     let config = ctx.config.file().ok_or_else(|| {
         usage!("a physical restore writes restore_command = 'pgdr --config FILE wal-fetch …' — run it with --config FILE (or PGDR_CONFIG)")
     })?;
+    // The server's wal-fetch reads the file only: an override that points this restore
+    // at another archive (PGDR_CLUSTER, PGDR_REPOSITORY_URL) would have the server
+    // replay from one archive and fetch WAL from another.
+    if let Some(file_only) = ctx.config.file_only()? {
+        let differ = ctx.config.archive_differences(&file_only);
+        if !differ.is_empty() {
+            return Err(usage!(
+                "PGDR_* environment overrides change {} from {}, but the restored server's `wal-fetch` reads only that file — put the values in a configuration file and restore with --config FILE",
+                differ.join(", "),
+                config.display()
+            ));
+        }
+    }
     if ctx.config.repository.key_file.is_none() {
         return Err(usage!(
             "the restored server fetches WAL with `pgdr wal-fetch`, which needs [repository] key_file (PGDR_KEY cannot be passed on) — set key_file, readable by the postgres user"
@@ -369,8 +382,13 @@ pub async fn run(ctx: &Ctx, args: RestoreArgs) -> Result<Exit> {
         let reached = start_and_wait(ctx, &dir, &args).await?;
         // Recovery that ends before the WAL the archive holds lost data on the way
         // (an unreachable archive read as its end, say): say so, loudly.
+        // A standby never ends recovery (it reports where it is, not where it stops);
+        // an exclusive LSN target stops just before its record, somewhere in the
+        // segment holding it.
         let must_reach = match (&target, lsn) {
+            _ if args.standby => None,
             (RecoveryTarget::Latest, _) => Some(chain_end.start_lsn(info.segment_size)),
+            (_, Some(l)) if args.target_exclusive => Some(Lsn(l.0 - l.0 % info.segment_size)),
             (_, Some(l)) => Some(l),
             _ => None,
         };

@@ -66,6 +66,39 @@ enum Fetched {
     Absent,
 }
 
+/// The repository belongs to another cluster than the data directory asking: its
+/// "absent" would be read as the end of this cluster's archive.
+#[derive(Debug)]
+struct WrongCluster(String);
+
+impl std::fmt::Display for WrongCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for WrongCluster {}
+
+/// Refuse a repository whose system identifier is not the data directory's (the
+/// parent of pg_wal, where PostgreSQL runs restore_command). A data directory whose
+/// pg_control cannot be read (not a data directory: a test, a manual call) is not
+/// checked.
+fn check_same_cluster(wal_dir: &Path, info: &repo::RepoInfo, place: &str) -> Result<()> {
+    let data_dir = wal_dir.parent().unwrap_or(Path::new(""));
+    let data_dir = if data_dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        data_dir
+    };
+    match crate::postgres::datadir::control_system_identifier(data_dir) {
+        Ok(local) if local != info.system_identifier => Err(anyhow::Error::new(WrongCluster(format!(
+            "{place} belongs to system {} (cluster {:?}), but this data directory is system {local} — wal-fetch reads the configuration file only (no PGDR_* overrides): check its [repository] url and cluster",
+            info.system_identifier, info.cluster
+        )))),
+        _ => Ok(()),
+    }
+}
+
 async fn fetch(ctx: &Ctx, file: &WalFile, dest: &Path, wal_dir: &Path) -> Result<Fetched> {
     let prefetch_dir = wal_dir.join(PREFETCH_DIR);
     let ready = prefetch_dir.join(file.name());
@@ -83,14 +116,16 @@ async fn fetch(ctx: &Ctx, file: &WalFile, dest: &Path, wal_dir: &Path) -> Result
             // Reading it is retried like any fetch.
             let attempt = async {
                 if keys.is_none() {
-                    keys = Some(repo::bound_keyring(&ctx.config, &storage).await?);
+                    let (bound, info) = repo::bound_keyring_and_info(&ctx.config, &storage).await?;
+                    check_same_cluster(wal_dir, &info, &storage.describe())?;
+                    keys = Some(bound);
                 }
                 fetch_into(&storage, keys.as_ref().expect("set above"), file, dest).await
             };
             match attempt.await {
                 Ok(true) => break,
                 Ok(false) => return Ok(Fetched::Absent),
-                Err(e) if e.chain().any(|c| c.is::<pipeline::Damaged>()) => return Err(e),
+                Err(e) if e.chain().any(|c| c.is::<pipeline::Damaged>() || c.is::<WrongCluster>()) => return Err(e),
                 Err(e) if std::time::Instant::now() + delay > deadline => {
                     return Err(e.context(format!(
                         "still failing after {} s of retries ([wal] fetch_retry_seconds)",

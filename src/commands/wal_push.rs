@@ -71,7 +71,8 @@ pub async fn run(ctx: &Ctx, args: WalPushArgs) -> Result<Exit> {
 /// follows even though the old timeline went on past the branch point.
 async fn declare_if_new_primary(repo: &Repo, history: &str, wal_dir: &Path) -> Result<()> {
     let data_dir = wal_dir.parent().unwrap_or(Path::new(""));
-    if !data_dir.join(crate::postgres::recovery::NEW_PRIMARY_MARKER).is_file() {
+    let marker = data_dir.join(crate::postgres::recovery::NEW_PRIMARY_MARKER);
+    if !marker.is_file() {
         return Ok(());
     }
     let Some(tli) = history.get(..8).and_then(|h| u32::from_str_radix(h, 16).ok()) else {
@@ -91,6 +92,11 @@ async fn declare_if_new_primary(repo: &Repo, history: &str, wal_dir: &Path) -> R
             crate::storage::PutMode::Overwrite,
         )
         .await?;
+    // Single use: the declaration is for the timeline this promotion created. A later
+    // promotion of this server (or of a copy of its files) is judged on its own.
+    if let Err(e) = std::fs::remove_file(&marker) {
+        tracing::warn!("cannot remove {}: {e}", marker.display());
+    }
     Ok(())
 }
 

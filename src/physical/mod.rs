@@ -425,7 +425,21 @@ pub async fn check_wal_chain(
     until: archive::Until,
 ) -> Result<(Segment, archive::TimelineChoice)> {
     let listing = archive::list(&repo.storage).await?;
-    let choice = timeline_choice(repo, &listing, info).await?;
+    // A timeline named by the DBA needs no choice: a damaged history elsewhere (which
+    // makes the choice fail) must not stand in the way of following it.
+    let choice = match (timeline_choice(repo, &listing, info).await, target_timeline) {
+        (Ok(choice), _) => choice,
+        (Err(e), None) => return Err(e),
+        (Err(e), Some(target)) => {
+            tracing::warn!("{e:#}");
+            archive::TimelineChoice {
+                followed: target,
+                seen: vec![target],
+                forks: Vec::new(),
+                why: format!("timeline {target}: named by --target-timeline"),
+            }
+        }
+    };
     let target = target_timeline.unwrap_or(choice.followed);
     let path = listing.path_to(&repo.storage, &repo.keys, target).await?;
     let start = Segment::parse(&info.wal_start, info.segment_size)
@@ -459,9 +473,9 @@ pub async fn timeline_choice(
     listing: &archive::ArchiveListing,
     info: &PhysicalInfo,
 ) -> Result<archive::TimelineChoice> {
-    let branches = listing.branches(&repo.storage, &repo.keys).await;
+    let branches = listing.branches(&repo.storage, &repo.keys).await?;
     let declared = archive::declared_primaries(&repo.storage).await?;
-    Ok(listing.choose_timeline(info.timeline, &branches, &declared, info.segment_size))
+    Ok(listing.choose_timeline(info.timeline, info.start_lsn, &branches, &declared, info.segment_size))
 }
 
 pub fn listing_for(data_dir: &Path) -> Result<Listing> {

@@ -35,6 +35,9 @@ const SKIP_TOP_FILES: &[&str] = &[
     "recovery.done",
     "current_logfiles",
     "postgresql.auto.conf.tmp",
+    // A restored copy's one-time `--archive` marker: a backup of that server must not
+    // carry it into later restores (see `recovery::NEW_PRIMARY_MARKER`).
+    crate::postgres::recovery::NEW_PRIMARY_MARKER,
 ];
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -124,27 +124,35 @@ impl ArchiveListing {
     }
 
     /// Read and parse every timeline history file: who branched off whom, where.
-    /// A damaged or unreadable history is skipped with a warning: that timeline
-    /// cannot be followed, the others still can.
-    pub async fn branches(&self, storage: &DynStorage, keys: &Keyring) -> Vec<Branch> {
+    /// Any error is fatal: a history that cannot be read (a storage outage) or is
+    /// damaged hides where its timeline branched, and choosing without it could
+    /// follow the parent past a real promotion. The error names the timeline, so the
+    /// DBA can name the one to follow (`--target-timeline`) instead.
+    pub async fn branches(&self, storage: &DynStorage, keys: &Keyring) -> Result<Vec<Branch>> {
         let mut out = Vec::new();
         for (tli, name) in &self.histories {
             let key = layout::wal_file(&WalFile::History(name.clone()));
-            let parsed = match pipeline::load_bytes(storage, &key, keys).await {
-                Ok(text) => parse_history(&String::from_utf8_lossy(&text)),
-                Err(e) => Err(e),
-            };
-            match parsed.map(|h| h.last().copied()) {
-                Ok(Some((parent, switch))) if parent < *tli => out.push(Branch {
+            let text = pipeline::load_bytes(storage, &key, keys).await.with_context(|| {
+                format!(
+                    "reading {name}, the history of timeline {tli} (name the timeline to follow with --target-timeline)"
+                )
+            })?;
+            let history = parse_history(&String::from_utf8_lossy(&text))
+                .with_context(|| format!("{name}, the history of timeline {tli}, is damaged (name the timeline to follow with --target-timeline)"))?;
+            match history.last().copied() {
+                Some((parent, switch)) if parent < *tli => out.push(Branch {
                     tli: *tli,
                     parent,
                     switch,
                 }),
-                Ok(_) => tracing::warn!("{name} names no parent timeline; timeline {tli} is not followed"),
-                Err(e) => tracing::warn!("cannot read {name} ({e:#}); timeline {tli} is not followed"),
+                _ => {
+                    return Err(anyhow!(
+                        "{name}, the history of timeline {tli}, names no older parent timeline — it is damaged (name the timeline to follow with --target-timeline)"
+                    ));
+                }
             }
         }
-        out
+        Ok(out)
     }
 
     /// The timeline a recovery from a backup on `from` follows when none is named.
@@ -156,10 +164,13 @@ impl ArchiveListing {
     /// production's newest transactions with the copy's. So a branch is followed only
     /// when its parent's archived WAL ends at the branch point (an ordinary promotion:
     /// the old primary stopped), or when pgdr recorded it as a declared new primary
-    /// (`restore --archive`); of those, the highest-numbered.
+    /// (`restore --archive`); of those, the highest-numbered. A branch off the
+    /// backup's timeline before the backup started (`start`) cannot be reached from
+    /// it and is never followed.
     pub fn choose_timeline(
         &self,
         from: TimelineId,
+        start: Lsn,
         branches: &[Branch],
         declared: &BTreeSet<TimelineId>,
         segment_size: u64,
@@ -171,6 +182,13 @@ impl ArchiveListing {
         loop {
             let mut next: Option<(TimelineId, String)> = None;
             for b in branches.iter().filter(|b| b.parent == current) {
+                if current == from && b.switch < start {
+                    forks.push(format!(
+                        "timeline {} branched off {current} at {}, before this backup started at {start} — unreachable from it",
+                        b.tli, b.switch
+                    ));
+                    continue;
+                }
                 let switch_seg = Segment::containing(current, b.switch, segment_size);
                 let went_on = self
                     .newest_segment(current, segment_size)
@@ -298,8 +316,9 @@ impl ArchiveListing {
                     if let Some(seg) = self
                         .segments
                         .range(from..=to)
+                        .filter_map(|(n, m)| Some((Segment::parse(n, segment_size)?, m)))
                         .find(|(_, m)| m.is_some_and(|m| m >= t))
-                        .and_then(|(n, _)| Segment::parse(n, segment_size))
+                        .map(|(seg, _)| seg)
                     {
                         end = seg.number;
                         stop = true;
@@ -495,19 +514,51 @@ mod tests {
             switch: "0/3000100".parse().unwrap(),
         };
         let none = BTreeSet::new();
-        let c = l.choose_timeline(1, &[fork], &none, SZ);
+        let c = l.choose_timeline(1, Lsn(0x2000028), &[fork], &none, SZ);
         assert_eq!(c.followed, 1);
         assert_eq!(c.forks.len(), 1, "{c:?}");
         let declared: BTreeSet<_> = [2].into();
-        assert_eq!(l.choose_timeline(1, &[fork], &declared, SZ).followed, 2);
+        assert_eq!(l.choose_timeline(1, Lsn(0x2000028), &[fork], &declared, SZ).followed, 2);
         let takeover = Branch {
             tli: 2,
             parent: 1,
             switch: "0/5000100".parse().unwrap(),
         };
-        let c = l.choose_timeline(1, &[takeover], &none, SZ);
+        let c = l.choose_timeline(1, Lsn(0x2000028), &[takeover], &none, SZ);
         assert_eq!(c.followed, 2);
         assert!(c.forks.is_empty());
+        // A declared branch off timeline 1 before the backup started is unreachable
+        // from it: PostgreSQL would refuse it, so it is not chosen.
+        let c = l.choose_timeline(1, Lsn(0x4000028), &[fork], &declared, SZ);
+        assert_eq!(c.followed, 1, "{c:?}");
+        assert_eq!(c.forks.len(), 1, "{c:?}");
+    }
+
+    /// A name that is not a segment of this size (low part past 0xFF) sorts between
+    /// real ones; the time-target search skips it instead of stopping on it.
+    #[test]
+    fn time_target_skips_unparsable_names() {
+        let t0: DateTime<Utc> = "2026-01-01T00:00:00Z".parse().unwrap();
+        let t1: DateTime<Utc> = "2026-01-01T01:00:00Z".parse().unwrap();
+        let l = ArchiveListing {
+            segments: [
+                ("000000010000000000000002", t0),
+                ("0000000100000000000001AA", t1),
+                ("000000010000000100000000", t1),
+                ("000000010000000100000001", t1),
+            ]
+            .into_iter()
+            .map(|(n, m)| (n.to_string(), Some(m)))
+            .collect(),
+            ..Default::default()
+        };
+        let start = Segment::parse("000000010000000000000002", SZ).unwrap();
+        let path = vec![Stretch { tli: 1, end: None }];
+        let ranges = l
+            .required_ranges(start, &path, SZ, Until::Time(t0 + chrono::Duration::minutes(30)))
+            .unwrap();
+        let first_after = Segment::parse("000000010000000100000000", SZ).unwrap();
+        assert_eq!(ranges, vec![(1, start.number, first_after.number)]);
     }
 
     #[test]

@@ -50,6 +50,11 @@ pub fn load_keyring(config: &Config) -> Result<Keyring> {
 /// The repository key bound to the repository's identity (repo.json), for the
 /// paths that read objects without opening the whole repository (wal-fetch, cat).
 pub async fn bound_keyring(config: &Config, storage: &DynStorage) -> Result<Keyring> {
+    Ok(bound_keyring_and_info(config, storage).await?.0)
+}
+
+/// The bound keyring and the `repo.json` it was bound to.
+pub async fn bound_keyring_and_info(config: &Config, storage: &DynStorage) -> Result<(Keyring, RepoInfo)> {
     let mut keys = load_keyring(config)?;
     let info = info::read(storage).await?.ok_or_else(|| {
         anyhow::anyhow!(
@@ -58,7 +63,7 @@ pub async fn bound_keyring(config: &Config, storage: &DynStorage) -> Result<Keyr
         )
     })?;
     keys.bind(&info.cluster, &info.system_identifier);
-    Ok(keys)
+    Ok((keys, info))
 }
 
 pub fn compression(config: &Config) -> Compression {
