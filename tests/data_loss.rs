@@ -677,64 +677,126 @@ fn item4_concurrent_backups_do_not_collide() {
 /// Item 5: `check --clean-orphans` leaves a running backup alone however old its
 /// objects look (before the fix: anything over an hour old went), and removes the
 /// objects of one that died.
+/// Stall pg_dump behind a table lock on app.t (after globals.sql is stored); the
+/// lock is held until the returned psql gets COMMIT.
+fn hold_table_lock(c: &Cluster) -> std::process::Child {
+    use std::io::Write;
+    let mut psql = std::process::Command::new(pg_bin().join("psql"))
+        .args([
+            "-X",
+            "-q",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-p",
+            &c.port.to_string(),
+            "-d",
+            "app",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    psql.stdin
+        .as_mut()
+        .unwrap()
+        .write_all(b"BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE;\n")
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while c.psql(
+        "app",
+        "SELECT count(*) FROM pg_locks WHERE mode = 'AccessExclusiveLock' AND relation = 't'::regclass",
+    ) != "1"
+    {
+        assert!(std::time::Instant::now() < deadline, "the table lock was not taken");
+        sleep(50);
+    }
+    psql
+}
+
+fn release_table_lock(mut psql: std::process::Child) {
+    use std::io::Write;
+    psql.stdin.as_mut().unwrap().write_all(b"COMMIT;\n").unwrap();
+    drop(psql.stdin.take());
+    let _ = psql.wait();
+}
+
+/// Wait until `n` sessions wait for a lock (backups stalled behind the table lock).
+fn wait_lock_waiters(c: &Cluster, n: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while c
+        .psql(
+            "postgres",
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'",
+        )
+        .parse::<usize>()
+        .unwrap()
+        < n
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{n} backups did not reach the table lock: {}",
+            c.psql(
+                "postgres",
+                "SELECT string_agg(format('%s %s %s', application_name, wait_event_type, query), '; ') FROM pg_stat_activity"
+            )
+        );
+        sleep(50);
+    }
+}
+
+/// Review of item 4: a backup whose lease lapsed and was taken by another backup
+/// must not commit (its label is no longer its own); the other one does.
+#[test]
+fn item4_a_backup_that_lost_its_lock_does_not_commit() {
+    let c = Cluster::start();
+    c.psql("postgres", "CREATE DATABASE app");
+    c.psql("app", "CREATE TABLE t AS SELECT g FROM generate_series(1, 5000) g");
+    let pgdr = Pgdr::new(&c, RepoKind::Local);
+    let lease = pgdr.repo_dir.clone().unwrap().join("test/locks/backup");
+    let lock = hold_table_lock(&c);
+    let spawn = || {
+        pgdr.command(&["backup", "--kind", "logical", "-d", "app", "--lock-wait", "5"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let first = spawn();
+    wait_lock_waiters(&c, 1);
+    assert!(
+        lease.exists(),
+        "the running backup holds no lease at {}",
+        lease.display()
+    );
+    // The first backup's lease lapses (the repository was unreachable for minutes,
+    // say) and a second backup takes the lock.
+    std::fs::remove_file(&lease).unwrap();
+    let second = spawn();
+    wait_lock_waiters(&c, 2);
+    release_table_lock(lock);
+    let first = first.wait_with_output().unwrap();
+    let second = second.wait_with_output().unwrap();
+    assert_success(&second, "the backup that holds the lock");
+    let err = assert_fails(&first, 1, "not committing");
+    assert!(err.contains("backup lock"), "{err}");
+    let list = pgdr.list_json();
+    assert_eq!(list.len(), 1, "{list:?}");
+    pgdr.ok(&["restore", "--backup", "latest", "--to-database", "back"]);
+    assert_eq!(c.psql("back", "SELECT count(*), sum(g) FROM t"), "5000|12502500");
+}
+
 #[test]
 fn item5_orphan_cleanup_honours_the_backup_lock() {
-    use std::io::Write;
     let c = Cluster::start();
     c.psql("postgres", "CREATE DATABASE app");
     c.psql("app", "CREATE TABLE t AS SELECT g FROM generate_series(1, 5000) g");
     let pgdr = Pgdr::new(&c, RepoKind::Local);
     let repo = pgdr.repo_dir.clone().unwrap().join("test/backups");
-    // Stall pg_dump behind a table lock, after globals.sql is stored.
-    let hold_lock = || {
-        let mut psql = std::process::Command::new(pg_bin().join("psql"))
-            .args([
-                "-X",
-                "-q",
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-                "-p",
-                &c.port.to_string(),
-                "-d",
-                "app",
-            ])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        psql.stdin
-            .as_mut()
-            .unwrap()
-            .write_all(b"BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE;\n")
-            .unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while c.psql(
-            "app",
-            "SELECT count(*) FROM pg_locks WHERE mode = 'AccessExclusiveLock' AND relation = 't'::regclass",
-        ) != "1"
-        {
-            assert!(std::time::Instant::now() < deadline, "the table lock was not taken");
-            sleep(50);
-        }
-        psql
-    };
-    let wait_stalled = || {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while c.psql(
-            "postgres",
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'",
-        ) == "0"
-        {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the backup did not reach the table lock"
-            );
-            sleep(50);
-        }
-    };
-    let mut lock = hold_lock();
+    let hold_lock = || hold_table_lock(&c);
+    let wait_stalled = || wait_lock_waiters(&c, 1);
+    let lock = hold_lock();
     let backup = pgdr
         .command(&["backup", "--kind", "logical", "-d", "app"])
         .stdout(std::process::Stdio::piped())
@@ -761,9 +823,7 @@ fn item5_orphan_cleanup_honours_the_backup_lock() {
         "{stdout}"
     );
     assert_eq!(repo_files(&repo), before, "check removed a running backup's objects");
-    lock.stdin.as_mut().unwrap().write_all(b"COMMIT;\n").unwrap();
-    drop(lock.stdin.take());
-    let _ = lock.wait();
+    release_table_lock(lock);
     let out = backup.wait_with_output().unwrap();
     assert_success(&out, "the stalled backup");
     pgdr.ok(&["restore", "--backup", "latest", "--to-database", "back"]);
@@ -771,7 +831,7 @@ fn item5_orphan_cleanup_honours_the_backup_lock() {
 
     // A backup killed mid-way leaves an orphan and a lease of a dead process: the
     // orphan is removed at once, without waiting an hour or for the lease to expire.
-    let mut lock = hold_lock();
+    let lock = hold_lock();
     let mut backup = pgdr
         .command(&["backup", "--kind", "logical", "-d", "app"])
         .spawn()
@@ -779,9 +839,7 @@ fn item5_orphan_cleanup_honours_the_backup_lock() {
     wait_stalled();
     backup.kill().unwrap();
     let _ = backup.wait();
-    lock.stdin.as_mut().unwrap().write_all(b"COMMIT;\n").unwrap();
-    drop(lock.stdin.take());
-    let _ = lock.wait();
+    release_table_lock(lock);
     let out = pgdr.run(&["check", "--clean-orphans"]);
     assert_clean_stderr(&out);
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -41,8 +41,8 @@ pub async fn run(ctx: &Ctx, args: BackupArgs) -> Result<Exit> {
         }
     };
     let outcome = match args.kind {
-        BackupKind::Logical => logical(ctx, args).await,
-        BackupKind::Physical => physical(ctx, args).await,
+        BackupKind::Logical => logical(ctx, args, &lock).await,
+        BackupKind::Physical => physical(ctx, args, &lock).await,
     };
     let held = lock.still_held();
     lock.release().await;
@@ -92,10 +92,15 @@ fn new_manifest(
     }
 }
 
-/// The commit point: the manifest, written last and never over another; then the keep
-/// mark if asked for.
-async fn commit(repo: &Repo, manifest: &Manifest, keep: bool) -> Result<()> {
+/// The commit point: the manifest, written last and never over another, and only
+/// while this run still holds the backup lock (renewed right here: a lease that
+/// lapsed while the repository was unreachable may be another backup's by now);
+/// then the keep mark if asked for.
+async fn commit(repo: &Repo, manifest: &Manifest, keep: bool, lock: &BackupLock) -> Result<()> {
     let label = &manifest.label;
+    lock.confirm()
+        .await
+        .with_context(|| format!("not committing backup {label}"))?;
     // A manifest is a promise that every object it names can be read back: check
     // they are all there, at their recorded size, before making it.
     for object in &manifest.objects {
@@ -176,7 +181,7 @@ struct Source {
     server: ServerInfo,
 }
 
-async fn logical(ctx: &Ctx, args: BackupArgs) -> Result<Exit> {
+async fn logical(ctx: &Ctx, args: BackupArgs, lock: &BackupLock) -> Result<Exit> {
     for tag in &args.tags {
         validate_tag(tag)?;
     }
@@ -237,7 +242,7 @@ async fn logical(ctx: &Ctx, args: BackupArgs) -> Result<Exit> {
             &source.server,
         )
     };
-    commit(&repo, &manifest, args.keep).await?;
+    commit(&repo, &manifest, args.keep, lock).await?;
     let elapsed = progress.elapsed();
     progress.finish();
 
@@ -354,7 +359,7 @@ fn label_start_segment(label_file: &str) -> Option<String> {
     Some(file.to_string())
 }
 
-async fn physical(ctx: &Ctx, args: BackupArgs) -> Result<Exit> {
+async fn physical(ctx: &Ctx, args: BackupArgs, lock: &BackupLock) -> Result<Exit> {
     for tag in &args.tags {
         validate_tag(tag)?;
     }
@@ -390,7 +395,7 @@ async fn physical(ctx: &Ctx, args: BackupArgs) -> Result<Exit> {
         .map_err(|_| anyhow::anyhow!("cannot read wal_segment_size"))?;
     if args.method == PhysicalMethod::Basebackup {
         drop(client);
-        return basebackup(ctx, &args, &repo, &target, &server, segment_size).await;
+        return basebackup(ctx, &args, &repo, &target, &server, segment_size, lock).await;
     }
     let data_dir = match &config.postgres.data_dir {
         Some(dir) => dir.clone(),
@@ -475,7 +480,7 @@ async fn physical(ctx: &Ctx, args: BackupArgs) -> Result<Exit> {
         physical: Some(info),
         ..new_manifest(&repo, &label, BackupKind::Physical, &args.tags, start_time, &server)
     };
-    commit(&repo, &manifest, args.keep).await?;
+    commit(&repo, &manifest, args.keep, lock).await?;
     let elapsed = (manifest.stop_time - manifest.start_time).to_std().unwrap_or_default();
     let info = manifest.physical.as_ref().expect("set above");
     if ctx.json {
@@ -549,6 +554,7 @@ async fn basebackup(
     target: &PgTarget,
     server: &ServerInfo,
     segment_size: u64,
+    lock: &BackupLock,
 ) -> Result<Exit> {
     use crate::physical::basebackup::{PgManifest, TarObserver};
     let tools = PgTools::locate(ctx.config.postgres.bin_dir.as_deref())?;
@@ -652,7 +658,7 @@ async fn basebackup(
         physical: Some(info),
         ..new_manifest(repo, &label, BackupKind::Physical, &args.tags, start_time, server)
     };
-    commit(repo, &manifest, args.keep).await?;
+    commit(repo, &manifest, args.keep, lock).await?;
     let info = manifest.physical.as_ref().expect("set above");
     if ctx.json {
         ctx.print_json(&json!({

@@ -31,11 +31,29 @@ pub struct Lease {
 }
 
 /// Who is asking: host, process and a random tag (two schedulers in one process differ).
+/// The host part carries the boot id, so "the same host" means the same running
+/// kernel: a pid is only meaningful there (not after a reboot, not on a cloned VM
+/// that kept the hostname).
 pub fn holder_id() -> String {
+    format!("{}:{}:{:08x}", host_part(), std::process::id(), rand::random::<u32>())
+}
+
+fn host_part() -> String {
     let host = std::fs::read_to_string("/etc/hostname")
         .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "host".into());
-    format!("{host}:{}:{:08x}", std::process::id(), rand::random::<u32>())
+        .ok()
+        .filter(|h| !h.is_empty() && !h.contains(':'))
+        .unwrap_or_else(|| "host".into());
+    match boot_id() {
+        Some(boot) => format!("{host}@{boot}"),
+        None => host,
+    }
+}
+
+fn boot_id() -> Option<String> {
+    let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let id: String = id.trim().chars().filter(|c| c.is_ascii_hexdigit()).take(12).collect();
+    (id.len() == 12).then_some(id)
 }
 
 async fn read(repo: &Repo, key: &ObjectKey) -> Result<Option<LeaseBody>> {
@@ -63,7 +81,14 @@ impl Lease {
                     Some(current) if current.expires > Utc::now() => return Ok(Err(current.holder)),
                     // Expired (its holder died) or unreadable: clear it.
                     _ => {
-                        repo.storage.delete(std::slice::from_ref(&key)).await?;
+                        let refused = repo.storage.delete(std::slice::from_ref(&key)).await?;
+                        if let Some(r) = refused.first() {
+                            return Err(anyhow::anyhow!(
+                                "cannot remove the expired lease {}: {}",
+                                r.key,
+                                r.reason
+                            ));
+                        }
                     }
                 }
             }
@@ -136,21 +161,36 @@ pub struct BackupLock {
     lost: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
-/// Whether `holder` (host:pid:tag) names a dead process on this host, so its lease
-/// can be taken over at once instead of after its expiry.
+/// Whether `holder` (host@boot:pid:tag) names a dead process on this host, in this
+/// boot, so its lease can be taken over at once instead of after its expiry. A
+/// holder without a boot id is never judged dead: its pid may be another machine's.
 fn holder_is_dead_here(holder: &str) -> bool {
     let mut parts = holder.rsplitn(3, ':');
     let (_tag, pid, host) = (parts.next(), parts.next(), parts.next());
-    let here = holder_id();
-    let my_host = here.rsplitn(3, ':').nth(2);
+    let here = host_part();
     match (host, pid.and_then(|p| p.parse::<i32>().ok())) {
-        // SAFETY: kill with signal 0 only checks for existence.
-        (Some(h), Some(pid)) if Some(h) == my_host && pid > 0 => {
+        (Some(h), Some(pid)) if h == here && h.contains('@') && pid > 0 => {
+            // SAFETY: kill with signal 0 only checks for existence.
             let gone = unsafe { libc::kill(pid, 0) } != 0;
             gone && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
         }
         _ => false,
     }
+}
+
+/// Remove the lease `key` if it still names `holder` (read again right before: it may
+/// have changed hands since it was judged). A refused delete is an error, never
+/// taken for success.
+async fn remove_lease_of(repo: &Repo, key: &ObjectKey, holder: &str) -> Result<bool> {
+    match read(repo, key).await? {
+        Some(b) if b.holder == holder => {}
+        _ => return Ok(false),
+    }
+    let refused = repo.storage.delete(std::slice::from_ref(key)).await?;
+    if let Some(r) = refused.first() {
+        return Err(anyhow::anyhow!("cannot remove the lease {}: {}", r.key, r.reason));
+    }
+    Ok(true)
 }
 
 impl BackupLock {
@@ -159,13 +199,19 @@ impl BackupLock {
     pub async fn acquire(repo: &Repo, wait: Duration) -> Result<std::result::Result<BackupLock, String>> {
         let holder = holder_id();
         let deadline = std::time::Instant::now() + wait;
+        // A dead holder's lease is removed at once, a bounded number of times: a store
+        // whose deletes do not take must not keep this loop spinning past the deadline.
+        let mut takeovers = 0;
         loop {
             match Lease::acquire(repo, BACKUP_LOCK, &holder, BACKUP_TTL).await? {
                 Ok(lease) => return Ok(Ok(BackupLock::hold(lease))),
-                Err(other) if holder_is_dead_here(&other) => {
-                    tracing::warn!("the backup lock was held by {other}, which is no longer running; taking it over");
-                    repo.storage.delete(&[layout::lock(BACKUP_LOCK)]).await?;
-                    continue;
+                Err(other) if takeovers < 3 && holder_is_dead_here(&other) => {
+                    takeovers += 1;
+                    if remove_lease_of(repo, &layout::lock(BACKUP_LOCK), &other).await? {
+                        tracing::warn!("the backup lock was held by {other}, which is no longer running; took it over");
+                        continue;
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
                 }
                 Err(other) if std::time::Instant::now() >= deadline => return Ok(Err(other)),
                 Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
@@ -180,11 +226,23 @@ impl BackupLock {
             let lease = lease.clone();
             let lost = lost.clone();
             tokio::spawn(async move {
+                let mut last_renewed = std::time::Instant::now();
                 loop {
                     tokio::time::sleep(BACKUP_TTL / 4).await;
-                    if !lease.renew().await.unwrap_or(true) {
-                        lost.store(true, std::sync::atomic::Ordering::SeqCst);
-                        return;
+                    match lease.renew().await {
+                        Ok(true) => last_renewed = std::time::Instant::now(),
+                        Ok(false) => {
+                            lost.store(true, std::sync::atomic::Ordering::SeqCst);
+                            return;
+                        }
+                        // Not renewed for a whole TTL: another backup may have taken
+                        // the lease; this run must not commit even if it comes back.
+                        Err(e) if last_renewed.elapsed() >= BACKUP_TTL => {
+                            tracing::warn!("cannot renew the backup lock ({e:#}); it has lapsed");
+                            lost.store(true, std::sync::atomic::Ordering::SeqCst);
+                            return;
+                        }
+                        Err(e) => tracing::warn!("cannot renew the backup lock ({e:#}); retrying"),
                     }
                 }
             })
@@ -192,10 +250,30 @@ impl BackupLock {
         BackupLock { lease, renewer, lost }
     }
 
-    /// False if the lease expired and another process took it (the backup must not
+    /// False if the lease lapsed or another process took it (the backup must not
     /// commit then: its label is no longer its own).
     pub fn still_held(&self) -> bool {
         !self.lost.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Renew now and make sure the lease is still this run's: the check before a
+    /// commit. An error if it lapsed, changed hands, or cannot be renewed.
+    pub async fn confirm(&self) -> Result<()> {
+        if !self.still_held() {
+            return Err(anyhow::anyhow!(
+                "the backup lock lapsed while the backup ran (repository unreachable for minutes?)"
+            ));
+        }
+        match self.lease.renew().await {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                self.lost.store(true, std::sync::atomic::Ordering::SeqCst);
+                Err(anyhow::anyhow!(
+                    "the backup lock was taken over by another process while this backup ran"
+                ))
+            }
+            Err(e) => Err(e.context("renewing the backup lock")),
+        }
     }
 
     pub async fn release(self) {
