@@ -1132,3 +1132,53 @@ fn item10_objects_are_bound_to_their_repository() {
     let want = std::fs::read_to_string(fixture.join("app.t.hash")).unwrap();
     assert_eq!(c2.content_hashes("app_back")[0], format!("public.t={}", want.trim()));
 }
+
+/// Review of item 7: `restore --start` watches the server where it listens (not always
+/// 127.0.0.1, which would wait 24 h for a copy on another address), and a server that
+/// refuses pgdr's login ends the wait at once with one line, not a 24-hour loop.
+#[test]
+fn item7_started_copies_are_watched_where_they_listen() {
+    let (a, _, _) = production(RepoKind::Local);
+    let start = |extra: &[&str], env: &[(&str, String)]| {
+        let dir = TestDir::new();
+        chown_postgres(dir.path());
+        let data = dir.join("data");
+        let port = free_port();
+        let mut args = vec![
+            "restore".to_string(),
+            "--kind".into(),
+            "physical".into(),
+            "--to".into(),
+            data.display().to_string(),
+            "--start".into(),
+            "--port".into(),
+            port.to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut cmd = a.pgdr.command(&args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        (output_within(&mut cmd, 180), dir, data, port)
+    };
+    let (out, _dir, data, port) = start(&["--listen", "127.0.0.2"], &[]);
+    assert_success(&out, "restore --start --listen 127.0.0.2");
+    let psql = std::process::Command::new(pg_bin().join("psql"))
+        .args(["-X", "-A", "-t", "-h", "127.0.0.2", "-U", "postgres", "-p"])
+        .arg(port.to_string())
+        .args(["-d", "postgres", "-c", "SELECT count(*) FROM markers"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&psql.stdout).trim(), "2");
+    assert!(
+        !psql_at(port, "postgres", "SELECT 1").status.success(),
+        "the copy also listens on 127.0.0.1"
+    );
+    pg_ctl_stop(&data);
+
+    let url = format!("postgresql://no_such_role@127.0.0.1:{}/postgres", a.cluster.port);
+    let (out, _dir, data, _) = start(&[], &[("PGDR_POSTGRES_URL", url)]);
+    let err = assert_fails(&out, 1, "refuses pgdr's login");
+    assert!(err.contains("no_such_role"), "{err}");
+    pg_ctl_stop(&data);
+}

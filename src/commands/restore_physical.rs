@@ -516,10 +516,7 @@ async fn start_and_wait(ctx: &Ctx, dir: &Path, args: &RestoreArgs) -> Result<Rea
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let base = PgTarget::from_config(ctx.config.postgres.url.as_deref())?;
-    let target = match (&args.socket_dir, listen.is_empty()) {
-        (Some(sock), true) => base.with_address(&sock.display().to_string(), port),
-        _ => base.with_address("127.0.0.1", port),
-    };
+    let target = base.with_address(&watch_address(listen, args.socket_dir.as_deref()), port);
     let deadline = started + Duration::from_secs(24 * 3600);
     loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -538,11 +535,21 @@ async fn start_and_wait(ctx: &Ctx, dir: &Path, args: &RestoreArgs) -> Result<Rea
                 fatal_line(&log)
             ));
         }
-        let Ok(client) = target.connect(Some("postgres")).await else {
-            if Instant::now() > deadline {
+        let client = match target.connect(Some("postgres")).await {
+            Ok(client) => client,
+            Err(e)
+                if e.downcast_ref::<crate::postgres::conn::ConnectFailed>()
+                    .is_some_and(|c| c.is_refused_login()) =>
+            {
+                return Err(e.context(format!(
+                    "the restored server is up but refuses pgdr's login (its pg_hba.conf is the source's), so recovery cannot be watched; it keeps running — see {}",
+                    log.display()
+                )));
+            }
+            Err(_) if Instant::now() > deadline => {
                 return Err(anyhow!("recovery did not finish within 24 h; see {}", log.display()));
             }
-            continue;
+            Err(_) => continue,
         };
         let row = client
             .query_one(
@@ -592,6 +599,18 @@ async fn start_and_wait(ctx: &Ctx, dir: &Path, args: &RestoreArgs) -> Result<Rea
     }
 }
 
+/// Where pgdr connects to watch the restored server: the first address it listens
+/// on (a wildcard means this host's loopback), or its socket when it listens on none.
+fn watch_address(listen: &str, socket_dir: Option<&Path>) -> String {
+    let first = listen.split(',').map(str::trim).find(|a| !a.is_empty());
+    match (first, socket_dir) {
+        (None, Some(sock)) => sock.display().to_string(),
+        (None, None) | (Some("*" | "0.0.0.0"), _) => "127.0.0.1".to_string(),
+        (Some("::"), _) => "::1".to_string(),
+        (Some(addr), _) => addr.to_string(),
+    }
+}
+
 fn recovery_log_says(log: &Path, needle: &str) -> bool {
     std::fs::read_to_string(log).is_ok_and(|t| t.contains(needle))
 }
@@ -613,6 +632,17 @@ fn fatal_line(log: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn watched_where_it_listens() {
+        let sock = Path::new("/run/pgdr-sock");
+        assert_eq!(watch_address("127.0.0.1", Some(sock)), "127.0.0.1");
+        assert_eq!(watch_address("10.0.0.5,127.0.0.1", None), "10.0.0.5");
+        assert_eq!(watch_address("::1", None), "::1");
+        assert_eq!(watch_address("*", None), "127.0.0.1");
+        assert_eq!(watch_address("::", None), "::1");
+        assert_eq!(watch_address("", Some(sock)), "/run/pgdr-sock");
+    }
 
     #[test]
     fn target_times_need_a_zone() {

@@ -129,7 +129,8 @@ impl PgTarget {
             .or_else(|| pgpass_lookup(&self.host, self.port, dbname, &self.user))
     }
 
-    /// Connect pgdr itself to `dbname` (the configured database if `None`).
+    /// Connect pgdr itself to `dbname` (the configured database if `None`). A failure
+    /// is a [`ConnectFailed`], which tells a refused login from a server not there yet.
     pub async fn connect(&self, dbname: Option<&str>) -> Result<Client> {
         let dbname = dbname.unwrap_or(&self.dbname);
         let mut config = tokio_postgres::Config::new();
@@ -150,11 +151,14 @@ impl PgTarget {
             config.password(password);
         }
         let failed = |e: tokio_postgres::Error| {
-            anyhow!(
-                "cannot connect to PostgreSQL at {} (database {dbname:?}): {} — is the server running? check [postgres] url",
-                self.describe(),
-                one_line(&e)
-            )
+            anyhow::Error::new(ConnectFailed {
+                message: format!(
+                    "cannot connect to PostgreSQL at {} (database {dbname:?}): {} — is the server running? check [postgres] url",
+                    self.describe(),
+                    one_line(&e)
+                ),
+                code: e.code().cloned(),
+            })
         };
         // TLS as libpq's sslmode says: off for `disable`, otherwise offered (`prefer`)
         // or required (`require`). Like libpq without a root certificate, the server
@@ -355,5 +359,31 @@ mod tests {
     #[test]
     fn pgpass_fields_unescape() {
         assert_eq!(split_pgpass(r"h:5432:*:u:pa\:ss"), vec!["h", "5432", "*", "u", "pa:ss"]);
+    }
+}
+
+/// A connection attempt that failed, with the server's SQLSTATE if it answered.
+#[derive(Debug)]
+pub struct ConnectFailed {
+    message: String,
+    code: Option<tokio_postgres::error::SqlState>,
+}
+
+impl std::fmt::Display for ConnectFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ConnectFailed {}
+
+impl ConnectFailed {
+    /// The server is up and refused the login (pg_hba, password): waiting will not
+    /// help.
+    pub fn is_refused_login(&self) -> bool {
+        use tokio_postgres::error::SqlState;
+        self.code
+            .as_ref()
+            .is_some_and(|c| *c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION || *c == SqlState::INVALID_PASSWORD)
     }
 }
