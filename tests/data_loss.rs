@@ -633,8 +633,25 @@ fn item9_spool_is_private_and_planted_locks_are_ignored() {
         ),
     )
     .unwrap();
+    // ... but archiving goes on: the file is stored by this call itself, without the
+    // spool (review of item 9: refusing made every archive_command fail).
+    let stored = repo_files(&a.pgdr.repo_dir.clone().unwrap())
+        .into_iter()
+        .find(|p| p.file_name().is_some_and(|n| n == seg.as_str()))
+        .expect("the segment is archived");
+    std::fs::remove_file(&stored).unwrap();
     let out = a.pgdr.run(&["wal-push", file.to_str().unwrap()]);
-    assert_fails(&out, 2, "chmod 700");
+    assert_success(&out, "wal-push with a spool others may write to");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("chmod 700") && stderr.contains("without the spool"),
+        "{stderr}"
+    );
+    assert!(stored.exists(), "the segment was not stored again");
+    assert!(
+        std::fs::read_dir(&open_spool).unwrap().next().is_none(),
+        "pgdr wrote into a spool others may write to"
+    );
 }
 
 /// Item 4: backups started at the same moment each get their own label and all

@@ -39,23 +39,33 @@ pub async fn run(ctx: &Ctx, args: WalPushArgs) -> Result<Exit> {
     let file = WalFile::parse(name)
         .ok_or_else(|| usage!("{name} is not a WAL segment, .partial, .backup or .history file name"))?;
     let wal_dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
-    let spool = Spool::new(ctx.config.spool_dir(&wal_dir)?);
-    let print = Fingerprint::of(&path)?;
-
-    // Stored ahead by the pusher? Then answer at once (waiting a little if it is on it).
-    if spool.noted(file.name(), &print) || spool.wait_for_pusher(file.name(), &print) {
-        spool.forget(file.name());
-        return Ok(Exit::Success);
-    }
-    // A burst (more files ready after this one): let the pusher store them all in
-    // parallel, this one first, and wait for its note.
-    if ctx.config.wal.push_parallel > 1 && !ready_after(&wal_dir, &file).is_empty() {
-        spool.start_pusher(ctx, &wal_dir);
-        if spool.wait_for_pusher(file.name(), &print) {
+    // A spool that is not private (another owner, open modes) could be planted with
+    // notes that fake "stored"; it is not used. But archiving must not stop over it:
+    // this call stores its file itself, without the parallel pusher.
+    let spool = match ctx.config.spool_dir(&wal_dir) {
+        Ok(dir) => Some(Spool::new(dir)),
+        Err(e) => {
+            tracing::warn!("{e:#}; storing {name} without the spool (one file per call, no parallel pusher)");
+            None
+        }
+    };
+    if let Some(spool) = &spool {
+        let print = Fingerprint::of(&path)?;
+        // Stored ahead by the pusher? Then answer at once (waiting a little if it is on it).
+        if spool.noted(file.name(), &print) || spool.wait_for_pusher(file.name(), &print) {
             spool.forget(file.name());
             return Ok(Exit::Success);
         }
-        // The pusher could not store it: do it here, and report why if it fails.
+        // A burst (more files ready after this one): let the pusher store them all in
+        // parallel, this one first, and wait for its note.
+        if ctx.config.wal.push_parallel > 1 && !ready_after(&wal_dir, &file).is_empty() {
+            spool.start_pusher(ctx, &wal_dir);
+            if spool.wait_for_pusher(file.name(), &print) {
+                spool.forget(file.name());
+                return Ok(Exit::Success);
+            }
+            // The pusher could not store it: do it here, and report why if it fails.
+        }
     }
     let repo = Repo::open(&ctx.config).await?;
     push_one(&repo, &file, &path).await?;
