@@ -315,6 +315,11 @@ pub struct RestoreArgs {
     /// listen_addresses for --start (default 127.0.0.1; '' for the Unix socket only)
     #[arg(long, value_name = "ADDRS", help_heading = "Physical restore")]
     pub listen: Option<String>,
+    /// For verify's scratch copies: with --listen '' and a private --socket-dir, start
+    /// with an hba_file of its own that trusts the socket (the source's pg_hba.conf
+    /// may allow pgdr only by peer or password, or live outside the data directory)
+    #[arg(long, hide = true, requires = "socket_dir")]
+    pub scratch_hba: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -1199,3 +1199,37 @@ fn item7_started_copies_are_watched_where_they_listen() {
     assert!(err.contains("no_such_role"), "{err}");
     pg_ctl_stop(&data);
 }
+
+/// Review of item 7: verify's physical scratch copy carries the source's pg_hba.conf,
+/// which may not let pgdr in over the socket (peer or password for local logins, as
+/// many packages install it). The copy gets an hba_file of its own that trusts only
+/// its private socket, so verification works whatever the source allows.
+#[test]
+fn item7_verify_does_not_depend_on_the_sources_pg_hba() {
+    let a = Archiving::start();
+    let hba = a.cluster.data.join("pg_hba.conf");
+    let text = std::fs::read_to_string(&hba).unwrap();
+    std::fs::write(&hba, format!("local all all reject\n{text}")).unwrap();
+    a.cluster.psql("postgres", "SELECT pg_reload_conf()");
+    a.cluster
+        .psql("postgres", "CREATE TABLE markers AS SELECT 'x'::text AS m");
+    a.pgdr.ok(&["backup", "--kind", "physical"]);
+    a.switch_and_wait();
+    let out = a.pgdr.run(&["verify", "--kind", "physical", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert_eq!(
+        report["ok"],
+        true,
+        "{report:#} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The source's pg_hba.conf is restored as it was; only the scratch server used
+    // another file.
+    let r = a.pgdr.restore_started(&[]);
+    assert!(
+        std::fs::read_to_string(r.data.join("pg_hba.conf"))
+            .unwrap()
+            .starts_with("local all all reject"),
+    );
+    assert!(!r.data.join("pgdr-scratch-hba.conf").exists());
+}

@@ -473,6 +473,31 @@ async fn start_and_wait(ctx: &Ctx, dir: &Path, args: &RestoreArgs) -> Result<Rea
     if let Some(sock) = &args.socket_dir {
         opts.push_str(&format!(" -k {}", sock.display()));
     }
+    if args.scratch_hba {
+        // Trust is safe only where nobody else can connect: no TCP, and a socket
+        // directory only its owner can enter.
+        use std::os::unix::fs::PermissionsExt;
+        let private = args
+            .socket_dir
+            .as_ref()
+            .and_then(|s| std::fs::metadata(s).ok())
+            .is_some_and(|m| m.is_dir() && m.permissions().mode() & 0o077 == 0);
+        if !listen.is_empty() || !private {
+            return Err(usage!(
+                "--scratch-hba needs --listen '' and a --socket-dir of mode 0700"
+            ));
+        }
+        let hba = dir.join("pgdr-scratch-hba.conf");
+        std::fs::write(
+            &hba,
+            "# pgdr: a scratch copy, reachable only on its private socket\nlocal all all trust\n",
+        )
+        .with_context(|| format!("writing {}", hba.display()))?;
+        if let Some((uid, gid)) = postgres_owner() {
+            std::os::unix::fs::chown(&hba, Some(uid), Some(gid))?;
+        }
+        opts.push_str(&format!(" -c hba_file='{}'", hba.display()));
+    }
     let mut cmd = std::process::Command::new(tools.path("pg_ctl")?);
     // -W: pg_ctl would give up after 60 s, long before a big recovery is done; this
     // function does the waiting.

@@ -320,6 +320,7 @@ async fn restore_physical(
             "--no-archive",
             "--start",
             "--listen=",
+            "--scratch-hba",
         ])
         .args(["--backup", manifest.label.as_str()])
         .arg("--to")
