@@ -35,11 +35,90 @@ macro_rules! usage {
     };
 }
 
+// Errors cross the library as `anyhow` chains with typed errors inside; this is the one
+// place that looks into them. Callers ask a question ("was it not found?"), they do
+// not downcast.
+
+/// The storage error in the chain, if any.
+pub fn storage_error(err: &anyhow::Error) -> Option<&crate::storage::StorageError> {
+    err.chain()
+        .find_map(|e| e.downcast_ref::<crate::storage::StorageError>())
+}
+
+/// Storage positively said the object is not there.
+pub fn is_not_found(err: &anyhow::Error) -> bool {
+    matches!(storage_error(err), Some(crate::storage::StorageError::NotFound(_)))
+}
+
+/// A create-if-absent put found the object there.
+pub fn is_already_exists(err: &anyhow::Error) -> bool {
+    matches!(storage_error(err), Some(crate::storage::StorageError::AlreadyExists(_)))
+}
+
+/// The repository did not answer (as opposed to a bad object).
+pub fn is_unreachable(err: &anyhow::Error) -> bool {
+    use crate::storage::StorageError;
+    matches!(
+        storage_error(err),
+        Some(StorageError::Unreachable(_) | StorageError::Transient(_))
+    )
+}
+
+/// A pipe to a child closed early (the child ended; its exit status says how).
+pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// PostgreSQL is up and refused the login: waiting will not help.
+pub fn is_refused_login(err: &anyhow::Error) -> bool {
+    err.chain().any(|c| {
+        c.downcast_ref::<crate::postgres::conn::ConnectFailed>()
+            .is_some_and(|c| c.is_refused_login())
+    })
+}
+
+/// The `SealError` inside an I/O error (a decrypting reader's), if that is what it is.
+pub fn seal_error(err: &std::io::Error) -> Option<&crate::pipeline::seal::SealError> {
+    err.get_ref()
+        .and_then(|e| e.downcast_ref::<crate::pipeline::seal::SealError>())
+}
+
+/// A panic's message, whatever its payload type.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown".into())
+}
+
 /// Which exit code an error chain deserves.
 pub fn classify(err: &anyhow::Error) -> Exit {
     if err.chain().any(|e| e.is::<UsageError>()) {
         Exit::Usage
     } else {
         Exit::Failure
+    }
+}
+
+/// What `wal-fetch` answers PostgreSQL: 0 the file is in place; 1 the archive
+/// positively does not have it (the end of the archive); 126 anything else, which
+/// stops recovery (PostgreSQL treats exit codes above 125 as fatal) instead of letting
+/// it promote early; except a standby, which gets 1 for a passing failure and asks
+/// again. A damaged file stops even a standby.
+pub fn wal_fetch(
+    outcome: &Result<crate::archive::fetch::Fetched, crate::archive::fetch::FetchError>,
+    standby: bool,
+) -> Exit {
+    use crate::archive::fetch::{FetchError, Fetched};
+    match outcome {
+        Ok(Fetched::Found) => Exit::Success,
+        Ok(Fetched::Absent) => Exit::Failure,
+        Err(FetchError::Damaged(_)) => Exit::AbortRecovery,
+        Err(FetchError::WrongCluster(_) | FetchError::Unavailable(_)) if standby => Exit::Failure,
+        Err(FetchError::WrongCluster(_) | FetchError::Unavailable(_)) => Exit::AbortRecovery,
     }
 }

@@ -5,6 +5,7 @@
 //! `repo` knows where things live and what a backup is, `postgres` drives the server and
 //! its tools, and `commands` composes those parts, one file per verb.
 
+pub mod archive;
 pub mod cli;
 pub mod commands;
 pub mod config;
@@ -13,6 +14,7 @@ pub mod notify;
 pub mod physical;
 pub mod pipeline;
 pub mod postgres;
+pub mod process;
 pub mod progress;
 pub mod repo;
 pub mod schedule;

@@ -295,12 +295,10 @@ async fn never_overwrite_rules(inner: DynStorage) {
     let file = pgdr::postgres::WalFile::parse("00000002.history").unwrap();
     let path = dir.path().join("00000002.history");
     std::fs::write(&path, "1\t0/3000000\tno recovery target specified\n").unwrap();
-    pgdr::commands::wal_push::push_one(&repo, &file, &path).await.unwrap();
-    pgdr::commands::wal_push::push_one(&repo, &file, &path).await.unwrap();
+    pgdr::archive::push::push_one(&repo, &file, &path).await.unwrap();
+    pgdr::archive::push::push_one(&repo, &file, &path).await.unwrap();
     std::fs::write(&path, "1\t0/5000000\tanother cluster\n").unwrap();
-    let err = pgdr::commands::wal_push::push_one(&repo, &file, &path)
-        .await
-        .unwrap_err();
+    let err = pgdr::archive::push::push_one(&repo, &file, &path).await.unwrap_err();
     assert!(format!("{err:#}").contains("different content"), "{err:#}");
     let stored = pgdr::pipeline::load_bytes(&storage, &pgdr::repo::layout::wal_file(&file), &repo.keys)
         .await

@@ -47,11 +47,12 @@ pub async fn run(ctx: &Ctx, args: CatArgs) -> Result<Exit> {
     let stdout = std::io::stdout();
     pipeline::load_to_writer(&storage, &key, stdout, &keys, pipeline::Verify::Authenticated, None)
         .await
-        .map_err(|e| match e.downcast_ref::<storage::StorageError>() {
-            Some(storage::StorageError::NotFound(_)) => {
+        .map_err(|e| {
+            if crate::exit::is_not_found(&e) {
                 usage!("{key} does not exist in {}", storage.describe())
+            } else {
+                e
             }
-            _ => e,
         })?;
     Ok(Exit::Success)
 }

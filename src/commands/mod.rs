@@ -13,7 +13,7 @@ mod restore_physical;
 mod schedule;
 mod verify;
 mod wal_fetch;
-pub mod wal_push;
+mod wal_push;
 
 use anyhow::Result;
 

@@ -320,10 +320,7 @@ async fn feed_tool(
     match loaded {
         Ok((sink, _, _)) => sink.finish(),
         Err(e) => {
-            let broken_pipe = e.chain().any(|c| {
-                c.downcast_ref::<std::io::Error>()
-                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-            });
+            let broken_pipe = crate::exit::is_broken_pipe(&e);
             // The tool has seen the end of its input by now; learn how it ended.
             let ended = waiter.wait();
             match (broken_pipe, ended) {

@@ -562,10 +562,7 @@ async fn start_and_wait(ctx: &Ctx, dir: &Path, args: &RestoreArgs) -> Result<Rea
         }
         let client = match target.connect(Some("postgres")).await {
             Ok(client) => client,
-            Err(e)
-                if e.downcast_ref::<crate::postgres::conn::ConnectFailed>()
-                    .is_some_and(|c| c.is_refused_login()) =>
-            {
+            Err(e) if crate::exit::is_refused_login(&e) => {
                 return Err(e.context(format!(
                     "the restored server is up but refuses pgdr's login (its pg_hba.conf is the source's), so recovery cannot be watched; it keeps running — see {}",
                     log.display()

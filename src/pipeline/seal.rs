@@ -412,7 +412,7 @@ impl<R: Read> Read for Opener<R> {
 
 /// The `SealError` inside an I/O error, if that is what it is.
 pub fn seal_error(err: &io::Error) -> Option<&SealError> {
-    err.get_ref().and_then(|e| e.downcast_ref::<SealError>())
+    crate::exit::seal_error(err)
 }
 
 #[cfg(test)]

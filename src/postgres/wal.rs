@@ -172,6 +172,39 @@ impl fmt::Display for WalFile {
     }
 }
 
+/// The long page header at the start of every WAL segment: which cluster wrote it
+/// (system identifier) and the segment size. Read once here, for wal-push (is this
+/// file ours?) and wal-fetch (how big are the segments to prefetch?).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LongPageHeader {
+    pub system_identifier: u64,
+    pub segment_size: u32,
+}
+
+impl LongPageHeader {
+    /// Bytes the header takes, as far as pgdr reads it.
+    pub const LEN: usize = 36;
+    const SYSID_OFFSET: usize = 24;
+    const SEG_SIZE_OFFSET: usize = 32;
+
+    pub fn parse(bytes: &[u8]) -> Option<LongPageHeader> {
+        let sysid = bytes.get(Self::SYSID_OFFSET..Self::SYSID_OFFSET + 8)?;
+        let seg = bytes.get(Self::SEG_SIZE_OFFSET..Self::SEG_SIZE_OFFSET + 4)?;
+        Some(LongPageHeader {
+            system_identifier: u64::from_le_bytes(sysid.try_into().ok()?),
+            segment_size: u32::from_le_bytes(seg.try_into().ok()?),
+        })
+    }
+
+    /// Read the header of the WAL file at `path`.
+    pub fn read(path: &std::path::Path) -> std::io::Result<LongPageHeader> {
+        use std::io::Read;
+        let mut bytes = [0u8; Self::LEN];
+        std::fs::File::open(path)?.read_exact(&mut bytes)?;
+        Self::parse(&bytes).ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "short WAL header"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,5 +258,16 @@ mod tests {
         );
         assert!(WalFile::parse("../etc/passwd").is_none());
         assert!(WalFile::parse("RECOVERYHISTORY").is_none());
+    }
+
+    #[test]
+    fn long_page_header() {
+        let mut page = vec![0u8; 64];
+        page[24..32].copy_from_slice(&7_714_576_642_247_524_585u64.to_le_bytes());
+        page[32..36].copy_from_slice(&(16u32 << 20).to_le_bytes());
+        let h = LongPageHeader::parse(&page).unwrap();
+        assert_eq!(h.system_identifier, 7_714_576_642_247_524_585);
+        assert_eq!(h.segment_size, 16 << 20);
+        assert_eq!(LongPageHeader::parse(&page[..30]), None);
     }
 }

@@ -148,13 +148,7 @@ pub async fn load_scanned_all(
 
 /// A storage failure (the repository did not answer), as opposed to a bad object.
 fn is_unreachable(e: &anyhow::Error) -> bool {
-    use crate::storage::StorageError;
-    e.chain().any(|c| {
-        matches!(
-            c.downcast_ref::<StorageError>(),
-            Some(StorageError::Unreachable(_) | StorageError::Transient(_))
-        )
-    })
+    crate::exit::is_unreachable(e)
 }
 
 pub fn sort_newest_first(manifests: &mut [Manifest]) {

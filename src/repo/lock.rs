@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Repo, layout};
 use crate::pipeline;
-use crate::storage::{ObjectKey, PutMode, StorageError};
+use crate::storage::{ObjectKey, PutMode};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LeaseBody {
@@ -59,7 +59,7 @@ fn boot_id() -> Option<String> {
 async fn read(repo: &Repo, key: &ObjectKey) -> Result<Option<LeaseBody>> {
     match pipeline::load_bytes(&repo.storage, key, &repo.keys).await {
         Ok(data) => Ok(serde_json::from_slice(&data).ok()),
-        Err(e) if matches!(e.downcast_ref::<StorageError>(), Some(StorageError::NotFound(_))) => Ok(None),
+        Err(e) if crate::exit::is_not_found(&e) => Ok(None),
         Err(e) => Err(e),
     }
 }
@@ -111,7 +111,7 @@ impl Lease {
                         None => Ok(Err("another process (the lease vanished while acquiring)".into())),
                     };
                 }
-                Err(e) if matches!(e.downcast_ref::<StorageError>(), Some(StorageError::AlreadyExists(_))) => {}
+                Err(e) if crate::exit::is_already_exists(&e) => {}
                 Err(e) => return Err(e),
             }
         }

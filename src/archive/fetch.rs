@@ -1,0 +1,159 @@
+//! `restore_command`'s work: fetch one archived WAL file, fully decrypted and
+//! authenticated before PostgreSQL sees it. What the outcome means to PostgreSQL
+//! (exit 0, 1 or 126) is decided in one place, `exit::wal_fetch`.
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{Result, anyhow};
+
+use crate::config::Config;
+use crate::pipeline::{self, Keyring};
+use crate::postgres::WalFile;
+use crate::repo::{self, layout};
+use crate::storage::{self, DynStorage};
+
+/// The file is in place, or the archive positively does not have it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fetched {
+    Found,
+    Absent,
+}
+
+/// Why a fetch failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The archived file is damaged or failed authentication: never replay past it.
+    #[error("{0:#}")]
+    Damaged(anyhow::Error),
+    /// The repository is another system's: its "absent" means nothing here.
+    #[error("{0:#}")]
+    WrongCluster(anyhow::Error),
+    /// Storage did not answer (after the retries), or the file could not be put in place.
+    #[error("{0:#}")]
+    Unavailable(anyhow::Error),
+}
+
+/// The repository belongs to another cluster than the data directory asking: its
+/// "absent" would be read as the end of this cluster's archive.
+#[derive(Debug)]
+struct WrongCluster(String);
+
+impl std::fmt::Display for WrongCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for WrongCluster {}
+
+/// `restore_command`'s work: put `file` at `dest` (from the prefetch directory, or the
+/// repository, retrying transient errors for `[wal] fetch_retry_seconds`), then make
+/// sure the prefetcher works ahead.
+pub async fn fetch(config: &Config, file: &WalFile, dest: &Path) -> Result<Fetched, FetchError> {
+    let wal_dir = dest.parent().unwrap_or(Path::new("")).to_path_buf();
+    let wal_dir = wal_dir.as_path();
+    let prefetch_dir = wal_dir.join(super::prefetch::PREFETCH_DIR);
+    let ready = prefetch_dir.join(file.name());
+    if ready.is_file() {
+        std::fs::rename(&ready, dest)
+            .map_err(|e| FetchError::Unavailable(anyhow!("cannot move {} into place: {e}", ready.display())))?;
+    } else {
+        let storage = storage::open(&config.repository, &config.cluster)
+            .await
+            .map_err(FetchError::Unavailable)?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(config.wal.fetch_retry_seconds);
+        let mut delay = std::time::Duration::from_millis(250);
+        let mut keys = None;
+        loop {
+            // The keyring is bound to repo.json, which proves the repository is there:
+            // "absent" counts only from a repository that is (an unmounted volume or a
+            // wrong prefix would make every file absent, and recovery end early).
+            // Reading it is retried like any fetch.
+            let attempt = async {
+                if keys.is_none() {
+                    let (bound, info) = repo::bound_keyring_and_info(config, &storage).await?;
+                    check_same_cluster(wal_dir, &info, &storage.describe())?;
+                    keys = Some(bound);
+                }
+                fetch_into(&storage, keys.as_ref().expect("set above"), file, dest).await
+            };
+            match attempt.await {
+                Ok(true) => break,
+                Ok(false) => return Ok(Fetched::Absent),
+                Err(e) if e.chain().any(|c| c.is::<pipeline::Damaged>()) => return Err(FetchError::Damaged(e)),
+                Err(e) if e.chain().any(|c| c.is::<WrongCluster>()) => return Err(FetchError::WrongCluster(e)),
+                Err(e) if std::time::Instant::now() + delay > deadline => {
+                    return Err(FetchError::Unavailable(e.context(format!(
+                        "still failing after {} s of retries ([wal] fetch_retry_seconds)",
+                        config.wal.fetch_retry_seconds
+                    ))));
+                }
+                Err(e) => {
+                    tracing::warn!("fetching {file} failed ({e:#}); retrying in {delay:?}");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(std::time::Duration::from_secs(5));
+                }
+            }
+        }
+    }
+    if let WalFile::Segment(_) = file
+        && config.wal.prefetch > 0
+    {
+        super::prefetch::start(config, file, dest, &prefetch_dir);
+    }
+    Ok(Fetched::Found)
+}
+
+/// Fetch one archived file to `dest` (through a temporary file, renamed when whole
+/// and authenticated). `Ok(false)` only if storage positively says it is absent.
+pub(super) async fn fetch_into(storage: &DynStorage, keys: &Keyring, file: &WalFile, dest: &Path) -> Result<bool> {
+    let key = layout::wal_file(file);
+    let tmp = dest.with_file_name(format!(".{}.pgdr-tmp", file.name()));
+    let out = std::fs::File::create(&tmp).map_err(|e| anyhow!("cannot create {}: {e}", tmp.display()))?;
+    let loaded = pipeline::load_to_writer(storage, &key, out, keys, pipeline::Verify::Authenticated, None).await;
+    match loaded {
+        Ok((mut out, _, _)) => {
+            let done = out
+                .flush()
+                .and_then(|_| out.sync_all())
+                .map_err(|e| anyhow!("cannot write {}: {e}", tmp.display()))
+                .and_then(|_| {
+                    drop(out);
+                    std::fs::rename(&tmp, dest).map_err(|e| anyhow!("cannot move {} into place: {e}", tmp.display()))
+                });
+            if done.is_err() {
+                let _ = std::fs::remove_file(&tmp);
+            }
+            done.map(|_| true)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            if crate::exit::is_not_found(&e) {
+                Ok(false)
+            } else {
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Refuse a repository whose system identifier is not the data directory's (the
+/// parent of pg_wal, where PostgreSQL runs restore_command). A data directory whose
+/// pg_control cannot be read (not a data directory: a test, a manual call) is not
+/// checked.
+fn check_same_cluster(wal_dir: &Path, info: &repo::RepoInfo, place: &str) -> Result<()> {
+    let data_dir = wal_dir.parent().unwrap_or(Path::new(""));
+    let data_dir = if data_dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        data_dir
+    };
+    match crate::postgres::datadir::control_system_identifier(data_dir) {
+        Ok(local) if local != info.system_identifier => Err(anyhow::Error::new(WrongCluster(format!(
+            "{place} belongs to system {} (cluster {:?}), but this data directory is system {local} — wal-fetch reads the configuration file only (no PGDR_* overrides): check its [repository] url and cluster",
+            info.system_identifier, info.cluster
+        )))),
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,72 @@
+//! Child processes pgdr starts: as the `postgres` OS user (PostgreSQL refuses root),
+//! and detached helpers (the WAL pusher and prefetcher) that outlive the short
+//! `archive_command` / `restore_command` call that started them.
+
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+
+/// The `postgres` OS user, when pgdr runs as root and must hand the files over.
+pub fn postgres_owner() -> Option<(u32, u32)> {
+    // SAFETY: geteuid has no preconditions; getpwnam's result is read at once.
+    unsafe {
+        if libc::geteuid() != 0 {
+            return None;
+        }
+        let name = std::ffi::CString::new("postgres").expect("no NUL");
+        let pw = libc::getpwnam(name.as_ptr());
+        if pw.is_null() {
+            None
+        } else {
+            Some(((*pw).pw_uid, (*pw).pw_gid))
+        }
+    }
+}
+
+/// Run `cmd` as the `postgres` user when pgdr runs as root; unchanged otherwise.
+pub fn as_postgres(cmd: &mut Command) -> &mut Command {
+    if let Some((uid, gid)) = postgres_owner() {
+        cmd.uid(uid).gid(gid);
+    }
+    cmd
+}
+
+/// The same for a tokio command.
+pub fn as_postgres_async(cmd: &mut tokio::process::Command) -> &mut tokio::process::Command {
+    if let Some((uid, gid)) = postgres_owner() {
+        cmd.uid(uid).gid(gid);
+    }
+    cmd
+}
+
+/// `pgdr [--config FILE] <args>`: this binary again, with this configuration file.
+pub fn pgdr_again(config: Option<&std::path::Path>) -> Option<Command> {
+    let exe = std::env::current_exe().ok()?;
+    let mut cmd = Command::new(exe);
+    if let Some(config) = config {
+        cmd.arg("--config").arg(config);
+    }
+    Some(cmd)
+}
+
+/// Spawn `cmd` in a session of its own (so it outlives the caller and PostgreSQL's
+/// process group), stdin and stdout closed, stderr to `stderr` (or nowhere).
+pub fn spawn_detached(mut cmd: Command, stderr: Option<std::fs::File>) -> std::io::Result<Child> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr.map(Stdio::from).unwrap_or_else(Stdio::null));
+    // SAFETY: setsid is async-signal-safe; it only detaches the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    cmd.spawn()
+}
+
+/// Whether process `pid` exists (EPERM counts: it exists, another user's).
+pub fn exists(pid: i32) -> bool {
+    // SAFETY: kill with signal 0 only checks for existence.
+    pid > 0
+        && (unsafe { libc::kill(pid, 0) } == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
+}
