@@ -57,7 +57,7 @@ pub async fn run(ctx: &Ctx, args: BackupArgs) -> Result<Exit> {
 async fn interruptible<T>(work: impl std::future::Future<Output = Result<T>>) -> Result<T> {
     tokio::select! {
         r = work => r,
-        s = super::shutdown_signal() => Err(anyhow::anyhow!("interrupted by {s}")),
+        s = crate::process::shutdown_signal() => Err(anyhow::anyhow!("interrupted by {s}")),
     }
 }
 
@@ -125,7 +125,7 @@ async fn commit(repo: &Repo, manifest: &Manifest, keep: bool, lock: &BackupLock)
         .await
         .with_context(|| format!("writing the manifest of {label}"))?;
     if keep {
-        super::expire::set_keep(repo, label).await?;
+        crate::repo::retention::set_keep(repo, label).await?;
     }
     Ok(())
 }

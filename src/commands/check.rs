@@ -2,7 +2,6 @@
 //! per check, ✓ or ✗ (⚠ for things to look at that are not failures); exit 1 if any
 //! check failed.
 
-use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -49,23 +48,6 @@ impl Report {
                 None
             }
         }
-    }
-}
-
-/// Free bytes on the filesystem holding `path` (or its nearest existing parent).
-pub fn free_bytes(path: &Path) -> Option<u64> {
-    let mut p = path.to_path_buf();
-    while !p.exists() {
-        p = p.parent()?.to_path_buf();
-    }
-    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).ok()?;
-    // SAFETY: statvfs writes into the zeroed struct we own; the path is NUL-terminated.
-    unsafe {
-        let mut st: libc::statvfs = std::mem::zeroed();
-        if libc::statvfs(c.as_ptr(), &mut st) != 0 {
-            return None;
-        }
-        Some(st.f_bavail as u64 * st.f_frsize as u64)
     }
 }
 
@@ -205,7 +187,7 @@ pub async fn run(ctx: &Ctx, args: CheckArgs) -> Result<Exit> {
         places.push(("repository disk", path));
     }
     for (name, path) in places {
-        match free_bytes(&path) {
+        match crate::disk::free_bytes(&path) {
             Some(free) if free >= MIN_FREE => report.add(
                 Status::Ok,
                 name,

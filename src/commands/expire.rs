@@ -11,7 +11,7 @@ use crate::cli::ExpireArgs;
 use crate::exit::Exit;
 use crate::postgres::WalFile;
 use crate::repo::{BackupLabel, Repo, archive, catalog, layout, retention};
-use crate::storage::{ObjectKey, PutMode, Refused};
+use crate::storage::{ObjectKey, Refused};
 use crate::usage;
 
 pub async fn run(ctx: &Ctx, args: ExpireArgs) -> Result<Exit> {
@@ -119,14 +119,14 @@ async fn mark(ctx: &Ctx, repo: &Repo, args: &ExpireArgs) -> Result<Exit> {
     }
     for raw in &args.keep {
         let label: BackupLabel = raw.parse().expect("checked");
-        set_keep(repo, &label).await?;
+        crate::repo::retention::set_keep(repo, &label).await?;
         if !ctx.json {
             println!("{label} is marked keep: expire will never remove it");
         }
     }
     for raw in &args.unkeep {
         let label: BackupLabel = raw.parse().expect("checked");
-        repo.storage.delete(&[layout::keep_mark(&label)]).await?;
+        crate::repo::retention::clear_keep(repo, &label).await?;
         if !ctx.json {
             println!("{label} is no longer marked keep");
         }
@@ -135,14 +135,4 @@ async fn mark(ctx: &Ctx, repo: &Repo, args: &ExpireArgs) -> Result<Exit> {
         ctx.print_json(&json!({"keep": args.keep, "unkeep": args.unkeep}));
     }
     Ok(Exit::Success)
-}
-
-/// Write the keep mark of a backup.
-pub async fn set_keep(repo: &Repo, label: &BackupLabel) -> Result<()> {
-    let body = serde_json::to_vec(&json!({"keep": true, "marked": Utc::now()})).expect("json");
-    repo.store()
-        .bytes(&layout::keep_mark(label), "keep.json", body, PutMode::Overwrite)
-        .await
-        .with_context(|| format!("marking {label} keep"))?;
-    Ok(())
 }

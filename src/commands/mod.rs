@@ -4,12 +4,11 @@
 mod backup;
 mod cat;
 mod check;
-pub mod expire;
+mod expire;
 mod init;
 mod list;
 mod metrics;
 mod restore;
-mod restore_physical;
 mod schedule;
 mod verify;
 mod wal_fetch;
@@ -31,19 +30,6 @@ impl Ctx {
     /// Print a JSON value on stdout (for `--json`).
     pub fn print_json(&self, value: &serde_json::Value) {
         println!("{}", serde_json::to_string_pretty(value).expect("JSON serialises"));
-    }
-}
-
-/// Resolves on SIGINT or SIGTERM, naming which.
-pub async fn shutdown_signal() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut term) = signal(SignalKind::terminate()) else {
-        let _ = tokio::signal::ctrl_c().await;
-        return "SIGINT";
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => "SIGINT",
-        _ = term.recv() => "SIGTERM",
     }
 }
 

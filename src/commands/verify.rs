@@ -15,10 +15,10 @@ use chrono::Utc;
 use serde_json::json;
 
 use super::Ctx;
-use super::restore_physical::postgres_owner;
 use crate::cli::VerifyArgs;
 use crate::exit::Exit;
 use crate::postgres::{PgTarget, PgTools};
+use crate::process::postgres_owner;
 use crate::repo::verification::{Step, VerifyReport};
 use crate::repo::{BackupKind, Manifest, Repo, catalog, layout};
 use crate::storage::PutMode;
@@ -64,17 +64,10 @@ impl Drop for Scratch {
             let mut cmd = std::process::Command::new(&self.pg_ctl);
             cmd.arg("-D").arg(self.data()).args(["-m", "immediate", "-w", "stop"]);
             cmd.stdout(Stdio::null()).stderr(Stdio::null());
-            as_postgres(&mut cmd);
+            crate::process::as_postgres(&mut cmd);
             let _ = cmd.status();
         }
         // TempDir removes the rest.
-    }
-}
-
-fn as_postgres(cmd: &mut std::process::Command) {
-    if let Some((uid, gid)) = postgres_owner() {
-        use std::os::unix::process::CommandExt;
-        cmd.uid(uid).gid(gid);
     }
 }
 
@@ -136,7 +129,7 @@ pub async fn run(ctx: &Ctx, args: VerifyArgs) -> Result<Exit> {
     let work = verify_into(ctx, &manifest, &tools, &scratch, &args, &mut steps);
     let interrupted = tokio::select! {
         _ = work => None,
-        s = super::shutdown_signal() => Some(s),
+        s = crate::process::shutdown_signal() => Some(s),
     };
     if let Some(signal) = interrupted {
         steps.steps.push(Step {
@@ -419,9 +412,7 @@ async fn restore_logical(
 async fn init_cluster(tools: &PgTools, scratch: &Scratch, port: u16) -> Result<()> {
     // Killed if verify is abandoned (Ctrl-C): nothing outlives the scratch directory.
     let run = |mut cmd: tokio::process::Command, what: &'static str| async move {
-        if let Some((uid, gid)) = postgres_owner() {
-            cmd.uid(uid).gid(gid);
-        }
+        crate::process::as_postgres_async(&mut cmd);
         cmd.env_clear().envs(crate::postgres::server_env(false));
         cmd.stdin(Stdio::null()).kill_on_drop(true);
         let out = cmd.output().await?;

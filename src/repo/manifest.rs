@@ -127,3 +127,50 @@ impl Manifest {
         self.objects.iter().map(|o| o.plain.size).sum()
     }
 }
+
+/// Manifests for unit tests elsewhere in the crate.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::*;
+
+    /// A physical manifest that finished at `stop` (and `stop_lsn`).
+    pub fn physical_manifest(
+        label: &str,
+        stop: chrono::DateTime<chrono::Utc>,
+        stop_lsn: crate::postgres::Lsn,
+    ) -> Manifest {
+        Manifest {
+            format: MANIFEST_FORMAT,
+            label: label.parse().unwrap(),
+            kind: crate::repo::BackupKind::Physical,
+            tags: vec![],
+            start_time: stop - chrono::Duration::minutes(5),
+            stop_time: stop,
+            pg_version: "15".into(),
+            pg_version_num: 150000,
+            system_identifier: "1".into(),
+            key_id: "k".into(),
+            compression: CompressionInfo {
+                algorithm: "zstd".into(),
+                level: 3,
+            },
+            databases: vec![],
+            globals: None,
+            objects: vec![],
+            physical: Some(PhysicalInfo {
+                method: Default::default(),
+                start_lsn: crate::postgres::Lsn(stop_lsn.0.saturating_sub(0x1000000)),
+                stop_lsn,
+                timeline: 1,
+                segment_size: 16 << 20,
+                wal_start: "000000010000000000000001".into(),
+                wal_stop: "000000010000000000000002".into(),
+                backup_label: String::new(),
+                tablespace_map: None,
+                dirs: vec![],
+                tablespaces: vec![],
+                files: vec![],
+            }),
+        }
+    }
+}

@@ -15,11 +15,13 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Duration, Utc};
 
+use super::Repo;
 use super::archive::ArchiveListing;
 use super::label::{BackupKind, BackupLabel};
 use super::manifest::Manifest;
 use crate::config::RetentionConfig;
 use crate::postgres::Segment;
+use anyhow::{Context, Result};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
@@ -155,6 +157,27 @@ pub fn plan(
         }
     }
     plan
+}
+
+/// Write the keep mark of a backup.
+pub async fn set_keep(repo: &Repo, label: &BackupLabel) -> Result<()> {
+    let body = serde_json::to_vec(&serde_json::json!({"keep": true, "marked": chrono::Utc::now()})).expect("json");
+    repo.store()
+        .bytes(
+            &super::layout::keep_mark(label),
+            "keep.json",
+            body,
+            crate::storage::PutMode::Overwrite,
+        )
+        .await
+        .with_context(|| format!("marking {label} keep"))?;
+    Ok(())
+}
+
+/// Remove the keep mark of a backup (expire may remove it again).
+pub async fn clear_keep(repo: &Repo, label: &BackupLabel) -> Result<()> {
+    repo.storage.delete(&[super::layout::keep_mark(label)]).await?;
+    Ok(())
 }
 
 #[cfg(test)]

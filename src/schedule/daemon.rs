@@ -124,7 +124,7 @@ pub async fn run(config: Config, opts: Options) -> Result<()> {
     }
     // One signal listener for the whole loop: a listener made afresh each turn could
     // miss a signal that arrives between two turns.
-    let mut shutdown = std::pin::pin!(crate::commands::shutdown_signal());
+    let mut shutdown = std::pin::pin!(crate::process::shutdown_signal());
     let signal = loop {
         let Some(soonest) = next.iter().map(|(_, t)| *t).min() else {
             break "no jobs left";

@@ -2,14 +2,16 @@
 //! open → unzstd into `pg_restore`, into a new (or explicitly `--clean`ed) database,
 //! then compare every table's row count with the manifest.
 
+mod physical;
+
 use std::collections::BTreeMap;
 use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow};
 use serde_json::json;
 
-use super::Ctx;
 use crate::cli::RestoreArgs;
+use crate::commands::Ctx;
 use crate::exit::Exit;
 use crate::pipeline;
 use crate::postgres::conn::db_err;
@@ -24,7 +26,7 @@ use crate::usage;
 
 pub async fn run(ctx: &Ctx, args: RestoreArgs) -> Result<Exit> {
     if args.kind == BackupKind::Physical || args.to.is_some() {
-        return super::restore_physical::run(ctx, args).await;
+        return physical::run(ctx, args).await;
     }
     let jobs = args.jobs.unwrap_or(1);
     if jobs == 0 {
@@ -246,7 +248,7 @@ async fn restore_dump(
             .tempdir()
             .context("creating a staging directory")?;
         let path = dir.path().join("dump");
-        let free = crate::commands::check::free_bytes(dir.path()).unwrap_or(u64::MAX);
+        let free = crate::disk::free_bytes(dir.path()).unwrap_or(u64::MAX);
         if free < record.plain.size {
             return Err(anyhow!(
                 "--jobs {} stages the dump in {} but only {} are free there and the dump is {} — set TMPDIR to a larger place or use --jobs 1",

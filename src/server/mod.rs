@@ -1,0 +1,256 @@
+//! Starting a restored data directory as a server and watching its recovery to the
+//! end: promoted, paused at the target, running as a standby, or shut down. Servers
+//! run as the `postgres` OS user, with only the environment they need
+//! (`postgres::server_env`), listening only where they are told.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow};
+
+use crate::postgres::{PgTarget, PgTools};
+use crate::usage;
+
+/// How to start a restored server; validated by `start_and_wait`.
+#[derive(Debug, Clone)]
+pub struct StartOptions {
+    pub data_dir: PathBuf,
+    pub port: u16,
+    /// listen_addresses: host names or addresses, comma-separated; empty for the
+    /// Unix socket only (then `socket_dir` is required).
+    pub listen: String,
+    pub socket_dir: Option<PathBuf>,
+    /// Start with an hba_file of its own that trusts the (private) socket: for
+    /// scratch copies only, with `listen` empty and a 0700 `socket_dir`.
+    pub scratch_hba: bool,
+    /// A standby: done once it runs and replays, not when recovery ends.
+    pub standby: bool,
+    /// recovery_target_action = shutdown: the server stopping is the success.
+    pub shutdown_at_target: bool,
+    pub bin_dir: Option<PathBuf>,
+    /// Whom pgdr connects as to watch (its address and port are replaced).
+    pub connect: PgTarget,
+    /// The repository is S3: the server's wal-fetch needs the `AWS_*` variables.
+    pub s3: bool,
+}
+
+/// Where a started server's recovery ended.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Reached {
+    pub state: String,
+    pub lsn: String,
+    pub timeline: u32,
+    pub last_replay: Option<String>,
+    pub seconds: f64,
+}
+
+/// Start the restored server as `postgres` and wait until recovery reaches its end:
+/// promoted, paused at the target, or shut down. A server that dies on the way (the
+/// target was not reached, WAL is missing) is reported with its own words.
+pub async fn start_and_wait(opts: &StartOptions) -> Result<Reached> {
+    let dir = opts.data_dir.as_path();
+    let port = opts.port;
+    let tools = PgTools::locate(opts.bin_dir.as_deref())?;
+    let log = dir.join("pgdr-recovery.log");
+    // Never the source's listen_addresses ('*' on many primaries): a restored copy
+    // holds production data and must not be reachable from elsewhere unless asked.
+    let listen = opts.listen.as_str();
+    if listen.is_empty() && opts.socket_dir.is_none() {
+        return Err(usage!("--listen '' (Unix socket only) needs --socket-dir DIR"));
+    }
+    if listen.contains(|c: char| !(c.is_ascii_alphanumeric() || ".:,-*".contains(c))) {
+        return Err(usage!(
+            "--listen {listen:?}: expected host names or addresses, comma-separated"
+        ));
+    }
+    let mut pg_opts = format!("-p {port} -c listen_addresses='{listen}'");
+    if let Some(sock) = &opts.socket_dir {
+        pg_opts.push_str(&format!(" -k {}", sock.display()));
+    }
+    if opts.scratch_hba {
+        // Trust is safe only where nobody else can connect: no TCP, and a socket
+        // directory only its owner can enter.
+        use std::os::unix::fs::PermissionsExt;
+        let private = opts
+            .socket_dir
+            .as_ref()
+            .and_then(|s| std::fs::metadata(s).ok())
+            .is_some_and(|m| m.is_dir() && m.permissions().mode() & 0o077 == 0);
+        if !listen.is_empty() || !private {
+            return Err(usage!(
+                "--scratch-hba needs --listen '' and a --socket-dir of mode 0700"
+            ));
+        }
+        let hba = dir.join("pgdr-scratch-hba.conf");
+        std::fs::write(
+            &hba,
+            "# pgdr: a scratch copy, reachable only on its private socket\nlocal all all trust\n",
+        )
+        .with_context(|| format!("writing {}", hba.display()))?;
+        if let Some((uid, gid)) = crate::process::postgres_owner() {
+            std::os::unix::fs::chown(&hba, Some(uid), Some(gid))?;
+        }
+        pg_opts.push_str(&format!(" -c hba_file='{}'", hba.display()));
+    }
+    let mut cmd = std::process::Command::new(tools.path("pg_ctl")?);
+    // -W: pg_ctl would give up after 60 s, long before a big recovery is done; this
+    // function does the waiting.
+    cmd.arg("-D")
+        .arg(dir)
+        .arg("-l")
+        .arg(&log)
+        .args(["-W", "-o", &pg_opts, "start"]);
+    cmd.env_clear()
+        .envs(crate::postgres::server_env(opts.s3))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    crate::process::as_postgres(&mut cmd);
+    let started = Instant::now();
+    let out = cmd.output().map_err(|e| anyhow!("cannot run pg_ctl: {e}"))?;
+    if !out.status.success() {
+        let said = String::from_utf8_lossy(&out.stderr);
+        return Err(anyhow!(
+            "pg_ctl start failed: {}",
+            said.lines().next().unwrap_or("").trim()
+        ));
+    }
+    // The postmaster writes its pid file when it is up; until then there is nothing
+    // to watch.
+    let appear = Instant::now() + Duration::from_secs(60);
+    while !dir.join("postmaster.pid").exists() {
+        if Instant::now() > appear || recovery_log_says(&log, "FATAL:") {
+            return Err(anyhow!(
+                "the restored server stopped during recovery: {}",
+                fatal_line(&log)
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let target = opts
+        .connect
+        .with_address(&watch_address(listen, opts.socket_dir.as_deref()), port);
+    let deadline = started + Duration::from_secs(24 * 3600);
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if !dir.join("postmaster.pid").exists() {
+            if opts.shutdown_at_target && recovery_log_says(&log, "shutting down") {
+                return Ok(Reached {
+                    state: "shut down at the target".into(),
+                    lsn: "-".into(),
+                    timeline: 0,
+                    last_replay: None,
+                    seconds: started.elapsed().as_secs_f64(),
+                });
+            }
+            return Err(anyhow!(
+                "the restored server stopped during recovery: {}",
+                fatal_line(&log)
+            ));
+        }
+        let client = match target.connect(Some("postgres")).await {
+            Ok(client) => client,
+            Err(e) if crate::exit::is_refused_login(&e) => {
+                return Err(e.context(format!(
+                    "the restored server is up but refuses pgdr's login (its pg_hba.conf is the source's), so recovery cannot be watched; it keeps running — see {}",
+                    log.display()
+                )));
+            }
+            Err(_) if Instant::now() > deadline => {
+                return Err(anyhow!("recovery did not finish within 24 h; see {}", log.display()));
+            }
+            Err(_) => continue,
+        };
+        let row = client
+            .query_one(
+                "SELECT pg_is_in_recovery(), \
+                 CASE WHEN pg_is_in_recovery() THEN pg_get_wal_replay_pause_state() ELSE 'not paused' END, \
+                 (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text, \
+                 (SELECT timeline_id FROM pg_control_checkpoint()), \
+                 pg_last_xact_replay_timestamp()::text",
+                &[],
+            )
+            .await;
+        let Ok(row) = row else { continue };
+        let in_recovery: bool = row.get(0);
+        let pause: String = row.get(1);
+        let done_state = if !in_recovery {
+            Some("promoted")
+        } else if pause == "paused" {
+            Some("paused at the target")
+        } else if opts.standby && started.elapsed() > Duration::from_secs(1) {
+            Some("running as a standby")
+        } else {
+            None
+        };
+        if let Some(state) = done_state {
+            // After a promotion the checkpoint may still show the old timeline.
+            let timeline = if in_recovery {
+                row.get::<_, i32>(3) as u32
+            } else {
+                client
+                    .query_one("SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)", &[])
+                    .await
+                    .ok()
+                    .and_then(|r| u32::from_str_radix(&r.get::<_, String>(0), 16).ok())
+                    .unwrap_or(row.get::<_, i32>(3) as u32)
+            };
+            return Ok(Reached {
+                state: state.to_string(),
+                lsn: row.get(2),
+                timeline,
+                last_replay: row.get(4),
+                seconds: started.elapsed().as_secs_f64(),
+            });
+        }
+        if Instant::now() > deadline {
+            return Err(anyhow!("recovery did not finish within 24 h; see {}", log.display()));
+        }
+    }
+}
+
+/// Where pgdr connects to watch the restored server: the first address it listens
+/// on (a wildcard means this host's loopback), or its socket when it listens on none.
+fn watch_address(listen: &str, socket_dir: Option<&Path>) -> String {
+    let first = listen.split(',').map(str::trim).find(|a| !a.is_empty());
+    match (first, socket_dir) {
+        (None, Some(sock)) => sock.display().to_string(),
+        (None, None) | (Some("*" | "0.0.0.0"), _) => "127.0.0.1".to_string(),
+        (Some("::"), _) => "::1".to_string(),
+        (Some(addr), _) => addr.to_string(),
+    }
+}
+
+fn recovery_log_says(log: &Path, needle: &str) -> bool {
+    std::fs::read_to_string(log).is_ok_and(|t| t.contains(needle))
+}
+
+fn fatal_line(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .rfind(|l| l.contains("FATAL:") || l.contains("PANIC:"))
+        .map(|l| {
+            l.split_once("FATAL:")
+                .or(l.split_once("PANIC:"))
+                .map(|(_, m)| m.trim())
+                .unwrap_or(l)
+                .to_string()
+        })
+        .unwrap_or_else(|| format!("see {}", log.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watched_where_it_listens() {
+        let sock = Path::new("/run/pgdr-sock");
+        assert_eq!(watch_address("127.0.0.1", Some(sock)), "127.0.0.1");
+        assert_eq!(watch_address("10.0.0.5,127.0.0.1", None), "10.0.0.5");
+        assert_eq!(watch_address("::1", None), "::1");
+        assert_eq!(watch_address("*", None), "127.0.0.1");
+        assert_eq!(watch_address("::", None), "::1");
+        assert_eq!(watch_address("", Some(sock)), "/run/pgdr-sock");
+    }
+}
