@@ -7,34 +7,12 @@ use super::Ctx;
 use crate::cli::CatArgs;
 use crate::exit::Exit;
 use crate::pipeline;
-use crate::repo::{self, BackupLabel, layout};
-use crate::storage::{self, ObjectKey};
+use crate::repo::{self, layout};
+use crate::storage;
 use crate::usage;
 
-/// `LABEL/...` is short for `backups/LABEL/...`.
-fn object_key(raw: &str) -> Result<ObjectKey> {
-    let raw = raw.trim_start_matches('/');
-    let labelled = raw
-        .split_once('/')
-        .and_then(|(first, rest)| first.parse::<BackupLabel>().ok().map(|l| (l, rest)));
-    let full = match labelled {
-        Some((label, rest)) => {
-            if rest.is_empty() {
-                return Err(usage!("{raw} is a backup, not an object; try {label}/manifest.json"));
-            }
-            layout::backup_object(&label, rest)
-                .map_err(|e| usage!("{e:#} — see `pgdr cat {label}/manifest.json` for its objects"))?
-        }
-        _ if raw.parse::<BackupLabel>().is_ok() => {
-            return Err(usage!("{raw} is a backup, not an object; try {raw}/manifest.json"));
-        }
-        _ => ObjectKey::new(raw).map_err(|e| usage!("{e} — keys are like backups/LABEL/manifest.json or wal/…"))?,
-    };
-    Ok(full)
-}
-
 pub async fn run(ctx: &Ctx, args: CatArgs) -> Result<Exit> {
-    let key = object_key(&args.key)?;
+    let key = layout::user_key(&args.key).map_err(|e| usage!("{e}"))?;
     let storage = storage::open(&ctx.config.repository, &ctx.config.cluster).await?;
     if key == layout::repo_info() {
         // The one plaintext object.

@@ -149,18 +149,13 @@ pub async fn run(ctx: &Ctx, args: VerifyArgs) -> Result<Exit> {
         ok: steps.steps.iter().all(|s| s.ok),
         steps: steps.steps,
     };
-    let stamp = format!("{}-{}", started.format("%Y%m%dT%H%M%SZ"), manifest.label);
+    let report_key = layout::verification(&started, &manifest.label);
     let body = serde_json::to_vec_pretty(&report).expect("report serialises");
     repo.store()
-        .bytes(
-            &layout::verification(&stamp),
-            "verification.json",
-            body,
-            PutMode::Overwrite,
-        )
+        .bytes(&report_key, "verification.json", body, PutMode::Overwrite)
         .await
         .context("writing the verification report")?;
-    print_report(ctx, &report, &stamp);
+    print_report(ctx, &report, &report_key);
     if report.ok {
         Ok(Exit::Success)
     } else {
@@ -190,10 +185,10 @@ fn first_failure(report: &VerifyReport) -> String {
         .unwrap_or_default()
 }
 
-fn print_report(ctx: &Ctx, report: &VerifyReport, stamp: &str) {
+fn print_report(ctx: &Ctx, report: &VerifyReport, report_key: &crate::storage::ObjectKey) {
     if ctx.json {
         let mut v = serde_json::to_value(report).expect("json");
-        v["report"] = json!(format!("verifications/{stamp}.json"));
+        v["report"] = json!(report_key.as_str());
         ctx.print_json(&v);
         return;
     }
@@ -207,7 +202,7 @@ fn print_report(ctx: &Ctx, report: &VerifyReport, stamp: &str) {
         );
     }
     println!(
-        "restore test of {}: {} — report verifications/{stamp}.json",
+        "restore test of {}: {} — report {report_key}",
         report.label,
         if report.ok { "passed" } else { "FAILED" }
     );

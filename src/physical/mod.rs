@@ -80,7 +80,7 @@ pub async fn copy_files(
             let mut objects = Vec::new();
             while !queue.lock().expect("queue lock").is_empty() {
                 let n = next_bundle.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let name = format!("data/bundle-{n:05}");
+                let name = layout::bundle(n);
                 let source = BundleSource::new(queue.clone(), name.clone(), BUNDLE_SIZE, records.clone());
                 let key = layout::backup_object(label, &name)?;
                 objects.push(

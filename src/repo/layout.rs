@@ -78,8 +78,24 @@ pub fn is_keep_mark(name: &str) -> bool {
 /// Restore-test and drill reports.
 pub const VERIFICATIONS: &str = "verifications/";
 
-pub fn verification(stamp: &str) -> ObjectKey {
-    key(format!("{VERIFICATIONS}{stamp}.json"))
+/// `verifications/<UTC time>-<label>.json`: names sort by time.
+pub fn verification(started: &chrono::DateTime<chrono::Utc>, label: &BackupLabel) -> ObjectKey {
+    key(format!(
+        "{VERIFICATIONS}{}-{label}.json",
+        started.format("%Y%m%dT%H%M%SZ")
+    ))
+}
+
+/// The backup a verification report is about, from its key.
+pub fn parse_verification(key: &ObjectKey) -> Option<BackupLabel> {
+    let name = key.as_str().strip_prefix(VERIFICATIONS)?.strip_suffix(".json")?;
+    // `YYYYMMDDTHHMMSSZ-` then the label.
+    name.get(17..)?.parse().ok()
+}
+
+/// The name of the `n`th data bundle of a physical backup (an object of the backup).
+pub fn bundle(n: u64) -> String {
+    format!("data/bundle-{n:05}")
 }
 
 /// A lock object (scheduler jobs).
@@ -128,6 +144,24 @@ pub fn write_probe() -> ObjectKey {
     ))
 }
 
+/// A key as a DBA types it for `pgdr cat`: a full key (`wal/…`, `backups/…`), or
+/// `LABEL/NAME`, short for `backups/LABEL/NAME`. The error says what to type instead.
+pub fn user_key(raw: &str) -> Result<ObjectKey, String> {
+    let raw = raw.trim_start_matches('/');
+    let labelled = raw
+        .split_once('/')
+        .and_then(|(first, rest)| first.parse::<BackupLabel>().ok().map(|l| (l, rest)));
+    match labelled {
+        Some((label, "")) => Err(format!("{raw} is a backup, not an object; try {label}/manifest.json")),
+        Some((label, rest)) => backup_object(&label, rest)
+            .map_err(|e| format!("{e:#} — see `pgdr cat {label}/manifest.json` for its objects")),
+        None if raw.parse::<BackupLabel>().is_ok() => {
+            Err(format!("{raw} is a backup, not an object; try {raw}/manifest.json"))
+        }
+        None => ObjectKey::new(raw).map_err(|e| format!("{e} — keys are like backups/LABEL/manifest.json or wal/…")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,5 +186,30 @@ mod tests {
         for bad in ["", "a//b", "../x", "x/", "/x", "."] {
             assert!(backup_object(&l, bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn user_keys_and_report_names() {
+        assert_eq!(
+            user_key("20261126T020000Z-F/manifest.json").unwrap().as_str(),
+            "backups/20261126T020000Z-F/manifest.json"
+        );
+        assert_eq!(
+            user_key("/wal/00000002.history").unwrap().as_str(),
+            "wal/00000002.history"
+        );
+        assert!(
+            user_key("20261126T020000Z-F/")
+                .unwrap_err()
+                .contains("try 20261126T020000Z-F/manifest.json")
+        );
+        assert!(user_key("20261126T020000Z-F").is_err());
+        assert!(user_key("20261126T020000Z-F/../x").is_err());
+        let label: BackupLabel = "20261126T020000Z-F".parse().unwrap();
+        let started = "2026-11-27T04:05:06Z".parse().unwrap();
+        let k = verification(&started, &label);
+        assert_eq!(k.as_str(), "verifications/20261127T040506Z-20261126T020000Z-F.json");
+        assert_eq!(parse_verification(&k), Some(label));
+        assert_eq!(bundle(7), "data/bundle-00007");
     }
 }

@@ -34,12 +34,7 @@ pub async fn latest_reports(repo: &Repo) -> Result<BTreeMap<BackupLabel, VerifyR
     objects.sort_by(|a, b| b.key.cmp(&a.key));
     let mut out = BTreeMap::new();
     for meta in objects {
-        let name = meta.key.as_str().rsplit('/').next().unwrap_or("");
-        let Some(label) = name
-            .strip_suffix(".json")
-            .and_then(|n| n.get(17..))
-            .and_then(|l| l.parse::<BackupLabel>().ok())
-        else {
+        let Some(label) = layout::parse_verification(&meta.key) else {
             continue;
         };
         if out.contains_key(&label) {
