@@ -285,3 +285,63 @@ impl Spool {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The spool's states: no note → noted (this exact file) → forgotten; a rewritten
+    /// file under the same name is not noted; the pusher lock is claimed once and
+    /// released only by its holder; a stale lock of a dead process is taken over.
+    #[test]
+    fn spool_state_machine() {
+        let d = tempfile::tempdir().unwrap();
+        let spool = Spool::new(d.path().join("spool"));
+        let seg = d.path().join("000000010000000000000001");
+        std::fs::write(&seg, b"first").unwrap();
+        let print = Fingerprint::of(&seg).unwrap();
+        assert!(!spool.noted("000000010000000000000001", &print));
+        spool.note("000000010000000000000001", &print);
+        assert!(spool.noted("000000010000000000000001", &print));
+        // Recycled: same name, another file.
+        std::fs::remove_file(&seg).unwrap();
+        std::fs::write(&seg, b"second, longer").unwrap();
+        let other = Fingerprint::of(&seg).unwrap();
+        assert!(!spool.noted("000000010000000000000001", &other));
+        spool.forget("000000010000000000000001");
+        assert!(!spool.noted("000000010000000000000001", &print));
+
+        assert!(spool.claim_pusher());
+        assert!(spool.claim_pusher(), "the holder may claim again");
+        spool.release_pusher();
+        assert!(!spool.lock_path().exists());
+        // A lock naming a pid that does not run is stale.
+        std::fs::write(spool.lock_path(), "999999999").unwrap();
+        assert!(spool.pusher_pid().is_none());
+        assert!(spool.claim_pusher());
+        assert_eq!(
+            std::fs::read_to_string(spool.lock_path()).unwrap(),
+            std::process::id().to_string()
+        );
+    }
+
+    #[test]
+    fn ready_files_in_order_without_histories() {
+        let d = tempfile::tempdir().unwrap();
+        let status = d.path().join("archive_status");
+        std::fs::create_dir(&status).unwrap();
+        for n in [
+            "000000010000000000000003.ready",
+            "000000010000000000000002.ready",
+            "000000010000000000000001.done",
+            "00000002.history.ready",
+            "junk.ready",
+        ] {
+            std::fs::write(status.join(n), b"").unwrap();
+        }
+        let names: Vec<String> = ready_files(d.path()).iter().map(|f| f.name().to_string()).collect();
+        assert_eq!(names, ["000000010000000000000002", "000000010000000000000003"]);
+        let file = WalFile::parse("000000010000000000000002").unwrap();
+        assert_eq!(ready_after(d.path(), &file).len(), 1);
+    }
+}

@@ -187,3 +187,40 @@ pub fn resolve<'a>(manifests: &'a [Manifest], selector: &str, kind: Option<Backu
     }
     Ok(found)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::manifest::test_support::physical_manifest;
+
+    #[test]
+    fn resolve_selectors() {
+        let t = |s: &str| s.parse::<chrono::DateTime<chrono::Utc>>().unwrap();
+        let mut logical = physical_manifest("20261126T030000Z-L", t("2026-11-26T03:10:00Z"), crate::postgres::Lsn(0));
+        logical.kind = BackupKind::Logical;
+        logical.physical = None;
+        logical.tags = vec!["before-upgrade".into()];
+        let ms = vec![
+            logical,
+            physical_manifest(
+                "20261126T020000Z-F",
+                t("2026-11-26T02:10:00Z"),
+                crate::postgres::Lsn(0x5000000),
+            ),
+        ];
+        let label = |r: Result<&Manifest>| r.unwrap().label.to_string();
+        assert_eq!(label(resolve(&ms, "latest", None)), "20261126T030000Z-L");
+        assert_eq!(
+            label(resolve(&ms, "latest", Some(BackupKind::Physical))),
+            "20261126T020000Z-F"
+        );
+        assert_eq!(label(resolve(&ms, "tag:before-upgrade", None)), "20261126T030000Z-L");
+        assert!(resolve(&ms, "tag:before-upgrade", Some(BackupKind::Physical)).is_err());
+        assert_eq!(label(resolve(&ms, "20261126T020000Z-F", None)), "20261126T020000Z-F");
+        let usage = |r: Result<&Manifest>| crate::exit::classify(&r.unwrap_err()) == crate::exit::Exit::Usage;
+        assert!(usage(resolve(&ms, "20261126T020000Z-L", Some(BackupKind::Logical))));
+        assert!(usage(resolve(&ms, "20261126T030000Z-L", Some(BackupKind::Physical))));
+        assert!(usage(resolve(&ms, "not-a-label", None)));
+        assert!(usage(resolve(&[], "latest", None)));
+    }
+}

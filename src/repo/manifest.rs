@@ -174,3 +174,23 @@ pub(crate) mod test_support {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A manifest survives its JSON form unchanged (what `write_manifest` stores and
+    /// the catalog reads back).
+    #[test]
+    fn manifest_round_trip() {
+        let m = test_support::physical_manifest(
+            "20261126T020000Z-F",
+            "2026-11-26T02:10:00Z".parse().unwrap(),
+            crate::postgres::Lsn(0x5000028),
+        );
+        let json = serde_json::to_vec(&m).unwrap();
+        let back: Manifest = serde_json::from_slice(&json).unwrap();
+        assert_eq!(serde_json::to_value(&back).unwrap(), serde_json::to_value(&m).unwrap());
+        assert_eq!(back.physical.unwrap().stop_lsn, crate::postgres::Lsn(0x5000028));
+    }
+}
