@@ -21,6 +21,7 @@ use crate::postgres::{PgTarget, PgTools};
 use crate::process::postgres_owner;
 use crate::repo::verification::{Step, VerifyReport};
 use crate::repo::{BackupKind, Manifest, Repo, catalog, layout};
+use crate::restore::report::PhysicalRestoreReport;
 use crate::storage::PutMode;
 
 /// A scratch cluster directory; stopped and removed when dropped, whatever happened.
@@ -319,16 +320,20 @@ async fn restore_physical(
         if let Some(jobs) = args.jobs {
             cmd.args(["--jobs", &jobs.to_string()]);
         }
-        run_json(cmd).await
+        let report: PhysicalRestoreReport =
+            serde_json::from_value(run_json(cmd).await?).context("reading the restore's report")?;
+        anyhow::Ok(report)
     }
     .await;
-    steps.record("restore", t, &result, |v| {
+    steps.record("restore", t, &result, |r| {
+        let recovery = r
+            .recovery
+            .as_ref()
+            .map(|v| format!("recovery {} at LSN {} on timeline {}", v.state, v.lsn, v.timeline))
+            .unwrap_or_else(|| "recovery not reported".into());
         format!(
-            "{} files restored, every SHA-256 matched the manifest; recovery {} at LSN {} on timeline {}",
-            v["files_written"],
-            v["recovery"]["state"].as_str().unwrap_or("?"),
-            v["recovery"]["lsn"].as_str().unwrap_or("?"),
-            v["recovery"]["timeline"]
+            "{} files restored, every SHA-256 matched the manifest; {recovery}",
+            r.files_written
         )
     });
     result.is_ok()

@@ -101,7 +101,7 @@ pub struct Branch {
 }
 
 /// Which timeline a recovery follows, and what it saw on the way.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TimelineChoice {
     pub followed: TimelineId,
     /// The timelines of the archive at or after the backup's, in order.

@@ -3,4 +3,5 @@
 //! `pipeline` (logical dumps); starting and watching the server is `server`.
 
 pub mod choose;
+pub mod report;
 pub mod target;

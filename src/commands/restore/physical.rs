@@ -8,7 +8,6 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow};
 use chrono::Utc;
-use serde_json::json;
 
 use crate::cli::{RestoreArgs, TargetAction, TargetKeyword};
 use crate::commands::Ctx;
@@ -20,6 +19,7 @@ use crate::progress::{Progress, human_bytes, human_rate};
 use crate::repo::Repo;
 use crate::repo::archive::Until;
 use crate::repo::manifest::{PhysicalInfo, PhysicalMethod};
+use crate::restore::report::{PhysicalRestoreReport, RecoveryReport};
 use crate::restore::target::{Target, TargetSpec};
 use crate::server;
 use crate::usage;
@@ -246,19 +246,20 @@ pub async fn run(ctx: &Ctx, args: RestoreArgs) -> Result<Exit> {
         }
     }
 
-    let mut report = json!({
-        "backup": manifest.label,
-        "to": dir,
-        "target": target.to_string(),
-        "files_written": stats.files_written,
-        "files_unchanged": stats.files_unchanged,
-        "files_removed": stats.files_removed,
-        "bytes_written": stats.bytes_written,
-        "wal_available_until": chain_end.name(info.segment_size),
-        "restore_seconds": restore_secs,
-        "timeline": choice,
-        "archiving": args.archive,
-    });
+    let mut report = PhysicalRestoreReport {
+        backup: manifest.label.clone(),
+        to: dir.clone(),
+        target: target.to_string(),
+        files_written: stats.files_written,
+        files_unchanged: stats.files_unchanged,
+        files_removed: stats.files_removed,
+        bytes_written: stats.bytes_written,
+        wal_available_until: chain_end.name(info.segment_size),
+        restore_seconds: restore_secs,
+        timeline: choice,
+        archiving: args.archive,
+        recovery: None,
+    };
     if !ctx.json {
         println!(
             "restored {} into {}: {} files ({}) in {:.1} s ({}){}; recovery to {} configured, WAL archived up to {}",
@@ -317,31 +318,16 @@ pub async fn run(ctx: &Ctx, args: RestoreArgs) -> Result<Exit> {
                 dir.join("pgdr-recovery.log").display()
             ));
         }
+        let recovery = RecoveryReport::from(reached);
         if !ctx.json {
-            println!(
-                "recovery finished: {} at LSN {} on timeline {}{}",
-                reached.state,
-                reached.lsn,
-                reached.timeline,
-                reached
-                    .last_replay
-                    .as_ref()
-                    .map(|t| format!(", last replayed transaction at {t}"))
-                    .unwrap_or_default()
-            );
+            println!("{recovery}");
         }
-        report["recovery"] = json!({
-            "state": reached.state,
-            "lsn": reached.lsn,
-            "timeline": reached.timeline,
-            "last_replayed": reached.last_replay,
-            "seconds": reached.seconds,
-        });
+        report.recovery = Some(recovery);
     } else if !ctx.json {
         println!("start it with: pg_ctl -D {} start", dir.display());
     }
     if ctx.json {
-        ctx.print_json(&report);
+        ctx.print_json(&serde_json::to_value(&report).expect("report serialises"));
     }
     Ok(Exit::Success)
 }
