@@ -6,6 +6,7 @@
 //! its tools, and `commands` composes those parts, one file per verb.
 
 pub mod archive;
+pub mod backup;
 pub mod cli;
 pub mod commands;
 pub mod config;

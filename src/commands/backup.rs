@@ -9,12 +9,13 @@ use chrono::Utc;
 use serde_json::json;
 
 use super::Ctx;
+use crate::backup::report::PhysicalBackupReport;
 use crate::cli::BackupArgs;
 use crate::exit::Exit;
 use crate::pipeline::ObjectRecord;
 use crate::postgres::server::{self, BackupSession, BackupStop, ExportedSnapshot};
 use crate::postgres::tools::ChildReader;
-use crate::postgres::{Lsn, PgTarget, PgTools, Segment, ServerInfo};
+use crate::postgres::{Lsn, PgTarget, PgTools, ServerInfo};
 use crate::progress::{Progress, human_bytes, human_rate};
 use crate::repo::lock::BackupLock;
 use crate::repo::manifest::{
@@ -351,14 +352,6 @@ async fn dump_database(
     ))
 }
 
-/// The `START WAL LOCATION: 0/2000028 (file 000000010000000000000002)` line of a
-/// backup label.
-fn label_start_segment(label_file: &str) -> Option<String> {
-    let line = label_file.lines().find(|l| l.starts_with("START WAL LOCATION:"))?;
-    let file = line.split("(file ").nth(1)?.trim_end_matches(')').trim();
-    Some(file.to_string())
-}
-
 async fn physical(ctx: &Ctx, args: BackupArgs, lock: &BackupLock) -> Result<Exit> {
     for tag in &args.tags {
         validate_tag(tag)?;
@@ -481,37 +474,16 @@ async fn physical(ctx: &Ctx, args: BackupArgs, lock: &BackupLock) -> Result<Exit
         ..new_manifest(&repo, &label, BackupKind::Physical, &args.tags, start_time, &server)
     };
     commit(&repo, &manifest, args.keep, lock).await?;
-    let elapsed = (manifest.stop_time - manifest.start_time).to_std().unwrap_or_default();
-    let info = manifest.physical.as_ref().expect("set above");
-    if ctx.json {
-        ctx.print_json(&json!({
-            "label": label,
-            "kind": "physical",
-            "tags": manifest.tags,
-            "files": info.files.len(),
-            "plain_bytes": manifest.plain_size(),
-            "stored_bytes": manifest.stored_size(),
-            "start_lsn": info.start_lsn,
-            "stop_lsn": info.stop_lsn,
-            "timeline": info.timeline,
-            "wal_start": info.wal_start,
-            "wal_stop": info.wal_stop,
-            "seconds": elapsed.as_secs_f64(),
-        }));
-    } else {
-        println!(
-            "backup {label}: {} files, {} copied → {} stored ({:.1}x) in {:.1} s ({}); WAL {}..{} archived",
-            info.files.len(),
-            human_bytes(manifest.plain_size()),
-            human_bytes(manifest.stored_size()),
-            manifest.plain_size() as f64 / manifest.stored_size().max(1) as f64,
-            elapsed.as_secs_f64(),
-            human_rate(manifest.plain_size(), elapsed),
-            info.wal_start,
-            info.wal_stop
-        );
-    }
+    print_physical(ctx, &PhysicalBackupReport::of(&manifest));
     Ok(Exit::Success)
+}
+
+fn print_physical(ctx: &Ctx, report: &PhysicalBackupReport) {
+    if ctx.json {
+        ctx.print_json(&serde_json::to_value(report).expect("report serialises"));
+    } else {
+        println!("{report}");
+    }
 }
 
 type PhysicalParts = (
@@ -532,16 +504,18 @@ async fn finish_physical(
     timeout: u64,
 ) -> Result<PhysicalParts> {
     let stop = session.stop().await?;
-    let wal_start = label_start_segment(&stop.label_file)
-        .ok_or_else(|| anyhow::anyhow!("pg_backup_stop returned a backup label without START WAL LOCATION"))?;
     let stop_lsn: Lsn = stop.lsn.parse().map_err(|e: String| anyhow::anyhow!(e))?;
-    let start = Segment::parse(&wal_start, segment_size)
-        .ok_or_else(|| anyhow::anyhow!("malformed start segment {wal_start} in the backup label"))?;
-    let last = Segment::containing(timeline, Lsn(stop_lsn.0.saturating_sub(1)), segment_size);
-    crate::physical::wait_for_wal(repo, start, last, segment_size, std::time::Duration::from_secs(timeout))
-        .await
-        .with_context(|| format!("backup {label}"))?;
-    Ok((files, objects, stop, wal_start, last.name(segment_size)))
+    let (wal_start, wal_stop) = crate::physical::wait_for_backup_wal(
+        repo,
+        &stop.label_file,
+        stop_lsn,
+        timeline,
+        segment_size,
+        std::time::Duration::from_secs(timeout),
+    )
+    .await
+    .with_context(|| format!("backup {label}"))?;
+    Ok((files, objects, stop, wal_start, wal_stop))
 }
 
 /// `--method basebackup`: pg_basebackup streams the cluster as a tar into one object;
@@ -606,14 +580,11 @@ async fn basebackup(
             .ok_or_else(|| anyhow::anyhow!("backup_manifest has no WAL range"))?;
         let start_lsn: Lsn = range.start_lsn.parse().map_err(|e: String| anyhow::anyhow!(e))?;
         let stop_lsn: Lsn = range.end_lsn.parse().map_err(|e: String| anyhow::anyhow!(e))?;
-        let wal_start = label_start_segment(&label_file)
-            .ok_or_else(|| anyhow::anyhow!("the backup label has no START WAL LOCATION"))?;
-        let first = Segment::parse(&wal_start, segment_size).ok_or_else(|| anyhow::anyhow!("bad start segment"))?;
-        let last = Segment::containing(range.timeline, Lsn(stop_lsn.0.saturating_sub(1)), segment_size);
-        crate::physical::wait_for_wal(
+        let (wal_start, wal_stop) = crate::physical::wait_for_backup_wal(
             repo,
-            first,
-            last,
+            &label_file,
+            stop_lsn,
+            range.timeline,
             segment_size,
             std::time::Duration::from_secs(ctx.config.wal.archive_timeout),
         )
@@ -638,7 +609,7 @@ async fn basebackup(
             timeline: range.timeline,
             segment_size,
             wal_start,
-            wal_stop: last.name(segment_size),
+            wal_stop,
             backup_label: label_file,
             tablespace_map: None,
             dirs: Vec::new(),
@@ -659,23 +630,6 @@ async fn basebackup(
         ..new_manifest(repo, &label, BackupKind::Physical, &args.tags, start_time, server)
     };
     commit(repo, &manifest, args.keep, lock).await?;
-    let info = manifest.physical.as_ref().expect("set above");
-    if ctx.json {
-        ctx.print_json(&json!({
-            "label": label, "kind": "physical", "method": "basebackup", "tags": manifest.tags,
-            "files": info.files.len(), "plain_bytes": record.plain.size, "stored_bytes": record.stored.size,
-            "start_lsn": info.start_lsn, "stop_lsn": info.stop_lsn, "timeline": info.timeline,
-            "wal_start": info.wal_start, "wal_stop": info.wal_stop,
-        }));
-    } else {
-        println!(
-            "backup {label} (pg_basebackup): {} files, {} streamed → {} stored; WAL {}..{} archived",
-            info.files.len(),
-            human_bytes(record.plain.size),
-            human_bytes(record.stored.size),
-            info.wal_start,
-            info.wal_stop
-        );
-    }
+    print_physical(ctx, &PhysicalBackupReport::of(&manifest));
     Ok(Exit::Success)
 }

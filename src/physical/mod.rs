@@ -98,6 +98,37 @@ pub async fn copy_files(
     Ok((records, objects))
 }
 
+/// The first WAL segment a backup needs, from its backup_label.
+pub fn label_start_segment(label_file: &str) -> Option<String> {
+    let line = label_file.lines().find(|l| l.starts_with("START WAL LOCATION:"))?;
+    let file = line.split("(file ").nth(1)?.trim_end_matches(')').trim();
+    Some(file.to_string())
+}
+
+/// After `pg_backup_stop` (or pg_basebackup): wait until the WAL the backup needs to
+/// become consistent, from its label's start segment through the one holding
+/// `stop_lsn`, is archived. Returns the first and last segment names.
+pub async fn wait_for_backup_wal(
+    repo: &Repo,
+    label_file: &str,
+    stop_lsn: crate::postgres::Lsn,
+    timeline: crate::postgres::TimelineId,
+    segment_size: u64,
+    timeout: Duration,
+) -> Result<(String, String)> {
+    let wal_start =
+        label_start_segment(label_file).ok_or_else(|| anyhow!("the backup label has no START WAL LOCATION"))?;
+    let first = Segment::parse(&wal_start, segment_size)
+        .ok_or_else(|| anyhow!("malformed start segment {wal_start} in the backup label"))?;
+    let last = Segment::containing(
+        timeline,
+        crate::postgres::Lsn(stop_lsn.0.saturating_sub(1)),
+        segment_size,
+    );
+    wait_for_wal(repo, first, last, segment_size, timeout).await?;
+    Ok((wal_start, last.name(segment_size)))
+}
+
 /// Wait until every segment from `start` to `stop` is in the archive, or fail saying
 /// that archiving is broken.
 pub async fn wait_for_wal(
