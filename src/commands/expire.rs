@@ -11,7 +11,8 @@ use crate::cli::ExpireArgs;
 use crate::exit::Exit;
 use crate::postgres::WalFile;
 use crate::repo::{BackupLabel, Repo, archive, catalog, layout, retention};
-use crate::storage::{ObjectKey, Refused};
+use crate::storage::dry_run::DryRun;
+use crate::storage::{DynStorage, ObjectKey, Refused};
 use crate::usage;
 
 pub async fn run(ctx: &Ctx, args: ExpireArgs) -> Result<Exit> {
@@ -35,33 +36,41 @@ pub async fn run(ctx: &Ctx, args: ExpireArgs) -> Result<Exit> {
         plan.wal_remove.clear();
     }
 
+    // A dry run takes the same path against a store that records deletes instead.
+    let target: DynStorage = if args.dry_run {
+        std::sync::Arc::new(DryRun::new(repo.storage.clone()))
+    } else {
+        repo.storage.clone()
+    };
     let mut removed_backups = Vec::new();
     let mut refused: Vec<Refused> = Vec::new();
-    let mut wal_removed = 0usize;
-    if !args.dry_run {
-        for decision in plan.backups.iter().filter(|d| !d.keep) {
-            // The manifest goes first: a backup interrupted half-way through its
-            // removal is an orphan, never a "complete" backup with holes.
-            let manifest_key = layout::manifest(&decision.label);
-            refused.extend(repo.storage.delete(std::slice::from_ref(&manifest_key)).await?);
-            let rest: Vec<ObjectKey> = scan
-                .objects
-                .get(&decision.label)
-                .map(|keys| keys.iter().filter(|k| **k != manifest_key).cloned().collect())
-                .unwrap_or_default();
-            refused.extend(repo.storage.delete(&rest).await?);
-            removed_backups.push(decision.label.clone());
-        }
-        let keys: Vec<ObjectKey> = plan
-            .wal_remove
-            .iter()
-            .filter_map(|name| WalFile::parse(name))
-            .map(|f| layout::wal_file(&f))
-            .collect();
-        let before = refused.len();
-        refused.extend(repo.storage.delete(&keys).await.context("removing expired WAL")?);
-        wal_removed = keys.len() - (refused.len() - before);
+    for decision in plan.backups.iter().filter(|d| !d.keep) {
+        // The manifest goes first: a backup interrupted half-way through its
+        // removal is an orphan, never a "complete" backup with holes.
+        let manifest_key = layout::manifest(&decision.label);
+        refused.extend(target.delete(std::slice::from_ref(&manifest_key)).await?);
+        let rest: Vec<ObjectKey> = scan
+            .objects
+            .get(&decision.label)
+            .map(|keys| keys.iter().filter(|k| **k != manifest_key).cloned().collect())
+            .unwrap_or_default();
+        refused.extend(target.delete(&rest).await?);
+        removed_backups.push(decision.label.clone());
     }
+    let keys: Vec<ObjectKey> = plan
+        .wal_remove
+        .iter()
+        .filter_map(|name| WalFile::parse(name))
+        .map(|f| layout::wal_file(&f))
+        .collect();
+    let before = refused.len();
+    refused.extend(target.delete(&keys).await.context("removing expired WAL")?);
+    // Reported as removed only when it was (a dry run removes nothing).
+    let wal_removed = if args.dry_run {
+        0
+    } else {
+        keys.len() - (refused.len() - before)
+    };
 
     if ctx.json {
         ctx.print_json(&json!({

@@ -3,6 +3,7 @@
 //! suite (tests/storage_conformance.rs) holds both to the same contract.
 
 mod direct;
+pub mod dry_run;
 pub mod ignore_conditions;
 pub mod local;
 pub mod s3;
