@@ -88,10 +88,15 @@ pub async fn run(ctx: &Ctx, args: RestoreArgs) -> Result<Exit> {
     let started = Instant::now();
     let progress = Progress::start(Some(record.plain.size));
     progress.set_message(format!("{} → {to}", entry.name));
-    let outcome = restore_dump(
-        &repo, manifest, entry, &tools, &target, &to, &args, jobs, &tables, &progress,
-    )
-    .await;
+    let job = DumpRestore {
+        entry,
+        to: &to,
+        clean: args.clean,
+        no_owner: args.no_owner,
+        jobs,
+        tables: &tables,
+    };
+    let outcome = restore_dump(&repo, manifest, &tools, &target, &job, &progress).await;
     progress.finish();
     if let Err(e) = outcome {
         if created {
@@ -208,31 +213,47 @@ async fn create_database(client: &tokio_postgres::Client, name: &str, entry: &Da
         .map_err(db_err(format!("creating database {name:?}")))
 }
 
+/// One database dump to restore, with the options parsed from the command line.
+#[derive(Clone, Copy)]
+struct DumpRestore<'a> {
+    entry: &'a DatabaseEntry,
+    /// The database to restore into.
+    to: &'a str,
+    clean: bool,
+    no_owner: bool,
+    jobs: u32,
+    /// `--table` filters, as (schema, name).
+    tables: &'a [(String, String)],
+}
+
 /// `pg_restore` fed from the repository. One job streams (and runs in a single
 /// transaction, so a failure leaves nothing behind); several jobs need a seekable
 /// file, so the dump is first staged, fully verified, in a private temporary file.
-#[allow(clippy::too_many_arguments)]
 async fn restore_dump(
     repo: &Repo,
     manifest: &Manifest,
-    entry: &DatabaseEntry,
     tools: &PgTools,
     target: &PgTarget,
-    to: &str,
-    args: &RestoreArgs,
-    jobs: u32,
-    tables: &[(String, String)],
+    job: &DumpRestore<'_>,
     progress: &Progress,
 ) -> Result<()> {
+    let DumpRestore {
+        entry,
+        to,
+        clean,
+        no_owner,
+        jobs,
+        tables,
+    } = *job;
     let key = layout::backup_object(&manifest.label, &entry.object)?;
     let record = manifest.object(&entry.object).expect("checked by caller");
     let mut cmd = tools.command("pg_restore", target, Some(to))?;
     cmd.args(["--no-password", "--exit-on-error"])
         .arg(format!("--dbname={}", crate::postgres::conninfo_dbname(to)));
-    if args.clean {
+    if clean {
         cmd.args(["--clean", "--if-exists"]);
     }
-    if args.no_owner {
+    if no_owner {
         cmd.arg("--no-owner");
     }
     for (schema, name) in tables {
