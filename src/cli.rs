@@ -449,3 +449,34 @@ pub fn main() -> ExitCode {
         }
     }
 }
+
+// The library's enums as command-line values: clap stays in this file.
+impl ValueEnum for BackupKind {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[BackupKind::Logical, BackupKind::Physical]
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(match self {
+            BackupKind::Logical => "logical",
+            BackupKind::Physical => "physical",
+        }))
+    }
+}
+
+impl ValueEnum for crate::repo::manifest::PhysicalMethod {
+    fn value_variants<'a>() -> &'a [Self] {
+        use crate::repo::manifest::PhysicalMethod;
+        &[PhysicalMethod::Local, PhysicalMethod::Basebackup]
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        use crate::repo::manifest::PhysicalMethod;
+        Some(match self {
+            PhysicalMethod::Local => clap::builder::PossibleValue::new("local")
+                .help("pgdr reads the data directory itself (on the database host)"),
+            PhysicalMethod::Basebackup => clap::builder::PossibleValue::new("basebackup")
+                .help("pg_basebackup streams it over a replication connection (from anywhere)"),
+        })
+    }
+}

@@ -60,7 +60,7 @@ pub struct PhysicalInfo {
     pub files: Vec<FileRecord>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PhysicalMethod {
     /// pgdr reads the data directory itself (on the database host).
