@@ -181,131 +181,9 @@ pub async fn run(ctx: &Ctx, args: CheckArgs) -> Result<Exit> {
         });
     }
 
-    // Disk space where pgdr writes locally.
-    let mut places = vec![("temp", std::env::temp_dir())];
-    if let Ok(RepoUrl::Local(path)) = config.repository.parsed_url() {
-        places.push(("repository disk", path));
-    }
-    for (name, path) in places {
-        match crate::disk::free_bytes(&path) {
-            Some(free) if free >= MIN_FREE => report.add(
-                Status::Ok,
-                name,
-                format!("{} free at {}", human_bytes(free), path.display()),
-            ),
-            Some(free) => report.add(
-                Status::Fail,
-                name,
-                format!(
-                    "only {} free at {} (want at least {})",
-                    human_bytes(free),
-                    path.display(),
-                    human_bytes(MIN_FREE)
-                ),
-            ),
-            None => report.add(
-                Status::Fail,
-                name,
-                format!("cannot read free space at {}", path.display()),
-            ),
-        }
-    }
-
-    // Orphans: objects of backups that never got a manifest.
+    disk_checks(config, &mut report);
     if let Some(storage) = &storage {
-        match catalog::scan(storage).await {
-            Ok(scan) => {
-                // A backup in progress has no manifest yet: only the backup lock tells
-                // a running backup from a dead one (an age would not: a dump may run
-                // for hours).
-                let lock = if args.clean_orphans && !scan.orphans.is_empty() {
-                    match crate::repo::Repo::open(config).await {
-                        Ok(repo) => Some(crate::repo::lock::BackupLock::acquire(&repo, Duration::ZERO).await),
-                        Err(e) => Some(Err(e)),
-                    }
-                } else {
-                    None
-                };
-                let locked = matches!(lock, Some(Ok(Ok(_))));
-                if scan.orphans.is_empty() {
-                    report.add(
-                        Status::Ok,
-                        "orphans",
-                        format!("{} complete backup(s), no orphans", scan.complete.len()),
-                    );
-                } else if args.clean_orphans && !locked {
-                    let why = match &lock {
-                        Some(Ok(Err(holder))) => format!("a backup is running ({holder}) and holds the backup lock"),
-                        Some(Err(e)) => format!("the backup lock cannot be taken: {e:#}"),
-                        _ => "the backup lock is held".to_string(),
-                    };
-                    report.add(
-                        Status::Warn,
-                        "orphans",
-                        format!(
-                            "{} backup(s) without a manifest left alone: {why} — run --clean-orphans again when no backup runs",
-                            scan.orphans.len()
-                        ),
-                    );
-                } else if args.clean_orphans {
-                    // No backup runs (this process holds the lock): every orphan is dead.
-                    // Listed again under the lock: one that committed since the first
-                    // listing is complete now, not an orphan.
-                    let removed = async {
-                        let now = catalog::scan(storage).await?;
-                        let keys: Vec<_> = now.orphans.iter().flat_map(|o| o.objects.iter().cloned()).collect();
-                        storage.delete(&keys).await?;
-                        // A killed backup's half-written object is a temporary file,
-                        // invisible to listings; with no backup running it is dead too.
-                        if let Ok(RepoUrl::Local(path)) = config.repository.parsed_url() {
-                            let backups = path.join(&config.cluster).join(crate::repo::layout::BACKUPS);
-                            for temp in local::stale_temp_files(&backups) {
-                                let _ = std::fs::remove_file(temp);
-                            }
-                        }
-                        anyhow::Ok(now.orphans.len())
-                    }
-                    .await;
-                    match removed {
-                        Ok(n) => report.add(Status::Ok, "orphans", format!("removed {n} orphaned backup(s)")),
-                        Err(e) => report.add(Status::Fail, "orphans", format!("removing orphans: {e:#}")),
-                    }
-                } else {
-                    let names: Vec<String> = scan
-                        .orphans
-                        .iter()
-                        .map(|o| format!("{} ({})", o.label, human_bytes(o.bytes)))
-                        .collect();
-                    report.add(
-                        Status::Warn,
-                        "orphans",
-                        format!(
-                            "{} backup(s) without a manifest (failed or running): {} — remove stale ones with `pgdr check --clean-orphans`",
-                            names.len(),
-                            names.join(", ")
-                        ),
-                    );
-                }
-                if let Some(Ok(Ok(lock))) = lock {
-                    lock.release().await;
-                }
-            }
-            Err(e) => report.add(Status::Fail, "orphans", format!("{e:#}")),
-        }
-        if let Ok(RepoUrl::Local(path)) = config.repository.parsed_url() {
-            let temps = local::stale_temp_files(&path.join(&config.cluster));
-            if !temps.is_empty() {
-                report.add(
-                    Status::Warn,
-                    "temp files",
-                    format!(
-                        "{} leftover temporary file(s) from interrupted writes, e.g. {}",
-                        temps.len(),
-                        temps[0].display()
-                    ),
-                );
-            }
-        }
+        orphan_checks(config, storage, args.clean_orphans, &mut report).await;
     }
 
     if server_info.is_some() {
@@ -337,6 +215,136 @@ pub async fn run(ctx: &Ctx, args: CheckArgs) -> Result<Exit> {
         }
     }
     Ok(if failed { Exit::Failure } else { Exit::Success })
+}
+
+/// Disk space where pgdr writes locally.
+fn disk_checks(config: &crate::config::Config, report: &mut Report) {
+    let mut places = vec![("temp", std::env::temp_dir())];
+    if let Ok(RepoUrl::Local(path)) = config.repository.parsed_url() {
+        places.push(("repository disk", path));
+    }
+    for (name, path) in places {
+        match crate::disk::free_bytes(&path) {
+            Some(free) if free >= MIN_FREE => report.add(
+                Status::Ok,
+                name,
+                format!("{} free at {}", human_bytes(free), path.display()),
+            ),
+            Some(free) => report.add(
+                Status::Fail,
+                name,
+                format!(
+                    "only {} free at {} (want at least {})",
+                    human_bytes(free),
+                    path.display(),
+                    human_bytes(MIN_FREE)
+                ),
+            ),
+            None => report.add(
+                Status::Fail,
+                name,
+                format!("cannot read free space at {}", path.display()),
+            ),
+        }
+    }
+}
+
+/// Orphans: objects of backups that never got a manifest; removed with
+/// `--clean-orphans`, only under the backup lock.
+async fn orphan_checks(config: &crate::config::Config, storage: &DynStorage, clean: bool, report: &mut Report) {
+    match catalog::scan(storage).await {
+        Ok(scan) => {
+            // A backup in progress has no manifest yet: only the backup lock tells
+            // a running backup from a dead one (an age would not: a dump may run
+            // for hours).
+            let lock = if clean && !scan.orphans.is_empty() {
+                match crate::repo::Repo::open(config).await {
+                    Ok(repo) => Some(crate::repo::lock::BackupLock::acquire(&repo, Duration::ZERO).await),
+                    Err(e) => Some(Err(e)),
+                }
+            } else {
+                None
+            };
+            let locked = matches!(lock, Some(Ok(Ok(_))));
+            if scan.orphans.is_empty() {
+                report.add(
+                    Status::Ok,
+                    "orphans",
+                    format!("{} complete backup(s), no orphans", scan.complete.len()),
+                );
+            } else if clean && !locked {
+                let why = match &lock {
+                    Some(Ok(Err(holder))) => format!("a backup is running ({holder}) and holds the backup lock"),
+                    Some(Err(e)) => format!("the backup lock cannot be taken: {e:#}"),
+                    _ => "the backup lock is held".to_string(),
+                };
+                report.add(
+                    Status::Warn,
+                    "orphans",
+                    format!(
+                        "{} backup(s) without a manifest left alone: {why} — run --clean-orphans again when no backup runs",
+                        scan.orphans.len()
+                    ),
+                );
+            } else if clean {
+                // No backup runs (this process holds the lock): every orphan is dead.
+                // Listed again under the lock: one that committed since the first
+                // listing is complete now, not an orphan.
+                let removed = async {
+                    let now = catalog::scan(storage).await?;
+                    let keys: Vec<_> = now.orphans.iter().flat_map(|o| o.objects.iter().cloned()).collect();
+                    storage.delete(&keys).await?;
+                    // A killed backup's half-written object is a temporary file,
+                    // invisible to listings; with no backup running it is dead too.
+                    if let Ok(RepoUrl::Local(path)) = config.repository.parsed_url() {
+                        let backups = path.join(&config.cluster).join(crate::repo::layout::BACKUPS);
+                        for temp in local::stale_temp_files(&backups) {
+                            let _ = std::fs::remove_file(temp);
+                        }
+                    }
+                    anyhow::Ok(now.orphans.len())
+                }
+                .await;
+                match removed {
+                    Ok(n) => report.add(Status::Ok, "orphans", format!("removed {n} orphaned backup(s)")),
+                    Err(e) => report.add(Status::Fail, "orphans", format!("removing orphans: {e:#}")),
+                }
+            } else {
+                let names: Vec<String> = scan
+                    .orphans
+                    .iter()
+                    .map(|o| format!("{} ({})", o.label, human_bytes(o.bytes)))
+                    .collect();
+                report.add(
+                    Status::Warn,
+                    "orphans",
+                    format!(
+                        "{} backup(s) without a manifest (failed or running): {} — remove stale ones with `pgdr check --clean-orphans`",
+                        names.len(),
+                        names.join(", ")
+                    ),
+                );
+            }
+            if let Some(Ok(Ok(lock))) = lock {
+                lock.release().await;
+            }
+        }
+        Err(e) => report.add(Status::Fail, "orphans", format!("{e:#}")),
+    }
+    if let Ok(RepoUrl::Local(path)) = config.repository.parsed_url() {
+        let temps = local::stale_temp_files(&path.join(&config.cluster));
+        if !temps.is_empty() {
+            report.add(
+                Status::Warn,
+                "temp files",
+                format!(
+                    "{} leftover temporary file(s) from interrupted writes, e.g. {}",
+                    temps.len(),
+                    temps[0].display()
+                ),
+            );
+        }
+    }
 }
 
 /// Archiving configured, a segment round trip, and WAL continuity from the oldest
