@@ -97,7 +97,11 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 
 /// Which exit code an error chain deserves.
 pub fn classify(err: &anyhow::Error) -> Exit {
-    if err.chain().any(|e| e.is::<UsageError>()) {
+    // Everything RepoError names is the DBA's setup to fix: usage.
+    if err
+        .chain()
+        .any(|e| e.is::<UsageError>() || e.is::<crate::repo::RepoError>())
+    {
         Exit::Usage
     } else {
         Exit::Failure

@@ -160,30 +160,34 @@ pub fn sort_newest_first(manifests: &mut [Manifest]) {
 pub fn resolve<'a>(manifests: &'a [Manifest], selector: &str, kind: Option<BackupKind>) -> Result<&'a Manifest> {
     let of_kind = |m: &&Manifest| kind.is_none_or(|k| m.kind == k);
     let kind_word = kind.map(|k| format!("{k} ")).unwrap_or_default();
+    let missing = |why: String| crate::repo::RepoError::NoSuchBackup { why, kind };
     if selector == "latest" {
-        return manifests
-            .iter()
-            .find(of_kind)
-            .ok_or_else(|| usage!("there is no {kind_word}backup in the repository yet — run `pgdr backup` first"));
+        return manifests.iter().find(of_kind).ok_or_else(|| {
+            missing(format!(
+                "there is no {kind_word}backup in the repository yet — run `pgdr backup` first"
+            ))
+            .into()
+        });
     }
     if let Some(tag) = selector.strip_prefix("tag:") {
         return manifests
             .iter()
             .filter(of_kind)
             .find(|m| m.tags.iter().any(|t| t == tag))
-            .ok_or_else(|| usage!("no {kind_word}backup is tagged {tag:?} — see `pgdr list`"));
+            .ok_or_else(|| missing(format!("no {kind_word}backup is tagged {tag:?} — see `pgdr list`")).into());
     }
     let label: BackupLabel = selector
         .parse()
         .map_err(|e: String| usage!("--backup {e}; use a label from `pgdr list`, `latest` or `tag:NAME`"))?;
-    let found = manifests
-        .iter()
-        .find(|m| m.label == label)
-        .ok_or_else(|| usage!("backup {label} does not exist (or has no manifest) — see `pgdr list`"))?;
+    let found = manifests.iter().find(|m| m.label == label).ok_or_else(|| {
+        missing(format!(
+            "backup {label} does not exist (or has no manifest) — see `pgdr list`"
+        ))
+    })?;
     if let Some(k) = kind
         && found.kind != k
     {
-        return Err(usage!("backup {label} is a {} backup, not {k}", found.kind));
+        return Err(missing(format!("backup {label} is a {} backup, not {k}", found.kind)).into());
     }
     Ok(found)
 }

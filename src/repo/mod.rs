@@ -3,6 +3,7 @@
 
 pub mod archive;
 pub mod catalog;
+pub mod error;
 pub mod info;
 pub mod label;
 pub mod layout;
@@ -16,8 +17,8 @@ use anyhow::{Context, Result};
 use crate::config::Config;
 use crate::pipeline::{Compression, Keyring, RepoKey, Store};
 use crate::storage::{self, DynStorage};
-use crate::usage;
 
+pub use error::RepoError;
 pub use info::RepoInfo;
 pub use label::{BackupKind, BackupLabel};
 pub use manifest::Manifest;
@@ -38,9 +39,7 @@ pub fn load_keyring(config: &Config) -> Result<Keyring> {
         None => match &config.repository.key_file {
             Some(path) => RepoKey::load_file(path)?,
             None => {
-                return Err(usage!(
-                    "no repository key: set [repository] key_file or PGDR_KEY (create one with `pgdr init --generate-key FILE`)"
-                ));
+                return Err(RepoError::NoKey.into());
             }
         },
     };
@@ -85,20 +84,17 @@ impl Repo {
     pub async fn open(config: &Config) -> Result<Repo> {
         let mut keys = load_keyring(config)?;
         let storage = storage::open(&config.repository, &config.cluster).await?;
-        let info = info::read(&storage).await?.ok_or_else(|| {
-            usage!(
-                "no pgdr repository for cluster {:?} at {} — run `pgdr init` first",
-                config.cluster,
-                storage.describe()
-            )
+        let info = info::read(&storage).await?.ok_or_else(|| RepoError::NotInitialised {
+            cluster: config.cluster.clone(),
+            place: storage.describe(),
         })?;
         if keys.get(&info.key_id()?).is_none() {
-            return Err(usage!(
-                "the repository key (id {}) is not the key of the repository at {} (id {}) — check key_file / PGDR_KEY",
-                keys.primary().id().to_hex(),
-                storage.describe(),
-                info.key_id
-            ));
+            return Err(RepoError::WrongKey {
+                ours: keys.primary().id().to_hex(),
+                place: storage.describe(),
+                theirs: info.key_id.clone(),
+            }
+            .into());
         }
         keys.bind(&info.cluster, &info.system_identifier);
         Ok(Repo {
@@ -112,12 +108,12 @@ impl Repo {
     /// Refuse to work for a PostgreSQL cluster other than the repository's own.
     pub fn check_system_identifier(&self, live: &str) -> Result<()> {
         if live != self.info.system_identifier {
-            return Err(usage!(
-                "the repository at {} belongs to the cluster with system identifier {}, but the server has {} — point [repository] url or cluster at this server's repository",
-                self.storage.describe(),
-                self.info.system_identifier,
-                live
-            ));
+            return Err(RepoError::WrongCluster {
+                place: self.storage.describe(),
+                repo: self.info.system_identifier.clone(),
+                server: live.to_string(),
+            }
+            .into());
         }
         Ok(())
     }

@@ -1,0 +1,35 @@
+//! What can be wrong with the repository as the DBA set it up, as types: the verbs
+//! and `exit.rs` match on them (all are the DBA's to fix: exit 2) instead of each
+//! layer deciding exit codes with strings.
+
+use super::BackupKind;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    #[error(
+        "no repository key: set [repository] key_file or PGDR_KEY (create one with `pgdr init --generate-key FILE`)"
+    )]
+    NoKey,
+    #[error("no pgdr repository for cluster {cluster:?} at {place} — run `pgdr init` first")]
+    NotInitialised { cluster: String, place: String },
+    #[error(
+        "the repository key (id {ours}) is not the key of the repository at {place} (id {theirs}) — check key_file / PGDR_KEY"
+    )]
+    WrongKey {
+        ours: String,
+        place: String,
+        theirs: String,
+    },
+    #[error(
+        "the repository at {place} belongs to the cluster with system identifier {repo}, but the server has {server} — point [repository] url or cluster at this server's repository"
+    )]
+    WrongCluster {
+        place: String,
+        repo: String,
+        server: String,
+    },
+    /// A `--backup` selector that names nothing (or the wrong kind); the text says
+    /// what to do instead.
+    #[error("{why}")]
+    NoSuchBackup { why: String, kind: Option<BackupKind> },
+}
