@@ -400,7 +400,20 @@ fn failure_code() -> u8 {
 
 fn wal_fetch_failure_code() -> Option<u8> {
     let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
-    if !args.iter().any(|a| a == "wal-fetch") {
+    // The subcommand: the first argument that is neither an option nor the value of
+    // a global option that takes one.
+    let mut rest = args.iter();
+    let mut command = None;
+    while let Some(a) = rest.next() {
+        let a = a.to_string_lossy();
+        if a == "--config" || a == "--log-format" {
+            rest.next();
+        } else if !a.starts_with('-') {
+            command = Some(a.into_owned());
+            break;
+        }
+    }
+    if command.as_deref() != Some("wal-fetch") {
         return None;
     }
     let data_dir = args

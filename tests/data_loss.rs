@@ -201,18 +201,35 @@ fn item1_archive_declares_a_new_primary() {
     assert!(r.output.contains("declared the new primary"), "{}", r.output);
     drop(r);
 
-    // The old primary went on (a split brain) and was backed up after the branch:
-    // from that backup, the declared timeline is unreachable (it branched before the
-    // backup started), so `latest` stays on timeline 1 instead of failing or
-    // following it.
+    // The old primary went on (a split brain) and was backed up after the branch.
+    // From that backup the declared timeline cannot be reached (it branched before
+    // the backup), and following timeline 1 would replay what was abandoned: the
+    // restore refuses and names both ways out, instead of either silently.
+    let first_backup = a.pgdr.list_json()[0]["label"].as_str().unwrap().to_string();
     a.cluster.psql("postgres", "INSERT INTO markers VALUES ('t3')");
     a.pgdr.ok(&["backup", "--kind", "physical"]);
     a.cluster.psql("postgres", "INSERT INTO markers VALUES ('t4')");
     a.switch_and_wait();
-    let r = a.pgdr.restore_started(&["--target", "latest"]);
+    let dir = TestDir::new();
+    let out = a.pgdr.run(&[
+        "restore",
+        "--kind",
+        "physical",
+        "--to",
+        dir.join("data").to_str().unwrap(),
+    ]);
+    let err = assert_fails(&out, 2, "declared the new primary");
+    assert!(err.contains("--backup") && err.contains("--target-timeline 1"), "{err}");
+    assert!(!dir.join("data").exists());
+    let r = a
+        .pgdr
+        .restore_started(&["--target", "latest", "--target-timeline", "1"]);
     assert_eq!(markers_at(r.port), "t1,t2,t3,t4");
-    assert!(r.output.contains("following timeline 1"), "{}", r.output);
-    assert!(r.output.contains("before this backup started"), "{}", r.output);
+    drop(r);
+    let r = a
+        .pgdr
+        .restore_started(&["--target", "latest", "--backup", &first_backup]);
+    assert_eq!(markers_at(r.port), "new-primary,t1");
 }
 
 /// Review of item 1: a timeline history that cannot be read is not skipped (which
@@ -449,6 +466,9 @@ fn item3_wal_fetch_exit_codes() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "a standby asks again later");
+    // Only the wal-fetch command gets that contract, not any argument spelled so.
+    let out = a.pgdr.run(&["cat", "wal-fetch"]);
+    assert_fails(&out, 2, "wal-fetch");
 }
 
 /// Item 2: hostile or damaged names and objects never panic, and one damaged

@@ -468,9 +468,21 @@ pub async fn check_wal_chain(
                 seen: vec![target],
                 forks: Vec::new(),
                 why: format!("timeline {target}: named by --target-timeline"),
+                unreachable_primary: Vec::new(),
             }
         }
     };
+    // The new primary was declared at a point before this backup's end: following the
+    // old timeline from here would replay what was abandoned there. The DBA chooses.
+    if target_timeline.is_none()
+        && let Some((tli, at)) = choice.unreachable_primary.first()
+    {
+        return Err(crate::usage!(
+            "timeline {tli} was declared the new primary at {at}, before this backup ends ({}) — restore from a backup older than that (--backup LABEL), or follow the old timeline on purpose with --target-timeline {}",
+            info.stop_lsn,
+            info.timeline
+        ));
+    }
     let target = target_timeline.unwrap_or(choice.followed);
     let path = listing.path_to(&repo.storage, &repo.keys, target).await?;
     let start = Segment::parse(&info.wal_start, info.segment_size)
@@ -504,9 +516,9 @@ pub async fn timeline_choice(
     listing: &archive::ArchiveListing,
     info: &PhysicalInfo,
 ) -> Result<archive::TimelineChoice> {
-    let branches = listing.branches(&repo.storage, &repo.keys).await?;
+    let branches = listing.branches(&repo.storage, &repo.keys, info.timeline).await?;
     let declared = archive::declared_primaries(&repo.storage).await?;
-    Ok(listing.choose_timeline(info.timeline, info.start_lsn, &branches, &declared, info.segment_size))
+    Ok(listing.choose_timeline(info.timeline, info.stop_lsn, &branches, &declared, info.segment_size))
 }
 
 pub fn listing_for(data_dir: &Path) -> Result<Listing> {

@@ -110,6 +110,11 @@ pub struct TimelineChoice {
     pub forks: Vec<String>,
     /// One sentence: which timeline is followed and why.
     pub why: String,
+    /// Declared new primaries (timeline, branch point) that branched before this
+    /// backup's end: the old timeline was abandoned there, and this backup cannot
+    /// reach the new one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreachable_primary: Vec<(TimelineId, Lsn)>,
 }
 
 impl ArchiveListing {
@@ -128,9 +133,11 @@ impl ArchiveListing {
     /// damaged hides where its timeline branched, and choosing without it could
     /// follow the parent past a real promotion. The error names the timeline, so the
     /// DBA can name the one to follow (`--target-timeline`) instead.
-    pub async fn branches(&self, storage: &DynStorage, keys: &Keyring) -> Result<Vec<Branch>> {
+    /// Only timelines above `from` (the backup's) are read: a recovery from it can
+    /// follow no other, so a damaged old history does not stand in its way.
+    pub async fn branches(&self, storage: &DynStorage, keys: &Keyring, from: TimelineId) -> Result<Vec<Branch>> {
         let mut out = Vec::new();
-        for (tli, name) in &self.histories {
+        for (tli, name) in self.histories.range(from + 1..) {
             let key = layout::wal_file(&WalFile::History(name.clone()));
             let text = pipeline::load_bytes(storage, &key, keys).await.with_context(|| {
                 format!(
@@ -165,26 +172,32 @@ impl ArchiveListing {
     /// when its parent's archived WAL ends at the branch point (an ordinary promotion:
     /// the old primary stopped), or when pgdr recorded it as a declared new primary
     /// (`restore --archive`); of those, the highest-numbered. A branch off the
-    /// backup's timeline before the backup started (`start`) cannot be reached from
-    /// it and is never followed.
+    /// backup's timeline before the backup's end (`backup_end`: its WAL must be
+    /// replayed to there on `from`) cannot be reached from it and is not followed; if
+    /// it was a declared new primary, that is recorded in `unreachable_primary`, and
+    /// the restore refuses rather than replay the abandoned timeline.
     pub fn choose_timeline(
         &self,
         from: TimelineId,
-        start: Lsn,
+        backup_end: Lsn,
         branches: &[Branch],
         declared: &BTreeSet<TimelineId>,
         segment_size: u64,
     ) -> TimelineChoice {
         let mut current = from;
         let mut forks = Vec::new();
+        let mut unreachable_primary = Vec::new();
         let mut reasons = Vec::new();
         // Each step moves to a higher timeline, so this ends.
         loop {
             let mut next: Option<(TimelineId, String)> = None;
             for b in branches.iter().filter(|b| b.parent == current) {
-                if current == from && b.switch < start {
+                if current == from && b.switch < backup_end {
+                    if declared.contains(&b.tli) {
+                        unreachable_primary.push((b.tli, b.switch));
+                    }
                     forks.push(format!(
-                        "timeline {} branched off {current} at {}, before this backup started at {start} — unreachable from it",
+                        "timeline {} branched off {current} at {}, before this backup ends at {backup_end} — unreachable from it",
                         b.tli, b.switch
                     ));
                     continue;
@@ -234,6 +247,7 @@ impl ArchiveListing {
             seen,
             forks,
             why,
+            unreachable_primary,
         }
     }
 
@@ -514,17 +528,17 @@ mod tests {
             switch: "0/3000100".parse().unwrap(),
         };
         let none = BTreeSet::new();
-        let c = l.choose_timeline(1, Lsn(0x2000028), &[fork], &none, SZ);
+        let c = l.choose_timeline(1, Lsn(0x2000128), &[fork], &none, SZ);
         assert_eq!(c.followed, 1);
         assert_eq!(c.forks.len(), 1, "{c:?}");
         let declared: BTreeSet<_> = [2].into();
-        assert_eq!(l.choose_timeline(1, Lsn(0x2000028), &[fork], &declared, SZ).followed, 2);
+        assert_eq!(l.choose_timeline(1, Lsn(0x2000128), &[fork], &declared, SZ).followed, 2);
         let takeover = Branch {
             tli: 2,
             parent: 1,
             switch: "0/5000100".parse().unwrap(),
         };
-        let c = l.choose_timeline(1, Lsn(0x2000028), &[takeover], &none, SZ);
+        let c = l.choose_timeline(1, Lsn(0x2000128), &[takeover], &none, SZ);
         assert_eq!(c.followed, 2);
         assert!(c.forks.is_empty());
         // A declared branch off timeline 1 before the backup started is unreachable
@@ -532,6 +546,10 @@ mod tests {
         let c = l.choose_timeline(1, Lsn(0x4000028), &[fork], &declared, SZ);
         assert_eq!(c.followed, 1, "{c:?}");
         assert_eq!(c.forks.len(), 1, "{c:?}");
+        assert_eq!(c.unreachable_primary, vec![(2, fork.switch)], "{c:?}");
+        // A backup that ends exactly at the branch point can still follow it.
+        let c = l.choose_timeline(1, fork.switch, &[fork], &declared, SZ);
+        assert_eq!(c.followed, 2, "{c:?}");
     }
 
     /// A name that is not a segment of this size (low part past 0xFF) sorts between
