@@ -230,6 +230,13 @@ impl BackupLock {
                 loop {
                     tokio::time::sleep(BACKUP_TTL / 4).await;
                     match lease.renew().await {
+                        // Renewed, but only after the lease could have expired: another
+                        // backup may have held it meanwhile.
+                        Ok(true) if last_renewed.elapsed() >= BACKUP_TTL => {
+                            tracing::warn!("the backup lock was renewed only after it had lapsed");
+                            lost.store(true, std::sync::atomic::Ordering::SeqCst);
+                            return;
+                        }
                         Ok(true) => last_renewed = std::time::Instant::now(),
                         Ok(false) => {
                             lost.store(true, std::sync::atomic::Ordering::SeqCst);

@@ -75,7 +75,12 @@ pub async fn start_and_wait(opts: &StartOptions) -> Result<Reached> {
             .socket_dir
             .as_ref()
             .and_then(|s| std::fs::metadata(s).ok())
-            .is_some_and(|m| m.is_dir() && m.permissions().mode() & 0o077 == 0);
+            .is_some_and(|m| {
+                use std::os::unix::fs::MetadataExt;
+                // SAFETY: geteuid has no preconditions.
+                let owner = crate::process::postgres_owner().map_or(unsafe { libc::geteuid() }, |(uid, _)| uid);
+                m.is_dir() && m.permissions().mode() & 0o077 == 0 && m.uid() == owner
+            });
         if !listen.is_empty() || !private {
             return Err(usage!(
                 "--scratch-hba needs --listen '' and a --socket-dir of mode 0700"
