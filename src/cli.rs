@@ -416,12 +416,8 @@ fn wal_fetch_failure_code() -> Option<u8> {
     if command.as_deref() != Some("wal-fetch") {
         return None;
     }
-    let data_dir = args
-        .last()
-        .map(std::path::PathBuf::from)
-        .and_then(|p| Some(p.parent()?.parent()?.to_path_buf()))
-        .unwrap_or_default();
-    Some(if data_dir.join("standby.signal").exists() {
+    let dest = args.last().map(std::path::PathBuf::from).unwrap_or_default();
+    Some(if crate::archive::fetch::on_standby(&dest) {
         Exit::Failure as u8
     } else {
         Exit::AbortRecovery as u8

@@ -255,14 +255,7 @@ impl Config {
                 .map(PathBuf::from)
         });
         let (mut table, source) = match &path {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| usage!("cannot read the configuration file {}: {e}", path.display()))?;
-                let table: toml::Table = text
-                    .parse()
-                    .map_err(|e: toml::de::Error| usage!("{}: {}", path.display(), one_line(&e.to_string())))?;
-                (table, path.display().to_string())
-            }
+            Some(path) => (read_table(path)?, path.display().to_string()),
             None => {
                 if std::env::var_os("PGDR_REPOSITORY_URL").is_none() {
                     return Err(usage!(
@@ -282,12 +275,7 @@ impl Config {
     /// gets only `--config FILE` (a restored server's `wal-fetch`) will see.
     pub fn file_only(&self) -> Result<Option<Config>> {
         let Some(path) = &self.file else { return Ok(None) };
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| usage!("cannot read the configuration file {}: {e}", path.display()))?;
-        let table: toml::Table = text
-            .parse()
-            .map_err(|e: toml::de::Error| usage!("{}: {}", path.display(), one_line(&e.to_string())))?;
-        let mut config = Config::from_table(table, &path.display().to_string())?;
+        let mut config = Config::from_table(read_table(path)?, &path.display().to_string())?;
         config.file = Some(path.clone());
         Ok(Some(config))
     }
@@ -397,6 +385,14 @@ impl Config {
     pub fn file(&self) -> Option<PathBuf> {
         self.file.clone()
     }
+}
+
+/// The configuration file as a TOML table; errors name the file (exit 2).
+fn read_table(path: &Path) -> Result<toml::Table> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| usage!("cannot read the configuration file {}: {e}", path.display()))?;
+    text.parse()
+        .map_err(|e: toml::de::Error| usage!("{}: {}", path.display(), one_line(&e.to_string())))
 }
 
 fn one_line(s: &str) -> String {

@@ -34,6 +34,20 @@ pub enum FetchError {
     Unavailable(anyhow::Error),
 }
 
+/// The data directory of a `restore_command` call: the parent of the pg_wal that `%p`
+/// (the destination) is in. PostgreSQL runs the command there, with `%p` relative to it.
+pub fn data_dir_of(dest: &Path) -> std::path::PathBuf {
+    match dest.parent().and_then(Path::parent) {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    }
+}
+
+/// Whether the server asking is a standby (it asks again after "not there").
+pub fn on_standby(dest: &Path) -> bool {
+    data_dir_of(dest).join("standby.signal").exists()
+}
+
 /// The repository belongs to another cluster than the data directory asking: its
 /// "absent" would be read as the end of this cluster's archive.
 #[derive(Debug)]
@@ -73,7 +87,7 @@ pub async fn fetch(config: &Config, file: &WalFile, dest: &Path) -> Result<Fetch
             let attempt = async {
                 if keys.is_none() {
                     let (bound, info) = repo::bound_keyring_and_info(config, &storage).await?;
-                    check_same_cluster(wal_dir, &info, &storage.describe())?;
+                    check_same_cluster(dest, &info, &storage.describe())?;
                     keys = Some(bound);
                 }
                 fetch_into(&storage, keys.as_ref().expect("set above"), file, dest).await
@@ -142,14 +156,8 @@ pub(super) async fn fetch_into(storage: &DynStorage, keys: &Keyring, file: &WalF
 /// parent of pg_wal, where PostgreSQL runs restore_command). A data directory whose
 /// pg_control cannot be read (not a data directory: a test, a manual call) is not
 /// checked.
-fn check_same_cluster(wal_dir: &Path, info: &repo::RepoInfo, place: &str) -> Result<()> {
-    let data_dir = wal_dir.parent().unwrap_or(Path::new(""));
-    let data_dir = if data_dir.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        data_dir
-    };
-    match crate::postgres::datadir::control_system_identifier(data_dir) {
+fn check_same_cluster(dest: &Path, info: &repo::RepoInfo, place: &str) -> Result<()> {
+    match crate::postgres::datadir::control_system_identifier(&data_dir_of(dest)) {
         Ok(local) if local != info.system_identifier => Err(anyhow::Error::new(WrongCluster(format!(
             "{place} belongs to system {} (cluster {:?}), but this data directory is system {local} — wal-fetch reads the configuration file only (no PGDR_* overrides): check its [repository] url and cluster",
             info.system_identifier, info.cluster

@@ -1,8 +1,6 @@
 //! `pgdr wal-fetch %f %p` — PostgreSQL's `restore_command` (see `archive::fetch`),
 //! and the detached `wal-prefetch` it starts (see `archive::prefetch`).
 
-use std::path::Path;
-
 use anyhow::Result;
 
 use super::Ctx;
@@ -20,10 +18,7 @@ pub async fn run(ctx: &Ctx, args: WalFetchArgs) -> Result<Exit> {
         tracing::debug!("{} is not a WAL file name; nothing to fetch", args.name);
         return Ok(Exit::Failure);
     };
-    // The data directory is the parent of pg_wal (PostgreSQL runs restore_command
-    // there, with %p relative to it).
-    let data_dir = args.path.parent().and_then(Path::parent).unwrap_or(Path::new(""));
-    let standby = data_dir.join("standby.signal").exists();
+    let standby = fetch::on_standby(&args.path);
     let outcome = fetch::fetch(&ctx.config, &file, &args.path).await;
     match &outcome {
         Ok(Fetched::Found) => {}

@@ -169,11 +169,7 @@ fn holder_is_dead_here(holder: &str) -> bool {
     let (_tag, pid, host) = (parts.next(), parts.next(), parts.next());
     let here = host_part();
     match (host, pid.and_then(|p| p.parse::<i32>().ok())) {
-        (Some(h), Some(pid)) if h == here && h.contains('@') && pid > 0 => {
-            // SAFETY: kill with signal 0 only checks for existence.
-            let gone = unsafe { libc::kill(pid, 0) } != 0;
-            gone && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
-        }
+        (Some(h), Some(pid)) if h == here && h.contains('@') && pid > 0 => !crate::process::exists(pid),
         _ => false,
     }
 }

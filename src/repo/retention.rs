@@ -183,44 +183,19 @@ pub async fn clear_keep(repo: &Repo, label: &BackupLabel) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::repo::manifest::{CompressionInfo, PhysicalInfo};
 
     const SZ: u64 = 16 << 20;
 
     fn physical(label: &str, start: DateTime<Utc>, wal_start: &str, wal_stop: &str) -> Manifest {
-        Manifest {
-            format: 1,
-            label: label.parse().unwrap(),
-            kind: BackupKind::Physical,
-            tags: vec![],
-            start_time: start,
-            stop_time: start,
-            pg_version: "15".into(),
-            pg_version_num: 150000,
-            system_identifier: "1".into(),
-            key_id: "k".into(),
-            compression: CompressionInfo {
-                algorithm: "zstd".into(),
-                level: 3,
-            },
-            databases: vec![],
-            globals: None,
-            objects: vec![],
-            physical: Some(PhysicalInfo {
-                method: Default::default(),
-                start_lsn: crate::postgres::Lsn(0),
-                stop_lsn: crate::postgres::Lsn(0),
-                timeline: 1,
-                segment_size: SZ,
-                wal_start: wal_start.into(),
-                wal_stop: wal_stop.into(),
-                backup_label: String::new(),
-                tablespace_map: None,
-                dirs: vec![],
-                tablespaces: vec![],
-                files: vec![],
-            }),
-        }
+        let mut m = crate::repo::manifest::test_support::physical_manifest(label, start, crate::postgres::Lsn(0));
+        m.format = 1;
+        m.start_time = start;
+        let info = m.physical.as_mut().expect("physical");
+        info.start_lsn = crate::postgres::Lsn(0);
+        info.segment_size = SZ;
+        info.wal_start = wal_start.into();
+        info.wal_stop = wal_stop.into();
+        m
     }
 
     fn archive(names: &[&str]) -> ArchiveListing {

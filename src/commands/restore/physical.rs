@@ -28,10 +28,7 @@ use crate::usage;
 fn running_postmaster(dir: &Path) -> Option<i32> {
     let text = std::fs::read_to_string(dir.join("postmaster.pid")).ok()?;
     let pid: i32 = text.lines().next()?.trim().parse().ok()?;
-    // SAFETY: kill with signal 0 only checks for existence; EPERM means it exists.
-    let alive = pid > 0
-        && (unsafe { libc::kill(pid, 0) } == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM));
-    alive.then_some(pid)
+    crate::process::exists(pid).then_some(pid)
 }
 
 fn is_empty_dir(path: &Path) -> Result<bool> {
