@@ -182,10 +182,9 @@ struct JobContext {
 }
 
 impl JobContext {
+    /// The in-memory state (what /metrics serves) first, then the history file: whoever
+    /// sees an outcome in the history finds it in /metrics too.
     fn record(&self, entry: &Entry) {
-        if let Err(e) = history::append(&self.history, entry) {
-            tracing::error!("cannot write the job history: {e:#}");
-        }
         self.shared
             .lock()
             .expect("state")
@@ -193,6 +192,9 @@ impl JobContext {
             .entry(entry.job.clone())
             .or_default()
             .apply(entry);
+        if let Err(e) = history::append(&self.history, entry) {
+            tracing::error!("cannot write the job history: {e:#}");
+        }
     }
 }
 
