@@ -20,6 +20,8 @@ pub mod process;
 pub mod progress;
 pub mod repo;
 pub mod restore;
+pub mod retention;
 pub mod schedule;
 pub mod server;
 pub mod storage;
+pub mod verify;

@@ -1,22 +1,100 @@
-//! What a physical backup reports: `--json` prints it (the scheduler and scripts
-//! read it), and its `Display` is the one-line human summary.
+//! What a backup reports: `--json` prints it (the scheduler and scripts read it back
+//! into these types), and its `Display` is the one-line human summary.
 
 use std::fmt;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::postgres::{Lsn, TimelineId};
 use crate::progress::{human_bytes, human_rate};
 use crate::repo::manifest::PhysicalMethod;
-use crate::repo::{BackupLabel, Manifest};
+use crate::repo::{BackupKind, BackupLabel, Manifest};
 
-#[derive(Debug, Clone, Serialize)]
+/// Either kind of backup's report.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum BackupReport {
+    Physical(PhysicalBackupReport),
+    Logical(LogicalBackupReport),
+}
+
+impl BackupReport {
+    pub fn label(&self) -> &BackupLabel {
+        match self {
+            BackupReport::Physical(r) => &r.label,
+            BackupReport::Logical(r) => &r.label,
+        }
+    }
+
+    pub fn stored_bytes(&self) -> u64 {
+        match self {
+            BackupReport::Physical(r) => r.stored_bytes,
+            BackupReport::Logical(r) => r.stored_bytes,
+        }
+    }
+}
+
+impl fmt::Display for BackupReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BackupReport::Physical(r) => r.fmt(f),
+            BackupReport::Logical(r) => r.fmt(f),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogicalBackupReport {
+    pub label: BackupLabel,
+    pub kind: BackupKind,
+    pub tags: Vec<String>,
+    pub databases: Vec<String>,
+    pub plain_bytes: u64,
+    pub stored_bytes: u64,
+    pub seconds: f64,
+    /// Where it went, as `Storage::describe` says it.
+    pub repository: String,
+}
+
+impl LogicalBackupReport {
+    /// The report of a committed logical backup's manifest.
+    pub fn of(manifest: &Manifest, elapsed: std::time::Duration, repository: String) -> LogicalBackupReport {
+        LogicalBackupReport {
+            label: manifest.label.clone(),
+            kind: BackupKind::Logical,
+            tags: manifest.tags.clone(),
+            databases: manifest.databases.iter().map(|d| d.name.clone()).collect(),
+            plain_bytes: manifest.plain_size(),
+            stored_bytes: manifest.stored_size(),
+            seconds: elapsed.as_secs_f64(),
+            repository,
+        }
+    }
+}
+
+impl fmt::Display for LogicalBackupReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "backup {}: {} database(s), {} dumped → {} stored ({:.1}x) in {:.1} s ({})",
+            self.label,
+            self.databases.len(),
+            human_bytes(self.plain_bytes),
+            human_bytes(self.stored_bytes),
+            self.plain_bytes as f64 / self.stored_bytes.max(1) as f64,
+            self.seconds,
+            human_rate(self.plain_bytes, std::time::Duration::from_secs_f64(self.seconds))
+        )
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PhysicalBackupReport {
     pub label: BackupLabel,
-    pub kind: &'static str,
+    pub kind: BackupKind,
     /// Only for `--method basebackup`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub method: Option<&'static str>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<PhysicalMethod>,
     pub tags: Vec<String>,
     pub files: usize,
     pub plain_bytes: u64,
@@ -27,7 +105,7 @@ pub struct PhysicalBackupReport {
     pub wal_start: String,
     pub wal_stop: String,
     /// Only for pgdr's own copy (pg_basebackup's time is its own).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seconds: Option<f64>,
 }
 
@@ -39,8 +117,8 @@ impl PhysicalBackupReport {
         let elapsed = (manifest.stop_time - manifest.start_time).to_std().unwrap_or_default();
         PhysicalBackupReport {
             label: manifest.label.clone(),
-            kind: "physical",
-            method: basebackup.then_some("basebackup"),
+            kind: BackupKind::Physical,
+            method: basebackup.then_some(PhysicalMethod::Basebackup),
             tags: manifest.tags.clone(),
             files: info.files.len(),
             plain_bytes: manifest.plain_size(),
@@ -82,5 +160,43 @@ impl fmt::Display for PhysicalBackupReport {
                 self.wal_stop
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_reports_read_back_as_what_they_are() {
+        let manifest = crate::repo::manifest::test_support::physical_manifest(
+            "20261126T020000Z-F",
+            "2026-11-26T02:10:00Z".parse().unwrap(),
+            crate::postgres::Lsn(0x3000028),
+        );
+        let physical = BackupReport::Physical(PhysicalBackupReport::of(&manifest));
+        let text = serde_json::to_string(&physical).unwrap();
+        assert!(text.contains(r#""kind":"physical""#), "{text}");
+        let back: BackupReport = serde_json::from_str(&text).unwrap();
+        assert!(matches!(back, BackupReport::Physical(_)));
+        assert_eq!(back.stored_bytes(), manifest.stored_size());
+
+        let logical = BackupReport::Logical(LogicalBackupReport {
+            label: manifest.label.clone(),
+            kind: BackupKind::Logical,
+            tags: vec!["t".into()],
+            databases: vec!["app".into()],
+            plain_bytes: 10,
+            stored_bytes: 4,
+            seconds: 1.5,
+            repository: "file:///r".into(),
+        });
+        let text = serde_json::to_string(&logical).unwrap();
+        let back: BackupReport = serde_json::from_str(&text).unwrap();
+        assert!(
+            matches!(back, BackupReport::Logical(ref r) if r.databases == ["app"]),
+            "{back:?}"
+        );
+        assert_eq!(back.stored_bytes(), 4);
     }
 }

@@ -31,6 +31,15 @@ impl Ctx {
     pub fn print_json(&self, value: &serde_json::Value) {
         println!("{}", serde_json::to_string_pretty(value).expect("JSON serialises"));
     }
+
+    /// An operation's report: as JSON with `--json`, else its human summary.
+    pub fn print_report<R: serde::Serialize + std::fmt::Display>(&self, report: &R) {
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(report).expect("JSON serialises"));
+        } else {
+            println!("{report}");
+        }
+    }
 }
 
 pub async fn run(cli: Cli) -> Result<Exit> {

@@ -5,11 +5,11 @@ pub mod archive;
 pub mod catalog;
 pub mod error;
 pub mod info;
+pub mod inventory;
 pub mod label;
 pub mod layout;
 pub mod lock;
 pub mod manifest;
-pub mod retention;
 pub mod verification;
 
 use anyhow::{Context, Result};

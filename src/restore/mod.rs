@@ -3,5 +3,6 @@
 //! `pipeline` (logical dumps); starting and watching the server is `server`.
 
 pub mod choose;
+pub mod logical;
 pub mod report;
 pub mod target;

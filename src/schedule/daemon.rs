@@ -347,6 +347,21 @@ async fn announce(ctx: &JobContext, job: &Job, e: &Entry) {
     crate::notify::send(&ctx.config, &format!("pgdr: job {} {what}: {}", job.name, e.detail)).await;
 }
 
+/// The bytes a job's report says it moved, read back into the verb's own report type:
+/// stored bytes of a backup, restored bytes of a logical restore.
+fn reported_bytes(command: &str, stdout: &str) -> Option<u64> {
+    match command {
+        "backup" => serde_json::from_str::<crate::backup::BackupReport>(stdout)
+            .ok()
+            .map(|r| r.stored_bytes()),
+        "restore" => serde_json::from_str::<crate::restore::logical::LogicalRestoreReport>(stdout)
+            .ok()
+            .and_then(|r| r.database)
+            .map(|d| d.bytes),
+        _ => None,
+    }
+}
+
 /// Run `pgdr <command> <args> --json` once, within the job's timeout.
 async fn run_child(ctx: &JobContext, job: &Job) -> (Outcome, Option<u64>, String) {
     let exe = match std::env::current_exe() {
@@ -406,9 +421,7 @@ async fn run_child(ctx: &JobContext, job: &Job) -> (Outcome, Option<u64>, String
         .unwrap_or("")
         .trim()
         .to_string();
-    let bytes = serde_json::from_str::<serde_json::Value>(&stdout)
-        .ok()
-        .and_then(|v| v["stored_bytes"].as_u64().or(v["bytes"].as_u64()));
+    let bytes = reported_bytes(&job.command, &stdout);
     if timed_out {
         return (
             Outcome::Timeout,
@@ -437,5 +450,22 @@ async fn run_child(ctx: &JobContext, job: &Job) -> (Outcome, Option<u64>, String
             },
         ),
         None => (Outcome::Failure, bytes, "lost the job process".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reported_bytes;
+
+    #[test]
+    fn bytes_come_from_the_verbs_report_types() {
+        let backup = r#"{"label":"20261126T020000Z-L","kind":"logical","tags":[],"databases":["app"],
+            "plain_bytes":100,"stored_bytes":40,"seconds":1.0,"repository":"file:///r"}"#;
+        assert_eq!(reported_bytes("backup", backup), Some(40));
+        let restore = r#"{"backup":"20261126T020000Z-L","database":"app","to_database":"app",
+            "created":true,"tables_checked":1,"rows":5,"bytes":900,"seconds":0.1}"#;
+        assert_eq!(reported_bytes("restore", restore), Some(900));
+        assert_eq!(reported_bytes("backup", "not json"), None);
+        assert_eq!(reported_bytes("expire", backup), None);
     }
 }

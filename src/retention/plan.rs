@@ -1,5 +1,5 @@
-//! Retention: which backups and which WAL an `expire` removes, and why everything else
-//! stays. Pure decisions over the catalog and the archive listing; `commands/expire.rs`
+//! Which backups and which WAL an `expire` removes, and why everything else stays.
+//! Pure decisions over the catalog and the archive listing; `retention::expire`
 //! carries them out.
 //!
 //! Rules:
@@ -15,13 +15,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Duration, Utc};
 
-use super::Repo;
-use super::archive::ArchiveListing;
-use super::label::{BackupKind, BackupLabel};
-use super::manifest::Manifest;
 use crate::config::RetentionConfig;
 use crate::postgres::Segment;
-use anyhow::{Context, Result};
+use crate::repo::archive::ArchiveListing;
+use crate::repo::label::{BackupKind, BackupLabel};
+use crate::repo::manifest::Manifest;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
@@ -157,27 +155,6 @@ pub fn plan(
         }
     }
     plan
-}
-
-/// Write the keep mark of a backup.
-pub async fn set_keep(repo: &Repo, label: &BackupLabel) -> Result<()> {
-    let body = serde_json::to_vec(&serde_json::json!({"keep": true, "marked": chrono::Utc::now()})).expect("json");
-    repo.store()
-        .bytes(
-            &super::layout::keep_mark(label),
-            "keep.json",
-            body,
-            crate::storage::PutMode::Overwrite,
-        )
-        .await
-        .with_context(|| format!("marking {label} keep"))?;
-    Ok(())
-}
-
-/// Remove the keep mark of a backup (expire may remove it again).
-pub async fn clear_keep(repo: &Repo, label: &BackupLabel) -> Result<()> {
-    repo.storage.delete(&[super::layout::keep_mark(label)]).await?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -1,0 +1,279 @@
+//! A physical backup: pgdr's own parallel copy of the data directory between
+//! `pg_backup_start` and `pg_backup_stop` (`--method local`), or pg_basebackup's tar
+//! streamed into one object (`--method basebackup`); either way the backup waits for
+//! its WAL to be archived before the manifest commits it.
+
+use anyhow::{Context, Result};
+use chrono::Utc;
+
+use super::commit::{commit, discard, fresh_label, new_manifest};
+use super::{BackupOptions, PhysicalBackupReport, interruptible};
+use crate::config::Config;
+use crate::pipeline::ObjectRecord;
+use crate::postgres::server::{self, BackupSession, BackupStop};
+use crate::postgres::tools::ChildReader;
+use crate::postgres::{Lsn, PgTarget, PgTools, ServerInfo};
+use crate::progress::Progress;
+use crate::repo::lock::BackupLock;
+use crate::repo::manifest::{BASE_TAR, FileRecord, PhysicalInfo, PhysicalMethod};
+use crate::repo::{BackupKind, BackupLabel, Manifest, Repo, layout};
+use crate::storage::PutMode;
+use crate::usage;
+
+pub(super) async fn run(
+    config: &Config,
+    opts: &BackupOptions,
+    repo: &Repo,
+    lock: &BackupLock,
+) -> Result<PhysicalBackupReport> {
+    let target = PgTarget::from_config(config.postgres.url.as_deref())?;
+    let client = target.connect(None).await?;
+    let server = server::server_info(&client).await?;
+    repo.check_system_identifier(&server.system_identifier)?;
+    if server.major() < 15 {
+        return Err(usage!(
+            "physical backups need PostgreSQL 15 or newer (pg_backup_start); this server is {} — use --kind logical",
+            server.version
+        ));
+    }
+    let archive_mode = server::setting(&client, "archive_mode").await?;
+    let archive_command = server::setting(&client, "archive_command").await?;
+    if archive_mode == "off" || archive_command.trim().is_empty() || archive_command == "(disabled)" {
+        return Err(usage!(
+            "WAL archiving is off (archive_mode = {archive_mode}): a physical backup is useless without it — set archive_mode = on and archive_command = 'pgdr wal-push %p', then restart PostgreSQL"
+        ));
+    }
+    let segment_size: u64 = server::setting(&client, "wal_segment_size")
+        .await?
+        .trim_end_matches("MB")
+        .parse::<u64>()
+        .map(|mb| mb << 20)
+        .map_err(|_| anyhow::anyhow!("cannot read wal_segment_size"))?;
+    if opts.method == PhysicalMethod::Basebackup {
+        drop(client);
+        return basebackup(config, opts, repo, &target, &server, segment_size, lock).await;
+    }
+    let data_dir = match &config.postgres.data_dir {
+        Some(dir) => dir.clone(),
+        None => server::setting(&client, "data_directory").await?.into(),
+    };
+    let local = crate::postgres::datadir::control_system_identifier(&data_dir).map_err(|e| {
+        usage!(
+            "cannot read {}/global/pg_control ({e}) — physical backups run on the database host; set [postgres] data_dir",
+            data_dir.display()
+        )
+    })?;
+    if local != server.system_identifier {
+        return Err(usage!(
+            "{} belongs to another cluster (system identifier {local}) than the server pgdr is connected to ({}) — check [postgres] data_dir and url",
+            data_dir.display(),
+            server.system_identifier
+        ));
+    }
+
+    let jobs = opts.jobs;
+    let label = fresh_label(repo, BackupKind::Physical).await?;
+    let start_time = Utc::now();
+    let (session, start_lsn) = BackupSession::start(client, label.as_str(), !opts.spread_checkpoint).await?;
+    let timeline = session.timeline().await?;
+    let listing = crate::physical::listing_for(&data_dir)?;
+    let total: u64 = listing.files.iter().map(|f| f.size).sum();
+    let progress = Progress::start(Some(total));
+    progress.set_message(format!("{label} ({jobs} workers)"));
+    let copied = interruptible(crate::physical::copy_files(
+        repo,
+        &label,
+        &listing,
+        jobs,
+        progress.counter(),
+    ))
+    .await;
+    let outcome = match copied {
+        Ok(parts) => {
+            progress.set_message("waiting for WAL");
+            finish_copy(
+                repo,
+                session,
+                parts,
+                &label,
+                timeline,
+                segment_size,
+                config.wal.archive_timeout,
+            )
+            .await
+        }
+        Err(e) => Err(e),
+    };
+    progress.finish();
+    let (files, objects, stop, wal_start, wal_stop) = match outcome {
+        Ok(parts) => parts,
+        Err(e) => {
+            return Err(discard(repo, &label, e).await);
+        }
+    };
+    let info = PhysicalInfo {
+        method: PhysicalMethod::Local,
+        start_lsn: start_lsn.parse().map_err(|e: String| anyhow::anyhow!(e))?,
+        stop_lsn: stop.lsn.parse().map_err(|e: String| anyhow::anyhow!(e))?,
+        timeline,
+        segment_size,
+        wal_start,
+        wal_stop,
+        backup_label: stop.label_file,
+        tablespace_map: stop.tablespace_map,
+        dirs: listing.dirs.clone(),
+        tablespaces: listing.tablespaces.clone(),
+        files,
+    };
+    let manifest = Manifest {
+        databases: Vec::new(),
+        globals: None,
+        objects,
+        physical: Some(info),
+        ..new_manifest(repo, &label, BackupKind::Physical, &opts.tags, start_time, &server)
+    };
+    commit(repo, &manifest, opts.keep, lock).await?;
+    Ok(PhysicalBackupReport::of(&manifest))
+}
+
+type CopyParts = (Vec<FileRecord>, Vec<ObjectRecord>, BackupStop, String, String);
+
+/// `pg_backup_stop`, then wait until the WAL the backup needs is archived.
+async fn finish_copy(
+    repo: &Repo,
+    session: BackupSession,
+    (files, objects): (Vec<FileRecord>, Vec<ObjectRecord>),
+    label: &BackupLabel,
+    timeline: u32,
+    segment_size: u64,
+    timeout: u64,
+) -> Result<CopyParts> {
+    let stop = session.stop().await?;
+    let stop_lsn: Lsn = stop.lsn.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+    let (wal_start, wal_stop) = crate::physical::wait_for_backup_wal(
+        repo,
+        &stop.label_file,
+        stop_lsn,
+        timeline,
+        segment_size,
+        std::time::Duration::from_secs(timeout),
+    )
+    .await
+    .with_context(|| format!("backup {label}"))?;
+    Ok((files, objects, stop, wal_start, wal_stop))
+}
+
+/// `--method basebackup`: pg_basebackup streams the cluster as a tar into one object;
+/// PostgreSQL's own backup_manifest (SHA-256 per file) rides along and becomes the file
+/// list of pgdr's manifest.
+async fn basebackup(
+    config: &Config,
+    opts: &BackupOptions,
+    repo: &Repo,
+    target: &PgTarget,
+    server: &ServerInfo,
+    segment_size: u64,
+    lock: &BackupLock,
+) -> Result<PhysicalBackupReport> {
+    use crate::physical::basebackup::{PgManifest, TarObserver};
+    let tools = PgTools::locate(config.postgres.bin_dir.as_deref())?;
+    let label = fresh_label(repo, BackupKind::Physical).await?;
+    let start_time = Utc::now();
+    let mut cmd = tools.command("pg_basebackup", target, None)?;
+    cmd.args([
+        "-D",
+        "-",
+        "-Ft",
+        "-X",
+        "none",
+        "--no-password",
+        "--manifest-checksums=SHA256",
+    ])
+    .arg(format!(
+        "--checkpoint={}",
+        if opts.spread_checkpoint { "spread" } else { "fast" }
+    ))
+    .arg(format!("--label={label}"));
+    let reader = ChildReader::spawn("pg_basebackup", cmd)?;
+    let (observer, captured) = TarObserver::new(reader);
+    let progress = Progress::start(None);
+    progress.set_message(format!("{label} (pg_basebackup)"));
+    let key = layout::backup_object(&label, BASE_TAR)?;
+    let store = crate::pipeline::Store {
+        digests: crate::pipeline::Digests::StoredOnly,
+        ..repo.store()
+    };
+    let stored =
+        interruptible(store.reader(&key, BASE_TAR, observer, PutMode::CreateNew, Some(progress.counter()))).await;
+    progress.finish();
+    let record = match stored {
+        Ok(r) => r,
+        Err(e) => return Err(discard(repo, &label, e.context("pg_basebackup")).await),
+    };
+    let captured = captured.lock().expect("capture lock").clone();
+    let parts = async {
+        let label_file = captured
+            .backup_label
+            .ok_or_else(|| anyhow::anyhow!("pg_basebackup sent no backup_label"))?;
+        let manifest_text = captured
+            .backup_manifest
+            .ok_or_else(|| anyhow::anyhow!("pg_basebackup sent no backup_manifest"))?;
+        let pg: PgManifest = serde_json::from_str(&manifest_text).context("reading PostgreSQL's backup_manifest")?;
+        let range = pg
+            .wal_ranges
+            .last()
+            .ok_or_else(|| anyhow::anyhow!("backup_manifest has no WAL range"))?;
+        let start_lsn: Lsn = range.start_lsn.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+        let stop_lsn: Lsn = range.end_lsn.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+        let (wal_start, wal_stop) = crate::physical::wait_for_backup_wal(
+            repo,
+            &label_file,
+            stop_lsn,
+            range.timeline,
+            segment_size,
+            std::time::Duration::from_secs(config.wal.archive_timeout),
+        )
+        .await?;
+        let files = pg
+            .files
+            .iter()
+            .map(|f| FileRecord {
+                path: f.path.clone(),
+                size: f.size,
+                sha256: f.checksum.clone(),
+                mode: 0o600,
+                bundle: BASE_TAR.to_string(),
+                offset: 0,
+                file_offset: 0,
+            })
+            .collect();
+        anyhow::Ok(PhysicalInfo {
+            method: PhysicalMethod::Basebackup,
+            start_lsn,
+            stop_lsn,
+            timeline: range.timeline,
+            segment_size,
+            wal_start,
+            wal_stop,
+            backup_label: label_file,
+            tablespace_map: None,
+            dirs: Vec::new(),
+            tablespaces: Vec::new(),
+            files,
+        })
+    }
+    .await;
+    let info = match parts {
+        Ok(info) => info,
+        Err(e) => return Err(discard(repo, &label, e).await),
+    };
+    let manifest = Manifest {
+        databases: Vec::new(),
+        globals: None,
+        objects: vec![record.clone()],
+        physical: Some(info),
+        ..new_manifest(repo, &label, BackupKind::Physical, &opts.tags, start_time, server)
+    };
+    commit(repo, &manifest, opts.keep, lock).await?;
+    Ok(PhysicalBackupReport::of(&manifest))
+}

@@ -1,0 +1,214 @@
+//! Retention, as a library: `plan` decides (pure), `expire` carries the plan out
+//! against the repository (or, for a dry run, against a store that only records
+//! deletes), and `keep` holds the permanent keep marks that `mark` sets and clears.
+
+mod keep;
+pub mod plan;
+
+use std::fmt;
+
+use anyhow::{Context, Result};
+use chrono::Utc;
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::postgres::WalFile;
+use crate::repo::{BackupKind, BackupLabel, Repo, archive, catalog, layout};
+use crate::storage::dry_run::DryRun;
+use crate::storage::{DynStorage, ObjectKey, Refused};
+use crate::usage;
+
+pub use keep::{clear_keep, set_keep};
+pub use plan::{Decision, Plan};
+
+#[derive(Debug, Clone, Default)]
+pub struct ExpireOptions {
+    /// Decide and report, remove nothing.
+    pub dry_run: bool,
+}
+
+/// What `expire` decided and did.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExpireReport {
+    pub dry_run: bool,
+    pub backups: Vec<BackupDecision>,
+    /// The oldest segment kept for point-in-time recovery, if any.
+    pub wal_anchor: Option<String>,
+    pub wal_to_remove: usize,
+    /// Removed for real (0 on a dry run).
+    pub wal_removed: usize,
+    /// Objects the store refused to delete (e.g. S3 Object Lock).
+    pub left_in_place: Vec<LeftInPlace>,
+    /// Backups whose manifest is damaged: kept, and no WAL removed while they exist.
+    #[serde(skip)]
+    pub damaged: Vec<(BackupLabel, String)>,
+    #[serde(skip)]
+    pub backups_removed: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BackupDecision {
+    pub label: BackupLabel,
+    pub kind: BackupKind,
+    pub keep: bool,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LeftInPlace {
+    pub key: String,
+    pub reason: String,
+}
+
+impl fmt::Display for ExpireReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let verb = if self.dry_run { "would remove" } else { "removed" };
+        let mut lines = Vec::new();
+        for d in &self.backups {
+            lines.push(format!(
+                "{} {} {:<9} {}",
+                if d.keep { "keep  " } else { "remove" },
+                d.label,
+                d.kind.to_string(),
+                d.reason
+            ));
+        }
+        match &self.wal_anchor {
+            Some(anchor) => lines.push(format!(
+                "WAL: {verb} {} segment(s); point-in-time recovery reaches back to {anchor}",
+                if self.dry_run {
+                    self.wal_to_remove
+                } else {
+                    self.wal_removed
+                }
+            )),
+            None => lines.push("WAL: kept (no physical backup to anchor it)".into()),
+        }
+        if !self.dry_run {
+            lines.push(format!("{verb} {} backup(s)", self.backups_removed));
+        }
+        for r in &self.left_in_place {
+            lines.push(format!(
+                "left in place: {} ({}) — protected by the store (e.g. S3 Object Lock)",
+                r.key, r.reason
+            ));
+        }
+        f.write_str(&lines.join("\n"))
+    }
+}
+
+/// Apply `[retention]`: remove what the rules let go, keep the rest, say why.
+pub async fn expire(config: &Config, opts: &ExpireOptions) -> Result<ExpireReport> {
+    let repo = Repo::open(config).await?;
+    let scan = catalog::scan(&repo.storage).await?;
+    let (manifests, damaged) = catalog::load_scanned_all(&repo.storage, &repo.keys, &scan).await?;
+    let listing = archive::list(&repo.storage).await?;
+    let mut plan = plan::plan(&config.retention, &manifests, &scan.keep, &listing, Utc::now());
+    // What WAL a backup with an unreadable manifest needs is unknown: keep all of it,
+    // and the backup itself, until it is repaired or removed by hand.
+    if !damaged.is_empty() {
+        plan.wal_remove.clear();
+    }
+
+    // A dry run takes the same path against a store that records deletes instead.
+    let target: DynStorage = if opts.dry_run {
+        std::sync::Arc::new(DryRun::new(repo.storage.clone()))
+    } else {
+        repo.storage.clone()
+    };
+    let mut backups_removed = 0;
+    let mut refused: Vec<Refused> = Vec::new();
+    for decision in plan.backups.iter().filter(|d| !d.keep) {
+        // The manifest goes first: a backup interrupted half-way through its
+        // removal is an orphan, never a "complete" backup with holes.
+        let manifest_key = layout::manifest(&decision.label);
+        refused.extend(target.delete(std::slice::from_ref(&manifest_key)).await?);
+        let rest: Vec<ObjectKey> = scan
+            .objects
+            .get(&decision.label)
+            .map(|keys| keys.iter().filter(|k| **k != manifest_key).cloned().collect())
+            .unwrap_or_default();
+        refused.extend(target.delete(&rest).await?);
+        backups_removed += 1;
+    }
+    let keys: Vec<ObjectKey> = plan
+        .wal_remove
+        .iter()
+        .filter_map(|name| WalFile::parse(name))
+        .map(|f| layout::wal_file(&f))
+        .collect();
+    let before = refused.len();
+    refused.extend(target.delete(&keys).await.context("removing expired WAL")?);
+    // Reported as removed only when it was (a dry run removes nothing).
+    let wal_removed = if opts.dry_run {
+        0
+    } else {
+        keys.len() - (refused.len() - before)
+    };
+    Ok(ExpireReport {
+        dry_run: opts.dry_run,
+        backups: plan
+            .backups
+            .iter()
+            .map(|d| BackupDecision {
+                label: d.label.clone(),
+                kind: d.kind,
+                keep: d.keep,
+                reason: d.reason.clone(),
+            })
+            .collect(),
+        wal_anchor: plan.wal_anchor,
+        wal_to_remove: plan.wal_remove.len(),
+        wal_removed,
+        left_in_place: refused
+            .into_iter()
+            .map(|r| LeftInPlace {
+                key: r.key.to_string(),
+                reason: r.reason,
+            })
+            .collect(),
+        damaged: damaged.into_iter().map(|d| (d.label, d.why)).collect(),
+        backups_removed,
+    })
+}
+
+/// Keep marks set and cleared by `expire --keep/--unkeep`.
+#[derive(Debug, Clone, Serialize)]
+pub struct MarkReport {
+    pub keep: Vec<BackupLabel>,
+    pub unkeep: Vec<BackupLabel>,
+}
+
+impl fmt::Display for MarkReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let lines: Vec<String> = self
+            .keep
+            .iter()
+            .map(|l| format!("{l} is marked keep: expire will never remove it"))
+            .chain(self.unkeep.iter().map(|l| format!("{l} is no longer marked keep")))
+            .collect();
+        f.write_str(&lines.join("\n"))
+    }
+}
+
+/// Set and clear keep marks; every label must name an existing backup (checked
+/// before anything is written).
+pub async fn mark(config: &Config, keep: &[BackupLabel], unkeep: &[BackupLabel]) -> Result<MarkReport> {
+    let repo = Repo::open(config).await?;
+    let manifests = repo.manifests().await?;
+    for label in keep.iter().chain(unkeep) {
+        if !manifests.iter().any(|m| &m.label == label) {
+            return Err(usage!("backup {label} does not exist — see `pgdr list`"));
+        }
+    }
+    for label in keep {
+        set_keep(&repo, label).await?;
+    }
+    for label in unkeep {
+        clear_keep(&repo, label).await?;
+    }
+    Ok(MarkReport {
+        keep: keep.to_vec(),
+        unkeep: unkeep.to_vec(),
+    })
+}
