@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::commands;
 use crate::exit::{self, Exit};
+use crate::postgres::recovery::TargetAction;
 use crate::repo::BackupKind;
 
 #[derive(Debug, Parser)]
@@ -328,23 +329,6 @@ pub enum TargetKeyword {
     Latest,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum TargetAction {
-    Promote,
-    Pause,
-    Shutdown,
-}
-
-impl TargetAction {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TargetAction::Promote => "promote",
-            TargetAction::Pause => "pause",
-            TargetAction::Shutdown => "shutdown",
-        }
-    }
-}
-
 #[derive(Debug, Args)]
 pub struct CatArgs {
     /// Object key inside the cluster's area, e.g. backups/LABEL/databases/app.dump
@@ -470,6 +454,16 @@ impl ValueEnum for BackupKind {
             BackupKind::Logical => "logical",
             BackupKind::Physical => "physical",
         }))
+    }
+}
+
+impl ValueEnum for TargetAction {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[TargetAction::Promote, TargetAction::Pause, TargetAction::Shutdown]
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.as_str()))
     }
 }
 

@@ -34,12 +34,36 @@ impl fmt::Display for RecoveryTarget {
     }
 }
 
+/// What the server does when it reaches the target (`recovery_target_action`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TargetAction {
+    #[default]
+    Promote,
+    Pause,
+    Shutdown,
+}
+
+impl TargetAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TargetAction::Promote => "promote",
+            TargetAction::Pause => "pause",
+            TargetAction::Shutdown => "shutdown",
+        }
+    }
+}
+
+impl fmt::Display for TargetAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct RecoveryOptions {
     pub restore_command: String,
     pub target: RecoveryTarget,
-    /// promote | pause | shutdown
-    pub action: String,
+    pub action: TargetAction,
     pub exclusive: bool,
     /// `latest`, `current` or a timeline id.
     pub timeline: Option<String>,
@@ -107,7 +131,10 @@ pub fn write(data_dir: &Path, opts: &RecoveryOptions, comment: &str) -> io::Resu
         RecoveryTarget::Name(n) => out.push(format!("recovery_target_name = {}", quote_literal(n))),
     }
     if !matches!(opts.target, RecoveryTarget::Latest) && !opts.standby {
-        out.push(format!("recovery_target_action = {}", quote_literal(&opts.action)));
+        out.push(format!(
+            "recovery_target_action = {}",
+            quote_literal(opts.action.as_str())
+        ));
         if opts.exclusive && !matches!(opts.target, RecoveryTarget::Immediate) {
             out.push("recovery_target_inclusive = 'false'".to_string());
         }
@@ -144,7 +171,7 @@ mod tests {
         let opts = RecoveryOptions {
             restore_command: "pgdr wal-fetch \"%f\" \"%p\"".into(),
             target: RecoveryTarget::Time("2026-11-26 02:00:00+00".into()),
-            action: "promote".into(),
+            action: TargetAction::Promote,
             exclusive: false,
             timeline: None,
             standby: false,
