@@ -7,6 +7,7 @@
 
 pub mod archive;
 pub mod backup;
+pub mod check;
 pub mod cli;
 pub mod commands;
 pub mod config;

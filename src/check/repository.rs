@@ -1,0 +1,91 @@
+//! The repository: reachable, initialised for this cluster, keyed with the configured
+//! key, and writable.
+
+use bytes::Bytes;
+
+use super::{CheckReport, Status};
+use crate::config::Config;
+use crate::postgres::server::ServerInfo;
+use crate::repo::{self, info, layout};
+use crate::storage::{self, DynStorage, PutMode};
+
+/// The repository checks; the storage, when it could be opened, for the checks after.
+pub(super) async fn checks(
+    config: &Config,
+    server_info: Option<&ServerInfo>,
+    report: &mut CheckReport,
+) -> Option<DynStorage> {
+    let storage = storage::open(&config.repository, &config.cluster).await;
+    let storage: Option<DynStorage> = report.result("repository", storage, |s| format!("{} opened", s.describe()));
+    if let Some(storage) = &storage {
+        let found = info::read(storage).await;
+        match found {
+            Ok(Some(info)) => {
+                report.add(
+                    Status::Ok,
+                    "repository",
+                    format!(
+                        "repo.json found (cluster {:?}, PostgreSQL {})",
+                        info.cluster, info.pg_major
+                    ),
+                );
+                if let Some(s) = server_info {
+                    if s.system_identifier == info.system_identifier {
+                        report.add(
+                            Status::Ok,
+                            "identity",
+                            format!("repository belongs to this cluster ({})", info.system_identifier),
+                        );
+                    } else {
+                        report.add(
+                            Status::Fail,
+                            "identity",
+                            format!(
+                                "repository belongs to system identifier {}, the server is {} — wrong repository or cluster name",
+                                info.system_identifier, s.system_identifier
+                            ),
+                        );
+                    }
+                }
+                match repo::load_keyring(config) {
+                    Ok(keys) => {
+                        if keys.primary().id().to_hex() == info.key_id {
+                            report.add(
+                                Status::Ok,
+                                "key",
+                                format!("repository key present and matching (id {})", info.key_id),
+                            );
+                        } else {
+                            report.add(
+                                Status::Fail,
+                                "key",
+                                format!(
+                                    "the configured key (id {}) is not this repository's key (id {}) — check key_file / PGDR_KEY",
+                                    keys.primary().id().to_hex(),
+                                    info.key_id
+                                ),
+                            );
+                        }
+                    }
+                    Err(e) => report.add(Status::Fail, "key", format!("{e:#}")),
+                }
+            }
+            Ok(None) => report.add(Status::Fail, "repository", "no repo.json — run `pgdr init`"),
+            Err(e) => report.add(Status::Fail, "repository", format!("{e:#}")),
+        }
+        let probe = layout::write_probe();
+        let written = async {
+            storage
+                .put(&probe, Bytes::from_static(b"pgdr write probe"), PutMode::CreateNew)
+                .await?;
+            storage.delete(std::slice::from_ref(&probe)).await?;
+            anyhow::Ok(())
+        }
+        .await;
+        report.result("writable", written, |_| {
+            "repository accepts writes and deletes".to_string()
+        });
+    }
+
+    storage
+}
