@@ -22,6 +22,10 @@ pub struct Cli {
     /// Configuration file (default: $PGDR_CONFIG)
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Use this repository: `primary`, or the name of a [[repository.copies]] entry
+    /// (read from a copy alone, e.g. when the primary region is down)
+    #[arg(long, global = true, value_name = "NAME", env = "PGDR_REPOSITORY")]
+    pub repository: Option<String>,
     /// Print machine-readable JSON instead of the human summary
     #[arg(long, global = true)]
     pub json: bool,
@@ -56,6 +60,8 @@ pub enum Command {
     Expire(ExpireArgs),
     /// Restore test: restore into a scratch cluster and check its integrity
     Verify(VerifyArgs),
+    /// Copy backups and WAL to the repository's copies (other regions)
+    Copy(CopyArgs),
     /// Run, check or export the job schedule
     Schedule(ScheduleArgs),
     /// Print Prometheus metrics once (for a textfile collector)
@@ -77,6 +83,22 @@ pub struct WalPushAheadArgs {
     /// PostgreSQL's pg_wal directory
     #[arg(long)]
     pub wal_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct CopyArgs {
+    /// The copy to bring up to date (a [[repository.copies]] name); default: all
+    #[arg(long, value_name = "NAME")]
+    pub to: Option<String>,
+    /// Which backups: `all`, a label, `latest`, or `tag:NAME` (WAL is always copied whole)
+    #[arg(long, default_value = "all", value_name = "all|LABEL|latest|tag:TAG")]
+    pub backup: String,
+    /// Show what would be copied, copy nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Objects in flight at once
+    #[arg(long, value_name = "N")]
+    pub jobs: Option<usize>,
 }
 
 #[derive(Debug, Args)]

@@ -10,7 +10,15 @@ use serde::Deserialize;
 use crate::usage;
 
 /// Environment variables that carry something other than a config field.
-const RESERVED_ENV: &[&str] = &["PGDR_CONFIG", "PGDR_KEY", "PGDR_LOG", "PGDR_LOG_FORMAT"];
+/// `PGDR_REPOSITORY` names the repository to use (the primary or a copy), like
+/// `--repository`.
+const RESERVED_ENV: &[&str] = &[
+    "PGDR_CONFIG",
+    "PGDR_KEY",
+    "PGDR_LOG",
+    "PGDR_LOG_FORMAT",
+    "PGDR_REPOSITORY",
+];
 const SECTIONS: &[&str] = &[
     "postgres",
     "repository",
@@ -45,6 +53,9 @@ pub struct Config {
     pub source: String,
     #[serde(skip)]
     file: Option<PathBuf>,
+    /// The copy chosen with `--repository NAME`; `repository` then holds its settings.
+    #[serde(skip)]
+    selected: Option<String>,
 }
 
 fn default_cluster() -> String {
@@ -84,6 +95,43 @@ pub struct RepositoryConfig {
     /// Attempts per S3 request, including the first.
     #[serde(default = "default_attempts")]
     pub s3_max_attempts: u32,
+    /// The AWS profile whose credentials and settings to use (default: `AWS_PROFILE`,
+    /// then `default`).
+    pub profile: Option<String>,
+    /// Copies of this repository in other regions (`[[repository.copies]]`), kept
+    /// up to date by `pgdr copy`.
+    #[serde(default)]
+    pub copies: Vec<CopyConfig>,
+}
+
+/// A copy of the repository, usually in another region: everything a restore needs
+/// is copied there, so it can be restored from alone.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CopyConfig {
+    /// How commands name it: `--repository NAME`, `copy --to NAME`.
+    pub name: String,
+    /// `file:///path` or `s3://bucket/prefix`.
+    pub url: String,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    #[serde(default)]
+    pub force_path_style: bool,
+    pub profile: Option<String>,
+    /// Its own key file; by default the primary's key (objects are copied as they are).
+    pub key_file: Option<PathBuf>,
+    /// `async` (default): WAL reaches the copy through `pgdr copy`; `sync`: `wal-push`
+    /// also stores each segment in the copy before acknowledging it.
+    #[serde(default)]
+    pub wal: CopyWal,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CopyWal {
+    #[default]
+    Async,
+    Sync,
 }
 
 fn default_level() -> i32 {
@@ -208,6 +256,9 @@ pub struct ScheduleConfig {
     pub history: Option<PathBuf>,
 }
 
+/// The name of the primary repository in `--repository`.
+pub const PRIMARY: &str = "primary";
+
 /// A parsed repository URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RepoUrl {
@@ -218,6 +269,32 @@ pub enum RepoUrl {
 impl RepositoryConfig {
     pub fn parsed_url(&self) -> Result<RepoUrl> {
         parse_repo_url(&self.url)
+    }
+
+    /// The settings of copy `name`: its place, endpoint and credentials; the key, the
+    /// compression and the S3 tuning of this repository unless it sets its own.
+    pub fn copy(&self, name: &str) -> Result<RepositoryConfig> {
+        let Some(copy) = self.copies.iter().find(|c| c.name == name) else {
+            let known: Vec<&str> = self.copies.iter().map(|c| c.name.as_str()).collect();
+            return Err(usage!(
+                "there is no repository copy named {name:?} — {}",
+                if known.is_empty() {
+                    "add a [[repository.copies]] entry with that name".to_string()
+                } else {
+                    format!("the configured copies are {}", known.join(", "))
+                }
+            ));
+        };
+        Ok(RepositoryConfig {
+            url: copy.url.clone(),
+            endpoint: copy.endpoint.clone(),
+            region: copy.region.clone(),
+            force_path_style: copy.force_path_style,
+            key_file: copy.key_file.clone().or_else(|| self.key_file.clone()),
+            profile: copy.profile.clone(),
+            copies: Vec::new(),
+            ..self.clone()
+        })
     }
 }
 
@@ -277,6 +354,9 @@ impl Config {
         let Some(path) = &self.file else { return Ok(None) };
         let mut config = Config::from_table(read_table(path)?, &path.display().to_string())?;
         config.file = Some(path.clone());
+        if let Some(name) = &self.selected {
+            config.select_repository(name)?;
+        }
         Ok(Some(config))
     }
 
@@ -302,6 +382,9 @@ impl Config {
         }
         if a.key_file != b.key_file {
             out.push("repository.key_file");
+        }
+        if a.profile != b.profile {
+            out.push("repository.profile");
         }
         out
     }
@@ -347,7 +430,50 @@ impl Config {
         if self.repository.s3_max_attempts == 0 {
             return Err(usage!("{src}: key `repository.s3_max_attempts`: expected at least 1"));
         }
+        let mut names = std::collections::HashSet::new();
+        for (i, copy) in self.repository.copies.iter().enumerate() {
+            let at = format!("{src}: key `repository.copies[{i}]`");
+            let name_ok = !copy.name.is_empty()
+                && copy.name.len() <= 64
+                && copy
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            if !name_ok || copy.name == PRIMARY {
+                return Err(usage!(
+                    "{at}.name: {:?} must be letters, digits, '-' or '_' (and not {PRIMARY:?})",
+                    copy.name
+                ));
+            }
+            if !names.insert(copy.name.as_str()) {
+                return Err(usage!("{at}.name: {:?} names two copies", copy.name));
+            }
+            parse_repo_url(&copy.url).with_context(|| format!("{at}.url"))?;
+            if copy.url == self.repository.url && copy.endpoint == self.repository.endpoint {
+                return Err(usage!(
+                    "{at}.url: {:?} is the primary repository itself — a copy must be somewhere else",
+                    copy.url
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// Use copy `name` (or the primary, `primary`) as the repository of this run:
+    /// `--repository NAME` / `PGDR_REPOSITORY`. Every command then reads (and writes)
+    /// there alone.
+    pub fn select_repository(&mut self, name: &str) -> Result<()> {
+        if name == PRIMARY || name.is_empty() {
+            return Ok(());
+        }
+        self.repository = self.repository.copy(name)?;
+        self.selected = Some(name.to_string());
+        Ok(())
+    }
+
+    /// The copy this run uses, if not the primary.
+    pub fn selected_repository(&self) -> Option<&str> {
+        self.selected.as_deref()
     }
 
     /// Where `wal-push` keeps its notes and its pusher's lock. By default inside the
@@ -395,7 +521,7 @@ fn read_table(path: &Path) -> Result<toml::Table> {
         .map_err(|e: toml::de::Error| usage!("{}: {}", path.display(), one_line(&e.to_string())))
 }
 
-fn one_line(s: &str) -> String {
+pub fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 

@@ -11,6 +11,7 @@ pub mod check;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod copy;
 pub mod disk;
 pub mod exit;
 pub mod notify;

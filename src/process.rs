@@ -38,12 +38,16 @@ pub fn as_postgres_async(cmd: &mut tokio::process::Command) -> &mut tokio::proce
     cmd
 }
 
-/// `pgdr [--config FILE] <args>`: this binary again, with this configuration file.
-pub fn pgdr_again(config: Option<&std::path::Path>) -> Option<Command> {
+/// `pgdr [--config FILE] [--repository NAME] <args>`: this binary again, with this
+/// configuration file and the same repository.
+pub fn pgdr_again(config: &crate::config::Config) -> Option<Command> {
     let exe = std::env::current_exe().ok()?;
     let mut cmd = Command::new(exe);
-    if let Some(config) = config {
-        cmd.arg("--config").arg(config);
+    if let Some(file) = config.file() {
+        cmd.arg("--config").arg(file);
+    }
+    if let Some(name) = config.selected_repository() {
+        cmd.arg("--repository").arg(name);
     }
     Some(cmd)
 }

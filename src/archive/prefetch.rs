@@ -32,7 +32,7 @@ pub fn start(config: &Config, file: &WalFile, dest: &Path, dir: &Path) {
     {
         return; // a prefetcher is at work
     }
-    let Some(mut cmd) = crate::process::pgdr_again(config.file().as_deref()) else {
+    let Some(mut cmd) = crate::process::pgdr_again(config) else {
         return;
     };
     cmd.args([

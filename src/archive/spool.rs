@@ -266,7 +266,7 @@ impl Spool {
         if self.pusher_pid().is_some() {
             return;
         }
-        let Some(mut cmd) = crate::process::pgdr_again(config.file().as_deref()) else {
+        let Some(mut cmd) = crate::process::pgdr_again(config) else {
             return;
         };
         let wal_dir = std::path::absolute(wal_dir).unwrap_or_else(|_| wal_dir.to_path_buf());

@@ -4,6 +4,7 @@
 mod backup;
 mod cat;
 mod check;
+mod copy;
 mod expire;
 mod init;
 mod list;
@@ -57,10 +58,11 @@ pub async fn run(cli: Cli) -> Result<Exit> {
     {
         return init::generate_only(args, cli.json);
     }
-    let ctx = Ctx {
-        config: config?,
-        json: cli.json,
-    };
+    let mut config = config?;
+    if let Some(name) = &cli.repository {
+        config.select_repository(name)?;
+    }
+    let ctx = Ctx { config, json: cli.json };
     match cli.command {
         Command::Init(args) => init::run(&ctx, args).await,
         Command::Check(args) => check::run(&ctx, args).await,
@@ -70,6 +72,7 @@ pub async fn run(cli: Cli) -> Result<Exit> {
         Command::Cat(args) => cat::run(&ctx, args).await,
         Command::Expire(args) => expire::run(&ctx, args).await,
         Command::Verify(args) => verify::run(&ctx, args).await,
+        Command::Copy(args) => copy::run(&ctx, args).await,
         Command::Schedule(args) => schedule::run(&ctx, args).await,
         Command::Metrics(args) => metrics::run(&ctx, args).await,
         Command::WalPush(args) => wal_push::run(&ctx, args).await,

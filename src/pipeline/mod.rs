@@ -370,43 +370,19 @@ pub async fn load_to_writer<W: Write + Send + 'static>(
         Verify::RecordStored(_) => (true, false),
     };
     let result = tokio::task::spawn_blocking(move || -> Result<(W, Tally, Tally)> {
-        let mut stored = TallyReader::new(
-            ChannelReader {
-                rx,
-                current: Bytes::new(),
-            },
-            None,
-        );
-        if !stored_digest {
-            stored = stored.without_hash();
-        }
-        let opener = Opener::new(stored, &keys, &object).map_err(|e| damaged(&task_key, e))?;
-        let mut unzstd = zstd::stream::read::Decoder::new(opener).map_err(|e| damaged(&task_key, e))?;
-        let mut plain = TallyWriter::new(sink, progress);
-        if !plain_digest {
-            plain = plain.without_hash();
-        }
-        let mut buf = vec![0u8; READ_BUF];
-        loop {
-            let n = match unzstd.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(damaged(&task_key, e)),
-            };
-            plain.write_all(&buf[..n])?;
-        }
-        // The decoder reads on to the end of its input; make sure the opener saw the
-        // sealed end (the flagged last chunk), not just the end of a zstd frame.
-        let mut opener = unzstd.finish().into_inner();
-        let mut rest = Vec::new();
-        opener.read_to_end(&mut rest).map_err(|e| damaged(&task_key, e))?;
-        if !rest.is_empty() {
-            return Err(Damaged(format!("{task_key} has trailing data after its compressed stream")).into());
-        }
-        let (_, stored_tally) = opener.into_inner().finish();
-        let (sink, plain_tally) = plain.finish();
-        Ok((sink, plain_tally, stored_tally))
+        let reader = ChannelReader {
+            rx,
+            current: Bytes::new(),
+        };
+        open_reader(
+            reader,
+            sink,
+            &keys,
+            &object,
+            &task_key,
+            (stored_digest, plain_digest),
+            progress,
+        )
     })
     .await
     .map_err(|e| anyhow!("pipeline thread failed: {e}"))??;
@@ -423,6 +399,67 @@ pub async fn load_to_writer<W: Write + Send + 'static>(
         ))));
     }
     Ok(result)
+}
+
+/// open → unzstd from `reader` into `sink`, tallying the stored and plaintext bytes
+/// (`digests`: whether each is hashed). Any failure to authenticate or decompress is
+/// `Damaged`.
+fn open_reader<R: Read, W: Write>(
+    reader: R,
+    sink: W,
+    keys: &Keyring,
+    object: &str,
+    key: &ObjectKey,
+    (stored_digest, plain_digest): (bool, bool),
+    progress: Option<Arc<AtomicU64>>,
+) -> Result<(W, Tally, Tally)> {
+    let mut stored = TallyReader::new(reader, None);
+    if !stored_digest {
+        stored = stored.without_hash();
+    }
+    let opener = Opener::new(stored, keys, object).map_err(|e| damaged(key, e))?;
+    let mut unzstd = zstd::stream::read::Decoder::new(opener).map_err(|e| damaged(key, e))?;
+    let mut plain = TallyWriter::new(sink, progress);
+    if !plain_digest {
+        plain = plain.without_hash();
+    }
+    let mut buf = vec![0u8; READ_BUF];
+    loop {
+        let n = match unzstd.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(damaged(key, e)),
+        };
+        plain.write_all(&buf[..n])?;
+    }
+    // The decoder reads on to the end of its input; make sure the opener saw the
+    // sealed end (the flagged last chunk), not just the end of a zstd frame.
+    let mut opener = unzstd.finish().into_inner();
+    let mut rest = Vec::new();
+    opener.read_to_end(&mut rest).map_err(|e| damaged(key, e))?;
+    if !rest.is_empty() {
+        return Err(Damaged(format!("{key} has trailing data after its compressed stream")).into());
+    }
+    let (_, stored_tally) = opener.into_inner().finish();
+    let (sink, plain_tally) = plain.finish();
+    Ok((sink, plain_tally, stored_tally))
+}
+
+/// Authenticate a whole stored object held in memory (it is opened and decompressed
+/// to nowhere): `Damaged` unless every chunk checks out under `keys`, bound to `key`.
+/// Returns the stored bytes' tally.
+pub fn check_sealed(data: &[u8], key: &ObjectKey, keys: &Keyring) -> Result<Tally> {
+    let object = keys.context(key.as_str());
+    let (_, _, stored) = open_reader(data, io::sink(), keys, &object, key, (true, false), None)?;
+    Ok(stored)
+}
+
+/// Open a small stored object held in memory: its plaintext and the stored tally.
+pub fn open_sealed(data: &[u8], key: &ObjectKey, keys: &Keyring) -> Result<(Vec<u8>, Tally)> {
+    let object = keys.context(key.as_str());
+    let (plain, _, stored) = open_reader(data, Vec::new(), keys, &object, key, (true, false), None)?;
+    Ok((plain, stored))
 }
 
 /// Load a small object whole.

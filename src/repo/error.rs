@@ -12,6 +12,13 @@ pub enum RepoError {
     NoKey,
     #[error("no pgdr repository for cluster {cluster:?} at {place} — run `pgdr init` first")]
     NotInitialised { cluster: String, place: String },
+    /// A configured copy that `pgdr copy` has not filled yet.
+    #[error("the copy {name:?} at {place} holds nothing of cluster {cluster:?} yet — run `pgdr copy --to {name}` first")]
+    CopyEmpty {
+        name: String,
+        cluster: String,
+        place: String,
+    },
     #[error(
         "the repository key (id {ours}) is not the key of the repository at {place} (id {theirs}) — check key_file / PGDR_KEY"
     )]

@@ -193,8 +193,14 @@ pub fn restore_command(config: &Config) -> Result<String> {
     let exe = std::env::current_exe().context("locating the pgdr binary")?;
     let sh = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
     let file = std::path::absolute(&file).unwrap_or(file);
+    // Restored from a copy, the server fetches from that copy: the primary region
+    // may be gone.
+    let repository = config
+        .selected_repository()
+        .map(|name| format!(" --repository {}", sh(name)))
+        .unwrap_or_default();
     Ok(format!(
-        "{} --config {} wal-fetch \"%f\" \"%p\"",
+        "{} --config {}{repository} wal-fetch \"%f\" \"%p\"",
         sh(&exe.to_string_lossy()),
         sh(&file.to_string_lossy())
     ))

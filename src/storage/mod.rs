@@ -187,6 +187,11 @@ impl BodySender {
     }
 
     /// The producer failed; the storage side must discard what it has.
+    pub async fn fail(self, why: String) {
+        let _ = self.tx.send(Piece::Fail(why)).await;
+    }
+
+    /// As `fail`, from a blocking thread.
     pub fn fail_blocking(self, why: String) {
         let _ = self.tx.blocking_send(Piece::Fail(why));
     }

@@ -1,8 +1,8 @@
 //! S3 backend (aws-sdk-s3). Small objects go up in one PUT; streamed ones as a
 //! multipart upload with a bounded number of parts in flight, aborted on any failure.
 //! The SDK's standard retry mode retries transient errors with backoff, boundedly.
-//! Credentials come only from the environment (AWS conventions): no instance-metadata
-//! lookups, so pgdr never talks to anything but the configured endpoint.
+//! Credentials come from the SDK's own chain (aws-config): environment, profiles,
+//! web identity, ECS and EC2 instance metadata.
 
 use std::time::Duration;
 
@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
-use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_s3::config::{BehaviorVersion, Region};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
@@ -40,26 +40,52 @@ pub struct S3Storage {
 }
 
 impl S3Storage {
-    /// Build a client from the repository settings and the AWS environment variables.
+    /// Build a client from the repository settings and the AWS credential chain
+    /// (aws-config): the `AWS_*` variables, the shared config and credentials files
+    /// with the repository's `profile` (or `AWS_PROFILE`), web identity (EKS IRSA),
+    /// ECS and EC2 instance metadata, with assume-role where a profile says so.
+    /// Credentials are refreshed by the SDK while a long backup runs. They are resolved
+    /// once here, so a missing one is a configuration error before any work starts.
     pub async fn connect(repo: &RepositoryConfig, bucket: &str, prefix: &str) -> anyhow::Result<Self> {
+        use aws_config::meta::region::RegionProviderChain;
+        use aws_credential_types::provider::ProvideCredentials;
         let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-        let (Some(access_key), Some(secret_key)) = (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")) else {
-            return Err(crate::usage!(
-                "S3 credentials are missing: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment"
-            ));
+        // The region never comes from instance metadata: pgdr asks nothing of the
+        // network but the endpoint it is given.
+        let profile_region = {
+            let mut b = aws_config::profile::ProfileFileRegionProvider::builder();
+            if let Some(p) = &repo.profile {
+                b = b.profile_name(p);
+            }
+            b.build()
         };
-        let credentials = Credentials::new(access_key, secret_key, env("AWS_SESSION_TOKEN"), None, "environment");
-        let region = repo
-            .region
-            .clone()
-            .or_else(|| env("AWS_REGION"))
-            .or_else(|| env("AWS_DEFAULT_REGION"))
-            .unwrap_or_else(|| "us-east-1".to_string());
+        let region = RegionProviderChain::first_try(repo.region.clone().map(Region::new))
+            .or_else(aws_config::environment::EnvironmentVariableRegionProvider::new())
+            .or_else(profile_region)
+            .or_else(Region::new("us-east-1"))
+            .region()
+            .await
+            .unwrap_or_else(|| Region::new("us-east-1"));
+        let mut loader = aws_config::defaults(BehaviorVersion::latest()).region(region.clone());
+        if let Some(p) = &repo.profile {
+            loader = loader.profile_name(p);
+        }
+        let sdk = loader.load().await;
+        let provider = sdk
+            .credentials_provider()
+            .ok_or_else(|| crate::usage!("S3 credentials are missing: no AWS credential provider could be set up"))?;
+        if let Err(e) = provider.provide_credentials().await {
+            return Err(crate::usage!(
+                "S3 credentials are missing: none in AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, {}, web identity or instance metadata ({}) — set them, or name a profile with [repository] profile",
+                match &repo.profile {
+                    Some(p) => format!("profile {p:?}"),
+                    None => "the default profile".to_string(),
+                },
+                crate::config::one_line(&DisplayErrorContext(&e).to_string())
+            ));
+        }
         let endpoint = repo.endpoint.clone().or_else(|| env("AWS_ENDPOINT_URL"));
-        let mut builder = aws_sdk_s3::Config::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .region(Region::new(region.clone()))
-            .credentials_provider(credentials)
+        let mut builder = aws_sdk_s3::config::Builder::from(&sdk)
             .force_path_style(repo.force_path_style)
             .retry_config(
                 RetryConfig::standard()

@@ -101,6 +101,9 @@ pub fn hermetic(cmd: &mut Command) -> &mut Command {
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("LC_ALL", "C.UTF-8")
         .env("HOME", "/tmp")
+        // The AWS credential chain must never reach for instance metadata (a network
+        // address outside this machine) when a test leaves credentials out.
+        .env("AWS_EC2_METADATA_DISABLED", "true")
 }
 
 /// Start a data directory with pg_ctl (as postgres, hermetic), listening on
@@ -355,27 +358,7 @@ impl Cluster {
     /// Ordered content hash of every user table in `db`, and of its large objects:
     /// `schema.table=md5` lines, sorted.
     pub fn content_hashes(&self, db: &str) -> Vec<String> {
-        let tables = self.psql(
-            db,
-            "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) FROM pg_class c \
-             JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'r' \
-             AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%' ORDER BY 1",
-        );
-        let mut out = Vec::new();
-        for table in tables.lines().filter(|l| !l.is_empty()) {
-            let hash = self.psql(
-                db,
-                &format!("SELECT count(*) || ':' || coalesce(md5(string_agg(t::text, '|' ORDER BY t::text)), '-') FROM {table} t"),
-            );
-            out.push(format!("{table}={hash}"));
-        }
-        let lo = self.psql(
-            db,
-            "SELECT coalesce(string_agg(loid || ':' || h, ',' ORDER BY loid), 'none') FROM \
-             (SELECT loid, md5(string_agg(data, ''::bytea ORDER BY pageno)) h FROM pg_largeobject GROUP BY loid) s",
-        );
-        out.push(format!("largeobjects={lo}"));
-        out
+        content_hashes_at(self.port, db)
     }
 
     /// Non-system roles with their attributes, sorted.
@@ -395,6 +378,43 @@ impl Drop for Cluster {
 }
 
 /// Run SQL through psql against 127.0.0.1:`port` as postgres.
+/// Ordered content hash of every user table in `db` of the server on 127.0.0.1:`port`,
+/// and of its large objects.
+pub fn content_hashes_at(port: u16, db: &str) -> Vec<String> {
+    let psql = |db: &str, sql: &str| {
+        let out = psql_at(port, db, sql);
+        assert!(
+            out.status.success(),
+            "psql failed on {db}: {}\nSQL: {sql}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let tables = psql(
+        db,
+        "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) FROM pg_class c \
+         JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'r' \
+         AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%' ORDER BY 1",
+    );
+    let mut out = Vec::new();
+    for table in tables.lines().filter(|l| !l.is_empty()) {
+        let hash = psql(
+            db,
+            &format!(
+                "SELECT count(*) || ':' || coalesce(md5(string_agg(t::text, '|' ORDER BY t::text)), '-') FROM {table} t"
+            ),
+        );
+        out.push(format!("{table}={hash}"));
+    }
+    let lo = psql(
+        db,
+        "SELECT coalesce(string_agg(loid || ':' || h, ',' ORDER BY loid), 'none') FROM \
+         (SELECT loid, md5(string_agg(data, ''::bytea ORDER BY pageno)) h FROM pg_largeobject GROUP BY loid) s",
+    );
+    out.push(format!("largeobjects={lo}"));
+    out
+}
+
 pub fn psql_at(port: u16, db: &str, sql: &str) -> Output {
     let mut child = Command::new(pg_bin().join("psql"))
         .args([
@@ -450,36 +470,53 @@ pub struct S3Server {
     pub port: u16,
 }
 
+/// moto's server command: the entry point, or the module when pip's script directory
+/// is not on PATH.
+fn moto_command() -> Vec<String> {
+    match which("moto_server") {
+        Some(p) => vec![p.display().to_string()],
+        None => {
+            let has_module = Command::new("python3")
+                .args(["-c", "import moto.server"])
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(
+                has_module,
+                "moto_server not found — the S3 tests need it: run scripts/install-deps.sh (pip install 'moto[server]>=5.2.5')"
+            );
+            vec!["python3".into(), "-m".into(), "moto.server".into()]
+        }
+    }
+}
+
+fn spawn_moto(port: u16) -> std::process::Child {
+    let moto = moto_command();
+    let mut cmd = Command::new(&moto[0]);
+    cmd.args(&moto[1..])
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    die_with_parent(&mut cmd);
+    cmd.spawn().expect("cannot start moto_server")
+}
+
+fn wait_listening(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "moto_server did not start on port {port}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 pub fn s3() -> &'static S3Server {
     static SERVER: OnceLock<S3Server> = OnceLock::new();
     SERVER.get_or_init(|| {
-        // The entry point, or the module when pip's script directory is not on PATH.
-        let moto: Vec<String> = match which("moto_server") {
-            Some(p) => vec![p.display().to_string()],
-            None => {
-                let has_module = Command::new("python3")
-                    .args(["-c", "import moto.server"])
-                    .status()
-                    .is_ok_and(|s| s.success());
-                assert!(
-                    has_module,
-                    "moto_server not found — the S3 tests need it: run scripts/install-deps.sh (pip install 'moto[server]>=5.2.5')"
-                );
-                vec!["python3".into(), "-m".into(), "moto.server".into()]
-            }
-        };
         let port = free_port();
         let (tx, rx) = std::sync::mpsc::channel();
         // A thread that lives as long as the test process owns the server, so it dies
         // with the process (PDEATHSIG follows the spawning thread).
         std::thread::spawn(move || {
-            let mut cmd = Command::new(&moto[0]);
-            cmd.args(&moto[1..])
-                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null());
-            die_with_parent(&mut cmd);
-            let child = cmd.spawn().expect("cannot start moto_server");
+            let child = spawn_moto(port);
             tx.send(()).unwrap();
             let _keep = child;
             loop {
@@ -487,13 +524,42 @@ pub fn s3() -> &'static S3Server {
             }
         });
         rx.recv().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "moto_server did not start on port {port}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_listening(port);
         S3Server { port }
     })
+}
+
+/// An S3 server of one test's own (a region that the test can take down), started
+/// from the calling thread and killed when dropped or stopped.
+pub struct OwnS3 {
+    pub server: S3Server,
+    child: Option<std::process::Child>,
+}
+
+impl OwnS3 {
+    pub fn start() -> OwnS3 {
+        let port = free_port();
+        let child = spawn_moto(port);
+        wait_listening(port);
+        OwnS3 {
+            server: S3Server { port },
+            child: Some(child),
+        }
+    }
+
+    /// The whole server goes away (its data too: moto keeps everything in memory).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for OwnS3 {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 impl S3Server {
@@ -545,6 +611,9 @@ pub struct Pgdr {
     pub extra_env: Vec<(String, String)>,
     /// Run pgdr as the `postgres` OS user (physical backups, WAL), when root.
     pub as_postgres: bool,
+    /// Give pgdr the test's S3 credentials in `AWS_*` (false: it must find them
+    /// through the credential chain, e.g. profiles in `$HOME/.aws`).
+    pub aws_env: bool,
 }
 
 impl Pgdr {
@@ -583,12 +652,25 @@ impl Pgdr {
     }
 
     /// A setup whose config file is written: generate its key and `pgdr init`.
-    fn initialised(
+    pub fn initialised(
         dir: TestDir,
         config: PathBuf,
         key_file: PathBuf,
         repo_dir: Option<PathBuf>,
         as_postgres: bool,
+    ) -> Pgdr {
+        Pgdr::initialised_with(dir, config, key_file, repo_dir, as_postgres, true)
+    }
+
+    /// As `initialised`; `aws_env: false` leaves `AWS_*` credentials out, so pgdr must
+    /// find them through the credential chain (profiles in `$HOME/.aws`).
+    pub fn initialised_with(
+        dir: TestDir,
+        config: PathBuf,
+        key_file: PathBuf,
+        repo_dir: Option<PathBuf>,
+        as_postgres: bool,
+        aws_env: bool,
     ) -> Pgdr {
         let pgdr = Pgdr {
             dir,
@@ -597,6 +679,7 @@ impl Pgdr {
             repo_dir,
             extra_env: Vec::new(),
             as_postgres,
+            aws_env,
         };
         let out = pgdr.run(&["init", "--generate-key", pgdr.key_file.to_str().unwrap()]);
         assert_success(&out, "pgdr init");
@@ -612,9 +695,12 @@ impl Pgdr {
             .env("HOME", self.dir.path())
             .env("RUST_BACKTRACE", "1")
             .env("PGDR_CONFIG", &self.config)
-            .env("AWS_ACCESS_KEY_ID", TEST_AWS_KEY)
-            .env("AWS_SECRET_ACCESS_KEY", TEST_AWS_SECRET)
-            .envs(self.extra_env.iter().map(|(k, v)| (k, v)))
+            .env("AWS_EC2_METADATA_DISABLED", "true");
+        if self.aws_env {
+            cmd.env("AWS_ACCESS_KEY_ID", TEST_AWS_KEY)
+                .env("AWS_SECRET_ACCESS_KEY", TEST_AWS_SECRET);
+        }
+        cmd.envs(self.extra_env.iter().map(|(k, v)| (k, v)))
             .args(args)
             .stdin(Stdio::null());
         if self.as_postgres {
@@ -858,6 +944,7 @@ impl Pgdr {
             repo_dir: self.repo_dir.clone(),
             extra_env: vec![],
             as_postgres: self.as_postgres,
+            aws_env: self.aws_env,
         }
     }
 

@@ -1,0 +1,454 @@
+//! Copies of the repository in other regions (`pgdr copy`): everything a restore
+//! needs — repo.json, every WAL and history file, timeline declarations, every backup —
+//! is copied where it is missing, so the copy alone can restore to any point the
+//! primary can. Objects are copied as they are (the same key reads both); each is
+//! checked on the way (against its manifest's stored SHA-256, or by opening it when no
+//! manifest records it) and read back after it is written. WAL goes first, then the
+//! backups in label order, each manifest last: a backup is listed in the copy only
+//! once all of it is there. What a killed copy already stored is not sent again.
+
+mod transfer;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Instant;
+
+use anyhow::{Context, Result, anyhow};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::progress::{Progress, human_bytes};
+use crate::repo::manifest::Manifest;
+use crate::repo::{BackupLabel, Repo, catalog, info, layout, load_keyring};
+use crate::storage::{self, DynStorage, ObjectKey, ObjectMeta};
+use crate::usage;
+
+pub use transfer::Expect;
+
+/// What to copy where.
+#[derive(Debug, Clone)]
+pub struct CopyOptions {
+    /// One copy by name; `None`: every configured copy.
+    pub to: Option<String>,
+    /// `None`: every backup; else `LABEL`, `latest` or `tag:TAG`.
+    pub backup: Option<String>,
+    pub dry_run: bool,
+    /// Objects in flight at once.
+    pub jobs: usize,
+}
+
+/// How far a copy is behind the primary repository's WAL.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Lag {
+    /// WAL and history files in the primary that the copy does not have.
+    pub segments: u64,
+    /// Age of the newest WAL in the primary against the newest in the copy.
+    pub seconds: Option<f64>,
+}
+
+/// What one copy got.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CopyTargetReport {
+    pub name: String,
+    pub repository: String,
+    pub dry_run: bool,
+    /// Backups completed in the copy by this run (their manifest written).
+    pub backups_copied: Vec<BackupLabel>,
+    /// Backups that were complete in the copy already.
+    pub backups_present: usize,
+    pub objects_copied: u64,
+    pub bytes_copied: u64,
+    /// Objects already in the copy (a resumed run does not send them again).
+    pub objects_present: u64,
+    pub wal_copied: u64,
+    /// After this run (for a dry run: now).
+    pub lag: Lag,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CopyReport {
+    pub copies: Vec<CopyTargetReport>,
+}
+
+impl fmt::Display for CopyReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut lines = Vec::new();
+        for c in &self.copies {
+            let verb = if c.dry_run { "would copy" } else { "copied" };
+            lines.push(format!(
+                "{}: {verb} {} object(s) ({}), {} WAL file(s), {} backup(s){}; {} object(s) already there; {:.1} s",
+                c.name,
+                c.objects_copied,
+                human_bytes(c.bytes_copied),
+                c.wal_copied,
+                c.backups_copied.len(),
+                if c.backups_copied.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        " ({})",
+                        c.backups_copied
+                            .iter()
+                            .map(|l| l.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                },
+                c.objects_present,
+                c.seconds
+            ));
+            lines.push(format!(
+                "{}: {} — {} backup(s) complete; behind the primary by {} WAL file(s){}",
+                c.name,
+                c.repository,
+                c.backups_present + if c.dry_run { 0 } else { c.backups_copied.len() },
+                c.lag.segments,
+                c.lag.seconds.map(|s| format!(", {s:.0} s")).unwrap_or_default()
+            ));
+        }
+        f.write_str(&lines.join("\n"))
+    }
+}
+
+/// Copy to every selected copy, one after the other.
+pub async fn run(config: &Config, opts: &CopyOptions) -> Result<CopyReport> {
+    if config.selected_repository().is_some() {
+        return Err(usage!(
+            "`pgdr copy` copies from the primary repository to its copies — run it without --repository (use --to NAME to pick a copy)"
+        ));
+    }
+    let names: Vec<String> = match &opts.to {
+        Some(name) => {
+            config.repository.copy(name)?;
+            vec![name.clone()]
+        }
+        None => config.repository.copies.iter().map(|c| c.name.clone()).collect(),
+    };
+    if names.is_empty() {
+        return Err(usage!(
+            "no repository copies are configured — add a [[repository.copies]] entry (name, url, …) to {}",
+            config.source
+        ));
+    }
+    let source = Repo::open(config).await?;
+    let mut report = CopyReport::default();
+    for name in names {
+        report.copies.push(
+            copy_to(config, &source, &name, opts)
+                .await
+                .with_context(|| format!("copying to {name}"))?,
+        );
+    }
+    Ok(report)
+}
+
+/// One backup's part of a copy: its missing objects, then (when the backup is not
+/// complete in the copy yet) its manifest's stored bytes, written last.
+struct BackupCopy {
+    label: BackupLabel,
+    items: Vec<Item>,
+    manifest: Option<Vec<u8>>,
+}
+
+/// One object to copy, and what it must be.
+struct Item {
+    key: ObjectKey,
+    size: u64,
+    expect: Expect,
+}
+
+/// The destination's objects under a prefix, by key.
+async fn listed(storage: &DynStorage, prefix: &str) -> Result<HashMap<ObjectKey, ObjectMeta>> {
+    Ok(storage
+        .list(prefix)
+        .await?
+        .into_iter()
+        .map(|m| (m.key.clone(), m))
+        .collect())
+}
+
+async fn copy_to(config: &Config, source: &Repo, name: &str, opts: &CopyOptions) -> Result<CopyTargetReport> {
+    let started = Instant::now();
+    let copy_config = config.repository.copy(name)?;
+    // Objects travel as they are: the copy must be readable with the same key.
+    if copy_config.key_file != config.repository.key_file {
+        let mut theirs = config.clone();
+        theirs.repository = copy_config.clone();
+        let theirs = load_keyring(&theirs)?;
+        if theirs.primary().id() != source.keys.primary().id() {
+            return Err(usage!(
+                "copy {name:?} has a key of its own (id {}); objects are copied as they are, so a copy must use the primary's key (id {}) — drop its key_file",
+                theirs.primary().id().to_hex(),
+                source.keys.primary().id().to_hex()
+            ));
+        }
+    }
+    let dest = storage::open(&copy_config, &config.cluster).await?;
+    match info::read(&dest).await? {
+        Some(theirs)
+            if theirs.system_identifier != source.info.system_identifier || theirs.cluster != source.info.cluster =>
+        {
+            return Err(anyhow!(
+                "{} holds cluster {:?} with system identifier {}, not this repository's {:?} ({}) — point copy {name:?} somewhere else",
+                dest.describe(),
+                theirs.cluster,
+                theirs.system_identifier,
+                source.info.cluster,
+                source.info.system_identifier
+            ));
+        }
+        Some(_) => {}
+        None if opts.dry_run => {}
+        None => match info::create(&dest, &source.info).await {
+            Ok(()) => {}
+            Err(storage::StorageError::AlreadyExists(_)) => {}
+            Err(e) => return Err(e).context("writing repo.json into the copy"),
+        },
+    }
+
+    // What the copy has, listed once; what it lacks is copied.
+    let mut have = listed(&dest, layout::WAL).await?;
+    have.extend(listed(&dest, layout::TIMELINES).await?);
+    have.extend(listed(&dest, layout::BACKUPS).await?);
+    let mut wal_source: Vec<ObjectMeta> = source.storage.list(layout::WAL).await?;
+    wal_source.retain(|m| {
+        let ours = layout::parse_wal_key(&m.key).is_some();
+        if !ours {
+            tracing::warn!("not copying {}: not a key pgdr writes under wal/", m.key);
+        }
+        ours
+    });
+    let timelines: Vec<ObjectMeta> = source
+        .storage
+        .list(layout::TIMELINES)
+        .await?
+        .into_iter()
+        .filter(|m| layout::parse_timeline_declaration(&m.key).is_some())
+        .collect();
+
+    let mut present = 0u64;
+    let mut conflicts = Vec::new();
+    let mut missing = |meta: &ObjectMeta, present: &mut u64| -> bool {
+        match have.get(&meta.key) {
+            Some(there) if there.size == meta.size => {
+                *present += 1;
+                false
+            }
+            Some(there) => {
+                conflicts.push(format!(
+                    "{} ({} bytes in the copy, {} in the primary)",
+                    meta.key, there.size, meta.size
+                ));
+                false
+            }
+            None => true,
+        }
+    };
+    let wal_items: Vec<Item> = wal_source
+        .iter()
+        .chain(timelines.iter())
+        .filter(|m| missing(m, &mut present))
+        .map(|m| Item {
+            key: m.key.clone(),
+            size: m.size,
+            expect: Expect::Sealed,
+        })
+        .collect();
+
+    // Backups, oldest first; each with its authenticated manifest.
+    let scan = catalog::scan(&source.storage).await?;
+    let wanted: Option<BackupLabel> = match &opts.backup {
+        None => None,
+        Some(selector) => {
+            let manifests = source.manifests().await?;
+            Some(catalog::resolve(&manifests, selector, None)?.label.clone())
+        }
+    };
+    let sizes: HashMap<ObjectKey, u64> = source
+        .storage
+        .list(layout::BACKUPS)
+        .await?
+        .into_iter()
+        .map(|m| (m.key, m.size))
+        .collect();
+    let mut backups: Vec<BackupCopy> = Vec::new();
+    let mut backups_present = 0;
+    let mut labels = scan.complete.clone();
+    labels.sort();
+    for label in labels {
+        if wanted.as_ref().is_some_and(|w| *w != label) {
+            continue;
+        }
+        let manifest_key = layout::manifest(&label);
+        let complete_there = have.contains_key(&manifest_key);
+        let mut items = Vec::new();
+        let mut manifest = None;
+        let keep = layout::keep_mark(&label);
+        if complete_there {
+            backups_present += 1;
+            present += scan
+                .objects
+                .get(&label)
+                .map_or(0, |keys| keys.iter().filter(|k| **k != keep).count() as u64);
+        } else {
+            let data = source
+                .storage
+                .get(&manifest_key)
+                .await
+                .with_context(|| format!("reading {manifest_key}"))?;
+            let (plain, _) = crate::pipeline::open_sealed(&data, &manifest_key, &source.keys)
+                .with_context(|| format!("the manifest of {label} in the primary repository"))?;
+            let m: Manifest =
+                serde_json::from_slice(&plain).with_context(|| format!("the manifest of {label} is not valid JSON"))?;
+            source.check_manifest_identity(&m)?;
+            for record in &m.objects {
+                let key = layout::backup_object(&label, &record.name)?;
+                if !sizes.contains_key(&key) {
+                    return Err(anyhow!(
+                        "{key} is named by the manifest of {label} but missing from the primary repository — the backup is damaged there; it is not copied"
+                    ));
+                }
+                let meta = ObjectMeta {
+                    key: key.clone(),
+                    size: record.stored.size,
+                    modified: None,
+                };
+                if missing(&meta, &mut present) {
+                    items.push(Item {
+                        key,
+                        size: record.stored.size,
+                        expect: Expect::Stored(record.stored.clone()),
+                    });
+                }
+            }
+            manifest = Some(data.to_vec());
+        }
+        // A keep mark travels with its backup.
+        if let Some(size) = sizes.get(&keep) {
+            let meta = ObjectMeta {
+                key: keep.clone(),
+                size: *size,
+                modified: None,
+            };
+            if missing(&meta, &mut present) {
+                items.push(Item {
+                    key: keep,
+                    size: *size,
+                    expect: Expect::Sealed,
+                });
+            }
+        }
+        if !items.is_empty() || manifest.is_some() {
+            backups.push(BackupCopy { label, items, manifest });
+        }
+    }
+    if !conflicts.is_empty() {
+        return Err(anyhow!(
+            "{} object(s) in {} differ from the primary and are never overwritten: {} — another cluster may be copying there; check copy {name:?}",
+            conflicts.len(),
+            dest.describe(),
+            conflicts.join(", ")
+        ));
+    }
+
+    let total: u64 = wal_items.iter().map(|i| i.size).sum::<u64>()
+        + backups
+            .iter()
+            .map(|b| b.items.iter().map(|i| i.size).sum::<u64>() + b.manifest.as_ref().map_or(0, |d| d.len() as u64))
+            .sum::<u64>();
+    let objects: u64 = wal_items.len() as u64
+        + backups
+            .iter()
+            .map(|b| b.items.len() as u64 + u64::from(b.manifest.is_some()))
+            .sum::<u64>();
+    let mut report = CopyTargetReport {
+        name: name.to_string(),
+        repository: dest.describe(),
+        dry_run: opts.dry_run,
+        backups_copied: backups
+            .iter()
+            .filter(|b| b.manifest.is_some())
+            .map(|b| b.label.clone())
+            .collect(),
+        backups_present,
+        objects_copied: objects,
+        bytes_copied: total,
+        objects_present: present,
+        wal_copied: wal_items.len() as u64,
+        lag: Lag::default(),
+        seconds: 0.0,
+    };
+    if opts.dry_run {
+        report.lag = lag(&wal_source, &have);
+        report.seconds = started.elapsed().as_secs_f64();
+        return Ok(report);
+    }
+
+    let progress = Progress::start(Some(total));
+    progress.set_message(format!("→ {name}"));
+    let copier = transfer::Copier {
+        from: source.storage.clone(),
+        to: dest.clone(),
+        keys: source.keys.clone(),
+        progress: progress.counter(),
+        stored: Arc::new(AtomicU64::new(0)),
+        kill_after: kill_hook(),
+    };
+    let result = async {
+        copier.all(wal_items, opts.jobs).await?;
+        for backup in backups {
+            copier.all(backup.items, opts.jobs).await?;
+            // The commit point, last: the backup appears in the copy now.
+            if let Some(data) = backup.manifest {
+                copier
+                    .one(Item {
+                        key: layout::manifest(&backup.label),
+                        size: data.len() as u64,
+                        expect: Expect::Bytes(data, backup.label.clone()),
+                    })
+                    .await?;
+            }
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    progress.finish();
+    result?;
+    let after = listed(&dest, layout::WAL).await?;
+    report.lag = lag(&wal_source, &after);
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// For tests of crash consistency: `PGDR_TEST_COPY_KILL_AFTER=N` kills this process
+/// (SIGKILL, no clean-up) once N objects are stored.
+fn kill_hook() -> Option<u64> {
+    std::env::var("PGDR_TEST_COPY_KILL_AFTER").ok()?.parse().ok()
+}
+
+/// How far `have` is behind the primary's WAL listing `wal`.
+fn lag(wal: &[ObjectMeta], have: &HashMap<ObjectKey, ObjectMeta>) -> Lag {
+    let segments = wal.iter().filter(|m| !have.contains_key(&m.key)).count() as u64;
+    let newest =
+        |it: &mut dyn Iterator<Item = &ObjectMeta>| -> Option<DateTime<Utc>> { it.filter_map(|m| m.modified).max() };
+    let primary = newest(&mut wal.iter());
+    let copy = newest(&mut have.values().filter(|m| layout::parse_wal_key(&m.key).is_some()));
+    let seconds = match (primary, copy) {
+        (Some(p), Some(c)) => Some(((p - c).num_milliseconds().max(0) as f64) / 1000.0),
+        (Some(_), None) => None,
+        _ => Some(0.0),
+    };
+    Lag {
+        segments,
+        seconds: if segments == 0 { Some(0.0) } else { seconds },
+    }
+}
+
+/// How many objects a copy has in flight by default.
+pub fn default_jobs() -> usize {
+    4
+}

@@ -1,0 +1,194 @@
+//! Moving one object from the primary repository into a copy, checked twice: what is
+//! read must be what the manifest recorded (or authenticate, when no manifest records
+//! it), and what the copy then holds is read back and must hash the same. A check that
+//! fails before the end of a streamed object aborts its upload, so nothing damaged
+//! becomes visible in the copy.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::{Context, Result, anyhow};
+use bytes::Bytes;
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+
+use super::Item;
+use crate::pipeline::{self, Damaged, Keyring, Tally};
+use crate::repo::BackupLabel;
+use crate::storage::{DynStorage, ObjectKey, PutMode, StorageError, body_channel};
+
+/// What an object must be.
+pub enum Expect {
+    /// The stored size and SHA-256 its manifest records.
+    Stored(Tally),
+    /// A sealed object no manifest records (WAL, history, keep marks, timeline
+    /// declarations): it must open under the repository key.
+    Sealed,
+    /// These bytes, already read and checked (a backup's manifest).
+    Bytes(Vec<u8>, BackupLabel),
+}
+
+pub struct Copier {
+    pub from: DynStorage,
+    pub to: DynStorage,
+    pub keys: Keyring,
+    /// Bytes copied, for the progress line.
+    pub progress: Arc<AtomicU64>,
+    /// Objects stored by this run.
+    pub stored: Arc<AtomicU64>,
+    /// Tests of crash consistency: die (SIGKILL) after this many objects.
+    pub kill_after: Option<u64>,
+}
+
+fn tally_of(data: &[u8]) -> Tally {
+    Tally {
+        size: data.len() as u64,
+        sha256: hex::encode(Sha256::digest(data)),
+    }
+}
+
+impl Copier {
+    /// Copy `items`, at most `jobs` at once; the first failure is returned.
+    pub async fn all(&self, items: Vec<Item>, jobs: usize) -> Result<()> {
+        let mut stream = futures::stream::iter(items.into_iter().map(|i| self.one(i))).buffer_unordered(jobs.max(1));
+        while let Some(r) = stream.next().await {
+            r?;
+        }
+        Ok(())
+    }
+
+    pub async fn one(&self, item: Item) -> Result<()> {
+        let key = &item.key;
+        match item.expect {
+            Expect::Stored(expect) => self.stream(key, &expect).await?,
+            Expect::Sealed => {
+                let data = self
+                    .from
+                    .get(key)
+                    .await
+                    .with_context(|| format!("reading {key} from the primary repository"))?;
+                let tally = pipeline::check_sealed(&data, key, &self.keys).map_err(|e| {
+                    anyhow!(
+                        "{key} in the primary repository is damaged ({e:#}) — it was not copied; run `pgdr check` there"
+                    )
+                })?;
+                self.put_whole(key, data, &tally).await?;
+            }
+            Expect::Bytes(data, label) => {
+                let tally = tally_of(&data);
+                self.put_whole(key, Bytes::from(data), &tally)
+                    .await
+                    .with_context(|| format!("committing {label} in the copy"))?;
+            }
+        }
+        let n = self.stored.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.kill_after == Some(n) {
+            // SAFETY: kill on our own pid; the test wants a crash, not a clean exit.
+            unsafe {
+                libc::kill(libc::getpid(), libc::SIGKILL);
+            }
+        }
+        Ok(())
+    }
+
+    async fn put_whole(&self, key: &ObjectKey, data: Bytes, tally: &Tally) -> Result<()> {
+        let len = data.len() as u64;
+        let ours = match self.to.put(key, data, PutMode::CreateNew).await {
+            Ok(()) => true,
+            // Stored meanwhile (by another copy run): fine if it is the same object.
+            Err(StorageError::AlreadyExists(_)) => false,
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("writing {key} into the copy"))),
+        };
+        self.progress.fetch_add(len, Ordering::Relaxed);
+        self.read_back(key, tally, ours).await
+    }
+
+    /// Stream the object across, hashing it on the way; the upload completes only if
+    /// the hash and size match the manifest.
+    async fn stream(&self, key: &ObjectKey, expect: &Tally) -> Result<()> {
+        let mut rx = self
+            .from
+            .get_stream(key)
+            .await
+            .with_context(|| format!("reading {key} from the primary repository"))?;
+        let (tx, body) = body_channel();
+        let put = self.to.put_stream(key, body, PutMode::CreateNew);
+        let progress = self.progress.clone();
+        let feed = async move {
+            let mut hasher = Sha256::new();
+            let mut size = 0u64;
+            while let Some(piece) = rx.recv().await {
+                let piece = match piece {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let why = format!("reading {key} from the primary repository: {e}");
+                        tx.fail(why.clone()).await;
+                        return Err(anyhow!(why));
+                    }
+                };
+                hasher.update(&piece);
+                size += piece.len() as u64;
+                progress.fetch_add(piece.len() as u64, Ordering::Relaxed);
+                if tx.send(piece).await.is_err() {
+                    return Ok(false); // the copy's side stopped; its error says why
+                }
+            }
+            let got = Tally {
+                size,
+                sha256: hex::encode(hasher.finalize()),
+            };
+            if got != *expect {
+                let why = format!(
+                    "{key} in the primary repository does not match its manifest (sha256 {} size {}, the manifest says sha256 {} size {}) — it is damaged there and was not copied",
+                    got.sha256, got.size, expect.sha256, expect.size
+                );
+                tx.fail(why.clone()).await;
+                return Err(anyhow::Error::new(Damaged(why)));
+            }
+            tx.finish().await;
+            Ok(true)
+        };
+        let (put, fed) = tokio::join!(put, feed);
+        fed?;
+        let ours = match put {
+            Ok(_) => true,
+            Err(StorageError::AlreadyExists(_)) => false,
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("writing {key} into the copy"))),
+        };
+        self.read_back(key, expect, ours).await
+    }
+
+    /// What the copy now holds under `key` must hash as `expect`; if not, the copy
+    /// fails (and what this run wrote there is removed again: `ours`).
+    async fn read_back(&self, key: &ObjectKey, expect: &Tally, ours: bool) -> Result<()> {
+        let mut rx = self
+            .to
+            .get_stream(key)
+            .await
+            .with_context(|| format!("reading {key} back from the copy"))?;
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        while let Some(piece) = rx.recv().await {
+            let piece = piece.with_context(|| format!("reading {key} back from the copy"))?;
+            hasher.update(&piece);
+            size += piece.len() as u64;
+        }
+        let got = Tally {
+            size,
+            sha256: hex::encode(hasher.finalize()),
+        };
+        if got != *expect {
+            if ours {
+                let _ = self.to.delete(std::slice::from_ref(key)).await;
+            }
+            return Err(anyhow!(
+                "{key} in the copy differs from what was sent (sha256 {} size {}, expected {} size {}) — the copy's store lost or changed it, or another cluster wrote there; run `pgdr copy` again",
+                got.sha256,
+                got.size,
+                expect.sha256,
+                expect.size
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,348 @@
+//! A second region (issue 10): `pgdr copy` into a repository copy, and restores from
+//! the copy alone while the primary region's S3 server is gone. Two moto servers on two
+//! 127.0.0.1 ports stand in for the two regions; pgdr finds each one's credentials
+//! through its own AWS profile in a temporary `$HOME/.aws`, never in `AWS_*`.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+fn sleep(ms: u64) {
+    std::thread::sleep(Duration::from_millis(ms));
+}
+
+fn json(out: &str) -> serde_json::Value {
+    serde_json::from_str(out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+}
+
+fn labels(list: &[serde_json::Value]) -> Vec<String> {
+    let mut l: Vec<String> = list.iter().map(|b| b["label"].as_str().unwrap().to_string()).collect();
+    l.sort();
+    l
+}
+
+/// Two regions, each an S3 server with credentials of its own, named by profile.
+fn aws_profiles(home: &std::path::Path) {
+    let aws = home.join(".aws");
+    std::fs::create_dir_all(&aws).unwrap();
+    std::fs::write(
+        aws.join("credentials"),
+        "[primary]\naws_access_key_id = AKIAPRIMARYREGION\naws_secret_access_key = primary-secret-never-logged\n\n\
+         [dr]\naws_access_key_id = AKIADRREGION\naws_secret_access_key = dr-secret-never-logged\n",
+    )
+    .unwrap();
+    std::fs::write(
+        aws.join("config"),
+        "[profile primary]\nregion = us-east-1\n\n[profile dr]\nregion = eu-west-1\n",
+    )
+    .unwrap();
+    chown_postgres(&aws);
+    chown_postgres(&aws.join("credentials"));
+    chown_postgres(&aws.join("config"));
+}
+
+/// A cluster archiving into the primary region's bucket, with a copy in the second
+/// region; pgdr runs as `postgres` and knows no `AWS_*` credentials.
+struct TwoRegions {
+    cluster: Cluster,
+    pgdr: Pgdr,
+    primary: OwnS3,
+    _dr: OwnS3,
+}
+
+fn two_regions() -> TwoRegions {
+    let primary = OwnS3::start();
+    let dr = OwnS3::start();
+    let (bucket_a, bucket_b) = (primary.server.bucket(), dr.server.bucket());
+    let dir = TestDir::new();
+    chown_postgres(dir.path());
+    aws_profiles(dir.path());
+    let config = dir.join("pgdr.toml");
+    let key_file = dir.join("repo.key");
+    let spool = dir.join("spool");
+    pg_owned_dir(&spool);
+    let mut cluster = Cluster::init();
+    // The archive_command finds its credentials through the profile in this HOME.
+    cluster.configure(&[
+        "archive_mode = on".to_string(),
+        format!(
+            "archive_command = 'HOME={} {PGDR} --config {} wal-push %p'",
+            dir.path().display(),
+            config.display()
+        ),
+        "wal_level = replica".to_string(),
+    ]);
+    cluster.launch(&[]);
+    std::fs::write(
+        &config,
+        format!(
+            "cluster = \"test\"\n\n[postgres]\nurl = \"{}\"\nbin_dir = \"{}\"\ndata_dir = \"{}\"\n\n\
+             [repository]\nurl = \"s3://{bucket_a}/region1\"\nendpoint = \"{}\"\nforce_path_style = true\nprofile = \"primary\"\nkey_file = \"{}\"\ns3_max_attempts = 2\n\n\
+             [[repository.copies]]\nname = \"dr\"\nurl = \"s3://{bucket_b}/region2\"\nendpoint = \"{}\"\nforce_path_style = true\nprofile = \"dr\"\n\n\
+             [wal]\nspool_dir = \"{}\"\narchive_timeout = 60\nfetch_retry_seconds = 5\n",
+            cluster.url("postgres"),
+            pg_bin().display(),
+            cluster.data.display(),
+            primary.server.endpoint(),
+            key_file.display(),
+            dr.server.endpoint(),
+            spool.display()
+        ),
+    )
+    .unwrap();
+    let pgdr = Pgdr::initialised_with(dir, config, key_file, None, is_root(), false);
+    TwoRegions {
+        cluster,
+        pgdr,
+        primary,
+        _dr: dr,
+    }
+}
+
+fn switch_and_wait(c: &Cluster) {
+    let seg = c.psql("postgres", "SELECT pg_walfile_name(pg_current_wal_lsn())");
+    c.psql("postgres", "SELECT pg_switch_wal()");
+    for _ in 0..600 {
+        let archived = c.psql(
+            "postgres",
+            "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver",
+        );
+        if !archived.is_empty() && archived.as_str() >= seg.as_str() {
+            return;
+        }
+        sleep(100);
+    }
+    panic!("segment {seg} was not archived: {}", c.log());
+}
+
+fn pgbench_run(c: &Cluster, db: &str, transactions: u32) {
+    let out = Command::new(pg_bin().join("pgbench"))
+        .args([
+            "-n",
+            "-c",
+            "2",
+            "-t",
+            &transactions.to_string(),
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+        ])
+        .args(["-p", &c.port.to_string(), db])
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "pgbench: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The whole primary region is lost, bucket and all: a point-in-time restore and a
+/// logical restore run from the copy alone, and their data is the source's.
+#[test]
+fn the_copy_alone_restores_when_the_primary_region_is_gone() {
+    let mut r = two_regions();
+    let c = &r.cluster;
+    c.psql("postgres", "CREATE DATABASE bench");
+    c.pgbench_init("bench", 1);
+    c.psql(
+        "postgres",
+        "CREATE TABLE markers (m text PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())",
+    );
+    r.pgdr.ok(&["backup", "--kind", "logical", "--database", "bench"]);
+    let at_logical = c.content_hashes("bench");
+    r.pgdr.ok(&["backup", "--kind", "physical"]);
+    pgbench_run(c, "bench", 300);
+    c.psql("postgres", "INSERT INTO markers (m) VALUES ('t1')");
+    switch_and_wait(c);
+    sleep(1100);
+    let between = c.psql("postgres", "SELECT now()");
+    let at_target = c.content_hashes("bench");
+    sleep(1100);
+    c.psql("postgres", "INSERT INTO markers (m) VALUES ('t2')");
+    pgbench_run(c, "bench", 100);
+    switch_and_wait(c);
+
+    // What the copy lacks: everything. A dry run copies nothing.
+    let dry = json(&r.pgdr.ok(&["copy", "--dry-run", "--json"]));
+    let planned = dry["copies"][0]["objects_copied"].as_u64().unwrap();
+    assert!(planned > 5, "{dry}");
+    assert_fails(
+        &r.pgdr.run(&["--repository", "dr", "list"]),
+        2,
+        "run `pgdr copy --to dr` first",
+    );
+    let report = json(&r.pgdr.ok(&["copy", "--json"]));
+    let copy = &report["copies"][0];
+    assert_eq!(copy["name"], "dr");
+    assert_eq!(copy["objects_copied"].as_u64().unwrap(), planned, "{report}");
+    assert_eq!(copy["backups_copied"].as_array().unwrap().len(), 2, "{report}");
+    assert_eq!(copy["lag"]["segments"], 0, "{report}");
+    // A second run finds nothing to do.
+    let again = json(&r.pgdr.ok(&["copy", "--json"]));
+    assert_eq!(again["copies"][0]["objects_copied"], 0, "{again}");
+    assert_eq!(
+        again["copies"][0]["objects_present"].as_u64().unwrap(),
+        planned,
+        "{again}"
+    );
+    let primary_list = labels(&r.pgdr.list_json());
+
+    // Region 1 goes away entirely.
+    r.primary.stop();
+    let out = r.pgdr.run(&["list"]);
+    assert!(!out.status.success(), "the primary region still answers");
+
+    let dr_list: Vec<serde_json::Value> =
+        serde_json::from_str(&r.pgdr.ok(&["--repository", "dr", "list", "--json"])).unwrap();
+    assert_eq!(labels(&dr_list), primary_list);
+
+    // Point in time, from the copy: the restored server fetches its WAL from the copy.
+    let restored = r
+        .pgdr
+        .restore_started(&["--repository", "dr", "--target-time", &between]);
+    assert_eq!(
+        restored.psql("postgres", "SELECT string_agg(m, ',' ORDER BY m) FROM markers"),
+        "t1"
+    );
+    assert_eq!(content_hashes_at(restored.port, "bench"), at_target);
+    let auto = std::fs::read_to_string(restored.data.join("postgresql.auto.conf")).unwrap();
+    // (quotes doubled inside the setting's own quotes)
+    assert!(auto.contains("--repository ''dr'' wal-fetch"), "{auto}");
+    assert!(!auto.contains("secret"), "{auto}");
+    drop(restored);
+
+    // Logical, from the copy.
+    r.pgdr.ok(&[
+        "--repository",
+        "dr",
+        "restore",
+        "--database",
+        "bench",
+        "--to-database",
+        "bench_from_dr",
+    ]);
+    assert_eq!(c.content_hashes("bench_from_dr"), at_logical);
+}
+
+fn local_with_copy(cluster: &Cluster) -> (Pgdr, std::path::PathBuf) {
+    let pgdr = Pgdr::new(cluster, RepoKind::Local);
+    let copy_dir = pgdr.dir.join("copy-region2");
+    let mut text = std::fs::read_to_string(&pgdr.config).unwrap();
+    text.push_str(&format!(
+        "\n[[repository.copies]]\nname = \"dr\"\nurl = \"file://{}\"\n",
+        copy_dir.display()
+    ));
+    std::fs::write(&pgdr.config, text).unwrap();
+    (pgdr, copy_dir)
+}
+
+/// `kill -9` in the middle of a copy: the half-copied backup is never listed in the
+/// copy, the next run completes it without sending again what is there, and the copy
+/// restores.
+#[test]
+fn a_killed_copy_resumes_and_never_shows_half_a_backup() {
+    let cluster = Cluster::start();
+    load_sample(&cluster, "shop");
+    cluster.psql("postgres", "CREATE DATABASE small; ");
+    cluster.psql("small", "CREATE TABLE t AS SELECT i FROM generate_series(1, 1000) i");
+    let (pgdr, _copy_dir) = local_with_copy(&cluster);
+    pgdr.ok(&["backup", "--kind", "logical"]);
+    pgdr.ok(&["backup", "--kind", "logical", "--database", "shop"]);
+    let planned = json(&pgdr.ok(&["copy", "--dry-run", "--json"]))["copies"][0]["objects_copied"]
+        .as_u64()
+        .unwrap();
+    assert!(planned >= 6, "{planned}");
+
+    // Killed after two objects of the first backup: its manifest never got there.
+    let out = pgdr
+        .command(&["copy", "--jobs", "1"])
+        .env("PGDR_TEST_COPY_KILL_AFTER", "2")
+        .output()
+        .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(out.status.signal(), Some(9), "the copy was not killed: {out:?}");
+    assert_eq!(pgdr.ok(&["--repository", "dr", "list", "--json"]).trim(), "[]");
+
+    let report = json(&pgdr.ok(&["copy", "--json"]));
+    let copy = &report["copies"][0];
+    assert_eq!(copy["objects_present"], 2, "{report}");
+    assert_eq!(copy["objects_copied"].as_u64().unwrap(), planned - 2, "{report}");
+    let primary: Vec<serde_json::Value> = pgdr.list_json();
+    let dr: Vec<serde_json::Value> = serde_json::from_str(&pgdr.ok(&["--repository", "dr", "list", "--json"])).unwrap();
+    assert_eq!(labels(&dr), labels(&primary));
+
+    // The copy restores on its own (the primary's directory moved away).
+    let primary_dir = pgdr.repo_dir.clone().unwrap();
+    let aside = primary_dir.with_extension("gone");
+    std::fs::rename(&primary_dir, &aside).unwrap();
+    pgdr.ok(&[
+        "--repository",
+        "dr",
+        "restore",
+        "--database",
+        "shop",
+        "--to-database",
+        "shop_from_dr",
+    ]);
+    assert_eq!(cluster.content_hashes("shop_from_dr"), cluster.content_hashes("shop"));
+    std::fs::rename(&aside, &primary_dir).unwrap();
+}
+
+/// A damaged object in the primary repository is not carried into the copy: the copy
+/// fails naming it, and the backup it belongs to is not listed there.
+#[test]
+fn copy_refuses_to_propagate_a_damaged_object() {
+    let cluster = Cluster::start();
+    cluster.psql("postgres", "CREATE DATABASE app");
+    cluster.psql(
+        "app",
+        "CREATE TABLE t AS SELECT i, md5(i::text) FROM generate_series(1, 20000) i",
+    );
+    let (pgdr, _copy_dir) = local_with_copy(&cluster);
+    let out = json(&pgdr.ok(&["backup", "--kind", "logical", "--database", "app", "--json"]));
+    let label = out["label"].as_str().unwrap().to_string();
+    let root = pgdr.repo_dir.clone().unwrap();
+    let dump = repo_files(&root)
+        .into_iter()
+        .find(|p| p.to_string_lossy().contains(&label) && p.to_string_lossy().ends_with("app.dump"))
+        .expect("the dump object");
+    let mut bytes = std::fs::read(&dump).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x20;
+    std::fs::write(&dump, bytes).unwrap();
+
+    let err = assert_fails(&pgdr.run(&["copy"]), 1, "databases/app.dump");
+    assert!(err.contains(&label) && err.contains("not copied"), "{err}");
+    assert_eq!(pgdr.ok(&["--repository", "dr", "list", "--json"]).trim(), "[]");
+}
+
+/// Configuration mistakes about copies are one line and exit 2.
+#[test]
+fn copies_are_named_and_checked() {
+    let cluster = Cluster::start();
+    let (pgdr, _copy_dir) = local_with_copy(&cluster);
+    assert_fails(
+        &pgdr.run(&["--repository", "nowhere", "list"]),
+        2,
+        "no repository copy named \"nowhere\"",
+    );
+    assert_fails(
+        &pgdr.run(&["copy", "--to", "nowhere"]),
+        2,
+        "the configured copies are dr",
+    );
+    let out = pgdr
+        .command(&["list"])
+        .env("PGDR_REPOSITORY", "nowhere")
+        .output()
+        .unwrap();
+    assert_fails(&out, 2, "nowhere");
+    // The primary by name is the primary.
+    pgdr.ok(&["--repository", "primary", "list"]);
+}
