@@ -173,6 +173,13 @@ pub struct WalConfig {
     /// gives up until PostgreSQL asks again.
     #[serde(default = "default_fetch_retry_seconds")]
     pub fetch_retry_seconds: u64,
+    /// How long `wal-push` waits for each `wal = "sync"` copy before acknowledging a
+    /// file on the primary repository's strength alone.
+    #[serde(default = "default_copy_timeout_seconds")]
+    pub copy_timeout_seconds: u64,
+    /// Copies `wal-fetch` reads from while the primary repository does not answer.
+    #[serde(default)]
+    pub fetch_fallback: Vec<String>,
 }
 
 impl Default for WalConfig {
@@ -183,6 +190,8 @@ impl Default for WalConfig {
             spool_dir: None,
             archive_timeout: default_archive_timeout(),
             fetch_retry_seconds: default_fetch_retry_seconds(),
+            copy_timeout_seconds: default_copy_timeout_seconds(),
+            fetch_fallback: Vec::new(),
         }
     }
 }
@@ -197,6 +206,10 @@ fn default_prefetch() -> u32 {
 
 fn default_fetch_retry_seconds() -> u64 {
     60
+}
+
+fn default_copy_timeout_seconds() -> u64 {
+    10
 }
 
 fn default_archive_timeout() -> u64 {
@@ -453,6 +466,13 @@ impl Config {
                 return Err(usage!(
                     "{at}.url: {:?} is the primary repository itself — a copy must be somewhere else",
                     copy.url
+                ));
+            }
+        }
+        for name in &self.wal.fetch_fallback {
+            if !names.contains(name.as_str()) {
+                return Err(usage!(
+                    "{src}: key `wal.fetch_fallback`: {name:?} is not the name of a [[repository.copies]] entry"
                 ));
             }
         }

@@ -346,3 +346,250 @@ fn copies_are_named_and_checked() {
     // The primary by name is the primary.
     pgdr.ok(&["--repository", "primary", "list"]);
 }
+
+/// A TCP port that accepts connections and never answers: a copy whose region hangs.
+struct Blackhole {
+    port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Blackhole {
+    fn start() -> Blackhole {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for conn in listener.incoming() {
+                if flag.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                if let Ok(c) = conn {
+                    held.push(c);
+                }
+            }
+        });
+        Blackhole {
+            port,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Close the port (connections are refused from now on).
+    fn close(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+    }
+}
+
+impl Drop for Blackhole {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn check_line(pgdr: &Pgdr, name: &str) -> serde_json::Value {
+    let out = pgdr.run(&["check", "--json"]);
+    let report = json(&String::from_utf8_lossy(&out.stdout));
+    report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == name)
+        .unwrap_or_else(|| panic!("no {name:?} line: {report}"))
+        .clone()
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// `wal = "sync"` with the copy's region hanging: archive_command still succeeds within
+/// the bounded wait; once the region answers again, check and metrics show the
+/// backlog, `pgdr copy` drains it, and new WAL reaches the copy as it is archived.
+#[test]
+fn sync_wal_does_not_stall_on_a_dead_copy_and_the_backlog_drains() {
+    let mut hole = Blackhole::start();
+    let port = hole.port;
+    let a = Archiving::start();
+    aws_profiles(a.pgdr.dir.path());
+    let mut text = std::fs::read_to_string(&a.pgdr.config).unwrap();
+    text = text.replace("[wal]\n", "[wal]\ncopy_timeout_seconds = 2\n");
+    text.push_str(&format!(
+        "\n[[repository.copies]]\nname = \"dr\"\nurl = \"s3://dr-bucket/region2\"\nendpoint = \"http://127.0.0.1:{port}\"\nforce_path_style = true\nprofile = \"dr\"\nwal = \"sync\"\n"
+    ));
+    std::fs::write(&a.pgdr.config, text).unwrap();
+    // The server's archive_command finds the dr profile through HOME.
+    a.cluster.configure(&[format!(
+        "archive_command = 'HOME={} {PGDR} --config {} wal-push %p'",
+        a.pgdr.dir.path().display(),
+        a.pgdr.config.display()
+    )]);
+    a.cluster.psql("postgres", "SELECT pg_reload_conf()");
+    a.cluster
+        .psql("postgres", "CREATE TABLE t AS SELECT i FROM generate_series(1, 1000) i");
+
+    // Archiving goes on while the copy hangs: each file waits at most the bound.
+    let started = std::time::Instant::now();
+    for i in 0..3 {
+        a.cluster.psql("postgres", &format!("INSERT INTO t VALUES ({i})"));
+        a.switch_and_wait();
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(45),
+        "archiving stalled on the hanging copy: {:?}",
+        started.elapsed()
+    );
+    let log = a.cluster.log();
+    assert!(
+        log.contains("acknowledged on the primary repository's strength"),
+        "no warning in the server log:\n{log}"
+    );
+
+    // The region answers again (empty: moto keeps nothing across restarts).
+    hole.close();
+    let dr = OwnS3::start_on(port);
+    dr.server.create_bucket("dr-bucket");
+    a.pgdr.ok(&["copy", "--to", "dr", "--dry-run"]);
+    // Before the first copy: nothing there, so check says what to run.
+    let line = check_line(&a.pgdr, "copy dr");
+    assert_eq!(line["status"], "warning", "{line}");
+    assert!(
+        line["detail"].as_str().unwrap().contains("behind the primary"),
+        "{line}"
+    );
+    let metrics = a.pgdr.ok(&["metrics"]);
+    assert!(
+        metric(&metrics, "pgdr_copy_lag_segments{copy=\"dr\"}") >= 3.0,
+        "{metrics}"
+    );
+    assert_eq!(metric(&metrics, "pgdr_copy_up{copy=\"dr\"}"), 1.0);
+
+    let report = json(&a.pgdr.ok(&["copy", "--json"]));
+    assert!(report["copies"][0]["wal_copied"].as_u64().unwrap() >= 3, "{report}");
+    assert_eq!(report["copies"][0]["lag"]["segments"], 0, "{report}");
+    assert_eq!(check_line(&a.pgdr, "copy dr")["status"], "ok");
+
+    // Synchronous again: a new segment is in the copy as soon as it is archived.
+    a.cluster
+        .psql("postgres", "INSERT INTO t SELECT generate_series(1, 1000)");
+    a.switch_and_wait();
+    assert_eq!(check_line(&a.pgdr, "copy dr")["status"], "ok");
+    let metrics = a.pgdr.ok(&["metrics"]);
+    assert_eq!(
+        metric(&metrics, "pgdr_copy_lag_segments{copy=\"dr\"}"),
+        0.0,
+        "{metrics}"
+    );
+}
+
+/// `[wal] fetch_fallback`: with the primary repository gone, wal-fetch serves a
+/// segment from the copy (the same bytes); without the fallback it stops recovery.
+#[test]
+fn wal_fetch_falls_back_to_a_copy() {
+    let a = Archiving::start();
+    let copy_dir = a.pgdr.dir.join("copy-region2");
+    pg_owned_dir(&copy_dir);
+    let mut text = std::fs::read_to_string(&a.pgdr.config).unwrap();
+    text = text.replace("[wal]\n", "[wal]\nfetch_retry_seconds = 2\n");
+    text.push_str(&format!(
+        "\n[[repository.copies]]\nname = \"dr\"\nurl = \"file://{}\"\n",
+        copy_dir.display()
+    ));
+    std::fs::write(&a.pgdr.config, &text).unwrap();
+    a.cluster
+        .psql("postgres", "CREATE TABLE t AS SELECT i FROM generate_series(1, 1000) i");
+    let seg = a.switch_and_wait();
+    a.pgdr.ok(&["copy"]);
+    let scratch = TestDir::new();
+    let wal = scratch.join("pg_wal");
+    pg_owned_dir(&wal);
+    chown_postgres(scratch.path());
+    let fetch = |name: &str| {
+        let dest = wal.join(name);
+        a.pgdr.run(&["wal-fetch", &seg, dest.to_str().unwrap()])
+    };
+    let out = fetch("from-primary");
+    assert_success(&out, "wal-fetch from the primary");
+    let want = std::fs::read(wal.join("from-primary")).unwrap();
+
+    // The primary region's repository disappears.
+    let primary = a.pgdr.repo_dir.clone().unwrap();
+    let aside = primary.with_extension("gone");
+    std::fs::rename(&primary, &aside).unwrap();
+    let out = fetch("no-fallback");
+    assert_eq!(out.status.code(), Some(126), "{out:?}");
+    assert!(!wal.join("no-fallback").exists());
+
+    std::fs::write(
+        &a.pgdr.config,
+        text.replace("[wal]\n", "[wal]\nfetch_fallback = [\"dr\"]\n"),
+    )
+    .unwrap();
+    let out = fetch("from-copy");
+    assert_success(&out, "wal-fetch falling back to the copy");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("from copy \"dr\""),
+        "{out:?}"
+    );
+    assert_eq!(std::fs::read(wal.join("from-copy")).unwrap(), want);
+    std::fs::rename(&aside, &primary).unwrap();
+}
+
+/// Retention runs per repository: `expire --repository dr` removes the copy's old
+/// backup and the WAL before the kept one, never WAL the kept backup needs, and leaves
+/// the primary alone; the copy still restores to the latest point.
+#[test]
+fn expire_on_a_copy_keeps_what_its_backups_need() {
+    let a = Archiving::start();
+    let c = &a.cluster;
+    let copy_dir = a.pgdr.dir.join("copy-region2");
+    pg_owned_dir(&copy_dir);
+    let mut text = std::fs::read_to_string(&a.pgdr.config).unwrap();
+    text = text.replace("[wal]\n", "[retention]\nfull_count = 1\n\n[wal]\n");
+    text.push_str(&format!(
+        "\n[[repository.copies]]\nname = \"dr\"\nurl = \"file://{}\"\n",
+        copy_dir.display()
+    ));
+    std::fs::write(&a.pgdr.config, &text).unwrap();
+    c.psql("postgres", "CREATE TABLE markers (m text)");
+    a.pgdr.ok(&["backup", "--kind", "physical"]);
+    c.psql("postgres", "INSERT INTO markers VALUES ('after-first')");
+    a.switch_and_wait();
+    a.pgdr.ok(&["backup", "--kind", "physical"]);
+    c.psql("postgres", "INSERT INTO markers VALUES ('after-second')");
+    a.switch_and_wait();
+    a.pgdr.ok(&["copy"]);
+
+    let report = json(&a.pgdr.ok(&["--repository", "dr", "expire", "--json"]));
+    let removed: Vec<_> = report["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["keep"] == false)
+        .collect();
+    assert_eq!(removed.len(), 1, "{report}");
+    let dr: Vec<serde_json::Value> =
+        serde_json::from_str(&a.pgdr.ok(&["--repository", "dr", "list", "--json"])).unwrap();
+    assert_eq!(dr.iter().filter(|b| b["kind"] == "physical").count(), 1);
+    assert_eq!(a.pgdr.list_json().iter().filter(|b| b["kind"] == "physical").count(), 2);
+
+    let r = a.pgdr.restore_started(&["--repository", "dr", "--target", "latest"]);
+    assert_eq!(
+        r.psql("postgres", "SELECT string_agg(m, ',' ORDER BY m) FROM markers"),
+        "after-first,after-second"
+    );
+}

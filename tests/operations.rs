@@ -543,7 +543,7 @@ fn schedule_check_and_crontab() {
     assert_success(&out, "schedule check");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains("daily-physical") && text.contains("weekly-verify"),
+        text.contains("daily-physical") && text.contains("weekly-verify") && text.contains("copy-to-dr"),
         "{text}"
     );
     assert!(text.contains("02:00:00 UTC") && text.contains("Sun"), "{text}");
@@ -591,7 +591,17 @@ fn alert_rules_validate_with_promtool() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("SUCCESS: 8 rules found"));
+    // Every rule in the file was read (none silently dropped).
+    let rules = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scripts/prometheus/pgdr-alerts.yml"
+    ))
+    .unwrap()
+    .matches("- alert:")
+    .count();
+    assert!(rules >= 10, "{rules} rules");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(&format!("SUCCESS: {rules} rules found")), "{stdout}");
 }
 
 /// A local HTTP listener that collects request bodies.

@@ -73,42 +73,49 @@ pub async fn fetch(config: &Config, file: &WalFile, dest: &Path) -> Result<Fetch
         std::fs::rename(&ready, dest)
             .map_err(|e| FetchError::Unavailable(anyhow!("cannot move {} into place: {e}", ready.display())))?;
     } else {
-        let storage = storage::open(&config.repository, &config.cluster)
-            .await
-            .map_err(FetchError::Unavailable)?;
+        let mut primary = Source::new(None);
+        // `[wal] fetch_fallback`: copies asked when the primary does not answer. Only
+        // the primary's "absent" counts (a copy may lag behind it).
+        let mut fallbacks: Vec<Source> = if config.selected_repository().is_none() {
+            config.wal.fetch_fallback.iter().map(|n| Source::new(Some(n))).collect()
+        } else {
+            Vec::new()
+        };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(config.wal.fetch_retry_seconds);
         let mut delay = std::time::Duration::from_millis(250);
-        let mut keys = None;
-        loop {
-            // The keyring is bound to repo.json, which proves the repository is there:
-            // "absent" counts only from a repository that is (an unmounted volume or a
-            // wrong prefix would make every file absent, and recovery end early).
-            // Reading it is retried like any fetch.
-            let attempt = async {
-                if keys.is_none() {
-                    let (bound, info) = repo::bound_keyring_and_info(config, &storage).await?;
-                    check_same_cluster(dest, &info, &storage.describe())?;
-                    keys = Some(bound);
-                }
-                fetch_into(&storage, keys.as_ref().expect("set above"), file, dest).await
-            };
-            match attempt.await {
+        'retry: loop {
+            let e = match primary.fetch(config, file, dest).await {
                 Ok(true) => break,
                 Ok(false) => return Ok(Fetched::Absent),
                 Err(e) if e.chain().any(|c| c.is::<pipeline::Damaged>()) => return Err(FetchError::Damaged(e)),
                 Err(e) if e.chain().any(|c| c.is::<WrongCluster>()) => return Err(FetchError::WrongCluster(e)),
-                Err(e) if std::time::Instant::now() + delay > deadline => {
-                    return Err(FetchError::Unavailable(e.context(format!(
-                        "still failing after {} s of retries ([wal] fetch_retry_seconds)",
-                        config.wal.fetch_retry_seconds
-                    ))));
-                }
-                Err(e) => {
-                    tracing::warn!("fetching {file} failed ({e:#}); retrying in {delay:?}");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(std::time::Duration::from_secs(5));
+                Err(e) => e,
+            };
+            for fallback in &mut fallbacks {
+                match fallback.fetch(config, file, dest).await {
+                    Ok(true) => {
+                        tracing::warn!(
+                            "fetched {file} from copy {:?}: the primary repository did not answer ({e:#})",
+                            fallback.name.as_deref().unwrap_or_default()
+                        );
+                        break 'retry;
+                    }
+                    Ok(false) => {}
+                    Err(f) => tracing::debug!(
+                        "copy {:?} could not give {file} either: {f:#}",
+                        fallback.name.as_deref().unwrap_or_default()
+                    ),
                 }
             }
+            if std::time::Instant::now() + delay > deadline {
+                return Err(FetchError::Unavailable(e.context(format!(
+                    "still failing after {} s of retries ([wal] fetch_retry_seconds)",
+                    config.wal.fetch_retry_seconds
+                ))));
+            }
+            tracing::warn!("fetching {file} failed ({e:#}); retrying in {delay:?}");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(std::time::Duration::from_secs(5));
         }
     }
     if let WalFile::Segment(_) = file
@@ -117,6 +124,42 @@ pub async fn fetch(config: &Config, file: &WalFile, dest: &Path) -> Result<Fetch
         super::prefetch::start(config, file, dest, &prefetch_dir);
     }
     Ok(Fetched::Found)
+}
+
+/// A repository wal-fetch reads from: the configured one, or a fallback copy. Opened
+/// and bound lazily, so an unreachable one is retried like a fetch.
+struct Source {
+    /// The copy's name; `None` for the configured repository.
+    name: Option<String>,
+    opened: Option<(DynStorage, Keyring)>,
+}
+
+impl Source {
+    fn new(name: Option<&String>) -> Source {
+        Source {
+            name: name.cloned(),
+            opened: None,
+        }
+    }
+
+    /// `Ok(false)` only if this repository positively says it does not have `file`.
+    async fn fetch(&mut self, config: &Config, file: &WalFile, dest: &Path) -> Result<bool> {
+        if self.opened.is_none() {
+            let settings = match &self.name {
+                None => config.repository.clone(),
+                Some(name) => config.repository.copy(name)?,
+            };
+            let storage = storage::open(&settings, &config.cluster).await?;
+            // The keyring is bound to repo.json, which proves the repository is there:
+            // "absent" counts only from a repository that is (an unmounted volume or a
+            // wrong prefix would make every file absent, and recovery end early).
+            let (keys, info) = repo::bound_keyring_and_info(config, &storage).await?;
+            check_same_cluster(dest, &info, &storage.describe())?;
+            self.opened = Some((storage, keys));
+        }
+        let (storage, keys) = self.opened.as_ref().expect("opened above");
+        fetch_into(storage, keys, file, dest).await
+    }
 }
 
 /// Fetch one archived file to `dest` (through a temporary file, renamed when whole

@@ -7,4 +7,5 @@
 pub mod fetch;
 pub mod prefetch;
 pub mod push;
+pub mod replicate;
 pub mod spool;

@@ -59,6 +59,10 @@ pub async fn archive(config: &Config, path: &Path) -> Result<()> {
     if let WalFile::History(name) = &file {
         declare_if_new_primary(&repo, name, &wal_dir).await?;
     }
+    super::replicate::SyncCopies::open(config)
+        .await
+        .replicate(&repo, &file)
+        .await;
     Ok(())
 }
 

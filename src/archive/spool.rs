@@ -33,6 +33,7 @@ pub async fn drain(config: &Config, wal_dir: &Path) -> Result<()> {
     }
     let began = Instant::now();
     let repo = Repo::open(config).await?;
+    let copies = super::replicate::SyncCopies::open(config).await;
     let parallel = config.wal.push_parallel.max(1) as usize;
     let mut tasks: JoinSet<(String, Result<()>)> = JoinSet::new();
     let mut in_flight = std::collections::HashSet::new();
@@ -51,6 +52,7 @@ pub async fn drain(config: &Config, wal_dir: &Path) -> Result<()> {
             .collect();
         for file in ready {
             let repo = repo.clone();
+            let copies = copies.clone();
             let path = wal_dir.join(file.name());
             let spool = spool.clone();
             in_flight.insert(file.name().to_string());
@@ -59,6 +61,7 @@ pub async fn drain(config: &Config, wal_dir: &Path) -> Result<()> {
                 let result = async {
                     let print = Fingerprint::of(&path)?;
                     super::push::push_one(&repo, &file, &path).await?;
+                    copies.replicate(&repo, &file).await;
                     spool.note(file.name(), &print);
                     Ok(())
                 }

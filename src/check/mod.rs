@@ -100,12 +100,33 @@ pub async fn run(config: &Config, opts: &CheckOptions) -> CheckReport {
     disk::checks(config, &mut report);
     if let Some(storage) = &storage {
         orphans::checks(config, storage, opts.clean_orphans, &mut report).await;
+        copies(config, storage, &mut report).await;
     }
     if server_info.is_some() {
         wal::checks(config, &mut report).await;
     }
     report.ok = !report.checks.iter().any(|c| c.status == Status::Fail);
     report
+}
+
+/// Each repository copy: reachable, and how far behind the primary's WAL.
+async fn copies(config: &Config, primary: &crate::storage::DynStorage, report: &mut CheckReport) {
+    for (name, lag) in crate::copy::lags(config, primary).await {
+        let check = format!("copy {name}");
+        match lag {
+            Ok(lag) if lag.segments == 0 => report.add(Status::Ok, &check, "has every WAL file of the primary"),
+            Ok(lag) => report.add(
+                Status::Warn,
+                &check,
+                format!(
+                    "{} WAL file(s) behind the primary{} — run `pgdr copy --to {name}`",
+                    lag.segments,
+                    lag.seconds.map(|s| format!(" ({s:.0} s)")).unwrap_or_default()
+                ),
+            ),
+            Err(e) => report.add(Status::Fail, &check, format!("{e:#}")),
+        }
+    }
 }
 
 /// PostgreSQL reachable, its client tools found, and their versions compatible.

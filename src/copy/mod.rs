@@ -16,7 +16,6 @@ use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow};
-use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
@@ -146,19 +145,26 @@ pub async fn run(config: &Config, opts: &CopyOptions) -> Result<CopyReport> {
     Ok(report)
 }
 
-/// One backup's part of a copy: its missing objects, then (when the backup is not
-/// complete in the copy yet) its manifest's stored bytes, written last.
+/// One backup's part of a copy: objects already in the copy that must be checked
+/// (the backup is not committed there, so an earlier run may have died before reading
+/// them back), its missing objects, then (when the backup is not complete in the copy
+/// yet) its manifest's stored bytes, written last.
 struct BackupCopy {
     label: BackupLabel,
+    recheck: Vec<Item>,
     items: Vec<Item>,
     manifest: Option<Vec<u8>>,
 }
 
 /// One object to copy, and what it must be.
-struct Item {
+pub struct Item {
     key: ObjectKey,
     size: u64,
     expect: Expect,
+    /// Keep marks and timeline declarations: the primary rewrites them, so the copy
+    /// follows (after the new one is authenticated). Everything else is never
+    /// overwritten.
+    mutable: bool,
 }
 
 /// The destination's objects under a prefix, by key.
@@ -171,95 +177,126 @@ async fn listed(storage: &DynStorage, prefix: &str) -> Result<HashMap<ObjectKey,
         .collect())
 }
 
-async fn copy_to(config: &Config, source: &Repo, name: &str, opts: &CopyOptions) -> Result<CopyTargetReport> {
-    let started = Instant::now();
-    let copy_config = config.repository.copy(name)?;
-    // Objects travel as they are: the copy must be readable with the same key.
-    if copy_config.key_file != config.repository.key_file {
-        let mut theirs = config.clone();
-        theirs.repository = copy_config.clone();
-        let theirs = load_keyring(&theirs)?;
-        if theirs.primary().id() != source.keys.primary().id() {
-            return Err(usage!(
-                "copy {name:?} has a key of its own (id {}); objects are copied as they are, so a copy must use the primary's key (id {}) — drop its key_file",
-                theirs.primary().id().to_hex(),
-                source.keys.primary().id().to_hex()
-            ));
-        }
-    }
-    let dest = storage::open(&copy_config, &config.cluster).await?;
-    match info::read(&dest).await? {
-        Some(theirs)
-            if theirs.system_identifier != source.info.system_identifier || theirs.cluster != source.info.cluster =>
-        {
-            return Err(anyhow!(
-                "{} holds cluster {:?} with system identifier {}, not this repository's {:?} ({}) — point copy {name:?} somewhere else",
-                dest.describe(),
-                theirs.cluster,
-                theirs.system_identifier,
-                source.info.cluster,
-                source.info.system_identifier
-            ));
-        }
-        Some(_) => {}
-        None if opts.dry_run => {}
-        None => match info::create(&dest, &source.info).await {
-            Ok(()) => {}
-            Err(storage::StorageError::AlreadyExists(_)) => {}
-            Err(e) => return Err(e).context("writing repo.json into the copy"),
-        },
-    }
-
-    // What the copy has, listed once; what it lacks is copied.
-    let mut have = listed(&dest, layout::WAL).await?;
-    have.extend(listed(&dest, layout::TIMELINES).await?);
-    have.extend(listed(&dest, layout::BACKUPS).await?);
-    let mut wal_source: Vec<ObjectMeta> = source.storage.list(layout::WAL).await?;
-    wal_source.retain(|m| {
+/// The primary's WAL and history files (keys pgdr writes; others are skipped).
+async fn wal_listing(storage: &DynStorage) -> Result<Vec<ObjectMeta>> {
+    let mut wal = storage.list(layout::WAL).await?;
+    wal.retain(|m| {
         let ours = layout::parse_wal_key(&m.key).is_some();
         if !ours {
             tracing::warn!("not copying {}: not a key pgdr writes under wal/", m.key);
         }
         ours
     });
-    let timelines: Vec<ObjectMeta> = source
-        .storage
-        .list(layout::TIMELINES)
-        .await?
-        .into_iter()
-        .filter(|m| layout::parse_timeline_declaration(&m.key).is_some())
-        .collect();
+    Ok(wal)
+}
 
-    let mut present = 0u64;
-    let mut conflicts = Vec::new();
-    let mut missing = |meta: &ObjectMeta, present: &mut u64| -> bool {
-        match have.get(&meta.key) {
-            Some(there) if there.size == meta.size => {
-                *present += 1;
-                false
-            }
-            Some(there) => {
-                conflicts.push(format!(
-                    "{} ({} bytes in the copy, {} in the primary)",
-                    meta.key, there.size, meta.size
-                ));
-                false
-            }
-            None => true,
+/// Objects travel as they are: the copy must be readable with the primary's key.
+fn check_same_key(
+    config: &Config,
+    source: &Repo,
+    name: &str,
+    copy_config: &crate::config::RepositoryConfig,
+) -> Result<()> {
+    if copy_config.key_file == config.repository.key_file {
+        return Ok(());
+    }
+    let mut theirs = config.clone();
+    theirs.repository = copy_config.clone();
+    let theirs = load_keyring(&theirs)?;
+    if theirs.primary().id() != source.keys.primary().id() {
+        return Err(usage!(
+            "copy {name:?} has a key of its own (id {}); objects are copied as they are, so a copy must use the primary's key (id {}) — drop its key_file",
+            theirs.primary().id().to_hex(),
+            source.keys.primary().id().to_hex()
+        ));
+    }
+    Ok(())
+}
+
+/// A copy that is the primary under another name (the same bucket through an endpoint
+/// taken from the environment or a profile, a symlinked directory) would make every
+/// object "present" and the lag 0 while no second region exists: a probe written into
+/// the copy must not appear in the primary.
+async fn refuse_same_place(source: &DynStorage, dest: &DynStorage, name: &str) -> Result<()> {
+    let probe = layout::write_probe();
+    dest.put(
+        &probe,
+        bytes::Bytes::from_static(b"pgdr copy probe"),
+        storage::PutMode::CreateNew,
+    )
+    .await
+    .with_context(|| format!("writing a probe into copy {name:?} at {}", dest.describe()))?;
+    let seen = source.head(&probe).await;
+    let _ = dest.delete(std::slice::from_ref(&probe)).await;
+    if seen?.is_some() {
+        return Err(usage!(
+            "copy {name:?} ({}) is the primary repository itself ({}) — give it its own endpoint, bucket or path",
+            dest.describe(),
+            source.describe()
+        ));
+    }
+    Ok(())
+}
+
+/// The copy's repo.json: written on the first copy; a copy of another cluster, or
+/// initialised with another key, is refused.
+async fn prepare_repo_info(dest: &DynStorage, source: &Repo, name: &str, dry_run: bool) -> Result<()> {
+    match info::read(dest).await? {
+        Some(theirs)
+            if theirs.system_identifier != source.info.system_identifier || theirs.cluster != source.info.cluster =>
+        {
+            Err(anyhow!(
+                "{} holds cluster {:?} with system identifier {}, not this repository's {:?} ({}) — point copy {name:?} somewhere else",
+                dest.describe(),
+                theirs.cluster,
+                theirs.system_identifier,
+                source.info.cluster,
+                source.info.system_identifier
+            ))
         }
-    };
-    let wal_items: Vec<Item> = wal_source
-        .iter()
-        .chain(timelines.iter())
-        .filter(|m| missing(m, &mut present))
-        .map(|m| Item {
-            key: m.key.clone(),
-            size: m.size,
-            expect: Expect::Sealed,
-        })
-        .collect();
+        Some(theirs) if theirs.key_id != source.info.key_id => Err(anyhow!(
+            "{} was initialised with another key (id {}, the primary's is {}): objects copied there could not be opened — point copy {name:?} somewhere else, or empty it",
+            dest.describe(),
+            theirs.key_id,
+            source.info.key_id
+        )),
+        Some(_) => Ok(()),
+        None if dry_run => Ok(()),
+        None => match info::create(dest, &source.info).await {
+            Ok(()) | Err(storage::StorageError::AlreadyExists(_)) => Ok(()),
+            Err(e) => Err(e).context("writing repo.json into the copy"),
+        },
+    }
+}
 
-    // Backups, oldest first; each with its authenticated manifest.
+/// What `have` (the copy) says about an object of the primary.
+enum There {
+    Missing,
+    Same,
+    Differs(u64),
+}
+
+fn there(have: &HashMap<ObjectKey, ObjectMeta>, key: &ObjectKey, size: u64) -> There {
+    match have.get(key) {
+        None => There::Missing,
+        Some(m) if m.size == size => There::Same,
+        Some(m) => There::Differs(m.size),
+    }
+}
+
+async fn copy_to(config: &Config, source: &Repo, name: &str, opts: &CopyOptions) -> Result<CopyTargetReport> {
+    let started = Instant::now();
+    let copy_config = config.repository.copy(name)?;
+    check_same_key(config, source, name, &copy_config)?;
+    let dest = storage::open(&copy_config, &config.cluster).await?;
+    if !opts.dry_run {
+        refuse_same_place(&source.storage, &dest, name).await?;
+    }
+    prepare_repo_info(&dest, source, name, opts.dry_run).await?;
+
+    // Backups first, WAL after: a backup that commits in between is not copied by this
+    // run, and every backup that is has its WAL (archived before its manifest) in the
+    // WAL listing.
     let scan = catalog::scan(&source.storage).await?;
     let wanted: Option<BackupLabel> = match &opts.backup {
         None => None,
@@ -275,6 +312,51 @@ async fn copy_to(config: &Config, source: &Repo, name: &str, opts: &CopyOptions)
         .into_iter()
         .map(|m| (m.key, m.size))
         .collect();
+    let wal_source = wal_listing(&source.storage).await?;
+    let timelines: Vec<ObjectMeta> = source
+        .storage
+        .list(layout::TIMELINES)
+        .await?
+        .into_iter()
+        .filter(|m| layout::parse_timeline_declaration(&m.key).is_some())
+        .collect();
+
+    // What the copy has, listed once; what it lacks is copied.
+    let mut have = listed(&dest, layout::WAL).await?;
+    have.extend(listed(&dest, layout::TIMELINES).await?);
+    have.extend(listed(&dest, layout::BACKUPS).await?);
+
+    let mut present = 0u64;
+    let mut conflicts = Vec::new();
+    let mut wal_items = Vec::new();
+    for meta in &wal_source {
+        match there(&have, &meta.key, meta.size) {
+            There::Same => present += 1,
+            There::Differs(theirs) => conflicts.push(format!(
+                "{} ({theirs} bytes in the copy, {} in the primary)",
+                meta.key, meta.size
+            )),
+            There::Missing => wal_items.push(Item {
+                key: meta.key.clone(),
+                size: meta.size,
+                expect: Expect::Sealed,
+                mutable: false,
+            }),
+        }
+    }
+    for meta in &timelines {
+        match there(&have, &meta.key, meta.size) {
+            There::Same => present += 1,
+            There::Differs(_) | There::Missing => wal_items.push(Item {
+                key: meta.key.clone(),
+                size: meta.size,
+                expect: Expect::Sealed,
+                mutable: true,
+            }),
+        }
+    }
+
+    // Backups, oldest first; each with its authenticated manifest.
     let mut backups: Vec<BackupCopy> = Vec::new();
     let mut backups_present = 0;
     let mut labels = scan.complete.clone();
@@ -284,11 +366,14 @@ async fn copy_to(config: &Config, source: &Repo, name: &str, opts: &CopyOptions)
             continue;
         }
         let manifest_key = layout::manifest(&label);
-        let complete_there = have.contains_key(&manifest_key);
-        let mut items = Vec::new();
-        let mut manifest = None;
         let keep = layout::keep_mark(&label);
-        if complete_there {
+        let mut backup = BackupCopy {
+            label: label.clone(),
+            recheck: Vec::new(),
+            items: Vec::new(),
+            manifest: None,
+        };
+        if have.contains_key(&manifest_key) {
             backups_present += 1;
             present += scan
                 .objects
@@ -312,38 +397,42 @@ async fn copy_to(config: &Config, source: &Repo, name: &str, opts: &CopyOptions)
                         "{key} is named by the manifest of {label} but missing from the primary repository — the backup is damaged there; it is not copied"
                     ));
                 }
-                let meta = ObjectMeta {
+                let item = Item {
                     key: key.clone(),
                     size: record.stored.size,
-                    modified: None,
+                    expect: Expect::Stored(record.stored.clone()),
+                    mutable: false,
                 };
-                if missing(&meta, &mut present) {
-                    items.push(Item {
-                        key,
-                        size: record.stored.size,
-                        expect: Expect::Stored(record.stored.clone()),
-                    });
+                match there(&have, &key, record.stored.size) {
+                    There::Same => {
+                        present += 1;
+                        backup.recheck.push(item);
+                    }
+                    // Not committed in the copy: whatever an earlier run left there is
+                    // checked and replaced if it is not the primary's object.
+                    There::Differs(_) => {
+                        present += 1;
+                        backup.recheck.push(item);
+                    }
+                    There::Missing => backup.items.push(item),
                 }
             }
-            manifest = Some(data.to_vec());
+            backup.manifest = Some(data.to_vec());
         }
         // A keep mark travels with its backup.
         if let Some(size) = sizes.get(&keep) {
-            let meta = ObjectMeta {
-                key: keep.clone(),
-                size: *size,
-                modified: None,
-            };
-            if missing(&meta, &mut present) {
-                items.push(Item {
+            match there(&have, &keep, *size) {
+                There::Same => present += 1,
+                There::Differs(_) | There::Missing => backup.items.push(Item {
                     key: keep,
                     size: *size,
                     expect: Expect::Sealed,
-                });
+                    mutable: true,
+                }),
             }
         }
-        if !items.is_empty() || manifest.is_some() {
-            backups.push(BackupCopy { label, items, manifest });
+        if !backup.items.is_empty() || !backup.recheck.is_empty() || backup.manifest.is_some() {
+            backups.push(backup);
         }
     }
     if !conflicts.is_empty() {
@@ -378,7 +467,7 @@ async fn copy_to(config: &Config, source: &Repo, name: &str, opts: &CopyOptions)
         objects_copied: objects,
         bytes_copied: total,
         objects_present: present,
-        wal_copied: wal_items.len() as u64,
+        wal_copied: wal_items.iter().filter(|i| !i.mutable).count() as u64,
         lag: Lag::default(),
         seconds: 0.0,
     };
@@ -401,6 +490,9 @@ async fn copy_to(config: &Config, source: &Repo, name: &str, opts: &CopyOptions)
     let result = async {
         copier.all(wal_items, opts.jobs).await?;
         for backup in backups {
+            let resent = copier.recheck(backup.recheck, opts.jobs).await?;
+            report.objects_copied += resent;
+            report.objects_present -= resent.min(report.objects_present);
             copier.all(backup.items, opts.jobs).await?;
             // The commit point, last: the backup appears in the copy now.
             if let Some(data) = backup.manifest {
@@ -409,6 +501,7 @@ async fn copy_to(config: &Config, source: &Repo, name: &str, opts: &CopyOptions)
                         key: layout::manifest(&backup.label),
                         size: data.len() as u64,
                         expect: Expect::Bytes(data, backup.label.clone()),
+                        mutable: false,
                     })
                     .await?;
             }
@@ -418,8 +511,10 @@ async fn copy_to(config: &Config, source: &Repo, name: &str, opts: &CopyOptions)
     .await;
     progress.finish();
     result?;
+    // Against the primary as it is now: WAL kept arriving while this ran.
+    let wal_now = wal_listing(&source.storage).await?;
     let after = listed(&dest, layout::WAL).await?;
-    report.lag = lag(&wal_source, &after);
+    report.lag = lag(&wal_now, &after);
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
 }
@@ -430,22 +525,66 @@ fn kill_hook() -> Option<u64> {
     std::env::var("PGDR_TEST_COPY_KILL_AFTER").ok()?.parse().ok()
 }
 
-/// How far `have` is behind the primary's WAL listing `wal`.
+/// How far `have` is behind the primary's WAL listing `wal`: how many files it lacks,
+/// and for how long it has lacked them (since the oldest missing one reached the
+/// primary: a region failure now would lose the transactions since then). Unknown when
+/// the store gives no times.
 fn lag(wal: &[ObjectMeta], have: &HashMap<ObjectKey, ObjectMeta>) -> Lag {
-    let segments = wal.iter().filter(|m| !have.contains_key(&m.key)).count() as u64;
-    let newest =
-        |it: &mut dyn Iterator<Item = &ObjectMeta>| -> Option<DateTime<Utc>> { it.filter_map(|m| m.modified).max() };
-    let primary = newest(&mut wal.iter());
-    let copy = newest(&mut have.values().filter(|m| layout::parse_wal_key(&m.key).is_some()));
-    let seconds = match (primary, copy) {
-        (Some(p), Some(c)) => Some(((p - c).num_milliseconds().max(0) as f64) / 1000.0),
-        (Some(_), None) => None,
-        _ => Some(0.0),
-    };
-    Lag {
-        segments,
-        seconds: if segments == 0 { Some(0.0) } else { seconds },
+    let missing: Vec<&ObjectMeta> = wal.iter().filter(|m| !have.contains_key(&m.key)).collect();
+    if missing.is_empty() {
+        return Lag {
+            segments: 0,
+            seconds: Some(0.0),
+        };
     }
+    let oldest_missing = missing
+        .iter()
+        .map(|m| m.modified)
+        .collect::<Option<Vec<_>>>()
+        .and_then(|t| t.into_iter().min());
+    Lag {
+        segments: missing.len() as u64,
+        seconds: oldest_missing.map(|o| ((chrono::Utc::now() - o).num_milliseconds().max(0) as f64) / 1000.0),
+    }
+}
+
+/// How long listing a copy may take for `check` and `metrics`.
+const LAG_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// How far each configured copy is behind the primary repository's WAL, by listing
+/// both (for `pgdr check` and `pgdr metrics`); a copy that cannot be listed is an
+/// error of its own.
+pub async fn lags(config: &Config, primary: &DynStorage) -> Vec<(String, Result<Lag>)> {
+    let mut out = Vec::new();
+    if config.repository.copies.is_empty() {
+        return out;
+    }
+    let wal = match primary.list(layout::WAL).await {
+        Ok(w) => w,
+        Err(e) => {
+            let why = format!("{e}");
+            return config
+                .repository
+                .copies
+                .iter()
+                .map(|c| (c.name.clone(), Err(anyhow!("listing the primary repository: {why}"))))
+                .collect();
+        }
+    };
+    for copy in &config.repository.copies {
+        let lag = async {
+            let settings = config.repository.copy(&copy.name)?;
+            let storage = storage::open(&settings, &config.cluster).await?;
+            let have = listed(&storage, layout::WAL).await?;
+            anyhow::Ok(lag(&wal, &have))
+        };
+        // A copy that hangs must not hang `check` or /metrics with it.
+        let lag = tokio::time::timeout(LAG_TIMEOUT, lag)
+            .await
+            .unwrap_or_else(|_| Err(anyhow!("the copy did not answer within {} s", LAG_TIMEOUT.as_secs())));
+        out.push((copy.name.clone(), lag));
+    }
+    out
 }
 
 /// How many objects a copy has in flight by default.

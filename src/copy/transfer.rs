@@ -40,6 +40,9 @@ pub struct Copier {
     pub kill_after: Option<u64>,
 }
 
+/// The largest object copied whole, in memory (a 1 GiB WAL segment, sealed).
+const MAX_WHOLE: u64 = (1 << 30) + (1 << 20);
+
 fn tally_of(data: &[u8]) -> Tally {
     Tally {
         size: data.len() as u64,
@@ -57,11 +60,62 @@ impl Copier {
         Ok(())
     }
 
+    /// Objects an earlier run left in the copy, under a backup not committed there:
+    /// each must read back as its manifest says, else it is removed and sent again.
+    /// Returns how many were sent again.
+    pub async fn recheck(&self, items: Vec<Item>, jobs: usize) -> Result<u64> {
+        let mut stream = futures::stream::iter(items.into_iter().map(|item| async move {
+            let Expect::Stored(expect) = &item.expect else {
+                return Ok(false);
+            };
+            if self.read_back(&item.key, expect, false).await.is_ok() {
+                return Ok(false);
+            }
+            tracing::warn!("{} in the copy is not the primary's object; sending it again", item.key);
+            self.remove(&item.key).await?;
+            self.one(item).await.map(|_| true)
+        }))
+        .buffer_unordered(jobs.max(1));
+        let mut resent = 0;
+        while let Some(r) = stream.next().await {
+            resent += u64::from(r?);
+        }
+        Ok(resent)
+    }
+
+    /// Remove an object from the copy; a store that refuses (Object Lock) is an error.
+    async fn remove(&self, key: &ObjectKey) -> Result<()> {
+        let refused = self
+            .to
+            .delete(std::slice::from_ref(key))
+            .await
+            .with_context(|| format!("removing {key} from the copy"))?;
+        if let Some(r) = refused.first() {
+            return Err(anyhow!(
+                "{key} in the copy is damaged and the copy's store refuses to remove it ({}) — remove it by hand, then run `pgdr copy` again",
+                r.reason
+            ));
+        }
+        Ok(())
+    }
+
     pub async fn one(&self, item: Item) -> Result<()> {
         let key = &item.key;
+        let mode = if item.mutable {
+            PutMode::Overwrite
+        } else {
+            PutMode::CreateNew
+        };
         match item.expect {
             Expect::Stored(expect) => self.stream(key, &expect).await?,
             Expect::Sealed => {
+                // A WAL segment is at most 1 GiB; nothing pgdr reads whole is larger.
+                if item.size > MAX_WHOLE {
+                    return Err(anyhow!(
+                        "{key} in the primary repository is {} bytes, too large for a WAL or small object — not copied; see `pgdr check`",
+                        item.size
+                    ));
+                }
                 let data = self
                     .from
                     .get(key)
@@ -72,11 +126,11 @@ impl Copier {
                         "{key} in the primary repository is damaged ({e:#}) — it was not copied; run `pgdr check` there"
                     )
                 })?;
-                self.put_whole(key, data, &tally).await?;
+                self.put_whole(key, data, &tally, mode).await?;
             }
             Expect::Bytes(data, label) => {
                 let tally = tally_of(&data);
-                self.put_whole(key, Bytes::from(data), &tally)
+                self.put_whole(key, Bytes::from(data), &tally, mode)
                     .await
                     .with_context(|| format!("committing {label} in the copy"))?;
             }
@@ -91,9 +145,9 @@ impl Copier {
         Ok(())
     }
 
-    async fn put_whole(&self, key: &ObjectKey, data: Bytes, tally: &Tally) -> Result<()> {
+    async fn put_whole(&self, key: &ObjectKey, data: Bytes, tally: &Tally, mode: PutMode) -> Result<()> {
         let len = data.len() as u64;
-        let ours = match self.to.put(key, data, PutMode::CreateNew).await {
+        let ours = match self.to.put(key, data, mode).await {
             Ok(()) => true,
             // Stored meanwhile (by another copy run): fine if it is the same object.
             Err(StorageError::AlreadyExists(_)) => false,
@@ -179,7 +233,7 @@ impl Copier {
         };
         if got != *expect {
             if ours {
-                let _ = self.to.delete(std::slice::from_ref(key)).await;
+                self.remove(key).await?;
             }
             return Err(anyhow!(
                 "{key} in the copy differs from what was sent (sha256 {} size {}, expected {} size {}) — the copy's store lost or changed it, or another cluster wrote there; run `pgdr copy` again",

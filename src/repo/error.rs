@@ -13,7 +13,9 @@ pub enum RepoError {
     #[error("no pgdr repository for cluster {cluster:?} at {place} — run `pgdr init` first")]
     NotInitialised { cluster: String, place: String },
     /// A configured copy that `pgdr copy` has not filled yet.
-    #[error("the copy {name:?} at {place} holds nothing of cluster {cluster:?} yet — run `pgdr copy --to {name}` first")]
+    #[error(
+        "the copy {name:?} at {place} holds nothing of cluster {cluster:?} yet — run `pgdr copy --to {name}` first"
+    )]
     CopyEmpty {
         name: String,
         cluster: String,

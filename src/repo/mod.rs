@@ -84,17 +84,19 @@ impl Repo {
     pub async fn open(config: &Config) -> Result<Repo> {
         let mut keys = load_keyring(config)?;
         let storage = storage::open(&config.repository, &config.cluster).await?;
-        let info = info::read(&storage).await?.ok_or_else(|| match config.selected_repository() {
-            Some(name) => RepoError::CopyEmpty {
-                name: name.to_string(),
-                cluster: config.cluster.clone(),
-                place: storage.describe(),
-            },
-            None => RepoError::NotInitialised {
-                cluster: config.cluster.clone(),
-                place: storage.describe(),
-            },
-        })?;
+        let info = info::read(&storage)
+            .await?
+            .ok_or_else(|| match config.selected_repository() {
+                Some(name) => RepoError::CopyEmpty {
+                    name: name.to_string(),
+                    cluster: config.cluster.clone(),
+                    place: storage.describe(),
+                },
+                None => RepoError::NotInitialised {
+                    cluster: config.cluster.clone(),
+                    place: storage.describe(),
+                },
+            })?;
         if keys.get(&info.key_id()?).is_none() {
             return Err(RepoError::WrongKey {
                 ours: keys.primary().id().to_hex(),

@@ -354,6 +354,9 @@ fn reported_bytes(command: &str, stdout: &str) -> Option<u64> {
         "backup" => serde_json::from_str::<crate::backup::BackupReport>(stdout)
             .ok()
             .map(|r| r.stored_bytes()),
+        "copy" => serde_json::from_str::<crate::copy::CopyReport>(stdout)
+            .ok()
+            .map(|r| r.copies.iter().map(|c| c.bytes_copied).sum()),
         "restore" => serde_json::from_str::<crate::restore::logical::LogicalRestoreReport>(stdout)
             .ok()
             .and_then(|r| r.database)

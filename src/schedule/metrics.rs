@@ -158,6 +158,34 @@ pub async fn render(config: &Config, repo: &Repo, jobs: &BTreeMap<String, JobSta
             size as f64,
         );
     }
+    for (name, lag) in crate::copy::lags(config, &repo.storage).await {
+        let l = [("copy", name.as_str())];
+        out.metric(
+            "pgdr_copy_up",
+            "gauge",
+            "1 if the repository copy could be listed.",
+            &l,
+            if lag.is_ok() { 1.0 } else { 0.0 },
+        );
+        if let Ok(lag) = lag {
+            out.metric(
+                "pgdr_copy_lag_segments",
+                "gauge",
+                "WAL and history files in the primary repository that the copy lacks.",
+                &l,
+                lag.segments as f64,
+            );
+            if let Some(secs) = lag.seconds {
+                out.metric(
+                    "pgdr_copy_lag_seconds",
+                    "gauge",
+                    "Seconds since the oldest WAL file the copy lacks reached the primary (0 when it lacks none).",
+                    &l,
+                    secs,
+                );
+            }
+        }
+    }
     if let Ok(reports) = verification::latest_reports(repo).await
         && let Some(newest) = reports.values().max_by_key(|r| r.finished)
     {

@@ -18,8 +18,8 @@ use serde::Deserialize;
 
 use crate::usage;
 
-/// Commands a job may run (`copy` joins when the cross-region copy exists).
-pub const JOB_COMMANDS: &[&str] = &["backup", "verify", "expire", "check"];
+/// Commands a job may run.
+pub const JOB_COMMANDS: &[&str] = &["backup", "verify", "expire", "check", "copy"];
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

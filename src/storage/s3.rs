@@ -22,6 +22,27 @@ use tokio::task::JoinSet;
 use super::{BodyReceiver, ObjectKey, ObjectMeta, PutMode, Refused, Result, Storage, StorageError};
 use crate::config::RepositoryConfig;
 
+/// The credential chain, primed with what it answered at start-up: the first ask
+/// gets those, later ones (after the SDK's cache saw them expire) go to the chain.
+#[derive(Debug)]
+struct Primed {
+    first: std::sync::Mutex<Option<aws_credential_types::Credentials>>,
+    chain: aws_credential_types::provider::SharedCredentialsProvider,
+}
+
+impl aws_credential_types::provider::ProvideCredentials for Primed {
+    fn provide_credentials<'a>(&'a self) -> aws_credential_types::provider::future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        let first = self.first.lock().ok().and_then(|mut f| f.take());
+        match first {
+            Some(c) => aws_credential_types::provider::future::ProvideCredentials::ready(Ok(c)),
+            None => self.chain.provide_credentials(),
+        }
+    }
+}
+
 /// S3 allows at most 10 000 parts of at least 5 MiB (but the last).
 const MIN_PART_SIZE: usize = 5 << 20;
 const DEFAULT_PART_SIZE: usize = 8 << 20;
@@ -71,21 +92,34 @@ impl S3Storage {
             loader = loader.profile_name(p);
         }
         let sdk = loader.load().await;
-        let provider = sdk
+        let chain = sdk
             .credentials_provider()
             .ok_or_else(|| crate::usage!("S3 credentials are missing: no AWS credential provider could be set up"))?;
-        if let Err(e) = provider.provide_credentials().await {
-            return Err(crate::usage!(
-                "S3 credentials are missing: none in AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, {}, web identity or instance metadata ({}) — set them, or name a profile with [repository] profile",
-                match &repo.profile {
-                    Some(p) => format!("profile {p:?}"),
-                    None => "the default profile".to_string(),
-                },
-                crate::config::one_line(&DisplayErrorContext(&e).to_string())
-            ));
-        }
+        let first = match chain.provide_credentials().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Only the error's own line: a credential_process helper's output
+                // (carried in its source chain) is not repeated.
+                tracing::debug!("credential chain: {}", DisplayErrorContext(&e));
+                return Err(crate::usage!(
+                    "S3 credentials are missing: none in AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, {}, web identity or instance metadata ({e}) — set them, or name a profile with [repository] profile",
+                    match &repo.profile {
+                        Some(p) => format!("profile {p:?}"),
+                        None => "the default profile".to_string(),
+                    }
+                ));
+            }
+        };
+        // The client starts with the credentials just resolved instead of asking the
+        // chain again (an instance-metadata or STS round trip per wal-push); it asks
+        // the chain when they expire, and refreshes them from then on.
+        let primed = aws_credential_types::provider::SharedCredentialsProvider::new(Primed {
+            first: std::sync::Mutex::new(Some(first)),
+            chain,
+        });
         let endpoint = repo.endpoint.clone().or_else(|| env("AWS_ENDPOINT_URL"));
         let mut builder = aws_sdk_s3::config::Builder::from(&sdk)
+            .credentials_provider(primed)
             .force_path_style(repo.force_path_style)
             .retry_config(
                 RetryConfig::standard()

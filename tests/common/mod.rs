@@ -538,7 +538,11 @@ pub struct OwnS3 {
 
 impl OwnS3 {
     pub fn start() -> OwnS3 {
-        let port = free_port();
+        OwnS3::start_on(free_port())
+    }
+
+    /// On a given port (a region coming back where it was).
+    pub fn start_on(port: u16) -> OwnS3 {
         let child = spawn_moto(port);
         wait_listening(port);
         OwnS3 {
@@ -570,9 +574,13 @@ impl S3Server {
     /// Create a fresh bucket (moto accepts unsigned requests).
     pub fn bucket(&self) -> String {
         let name = format!("pgdr-{:016x}", rand::random::<u64>());
+        self.create_bucket(&name);
+        name
+    }
+
+    pub fn create_bucket(&self, name: &str) {
         let status = self.raw("PUT", &format!("/{name}"));
         assert!(status.starts_with("HTTP/1.1 200"), "creating bucket failed: {status}");
-        name
     }
 
     fn raw(&self, method: &str, path: &str) -> String {
