@@ -593,3 +593,82 @@ fn expire_on_a_copy_keeps_what_its_backups_need() {
         "after-first,after-second"
     );
 }
+
+/// A copy with a key of its own: every object is re-sealed for it (the primary's key
+/// cannot open the copy, the copy's key cannot open the primary), and the copy alone
+/// restores to the latest point, its restored server fetching WAL with the copy's key.
+#[test]
+fn a_copy_with_its_own_key_is_resealed_and_restores() {
+    let a = Archiving::start();
+    let c = &a.cluster;
+    let copy_dir = a.pgdr.dir.join("copy-region2");
+    pg_owned_dir(&copy_dir);
+    let copy_key = a.pgdr.dir.join("dr.key");
+    let hex: String = (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
+    std::fs::write(&copy_key, &hex).unwrap();
+    chown_postgres(&copy_key);
+    let mut text = std::fs::read_to_string(&a.pgdr.config).unwrap();
+    text.push_str(&format!(
+        "\n[[repository.copies]]\nname = \"dr\"\nurl = \"file://{}\"\nkey_file = \"{}\"\n",
+        copy_dir.display(),
+        copy_key.display()
+    ));
+    std::fs::write(&a.pgdr.config, &text).unwrap();
+    c.psql("postgres", "CREATE TABLE markers (m text)");
+    c.psql(
+        "postgres",
+        "CREATE TABLE big AS SELECT i, md5(i::text) FROM generate_series(1, 50000) i",
+    );
+    a.pgdr.ok(&["backup", "--kind", "physical"]);
+    a.pgdr.ok(&["backup", "--kind", "logical", "--database", "postgres"]);
+    c.psql("postgres", "INSERT INTO markers VALUES ('after-backup')");
+    a.switch_and_wait();
+    let report = json(&a.pgdr.ok(&["copy", "--json"]));
+    assert_eq!(
+        report["copies"][0]["backups_copied"].as_array().unwrap().len(),
+        2,
+        "{report}"
+    );
+
+    // Nothing of the copy is the primary's bytes, and each key opens only its own.
+    let primary_root = a.pgdr.repo_dir.clone().unwrap().join("test");
+    let copy_root = copy_dir.join("test");
+    let wal = repo_files(&primary_root.join("wal"))
+        .into_iter()
+        .find(|p| {
+            p.to_string_lossy().ends_with(
+                &a.cluster
+                    .psql("postgres", "SELECT last_archived_wal FROM pg_stat_archiver"),
+            )
+        })
+        .expect("the last archived segment");
+    let relative = wal.strip_prefix(&primary_root).unwrap();
+    let theirs = std::fs::read(copy_root.join(relative)).unwrap();
+    assert_ne!(std::fs::read(&wal).unwrap(), theirs);
+    let cat = |repo: &str| a.pgdr.run(&["--repository", repo, "cat", relative.to_str().unwrap()]);
+    let from_copy = cat("dr");
+    assert_success(&from_copy, "cat from the copy");
+    assert_eq!(from_copy.stdout, cat("primary").stdout, "the same WAL plaintext");
+    let repo_json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(copy_root.join("repo.json")).unwrap()).unwrap();
+    let primary_json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(primary_root.join("repo.json")).unwrap()).unwrap();
+    assert_ne!(repo_json["key_id"], primary_json["key_id"]);
+    // The primary's key does not open the copy.
+    std::fs::copy(&a.pgdr.key_file, &copy_key).unwrap();
+    assert_fails(&a.pgdr.run(&["--repository", "dr", "list"]), 2, "key");
+    std::fs::write(&copy_key, &hex).unwrap();
+
+    // The copy alone, with its own key, restores to the latest point.
+    let primary = a.pgdr.repo_dir.clone().unwrap();
+    let aside = primary.with_extension("gone");
+    std::fs::rename(&primary, &aside).unwrap();
+    let r = a.pgdr.restore_started(&["--repository", "dr", "--target", "latest"]);
+    assert_eq!(
+        r.psql("postgres", "SELECT string_agg(m, ',') FROM markers"),
+        "after-backup"
+    );
+    assert_eq!(content_hashes_at(r.port, "postgres"), c.content_hashes("postgres"));
+    drop(r);
+    std::fs::rename(&aside, &primary).unwrap();
+}

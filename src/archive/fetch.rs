@@ -153,7 +153,10 @@ impl Source {
             // The keyring is bound to repo.json, which proves the repository is there:
             // "absent" counts only from a repository that is (an unmounted volume or a
             // wrong prefix would make every file absent, and recovery end early).
-            let (keys, info) = repo::bound_keyring_and_info(config, &storage).await?;
+            // A copy may have a key of its own.
+            let mut own = config.clone();
+            own.repository = settings;
+            let (keys, info) = repo::bound_keyring_and_info(&own, &storage).await?;
             check_same_cluster(dest, &info, &storage.describe())?;
             self.opened = Some((storage, keys));
         }

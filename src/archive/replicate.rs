@@ -13,15 +13,24 @@ use anyhow::{Result, anyhow};
 use sha2::{Digest, Sha256};
 
 use crate::config::{Config, CopyWal};
+use crate::pipeline::{self, Keyring};
 use crate::postgres::WalFile;
+use crate::repo::load_keyring;
 use crate::repo::{Repo, layout};
 use crate::storage::{self, DynStorage, PutMode, StorageError};
 
 /// The sync copies of this configuration, opened.
 #[derive(Clone, Default)]
 pub struct SyncCopies {
-    targets: Arc<Vec<(String, DynStorage)>>,
+    targets: Arc<Vec<Target>>,
     wait: Duration,
+}
+
+struct Target {
+    name: String,
+    storage: DynStorage,
+    /// A copy with a key of its own: the file is re-sealed for it.
+    rekey: Option<Keyring>,
 }
 
 impl SyncCopies {
@@ -33,10 +42,22 @@ impl SyncCopies {
         for copy in config.repository.copies.iter().filter(|c| c.wal == CopyWal::Sync) {
             let opened = async {
                 let settings = config.repository.copy(&copy.name)?;
-                storage::open(&settings, &config.cluster).await
+                let rekey = if settings.key_file == config.repository.key_file {
+                    None
+                } else {
+                    let mut theirs = config.clone();
+                    theirs.repository = settings.clone();
+                    let keys = load_keyring(&theirs)?;
+                    (keys.primary().id() != load_keyring(config)?.primary().id()).then_some(keys)
+                };
+                anyhow::Ok((storage::open(&settings, &config.cluster).await?, rekey))
             };
             match tokio::time::timeout(wait, opened).await {
-                Ok(Ok(storage)) => targets.push((copy.name.clone(), storage)),
+                Ok(Ok((storage, rekey))) => targets.push(Target {
+                    name: copy.name.clone(),
+                    storage,
+                    rekey,
+                }),
                 Ok(Err(e)) => tracing::warn!(
                     "copy {:?} cannot be opened ({e:#}); WAL is archived in the primary repository only until it can — `pgdr copy --to {}` catches up",
                     copy.name,
@@ -71,12 +92,34 @@ impl SyncCopies {
             }
         };
         let sha = hex::encode(Sha256::digest(&data));
-        for (name, storage) in self.targets.iter() {
+        for Target { name, storage, rekey } in self.targets.iter() {
             let put = async {
-                match storage.put(&key, data.clone(), PutMode::CreateNew).await {
-                    Ok(()) | Err(StorageError::AlreadyExists(_)) => {}
-                    Err(e) => return Err(anyhow::Error::new(e)),
-                }
+                let sha = match rekey {
+                    None => {
+                        match storage.put(&key, data.clone(), PutMode::CreateNew).await {
+                            Ok(()) | Err(StorageError::AlreadyExists(_)) => {}
+                            Err(e) => return Err(anyhow::Error::new(e)),
+                        }
+                        sha.clone()
+                    }
+                    Some(keys) => {
+                        if storage.head(&key).await?.is_some() {
+                            return Ok(());
+                        }
+                        let mut keys = keys.clone();
+                        keys.bind(&repo.info.cluster, &repo.info.system_identifier);
+                        let written = pipeline::reseal(
+                            (&repo.storage, &repo.keys),
+                            &key,
+                            None,
+                            (storage, &keys),
+                            PutMode::CreateNew,
+                            Default::default(),
+                        )
+                        .await?;
+                        written.sha256
+                    }
+                };
                 let there = storage.get(&key).await?;
                 if hex::encode(Sha256::digest(&there)) != sha {
                     return Err(anyhow!(

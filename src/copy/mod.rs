@@ -19,6 +19,7 @@ use anyhow::{Context, Result, anyhow};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
+use crate::pipeline::Keyring;
 use crate::progress::{Progress, human_bytes};
 use crate::repo::manifest::Manifest;
 use crate::repo::{BackupLabel, Repo, catalog, info, layout, load_keyring};
@@ -154,6 +155,9 @@ struct BackupCopy {
     recheck: Vec<Item>,
     items: Vec<Item>,
     manifest: Option<Vec<u8>>,
+    /// The manifest, parsed: a re-keyed copy writes its own, with the new stored
+    /// tallies and key id.
+    parsed: Option<Manifest>,
 }
 
 /// One object to copy, and what it must be.
@@ -190,27 +194,24 @@ async fn wal_listing(storage: &DynStorage) -> Result<Vec<ObjectMeta>> {
     Ok(wal)
 }
 
-/// Objects travel as they are: the copy must be readable with the primary's key.
-fn check_same_key(
+/// The copy's own keyring when it has a key of its own (`key_file` with another
+/// key): objects are then re-sealed for it. `None`: objects travel as they are.
+fn copy_keyring(
     config: &Config,
     source: &Repo,
-    name: &str,
     copy_config: &crate::config::RepositoryConfig,
-) -> Result<()> {
+) -> Result<Option<Keyring>> {
     if copy_config.key_file == config.repository.key_file {
-        return Ok(());
+        return Ok(None);
     }
     let mut theirs = config.clone();
     theirs.repository = copy_config.clone();
-    let theirs = load_keyring(&theirs)?;
-    if theirs.primary().id() != source.keys.primary().id() {
-        return Err(usage!(
-            "copy {name:?} has a key of its own (id {}); objects are copied as they are, so a copy must use the primary's key (id {}) — drop its key_file",
-            theirs.primary().id().to_hex(),
-            source.keys.primary().id().to_hex()
-        ));
+    let mut keys = load_keyring(&theirs)?;
+    if keys.primary().id() == source.keys.primary().id() {
+        return Ok(None);
     }
-    Ok(())
+    keys.bind(&source.info.cluster, &source.info.system_identifier);
+    Ok(Some(keys))
 }
 
 /// A copy that is the primary under another name (the same bucket through an endpoint
@@ -240,7 +241,7 @@ async fn refuse_same_place(source: &DynStorage, dest: &DynStorage, name: &str) -
 
 /// The copy's repo.json: written on the first copy; a copy of another cluster, or
 /// initialised with another key, is refused.
-async fn prepare_repo_info(dest: &DynStorage, source: &Repo, name: &str, dry_run: bool) -> Result<()> {
+async fn prepare_repo_info(dest: &DynStorage, source: &Repo, key_id: &str, name: &str, dry_run: bool) -> Result<()> {
     match info::read(dest).await? {
         Some(theirs)
             if theirs.system_identifier != source.info.system_identifier || theirs.cluster != source.info.cluster =>
@@ -254,15 +255,22 @@ async fn prepare_repo_info(dest: &DynStorage, source: &Repo, name: &str, dry_run
                 source.info.system_identifier
             ))
         }
-        Some(theirs) if theirs.key_id != source.info.key_id => Err(anyhow!(
-            "{} was initialised with another key (id {}, the primary's is {}): objects copied there could not be opened — point copy {name:?} somewhere else, or empty it",
+        Some(theirs) if theirs.key_id != key_id => Err(anyhow!(
+            "{} was initialised with another key (id {}, copy {name:?} uses {key_id}): objects copied there could not be opened — point the copy somewhere else, or empty it",
             dest.describe(),
             theirs.key_id,
-            source.info.key_id
         )),
         Some(_) => Ok(()),
         None if dry_run => Ok(()),
-        None => match info::create(dest, &source.info).await {
+        None => match info::create(
+            dest,
+            &info::RepoInfo {
+                key_id: key_id.to_string(),
+                ..source.info.clone()
+            },
+        )
+        .await
+        {
             Ok(()) | Err(storage::StorageError::AlreadyExists(_)) => Ok(()),
             Err(e) => Err(e).context("writing repo.json into the copy"),
         },
@@ -276,10 +284,12 @@ enum There {
     Differs(u64),
 }
 
-fn there(have: &HashMap<ObjectKey, ObjectMeta>, key: &ObjectKey, size: u64) -> There {
+/// A re-keyed copy's objects differ in size from the primary's (other headers):
+/// there, only presence counts.
+fn there(have: &HashMap<ObjectKey, ObjectMeta>, key: &ObjectKey, size: u64, rekeyed: bool) -> There {
     match have.get(key) {
         None => There::Missing,
-        Some(m) if m.size == size => There::Same,
+        Some(m) if m.size == size || rekeyed => There::Same,
         Some(m) => There::Differs(m.size),
     }
 }
@@ -287,12 +297,15 @@ fn there(have: &HashMap<ObjectKey, ObjectMeta>, key: &ObjectKey, size: u64) -> T
 async fn copy_to(config: &Config, source: &Repo, name: &str, opts: &CopyOptions) -> Result<CopyTargetReport> {
     let started = Instant::now();
     let copy_config = config.repository.copy(name)?;
-    check_same_key(config, source, name, &copy_config)?;
+    let rekey = copy_keyring(config, source, &copy_config)?;
+    let key_id = rekey
+        .as_ref()
+        .map_or_else(|| source.info.key_id.clone(), |k| k.primary().id().to_hex());
     let dest = storage::open(&copy_config, &config.cluster).await?;
     if !opts.dry_run {
         refuse_same_place(&source.storage, &dest, name).await?;
     }
-    prepare_repo_info(&dest, source, name, opts.dry_run).await?;
+    prepare_repo_info(&dest, source, &key_id, name, opts.dry_run).await?;
 
     // Backups first, WAL after: a backup that commits in between is not copied by this
     // run, and every backup that is has its WAL (archived before its manifest) in the
@@ -330,7 +343,7 @@ async fn copy_to(config: &Config, source: &Repo, name: &str, opts: &CopyOptions)
     let mut conflicts = Vec::new();
     let mut wal_items = Vec::new();
     for meta in &wal_source {
-        match there(&have, &meta.key, meta.size) {
+        match there(&have, &meta.key, meta.size, rekey.is_some()) {
             There::Same => present += 1,
             There::Differs(theirs) => conflicts.push(format!(
                 "{} ({theirs} bytes in the copy, {} in the primary)",
@@ -345,7 +358,7 @@ async fn copy_to(config: &Config, source: &Repo, name: &str, opts: &CopyOptions)
         }
     }
     for meta in &timelines {
-        match there(&have, &meta.key, meta.size) {
+        match there(&have, &meta.key, meta.size, rekey.is_some()) {
             There::Same => present += 1,
             There::Differs(_) | There::Missing => wal_items.push(Item {
                 key: meta.key.clone(),
@@ -372,6 +385,7 @@ async fn copy_to(config: &Config, source: &Repo, name: &str, opts: &CopyOptions)
             recheck: Vec::new(),
             items: Vec::new(),
             manifest: None,
+            parsed: None,
         };
         if have.contains_key(&manifest_key) {
             backups_present += 1;
@@ -400,10 +414,13 @@ async fn copy_to(config: &Config, source: &Repo, name: &str, opts: &CopyOptions)
                 let item = Item {
                     key: key.clone(),
                     size: record.stored.size,
-                    expect: Expect::Stored(record.stored.clone()),
+                    expect: Expect::Stored {
+                        stored: record.stored.clone(),
+                        plain: record.plain.clone(),
+                    },
                     mutable: false,
                 };
-                match there(&have, &key, record.stored.size) {
+                match there(&have, &key, record.stored.size, rekey.is_some()) {
                     There::Same => {
                         present += 1;
                         backup.recheck.push(item);
@@ -418,10 +435,11 @@ async fn copy_to(config: &Config, source: &Repo, name: &str, opts: &CopyOptions)
                 }
             }
             backup.manifest = Some(data.to_vec());
+            backup.parsed = Some(m);
         }
         // A keep mark travels with its backup.
         if let Some(size) = sizes.get(&keep) {
-            match there(&have, &keep, *size) {
+            match there(&have, &keep, *size, rekey.is_some()) {
                 There::Same => present += 1,
                 There::Differs(_) | There::Missing => backup.items.push(Item {
                     key: keep,
@@ -486,6 +504,8 @@ async fn copy_to(config: &Config, source: &Repo, name: &str, opts: &CopyOptions)
         progress: progress.counter(),
         stored: Arc::new(AtomicU64::new(0)),
         kill_after: kill_hook(),
+        rekey: rekey.clone(),
+        resealed: Default::default(),
     };
     let result = async {
         copier.all(wal_items, opts.jobs).await?;
@@ -495,15 +515,22 @@ async fn copy_to(config: &Config, source: &Repo, name: &str, opts: &CopyOptions)
             report.objects_present -= resent.min(report.objects_present);
             copier.all(backup.items, opts.jobs).await?;
             // The commit point, last: the backup appears in the copy now.
-            if let Some(data) = backup.manifest {
-                copier
-                    .one(Item {
-                        key: layout::manifest(&backup.label),
-                        size: data.len() as u64,
-                        expect: Expect::Bytes(data, backup.label.clone()),
-                        mutable: false,
-                    })
-                    .await?;
+            let key = layout::manifest(&backup.label);
+            match (backup.manifest, backup.parsed, &rekey) {
+                (Some(_), Some(m), Some(keys)) => {
+                    commit_rekeyed(&copier, &dest, keys, source, m).await?;
+                }
+                (Some(data), _, _) => {
+                    copier
+                        .one(Item {
+                            key,
+                            size: data.len() as u64,
+                            expect: Expect::Bytes(data, backup.label.clone()),
+                            mutable: false,
+                        })
+                        .await?;
+                }
+                _ => {}
             }
         }
         anyhow::Ok(())
@@ -517,6 +544,42 @@ async fn copy_to(config: &Config, source: &Repo, name: &str, opts: &CopyOptions)
     report.lag = lag(&wal_now, &after);
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// A re-keyed copy's manifest: the primary's, with each object's new stored tally and
+/// the copy's key id, sealed under the copy's key, written last and read back.
+async fn commit_rekeyed(
+    copier: &transfer::Copier,
+    dest: &DynStorage,
+    keys: &Keyring,
+    source: &Repo,
+    mut manifest: Manifest,
+) -> Result<()> {
+    let label = manifest.label.clone();
+    {
+        let resealed = copier.resealed.lock().expect("resealed lock");
+        for record in &mut manifest.objects {
+            let key = layout::backup_object(&label, &record.name)?;
+            record.stored = resealed
+                .get(&key)
+                .cloned()
+                .ok_or_else(|| anyhow!("{key} was not re-sealed for the copy; run `pgdr copy` again"))?;
+        }
+    }
+    manifest.key_id = keys.primary().id().to_hex();
+    let data = serde_json::to_vec(&manifest).expect("manifest serialises");
+    let key = layout::manifest(&label);
+    let store = crate::pipeline::Store {
+        storage: dest,
+        keys,
+        compression: source.compression,
+        digests: crate::pipeline::Digests::Both,
+    };
+    let record = store
+        .bytes(&key, "manifest.json", data, storage::PutMode::CreateNew)
+        .await
+        .with_context(|| format!("committing {label} in the copy"))?;
+    copier.confirm(&key, &record.stored).await
 }
 
 /// For tests of crash consistency: `PGDR_TEST_COPY_KILL_AFTER=N` kills this process

@@ -19,8 +19,9 @@ use crate::storage::{DynStorage, ObjectKey, PutMode, StorageError, body_channel}
 
 /// What an object must be.
 pub enum Expect {
-    /// The stored size and SHA-256 its manifest records.
-    Stored(Tally),
+    /// What its manifest records: the stored bytes (checked on the way) and the
+    /// plaintext (checked when a re-keyed copy's object is read back).
+    Stored { stored: Tally, plain: Tally },
     /// A sealed object no manifest records (WAL, history, keep marks, timeline
     /// declarations): it must open under the repository key.
     Sealed,
@@ -38,6 +39,11 @@ pub struct Copier {
     pub stored: Arc<AtomicU64>,
     /// Tests of crash consistency: die (SIGKILL) after this many objects.
     pub kill_after: Option<u64>,
+    /// A copy with a key of its own: objects are re-sealed under this keyring (bound to
+    /// the same cluster), their compressed contents untouched.
+    pub rekey: Option<Keyring>,
+    /// Re-keyed backup objects' new stored tallies, for the copy's manifest.
+    pub resealed: std::sync::Mutex<std::collections::HashMap<ObjectKey, Tally>>,
 }
 
 /// The largest object copied whole, in memory (a 1 GiB WAL segment, sealed).
@@ -65,10 +71,10 @@ impl Copier {
     /// Returns how many were sent again.
     pub async fn recheck(&self, items: Vec<Item>, jobs: usize) -> Result<u64> {
         let mut stream = futures::stream::iter(items.into_iter().map(|item| async move {
-            let Expect::Stored(expect) = &item.expect else {
+            let Expect::Stored { stored, plain } = &item.expect else {
                 return Ok(false);
             };
-            if self.read_back(&item.key, expect, false).await.is_ok() {
+            if self.holds(&item.key, stored, plain).await {
                 return Ok(false);
             }
             tracing::warn!("{} in the copy is not the primary's object; sending it again", item.key);
@@ -81,6 +87,34 @@ impl Copier {
             resent += u64::from(r?);
         }
         Ok(resent)
+    }
+
+    /// Whether the copy holds the object a manifest records under `key`: the same
+    /// stored bytes, or (re-keyed) an object that opens under the copy's key to the
+    /// same plaintext.
+    async fn holds(&self, key: &ObjectKey, stored: &Tally, plain: &Tally) -> bool {
+        let Some(rekey) = &self.rekey else {
+            return self.read_back(key, stored, false).await.is_ok();
+        };
+        let opened =
+            pipeline::load_to_writer(&self.to, key, std::io::sink(), rekey, pipeline::Verify::Digests, None).await;
+        match opened {
+            Ok((_, got_plain, got_stored))
+                if got_plain.size == plain.size && (plain.sha256.is_empty() || got_plain.sha256 == plain.sha256) =>
+            {
+                self.resealed
+                    .lock()
+                    .expect("resealed lock")
+                    .insert(key.clone(), got_stored);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// What the copy holds under `key` (written by this run) must hash as `stored`.
+    pub async fn confirm(&self, key: &ObjectKey, stored: &Tally) -> Result<()> {
+        self.read_back(key, stored, true).await
     }
 
     /// Remove an object from the copy; a store that refuses (Object Lock) is an error.
@@ -106,9 +140,40 @@ impl Copier {
         } else {
             PutMode::CreateNew
         };
-        match item.expect {
-            Expect::Stored(expect) => self.stream(key, &expect).await?,
-            Expect::Sealed => {
+        match (item.expect, &self.rekey) {
+            (Expect::Stored { stored, .. }, Some(rekey)) => {
+                let written = pipeline::reseal(
+                    (&self.from, &self.keys),
+                    key,
+                    Some(&stored),
+                    (&self.to, rekey),
+                    mode,
+                    self.progress.clone(),
+                )
+                .await?;
+                self.read_back(key, &written, true).await?;
+                self.resealed
+                    .lock()
+                    .expect("resealed lock")
+                    .insert(key.clone(), written);
+            }
+            (Expect::Sealed, Some(rekey)) => {
+                let written = pipeline::reseal(
+                    (&self.from, &self.keys),
+                    key,
+                    None,
+                    (&self.to, rekey),
+                    mode,
+                    self.progress.clone(),
+                )
+                .await
+                .map_err(|e| {
+                    anyhow!("{key} in the primary repository cannot be copied ({e:#}) — run `pgdr check` there")
+                })?;
+                self.read_back(key, &written, true).await?;
+            }
+            (Expect::Stored { stored, .. }, None) => self.stream(key, &stored).await?,
+            (Expect::Sealed, None) => {
                 // A WAL segment is at most 1 GiB; nothing pgdr reads whole is larger.
                 if item.size > MAX_WHOLE {
                     return Err(anyhow!(
@@ -128,7 +193,7 @@ impl Copier {
                 })?;
                 self.put_whole(key, data, &tally, mode).await?;
             }
-            Expect::Bytes(data, label) => {
+            (Expect::Bytes(data, label), _) => {
                 let tally = tally_of(&data);
                 self.put_whole(key, Bytes::from(data), &tally, mode)
                     .await

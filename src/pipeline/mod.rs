@@ -3,6 +3,7 @@
 //!
 //! - store: `tally(plain) → zstd → seal → tally(stored) → storage`
 //! - load:  `storage → tally(stored) → open → unzstd → tally(plain) → sink`
+//! - reseal (a copy with its own key): `storage → tally → open → seal → tally → storage`
 //!
 //! The CPU stages run on a blocking thread; storage runs on the async runtime; a
 //! bounded channel joins them. Commands call `Store` / `load_*` and never see the
@@ -460,6 +461,69 @@ pub fn open_sealed(data: &[u8], key: &ObjectKey, keys: &Keyring) -> Result<(Vec<
     let object = keys.context(key.as_str());
     let (plain, _, stored) = open_reader(data, Vec::new(), keys, &object, key, (true, false), None)?;
     Ok((plain, stored))
+}
+
+/// Re-encrypt a stored object for a repository with another key, its compressed
+/// contents untouched (no zstd work): `from` → tally → open under `from_keys` → seal
+/// under `to_keys`' primary key → tally → `to`. The input must authenticate and, when
+/// `expect` is given, match it (size and SHA-256: the manifest's record); otherwise the
+/// upload is abandoned and nothing becomes visible. Returns the new stored tally.
+pub async fn reseal(
+    (from, from_keys): (&DynStorage, &Keyring),
+    key: &ObjectKey,
+    expect: Option<&Tally>,
+    (to, to_keys): (&DynStorage, &Keyring),
+    mode: PutMode,
+    progress: Arc<AtomicU64>,
+) -> Result<Tally> {
+    let rx = from.get_stream(key).await.with_context(|| format!("reading {key}"))?;
+    let (tx, body) = body_channel();
+    let (from_keys, to_keys, task_key) = (from_keys.clone(), to_keys.clone(), key.clone());
+    let expect = expect.cloned();
+    let producer = tokio::task::spawn_blocking(move || -> Result<Tally> {
+        let reader = TallyReader::new(
+            ChannelReader {
+                rx,
+                current: Bytes::new(),
+            },
+            Some(progress),
+        );
+        let mut opener = Opener::new(reader, &from_keys, &from_keys.context(task_key.as_str()))
+            .map_err(|e| damaged(&task_key, e))?;
+        let out = TallyWriter::new(ChannelWriter { tx }, None);
+        let mut sealer = Sealer::new(out, to_keys.primary(), &to_keys.context(task_key.as_str()))?;
+        let mut buf = vec![0u8; READ_BUF];
+        loop {
+            let n = match opener.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(damaged(&task_key, e)),
+            };
+            sealer.write_all(&buf[..n])?;
+        }
+        let (_, read) = opener.into_inner().finish();
+        if let Some(expect) = &expect
+            && read != *expect
+        {
+            // The writer (and its sender) is dropped unfinished: storage discards it.
+            return Err(Damaged(format!(
+                "{task_key} does not match its manifest (stored sha256 {} size {}, the manifest says sha256 {} size {}) — it is damaged there and was not copied",
+                read.sha256, read.size, expect.sha256, expect.size
+            ))
+            .into());
+        }
+        let (out, written) = sealer.finish()?.finish();
+        out.tx.finish_blocking();
+        Ok(written)
+    });
+    let stored = to.put_stream(key, body, mode).await;
+    let produced = producer.await.map_err(|e| anyhow!("pipeline thread failed: {e}"))?;
+    match (produced, stored) {
+        (Ok(tally), Ok(_)) => Ok(tally),
+        (Err(e), _) => Err(e),
+        (Ok(_), Err(e)) => Err(e).context(format!("storing {key}")),
+    }
 }
 
 /// Load a small object whole.
