@@ -291,6 +291,9 @@ fn a_killed_copy_resumes_and_never_shows_half_a_backup() {
         "shop_from_dr",
     ]);
     assert_eq!(cluster.content_hashes("shop_from_dr"), cluster.content_hashes("shop"));
+    // So does the weekly restore test, its report stored in the copy.
+    let verified = json(&pgdr.ok(&["--repository", "dr", "verify", "--kind", "logical", "--json"]));
+    assert_eq!(verified["ok"], true, "{verified}");
     std::fs::rename(&aside, &primary_dir).unwrap();
 }
 
@@ -670,5 +673,10 @@ fn a_copy_with_its_own_key_is_resealed_and_restores() {
     );
     assert_eq!(content_hashes_at(r.port, "postgres"), c.content_hashes("postgres"));
     drop(r);
+    let verified = json(
+        &a.pgdr
+            .ok(&["--repository", "dr", "verify", "--kind", "physical", "--json"]),
+    );
+    assert_eq!(verified["ok"], true, "{verified}");
     std::fs::rename(&aside, &primary).unwrap();
 }

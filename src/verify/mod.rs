@@ -135,6 +135,10 @@ fn pgdr(config: &Config) -> Result<tokio::process::Command> {
     if let Some(file) = config.file() {
         cmd.arg("--config").arg(file);
     }
+    // The restore test of a copy restores from that copy.
+    if let Some(name) = config.selected_repository() {
+        cmd.arg("--repository").arg(name);
+    }
     cmd.stdin(Stdio::null()).kill_on_drop(true);
     Ok(cmd)
 }
