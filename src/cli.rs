@@ -62,6 +62,8 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Copy backups and WAL to the repository's copies (other regions)
     Copy(CopyArgs),
+    /// Move application connections to another server (PgBouncer and/or a hook)
+    Switch(SwitchArgs),
     /// Run, check or export the job schedule
     Schedule(ScheduleArgs),
     /// Print Prometheus metrics once (for a textfile collector)
@@ -83,6 +85,22 @@ pub struct WalPushAheadArgs {
     /// PostgreSQL's pg_wal directory
     #[arg(long)]
     pub wal_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct SwitchArgs {
+    /// The server applications go to
+    #[arg(long, value_name = "HOST:PORT")]
+    pub to: String,
+    /// The server they leave (default: where PgBouncer points now)
+    #[arg(long, value_name = "HOST:PORT")]
+    pub old: Option<String>,
+    /// Show the plan, change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Do not ask for confirmation
+    #[arg(long)]
+    pub yes: bool,
 }
 
 #[derive(Debug, Args)]

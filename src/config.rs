@@ -27,6 +27,7 @@ const SECTIONS: &[&str] = &[
     "verify",
     "notify",
     "schedule",
+    "switch",
 ];
 
 #[derive(Debug, Clone, Deserialize)]
@@ -48,6 +49,8 @@ pub struct Config {
     pub notify: NotifyConfig,
     #[serde(default)]
     pub schedule: ScheduleConfig,
+    #[serde(default)]
+    pub switch: SwitchConfig,
     /// Where the configuration came from, for messages.
     #[serde(skip)]
     pub source: String,
@@ -267,6 +270,51 @@ pub struct ScheduleConfig {
     pub listen: Option<String>,
     /// Job history, JSON lines (default: in the temp directory, per cluster).
     pub history: Option<PathBuf>,
+}
+
+/// How application connections are moved to another server (`pgdr switch`, the last
+/// step of `failover`): PgBouncer, a command hook, or both.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwitchConfig {
+    /// PgBouncer's admin console, e.g. `postgresql://pgbouncer@127.0.0.1:6432/pgbouncer`
+    /// (a password from `PGPASSWORD` or `.pgpass`, never here).
+    pub pgbouncer_admin_url: Option<String>,
+    /// The `pgbouncer.ini` pgdr rewrites (host and port of `pgbouncer_databases`).
+    pub pgbouncer_ini: Option<PathBuf>,
+    #[serde(default)]
+    pub pgbouncer_databases: Vec<String>,
+    /// How long `PAUSE` may wait for running transactions (or, in session pooling,
+    /// clients) before the switch is abandoned and PgBouncer resumed.
+    #[serde(default = "default_pause_timeout")]
+    pub pause_timeout_seconds: u64,
+    /// A command (run with `sh -c`) for DNS, a load balancer, a virtual IP: it gets
+    /// `PGDR_SWITCH_NEW_HOST`, `PGDR_SWITCH_NEW_PORT`, `PGDR_SWITCH_OLD_HOST`,
+    /// `PGDR_SWITCH_OLD_PORT` and must exit 0.
+    pub hook: Option<String>,
+    #[serde(default = "default_hook_timeout")]
+    pub hook_timeout_seconds: u64,
+}
+
+impl Default for SwitchConfig {
+    fn default() -> Self {
+        SwitchConfig {
+            pgbouncer_admin_url: None,
+            pgbouncer_ini: None,
+            pgbouncer_databases: Vec::new(),
+            pause_timeout_seconds: default_pause_timeout(),
+            hook: None,
+            hook_timeout_seconds: default_hook_timeout(),
+        }
+    }
+}
+
+fn default_pause_timeout() -> u64 {
+    30
+}
+
+fn default_hook_timeout() -> u64 {
+    60
 }
 
 /// The name of the primary repository in `--repository`.

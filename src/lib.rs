@@ -26,4 +26,5 @@ pub mod retention;
 pub mod schedule;
 pub mod server;
 pub mod storage;
+pub mod switch;
 pub mod verify;

@@ -11,6 +11,7 @@ mod list;
 mod metrics;
 mod restore;
 mod schedule;
+mod switch;
 mod verify;
 mod wal_fetch;
 mod wal_push;
@@ -31,6 +32,25 @@ impl Ctx {
     /// Print a JSON value on stdout (for `--json`).
     pub fn print_json(&self, value: &serde_json::Value) {
         println!("{}", serde_json::to_string_pretty(value).expect("JSON serialises"));
+    }
+
+    /// Ask before something destructive: yes with `--yes`; otherwise a `y` typed at
+    /// the terminal. Without a terminal (cron, scripts) and without `--yes`, refuse.
+    pub fn confirm(&self, yes: bool, question: &str) -> Result<bool> {
+        use std::io::{BufRead, IsTerminal, Write};
+        if yes {
+            return Ok(true);
+        }
+        if !std::io::stdin().is_terminal() {
+            return Err(crate::usage!(
+                "{question} needs confirmation: run it at a terminal, or pass --yes"
+            ));
+        }
+        eprint!("{question} [y/N] ");
+        let _ = std::io::stderr().flush();
+        let mut answer = String::new();
+        std::io::stdin().lock().read_line(&mut answer)?;
+        Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
     }
 
     /// An operation's report: as JSON with `--json`, else its human summary.
@@ -73,6 +93,7 @@ pub async fn run(cli: Cli) -> Result<Exit> {
         Command::Expire(args) => expire::run(&ctx, args).await,
         Command::Verify(args) => verify::run(&ctx, args).await,
         Command::Copy(args) => copy::run(&ctx, args).await,
+        Command::Switch(args) => switch::run(&ctx, args).await,
         Command::Schedule(args) => schedule::run(&ctx, args).await,
         Command::Metrics(args) => metrics::run(&ctx, args).await,
         Command::WalPush(args) => wal_push::run(&ctx, args).await,

@@ -1022,3 +1022,75 @@ pub fn output_within(cmd: &mut Command, secs: u64) -> Output {
     }
     child.wait_with_output().unwrap()
 }
+
+/// A real PgBouncer of the test's own (run as `postgres`: it refuses root), on a free
+/// 127.0.0.1 port, trusting the `postgres` user, with `postgres` as its admin.
+pub struct PgBouncer {
+    pub dir: TestDir,
+    pub ini: PathBuf,
+    pub port: u16,
+    child: std::process::Child,
+}
+
+impl PgBouncer {
+    /// `databases`: (name, server port) entries on 127.0.0.1; `pool_mode`: transaction
+    /// or session.
+    pub fn start(databases: &[(&str, u16)], pool_mode: &str) -> PgBouncer {
+        let bin = which("pgbouncer")
+            .or_else(|| Some(PathBuf::from("/usr/sbin/pgbouncer")).filter(|p| p.exists()))
+            .expect("pgbouncer not found — run scripts/install-deps.sh (Debian package pgbouncer)");
+        let dir = TestDir::new();
+        chown_postgres(dir.path());
+        let port = free_port();
+        let users = dir.join("userlist.txt");
+        std::fs::write(&users, "\"postgres\" \"\"\n").unwrap();
+        let mut text = String::from("; the test's PgBouncer\n[databases]\n");
+        for (name, server) in databases {
+            text.push_str(&format!("{name} = host=127.0.0.1 port={server} dbname={name}\n"));
+        }
+        text.push_str(&format!(
+            "\n[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\nauth_type = trust\nauth_file = {}\nadmin_users = postgres\npool_mode = {pool_mode}\nlogfile = {}\npidfile = {}\nignore_startup_parameters = extra_float_digits\n",
+            users.display(),
+            dir.join("pgbouncer.log").display(),
+            dir.join("pgbouncer.pid").display()
+        ));
+        let ini = dir.join("pgbouncer.ini");
+        std::fs::write(&ini, text).unwrap();
+        for f in [&users, &ini] {
+            chown_postgres(f);
+        }
+        let mut cmd = Command::new(bin);
+        hermetic(&mut cmd);
+        cmd.arg(&ini).stdout(Stdio::null()).stderr(Stdio::null());
+        as_postgres(&mut cmd);
+        die_with_parent(&mut cmd);
+        let child = cmd.spawn().expect("cannot start pgbouncer");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "pgbouncer did not start on port {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        PgBouncer { dir, ini, port, child }
+    }
+
+    /// The admin console URL (no password: trust).
+    pub fn admin_url(&self) -> String {
+        format!("postgresql://postgres@127.0.0.1:{}/pgbouncer", self.port)
+    }
+
+    /// Run SQL through PgBouncer on database `db`.
+    pub fn psql(&self, db: &str, sql: &str) -> Output {
+        psql_at(self.port, db, sql)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("pgbouncer.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for PgBouncer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

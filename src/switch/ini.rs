@@ -1,0 +1,233 @@
+//! Rewriting `pgbouncer.ini`: the `host` and `port` of named entries of its
+//! `[databases]` section change; every other byte of the file stays as it was. The
+//! file is replaced atomically (temporary file, fsync, rename, directory fsync) with
+//! its owner and mode kept, so PgBouncer never reads half a file.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use anyhow::{Context, Result, anyhow};
+
+use super::Endpoint;
+
+/// `name = value` of a line, with the byte offset where the value starts.
+fn entry(line: &str) -> Option<(String, usize)> {
+    let trimmed = line.trim_start();
+    if trimmed.is_empty() || trimmed.starts_with(';') || trimmed.starts_with('#') || trimmed.starts_with('[') {
+        return None;
+    }
+    let eq = line.find('=')?;
+    let name = line[..eq].trim().trim_matches('"').to_string();
+    let after = &line[eq + 1..];
+    let value_at = eq + 1 + (after.len() - after.trim_start().len());
+    Some((name, value_at))
+}
+
+/// libpq-style `key=value key='quoted value'` pairs, in order.
+fn parse_connstr(value: &str) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    let mut chars = value.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        let Some(_) = chars.peek() else { break };
+        let mut key = String::new();
+        while let Some(&c) = chars.peek() {
+            if c == '=' || c.is_whitespace() {
+                break;
+            }
+            key.push(c);
+            chars.next();
+        }
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        if chars.next() != Some('=') {
+            return Err(anyhow!("expected key=value, found {key:?}"));
+        }
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        let mut val = String::new();
+        if chars.peek() == Some(&'\'') {
+            chars.next();
+            loop {
+                match chars.next() {
+                    None => return Err(anyhow!("unterminated quote in the value of {key}")),
+                    Some('\\') => val.extend(chars.next()),
+                    Some('\'') => break,
+                    Some(c) => val.push(c),
+                }
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c.is_whitespace() {
+                    break;
+                }
+                val.push(c);
+                chars.next();
+            }
+        }
+        out.push((key, val));
+    }
+    Ok(out)
+}
+
+fn quote(value: &str) -> String {
+    if !value.is_empty() && !value.chars().any(|c| c.is_whitespace() || c == '\'' || c == '\\') {
+        return value.to_string();
+    }
+    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// The `[databases]` entries of `text` named in `databases`, with their host and port
+/// (port 5432 when the entry names none, as PgBouncer does).
+pub fn endpoints(text: &str, databases: &[String]) -> Result<BTreeMap<String, Endpoint>> {
+    let mut found = BTreeMap::new();
+    let mut in_databases = false;
+    for line in text.lines() {
+        let t = line.trim();
+        if t.starts_with('[') {
+            in_databases = t.eq_ignore_ascii_case("[databases]");
+            continue;
+        }
+        if !in_databases {
+            continue;
+        }
+        let Some((name, at)) = entry(line) else { continue };
+        if !databases.contains(&name) {
+            continue;
+        }
+        let pairs = parse_connstr(&line[at..]).with_context(|| format!("the [databases] entry {name:?}"))?;
+        let get = |k: &str| pairs.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+        let host = get("host").unwrap_or_default();
+        let port = match get("port") {
+            Some(p) => p
+                .parse()
+                .map_err(|_| anyhow!("the [databases] entry {name:?} has port {p:?}"))?,
+            None => 5432,
+        };
+        found.insert(name, Endpoint { host, port });
+    }
+    if let Some(missing) = databases.iter().find(|d| !found.contains_key(*d)) {
+        return Err(anyhow!(
+            "pgbouncer.ini has no [databases] entry {missing:?} — add it, or fix [switch] pgbouncer_databases"
+        ));
+    }
+    Ok(found)
+}
+
+/// `text` with the host and port of the named `[databases]` entries set to `to`;
+/// every other line, and the rest of those lines' settings, unchanged.
+pub fn rewrite(text: &str, databases: &[String], to: &Endpoint) -> Result<String> {
+    endpoints(text, databases)?;
+    let mut out = String::with_capacity(text.len() + 64);
+    let mut in_databases = false;
+    for line in text.split_inclusive('\n') {
+        let (body, end) = match line.strip_suffix("\r\n") {
+            Some(b) => (b, "\r\n"),
+            None => match line.strip_suffix('\n') {
+                Some(b) => (b, "\n"),
+                None => (line, ""),
+            },
+        };
+        let t = body.trim();
+        if t.starts_with('[') {
+            in_databases = t.eq_ignore_ascii_case("[databases]");
+        } else if in_databases
+            && let Some((name, at)) = entry(body)
+            && databases.contains(&name)
+        {
+            let mut pairs = parse_connstr(&body[at..])?;
+            for (key, value) in [("host", to.host.clone()), ("port", to.port.to_string())] {
+                match pairs.iter_mut().find(|(k, _)| k == key) {
+                    Some(pair) => pair.1 = value,
+                    None => pairs.push((key.to_string(), value)),
+                }
+            }
+            let value = pairs
+                .iter()
+                .map(|(k, v)| format!("{k}={}", quote(v)))
+                .collect::<Vec<_>>()
+                .join(" ");
+            out.push_str(&body[..at]);
+            out.push_str(&value);
+            out.push_str(end);
+            continue;
+        }
+        out.push_str(line);
+    }
+    Ok(out)
+}
+
+/// Replace `path` with `text`: same directory, same owner and mode, fsynced, renamed
+/// over the old file, directory fsynced.
+pub fn replace_file(path: &Path, text: &str) -> Result<()> {
+    let meta = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.pgdr-tmp"));
+    let written = (|| -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.set_permissions(std::fs::Permissions::from_mode(meta.mode() & 0o7777))?;
+        std::os::unix::fs::fchown(&f, Some(meta.uid()), Some(meta.gid()))?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(anyhow!("cannot rewrite {}: {e}", path.display()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INI: &str = "; comment = keep\n[databases]\napp = host=10.0.0.1 port=5432 dbname=app pool_size=20\n\"other db\"=host=old dbname='my db'\nkeep = host=10.0.0.9\r\n\n[pgbouncer]\nlisten_port = 6432\napp = not a database\n";
+
+    #[test]
+    fn only_host_and_port_of_named_entries_change() {
+        let to = Endpoint {
+            host: "192.168.1.7".into(),
+            port: 6543,
+        };
+        let out = rewrite(INI, &["app".into(), "other db".into()], &to).unwrap();
+        assert_eq!(
+            out,
+            "; comment = keep\n[databases]\napp = host=192.168.1.7 port=6543 dbname=app pool_size=20\n\"other db\"=host=192.168.1.7 dbname='my db' port=6543\nkeep = host=10.0.0.9\r\n\n[pgbouncer]\nlisten_port = 6432\napp = not a database\n"
+        );
+        let e = endpoints(&out, &["app".into(), "keep".into()]).unwrap();
+        assert_eq!(e["app"], to);
+        assert_eq!(e["keep"].port, 5432);
+    }
+
+    #[test]
+    fn a_missing_entry_is_named() {
+        let e = rewrite(
+            INI,
+            &["nope".into()],
+            &Endpoint {
+                host: "h".into(),
+                port: 1,
+            },
+        )
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("\"nope\""), "{e:#}");
+        let e = endpoints("[databases]\napp = host='unterminated\n", &["app".into()]).unwrap_err();
+        assert!(format!("{e:#}").contains("unterminated"), "{e:#}");
+    }
+}

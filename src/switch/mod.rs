@@ -1,0 +1,456 @@
+//! Moving application connections to another server (`pgdr switch`, and the last
+//! step of `failover` and the recovery runbooks): PgBouncer through its admin console
+//! (`pgbouncer`: PAUSE, rewrite `pgbouncer.ini` (`ini`), RELOAD, RESUME; on any failure
+//! it is resumed on the old settings, never left paused), and/or a command hook for
+//! DNS, a load balancer or a virtual IP. Queries issued during the switch wait; they do
+//! not fail.
+
+mod ini;
+mod pgbouncer;
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Config, SwitchConfig};
+use crate::usage;
+
+/// `HOST:PORT` (`[::1]:5432` for IPv6).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl FromStr for Endpoint {
+    type Err = anyhow::Error;
+
+    fn from_str(raw: &str) -> Result<Endpoint> {
+        let bad = || usage!("{raw:?} is not HOST:PORT (e.g. 10.0.0.5:5432, [fd00::5]:5432)");
+        let (host, port) = match raw.strip_prefix('[') {
+            Some(rest) => {
+                let (h, p) = rest.split_once("]:").ok_or_else(bad)?;
+                (h, p)
+            }
+            None => raw.rsplit_once(':').ok_or_else(bad)?,
+        };
+        let ok_host = !host.is_empty() && host.chars().all(|c| c.is_ascii_alphanumeric() || ".-_:".contains(c));
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        if !ok_host || port == 0 {
+            return Err(bad());
+        }
+        Ok(Endpoint {
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SwitchOptions {
+    pub to: Endpoint,
+    /// The server applications leave; default: where PgBouncer points now.
+    pub from: Option<Endpoint>,
+    pub dry_run: bool,
+}
+
+/// One step, as it happened.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StepLog {
+    pub step: String,
+    pub started: DateTime<Utc>,
+    pub seconds: f64,
+    pub ok: bool,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SwitchReport {
+    pub to: Endpoint,
+    pub from: Option<Endpoint>,
+    pub dry_run: bool,
+    pub ok: bool,
+    pub steps: Vec<StepLog>,
+    /// From the first PAUSE to the last RESUME: how long queries waited.
+    pub paused_seconds: Option<f64>,
+    pub seconds: f64,
+    /// What failed, and what state connections were left in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl fmt::Display for SwitchReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for s in &self.steps {
+            writeln!(
+                f,
+                "{} {} {} ({:.2} s): {}",
+                s.started.format("%H:%M:%S%.3f"),
+                if s.ok { "✓" } else { "✗" },
+                s.step,
+                s.seconds,
+                s.detail
+            )?;
+        }
+        match (&self.error, self.dry_run) {
+            (_, true) => write!(f, "dry run: nothing was changed"),
+            (Some(e), _) => write!(f, "switch to {} FAILED: {e}", self.to),
+            (None, _) => write!(
+                f,
+                "switched to {} in {:.2} s{}",
+                self.to,
+                self.seconds,
+                self.paused_seconds
+                    .map(|p| format!(" (queries waited at most {p:.2} s)"))
+                    .unwrap_or_default()
+            ),
+        }
+    }
+}
+
+/// What a switch will do, checked before anything changes.
+#[derive(Debug, Clone)]
+pub struct SwitchPlan {
+    pub to: Endpoint,
+    pub from: Option<Endpoint>,
+    /// PgBouncer: the databases and where each points now.
+    pub pgbouncer: Vec<(String, Endpoint)>,
+    pub hook: Option<String>,
+}
+
+impl fmt::Display for SwitchPlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "switch application connections from {} to {}:",
+            self.from
+                .as_ref()
+                .map(|e| e.to_string())
+                .unwrap_or_else(|| "(unknown)".into()),
+            self.to
+        )?;
+        for (db, now) in &self.pgbouncer {
+            writeln!(
+                f,
+                "  PgBouncer database {db}: PAUSE, point {now} → {}, RELOAD, RESUME (queries wait meanwhile)",
+                self.to
+            )?;
+        }
+        if let Some(hook) = &self.hook {
+            writeln!(
+                f,
+                "  run the switch hook {hook:?} with PGDR_SWITCH_NEW_HOST/PORT and PGDR_SWITCH_OLD_HOST/PORT"
+            )?;
+        }
+        Ok(())
+    }
+}
+
+fn settings(config: &Config) -> Result<&SwitchConfig> {
+    let s = &config.switch;
+    if s.pgbouncer_admin_url.is_none() && s.hook.is_none() {
+        return Err(usage!(
+            "nothing to switch with: configure [switch] pgbouncer_admin_url (with pgbouncer_ini and pgbouncer_databases) and/or [switch] hook in {}",
+            config.source
+        ));
+    }
+    Ok(s)
+}
+
+/// Check the configuration and read where PgBouncer points now; change nothing.
+pub fn plan(config: &Config, opts: &SwitchOptions) -> Result<SwitchPlan> {
+    let s = settings(config)?;
+    let mut pgbouncer = Vec::new();
+    if s.pgbouncer_admin_url.is_some() {
+        let ini_path = s.pgbouncer_ini.as_ref().ok_or_else(|| {
+            usage!("[switch] pgbouncer_ini: the path of the pgbouncer.ini that pgdr rewrites is not set")
+        })?;
+        if s.pgbouncer_databases.is_empty() {
+            return Err(usage!(
+                "[switch] pgbouncer_databases: name the PgBouncer databases to move"
+            ));
+        }
+        let text = std::fs::read_to_string(ini_path)
+            .map_err(|e| usage!("cannot read [switch] pgbouncer_ini {}: {e}", ini_path.display()))?;
+        let now = ini::endpoints(&text, &s.pgbouncer_databases)?;
+        pgbouncer = now.into_iter().collect();
+    }
+    let from = opts.from.clone().or_else(|| pgbouncer.first().map(|(_, e)| e.clone()));
+    Ok(SwitchPlan {
+        to: opts.to.clone(),
+        from,
+        pgbouncer,
+        hook: s.hook.clone(),
+    })
+}
+
+/// Timestamped steps.
+struct Log {
+    steps: Vec<StepLog>,
+}
+
+impl Log {
+    async fn step<T>(&mut self, name: &str, work: impl std::future::Future<Output = Result<(T, String)>>) -> Result<T> {
+        let started = Utc::now();
+        let t = Instant::now();
+        let r = work.await;
+        let (ok, detail) = match &r {
+            Ok((_, d)) => (true, d.clone()),
+            Err(e) => (false, format!("{e:#}")),
+        };
+        tracing::info!("switch: {name}: {}", if ok { "ok" } else { "failed" });
+        self.steps.push(StepLog {
+            step: name.to_string(),
+            started,
+            seconds: t.elapsed().as_secs_f64(),
+            ok,
+            detail,
+        });
+        r.map(|(v, _)| v)
+    }
+}
+
+/// Carry out a plan. A failure is in the report (`ok: false`, `error`), after
+/// PgBouncer was resumed; only a plan that cannot start at all is an `Err`.
+pub async fn run(config: &Config, plan: &SwitchPlan, dry_run: bool) -> Result<SwitchReport> {
+    let s = settings(config)?;
+    let started = Instant::now();
+    let mut log = Log { steps: Vec::new() };
+    let mut report = SwitchReport {
+        to: plan.to.clone(),
+        from: plan.from.clone(),
+        dry_run,
+        ok: true,
+        steps: Vec::new(),
+        paused_seconds: None,
+        seconds: 0.0,
+        error: None,
+    };
+    if dry_run {
+        report.seconds = started.elapsed().as_secs_f64();
+        return Ok(report);
+    }
+    let mut error = None;
+    if let Some(url) = &s.pgbouncer_admin_url {
+        let ini_path = s.pgbouncer_ini.clone().expect("checked by plan");
+        match switch_pgbouncer(&mut log, url, &ini_path, s, plan).await {
+            Ok(paused) => report.paused_seconds = Some(paused),
+            Err(e) => error = Some(e),
+        }
+    }
+    if error.is_none()
+        && let Some(hook) = &s.hook
+    {
+        let wait = Duration::from_secs(s.hook_timeout_seconds);
+        let hooked = log
+            .step("hook", async {
+                let said = run_hook(hook, plan, wait).await?;
+                Ok(((), said))
+            })
+            .await;
+        if let Err(e) = hooked {
+            error = Some(if plan.pgbouncer.is_empty() {
+                e
+            } else {
+                e.context(format!("PgBouncer already points at {} and is running", plan.to))
+            });
+        }
+    }
+    report.steps = log.steps;
+    report.seconds = started.elapsed().as_secs_f64();
+    if let Some(e) = error {
+        report.ok = false;
+        report.error = Some(format!("{e:#}"));
+    }
+    Ok(report)
+}
+
+/// PAUSE every database, rewrite, RELOAD, check, RESUME. Returns how long queries
+/// waited. On failure PgBouncer is put back on the old file and resumed.
+async fn switch_pgbouncer(
+    log: &mut Log,
+    url: &str,
+    ini_path: &std::path::Path,
+    s: &SwitchConfig,
+    plan: &SwitchPlan,
+) -> Result<f64> {
+    let admin = log
+        .step("connect", async {
+            let a = pgbouncer::Admin::connect(url).await?;
+            let d = format!("PgBouncer admin console at {}", a.describe());
+            Ok((a, d))
+        })
+        .await?;
+    let original = std::fs::read_to_string(ini_path).with_context(|| format!("reading {}", ini_path.display()))?;
+    let dbs = &s.pgbouncer_databases;
+    let wait = Duration::from_secs(s.pause_timeout_seconds);
+    let paused_at = Instant::now();
+    let mut paused: Vec<&String> = Vec::new();
+    let mut rewritten = false;
+    let outcome: Result<()> = async {
+        for db in dbs {
+            log.step(&format!("pause {db}"), async {
+                admin.pause(db, wait).await?;
+                Ok(((), "queries to it now wait".to_string()))
+            })
+            .await?;
+            paused.push(db);
+        }
+        let new_text = ini::rewrite(&original, dbs, &plan.to)?;
+        log.step("rewrite pgbouncer.ini", async {
+            ini::replace_file(ini_path, &new_text)?;
+            Ok(((), format!("{} → {}", dbs.join(", "), plan.to)))
+        })
+        .await?;
+        rewritten = true;
+        log.step("reload", async {
+            admin.reload().await?;
+            for db in dbs {
+                let (host, port) = admin.target_of(db).await?;
+                if host != plan.to.host || port != plan.to.port {
+                    return Err(anyhow!(
+                        "after RELOAD PgBouncer still sends {db} to {host}:{port}, not {}",
+                        plan.to
+                    ));
+                }
+            }
+            Ok(((), format!("PgBouncer sends {} to {}", dbs.join(", "), plan.to)))
+        })
+        .await?;
+        Ok(())
+    }
+    .await;
+    if let Err(e) = outcome {
+        // Never leave PgBouncer paused, and never on a half-done switch.
+        let mut undo = Vec::new();
+        if rewritten {
+            match ini::replace_file(ini_path, &original) {
+                Ok(()) => {
+                    if let Err(r) = admin.reload().await {
+                        undo.push(format!("RELOAD of the old file failed: {r:#}"));
+                    }
+                }
+                Err(r) => undo.push(format!("restoring pgbouncer.ini failed: {r:#}")),
+            }
+        }
+        for db in &paused {
+            if let Err(r) = admin.resume(db).await {
+                undo.push(format!("RESUME {db} failed: {r:#}"));
+            }
+        }
+        let _ = log
+            .step("roll back", async {
+                if undo.is_empty() {
+                    Ok(((), "PgBouncer resumed on the old settings".to_string()))
+                } else {
+                    Err(anyhow!("{}", undo.join("; ")))
+                }
+            })
+            .await;
+        return Err(if undo.is_empty() {
+            e.context("PgBouncer was resumed on the old settings")
+        } else {
+            e.context(format!(
+                "rolling back also failed ({}) — check PgBouncer now: SHOW DATABASES, RESUME",
+                undo.join("; ")
+            ))
+        });
+    }
+    for db in dbs {
+        log.step(&format!("resume {db}"), async {
+            admin.resume(db).await?;
+            Ok(((), format!("queries flow to {}", plan.to)))
+        })
+        .await?;
+    }
+    Ok(paused_at.elapsed().as_secs_f64())
+}
+
+/// The switch hook: `sh -c HOOK` with the new and old endpoints in `PGDR_SWITCH_*`,
+/// within `wait`; it must exit 0.
+async fn run_hook(hook: &str, plan: &SwitchPlan, wait: Duration) -> Result<String> {
+    let mut cmd = tokio::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg(hook)
+        .env("PGDR_SWITCH_NEW_HOST", &plan.to.host)
+        .env("PGDR_SWITCH_NEW_PORT", plan.to.port.to_string())
+        .env(
+            "PGDR_SWITCH_OLD_HOST",
+            plan.from.as_ref().map(|e| e.host.clone()).unwrap_or_default(),
+        )
+        .env(
+            "PGDR_SWITCH_OLD_PORT",
+            plan.from.as_ref().map(|e| e.port.to_string()).unwrap_or_default(),
+        )
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let child = cmd.spawn().map_err(|e| anyhow!("cannot run the switch hook: {e}"))?;
+    let out = match tokio::time::timeout(wait, child.wait_with_output()).await {
+        Ok(r) => r.map_err(|e| anyhow!("the switch hook failed: {e}"))?,
+        Err(_) => {
+            return Err(anyhow!(
+                "the switch hook did not finish within {} s ([switch] hook_timeout_seconds); it was killed",
+                wait.as_secs()
+            ));
+        }
+    };
+    let said = |b: &[u8]| {
+        let t = String::from_utf8_lossy(b);
+        t.lines().last().unwrap_or("").chars().take(300).collect::<String>()
+    };
+    if !out.status.success() {
+        return Err(anyhow!(
+            "the switch hook exited with {}{}",
+            out.status,
+            match said(&out.stderr) {
+                s if s.is_empty() => String::new(),
+                s => format!(": {s}"),
+            }
+        ));
+    }
+    Ok(format!(
+        "exited 0{}",
+        match said(&out.stdout) {
+            s if s.is_empty() => String::new(),
+            s => format!(": {s}"),
+        }
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_parse() {
+        assert_eq!(
+            "10.0.0.5:5432".parse::<Endpoint>().unwrap(),
+            Endpoint {
+                host: "10.0.0.5".into(),
+                port: 5432
+            }
+        );
+        let v6 = "[fd00::5]:6432".parse::<Endpoint>().unwrap();
+        assert_eq!((v6.host.as_str(), v6.port), ("fd00::5", 6432));
+        assert_eq!(v6.to_string(), "[fd00::5]:6432");
+        for bad in ["db", "db:", ":5432", "db:0", "db:x", "a b:1", "[::1]5432"] {
+            assert!(bad.parse::<Endpoint>().is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,265 @@
+//! `pgdr switch` (issue 11, first part): application connections move between two
+//! real clusters through a real PgBouncer while a client keeps writing; a pause that
+//! cannot complete, a failing hook and a dry run leave PgBouncer running.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+
+fn app_cluster() -> Cluster {
+    let c = Cluster::start();
+    c.psql("postgres", "CREATE DATABASE app");
+    c.psql(
+        "app",
+        "CREATE TABLE t (n int PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())",
+    );
+    c
+}
+
+/// pgdr set up on `cluster`, with a `[switch]` section for `bouncer` (and a hook).
+fn with_switch(cluster: &Cluster, bouncer: &PgBouncer, extra: &str) -> Pgdr {
+    let pgdr = Pgdr::new(cluster, RepoKind::Local);
+    let mut text = std::fs::read_to_string(&pgdr.config).unwrap();
+    text.push_str(&format!(
+        "\n[switch]\npgbouncer_admin_url = \"{}\"\npgbouncer_ini = \"{}\"\npgbouncer_databases = [\"app\"]\npause_timeout_seconds = 3\n{extra}",
+        bouncer.admin_url(),
+        bouncer.ini.display()
+    ));
+    std::fs::write(&pgdr.config, text).unwrap();
+    pgdr
+}
+
+/// A client writing numbered rows through PgBouncer, one connection per row, until
+/// stopped; it records every row acknowledged and every error.
+struct Writer {
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Vec<u32>>>,
+    errors: Arc<Mutex<Vec<String>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    fn start(port: u16) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let (s, a, e) = (stop.clone(), acked.clone(), errors.clone());
+        let thread = std::thread::spawn(move || {
+            let mut n = 0u32;
+            while !s.load(Ordering::SeqCst) {
+                n += 1;
+                let out = psql_at(port, "app", &format!("INSERT INTO t (n) VALUES ({n})"));
+                if out.status.success() {
+                    a.lock().unwrap().push(n);
+                } else {
+                    e.lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&out.stderr).into_owned());
+                }
+            }
+        });
+        Writer {
+            stop,
+            acked,
+            errors,
+            thread: Some(thread),
+        }
+    }
+
+    fn finish(mut self) -> (Vec<u32>, Vec<String>) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.take().unwrap().join().unwrap();
+        (self.acked.lock().unwrap().clone(), self.errors.lock().unwrap().clone())
+    }
+}
+
+fn rows(c: &Cluster) -> BTreeSet<u32> {
+    c.psql("app", "SELECT n FROM t ORDER BY n")
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| l.parse().unwrap())
+        .collect()
+}
+
+fn json(out: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// Transaction pooling, a client writing the whole time: after the switch every
+/// acknowledged row is on exactly one server, the later ones on the new server, the
+/// client saw no error (only waits), and pgbouncer.ini changed in one line only.
+#[test]
+fn switch_moves_writes_without_errors() {
+    let (a, b) = (app_cluster(), app_cluster());
+    let bouncer = PgBouncer::start(&[("app", a.port)], "transaction");
+    let before = std::fs::read_to_string(&bouncer.ini).unwrap();
+    let marker = bouncer.dir.join("hook-env");
+    let pgdr = with_switch(
+        &a,
+        &bouncer,
+        &format!("hook = \"env | grep ^PGDR_SWITCH_ | sort > {}\"\n", marker.display()),
+    );
+    let writer = Writer::start(bouncer.port);
+    std::thread::sleep(Duration::from_millis(800));
+    let out = pgdr.run(&["switch", "--to", &format!("127.0.0.1:{}", b.port), "--yes", "--json"]);
+    assert_success(&out, "pgdr switch");
+    std::thread::sleep(Duration::from_millis(800));
+    let (acked, errors) = writer.finish();
+    assert!(errors.is_empty(), "the client saw errors during the switch: {errors:?}");
+    let report = json(&out);
+    assert_eq!(report["ok"], true, "{report}");
+    let steps: Vec<&str> = report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "connect",
+            "pause app",
+            "rewrite pgbouncer.ini",
+            "reload",
+            "resume app",
+            "hook"
+        ]
+    );
+
+    let (on_a, on_b) = (rows(&a), rows(&b));
+    assert!(on_a.is_disjoint(&on_b), "a row landed on both servers");
+    let all: BTreeSet<u32> = on_a.union(&on_b).copied().collect();
+    let acked: BTreeSet<u32> = acked.into_iter().collect();
+    assert!(
+        acked.is_subset(&all),
+        "acknowledged rows are missing: {:?}",
+        acked.difference(&all).collect::<Vec<_>>()
+    );
+    assert!(
+        !on_a.is_empty() && !on_b.is_empty(),
+        "a: {} rows, b: {} rows",
+        on_a.len(),
+        on_b.len()
+    );
+    assert!(
+        on_a.iter().max() < on_b.iter().min(),
+        "writes went back to the old server"
+    );
+
+    // New writes land on the new server.
+    let out = bouncer.psql("app", "INSERT INTO t (n) VALUES (1000000)");
+    assert!(out.status.success());
+    assert!(rows(&b).contains(&1000000));
+
+    // pgbouncer.ini: the app line changed, nothing else.
+    let after = std::fs::read_to_string(&bouncer.ini).unwrap();
+    let changed: Vec<(&str, &str)> = before.lines().zip(after.lines()).filter(|(x, y)| x != y).collect();
+    assert_eq!(changed.len(), 1, "{changed:?}");
+    assert_eq!(changed[0].1, format!("app = host=127.0.0.1 port={} dbname=app", b.port));
+    assert_eq!(before.lines().count(), after.lines().count());
+
+    // The hook got both ends.
+    let env = std::fs::read_to_string(&marker).unwrap();
+    assert!(env.contains(&format!("PGDR_SWITCH_NEW_PORT={}", b.port)), "{env}");
+    assert!(env.contains(&format!("PGDR_SWITCH_OLD_PORT={}", a.port)), "{env}");
+    assert!(env.contains("PGDR_SWITCH_NEW_HOST=127.0.0.1"), "{env}");
+}
+
+/// Session pooling with a client that never leaves: PAUSE cannot complete, the
+/// time-out fires, PgBouncer is resumed on the old settings, and the error says who
+/// held the pause.
+#[test]
+fn a_pause_that_cannot_complete_is_abandoned_and_resumed() {
+    let (a, b) = (app_cluster(), app_cluster());
+    let bouncer = PgBouncer::start(&[("app", a.port)], "session");
+    let before = std::fs::read(&bouncer.ini).unwrap();
+    let pgdr = with_switch(&a, &bouncer, "");
+    // A session that stays connected (psql waiting on its input).
+    let mut holder = Command::new(pg_bin().join("psql"))
+        .args([
+            "-X",
+            "-q",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-p",
+            &bouncer.port.to_string(),
+            "-d",
+            "app",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    holder.stdin.as_mut().unwrap().write_all(b"SELECT 1;\n").unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+
+    let out = pgdr.run(&["switch", "--to", &format!("127.0.0.1:{}", b.port), "--yes", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let report = json(&out);
+    let error = report["error"].as_str().unwrap();
+    assert!(error.contains("PAUSE app did not complete within 3 s"), "{error}");
+    assert!(
+        error.contains("still hold server connections: postgres@127.0.0.1"),
+        "{error}"
+    );
+    assert!(error.contains("resumed on the old settings"), "{error}");
+    assert_eq!(std::fs::read(&bouncer.ini).unwrap(), before, "pgbouncer.ini changed");
+    // Not paused: a new client gets through, to the old server.
+    let out = bouncer.psql("app", "INSERT INTO t (n) VALUES (7) RETURNING n");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(rows(&a).contains(&7));
+    let _ = holder.kill();
+    let _ = holder.wait();
+}
+
+/// A hook that fails: the switch reports it and exits 1, and PgBouncer (switched
+/// first) is running, not paused.
+#[test]
+fn a_failing_hook_is_reported_and_pgbouncer_is_not_left_paused() {
+    let (a, b) = (app_cluster(), app_cluster());
+    let bouncer = PgBouncer::start(&[("app", a.port)], "transaction");
+    let pgdr = with_switch(&a, &bouncer, "hook = \"echo 'dns update refused' >&2; exit 1\"\n");
+    let out = pgdr.run(&["switch", "--to", &format!("127.0.0.1:{}", b.port), "--yes"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("the switch hook exited with exit status: 1: dns update refused"),
+        "{stdout}"
+    );
+    let out = bouncer.psql("app", "INSERT INTO t (n) VALUES (9)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(rows(&b).contains(&9));
+}
+
+/// `--dry-run` prints the plan and changes nothing; without a terminal and without
+/// `--yes`, nothing happens either.
+#[test]
+fn dry_run_and_missing_confirmation_change_nothing() {
+    let (a, b) = (app_cluster(), app_cluster());
+    let bouncer = PgBouncer::start(&[("app", a.port)], "transaction");
+    let before = std::fs::read(&bouncer.ini).unwrap();
+    let pgdr = with_switch(&a, &bouncer, "");
+    let to = format!("127.0.0.1:{}", b.port);
+    let out = pgdr.run(&["switch", "--to", &to, "--dry-run"]);
+    assert_success(&out, "switch --dry-run");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("point 127.0.0.1:{} → {to}", a.port)), "{text}");
+    assert!(text.contains("dry run: nothing was changed"), "{text}");
+    assert_fails(&pgdr.run(&["switch", "--to", &to]), 2, "pass --yes");
+    assert_fails(&pgdr.run(&["switch", "--to", "nowhere"]), 2, "HOST:PORT");
+    assert_eq!(std::fs::read(&bouncer.ini).unwrap(), before);
+    let out = bouncer.psql("app", "INSERT INTO t (n) VALUES (3)");
+    assert!(out.status.success());
+    assert!(rows(&a).contains(&3) && !rows(&b).contains(&3));
+}
