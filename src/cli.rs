@@ -64,6 +64,10 @@ pub enum Command {
     Copy(CopyArgs),
     /// Move application connections to another server (PgBouncer and/or a hook)
     Switch(SwitchArgs),
+    /// Streaming standbys built from backups
+    Standby(StandbyArgs),
+    /// Fence the old primary, promote a standby, switch connections, report the RPO
+    Failover(FailoverArgs),
     /// Run, check or export the job schedule
     Schedule(ScheduleArgs),
     /// Print Prometheus metrics once (for a textfile collector)
@@ -85,6 +89,65 @@ pub struct WalPushAheadArgs {
     /// PostgreSQL's pg_wal directory
     #[arg(long)]
     pub wal_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct StandbyArgs {
+    #[command(subcommand)]
+    pub command: StandbyCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StandbyCommand {
+    /// Build a streaming standby from the latest backup plus WAL, start it, wait until it streams
+    Create(StandbyCreateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StandbyCreateArgs {
+    /// The data directory to create
+    #[arg(long, value_name = "DIR")]
+    pub to: PathBuf,
+    /// The primary to stream from
+    #[arg(long, value_name = "HOST:PORT")]
+    pub primary: String,
+    /// Port of the standby
+    #[arg(long)]
+    pub port: u16,
+    /// listen_addresses of the standby (default 127.0.0.1)
+    #[arg(long, value_name = "ADDRS")]
+    pub listen: Option<String>,
+    /// Unix socket directory of the standby
+    #[arg(long, value_name = "DIR")]
+    pub socket_dir: Option<PathBuf>,
+    /// A physical replication slot on the primary (created if missing)
+    #[arg(long, value_name = "NAME")]
+    pub slot: Option<String>,
+    /// Which backup: a label, `latest`, or `tag:NAME`
+    #[arg(long, default_value = "latest", value_name = "LABEL|latest|tag:TAG")]
+    pub backup: String,
+    /// Parallel restore workers
+    #[arg(long)]
+    pub jobs: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct FailoverArgs {
+    /// The standby to promote (as applications and PgBouncer reach it)
+    #[arg(long, value_name = "HOST:PORT")]
+    pub to: String,
+    /// The old primary, fenced if reachable
+    #[arg(long, value_name = "HOST:PORT")]
+    pub old: Option<String>,
+    /// The old primary's data directory, when it is on this host: fenced by a fast stop
+    #[arg(long, value_name = "DIR")]
+    pub old_data_dir: Option<PathBuf>,
+    /// Show the plan, change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Do not ask for confirmation
+    #[arg(long)]
+    pub yes: bool,
 }
 
 #[derive(Debug, Args)]

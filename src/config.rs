@@ -294,6 +294,9 @@ pub struct SwitchConfig {
     pub hook: Option<String>,
     #[serde(default = "default_hook_timeout")]
     pub hook_timeout_seconds: u64,
+    /// `failover`: how to fence an old primary that is neither local (`--old-data-dir`)
+    /// nor reachable (a STONITH, a cloud API call); gets `PGDR_FENCE_HOST/PORT`.
+    pub fence_command: Option<String>,
 }
 
 impl Default for SwitchConfig {
@@ -305,6 +308,7 @@ impl Default for SwitchConfig {
             pause_timeout_seconds: default_pause_timeout(),
             hook: None,
             hook_timeout_seconds: default_hook_timeout(),
+            fence_command: None,
         }
     }
 }

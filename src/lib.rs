@@ -14,6 +14,7 @@ pub mod config;
 pub mod copy;
 pub mod disk;
 pub mod exit;
+pub mod failover;
 pub mod notify;
 pub mod physical;
 pub mod pipeline;

@@ -263,3 +263,117 @@ fn dry_run_and_missing_confirmation_change_nothing() {
     assert!(out.status.success());
     assert!(rows(&a).contains(&3) && !rows(&b).contains(&3));
 }
+
+/// The whole of it: a standby built by `pgdr standby create` streams from an archiving
+/// primary; a client writes through PgBouncer; `pgdr failover` fences the old primary
+/// (fast stop), promotes the standby, switches PgBouncer. The old primary takes no
+/// writes, every acknowledged row is on the new primary, the client saw no error, and
+/// the report names an RPO of zero.
+#[test]
+fn failover_to_a_standby_built_from_backup() {
+    let a = Archiving::start();
+    let c = &a.cluster;
+    c.psql("postgres", "CREATE DATABASE app");
+    c.psql(
+        "app",
+        "CREATE TABLE t (n int PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())",
+    );
+    a.pgdr.ok(&["backup", "--kind", "physical"]);
+    c.psql("app", "INSERT INTO t (n) SELECT -g FROM generate_series(1, 100) g");
+
+    let standby_dir = TestDir::new();
+    chown_postgres(standby_dir.path());
+    let data = standby_dir.join("data");
+    let sock = standby_dir.join("sock");
+    pg_owned_dir(&sock);
+    let port = free_port();
+    let out = a.pgdr.run(&[
+        "standby",
+        "create",
+        "--to",
+        data.to_str().unwrap(),
+        "--primary",
+        &format!("127.0.0.1:{}", c.port),
+        "--port",
+        &port.to_string(),
+        "--socket-dir",
+        sock.to_str().unwrap(),
+        "--slot",
+        "pgdr_standby",
+        "--json",
+    ]);
+    assert_success(&out, "pgdr standby create");
+    let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(created["streaming_from"].as_str().unwrap().contains('/'), "{created}");
+    let slot = c.psql(
+        "postgres",
+        "SELECT active FROM pg_replication_slots WHERE slot_name = 'pgdr_standby'",
+    );
+    assert_eq!(slot, "t", "the slot is not in use");
+    let standby = Restored {
+        dir: standby_dir,
+        data: data.clone(),
+        port,
+        output: String::new(),
+    };
+
+    let bouncer = PgBouncer::start(&[("app", c.port)], "transaction");
+    let mut text = std::fs::read_to_string(&a.pgdr.config).unwrap();
+    text.push_str(&format!(
+        "\n[switch]\npgbouncer_admin_url = \"{}\"\npgbouncer_ini = \"{}\"\npgbouncer_databases = [\"app\"]\npause_timeout_seconds = 10\n",
+        bouncer.admin_url(),
+        bouncer.ini.display()
+    ));
+    std::fs::write(&a.pgdr.config, text).unwrap();
+
+    let writer = Writer::start(bouncer.port);
+    std::thread::sleep(Duration::from_millis(1000));
+    let out = a.pgdr.run(&[
+        "failover",
+        "--to",
+        &format!("127.0.0.1:{port}"),
+        "--old",
+        &format!("127.0.0.1:{}", c.port),
+        "--old-data-dir",
+        c.data.to_str().unwrap(),
+        "--yes",
+        "--json",
+    ]);
+    std::thread::sleep(Duration::from_millis(800));
+    let (acked, errors) = writer.finish();
+    assert_success(&out, "pgdr failover");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(report["rpo_bytes"], 0, "{report}");
+    assert!(errors.is_empty(), "the client saw errors: {errors:?}");
+
+    // The old primary takes no writes (it is stopped).
+    assert!(
+        !psql_at(c.port, "app", "INSERT INTO t (n) VALUES (-1000)")
+            .status
+            .success()
+    );
+    // Every acknowledged row is on the new primary, and new writes land there.
+    let on_new: BTreeSet<u32> = standby
+        .psql("app", "SELECT n FROM t WHERE n > 0 ORDER BY n")
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| l.parse().unwrap())
+        .collect();
+    let acked: BTreeSet<u32> = acked.into_iter().collect();
+    assert!(!acked.is_empty());
+    assert!(
+        acked.is_subset(&on_new),
+        "acknowledged rows missing on the new primary: {:?}",
+        acked.difference(&on_new).collect::<Vec<_>>()
+    );
+    assert_eq!(standby.psql("app", "SELECT count(*) FROM t WHERE n < 0"), "100");
+    assert!(
+        bouncer
+            .psql("app", "INSERT INTO t (n) VALUES (5000000)")
+            .status
+            .success()
+    );
+    assert_eq!(standby.psql("app", "SELECT count(*) FROM t WHERE n = 5000000"), "1");
+    assert_eq!(standby.psql("postgres", "SELECT pg_is_in_recovery()"), "f");
+}

@@ -6,11 +6,13 @@ mod cat;
 mod check;
 mod copy;
 mod expire;
+mod failover;
 mod init;
 mod list;
 mod metrics;
 mod restore;
 mod schedule;
+mod standby;
 mod switch;
 mod verify;
 mod wal_fetch;
@@ -94,6 +96,8 @@ pub async fn run(cli: Cli) -> Result<Exit> {
         Command::Verify(args) => verify::run(&ctx, args).await,
         Command::Copy(args) => copy::run(&ctx, args).await,
         Command::Switch(args) => switch::run(&ctx, args).await,
+        Command::Standby(args) => standby::run(&ctx, args).await,
+        Command::Failover(args) => failover::run(&ctx, args).await,
         Command::Schedule(args) => schedule::run(&ctx, args).await,
         Command::Metrics(args) => metrics::run(&ctx, args).await,
         Command::WalPush(args) => wal_push::run(&ctx, args).await,

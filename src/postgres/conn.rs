@@ -122,6 +122,12 @@ impl PgTarget {
         format!("{}:{} as {}", self.host, self.port, self.user)
     }
 
+    /// The password a replication connection (a standby's walreceiver) would use:
+    /// from the settings, or the password file's entry for the `replication` database.
+    pub fn password_for_replication(&self) -> Option<String> {
+        self.password_for("replication")
+    }
+
     /// The password from the settings, or else from the password file.
     fn password_for(&self, dbname: &str) -> Option<String> {
         self.password

@@ -69,6 +69,8 @@ pub struct RecoveryOptions {
     pub timeline: Option<String>,
     pub standby: bool,
     pub primary_conninfo: Option<String>,
+    /// A standby's replication slot on its primary.
+    pub primary_slot_name: Option<String>,
     /// Keep WAL archiving on: the DBA says the restored server becomes the new
     /// primary. Off by default, so a copy never writes into the repository.
     pub archive: bool,
@@ -90,6 +92,7 @@ const OWNED: &[&str] = &[
     "recovery_target_inclusive",
     "recovery_target_timeline",
     "primary_conninfo",
+    "primary_slot_name",
 ];
 
 fn setting_name(line: &str) -> Option<String> {
@@ -146,6 +149,9 @@ pub fn write(data_dir: &Path, opts: &RecoveryOptions, comment: &str) -> io::Resu
     if let Some(conninfo) = &opts.primary_conninfo {
         out.push(format!("primary_conninfo = {}", quote_literal(conninfo)));
     }
+    if let Some(slot) = &opts.primary_slot_name {
+        out.push(format!("primary_slot_name = {}", quote_literal(slot)));
+    }
     std::fs::write(&auto, out.join("\n") + "\n")?;
     let (signal, other) = if opts.standby {
         ("standby.signal", "recovery.signal")
@@ -176,6 +182,7 @@ mod tests {
             timeline: None,
             standby: false,
             primary_conninfo: None,
+            primary_slot_name: None,
             archive: false,
         };
         write(d.path(), &opts, "test").unwrap();

@@ -93,6 +93,26 @@ pub fn parse_verification(key: &ObjectKey) -> Option<BackupLabel> {
     name.get(17..)?.parse().ok()
 }
 
+/// `verifications/<UTC time>-<event>.json`: reports of switches and failovers
+/// (`event` is `switch` or `failover`), beside the restore tests.
+pub fn event_report(started: &chrono::DateTime<chrono::Utc>, event: &str) -> ObjectKey {
+    key(format!(
+        "{VERIFICATIONS}{}-{event}.json",
+        started.format("%Y%m%dT%H%M%SZ")
+    ))
+}
+
+/// `(time, event)` of an event report's key.
+pub fn parse_event_report(key: &ObjectKey) -> Option<(chrono::DateTime<chrono::Utc>, &str)> {
+    let name = key.as_str().strip_prefix(VERIFICATIONS)?.strip_suffix(".json")?;
+    let (time, event) = name.split_once('-')?;
+    if !matches!(event, "switch" | "failover") {
+        return None;
+    }
+    let time = chrono::NaiveDateTime::parse_from_str(time, "%Y%m%dT%H%M%SZ").ok()?;
+    Some((time.and_utc(), event))
+}
+
 /// The name of the `n`th data bundle of a physical backup (an object of the backup).
 pub fn bundle(n: u64) -> String {
     format!("data/bundle-{n:05}")

@@ -88,6 +88,8 @@ pub struct PhysicalRestoreOptions {
     pub timeline: TargetTimeline,
     pub standby: bool,
     pub primary_conninfo: Option<String>,
+    /// A standby's replication slot on its primary.
+    pub primary_slot_name: Option<String>,
     /// Rewrite only what differs in a non-empty directory.
     pub delta: bool,
     /// Tablespace OID → where it goes instead of its original place.
@@ -358,6 +360,7 @@ pub async fn execute(
         timeline: Some(plan.recovery_timeline.clone()),
         standby: opts.standby,
         primary_conninfo: opts.primary_conninfo.clone(),
+        primary_slot_name: opts.primary_slot_name.clone(),
         archive: opts.archive,
     };
     recovery::write(

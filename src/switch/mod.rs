@@ -198,13 +198,18 @@ pub fn plan(config: &Config, opts: &SwitchOptions) -> Result<SwitchPlan> {
     })
 }
 
-/// Timestamped steps.
-struct Log {
-    steps: Vec<StepLog>,
+/// Timestamped steps (switch, failover).
+pub struct Log {
+    pub steps: Vec<StepLog>,
 }
 
 impl Log {
-    async fn step<T>(&mut self, name: &str, work: impl std::future::Future<Output = Result<(T, String)>>) -> Result<T> {
+    /// Run one step and record when it started, how long it took and what it said.
+    pub async fn step<T>(
+        &mut self,
+        name: &str,
+        work: impl std::future::Future<Output = Result<(T, String)>>,
+    ) -> Result<T> {
         let started = Utc::now();
         let t = Instant::now();
         let r = work.await;
@@ -227,100 +232,198 @@ impl Log {
 /// Carry out a plan. A failure is in the report (`ok: false`, `error`), after
 /// PgBouncer was resumed; only a plan that cannot start at all is an `Err`.
 pub async fn run(config: &Config, plan: &SwitchPlan, dry_run: bool) -> Result<SwitchReport> {
-    let s = settings(config)?;
-    let started = Instant::now();
-    let mut log = Log { steps: Vec::new() };
-    let mut report = SwitchReport {
-        to: plan.to.clone(),
-        from: plan.from.clone(),
-        dry_run,
-        ok: true,
-        steps: Vec::new(),
-        paused_seconds: None,
-        seconds: 0.0,
-        error: None,
-    };
+    let mut session = Session::new(config, plan, dry_run)?;
     if dry_run {
-        report.seconds = started.elapsed().as_secs_f64();
-        return Ok(report);
+        return Ok(session.report());
     }
-    let mut error = None;
-    if let Some(url) = &s.pgbouncer_admin_url {
-        let ini_path = s.pgbouncer_ini.clone().expect("checked by plan");
-        match switch_pgbouncer(&mut log, url, &ini_path, s, plan).await {
-            Ok(paused) => report.paused_seconds = Some(paused),
-            Err(e) => error = Some(e),
-        }
-    }
-    if error.is_none()
-        && let Some(hook) = &s.hook
-    {
-        let wait = Duration::from_secs(s.hook_timeout_seconds);
-        let hooked = log
-            .step("hook", async {
-                let said = run_hook(hook, plan, wait).await?;
-                Ok(((), said))
-            })
-            .await;
-        if let Err(e) = hooked {
-            error = Some(if plan.pgbouncer.is_empty() {
-                e
-            } else {
-                e.context(format!("PgBouncer already points at {} and is running", plan.to))
-            });
-        }
-    }
-    report.steps = log.steps;
-    report.seconds = started.elapsed().as_secs_f64();
-    if let Some(e) = error {
-        report.ok = false;
-        report.error = Some(format!("{e:#}"));
-    }
-    Ok(report)
+    session.pause().await;
+    session.complete().await;
+    Ok(session.report())
 }
 
-/// PAUSE every database, rewrite, RELOAD, check, RESUME. Returns how long queries
-/// waited. On failure PgBouncer is put back on the old file and resumed.
-async fn switch_pgbouncer(
-    log: &mut Log,
-    url: &str,
-    ini_path: &std::path::Path,
-    s: &SwitchConfig,
-    plan: &SwitchPlan,
-) -> Result<f64> {
-    let admin = log
-        .step("connect", async {
-            let a = pgbouncer::Admin::connect(url).await?;
-            let d = format!("PgBouncer admin console at {}", a.describe());
-            Ok((a, d))
+/// A switch in steps, for callers that do work while queries wait (`failover`
+/// fences and promotes between `pause` and `complete`).
+pub struct Session<'a> {
+    settings: &'a SwitchConfig,
+    plan: &'a SwitchPlan,
+    started: Instant,
+    log: Log,
+    dry_run: bool,
+    paused: Option<Paused>,
+    paused_seconds: Option<f64>,
+    error: Option<anyhow::Error>,
+}
+
+/// PgBouncer with queries held: the console, the file as it was, what is paused.
+struct Paused {
+    admin: pgbouncer::Admin,
+    ini_path: std::path::PathBuf,
+    original: String,
+    dbs: Vec<String>,
+    since: Instant,
+}
+
+impl<'a> Session<'a> {
+    pub fn new(config: &'a Config, plan: &'a SwitchPlan, dry_run: bool) -> Result<Session<'a>> {
+        Ok(Session {
+            settings: settings(config)?,
+            plan,
+            started: Instant::now(),
+            log: Log { steps: Vec::new() },
+            dry_run,
+            paused: None,
+            paused_seconds: None,
+            error: None,
         })
-        .await?;
-    let original = std::fs::read_to_string(ini_path).with_context(|| format!("reading {}", ini_path.display()))?;
-    let dbs = &s.pgbouncer_databases;
-    let wait = Duration::from_secs(s.pause_timeout_seconds);
-    let paused_at = Instant::now();
-    let mut paused: Vec<&String> = Vec::new();
+    }
+
+    /// Hold new queries (PgBouncer `PAUSE`, within the pause timeout). On failure
+    /// nothing stays paused and the session is failed.
+    pub async fn pause(&mut self) {
+        let Some(url) = self.settings.pgbouncer_admin_url.clone() else {
+            return;
+        };
+        if self.error.is_some() {
+            return;
+        }
+        let ini_path = self.settings.pgbouncer_ini.clone().expect("checked by plan");
+        let wait = Duration::from_secs(self.settings.pause_timeout_seconds);
+        let dbs = self.settings.pgbouncer_databases.clone();
+        let attempt: Result<Paused> = async {
+            let admin = self
+                .log
+                .step("connect", async {
+                    let a = pgbouncer::Admin::connect(&url).await?;
+                    let d = format!("PgBouncer admin console at {}", a.describe());
+                    Ok((a, d))
+                })
+                .await?;
+            let original =
+                std::fs::read_to_string(&ini_path).with_context(|| format!("reading {}", ini_path.display()))?;
+            let since = Instant::now();
+            let mut done: Vec<String> = Vec::new();
+            for db in &dbs {
+                let r = self
+                    .log
+                    .step(&format!("pause {db}"), async {
+                        admin.pause(db, wait).await?;
+                        Ok(((), "queries to it now wait".to_string()))
+                    })
+                    .await;
+                if let Err(e) = r {
+                    for d in &done {
+                        let _ = admin.resume(d).await;
+                    }
+                    return Err(e);
+                }
+                done.push(db.clone());
+            }
+            Ok(Paused {
+                admin,
+                ini_path,
+                original,
+                dbs,
+                since,
+            })
+        }
+        .await;
+        match attempt {
+            Ok(p) => self.paused = Some(p),
+            Err(e) => self.error = Some(e),
+        }
+    }
+
+    /// Whether the session failed so far.
+    pub fn failed(&self) -> bool {
+        self.error.is_some()
+    }
+
+    /// Point PgBouncer at the new server and let queries flow (rewrite, RELOAD,
+    /// RESUME), then run the hook. On failure PgBouncer is back on the old file,
+    /// resumed.
+    pub async fn complete(&mut self) {
+        if let Some(p) = self.paused.take() {
+            match finish_pgbouncer(&mut self.log, &p, self.plan).await {
+                Ok(()) => self.paused_seconds = Some(p.since.elapsed().as_secs_f64()),
+                Err(e) => self.error = Some(e),
+            }
+        }
+        if self.error.is_some() {
+            return;
+        }
+        if let Some(hook) = &self.settings.hook {
+            let wait = Duration::from_secs(self.settings.hook_timeout_seconds);
+            let plan = self.plan;
+            let hooked = self
+                .log
+                .step("hook", async {
+                    let said = run_hook(hook, plan, wait).await?;
+                    Ok(((), said))
+                })
+                .await;
+            if let Err(e) = hooked {
+                self.error = Some(if plan.pgbouncer.is_empty() {
+                    e
+                } else {
+                    e.context(format!("PgBouncer already points at {} and is running", plan.to))
+                });
+            }
+        }
+    }
+
+    /// Give up: queries flow again to the old server; `why` is the session's error.
+    pub async fn abandon(&mut self, why: anyhow::Error) {
+        if let Some(p) = self.paused.take() {
+            let mut undo = Vec::new();
+            for db in &p.dbs {
+                if let Err(e) = p.admin.resume(db).await {
+                    undo.push(format!("RESUME {db} failed: {e:#}"));
+                }
+            }
+            let _ = self
+                .log
+                .step("resume on the old settings", async {
+                    if undo.is_empty() {
+                        Ok(((), "PgBouncer resumed; nothing was switched".to_string()))
+                    } else {
+                        Err(anyhow!("{}", undo.join("; ")))
+                    }
+                })
+                .await;
+        }
+        self.error.get_or_insert(why);
+    }
+
+    pub fn report(self) -> SwitchReport {
+        SwitchReport {
+            to: self.plan.to.clone(),
+            from: self.plan.from.clone(),
+            dry_run: self.dry_run,
+            ok: self.error.is_none(),
+            steps: self.log.steps,
+            paused_seconds: self.paused_seconds,
+            seconds: self.started.elapsed().as_secs_f64(),
+            error: self.error.map(|e| format!("{e:#}")),
+        }
+    }
+}
+
+/// Rewrite, RELOAD (checked), RESUME. On failure: the old file back, RELOAD, RESUME.
+async fn finish_pgbouncer(log: &mut Log, p: &Paused, plan: &SwitchPlan) -> Result<()> {
+    let dbs = &p.dbs;
     let mut rewritten = false;
     let outcome: Result<()> = async {
-        for db in dbs {
-            log.step(&format!("pause {db}"), async {
-                admin.pause(db, wait).await?;
-                Ok(((), "queries to it now wait".to_string()))
-            })
-            .await?;
-            paused.push(db);
-        }
-        let new_text = ini::rewrite(&original, dbs, &plan.to)?;
+        let new_text = ini::rewrite(&p.original, dbs, &plan.to)?;
         log.step("rewrite pgbouncer.ini", async {
-            ini::replace_file(ini_path, &new_text)?;
+            ini::replace_file(&p.ini_path, &new_text)?;
             Ok(((), format!("{} → {}", dbs.join(", "), plan.to)))
         })
         .await?;
         rewritten = true;
         log.step("reload", async {
-            admin.reload().await?;
+            p.admin.reload().await?;
             for db in dbs {
-                let (host, port) = admin.target_of(db).await?;
+                let (host, port) = p.admin.target_of(db).await?;
                 if host != plan.to.host || port != plan.to.port {
                     return Err(anyhow!(
                         "after RELOAD PgBouncer still sends {db} to {host}:{port}, not {}",
@@ -338,17 +441,17 @@ async fn switch_pgbouncer(
         // Never leave PgBouncer paused, and never on a half-done switch.
         let mut undo = Vec::new();
         if rewritten {
-            match ini::replace_file(ini_path, &original) {
+            match ini::replace_file(&p.ini_path, &p.original) {
                 Ok(()) => {
-                    if let Err(r) = admin.reload().await {
+                    if let Err(r) = p.admin.reload().await {
                         undo.push(format!("RELOAD of the old file failed: {r:#}"));
                     }
                 }
                 Err(r) => undo.push(format!("restoring pgbouncer.ini failed: {r:#}")),
             }
         }
-        for db in &paused {
-            if let Err(r) = admin.resume(db).await {
+        for db in dbs {
+            if let Err(r) = p.admin.resume(db).await {
                 undo.push(format!("RESUME {db} failed: {r:#}"));
             }
         }
@@ -372,12 +475,12 @@ async fn switch_pgbouncer(
     }
     for db in dbs {
         log.step(&format!("resume {db}"), async {
-            admin.resume(db).await?;
+            p.admin.resume(db).await?;
             Ok(((), format!("queries flow to {}", plan.to)))
         })
         .await?;
     }
-    Ok(paused_at.elapsed().as_secs_f64())
+    Ok(())
 }
 
 /// The switch hook: `sh -c HOOK` with the new and old endpoints in `PGDR_SWITCH_*`,

@@ -50,6 +50,7 @@ pub async fn run(ctx: &Ctx, args: RestoreArgs) -> Result<Exit> {
             .unwrap_or(TargetTimeline::Latest),
         standby: args.standby,
         primary_conninfo: args.primary_conninfo,
+        primary_slot_name: None,
         delta: args.delta,
         tablespace_map: physical::parse_tablespace_map(&args.tablespace_map)?,
         archive: args.archive,
