@@ -166,6 +166,14 @@ fn switch_moves_writes_without_errors() {
     assert_eq!(changed[0].1, format!("app = host=127.0.0.1 port={} dbname=app", b.port));
     assert_eq!(before.lines().count(), after.lines().count());
 
+    // The switch is a metric (its report is in the repository).
+    let metrics = pgdr.ok(&["metrics"]);
+    assert!(
+        metrics.contains("pgdr_switch_last_timestamp_seconds{event=\"switch\"}")
+            && metrics.contains("pgdr_switch_last_duration_seconds{event=\"switch\"}"),
+        "{metrics}"
+    );
+
     // The hook got both ends.
     let env = std::fs::read_to_string(&marker).unwrap();
     assert!(env.contains(&format!("PGDR_SWITCH_NEW_PORT={}", b.port)), "{env}");
@@ -325,6 +333,28 @@ fn failover_to_a_standby_built_from_backup() {
         bouncer.ini.display()
     ));
     std::fs::write(&a.pgdr.config, text).unwrap();
+
+    // A dry run changes nothing: the file, the standby, the old primary.
+    let ini_before = std::fs::read(&bouncer.ini).unwrap();
+    let to = format!("127.0.0.1:{port}");
+    let old = format!("127.0.0.1:{}", c.port);
+    let out = a.pgdr.run(&[
+        "failover",
+        "--to",
+        &to,
+        "--old",
+        &old,
+        "--old-data-dir",
+        c.data.to_str().unwrap(),
+        "--dry-run",
+    ]);
+    assert_success(&out, "pgdr failover --dry-run");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("fast stop of"), "{out:?}");
+    assert_eq!(std::fs::read(&bouncer.ini).unwrap(), ini_before);
+    assert_eq!(standby.psql("postgres", "SELECT pg_is_in_recovery()"), "t");
+    assert!(psql_at(c.port, "app", "SELECT 1").status.success());
+    // Not a standby: refused before anything happens.
+    assert_fails(&a.pgdr.run(&["failover", "--to", &old, "--yes"]), 2, "is not a standby");
 
     let writer = Writer::start(bouncer.port);
     std::thread::sleep(Duration::from_millis(1000));

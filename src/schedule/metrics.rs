@@ -158,6 +158,41 @@ pub async fn render(config: &Config, repo: &Repo, jobs: &BTreeMap<String, JobSta
             size as f64,
         );
     }
+    // The newest switch and failover (their reports in verifications/).
+    if let Ok(objects) = repo.storage.list(crate::repo::layout::VERIFICATIONS).await {
+        let mut newest: BTreeMap<String, (chrono::DateTime<Utc>, crate::storage::ObjectKey)> = BTreeMap::new();
+        for meta in objects {
+            if let Some((at, event)) = crate::repo::layout::parse_event_report(&meta.key)
+                && newest.get(event).is_none_or(|(t, _)| at > *t)
+            {
+                newest.insert(event.to_string(), (at, meta.key.clone()));
+            }
+        }
+        for (event, (at, key)) in newest {
+            let seconds = crate::pipeline::load_bytes(&repo.storage, &key, &repo.keys)
+                .await
+                .ok()
+                .and_then(|d| serde_json::from_slice::<serde_json::Value>(&d).ok())
+                .and_then(|v| v["seconds"].as_f64());
+            let l = [("event", event.as_str())];
+            out.metric(
+                "pgdr_switch_last_timestamp_seconds",
+                "gauge",
+                "Start time of the newest connection switch or failover.",
+                &l,
+                at.timestamp() as f64,
+            );
+            if let Some(secs) = seconds {
+                out.metric(
+                    "pgdr_switch_last_duration_seconds",
+                    "gauge",
+                    "How long the newest connection switch or failover took.",
+                    &l,
+                    secs,
+                );
+            }
+        }
+    }
     for (name, lag) in crate::copy::lags(config, &repo.storage).await {
         let l = [("copy", name.as_str())];
         out.metric(
