@@ -407,3 +407,60 @@ fn failover_to_a_standby_built_from_backup() {
     assert_eq!(standby.psql("app", "SELECT count(*) FROM t WHERE n = 5000000"), "1");
     assert_eq!(standby.psql("postgres", "SELECT pg_is_in_recovery()"), "f");
 }
+
+/// The old primary is elsewhere (no data directory here) but answers: it is made
+/// read-only and its sessions ended before the standby is promoted, and the RPO is
+/// measured against where it stood after the fence.
+#[test]
+fn failover_fences_a_reachable_old_primary_read_only() {
+    let a = Archiving::start();
+    let c = &a.cluster;
+    c.psql(
+        "postgres",
+        "CREATE TABLE t AS SELECT g AS n FROM generate_series(1, 1000) g",
+    );
+    a.pgdr.ok(&["backup", "--kind", "physical"]);
+    let standby_dir = TestDir::new();
+    chown_postgres(standby_dir.path());
+    let data = standby_dir.join("data");
+    let sock = standby_dir.join("sock");
+    pg_owned_dir(&sock);
+    let port = free_port();
+    a.pgdr.ok(&[
+        "standby",
+        "create",
+        "--to",
+        data.to_str().unwrap(),
+        "--primary",
+        &format!("127.0.0.1:{}", c.port),
+        "--port",
+        &port.to_string(),
+        "--socket-dir",
+        sock.to_str().unwrap(),
+    ]);
+    let standby = Restored {
+        dir: standby_dir,
+        data,
+        port,
+        output: String::new(),
+    };
+    c.psql("postgres", "INSERT INTO t SELECT generate_series(1001, 2000)");
+    let out = a.pgdr.run(&[
+        "failover",
+        "--to",
+        &format!("127.0.0.1:{port}"),
+        "--old",
+        &format!("127.0.0.1:{}", c.port),
+        "--yes",
+        "--json",
+    ]);
+    assert_success(&out, "pgdr failover (remote fence)");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["fenced"].as_str().unwrap().contains("read-only"), "{report}");
+    assert_eq!(report["rpo_bytes"], 0, "{report}");
+    assert_eq!(c.psql("postgres", "SHOW default_transaction_read_only"), "on");
+    let refused = c.psql_output("postgres", "INSERT INTO t VALUES (-1)");
+    assert!(!refused.status.success(), "the old primary still takes writes");
+    assert_eq!(standby.psql("postgres", "SELECT count(*) FROM t"), "2000");
+    assert!(standby.psql("postgres", "INSERT INTO t VALUES (-1) RETURNING n") == "-1");
+}

@@ -197,8 +197,21 @@ pub async fn run(
         Err(e) => {
             report.ok = false;
             report.error = Some(format!("{e:#}"));
+            let where_ = match (&report.fenced, report.steps.iter().any(|s| s.step == "promote" && s.ok)) {
+                (_, true) => format!(
+                    "{} was promoted but connections were not moved: run `pgdr switch --to {}`",
+                    opts.to, opts.to
+                ),
+                (Some(how), false) => format!(
+                    "the old primary was fenced ({how}) and {} was not promoted: fix the cause and run failover again, or restart the old primary",
+                    opts.to
+                ),
+                (None, false) => "nothing was fenced or promoted".to_string(),
+            };
+            report.error = Some(format!("{e:#} — {where_}"));
             if let Some(mut s) = session {
-                s.abandon(anyhow!("the failover stopped before the switch")).await;
+                s.abandon(anyhow!("the failover stopped before the switch: {where_}"))
+                    .await;
                 report.switch = Some(s.report());
             }
         }
@@ -227,18 +240,22 @@ async fn failover_steps(
     log: &mut Log,
     report: &mut FailoverReport,
 ) -> Result<()> {
-    // 1. Fence. Its last position first, for the RPO.
-    if let Some(old) = &opts.old {
+    // 1. Fence. Its last position first, for the RPO (read again after the fence).
+    let old_lsn = |old: Endpoint| async move {
         let seen = async {
-            let c = target(config, old)?.connect(Some("postgres")).await?;
+            let c = target(config, &old)?.connect(Some("postgres")).await?;
             let lsn: String = c.query_one("SELECT pg_current_wal_lsn()::text", &[]).await?.get(0);
-            anyhow::Ok(lsn)
+            anyhow::Ok(lsn.parse::<Lsn>().map_err(|e| anyhow!("{e}"))?)
         };
-        report.old_lsn = tokio::time::timeout(Duration::from_secs(15), seen)
+        tokio::time::timeout(Duration::from_secs(15), seen)
             .await
             .ok()
-            .and_then(|r| r.ok());
-    }
+            .and_then(|r| r.ok())
+    };
+    let mut last: Option<Lsn> = match &opts.old {
+        Some(old) => old_lsn(old.clone()).await,
+        None => None,
+    };
     let fenced = log
         .step("fence", async {
             let how = fence(config, opts).await?;
@@ -246,13 +263,29 @@ async fn failover_steps(
         })
         .await?;
     report.fenced = Some(fenced);
-    // The old primary's final WAL (its shutdown checkpoint, after a fast stop) may be
-    // on its way: wait for it a little, then take what is there.
-    if let Some(dir) = &opts.old_data_dir
-        && let Ok(checkpoint) = crate::postgres::datadir::control_checkpoint_lsn(dir)
-    {
-        report.old_lsn = Some(checkpoint.to_string());
+    // Where the old primary ended: after a clean stop its shutdown checkpoint (the
+    // last record it wrote; trusted only when pg_control says "shut down"), else a
+    // fresh look if it still answers (read-only, sessions ended).
+    match &opts.old_data_dir {
+        Some(dir) => match crate::postgres::datadir::control_shutdown_checkpoint(dir) {
+            Ok(Some(checkpoint)) => last = Some(last.map_or(checkpoint, |l| l.max(checkpoint))),
+            _ => {
+                tracing::warn!(
+                    "{} was not shut down cleanly: its last WAL position is not known",
+                    dir.display()
+                );
+                last = None;
+            }
+        },
+        None => {
+            if let Some(old) = &opts.old
+                && let Some(now) = old_lsn(old.clone()).await
+            {
+                last = Some(last.map_or(now, |l| l.max(now)));
+            }
+        }
     }
+    report.old_lsn = last.map(|l| l.to_string());
     let caught_up = log
         .step("catch up", async {
             let want = report.old_lsn.as_deref().and_then(|l| l.parse::<Lsn>().ok());
@@ -326,18 +359,31 @@ async fn failover_steps(
 }
 
 /// Fence the old primary so it cannot take writes: stop it when its data directory
-/// is here; else make it read-only and end its sessions; else the fence command.
+/// is here; else the fence command; else make it read-only and end its sessions.
+/// A fence that was tried and did not hold is an error: promoting then would leave
+/// two primaries.
 async fn fence(config: &Config, opts: &FailoverOptions) -> Result<String> {
     if let Some(dir) = &opts.old_data_dir {
+        if !dir.join("PG_VERSION").is_file() || !dir.join("global/pg_control").is_file() {
+            return Err(crate::usage!(
+                "--old-data-dir {} is not a PostgreSQL data directory (no PG_VERSION or global/pg_control)",
+                dir.display()
+            ));
+        }
         let tools = crate::postgres::PgTools::locate(config.postgres.bin_dir.as_deref())?;
-        let mut cmd = tokio::process::Command::new(tools.path("pg_ctl")?);
-        cmd.arg("-D").arg(dir).args(["-m", "fast", "-w", "-t", "60", "stop"]);
-        crate::process::as_postgres_async(&mut cmd);
-        let out = cmd.output().await.context("running pg_ctl stop")?;
-        let stopped = out.status.success() || !dir.join("postmaster.pid").exists();
-        if !stopped {
+        let pg_ctl = tools.path("pg_ctl")?;
+        let mut stop = tokio::process::Command::new(&pg_ctl);
+        stop.arg("-D").arg(dir).args(["-m", "fast", "-w", "-t", "60", "stop"]);
+        crate::process::as_postgres_async(&mut stop);
+        let out = stop.output().await.context("running pg_ctl stop")?;
+        // Whatever stop said, `status` decides: exit 3 is "no server running".
+        let mut status = tokio::process::Command::new(&pg_ctl);
+        status.arg("-D").arg(dir).arg("status");
+        crate::process::as_postgres_async(&mut status);
+        let st = status.output().await.context("running pg_ctl status")?;
+        if st.status.code() != Some(3) {
             return Err(anyhow!(
-                "pg_ctl stop of {} failed: {}",
+                "the old primary in {} is still running after pg_ctl stop ({}) — stop it by hand before promoting",
                 dir.display(),
                 String::from_utf8_lossy(&out.stderr).trim()
             ));
@@ -345,7 +391,7 @@ async fn fence(config: &Config, opts: &FailoverOptions) -> Result<String> {
         return Ok(format!("stopped {} (fast)", dir.display()));
     }
     if let Some(cmd) = &config.switch.fence_command {
-        let out = tokio::process::Command::new("sh")
+        let run = tokio::process::Command::new("sh")
             .arg("-c")
             .arg(cmd)
             .env(
@@ -356,8 +402,12 @@ async fn fence(config: &Config, opts: &FailoverOptions) -> Result<String> {
                 "PGDR_FENCE_PORT",
                 opts.old.as_ref().map(|e| e.port.to_string()).unwrap_or_default(),
             )
-            .output()
+            .kill_on_drop(true)
+            .output();
+        let wait = Duration::from_secs(config.switch.hook_timeout_seconds);
+        let out = tokio::time::timeout(wait, run)
             .await
+            .map_err(|_| anyhow!("[switch] fence_command did not finish within {} s", wait.as_secs()))?
             .context("running [switch] fence_command")?;
         if !out.status.success() {
             return Err(anyhow!("[switch] fence_command exited with {}", out.status));
@@ -367,27 +417,43 @@ async fn fence(config: &Config, opts: &FailoverOptions) -> Result<String> {
     let Some(old) = &opts.old else {
         return Ok("not fenced: no old primary given".to_string());
     };
-    let reach = async {
-        let c = target(config, old)?.connect(Some("postgres")).await?;
-        c.batch_execute("ALTER SYSTEM SET default_transaction_read_only = on; SELECT pg_reload_conf();")
-            .await?;
-        let ended: i64 = c
-            .query_one(
-                "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-                 WHERE pid <> pg_backend_pid() AND backend_type = 'client backend') t",
-                &[],
-            )
-            .await?
-            .get(0);
-        anyhow::Ok(ended)
+    let reached = tokio::time::timeout(Duration::from_secs(15), target(config, old)?.connect(Some("postgres"))).await;
+    let c = match reached {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            return Ok(format!(
+                "{old} could not be reached to fence it ({e:#}); it is taken to be down"
+            ));
+        }
+        Err(_) => return Ok(format!("{old} did not answer within 15 s; it is taken to be down")),
     };
-    match tokio::time::timeout(Duration::from_secs(15), reach).await {
-        Ok(Ok(n)) => Ok(format!(
-            "{old} is read-only (default_transaction_read_only = on), {n} session(s) ended"
-        )),
-        Ok(Err(e)) => Ok(format!(
-            "{old} could not be reached to fence it ({e:#}); it is assumed down"
-        )),
-        Err(_) => Ok(format!("{old} did not answer within 15 s; it is assumed down")),
+    // Reached: from here every failure stops the failover.
+    c.batch_execute("ALTER SYSTEM SET default_transaction_read_only = on")
+        .await
+        .map_err(crate::postgres::conn::db_err(format!("fencing {old} (ALTER SYSTEM)")))?;
+    c.query_one("SELECT pg_reload_conf()", &[])
+        .await
+        .map_err(crate::postgres::conn::db_err(format!("fencing {old} (reload)")))?;
+    let ended: i64 = c
+        .query_one(
+            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE pid <> pg_backend_pid() AND backend_type = 'client backend') t",
+            &[],
+        )
+        .await
+        .map_err(crate::postgres::conn::db_err(format!(
+            "fencing {old} (ending sessions)"
+        )))?
+        .get(0);
+    // A new session must see it.
+    let check = target(config, old)?.connect(Some("postgres")).await?;
+    let ro: String = check.query_one("SHOW default_transaction_read_only", &[]).await?.get(0);
+    if ro != "on" {
+        return Err(anyhow!(
+            "{old} did not become read-only (default_transaction_read_only = {ro})"
+        ));
     }
+    Ok(format!(
+        "{old} is read-only (default_transaction_read_only = on), {ended} session(s) ended; stop it as soon as you can: a session may still override the default"
+    ))
 }

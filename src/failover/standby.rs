@@ -198,6 +198,8 @@ fn write_passfile(path: &std::path::Path, primary: &Endpoint, user: &str, passwo
         .mode(0o600)
         .open(path)
         .with_context(|| format!("writing {}", path.display()))?;
+    // An existing file keeps its mode through `open`: set it.
+    f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     writeln!(
         f,
         "{}:{}:*:{}:{}",

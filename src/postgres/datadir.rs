@@ -221,16 +221,18 @@ pub fn control_system_identifier(data_dir: &Path) -> io::Result<String> {
     Ok(u64::from_ne_bytes(bytes).to_string())
 }
 
-/// The latest checkpoint's LSN from pg_control (after a clean shutdown: the shutdown
-/// checkpoint, the last record the server wrote). `checkPoint` follows the system
-/// identifier, two version numbers, the state and the time: offset 32.
-pub fn control_checkpoint_lsn(data_dir: &Path) -> io::Result<super::Lsn> {
+/// After a clean shutdown, the shutdown checkpoint's LSN from pg_control: the last
+/// record the server wrote. `None` when pg_control's state is not "shut down" (a crash
+/// or an immediate stop: the checkpoint there is older than the WAL). `state` is at
+/// offset 16 (after the system identifier and two version numbers), `checkPoint` at 32
+/// (after the state, padding and the time).
+pub fn control_shutdown_checkpoint(data_dir: &Path) -> io::Result<Option<super::Lsn>> {
+    const DB_SHUTDOWNED: u32 = 1;
     let control = std::fs::read(data_dir.join("global/pg_control"))?;
-    let bytes: [u8; 8] = control
-        .get(32..40)
-        .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "pg_control is too short"))?;
-    Ok(super::Lsn(u64::from_ne_bytes(bytes)))
+    let short = || io::Error::new(io::ErrorKind::InvalidData, "pg_control is too short");
+    let state: [u8; 4] = control.get(16..20).and_then(|b| b.try_into().ok()).ok_or_else(short)?;
+    let lsn: [u8; 8] = control.get(32..40).and_then(|b| b.try_into().ok()).ok_or_else(short)?;
+    Ok((u32::from_ne_bytes(state) == DB_SHUTDOWNED).then(|| super::Lsn(u64::from_ne_bytes(lsn))))
 }
 
 #[cfg(test)]

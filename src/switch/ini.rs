@@ -53,11 +53,16 @@ fn parse_connstr(value: &str) -> Result<Vec<(String, String)>> {
         }
         let mut val = String::new();
         if chars.peek() == Some(&'\'') {
+            // PgBouncer's quoting: a quote inside is doubled; a backslash is a
+            // backslash.
             chars.next();
             loop {
                 match chars.next() {
                     None => return Err(anyhow!("unterminated quote in the value of {key}")),
-                    Some('\\') => val.extend(chars.next()),
+                    Some('\'') if chars.peek() == Some(&'\'') => {
+                        chars.next();
+                        val.push('\'');
+                    }
                     Some('\'') => break,
                     Some(c) => val.push(c),
                 }
@@ -77,10 +82,10 @@ fn parse_connstr(value: &str) -> Result<Vec<(String, String)>> {
 }
 
 fn quote(value: &str) -> String {
-    if !value.is_empty() && !value.chars().any(|c| c.is_whitespace() || c == '\'' || c == '\\') {
+    if !value.is_empty() && !value.chars().any(|c| c.is_whitespace() || c == '\'') {
         return value.to_string();
     }
-    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
+    format!("'{}'", value.replace('\'', "''"))
 }
 
 /// The `[databases]` entries of `text` named in `databases`, with their host and port
@@ -172,12 +177,19 @@ pub fn replace_file(path: &Path, text: &str) -> Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.pgdr-tmp"));
+    // A name of this run's own, created new (never through a planted link), private
+    // until it has the original's mode: the file may hold passwords.
+    let tmp = dir.join(format!(
+        ".{name}.pgdr-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
     let written = (|| -> std::io::Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
         let mut f = std::fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
+            .mode(0o600)
             .open(&tmp)?;
         f.write_all(text.as_bytes())?;
         f.set_permissions(std::fs::Permissions::from_mode(meta.mode() & 0o7777))?;
@@ -213,6 +225,21 @@ mod tests {
         let e = endpoints(&out, &["app".into(), "keep".into()]).unwrap();
         assert_eq!(e["app"], to);
         assert_eq!(e["keep"].port, 5432);
+    }
+
+    #[test]
+    fn pgbouncer_quoting_survives_a_rewrite() {
+        // A quote doubled inside quotes, a backslash as itself (PgBouncer's rules).
+        let text = "[databases]\napp = host=a password='p\\w ''x''' dbname=app\n";
+        let to = Endpoint {
+            host: "b".into(),
+            port: 7,
+        };
+        let out = rewrite(text, &["app".into()], &to).unwrap();
+        assert_eq!(
+            out,
+            "[databases]\napp = host=b password='p\\w ''x''' dbname=app port=7\n"
+        );
     }
 
     #[test]

@@ -236,9 +236,30 @@ pub async fn run(config: &Config, plan: &SwitchPlan, dry_run: bool) -> Result<Sw
     if dry_run {
         return Ok(session.report());
     }
+    ready(config, &plan.to).await?;
     session.pause().await;
     session.complete().await;
     Ok(session.report())
+}
+
+/// Applications go only to a server that takes writes: reachable with pgdr's
+/// credentials, and not in recovery.
+async fn ready(config: &Config, to: &Endpoint) -> Result<()> {
+    let target =
+        crate::postgres::PgTarget::from_config(config.postgres.url.as_deref())?.with_address(&to.host, to.port);
+    let check = async {
+        let c = target.connect(Some("postgres")).await?;
+        let in_recovery: bool = c.query_one("SELECT pg_is_in_recovery()", &[]).await?.get(0);
+        anyhow::Ok(in_recovery)
+    };
+    match tokio::time::timeout(Duration::from_secs(15), check).await {
+        Ok(Ok(false)) => Ok(()),
+        Ok(Ok(true)) => Err(usage!(
+            "{to} is still in recovery (a standby): promote it first, or use `pgdr failover`"
+        )),
+        Ok(Err(e)) => Err(e.context(format!("{to} is not reachable; nothing was switched"))),
+        Err(_) => Err(anyhow!("{to} did not answer within 15 s; nothing was switched")),
+    }
 }
 
 /// A switch in steps, for callers that do work while queries wait (`failover`
@@ -311,10 +332,28 @@ impl<'a> Session<'a> {
                     })
                     .await;
                 if let Err(e) = r {
-                    for d in &done {
-                        let _ = admin.resume(d).await;
+                    // Resumed from a connection of their own: the first may still be
+                    // waiting on the PAUSE that timed out.
+                    let mut undo = Vec::new();
+                    match admin.another().await {
+                        Ok(other) => {
+                            for d in &done {
+                                if let Err(r) = other.resume(d).await {
+                                    undo.push(format!("RESUME {d} failed: {r:#}"));
+                                }
+                            }
+                        }
+                        Err(r) if !done.is_empty() => undo.push(format!("cannot resume {}: {r:#}", done.join(", "))),
+                        Err(_) => {}
                     }
-                    return Err(e);
+                    return Err(if undo.is_empty() {
+                        e
+                    } else {
+                        e.context(format!(
+                            "{} — check PgBouncer now: SHOW DATABASES, RESUME",
+                            undo.join("; ")
+                        ))
+                    });
                 }
                 done.push(db.clone());
             }
@@ -473,12 +512,25 @@ async fn finish_pgbouncer(log: &mut Log, p: &Paused, plan: &SwitchPlan) -> Resul
             ))
         });
     }
+    // Every database is resumed, whatever one of them answers.
+    let mut failed = Vec::new();
     for db in dbs {
-        log.step(&format!("resume {db}"), async {
-            p.admin.resume(db).await?;
-            Ok(((), format!("queries flow to {}", plan.to)))
-        })
-        .await?;
+        let r = log
+            .step(&format!("resume {db}"), async {
+                p.admin.resume(db).await?;
+                Ok(((), format!("queries flow to {}", plan.to)))
+            })
+            .await;
+        if let Err(e) = r {
+            failed.push(format!("{e:#}"));
+        }
+    }
+    if !failed.is_empty() {
+        return Err(anyhow!(
+            "{} — PgBouncer points at {} but is paused there: RESUME by hand",
+            failed.join("; "),
+            plan.to
+        ));
     }
     Ok(())
 }

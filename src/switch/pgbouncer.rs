@@ -65,10 +65,12 @@ impl Admin {
     /// from a second connection) and the error names what held it.
     pub async fn pause(&self, db: &str, wait: Duration) -> Result<()> {
         let sql = format!("PAUSE {}", ident(db));
+        // The connection that can undo it is opened first: once paused, a full
+        // max_client_conn must not keep pgdr from resuming.
+        let other = Admin::connect_again(&self.target).await?;
         match tokio::time::timeout(wait, self.command(&sql)).await {
             Ok(r) => r,
             Err(_) => {
-                let other = Admin::connect_again(&self.target).await?;
                 let held = other
                     .holders(db)
                     .await
@@ -80,6 +82,11 @@ impl Admin {
                 ))
             }
         }
+    }
+
+    /// A second console connection (the first may be waiting on a PAUSE).
+    pub async fn another(&self) -> Result<Admin> {
+        Admin::connect_again(&self.target).await
     }
 
     async fn connect_again(target: &PgTarget) -> Result<Admin> {
