@@ -87,3 +87,24 @@ pub async fn shutdown_signal() -> &'static str {
         _ = term.recv() => "SIGTERM",
     }
 }
+
+/// From now on SIGINT and SIGTERM do not end this process: they are noted, and the
+/// work goes on to its end. For steps that must not be cut in the middle (a switch
+/// with PgBouncer paused), which are bounded by timeouts of their own.
+pub fn hold_signals(what: &'static str) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+        return;
+    };
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = int.recv() => {},
+                _ = term.recv() => {},
+            }
+            eprintln!(
+                "pgdr: {what} is finishing first (it is bounded by its timeouts); it will not be cut off half-way"
+            );
+        }
+    });
+}

@@ -212,8 +212,24 @@ fn a_pause_that_cannot_complete_is_abandoned_and_resumed() {
     holder.stdin.as_mut().unwrap().write_all(b"SELECT 1;\n").unwrap();
     std::thread::sleep(Duration::from_millis(500));
 
-    let out = pgdr.run(&["switch", "--to", &format!("127.0.0.1:{}", b.port), "--yes", "--json"]);
+    // Ctrl-C while PgBouncer is paused does not cut the switch off half-way.
+    let child = pgdr
+        .command(&["switch", "--to", &format!("127.0.0.1:{}", b.port), "--yes", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    // SAFETY: a signal to our own child.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("the switch is finishing first"),
+        "{out:?}"
+    );
     let report = json(&out);
     let error = report["error"].as_str().unwrap();
     assert!(error.contains("PAUSE app did not complete within 3 s"), "{error}");

@@ -36,6 +36,10 @@ pub async fn run(ctx: &Ctx, args: FailoverArgs) -> Result<Exit> {
         eprintln!("pgdr: nothing was changed");
         return Ok(Exit::Failure);
     }
+    if !opts.dry_run {
+        // Cut off half-way, PgBouncer would stay paused.
+        crate::process::hold_signals("the failover");
+    }
     let report = failover::run(&ctx.config, &opts, switch_plan.as_ref()).await?;
     if !opts.dry_run {
         failover::store_report(&ctx.config, "failover", &report).await;

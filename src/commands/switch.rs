@@ -22,6 +22,10 @@ pub async fn run(ctx: &Ctx, args: SwitchArgs) -> Result<Exit> {
         eprintln!("pgdr: nothing was changed");
         return Ok(Exit::Failure);
     }
+    if !opts.dry_run {
+        // Cut off half-way, PgBouncer would stay paused.
+        crate::process::hold_signals("the switch");
+    }
     let report = switch::run(&ctx.config, &plan, opts.dry_run).await?;
     if !opts.dry_run {
         let what = match &report.error {
