@@ -40,9 +40,10 @@ pub async fn run(ctx: &Ctx, args: FailoverArgs) -> Result<Exit> {
         // Cut off half-way, PgBouncer would stay paused.
         crate::process::hold_signals("the failover");
     }
+    let started = chrono::Utc::now();
     let report = failover::run(&ctx.config, &opts, switch_plan.as_ref()).await?;
     if !opts.dry_run {
-        failover::store_report(&ctx.config, "failover", &report).await;
+        failover::store_report(&ctx.config, "failover", started, &report).await;
         let what = match &report.error {
             None => format!(
                 "failover to {} done in {:.1} s, RPO {} bytes",

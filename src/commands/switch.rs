@@ -26,6 +26,7 @@ pub async fn run(ctx: &Ctx, args: SwitchArgs) -> Result<Exit> {
         // Cut off half-way, PgBouncer would stay paused.
         crate::process::hold_signals("the switch");
     }
+    let started = chrono::Utc::now();
     let report = switch::run(&ctx.config, &plan, opts.dry_run).await?;
     if !opts.dry_run {
         let what = match &report.error {
@@ -36,7 +37,7 @@ pub async fn run(ctx: &Ctx, args: SwitchArgs) -> Result<Exit> {
             Some(e) => format!("switch to {} FAILED: {e}", report.to),
         };
         crate::notify::send(&ctx.config, &format!("pgdr: {what}")).await;
-        crate::failover::store_report(&ctx.config, "switch", &report).await;
+        crate::failover::store_report(&ctx.config, "switch", started, &report).await;
     }
     ctx.print_report(&report);
     Ok(if report.ok { Exit::Success } else { Exit::Failure })

@@ -113,13 +113,13 @@ pub fn plan_text(opts: &FailoverOptions, switch_plan: Option<&switch::SwitchPlan
 
 /// Keep an event's report (a switch, a failover) in `verifications/`; the repository
 /// being out of reach does not fail the event (a warning says so).
-pub async fn store_report<R: Serialize>(config: &Config, event: &str, report: &R) {
+pub async fn store_report<R: Serialize>(config: &Config, event: &str, started: chrono::DateTime<Utc>, report: &R) {
     let stored = async {
         let repo = crate::repo::Repo::open(config).await?;
         let data = serde_json::to_vec_pretty(report).expect("report serialises");
         repo.store()
             .bytes(
-                &crate::repo::layout::event_report(&Utc::now(), event),
+                &crate::repo::layout::event_report(&started, event),
                 "report",
                 data,
                 crate::storage::PutMode::Overwrite,

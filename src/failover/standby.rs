@@ -96,18 +96,21 @@ pub async fn create(config: &Config, opts: &StandbyOptions, say: &mut dyn FnMut(
         write_passfile(&passfile, &opts.primary, &primary.user, &password)?;
         conninfo.push_str(&format!(" passfile={}", conninfo_value(&passfile.to_string_lossy())));
     }
+    let mut slot_created = false;
     if let Some(slot) = &opts.slot {
         let c = primary
             .connect(Some("postgres"))
             .await
             .with_context(|| format!("connecting to the primary {} to create slot {slot}", opts.primary))?;
-        c.execute(
-            "SELECT pg_create_physical_replication_slot($1::text, true) \
+        slot_created = c
+            .execute(
+                "SELECT pg_create_physical_replication_slot($1::text, true) \
              WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1::text)",
-            &[slot],
-        )
-        .await
-        .with_context(|| format!("creating replication slot {slot} on {}", opts.primary))?;
+                &[slot],
+            )
+            .await
+            .with_context(|| format!("creating replication slot {slot} on {}", opts.primary))?
+            == 1;
     }
     let restore = PhysicalRestoreOptions {
         backup: opts.backup.clone(),
@@ -129,9 +132,30 @@ pub async fn create(config: &Config, opts: &StandbyOptions, say: &mut dyn FnMut(
         jobs: opts.jobs,
         start: Some(opts.listen.clone()),
     };
-    let plan = physical::plan(config, &restore).await?;
-    say(plan.to_string());
-    let restored = physical::execute(config, &restore, plan, say).await?;
+    let built = async {
+        let plan = physical::plan(config, &restore).await?;
+        say(plan.to_string());
+        physical::execute(config, &restore, plan, say).await
+    }
+    .await;
+    let restored = match built {
+        Ok(r) => r,
+        Err(e) => {
+            // A slot nobody uses holds WAL on the primary until its disk fills: the
+            // one this run created goes again.
+            if let Some(slot) = opts.slot.as_ref().filter(|_| slot_created)
+                && let Ok(c) = primary.connect(Some("postgres")).await
+            {
+                let _ = c
+                    .execute(
+                        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1::text AND NOT active",
+                        &[slot],
+                    )
+                    .await;
+            }
+            return Err(e);
+        }
+    };
     // Streaming, not just replaying from the archive.
     let host = opts
         .listen

@@ -6,8 +6,6 @@ use std::fmt;
 use std::io;
 use std::path::Path;
 
-use super::quote_literal;
-
 /// Where recovery stops.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RecoveryTarget {
@@ -100,6 +98,13 @@ fn setting_name(line: &str) -> Option<String> {
     (!name.is_empty() && !name.starts_with('#')).then(|| name.to_ascii_lowercase())
 }
 
+/// A value for postgresql.conf: quoted, with quotes doubled and backslashes doubled
+/// (the configuration parser reads backslash escapes inside quotes, unlike SQL with
+/// standard_conforming_strings).
+pub fn conf_literal(value: &str) -> String {
+    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "''"))
+}
+
 pub fn write(data_dir: &Path, opts: &RecoveryOptions, comment: &str) -> io::Result<()> {
     let auto = data_dir.join("postgresql.auto.conf");
     let existing = std::fs::read_to_string(&auto).unwrap_or_default();
@@ -112,7 +117,7 @@ pub fn write(data_dir: &Path, opts: &RecoveryOptions, comment: &str) -> io::Resu
         .map(str::to_string)
         .collect();
     out.push(format!("# pgdr: {comment}"));
-    out.push(format!("restore_command = {}", quote_literal(&opts.restore_command)));
+    out.push(format!("restore_command = {}", conf_literal(&opts.restore_command)));
     let marker = data_dir.join(NEW_PRIMARY_MARKER);
     if opts.archive {
         std::fs::write(&marker, format!("{comment}\n"))?;
@@ -128,15 +133,15 @@ pub fn write(data_dir: &Path, opts: &RecoveryOptions, comment: &str) -> io::Resu
     match &opts.target {
         RecoveryTarget::Latest => {}
         RecoveryTarget::Immediate => out.push("recovery_target = 'immediate'".to_string()),
-        RecoveryTarget::Time(t) => out.push(format!("recovery_target_time = {}", quote_literal(t))),
-        RecoveryTarget::Lsn(l) => out.push(format!("recovery_target_lsn = {}", quote_literal(l))),
-        RecoveryTarget::Xid(x) => out.push(format!("recovery_target_xid = {}", quote_literal(x))),
-        RecoveryTarget::Name(n) => out.push(format!("recovery_target_name = {}", quote_literal(n))),
+        RecoveryTarget::Time(t) => out.push(format!("recovery_target_time = {}", conf_literal(t))),
+        RecoveryTarget::Lsn(l) => out.push(format!("recovery_target_lsn = {}", conf_literal(l))),
+        RecoveryTarget::Xid(x) => out.push(format!("recovery_target_xid = {}", conf_literal(x))),
+        RecoveryTarget::Name(n) => out.push(format!("recovery_target_name = {}", conf_literal(n))),
     }
     if !matches!(opts.target, RecoveryTarget::Latest) && !opts.standby {
         out.push(format!(
             "recovery_target_action = {}",
-            quote_literal(opts.action.as_str())
+            conf_literal(opts.action.as_str())
         ));
         if opts.exclusive && !matches!(opts.target, RecoveryTarget::Immediate) {
             out.push("recovery_target_inclusive = 'false'".to_string());
@@ -144,13 +149,13 @@ pub fn write(data_dir: &Path, opts: &RecoveryOptions, comment: &str) -> io::Resu
     }
     out.push(format!(
         "recovery_target_timeline = {}",
-        quote_literal(opts.timeline.as_deref().unwrap_or("latest"))
+        conf_literal(opts.timeline.as_deref().unwrap_or("latest"))
     ));
     if let Some(conninfo) = &opts.primary_conninfo {
-        out.push(format!("primary_conninfo = {}", quote_literal(conninfo)));
+        out.push(format!("primary_conninfo = {}", conf_literal(conninfo)));
     }
     if let Some(slot) = &opts.primary_slot_name {
-        out.push(format!("primary_slot_name = {}", quote_literal(slot)));
+        out.push(format!("primary_slot_name = {}", conf_literal(slot)));
     }
     std::fs::write(&auto, out.join("\n") + "\n")?;
     let (signal, other) = if opts.standby {
@@ -165,6 +170,13 @@ pub fn write(data_dir: &Path, opts: &RecoveryOptions, comment: &str) -> io::Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn conf_values_escape_backslashes_and_quotes() {
+        // A path with a quote, quoted for sh ('\'') inside restore_command.
+        assert_eq!(conf_literal(r"'/srv/o'\''neil'"), r"'''/srv/o''\\''''neil'''");
+        assert_eq!(conf_literal("plain"), "'plain'");
+    }
 
     #[test]
     fn replaces_earlier_recovery_settings() {
