@@ -169,11 +169,16 @@ pub async fn render(config: &Config, repo: &Repo, jobs: &BTreeMap<String, JobSta
             }
         }
         for (event, (at, key)) in newest {
+            // Both reports (SwitchReport, FailoverReport) say how long they took.
+            #[derive(serde::Deserialize)]
+            struct Took {
+                seconds: f64,
+            }
             let seconds = crate::pipeline::load_bytes(&repo.storage, &key, &repo.keys)
                 .await
                 .ok()
-                .and_then(|d| serde_json::from_slice::<serde_json::Value>(&d).ok())
-                .and_then(|v| v["seconds"].as_f64());
+                .and_then(|d| serde_json::from_slice::<Took>(&d).ok())
+                .map(|t| t.seconds);
             let l = [("event", event.as_str())];
             out.metric(
                 "pgdr_switch_last_timestamp_seconds",
