@@ -480,3 +480,26 @@ fn failover_fences_a_reachable_old_primary_read_only() {
     assert_eq!(standby.psql("postgres", "SELECT count(*) FROM t"), "2000");
     assert!(standby.psql("postgres", "INSERT INTO t VALUES (-1) RETURNING n") == "-1");
 }
+
+/// A hook that hangs is killed at its time-out with everything it started, and the
+/// switch reports it (PgBouncer already moved and running).
+#[test]
+fn a_hanging_hook_is_killed_with_its_children() {
+    let (a, b) = (app_cluster(), app_cluster());
+    let bouncer = PgBouncer::start(&[("app", a.port)], "transaction");
+    let pgdr = with_switch(&a, &bouncer, "hook = \"sleep 4217 & wait\"\nhook_timeout_seconds = 1\n");
+    let out = pgdr.run(&["switch", "--to", &format!("127.0.0.1:{}", b.port), "--yes"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("did not finish within 1 s"),
+        "{out:?}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let left = Command::new("pgrep").args(["-f", "sleep 4217"]).output().unwrap();
+    assert!(
+        !left.status.success(),
+        "the hook's child is still running: {}",
+        String::from_utf8_lossy(&left.stdout)
+    );
+    assert!(bouncer.psql("app", "SELECT 1").status.success());
+}

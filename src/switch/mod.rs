@@ -554,11 +554,20 @@ async fn run_hook(hook: &str, plan: &SwitchPlan, wait: Duration) -> Result<Strin
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
+        // A group of its own: on time-out everything it started goes, not just `sh`.
+        .process_group(0)
         .kill_on_drop(true);
     let child = cmd.spawn().map_err(|e| anyhow!("cannot run the switch hook: {e}"))?;
+    let group = child.id().map(|pid| pid as i32);
     let out = match tokio::time::timeout(wait, child.wait_with_output()).await {
         Ok(r) => r.map_err(|e| anyhow!("the switch hook failed: {e}"))?,
         Err(_) => {
+            if let Some(pgid) = group {
+                // SAFETY: a signal to the process group this function created.
+                unsafe {
+                    libc::kill(-pgid, libc::SIGKILL);
+                }
+            }
             return Err(anyhow!(
                 "the switch hook did not finish within {} s ([switch] hook_timeout_seconds); it was killed",
                 wait.as_secs()
