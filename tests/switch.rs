@@ -288,6 +288,40 @@ fn dry_run_and_missing_confirmation_change_nothing() {
     assert!(rows(&a).contains(&3) && !rows(&b).contains(&3));
 }
 
+/// `pgdr standby create` of `a`'s cluster into a new directory (plus `extra` flags);
+/// the standby (stopped when dropped) and pgdr's output.
+fn create_standby(a: &Archiving, extra: &[&str]) -> (Restored, std::process::Output) {
+    let dir = TestDir::new();
+    chown_postgres(dir.path());
+    let data = dir.join("data");
+    let sock = dir.join("sock");
+    pg_owned_dir(&sock);
+    let port = free_port();
+    let (primary, port_s) = (format!("127.0.0.1:{}", a.cluster.port), port.to_string());
+    let mut args = vec![
+        "standby",
+        "create",
+        "--to",
+        data.to_str().unwrap(),
+        "--primary",
+        &primary,
+        "--port",
+        &port_s,
+        "--socket-dir",
+        sock.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let out = a.pgdr.run(&args);
+    assert_success(&out, "pgdr standby create");
+    let standby = Restored {
+        dir,
+        data,
+        port,
+        output: String::new(),
+    };
+    (standby, out)
+}
+
 /// The whole of it: a standby built by `pgdr standby create` streams from an archiving
 /// primary; a client writes through PgBouncer; `pgdr failover` fences the old primary
 /// (fast stop), promotes the standby, switches PgBouncer. The old primary takes no
@@ -305,28 +339,8 @@ fn failover_to_a_standby_built_from_backup() {
     a.pgdr.ok(&["backup", "--kind", "physical"]);
     c.psql("app", "INSERT INTO t (n) SELECT -g FROM generate_series(1, 100) g");
 
-    let standby_dir = TestDir::new();
-    chown_postgres(standby_dir.path());
-    let data = standby_dir.join("data");
-    let sock = standby_dir.join("sock");
-    pg_owned_dir(&sock);
-    let port = free_port();
-    let out = a.pgdr.run(&[
-        "standby",
-        "create",
-        "--to",
-        data.to_str().unwrap(),
-        "--primary",
-        &format!("127.0.0.1:{}", c.port),
-        "--port",
-        &port.to_string(),
-        "--socket-dir",
-        sock.to_str().unwrap(),
-        "--slot",
-        "pgdr_standby",
-        "--json",
-    ]);
-    assert_success(&out, "pgdr standby create");
+    let (standby, out) = create_standby(&a, &["--slot", "pgdr_standby", "--json"]);
+    let port = standby.port;
     let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(created["streaming_from"].as_str().unwrap().contains('/'), "{created}");
     let slot = c.psql(
@@ -334,12 +348,6 @@ fn failover_to_a_standby_built_from_backup() {
         "SELECT active FROM pg_replication_slots WHERE slot_name = 'pgdr_standby'",
     );
     assert_eq!(slot, "t", "the slot is not in use");
-    let standby = Restored {
-        dir: standby_dir,
-        data: data.clone(),
-        port,
-        output: String::new(),
-    };
 
     let bouncer = PgBouncer::start(&[("app", c.port)], "transaction");
     let mut text = std::fs::read_to_string(&a.pgdr.config).unwrap();
@@ -436,30 +444,8 @@ fn failover_fences_a_reachable_old_primary_read_only() {
         "CREATE TABLE t AS SELECT g AS n FROM generate_series(1, 1000) g",
     );
     a.pgdr.ok(&["backup", "--kind", "physical"]);
-    let standby_dir = TestDir::new();
-    chown_postgres(standby_dir.path());
-    let data = standby_dir.join("data");
-    let sock = standby_dir.join("sock");
-    pg_owned_dir(&sock);
-    let port = free_port();
-    a.pgdr.ok(&[
-        "standby",
-        "create",
-        "--to",
-        data.to_str().unwrap(),
-        "--primary",
-        &format!("127.0.0.1:{}", c.port),
-        "--port",
-        &port.to_string(),
-        "--socket-dir",
-        sock.to_str().unwrap(),
-    ]);
-    let standby = Restored {
-        dir: standby_dir,
-        data,
-        port,
-        output: String::new(),
-    };
+    let (standby, _) = create_standby(&a, &[]);
+    let port = standby.port;
     c.psql("postgres", "INSERT INTO t SELECT generate_series(1001, 2000)");
     let out = a.pgdr.run(&[
         "failover",

@@ -154,9 +154,7 @@ impl Source {
             // "absent" counts only from a repository that is (an unmounted volume or a
             // wrong prefix would make every file absent, and recovery end early).
             // A copy may have a key of its own.
-            let mut own = config.clone();
-            own.repository = settings;
-            let (keys, info) = repo::bound_keyring_and_info(&own, &storage).await?;
+            let (keys, info) = repo::bound_keyring_and_info_for(&settings, &storage).await?;
             check_same_cluster(dest, &info, &storage.describe())?;
             self.opened = Some((storage, keys));
         }

@@ -42,14 +42,7 @@ impl SyncCopies {
         for copy in config.repository.copies.iter().filter(|c| c.wal == CopyWal::Sync) {
             let opened = async {
                 let settings = config.repository.copy(&copy.name)?;
-                let rekey = if settings.key_file == config.repository.key_file {
-                    None
-                } else {
-                    let mut theirs = config.clone();
-                    theirs.repository = settings.clone();
-                    let keys = load_keyring(&theirs)?;
-                    (keys.primary().id() != load_keyring(config)?.primary().id()).then_some(keys)
-                };
+                let rekey = crate::copy::own_keyring(config, &settings, load_keyring(config)?.primary().id())?;
                 anyhow::Ok((storage::open(&settings, &config.cluster).await?, rekey))
             };
             match tokio::time::timeout(wait, opened).await {

@@ -22,7 +22,7 @@ use crate::config::Config;
 use crate::pipeline::Keyring;
 use crate::progress::{Progress, human_bytes};
 use crate::repo::manifest::Manifest;
-use crate::repo::{BackupLabel, Repo, catalog, info, layout, load_keyring};
+use crate::repo::{BackupLabel, Repo, catalog, info, layout, load_keyring_for};
 use crate::storage::{self, DynStorage, ObjectKey, ObjectMeta};
 use crate::usage;
 
@@ -201,17 +201,25 @@ fn copy_keyring(
     source: &Repo,
     copy_config: &crate::config::RepositoryConfig,
 ) -> Result<Option<Keyring>> {
+    let mut keys = own_keyring(config, copy_config, source.keys.primary().id())?;
+    if let Some(k) = &mut keys {
+        k.bind(&source.info.cluster, &source.info.system_identifier);
+    }
+    Ok(keys)
+}
+
+/// A copy's keyring (unbound) when its key is not the primary's (`primary`): its
+/// objects must be re-sealed for it. `None` when objects travel as they are.
+pub fn own_keyring(
+    config: &Config,
+    copy_config: &crate::config::RepositoryConfig,
+    primary: crate::pipeline::KeyId,
+) -> Result<Option<Keyring>> {
     if copy_config.key_file == config.repository.key_file {
         return Ok(None);
     }
-    let mut theirs = config.clone();
-    theirs.repository = copy_config.clone();
-    let mut keys = load_keyring(&theirs)?;
-    if keys.primary().id() == source.keys.primary().id() {
-        return Ok(None);
-    }
-    keys.bind(&source.info.cluster, &source.info.system_identifier);
-    Ok(Some(keys))
+    let keys = load_keyring_for(copy_config)?;
+    Ok((keys.primary().id() != primary).then_some(keys))
 }
 
 /// A copy that is the primary under another name (the same bucket through an endpoint
@@ -310,7 +318,9 @@ async fn copy_to(config: &Config, source: &Repo, name: &str, opts: &CopyOptions)
     // Backups first, WAL after: a backup that commits in between is not copied by this
     // run, and every backup that is has its WAL (archived before its manifest) in the
     // WAL listing.
-    let scan = catalog::scan(&source.storage).await?;
+    let backup_listing = source.storage.list(layout::BACKUPS).await?;
+    let sizes: HashMap<ObjectKey, u64> = backup_listing.iter().map(|m| (m.key.clone(), m.size)).collect();
+    let scan = catalog::scan_listing(backup_listing);
     let wanted: Option<BackupLabel> = match &opts.backup {
         None => None,
         Some(selector) => {
@@ -318,13 +328,6 @@ async fn copy_to(config: &Config, source: &Repo, name: &str, opts: &CopyOptions)
             Some(catalog::resolve(&manifests, selector, None)?.label.clone())
         }
     };
-    let sizes: HashMap<ObjectKey, u64> = source
-        .storage
-        .list(layout::BACKUPS)
-        .await?
-        .into_iter()
-        .map(|m| (m.key, m.size))
-        .collect();
     let wal_source = wal_listing(&source.storage).await?;
     let timelines: Vec<ObjectMeta> = source
         .storage

@@ -38,7 +38,8 @@ pub struct FailoverReport {
     pub dry_run: bool,
     /// How the old primary was fenced.
     pub fenced: Option<String>,
-    /// The old primary's last WAL position seen before fencing.
+    /// The old primary's last WAL position: its shutdown checkpoint after a clean stop,
+    /// else the larger of what it said before and after the fence.
     pub old_lsn: Option<String>,
     /// The standby's replay position when it was promoted.
     pub promoted_at_lsn: Option<String>,
@@ -56,15 +57,7 @@ pub struct FailoverReport {
 impl fmt::Display for FailoverReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for s in self.steps.iter().chain(self.switch.iter().flat_map(|s| s.steps.iter())) {
-            writeln!(
-                f,
-                "{} {} {} ({:.2} s): {}",
-                s.started.format("%H:%M:%S%.3f"),
-                if s.ok { "✓" } else { "✗" },
-                s.step,
-                s.seconds,
-                s.detail
-            )?;
+            writeln!(f, "{s}")?;
         }
         if self.dry_run {
             return write!(f, "dry run: nothing was changed");

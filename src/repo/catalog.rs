@@ -35,7 +35,11 @@ pub struct Scan {
 
 /// List `backups/` once and sort labels into complete and orphaned.
 pub async fn scan(storage: &DynStorage) -> Result<Scan> {
-    let objects = storage.list(layout::BACKUPS).await?;
+    Ok(scan_listing(storage.list(layout::BACKUPS).await?))
+}
+
+/// As `scan`, from a listing of `backups/` the caller already has.
+pub fn scan_listing(objects: Vec<crate::storage::ObjectMeta>) -> Scan {
     let mut keep = std::collections::BTreeSet::new();
     let mut by_label: BTreeMap<BackupLabel, (bool, Orphan)> = BTreeMap::new();
     for meta in objects {
@@ -75,7 +79,7 @@ pub async fn scan(storage: &DynStorage) -> Result<Scan> {
             scan.orphans.push(orphan);
         }
     }
-    Ok(scan)
+    scan
 }
 
 /// The commit point of a backup: its manifest, never written over another. Looked

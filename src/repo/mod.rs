@@ -34,9 +34,15 @@ pub struct Repo {
 
 /// The repository key: `PGDR_KEY` (hex) if set, else `[repository] key_file`.
 pub fn load_keyring(config: &Config) -> Result<Keyring> {
+    load_keyring_for(&config.repository)
+}
+
+/// The key of the repository `settings` describe (the primary, or a copy with a
+/// `key_file` of its own): `PGDR_KEY` (hex) if set, else its `key_file`.
+pub fn load_keyring_for(settings: &crate::config::RepositoryConfig) -> Result<Keyring> {
     let key = match std::env::var("PGDR_KEY").ok().filter(|k| !k.trim().is_empty()) {
         Some(text) => RepoKey::from_hex(&text, "PGDR_KEY")?,
-        None => match &config.repository.key_file {
+        None => match &settings.key_file {
             Some(path) => RepoKey::load_file(path)?,
             None => {
                 return Err(RepoError::NoKey.into());
@@ -54,7 +60,15 @@ pub async fn bound_keyring(config: &Config, storage: &DynStorage) -> Result<Keyr
 
 /// The bound keyring and the `repo.json` it was bound to.
 pub async fn bound_keyring_and_info(config: &Config, storage: &DynStorage) -> Result<(Keyring, RepoInfo)> {
-    let mut keys = load_keyring(config)?;
+    bound_keyring_and_info_for(&config.repository, storage).await
+}
+
+/// As `bound_keyring_and_info`, for the repository `settings` describe.
+pub async fn bound_keyring_and_info_for(
+    settings: &crate::config::RepositoryConfig,
+    storage: &DynStorage,
+) -> Result<(Keyring, RepoInfo)> {
+    let mut keys = load_keyring_for(settings)?;
     let info = info::read(storage).await?.ok_or_else(|| {
         anyhow::anyhow!(
             "{} has no repo.json: this is not the repository (unmounted? wrong [repository] url or cluster?)",

@@ -78,6 +78,20 @@ pub struct StepLog {
     pub detail: String,
 }
 
+impl fmt::Display for StepLog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {} {} ({:.2} s): {}",
+            self.started.format("%H:%M:%S%.3f"),
+            if self.ok { "✓" } else { "✗" },
+            self.step,
+            self.seconds,
+            self.detail
+        )
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SwitchReport {
     pub to: Endpoint,
@@ -96,15 +110,7 @@ pub struct SwitchReport {
 impl fmt::Display for SwitchReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for s in &self.steps {
-            writeln!(
-                f,
-                "{} {} {} ({:.2} s): {}",
-                s.started.format("%H:%M:%S%.3f"),
-                if s.ok { "✓" } else { "✗" },
-                s.step,
-                s.seconds,
-                s.detail
-            )?;
+            writeln!(f, "{s}")?;
         }
         match (&self.error, self.dry_run) {
             (_, true) => write!(f, "dry run: nothing was changed"),
