@@ -68,6 +68,8 @@ pub enum Command {
     Standby(StandbyArgs),
     /// Fence the old primary, promote a standby, switch connections, report the RPO
     Failover(FailoverArgs),
+    /// Execute a disaster scenario's runbook for real: plan, confirmation, steps, report
+    Recover(RecoverArgs),
     /// Run, check or export the job schedule
     Schedule(ScheduleArgs),
     /// Print Prometheus metrics once (for a textfile collector)
@@ -82,6 +84,66 @@ pub enum Command {
     /// Background pusher started by wal-push
     #[command(hide = true)]
     WalPushAhead(WalPushAheadArgs),
+}
+
+/// A runbook's inputs, as flags (`--set NAME=VALUE` for any other).
+#[derive(Debug, Args, Default)]
+pub struct ScenarioInputs {
+    /// The failure point: recovery stops there (e.g. 2026-12-01T10:00:00Z)
+    #[arg(long, value_name = "TIME")]
+    pub target_time: Option<String>,
+    /// Data directory for the new primary
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Port of the new primary
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// listen_addresses of the new servers (as PgBouncer reaches them)
+    #[arg(long, value_name = "ADDRESSES")]
+    pub listen: Option<String>,
+    /// Data directory for the new primary's standby
+    #[arg(long, value_name = "DIR")]
+    pub standby_data_dir: Option<PathBuf>,
+    /// Port of the standby
+    #[arg(long)]
+    pub standby_port: Option<u16>,
+    /// Tables to bring back (data-loss), comma-separated schema.name
+    #[arg(long, value_name = "TABLES")]
+    pub tables: Option<String>,
+    /// The database those tables are in
+    #[arg(long)]
+    pub database: Option<String>,
+    /// Where the scratch cluster goes (data-loss)
+    #[arg(long, value_name = "DIR")]
+    pub scratch_dir: Option<PathBuf>,
+    /// The old primary's data directory on this host: fenced (stopped) before the switch
+    #[arg(long, value_name = "DIR")]
+    pub old_data_dir: Option<PathBuf>,
+    /// Any other input of the runbook
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    pub set: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RecoverArgs {
+    /// database-corruption, data-loss, database-failure, region-failure, or a runbook file
+    #[arg(long, value_name = "NAME|FILE")]
+    pub scenario: String,
+    #[command(flatten)]
+    pub inputs: ScenarioInputs,
+    /// Parallel restore workers
+    #[arg(long, default_value_t = 4)]
+    pub jobs: usize,
+    /// Progress file of this recovery; a run interrupted resumes from it
+    /// (default /var/lib/pgdr/recover/CLUSTER-SCENARIO.json)
+    #[arg(long, value_name = "FILE")]
+    pub state: Option<PathBuf>,
+    /// Show the plan, change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Do not ask for confirmation
+    #[arg(long)]
+    pub yes: bool,
 }
 
 #[derive(Debug, Args)]

@@ -24,6 +24,7 @@ pub mod progress;
 pub mod repo;
 pub mod restore;
 pub mod retention;
+pub mod runbook;
 pub mod schedule;
 pub mod server;
 pub mod storage;

@@ -10,6 +10,7 @@ mod failover;
 mod init;
 mod list;
 mod metrics;
+mod recover;
 mod restore;
 mod schedule;
 mod standby;
@@ -98,6 +99,7 @@ pub async fn run(cli: Cli) -> Result<Exit> {
         Command::Switch(args) => switch::run(&ctx, args).await,
         Command::Standby(args) => standby::run(&ctx, args).await,
         Command::Failover(args) => failover::run(&ctx, args).await,
+        Command::Recover(args) => recover::run(&ctx, args).await,
         Command::Schedule(args) => schedule::run(&ctx, args).await,
         Command::Metrics(args) => metrics::run(&ctx, args).await,
         Command::WalPush(args) => wal_push::run(&ctx, args).await,

@@ -357,31 +357,7 @@ async fn failover_steps(
 /// two primaries.
 async fn fence(config: &Config, opts: &FailoverOptions) -> Result<String> {
     if let Some(dir) = &opts.old_data_dir {
-        if !dir.join("PG_VERSION").is_file() || !dir.join("global/pg_control").is_file() {
-            return Err(crate::usage!(
-                "--old-data-dir {} is not a PostgreSQL data directory (no PG_VERSION or global/pg_control)",
-                dir.display()
-            ));
-        }
-        let tools = crate::postgres::PgTools::locate(config.postgres.bin_dir.as_deref())?;
-        let pg_ctl = tools.path("pg_ctl")?;
-        let mut stop = tokio::process::Command::new(&pg_ctl);
-        stop.arg("-D").arg(dir).args(["-m", "fast", "-w", "-t", "60", "stop"]);
-        crate::process::as_postgres_async(&mut stop);
-        let out = stop.output().await.context("running pg_ctl stop")?;
-        // Whatever stop said, `status` decides: exit 3 is "no server running".
-        let mut status = tokio::process::Command::new(&pg_ctl);
-        status.arg("-D").arg(dir).arg("status");
-        crate::process::as_postgres_async(&mut status);
-        let st = status.output().await.context("running pg_ctl status")?;
-        if st.status.code() != Some(3) {
-            return Err(anyhow!(
-                "the old primary in {} is still running after pg_ctl stop ({}) — stop it by hand before promoting",
-                dir.display(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        return Ok(format!("stopped {} (fast)", dir.display()));
+        return fence_data_dir(config, dir).await;
     }
     if let Some(cmd) = &config.switch.fence_command {
         let run = tokio::process::Command::new("sh")
@@ -449,4 +425,34 @@ async fn fence(config: &Config, opts: &FailoverOptions) -> Result<String> {
     Ok(format!(
         "{old} is read-only (default_transaction_read_only = on), {ended} session(s) ended; stop it as soon as you can: a session may still override the default"
     ))
+}
+
+/// Fence a primary whose data directory is on this host: a fast stop, and proof
+/// (`pg_ctl status`) that nothing runs there any more.
+pub async fn fence_data_dir(config: &Config, dir: &std::path::Path) -> Result<String> {
+    if !dir.join("PG_VERSION").is_file() || !dir.join("global/pg_control").is_file() {
+        return Err(crate::usage!(
+            "--old-data-dir {} is not a PostgreSQL data directory (no PG_VERSION or global/pg_control)",
+            dir.display()
+        ));
+    }
+    let tools = crate::postgres::PgTools::locate(config.postgres.bin_dir.as_deref())?;
+    let pg_ctl = tools.path("pg_ctl")?;
+    let mut stop = tokio::process::Command::new(&pg_ctl);
+    stop.arg("-D").arg(dir).args(["-m", "fast", "-w", "-t", "60", "stop"]);
+    crate::process::as_postgres_async(&mut stop);
+    let out = stop.output().await.context("running pg_ctl stop")?;
+    // Whatever stop said, `status` decides: exit 3 is "no server running".
+    let mut status = tokio::process::Command::new(&pg_ctl);
+    status.arg("-D").arg(dir).arg("status");
+    crate::process::as_postgres_async(&mut status);
+    let st = status.output().await.context("running pg_ctl status")?;
+    if st.status.code() != Some(3) {
+        return Err(anyhow!(
+            "the old primary in {} is still running after pg_ctl stop ({}) — stop it by hand before promoting",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(format!("stopped {} (fast)", dir.display()))
 }

@@ -72,6 +72,9 @@ pub struct RecoveryOptions {
     /// Keep WAL archiving on: the DBA says the restored server becomes the new
     /// primary. Off by default, so a copy never writes into the repository.
     pub archive: bool,
+    /// With `archive`: archive with this command instead of the one the backup
+    /// carries (a new primary restored from a copy archives into that copy).
+    pub archive_command: Option<String>,
 }
 
 /// In the data directory of a copy restored with `--archive`: `wal-push` declares the
@@ -111,7 +114,11 @@ pub fn write(data_dir: &Path, opts: &RecoveryOptions, comment: &str) -> io::Resu
     let mut out: Vec<String> = existing
         .lines()
         .filter(|l| {
-            setting_name(l).is_none_or(|n| !(OWNED.contains(&n.as_str()) || !opts.archive && n == "archive_mode"))
+            setting_name(l).is_none_or(|n| {
+                !(OWNED.contains(&n.as_str())
+                    || !opts.archive && n == "archive_mode"
+                    || opts.archive_command.is_some() && n == "archive_command")
+            })
         })
         .filter(|l| !l.starts_with("# pgdr:"))
         .map(str::to_string)
@@ -121,6 +128,9 @@ pub fn write(data_dir: &Path, opts: &RecoveryOptions, comment: &str) -> io::Resu
     let marker = data_dir.join(NEW_PRIMARY_MARKER);
     if opts.archive {
         std::fs::write(&marker, format!("{comment}\n"))?;
+        if let Some(command) = &opts.archive_command {
+            out.push(format!("archive_command = {}", conf_literal(command)));
+        }
     } else {
         // A copy (a test restore, verification, a drill) must not archive into the
         // repository: once promoted, its new timeline would lead later restores astray.
@@ -196,6 +206,7 @@ mod tests {
             primary_conninfo: None,
             primary_slot_name: None,
             archive: false,
+            archive_command: None,
         };
         write(d.path(), &opts, "test").unwrap();
         write(d.path(), &opts, "test").unwrap();

@@ -106,7 +106,7 @@ pub fn event_report(started: &chrono::DateTime<chrono::Utc>, event: &str) -> Obj
 pub fn parse_event_report(key: &ObjectKey) -> Option<(chrono::DateTime<chrono::Utc>, &str)> {
     let name = key.as_str().strip_prefix(VERIFICATIONS)?.strip_suffix(".json")?;
     let (time, event) = name.split_once('-')?;
-    if !matches!(event, "switch" | "failover") {
+    if !(matches!(event, "switch" | "failover") || event.starts_with("recover-") || event.starts_with("drill-")) {
         return None;
     }
     let time = chrono::NaiveDateTime::parse_from_str(time, "%Y%m%dT%H%M%SZ").ok()?;

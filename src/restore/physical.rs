@@ -208,6 +208,16 @@ pub fn restore_command(config: &Config) -> Result<String> {
     ))
 }
 
+/// The archive_command of a new primary restored from a copy: `wal-push` into the
+/// repository this restore reads (same rules as [`restore_command`]).
+pub fn archive_command(config: &Config) -> Result<String> {
+    let fetch = restore_command(config)?;
+    let base = fetch
+        .strip_suffix(" wal-fetch \"%f\" \"%p\"")
+        .ok_or_else(|| anyhow!("unexpected restore_command {fetch:?}"))?;
+    Ok(format!("{base} wal-push \"%p\""))
+}
+
 /// The pid of a live postmaster whose pid file is in `dir`, if any.
 fn running_postmaster(dir: &Path) -> Option<i32> {
     let text = std::fs::read_to_string(dir.join("postmaster.pid")).ok()?;
@@ -362,6 +372,12 @@ pub async fn execute(
         primary_conninfo: opts.primary_conninfo.clone(),
         primary_slot_name: opts.primary_slot_name.clone(),
         archive: opts.archive,
+        // Restored from a copy, a new primary archives into that copy: the primary
+        // region may be gone.
+        archive_command: match config.selected_repository() {
+            Some(_) if opts.archive => Some(archive_command(config)?),
+            _ => None,
+        },
     };
     recovery::write(
         &dir,

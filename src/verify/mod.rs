@@ -259,25 +259,7 @@ async fn verify_into(
 
     // pg_amcheck --heapallindexed on every database (amcheck installed in the copy).
     let t = Instant::now();
-    let amcheck = async {
-        let mut cmd = tokio::process::Command::new(tools.path("pg_amcheck")?);
-        cmd.args(["--all", "--heapallindexed", "--install-missing", "--no-password"])
-            .envs(target.child_env(Some("postgres")))
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
-        let out = cmd.output().await?;
-        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-        if !out.status.success() || !text.trim().is_empty() {
-            let first: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).take(3).collect();
-            return Err(anyhow!(
-                "pg_amcheck reports corruption ({}): {}",
-                out.status,
-                first.join(" | ")
-            ));
-        }
-        Ok(())
-    }
-    .await;
+    let amcheck = amcheck(tools, &target).await;
     steps.record("amcheck", t, &amcheck, |_| {
         "pg_amcheck --heapallindexed: no corruption in any database".into()
     });
@@ -287,27 +269,7 @@ async fn verify_into(
         let t = Instant::now();
         let name = check.name.clone().unwrap_or_else(|| format!("check {}", i + 1));
         let db = check.database.clone().unwrap_or_else(|| "postgres".into());
-        let result = async {
-            let client = target.connect(Some(&db)).await?;
-            let rows = client
-                .simple_query(&check.sql)
-                .await
-                .map_err(crate::postgres::conn::db_err(&name))?;
-            let value = rows
-                .iter()
-                .find_map(|m| match m {
-                    tokio_postgres::SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap_or("NULL").to_string()),
-                    _ => None,
-                })
-                .unwrap_or_else(|| "(no rows)".into());
-            let want = check.expected_text();
-            if value == want {
-                Ok(value)
-            } else {
-                Err(anyhow!("got {value:?}, expected {want:?}"))
-            }
-        }
-        .await;
+        let result = run_check(&target, &db, &name, &check.sql, &check.expected_text()).await;
         steps.record(&format!("sql: {name}"), t, &result, |v| {
             format!("returned {v:?} as expected")
         });
@@ -470,4 +432,46 @@ async fn init_cluster(tools: &PgTools, scratch: &Scratch, port: u16) -> Result<(
         ))
         .arg("start");
     run(start, "pg_ctl start").await
+}
+
+/// `pg_amcheck --all --heapallindexed` on the server at `target` (the amcheck
+/// extension installed where missing): an error lists the first problems found.
+pub async fn amcheck(tools: &PgTools, target: &PgTarget) -> Result<()> {
+    let mut cmd = tokio::process::Command::new(tools.path("pg_amcheck")?);
+    cmd.args(["--all", "--heapallindexed", "--install-missing", "--no-password"])
+        .envs(target.child_env(Some("postgres")))
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    let out = cmd.output().await?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() || !text.trim().is_empty() {
+        let first: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).take(3).collect();
+        return Err(anyhow!(
+            "pg_amcheck reports corruption ({}): {}",
+            out.status,
+            first.join(" | ")
+        ));
+    }
+    Ok(())
+}
+
+/// Run one SQL check: its first column of its first row must read `want`.
+pub async fn run_check(target: &PgTarget, db: &str, name: &str, sql: &str, want: &str) -> Result<String> {
+    let client = target.connect(Some(db)).await?;
+    let rows = client
+        .simple_query(sql)
+        .await
+        .map_err(crate::postgres::conn::db_err(name))?;
+    let value = rows
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap_or("NULL").to_string()),
+            _ => None,
+        })
+        .unwrap_or_else(|| "(no rows)".into());
+    if value == want {
+        Ok(value)
+    } else {
+        Err(anyhow!("got {value:?}, expected {want:?}"))
+    }
 }

@@ -1,0 +1,386 @@
+//! Executing a runbook (`recover`, and the recovery half of `drill`): [`prepare`]
+//! checks the inputs and every step that can be checked before anything changes
+//! (which backup, which WAL, free directories, `[switch]`), and returns the plan a
+//! DBA reads before saying yes; [`execute`] runs the steps in order with a
+//! timestamped log, records each step in a state file as it starts and ends, and
+//! stops at the first failure with the next thing to do. Run again after fixing the
+//! cause, it resumes: finished steps are skipped, a half-done one is undone and run
+//! anew. The report goes to `verifications/` and to `[notify]`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, anyhow};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::steps::{self, Server, StepCx, TableRestore};
+use super::{Op, Runbook, Targets};
+use crate::config::Config;
+use crate::switch::StepLog;
+
+#[derive(Debug, Clone)]
+pub struct RecoverOptions {
+    pub runbook: Runbook,
+    /// Resolved (`Runbook::resolve_inputs`).
+    pub inputs: BTreeMap<String, String>,
+    pub dry_run: bool,
+    /// Where progress is kept for a resumed run.
+    pub state_file: PathBuf,
+    pub jobs: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Pending,
+    Started,
+    Done,
+    Failed,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StepState {
+    pub name: String,
+    pub op: Op,
+    pub status: Status,
+    pub started: Option<DateTime<Utc>>,
+    pub seconds: f64,
+    pub detail: String,
+}
+
+/// A recovery's progress on disk (JSON, written atomically after every change).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct State {
+    pub scenario: String,
+    pub inputs: BTreeMap<String, String>,
+    /// The repository it reads (`primary` or a copy's name).
+    pub repository: String,
+    pub started: DateTime<Utc>,
+    pub steps: Vec<StepState>,
+    pub servers: BTreeMap<String, Server>,
+    #[serde(default)]
+    pub restored: Vec<TableRestore>,
+    pub finished: Option<DateTime<Utc>>,
+}
+
+impl State {
+    fn load(path: &Path) -> Result<Option<State>> {
+        match std::fs::read(path) {
+            Ok(data) => serde_json::from_slice(&data)
+                .map(Some)
+                .map_err(|e| crate::usage!("the recovery state file {} is damaged ({e}) — move it away to start over", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    fn save(&self, path: &Path) -> Result<()> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let tmp = path.with_extension("json.tmp");
+        let data = serde_json::to_vec_pretty(self).expect("state serialises");
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+            f.write_all(&data)?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+        Ok(())
+    }
+}
+
+/// A checked recovery, ready to run: the plan and where it starts.
+pub struct Prepared {
+    pub state: State,
+    pub plan: Vec<String>,
+    /// Steps already done by an earlier, interrupted run.
+    pub resumed: usize,
+}
+
+impl fmt::Display for Prepared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, line) in self.plan.iter().enumerate() {
+            writeln!(f, "  {}. {line}", i + 1)?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RecoverReport {
+    pub scenario: String,
+    pub title: String,
+    pub runbook: String,
+    pub repository: String,
+    pub inputs: BTreeMap<String, String>,
+    pub dry_run: bool,
+    pub ok: bool,
+    /// Steps skipped because an earlier run had done them.
+    pub resumed_steps: usize,
+    pub started: DateTime<Utc>,
+    pub seconds: f64,
+    pub targets: Targets,
+    /// The whole recovery (from its first start, over resumed runs) within the RTO.
+    pub rto_met: Option<bool>,
+    pub plan: Vec<String>,
+    pub steps: Vec<StepLog>,
+    pub servers: BTreeMap<String, Server>,
+    pub restored: Vec<TableRestore>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+    pub state_file: PathBuf,
+}
+
+impl fmt::Display for RecoverReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.dry_run {
+            writeln!(f, "{} ({}) — the plan:", self.title, self.runbook)?;
+            for (i, line) in self.plan.iter().enumerate() {
+                writeln!(f, "  {}. {line}", i + 1)?;
+            }
+            return write!(f, "dry run: nothing was changed");
+        }
+        for s in &self.steps {
+            writeln!(f, "{s}")?;
+        }
+        for t in &self.restored {
+            writeln!(
+                f,
+                "  {}: {} — {} rows (the table had {} at the target)",
+                t.table, t.action, t.rows, t.rows_at_target
+            )?;
+        }
+        match &self.error {
+            Some(e) => {
+                write!(f, "recovery {} STOPPED: {e}", self.scenario)?;
+                if let Some(n) = &self.next {
+                    write!(f, "\nnext: {n}")?;
+                }
+                Ok(())
+            }
+            None => write!(
+                f,
+                "recovery {} done in {:.1} s (RTO target {} min, plan {}: {})",
+                self.scenario,
+                self.seconds,
+                self.targets.rto_minutes,
+                self.targets.plan,
+                if self.rto_met == Some(true) { "met" } else { "MISSED" }
+            ),
+        }
+    }
+}
+
+/// Check everything that can be checked, load or start the state, and build the
+/// plan. Nothing is changed.
+pub async fn prepare(config: &Config, opts: &RecoverOptions) -> Result<Prepared> {
+    let runbook = &opts.runbook;
+    let repository = config.selected_repository().unwrap_or("primary").to_string();
+    if runbook.needs_copy && config.selected_repository().is_none() {
+        return Err(crate::usage!(
+            "the {} runbook recovers from a copy in another region, using nothing from the lost one — pass --repository NAME (one of [[repository.copies]])",
+            runbook.name
+        ));
+    }
+    let fresh = State {
+        scenario: runbook.name.clone(),
+        inputs: opts.inputs.clone(),
+        repository: repository.clone(),
+        started: Utc::now(),
+        steps: runbook
+            .steps
+            .iter()
+            .map(|s| StepState {
+                name: s.name.clone(),
+                op: s.op,
+                status: Status::Pending,
+                started: None,
+                seconds: 0.0,
+                detail: String::new(),
+            })
+            .collect(),
+        servers: BTreeMap::new(),
+        restored: Vec::new(),
+        finished: None,
+    };
+    let state = match State::load(&opts.state_file)? {
+        Some(old) if old.finished.is_none() => {
+            let same_steps = old.steps.len() == fresh.steps.len()
+                && old.steps.iter().zip(&fresh.steps).all(|(a, b)| a.name == b.name && a.op == b.op);
+            if old.scenario != fresh.scenario || old.inputs != fresh.inputs || old.repository != repository || !same_steps
+            {
+                return Err(crate::usage!(
+                    "an unfinished recovery ({} from {}, started {}) is recorded in {} with other inputs or steps — finish it with the same inputs, or move the state file away to start over",
+                    old.scenario,
+                    old.repository,
+                    old.started.format("%Y-%m-%d %H:%M:%S UTC"),
+                    opts.state_file.display()
+                ));
+            }
+            old
+        }
+        _ => fresh,
+    };
+    let resumed = state.steps.iter().filter(|s| s.status == Status::Done).count();
+    let mut plan = Vec::new();
+    for (step, st) in runbook.steps.iter().zip(&state.steps) {
+        let line = match st.status {
+            Status::Done => format!("{} — done earlier ({})", step.name, st.detail),
+            // A half-done restore is undone first; its directory is not free yet.
+            Status::Started | Status::Failed if matches!(step.op, Op::Restore | Op::Standby) => format!(
+                "{} — interrupted earlier: its directory {} is removed and the step runs again",
+                step.name,
+                step.param("to", &opts.inputs)
+            ),
+            _ => format!(
+                "{}: {}",
+                step.name,
+                steps::describe(step, config, &opts.inputs, opts.jobs)
+                    .await
+                    .with_context(|| format!("step {:?} (line {} of {})", step.name, step.line, runbook.source))?
+            ),
+        };
+        plan.push(line);
+    }
+    Ok(Prepared { state, plan, resumed })
+}
+
+/// Run the prepared recovery. A failed step is in the report (`ok: false`, with
+/// `next`), not an `Err`; the report is stored in `verifications/` and notified.
+pub async fn execute(
+    config: &Config,
+    opts: &RecoverOptions,
+    prepared: Prepared,
+    say: &mut dyn FnMut(String),
+) -> Result<RecoverReport> {
+    let runbook = &opts.runbook;
+    let t0 = Instant::now();
+    let Prepared {
+        mut state,
+        plan,
+        resumed,
+    } = prepared;
+    let mut report = RecoverReport {
+        scenario: runbook.name.clone(),
+        title: runbook.title.clone(),
+        runbook: runbook.source.clone(),
+        repository: state.repository.clone(),
+        inputs: opts.inputs.clone(),
+        dry_run: opts.dry_run,
+        ok: true,
+        resumed_steps: resumed,
+        started: state.started,
+        seconds: 0.0,
+        targets: runbook.targets.clone(),
+        rto_met: None,
+        plan,
+        steps: Vec::new(),
+        servers: BTreeMap::new(),
+        restored: Vec::new(),
+        error: None,
+        next: None,
+        state_file: opts.state_file.clone(),
+    };
+    if opts.dry_run {
+        return Ok(report);
+    }
+    state.save(&opts.state_file)?;
+    for (i, step) in runbook.steps.iter().enumerate() {
+        if state.steps[i].status == Status::Done {
+            report.steps.push(StepLog {
+                step: step.name.clone(),
+                started: state.steps[i].started.unwrap_or(state.started),
+                seconds: 0.0,
+                ok: true,
+                detail: format!("done earlier: {}", state.steps[i].detail),
+            });
+            continue;
+        }
+        let interrupted = matches!(state.steps[i].status, Status::Started | Status::Failed);
+        let started = Utc::now();
+        let t = Instant::now();
+        state.steps[i].status = Status::Started;
+        state.steps[i].started = Some(started);
+        state.save(&opts.state_file)?;
+        say(format!("{} ▶ {} ({})", started.format("%H:%M:%S"), step.name, step.op));
+        let mut cx = StepCx {
+            config,
+            inputs: &opts.inputs,
+            jobs: opts.jobs,
+            servers: &mut state.servers,
+            restored: &mut state.restored,
+            say,
+        };
+        let outcome = async {
+            if interrupted && let Some(undone) = steps::undo_partial(step, &mut cx)? {
+                (cx.say)(undone);
+            }
+            steps::run(step, &runbook.checks, &mut cx).await
+        }
+        .await;
+        let seconds = t.elapsed().as_secs_f64();
+        let (ok, detail) = match &outcome {
+            Ok(d) => (true, d.clone()),
+            Err(e) => (false, format!("{e:#}")),
+        };
+        state.steps[i].status = if ok { Status::Done } else { Status::Failed };
+        state.steps[i].seconds = seconds;
+        state.steps[i].detail = detail.clone();
+        state.save(&opts.state_file)?;
+        let log = StepLog {
+            step: step.name.clone(),
+            started,
+            seconds,
+            ok,
+            detail: detail.clone(),
+        };
+        say(log.to_string());
+        report.steps.push(log);
+        if !ok {
+            report.ok = false;
+            report.error = Some(format!("step {} ({}, line {}) failed: {detail}", i + 1, step.name, step.line));
+            report.next = Some(format!(
+                "fix the cause and run the same command again: finished steps are skipped, this one starts over ({})",
+                opts.state_file.display()
+            ));
+            break;
+        }
+    }
+    if report.ok {
+        state.finished = Some(Utc::now());
+        state.save(&opts.state_file)?;
+    }
+    report.servers = state.servers.clone();
+    report.restored = state.restored.clone();
+    report.seconds = t0.elapsed().as_secs_f64();
+    if report.ok {
+        // Over every run of this recovery, from the first.
+        let total = (Utc::now() - state.started).num_milliseconds() as f64 / 1000.0;
+        report.rto_met = Some(total <= runbook.targets.rto_minutes as f64 * 60.0);
+    }
+    crate::failover::store_report(config, &format!("recover-{}", runbook.name), report.started, &report).await;
+    let template = if report.ok {
+        &runbook.notify.success
+    } else {
+        &runbook.notify.failure
+    };
+    let mut message = template
+        .as_ref()
+        .map(|t| super::fill(t, &opts.inputs))
+        .unwrap_or_else(|| format!("pgdr: recovery {} {}", runbook.name, if report.ok { "done" } else { "FAILED" }));
+    if let Some(e) = &report.error {
+        message.push_str(&format!(": {e}"));
+    }
+    crate::notify::send(config, &message).await;
+    if !report.ok && report.error.is_none() {
+        return Err(anyhow!("recovery failed"));
+    }
+    Ok(report)
+}

@@ -1,0 +1,620 @@
+//! Runbooks: the plan's disaster scenarios as TOML files (`scenarios/*.toml`), read
+//! and checked whole before anything runs. A runbook names its recovery targets, the
+//! inputs it needs, ordered steps (each one of pgdr's operations with its
+//! parameters), SQL checks and notifications. `engine` executes one (`recover`);
+//! `drill` rehearses one on scratch resources.
+//!
+//! An invalid runbook is refused with its file, line and field.
+
+pub mod engine;
+pub mod steps;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+use crate::usage;
+
+/// The four scenarios of the plan, built in; a file of the same name in a directory
+/// the DBA passes replaces one, and a path runs any adapted copy.
+const BUILT_IN: &[(&str, &str)] = &[
+    (
+        "database-corruption",
+        include_str!("../../scenarios/database-corruption.toml"),
+    ),
+    ("data-loss", include_str!("../../scenarios/data-loss.toml")),
+    ("database-failure", include_str!("../../scenarios/database-failure.toml")),
+    ("region-failure", include_str!("../../scenarios/region-failure.toml")),
+];
+
+pub fn built_in_names() -> Vec<&'static str> {
+    BUILT_IN.iter().map(|(n, _)| *n).collect()
+}
+
+/// The plan's recovery targets for a scenario.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Targets {
+    /// The plan's own words ("4-8 h").
+    pub plan: String,
+    pub rto_minutes: u64,
+    pub rpo_seconds: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InputKind {
+    Path,
+    Port,
+    Time,
+    Text,
+    Tables,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputSpec {
+    pub help: String,
+    pub kind: InputKind,
+    /// Optional inputs have a default ("" for "not given").
+    pub default: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCheck {
+    name: String,
+    server: String,
+    #[serde(default)]
+    database: Option<String>,
+    sql: String,
+    expect: toml::Value,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifySpec {
+    pub success: Option<String>,
+    pub failure: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRunbook {
+    name: String,
+    title: String,
+    #[serde(default)]
+    needs_copy: bool,
+    targets: Targets,
+    #[serde(default)]
+    inputs: BTreeMap<String, InputSpec>,
+    steps: Vec<Spanned<BTreeMap<Spanned<String>, Spanned<toml::Value>>>>,
+    #[serde(default)]
+    checks: Vec<Spanned<RawCheck>>,
+    #[serde(default)]
+    notify: NotifySpec,
+}
+
+/// What a step does: one of pgdr's operations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Op {
+    /// A physical restore started as a server: a new primary or a scratch copy.
+    Restore,
+    /// `pg_amcheck` and the runbook's checks against a server.
+    Validate,
+    /// Stop the old primary (its data directory on this host).
+    Fence,
+    /// A streaming standby of a server, built from the latest backup.
+    Standby,
+    /// Move application connections (`[switch]`) to a server.
+    Switch,
+    /// Bring lost tables or rows back from a scratch copy into the live database.
+    CopyBack,
+    /// Stop a scratch server and remove it.
+    Teardown,
+}
+
+impl Op {
+    fn parse(raw: &str) -> Option<Op> {
+        Some(match raw {
+            "restore" => Op::Restore,
+            "validate" => Op::Validate,
+            "fence" => Op::Fence,
+            "standby" => Op::Standby,
+            "switch" => Op::Switch,
+            "copy-back" => Op::CopyBack,
+            "teardown" => Op::Teardown,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Restore => "restore",
+            Op::Validate => "validate",
+            Op::Fence => "fence",
+            Op::Standby => "standby",
+            Op::Switch => "switch",
+            Op::CopyBack => "copy-back",
+            Op::Teardown => "teardown",
+        }
+    }
+
+    /// (required, optional) parameters besides `name` and `op`.
+    fn params(self) -> (&'static [&'static str], &'static [&'static str]) {
+        match self {
+            Op::Restore => (&["server", "role", "to", "target"], &["port", "listen"]),
+            Op::Validate => (&["server"], &["amcheck"]),
+            Op::Fence => (&["data_dir"], &[]),
+            Op::Standby => (&["of", "server", "to", "port"], &["listen", "slot"]),
+            Op::Switch => (&["to"], &[]),
+            Op::CopyBack => (&["from", "tables"], &["database"]),
+            Op::Teardown => (&["server"], &[]),
+        }
+    }
+
+    /// The parameters that name a server an earlier step made.
+    fn server_refs(self) -> &'static [&'static str] {
+        match self {
+            Op::Validate | Op::Teardown => &["server"],
+            Op::Standby => &["of"],
+            Op::Switch => &["to"],
+            Op::CopyBack => &["from"],
+            Op::Restore | Op::Fence => &[],
+        }
+    }
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One validated step: its parameters are templates (`{input}`), filled per run.
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub name: String,
+    pub op: Op,
+    pub line: usize,
+    params: BTreeMap<String, String>,
+}
+
+impl Step {
+    /// A parameter with the inputs filled in ("" if the step does not set it).
+    pub fn param(&self, key: &str, inputs: &BTreeMap<String, String>) -> String {
+        self.params.get(key).map(|t| fill(t, inputs)).unwrap_or_default()
+    }
+}
+
+/// A validated SQL check.
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub name: String,
+    pub server: String,
+    pub database: String,
+    pub sql: String,
+    pub expect: String,
+}
+
+/// A runbook, checked whole: every step's operation and parameters, every input it
+/// uses declared, every server it names made by an earlier step.
+#[derive(Debug, Clone)]
+pub struct Runbook {
+    pub name: String,
+    pub title: String,
+    /// Where it came from (a built-in name or a file), for messages.
+    pub source: String,
+    pub needs_copy: bool,
+    pub targets: Targets,
+    pub inputs: BTreeMap<String, InputSpec>,
+    pub steps: Vec<Step>,
+    pub checks: Vec<Check>,
+    pub notify: NotifySpec,
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].bytes().filter(|b| *b == b'\n').count() + 1
+}
+
+/// `{name}` references in a template.
+fn references(template: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        let Some(close) = rest[open..].find('}') else { break };
+        out.push(&rest[open + 1..open + close]);
+        rest = &rest[open + close + 1..];
+    }
+    out
+}
+
+/// Replace `{name}` with the input's value.
+pub fn fill(template: &str, inputs: &BTreeMap<String, String>) -> String {
+    let mut out = template.to_string();
+    for (name, value) in inputs {
+        out = out.replace(&format!("{{{name}}}"), value);
+    }
+    out
+}
+
+fn value_text(v: &toml::Value) -> Option<String> {
+    match v {
+        toml::Value::String(s) => Some(s.clone()),
+        toml::Value::Integer(i) => Some(i.to_string()),
+        toml::Value::Boolean(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+impl Runbook {
+    /// `NAME` (built in, or `NAME.toml` in `dir`) or a path to a file.
+    pub fn load(scenario: &str, dir: Option<&Path>) -> Result<Runbook> {
+        let as_path = Path::new(scenario);
+        if scenario.ends_with(".toml") || scenario.contains('/') {
+            let text = std::fs::read_to_string(as_path)
+                .map_err(|e| usage!("cannot read the runbook {}: {e}", as_path.display()))?;
+            return Runbook::parse(&text, &as_path.display().to_string());
+        }
+        if let Some(dir) = dir {
+            let file = dir.join(format!("{scenario}.toml"));
+            if file.is_file() {
+                let text = std::fs::read_to_string(&file)
+                    .map_err(|e| usage!("cannot read the runbook {}: {e}", file.display()))?;
+                return Runbook::parse(&text, &file.display().to_string());
+            }
+        }
+        match BUILT_IN.iter().find(|(n, _)| *n == scenario) {
+            Some((name, text)) => Runbook::parse(text, &format!("scenarios/{name}.toml (built in)")),
+            None => Err(usage!(
+                "no scenario {scenario:?}: the scenarios are {} (or pass a runbook file, e.g. ./my-scenario.toml)",
+                built_in_names().join(", ")
+            )),
+        }
+    }
+
+    /// Parse and check a whole runbook; errors name `source:line` and the field.
+    pub fn parse(text: &str, source: &str) -> Result<Runbook> {
+        let raw: RawRunbook = toml::from_str(text).map_err(|e| {
+            let at = e.span().map(|s| format!(":{}", line_of(text, s.start))).unwrap_or_default();
+            usage!(
+                "invalid runbook {source}{at}: {}",
+                e.message().trim().replace('\n', " ")
+            )
+        })?;
+        let bad = |offset: usize, what: String| usage!("invalid runbook {source}:{}: {what}", line_of(text, offset));
+        for (name, spec) in &raw.inputs {
+            if !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
+                return Err(usage!(
+                    "invalid runbook {source}: input {name:?}: names are lower-case letters, digits and '_'"
+                ));
+            }
+            if spec.help.trim().is_empty() {
+                return Err(usage!("invalid runbook {source}: input {name:?} needs a help text"));
+            }
+        }
+        let known_input = |name: &str| raw.inputs.contains_key(name);
+        let mut servers: Vec<String> = Vec::new();
+        let mut steps = Vec::new();
+        if raw.steps.is_empty() {
+            return Err(usage!("invalid runbook {source}: it has no [[steps]]"));
+        }
+        for (i, table) in raw.steps.iter().enumerate() {
+            let start = table.span().start;
+            let at = |key: &str| {
+                table
+                    .get_ref()
+                    .keys()
+                    .find(|k| k.get_ref() == key)
+                    .map(|k| k.span().start)
+                    .unwrap_or(start)
+            };
+            let get = |key: &str| table.get_ref().iter().find(|(k, _)| k.get_ref() == key).map(|(_, v)| v);
+            let Some(op_value) = get("op") else {
+                return Err(bad(start, format!("step {} has no `op`", i + 1)));
+            };
+            let op_text = value_text(op_value.get_ref()).unwrap_or_default();
+            let Some(op) = Op::parse(&op_text) else {
+                return Err(bad(
+                    op_value.span().start,
+                    format!(
+                        "step {}: field `op`: unknown operation {op_text:?} (expected restore, validate, fence, standby, switch, copy-back or teardown)",
+                        i + 1
+                    ),
+                ));
+            };
+            let name = match get("name").map(|v| (v.span().start, value_text(v.get_ref()))) {
+                Some((_, Some(n))) if !n.trim().is_empty() => n,
+                Some((offset, _)) => return Err(bad(offset, format!("step {}: field `name` must be a text", i + 1))),
+                None => return Err(bad(start, format!("step {} ({op}) has no `name`", i + 1))),
+            };
+            let (required, optional) = op.params();
+            let mut params = BTreeMap::new();
+            for (key, value) in table.get_ref() {
+                let k = key.get_ref().as_str();
+                if k == "op" || k == "name" {
+                    continue;
+                }
+                if !required.contains(&k) && !optional.contains(&k) {
+                    let mut all: Vec<&str> = required.iter().chain(optional.iter()).copied().collect();
+                    all.sort();
+                    return Err(bad(
+                        key.span().start,
+                        format!(
+                            "step {name:?}: unknown field `{k}` for op {op} (expected {})",
+                            all.join(", ")
+                        ),
+                    ));
+                }
+                let Some(text) = value_text(value.get_ref()) else {
+                    return Err(bad(
+                        value.span().start,
+                        format!("step {name:?}: field `{k}` must be a text, a number or true/false"),
+                    ));
+                };
+                for r in references(&text) {
+                    if !known_input(r) {
+                        return Err(bad(
+                            value.span().start,
+                            format!("step {name:?}: field `{k}` uses {{{r}}}, which is not an input of this runbook"),
+                        ));
+                    }
+                }
+                params.insert(k.to_string(), text);
+            }
+            for r in required {
+                if !params.contains_key(*r) {
+                    return Err(bad(start, format!("step {name:?} ({op}) needs the field `{r}`")));
+                }
+            }
+            for r in op.server_refs() {
+                let server = &params[*r];
+                if !servers.contains(server) {
+                    return Err(bad(
+                        at(r),
+                        format!(
+                            "step {name:?}: field `{r}`: no earlier step makes a server {server:?} (a restore or standby step with server = {server:?})"
+                        ),
+                    ));
+                }
+            }
+            if op == Op::Restore {
+                let role = &params["role"];
+                if role != "primary" && role != "scratch" {
+                    return Err(bad(
+                        at("role"),
+                        format!("step {name:?}: field `role` is \"primary\" or \"scratch\", not {role:?}"),
+                    ));
+                }
+                if role == "primary" && !params.contains_key("port") {
+                    return Err(bad(start, format!("step {name:?}: a new primary needs the field `port`")));
+                }
+            }
+            if let Some(v) = params.get("amcheck")
+                && v != "true"
+                && v != "false"
+            {
+                return Err(bad(at("amcheck"), format!("step {name:?}: field `amcheck` is true or false")));
+            }
+            if matches!(op, Op::Restore | Op::Standby) {
+                let server = params["server"].clone();
+                if servers.contains(&server) {
+                    return Err(bad(at("server"), format!("step {name:?}: server {server:?} is made twice")));
+                }
+                servers.push(server);
+            }
+            if op == Op::Teardown {
+                servers.retain(|s| *s != params["server"]);
+            }
+            steps.push(Step {
+                name,
+                op,
+                line: line_of(text, start),
+                params,
+            });
+        }
+        let mut checks = Vec::new();
+        for c in &raw.checks {
+            let line = line_of(text, c.span().start);
+            let c = c.get_ref();
+            if !steps
+                .iter()
+                .any(|s| matches!(s.op, Op::Restore | Op::Standby) && s.params["server"] == c.server)
+            {
+                return Err(usage!(
+                    "invalid runbook {source}:{line}: check {:?}: field `server`: no step makes a server {:?}",
+                    c.name,
+                    c.server
+                ));
+            }
+            let expect = match &c.expect {
+                toml::Value::String(s) => s.clone(),
+                toml::Value::Boolean(b) => if *b { "t" } else { "f" }.to_string(),
+                toml::Value::Integer(i) => i.to_string(),
+                _ => {
+                    return Err(usage!(
+                        "invalid runbook {source}:{line}: check {:?}: field `expect` is a text, a number or true/false",
+                        c.name
+                    ));
+                }
+            };
+            checks.push(Check {
+                name: c.name.clone(),
+                server: c.server.clone(),
+                database: c.database.clone().unwrap_or_else(|| "postgres".into()),
+                sql: c.sql.clone(),
+                expect,
+            });
+        }
+        for template in [&raw.notify.success, &raw.notify.failure].into_iter().flatten() {
+            for r in references(template) {
+                if !known_input(r) {
+                    return Err(usage!(
+                        "invalid runbook {source}: [notify] uses {{{r}}}, which is not an input of this runbook"
+                    ));
+                }
+            }
+        }
+        Ok(Runbook {
+            name: raw.name,
+            title: raw.title,
+            source: source.to_string(),
+            needs_copy: raw.needs_copy,
+            targets: raw.targets,
+            inputs: raw.inputs,
+            steps,
+            checks,
+            notify: raw.notify,
+        })
+    }
+
+    /// The inputs of a run: the given values checked by kind, defaults filled in.
+    /// Unknown and missing inputs are refused, naming the flag to use.
+    pub fn resolve_inputs(&self, given: &BTreeMap<String, String>) -> Result<BTreeMap<String, String>> {
+        for name in given.keys() {
+            if !self.inputs.contains_key(name) {
+                return Err(usage!(
+                    "the {} runbook has no input {name:?} (its inputs: {})",
+                    self.name,
+                    self.inputs.keys().cloned().collect::<Vec<_>>().join(", ")
+                ));
+            }
+        }
+        let mut out = BTreeMap::new();
+        for (name, spec) in &self.inputs {
+            let value = match (given.get(name), &spec.default) {
+                (Some(v), _) => v.clone(),
+                (None, Some(d)) => d.clone(),
+                (None, None) => {
+                    return Err(usage!(
+                        "the {} runbook needs {}: {} — pass {}",
+                        self.name,
+                        name,
+                        spec.help,
+                        input_flag(name)
+                    ));
+                }
+            };
+            if !value.is_empty() {
+                check_kind(name, spec.kind, &value)?;
+            }
+            out.insert(name.clone(), value);
+        }
+        Ok(out)
+    }
+}
+
+/// The command-line flag that sets an input.
+pub fn input_flag(name: &str) -> String {
+    match name {
+        "target_time" | "data_dir" | "port" | "standby_data_dir" | "standby_port" | "tables" | "database"
+        | "scratch_dir" | "old_data_dir" | "listen" => format!("--{}", name.replace('_', "-")),
+        _ => format!("--set {name}=VALUE"),
+    }
+}
+
+fn check_kind(name: &str, kind: InputKind, value: &str) -> Result<()> {
+    let flag = input_flag(name);
+    match kind {
+        InputKind::Path => {
+            if !Path::new(value).is_absolute() {
+                return Err(usage!("{flag} {value:?}: give an absolute path"));
+            }
+        }
+        InputKind::Port => {
+            if value.parse::<u16>().ok().filter(|p| *p > 0).is_none() {
+                return Err(usage!("{flag} {value:?}: not a port number"));
+            }
+        }
+        InputKind::Time => {
+            crate::restore::target::parse_target_time(value).map_err(|e| usage!("{flag}: {e:#}"))?;
+        }
+        InputKind::Tables => {
+            for t in value.split(',') {
+                parse_table(t.trim()).map_err(|e| usage!("{flag}: {e:#}"))?;
+            }
+        }
+        InputKind::Text => {}
+    }
+    Ok(())
+}
+
+/// `schema.name` (or `name`, in `public`), as plain identifiers.
+pub fn parse_table(raw: &str) -> Result<(String, String)> {
+    let (schema, name) = raw.split_once('.').unwrap_or(("public", raw));
+    let ok = |s: &str| {
+        !s.is_empty()
+            && s.len() < 64
+            && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && !s.starts_with(|c: char| c.is_ascii_digit())
+    };
+    if ok(schema) && ok(name) {
+        Ok((schema.to_string(), name.to_string()))
+    } else {
+        Err(usage!(
+            "{raw:?} is not a table name (schema.name, letters, digits and '_')"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn built_in_runbooks_are_valid() {
+        for name in built_in_names() {
+            let r = Runbook::load(name, None).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+            assert_eq!(r.name, name);
+            assert!(!r.steps.is_empty());
+        }
+    }
+
+    #[test]
+    fn unknown_field_names_line_and_field() {
+        let text = include_str!("../../scenarios/database-failure.toml").replace("target = \"latest\"", "tagret = \"latest\"");
+        let e = Runbook::parse(&text, "x.toml").unwrap_err().to_string();
+        let line = text.lines().position(|l| l.starts_with("tagret")).unwrap() + 1;
+        assert!(e.contains(&format!("x.toml:{line}:")), "{e}");
+        assert!(e.contains("unknown field `tagret`"), "{e}");
+    }
+
+    #[test]
+    fn undeclared_input_and_unknown_server_are_refused() {
+        let text = include_str!("../../scenarios/database-failure.toml").replace("{standby_port}", "{stanby_port}");
+        let e = Runbook::parse(&text, "x.toml").unwrap_err().to_string();
+        assert!(e.contains("{stanby_port}"), "{e}");
+        let text = include_str!("../../scenarios/database-failure.toml").replace("to = \"new\"", "to = \"old\"");
+        let e = Runbook::parse(&text, "x.toml").unwrap_err().to_string();
+        assert!(e.contains("field `to`") && e.contains("\"old\""), "{e}");
+    }
+
+    #[test]
+    fn inputs_are_checked_by_kind() {
+        let r = Runbook::load("database-corruption", None).unwrap();
+        let mut given = BTreeMap::new();
+        given.insert("data_dir".to_string(), "/srv/new".to_string());
+        let e = r.resolve_inputs(&given).unwrap_err().to_string();
+        assert!(e.contains("--target-time"), "{e}");
+        given.insert("target_time".to_string(), "yesterday-ish".to_string());
+        assert!(r.resolve_inputs(&given).is_err());
+        given.insert("target_time".to_string(), "2026-12-01T10:00:00Z".to_string());
+        let inputs = r.resolve_inputs(&given).unwrap();
+        assert_eq!(inputs["port"], "5432");
+        given.insert("bogus".to_string(), "1".to_string());
+        assert!(r.resolve_inputs(&given).is_err());
+    }
+
+    #[test]
+    fn table_names_are_plain_identifiers() {
+        assert_eq!(parse_table("public.orders").unwrap(), ("public".into(), "orders".into()));
+        assert_eq!(parse_table("orders").unwrap(), ("public".into(), "orders".into()));
+        assert!(parse_table("x; DROP TABLE y").is_err());
+        assert!(parse_table("a.b.c").is_err());
+    }
+}

@@ -1,0 +1,635 @@
+//! What each runbook operation does, composed from the library: a restore started as
+//! a server (`restore::physical`), validation (`verify::amcheck`, SQL checks), a
+//! fence (`failover::fence_data_dir`), a standby (`failover::standby`), a switch
+//! (`switch`), bringing lost data back from a scratch copy, and tearing a scratch
+//! server down. Each step either checks its own postcondition or can be run again:
+//! a step a killed run left half done is undone (`undo_partial`) and run anew.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use anyhow::{Context, Result, anyhow};
+use futures::{SinkExt, StreamExt};
+use serde::{Deserialize, Serialize};
+
+use super::{Op, Step, parse_table};
+use crate::config::Config;
+use crate::postgres::recovery::{RecoveryTarget, TargetAction};
+use crate::postgres::{PgTarget, PgTools};
+use crate::restore::physical::{self, Listen, PhysicalRestoreOptions, TargetTimeline};
+use crate::restore::target::{Target, TargetSpec};
+use crate::switch::{self, Endpoint};
+
+/// A server a step made: where it runs and what it is for.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Server {
+    pub data_dir: PathBuf,
+    /// Its socket directory (`<data_dir>.sock`): for a scratch copy the only way in.
+    pub socket_dir: PathBuf,
+    /// Where others (PgBouncer, a standby) reach it; empty for a scratch copy.
+    pub host: String,
+    pub port: u16,
+    /// primary, standby or scratch.
+    pub role: String,
+}
+
+impl Server {
+    pub fn endpoint(&self) -> Endpoint {
+        Endpoint {
+            host: self.host.clone(),
+            port: self.port,
+        }
+    }
+
+    /// How pgdr connects to it: through its socket, as the configured user.
+    pub fn target(&self, config: &Config) -> Result<PgTarget> {
+        Ok(PgTarget::from_config(config.postgres.url.as_deref())?
+            .with_address(&self.socket_dir.display().to_string(), self.port))
+    }
+}
+
+/// What one table got back (`copy-back`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TableRestore {
+    pub table: String,
+    /// "copied whole" (it was absent) or "missing rows put back".
+    pub action: String,
+    /// Rows the live table gained.
+    pub rows: u64,
+    /// Rows in the table as it was at the target.
+    pub rows_at_target: u64,
+}
+
+/// Everything a step may read or record.
+pub struct StepCx<'a> {
+    pub config: &'a Config,
+    pub inputs: &'a BTreeMap<String, String>,
+    pub jobs: usize,
+    pub servers: &'a mut BTreeMap<String, Server>,
+    pub restored: &'a mut Vec<TableRestore>,
+    pub say: &'a mut dyn FnMut(String),
+}
+
+fn socket_dir_for(data_dir: &Path) -> PathBuf {
+    let name = data_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "server".into());
+    data_dir.with_file_name(format!("{name}.sock"))
+}
+
+/// The host others reach a server on: the first of its listen addresses.
+fn reach_host(listen: &str) -> String {
+    match listen.split(',').next().map(str::trim).unwrap_or("") {
+        "" | "*" | "0.0.0.0" | "::" => "localhost".to_string(),
+        h => h.to_string(),
+    }
+}
+
+fn port_param(step: &Step, inputs: &BTreeMap<String, String>) -> Result<Option<u16>> {
+    let raw = step.param("port", inputs);
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    raw.parse()
+        .map(Some)
+        .map_err(|_| crate::usage!("step {:?}: port {raw:?} is not a port number", step.name))
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// The restore a `restore` step asks for (the port of a scratch copy is chosen when
+/// it runs).
+pub fn restore_options(step: &Step, inputs: &BTreeMap<String, String>, jobs: usize, port: u16) -> Result<PhysicalRestoreOptions> {
+    let to = PathBuf::from(step.param("to", inputs));
+    if !to.is_absolute() {
+        return Err(crate::usage!("step {:?}: `to` must be an absolute path, not {:?}", step.name, to));
+    }
+    let raw_target = step.param("target", inputs);
+    let target = if raw_target == "latest" {
+        Target {
+            recovery: RecoveryTarget::Latest,
+            time: None,
+            lsn: None,
+        }
+    } else {
+        Target::parse(&TargetSpec {
+            time: Some(&raw_target),
+            lsn: None,
+            xid: None,
+            name: None,
+            immediate: false,
+        })?
+    };
+    let scratch = step.param("role", inputs) == "scratch";
+    let listen = if scratch {
+        String::new()
+    } else {
+        let l = step.param("listen", inputs);
+        if l.is_empty() { "localhost".to_string() } else { l }
+    };
+    Ok(PhysicalRestoreOptions {
+        backup: "latest".into(),
+        to: to.clone(),
+        target,
+        action: TargetAction::Promote,
+        exclusive: false,
+        timeline: TargetTimeline::Latest,
+        standby: false,
+        primary_conninfo: None,
+        primary_slot_name: None,
+        delta: false,
+        tablespace_map: Default::default(),
+        // A scratch copy never archives into the repository; a new primary does.
+        archive: !scratch,
+        jobs,
+        start: Some(Listen {
+            port,
+            addresses: listen,
+            socket_dir: Some(socket_dir_for(&to)),
+            scratch_hba: scratch,
+        }),
+    })
+}
+
+/// A directory the server's owner can enter, 0700 for a scratch copy.
+fn make_socket_dir(dir: &Path, private: bool) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .mode(if private { 0o700 } else { 0o755 })
+            .create(dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(if private { 0o700 } else { 0o755 }))?;
+    if let Some((uid, gid)) = crate::process::postgres_owner() {
+        std::os::unix::fs::chown(dir, Some(uid), Some(gid))?;
+    }
+    Ok(())
+}
+
+/// Stop whatever runs in `dir` (immediately: it is being thrown away).
+fn stop_immediate(config: &Config, dir: &Path) {
+    if !dir.join("postmaster.pid").exists() {
+        return;
+    }
+    if let Ok(tools) = PgTools::locate(config.postgres.bin_dir.as_deref())
+        && let Ok(pg_ctl) = tools.path("pg_ctl")
+    {
+        let mut cmd = std::process::Command::new(pg_ctl);
+        cmd.arg("-D").arg(dir).args(["-m", "immediate", "-w", "stop"]);
+        cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        crate::process::as_postgres(&mut cmd);
+        let _ = cmd.status();
+    }
+}
+
+/// Remove a server a step made: stop it, delete its data and socket directories.
+fn remove_server(config: &Config, dir: &Path) -> Result<()> {
+    stop_immediate(config, dir);
+    for d in [dir.to_path_buf(), socket_dir_for(dir)] {
+        match std::fs::remove_dir_all(&d) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("removing {}", d.display()));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// A step a killed run started and did not finish: undo what it left (a half-laid
+/// data directory, a server it started) so that it can run again from the start.
+pub fn undo_partial(step: &Step, cx: &mut StepCx<'_>) -> Result<Option<String>> {
+    match step.op {
+        Op::Restore | Op::Standby => {
+            let dir = PathBuf::from(step.param("to", cx.inputs));
+            if dir.exists() {
+                remove_server(cx.config, &dir)?;
+                return Ok(Some(format!(
+                    "removed {} (left half done by the interrupted run)",
+                    dir.display()
+                )));
+            }
+            Ok(None)
+        }
+        _ => Ok(None),
+    }
+}
+
+/// One line of the plan for a step (without touching anything).
+pub async fn describe(step: &Step, config: &Config, inputs: &BTreeMap<String, String>, jobs: usize) -> Result<String> {
+    let p = |k: &str| step.param(k, inputs);
+    Ok(match step.op {
+        Op::Restore => {
+            let port = port_param(step, inputs)?.unwrap_or(0);
+            let opts = restore_options(step, inputs, jobs, port)?;
+            let plan = physical::plan(config, &opts).await?;
+            let role = if p("role") == "scratch" {
+                "a scratch copy (private socket, no archiving, removed at the end)".to_string()
+            } else {
+                format!(
+                    "the new primary, listening on {}:{} and archiving into {}",
+                    opts.start.as_ref().map(|l| l.addresses.clone()).unwrap_or_default(),
+                    port,
+                    config.repository.url
+                )
+            };
+            format!(
+                "restore into {} as {role}:\n      {}",
+                opts.to.display(),
+                plan.to_string().replace('\n', "\n      ")
+            )
+        }
+        Op::Validate => format!(
+            "validate server {:?}: {}SQL checks",
+            p("server"),
+            if p("amcheck") != "false" { "pg_amcheck --heapallindexed, " } else { "" }
+        ),
+        Op::Fence => match p("data_dir") {
+            d if d.is_empty() => "fence the old primary: none given (--old-data-dir); not fenced".to_string(),
+            d => format!("fence the old primary: fast stop of {d}"),
+        },
+        Op::Standby => {
+            let to = PathBuf::from(p("to"));
+            if to.exists() && std::fs::read_dir(&to).map(|mut d| d.next().is_some()).unwrap_or(true) {
+                return Err(crate::usage!(
+                    "the standby's directory {} is not empty — choose another --standby-data-dir",
+                    to.display()
+                ));
+            }
+            format!(
+                "build a streaming standby of server {:?} in {}, port {}, from the latest backup",
+                p("of"),
+                to.display(),
+                p("port")
+            )
+        }
+        Op::Switch => {
+            if config.switch.pgbouncer_admin_url.is_none() && config.switch.hook.is_none() {
+                return Err(crate::usage!(
+                    "the runbook switches connections, but [switch] configures neither pgbouncer_admin_url nor hook — configure [switch], or adapt the runbook"
+                ));
+            }
+            let targets: Vec<String> = config
+                .switch
+                .pgbouncer_databases
+                .iter()
+                .cloned()
+                .chain(config.switch.hook.iter().map(|_| "the [switch] hook".to_string()))
+                .collect();
+            format!(
+                "switch application connections to server {:?} ({})",
+                p("to"),
+                if targets.is_empty() { "PgBouncer".to_string() } else { targets.join(", ") }
+            )
+        }
+        Op::CopyBack => {
+            let live = PgTarget::from_config(config.postgres.url.as_deref())?;
+            format!(
+                "bring back {} into database {} of the live server {} (absent tables whole; present ones get their missing rows by primary key)",
+                p("tables"),
+                database(step, inputs),
+                live.describe()
+            )
+        }
+        Op::Teardown => format!("stop server {:?} and remove it", p("server")),
+    })
+}
+
+fn database(step: &Step, inputs: &BTreeMap<String, String>) -> String {
+    let d = step.param("database", inputs);
+    if d.is_empty() { "postgres".into() } else { d }
+}
+
+fn server<'s>(cx: &'s StepCx<'_>, step: &Step, key: &str) -> Result<&'s Server> {
+    let name = step.param(key, cx.inputs);
+    cx.servers
+        .get(&name)
+        .ok_or_else(|| anyhow!("server {name:?} is not running (the step that makes it has not run)"))
+}
+
+/// Run one step; its one-line result.
+pub async fn run(step: &Step, checks: &[super::Check], cx: &mut StepCx<'_>) -> Result<String> {
+    let config = cx.config;
+    match step.op {
+        Op::Restore => {
+            let scratch = step.param("role", cx.inputs) == "scratch";
+            let port = match port_param(step, cx.inputs)? {
+                Some(p) => p,
+                None => free_port()?,
+            };
+            let opts = restore_options(step, cx.inputs, cx.jobs, port)?;
+            let sock = socket_dir_for(&opts.to);
+            let plan = physical::plan(config, &opts).await?;
+            (cx.say)(plan.to_string());
+            make_socket_dir(&sock, scratch)?;
+            let report = physical::execute(config, &opts, plan, cx.say).await?;
+            let listen = opts.start.as_ref().map(|l| l.addresses.clone()).unwrap_or_default();
+            cx.servers.insert(
+                step.param("server", cx.inputs),
+                Server {
+                    data_dir: opts.to.clone(),
+                    socket_dir: sock,
+                    host: if scratch { String::new() } else { reach_host(&listen) },
+                    port,
+                    role: if scratch { "scratch" } else { "primary" }.into(),
+                },
+            );
+            let recovery = report
+                .recovery
+                .as_ref()
+                .map(|r| format!("recovery {} at LSN {} on timeline {}", r.state, r.lsn, r.timeline))
+                .unwrap_or_default();
+            Ok(format!(
+                "restored {} into {} (port {port}); {recovery}",
+                report.backup,
+                opts.to.display()
+            ))
+        }
+        Op::Validate => {
+            let s = server(cx, step, "server")?.clone();
+            let name = step.param("server", cx.inputs);
+            let target = s.target(config)?;
+            let tools = PgTools::locate(config.postgres.bin_dir.as_deref())?;
+            let mut done = Vec::new();
+            if step.param("amcheck", cx.inputs) != "false" {
+                crate::verify::amcheck(&tools, &target).await?;
+                done.push("pg_amcheck --heapallindexed: no corruption".to_string());
+            }
+            let mut n = 0;
+            for c in checks.iter().filter(|c| c.server == name) {
+                let sql = super::fill(&c.sql, cx.inputs);
+                crate::verify::run_check(&target, &c.database, &c.name, &sql, &c.expect)
+                    .await
+                    .with_context(|| format!("check {:?}", c.name))?;
+                n += 1;
+            }
+            // The configuration's own checks describe production: a new primary
+            // must pass them too.
+            if s.role == "primary" {
+                for (i, c) in config.verify.check.iter().enumerate() {
+                    let cname = c.name.clone().unwrap_or_else(|| format!("check {}", i + 1));
+                    let db = c.database.clone().unwrap_or_else(|| "postgres".into());
+                    crate::verify::run_check(&target, &db, &cname, &c.sql, &c.expected_text())
+                        .await
+                        .with_context(|| format!("[verify] check {cname:?}"))?;
+                    n += 1;
+                }
+            }
+            done.push(format!("{n} SQL checks passed"));
+            Ok(done.join("; "))
+        }
+        Op::Fence => {
+            let dir = step.param("data_dir", cx.inputs);
+            if dir.is_empty() {
+                return Ok("no old primary given: not fenced".into());
+            }
+            let dir = PathBuf::from(dir);
+            if !dir.join("PG_VERSION").exists() {
+                return Ok(format!("{} holds no data directory: nothing to fence", dir.display()));
+            }
+            crate::failover::fence_data_dir(config, &dir).await
+        }
+        Op::Standby => {
+            let primary = server(cx, step, "of")?.clone();
+            let to = PathBuf::from(step.param("to", cx.inputs));
+            let port = port_param(step, cx.inputs)?.ok_or_else(|| anyhow!("the standby step needs a port"))?;
+            let listen = match step.param("listen", cx.inputs) {
+                l if l.is_empty() => "localhost".to_string(),
+                l => l,
+            };
+            let slot = step.param("slot", cx.inputs);
+            let sock = socket_dir_for(&to);
+            make_socket_dir(&sock, false)?;
+            let report = crate::failover::standby::create(
+                config,
+                &crate::failover::standby::StandbyOptions {
+                    to: to.clone(),
+                    primary: primary.endpoint(),
+                    slot: (!slot.is_empty()).then_some(slot),
+                    listen: Listen {
+                        port,
+                        addresses: listen.clone(),
+                        socket_dir: Some(sock.clone()),
+                        scratch_hba: false,
+                    },
+                    backup: "latest".into(),
+                    jobs: cx.jobs,
+                },
+                cx.say,
+            )
+            .await?;
+            cx.servers.insert(
+                step.param("server", cx.inputs),
+                Server {
+                    data_dir: to,
+                    socket_dir: sock,
+                    host: reach_host(&listen),
+                    port,
+                    role: "standby".into(),
+                },
+            );
+            Ok(report.to_string())
+        }
+        Op::Switch => {
+            let to = server(cx, step, "to")?.endpoint();
+            let plan = switch::plan(
+                config,
+                &switch::SwitchOptions {
+                    to: to.clone(),
+                    from: None,
+                    dry_run: false,
+                },
+            )?;
+            let report = switch::run(config, &plan, false).await?;
+            for s in &report.steps {
+                (cx.say)(s.to_string());
+            }
+            if let Some(e) = &report.error {
+                return Err(anyhow!("switching to {to} failed: {e}"));
+            }
+            Ok(format!("application connections go to {to}"))
+        }
+        Op::CopyBack => {
+            let from = server(cx, step, "from")?.clone();
+            let db = database(step, cx.inputs);
+            let tables = step.param("tables", cx.inputs);
+            let live = PgTarget::from_config(config.postgres.url.as_deref())?;
+            let mut lines = Vec::new();
+            for t in tables.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+                let table = parse_table(t)?;
+                let r = copy_back(config, &from.target(config)?, &live, &db, &table)
+                    .await
+                    .with_context(|| format!("bringing back {}.{}", table.0, table.1))?;
+                lines.push(format!("{}: {} ({} rows)", r.table, r.action, r.rows));
+                cx.restored.retain(|x| x.table != r.table);
+                cx.restored.push(r);
+            }
+            Ok(lines.join("; "))
+        }
+        Op::Teardown => {
+            let name = step.param("server", cx.inputs);
+            let Some(s) = cx.servers.get(&name).cloned() else {
+                return Ok(format!("server {name:?} is already gone"));
+            };
+            remove_server(config, &s.data_dir)?;
+            cx.servers.remove(&name);
+            Ok(format!("stopped and removed {}", s.data_dir.display()))
+        }
+    }
+}
+
+fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+async fn table_exists(client: &tokio_postgres::Client, (schema, name): &(String, String)) -> Result<bool> {
+    Ok(client
+        .query_opt(
+            "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
+            &[schema, name],
+        )
+        .await?
+        .is_some())
+}
+
+/// Bring one table back from the scratch copy into the live database: whole if it is
+/// absent there (pg_dump | pg_restore, in one transaction), else the rows it lacks,
+/// matched by primary key (rows that exist now are not touched).
+async fn copy_back(
+    config: &Config,
+    scratch: &PgTarget,
+    live: &PgTarget,
+    db: &str,
+    table: &(String, String),
+) -> Result<TableRestore> {
+    let qualified = format!("{}.{}", quote_ident(&table.0), quote_ident(&table.1));
+    let shown = format!("{}.{}", table.0, table.1);
+    let from = scratch.connect(Some(db)).await.context("connecting to the scratch copy")?;
+    if !table_exists(&from, table).await? {
+        return Err(crate::usage!(
+            "{shown} does not exist in the database as it was at the target time — check the table name and --target-time"
+        ));
+    }
+    let at_target: i64 = from
+        .query_one(&format!("SELECT count(*) FROM {qualified}"), &[])
+        .await?
+        .get(0);
+    let mut to = live.connect(Some(db)).await.context("connecting to the live database")?;
+    if !table_exists(&to, table).await? {
+        let tools = PgTools::locate(config.postgres.bin_dir.as_deref())?;
+        let mut dump = tokio::process::Command::new(tools.path("pg_dump")?);
+        dump.args(["--format=custom", "--no-password"])
+            .arg(format!("--table={qualified}"))
+            .envs(scratch.child_env(Some(db)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut dump = dump.spawn().context("running pg_dump")?;
+        let out: Stdio = dump
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow!("pg_dump has no stdout"))?
+            .try_into()
+            .context("piping pg_dump into pg_restore")?;
+        let mut restore = tokio::process::Command::new(tools.path("pg_restore")?);
+        restore
+            .args(["--single-transaction", "--exit-on-error", "--no-password"])
+            .arg(format!("--dbname={db}"))
+            .envs(live.child_env(Some(db)))
+            .stdin(out)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let restored = restore.output().await.context("running pg_restore")?;
+        let dumped = dump.wait_with_output().await?;
+        if !dumped.status.success() {
+            return Err(anyhow!(
+                "pg_dump of the scratch copy failed: {}",
+                String::from_utf8_lossy(&dumped.stderr).trim()
+            ));
+        }
+        if !restored.status.success() {
+            return Err(anyhow!(
+                "pg_restore into the live database failed (nothing was changed): {}",
+                String::from_utf8_lossy(&restored.stderr).trim()
+            ));
+        }
+        let now: i64 = to.query_one(&format!("SELECT count(*) FROM {qualified}"), &[]).await?.get(0);
+        return Ok(TableRestore {
+            table: shown,
+            action: "copied whole (it was absent)".into(),
+            rows: now as u64,
+            rows_at_target: at_target as u64,
+        });
+    }
+    // Present: put back the rows it lacks, by primary key.
+    let pk: Vec<String> = to
+        .query(
+            "SELECT a.attname::text FROM pg_index i \
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
+             WHERE i.indrelid = $1::text::regclass AND i.indisprimary",
+            &[&qualified],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if pk.is_empty() {
+        return Err(crate::usage!(
+            "{shown} exists in the live database and has no primary key, so missing rows cannot be told from present ones — rename or drop the live table and run again to copy it back whole"
+        ));
+    }
+    let columns: Vec<String> = to
+        .query(
+            "SELECT attname::text FROM pg_attribute WHERE attrelid = $1::text::regclass \
+             AND attnum > 0 AND NOT attisdropped AND attgenerated = '' ORDER BY attnum",
+            &[&qualified],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let cols = columns.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ");
+    let tx = to.transaction().await?;
+    tx.batch_execute(&format!(
+        "CREATE TEMP TABLE pgdr_copy_back ON COMMIT DROP AS SELECT {cols} FROM {qualified} WITH NO DATA"
+    ))
+    .await?;
+    let source = from
+        .copy_out(&format!("COPY (SELECT {cols} FROM {qualified}) TO STDOUT (FORMAT binary)"))
+        .await
+        .context("reading the table from the scratch copy")?;
+    let sink = tx
+        .copy_in(&format!("COPY pgdr_copy_back ({cols}) FROM STDIN (FORMAT binary)"))
+        .await?;
+    futures::pin_mut!(source);
+    futures::pin_mut!(sink);
+    while let Some(chunk) = source.next().await {
+        sink.send(chunk?).await?;
+    }
+    sink.finish().await?;
+    let conflict = pk.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ");
+    let inserted = tx
+        .execute(
+            &format!(
+                "INSERT INTO {qualified} ({cols}) SELECT {cols} FROM pgdr_copy_back ON CONFLICT ({conflict}) DO NOTHING"
+            ),
+            &[],
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(TableRestore {
+        table: shown,
+        action: "missing rows put back".into(),
+        rows: inserted,
+        rows_at_target: at_target as u64,
+    })
+}
