@@ -70,6 +70,8 @@ pub enum Command {
     Failover(FailoverArgs),
     /// Execute a disaster scenario's runbook for real: plan, confirmation, steps, report
     Recover(RecoverArgs),
+    /// Rehearse a disaster scenario on scratch resources; measure RTO and RPO
+    Drill(DrillArgs),
     /// Run, check or export the job schedule
     Schedule(ScheduleArgs),
     /// Print Prometheus metrics once (for a textfile collector)
@@ -144,6 +146,28 @@ pub struct RecoverArgs {
     /// Do not ask for confirmation
     #[arg(long)]
     pub yes: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DrillArgs {
+    /// database-corruption, data-loss, database-failure, region-failure, or a runbook file
+    #[arg(long, value_name = "NAME|FILE")]
+    pub scenario: String,
+    /// pgbench scale of the scratch production
+    #[arg(long, default_value_t = 1)]
+    pub scale: u32,
+    /// Where the scratch directory goes (default: the temp directory)
+    #[arg(long, value_name = "DIR")]
+    pub work_dir: Option<PathBuf>,
+    /// The copy a region drill recovers from (default: the first configured)
+    #[arg(long, value_name = "NAME")]
+    pub copy: Option<String>,
+    /// archive_timeout of the scratch production, seconds (bounds the RPO of a lost server)
+    #[arg(long, default_value_t = 10)]
+    pub archive_timeout: u64,
+    /// Parallel restore workers
+    #[arg(long, default_value_t = 4)]
+    pub jobs: usize,
 }
 
 #[derive(Debug, Args)]

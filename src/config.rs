@@ -425,6 +425,12 @@ impl Config {
         Ok(Some(config))
     }
 
+    /// The configuration file's own table (no `PGDR_*` overrides): what a derived
+    /// configuration (a drill's) starts from.
+    pub fn file_table(&self) -> Result<Option<toml::Table>> {
+        self.file.as_deref().map(read_table).transpose()
+    }
+
     /// The settings that decide which archive `wal-fetch` reads, where `other` (the
     /// file alone) differs from this configuration, as config keys.
     pub fn archive_differences(&self, other: &Config) -> Vec<&'static str> {

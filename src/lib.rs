@@ -13,6 +13,7 @@ pub mod commands;
 pub mod config;
 pub mod copy;
 pub mod disk;
+pub mod drill;
 pub mod exit;
 pub mod failover;
 pub mod notify;

@@ -5,6 +5,7 @@ mod backup;
 mod cat;
 mod check;
 mod copy;
+mod drill;
 mod expire;
 mod failover;
 mod init;
@@ -100,6 +101,7 @@ pub async fn run(cli: Cli) -> Result<Exit> {
         Command::Standby(args) => standby::run(&ctx, args).await,
         Command::Failover(args) => failover::run(&ctx, args).await,
         Command::Recover(args) => recover::run(&ctx, args).await,
+        Command::Drill(args) => drill::run(&ctx, args).await,
         Command::Schedule(args) => schedule::run(&ctx, args).await,
         Command::Metrics(args) => metrics::run(&ctx, args).await,
         Command::WalPush(args) => wal_push::run(&ctx, args).await,

@@ -86,6 +86,11 @@ pub async fn run(ctx: &Ctx, args: RecoverArgs) -> Result<Exit> {
         }
     };
     let report = engine::execute(&ctx.config, &opts, prepared, &mut say).await?;
-    ctx.print_report(&report);
+    if ctx.json || opts.dry_run {
+        ctx.print_report(&report);
+    } else {
+        // The steps were printed as they ran.
+        println!("{}", report.summary());
+    }
     Ok(if report.ok { Exit::Success } else { Exit::Failure })
 }

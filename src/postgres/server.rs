@@ -236,3 +236,34 @@ impl BackupSession {
         })
     }
 }
+
+/// Close the current WAL segment (`pg_switch_wal()`) and wait until the server has
+/// archived it: everything written so far is then in the archive.
+pub async fn archive_current_wal(client: &Client) -> Result<()> {
+    let segment: String = client
+        .query_one("SELECT pg_walfile_name(pg_switch_wal())", &[])
+        .await
+        .map_err(db_err("pg_switch_wal()"))?
+        .get(0);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let row = client
+            .query_one(
+                "SELECT coalesce(last_archived_wal, ''), coalesce(last_failed_wal, '') FROM pg_stat_archiver",
+                &[],
+            )
+            .await
+            .map_err(db_err("reading pg_stat_archiver"))?;
+        let (last, failed): (String, String) = (row.get(0), row.get(1));
+        // Names of one timeline order as their positions; a later timeline's too.
+        if last.len() >= 24 && last[..24] >= *segment.as_str() {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(anyhow::anyhow!(
+                "WAL segment {segment} was not archived within 60 s (last archived {last:?}, last failed {failed:?}) — check archive_command and the server log"
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

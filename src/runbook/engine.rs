@@ -150,17 +150,33 @@ impl fmt::Display for RecoverReport {
         for s in &self.steps {
             writeln!(f, "{s}")?;
         }
-        for t in &self.restored {
+        write!(f, "{}", self.summary())
+    }
+}
+
+impl RecoverReport {
+    /// The outcome without the step log (which was printed as it happened).
+    pub fn summary(&self) -> RecoverSummary<'_> {
+        RecoverSummary(self)
+    }
+}
+
+pub struct RecoverSummary<'a>(&'a RecoverReport);
+
+impl fmt::Display for RecoverSummary<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let r = self.0;
+        for t in &r.restored {
             writeln!(
                 f,
                 "  {}: {} — {} rows (the table had {} at the target)",
                 t.table, t.action, t.rows, t.rows_at_target
             )?;
         }
-        match &self.error {
+        match &r.error {
             Some(e) => {
-                write!(f, "recovery {} STOPPED: {e}", self.scenario)?;
-                if let Some(n) = &self.next {
+                write!(f, "recovery {} STOPPED: {e}", r.scenario)?;
+                if let Some(n) = &r.next {
                     write!(f, "\nnext: {n}")?;
                 }
                 Ok(())
@@ -168,11 +184,11 @@ impl fmt::Display for RecoverReport {
             None => write!(
                 f,
                 "recovery {} done in {:.1} s (RTO target {} min, plan {}: {})",
-                self.scenario,
-                self.seconds,
-                self.targets.rto_minutes,
-                self.targets.plan,
-                if self.rto_met == Some(true) { "met" } else { "MISSED" }
+                r.scenario,
+                r.seconds,
+                r.targets.rto_minutes,
+                r.targets.plan,
+                if r.rto_met == Some(true) { "met" } else { "MISSED" }
             ),
         }
     }

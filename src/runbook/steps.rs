@@ -404,6 +404,14 @@ pub async fn run(step: &Step, checks: &[super::Check], cx: &mut StepCx<'_>) -> R
                 l => l,
             };
             let slot = step.param("slot", cx.inputs);
+            // The standby catches up from the archive first: the primary's current
+            // segment (a new primary's first on its timeline) must be there.
+            {
+                let c = primary.target(config)?.connect(Some("postgres")).await?;
+                crate::postgres::server::archive_current_wal(&c)
+                    .await
+                    .context("archiving the primary's current WAL segment for the standby")?;
+            }
             let sock = socket_dir_for(&to);
             make_socket_dir(&sock, false)?;
             let report = crate::failover::standby::create(

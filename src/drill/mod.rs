@@ -1,0 +1,995 @@
+//! `pgdr drill --scenario NAME`: rehearse a disaster scenario end to end on scratch
+//! resources, and measure it. The drill builds a scratch "production": a cluster
+//! (initdb, 127.0.0.1 and a private socket only) archiving with `pgdr wal-push` into
+//! an area of the configured repositories of its own (`<cluster>-drill-<time>`), a
+//! physical backup (copied to the DR copy for a region drill), PgBouncer in front, a
+//! pgbench workload and a client that records every commit it got acknowledged. It
+//! injects the scenario's failure, runs the same runbook `recover` runs, and measures:
+//! - RTO: from the failure to a query served through PgBouncer by the recovered
+//!   service, and per step;
+//! - RPO: acknowledged commits missing afterwards, from the client's log.
+//!
+//! Both are compared with the runbook's targets. Everything the drill made (servers,
+//! PgBouncer, directories, its repository areas) is removed at the end, on failure
+//! and on Ctrl-C too. The report goes to `verifications/` of the real repository.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::postgres::recovery::conf_literal;
+use crate::postgres::{Lsn, PgTarget, PgTools, Segment};
+use crate::runbook::Runbook;
+use crate::runbook::engine::{self, RecoverOptions, RecoverReport};
+use crate::switch::StepLog;
+
+#[derive(Debug, Clone)]
+pub struct DrillOptions {
+    pub runbook: Runbook,
+    /// Where the scratch directory goes (default: the system's temp directory).
+    pub work_dir: Option<PathBuf>,
+    /// pgbench scale of the scratch production.
+    pub scale: u32,
+    /// The copy a region drill recovers from (default: the first configured).
+    pub copy: Option<String>,
+    pub jobs: usize,
+    /// archive_timeout of the scratch production, seconds: it bounds the RPO of a
+    /// lost server.
+    pub archive_timeout: u64,
+}
+
+/// Acknowledged commits against what survived.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Rpo {
+    /// Commits the client had acknowledged before the failure (before the failure
+    /// point, for a restore to a point in time).
+    pub acknowledged: u64,
+    /// Of those, the ones missing after the recovery.
+    pub lost: u64,
+    /// Of the lost, the ones whose commit the archive held (must be 0).
+    pub lost_archived: u64,
+    /// A lost server: the end of the last WAL segment it had archived.
+    pub archived_until: Option<String>,
+    /// From the last commit kept with everything before it, to the failure.
+    pub seconds: f64,
+    pub target_seconds: u64,
+    pub met: bool,
+}
+
+/// A comparison of data before the failure and after the recovery.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DataCheck {
+    pub name: String,
+    pub ok: bool,
+    pub expected: String,
+    pub found: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DrillReport {
+    pub scenario: String,
+    pub title: String,
+    pub ok: bool,
+    pub started: DateTime<Utc>,
+    /// When the failure was injected.
+    pub failure_at: Option<DateTime<Utc>>,
+    /// Failure to validated service through PgBouncer.
+    pub rto_seconds: Option<f64>,
+    pub rto_target_seconds: u64,
+    pub rto_met: bool,
+    pub rpo: Option<Rpo>,
+    /// The server PgBouncer hands clients to after the recovery.
+    pub served_by: Option<String>,
+    /// The drill's own steps: set-up, failure, measurement, teardown.
+    pub steps: Vec<StepLog>,
+    pub recover: Option<RecoverReport>,
+    pub checks: Vec<DataCheck>,
+    pub seconds: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl std::fmt::Display for DrillReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for s in &self.steps {
+            writeln!(f, "{s}")?;
+        }
+        write!(f, "{}", self.summary())
+    }
+}
+
+impl DrillReport {
+    /// The outcome without the step log (which was printed as it happened).
+    pub fn summary(&self) -> Summary<'_> {
+        Summary(self)
+    }
+}
+
+pub struct Summary<'a>(&'a DrillReport);
+
+impl std::fmt::Display for Summary<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = self.0;
+        for c in &s.checks {
+            writeln!(
+                f,
+                "{} {}{}",
+                if c.ok { "✓" } else { "✗" },
+                c.name,
+                if c.ok { String::new() } else { format!(": expected {}, found {}", c.expected, c.found) }
+            )?;
+        }
+        if let Some(e) = &s.error {
+            writeln!(f, "error: {e}")?;
+        }
+        let rto = s
+            .rto_seconds
+            .map(|s| format!("{s:.1} s"))
+            .unwrap_or_else(|| "not reached".into());
+        write!(
+            f,
+            "drill {}: {} — RTO {rto} (target {} min: {})",
+            s.scenario,
+            if s.ok { "PASSED" } else { "FAILED" },
+            s.rto_target_seconds / 60,
+            if s.rto_met { "met" } else { "missed" }
+        )?;
+        if let Some(r) = &s.rpo {
+            write!(
+                f,
+                "; RPO {} of {} acknowledged commits lost ({} of them archived), {:.1} s (target {} s: {})",
+                r.lost,
+                r.acknowledged,
+                r.lost_archived,
+                r.seconds,
+                r.target_seconds,
+                if r.met { "met" } else { "missed" }
+            )?;
+        }
+        if let Some(s) = &s.served_by {
+            write!(f, "; PgBouncer serves from {s}")?;
+        }
+        Ok(())
+    }
+}
+
+const SCENARIOS: &[&str] = &["database-corruption", "data-loss", "database-failure", "region-failure"];
+
+/// The scratch world; whatever happens, `Drop` stops its servers and PgBouncer and
+/// removes its directory. The repository areas are removed by `teardown`.
+struct Env {
+    dir: PathBuf,
+    pg_ctl: PathBuf,
+    bouncer: Option<std::process::Child>,
+    bouncer_port: u16,
+    workload: Option<tokio::process::Child>,
+    keep_dir: bool,
+}
+
+impl Env {
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.join(p)
+    }
+
+    fn stop_servers(&mut self) {
+        if let Some(mut w) = self.workload.take() {
+            let _ = w.start_kill();
+        }
+        if let Some(mut b) = self.bouncer.take() {
+            let _ = b.kill();
+            let _ = b.wait();
+        }
+        for d in ["production", "new", "standby", "scratch"] {
+            let data = self.path(d);
+            if data.join("postmaster.pid").exists() {
+                let mut cmd = std::process::Command::new(&self.pg_ctl);
+                cmd.arg("-D").arg(&data).args(["-m", "immediate", "-w", "stop"]);
+                cmd.stdout(Stdio::null()).stderr(Stdio::null());
+                crate::process::as_postgres(&mut cmd);
+                let _ = cmd.status();
+            }
+        }
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        self.stop_servers();
+        if !self.keep_dir {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn chown_postgres(path: &Path) -> Result<()> {
+    if let Some((uid, gid)) = crate::process::postgres_owner() {
+        std::os::unix::fs::chown(path, Some(uid), Some(gid)).with_context(|| format!("chown {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn private_dir(path: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    chown_postgres(path)
+}
+
+/// A commit log kept by the client: (id, when it was acknowledged, the server's WAL
+/// insert position just after: the commit record lies before it).
+type Acks = Arc<Mutex<Vec<(i64, DateTime<Utc>, Lsn)>>>;
+
+/// Insert a row through PgBouncer every few milliseconds, recording each commit the
+/// server acknowledged; reconnect after errors (the server died, PgBouncer moved).
+fn start_writer(bouncer: PgTarget, acks: Acks, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut n: i64 = 0;
+        let mut client: Option<tokio_postgres::Client> = None;
+        while !stop.load(Ordering::SeqCst) {
+            if client.is_none() {
+                match tokio::time::timeout(Duration::from_secs(3), bouncer.connect(Some("postgres"))).await {
+                    Ok(Ok(c)) => client = Some(c),
+                    _ => {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                }
+            }
+            n += 1;
+            let c = client.as_ref().expect("connected");
+            let sql = format!("INSERT INTO drill_acks (id) VALUES ({n})");
+            match tokio::time::timeout(Duration::from_secs(40), c.simple_query(&sql)).await {
+                Ok(Ok(_)) => {
+                    let at = Utc::now();
+                    let lsn = tokio::time::timeout(
+                        Duration::from_secs(5),
+                        hash(c, "SELECT pg_current_wal_insert_lsn()::text"),
+                    )
+                    .await
+                    .ok()
+                    .and_then(|r| r.ok())
+                    .and_then(|l| l.parse::<Lsn>().ok())
+                    // Unknown: counted as past anything archived.
+                    .unwrap_or(Lsn(u64::MAX));
+                    acks.lock().expect("ack log").push((n, at, lsn));
+                }
+                _ => {
+                    client = None;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    })
+}
+
+/// `pgdr --config FILE ARGS --json` as a child; its JSON report, or its last line.
+async fn pgdr_child(config_file: &Path, args: &[&str]) -> Result<serde_json::Value> {
+    let mut cmd = tokio::process::Command::new(std::env::current_exe()?);
+    cmd.arg("--config")
+        .arg(config_file)
+        .args(args)
+        .arg("--json")
+        .env_remove("PGDR_REPOSITORY")
+        .env_remove("PGDR_CONFIG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    // The drill's configuration is the file: no PGDR_* override may redirect it.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("PGDR_") && k != "PGDR_KEY" && k != "PGDR_LOG" {
+            cmd.env_remove(k);
+        }
+    }
+    // As the server's own archive_command runs: what it stores, wal-push can extend.
+    crate::process::as_postgres_async(&mut cmd);
+    let out = cmd.output().await?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let line = err.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("failed").trim();
+        return Err(anyhow!(
+            "pgdr {}: {}",
+            args.first().copied().unwrap_or(""),
+            line.strip_prefix("pgdr: error: ").unwrap_or(line)
+        ));
+    }
+    Ok(serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null))
+}
+
+async fn run_tool(mut cmd: tokio::process::Command, what: &str) -> Result<()> {
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    let out = cmd.output().await.with_context(|| format!("running {what}"))?;
+    if !out.status.success() {
+        return Err(anyhow!(
+            "{what} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(())
+}
+
+/// The drill's configuration file: the real repositories (and copies), each in an
+/// area of the drill's own; the scratch production; the drill's PgBouncer. Nothing
+/// else of the real configuration (no notifications, hooks, checks or schedule).
+fn drill_config_table(
+    config: &Config,
+    user: &toml::Table,
+    cluster: &str,
+    env: &Env,
+    port: u16,
+) -> Result<toml::Table> {
+    use toml::Value;
+    let mut t = toml::Table::new();
+    t.insert("cluster".into(), Value::String(cluster.into()));
+    let mut pg = toml::Table::new();
+    pg.insert(
+        "url".into(),
+        Value::String(format!("postgresql://postgres@127.0.0.1:{port}/postgres?sslmode=disable")),
+    );
+    pg.insert("data_dir".into(), Value::String(env.path("production").display().to_string()));
+    if let Some(bin) = &config.postgres.bin_dir {
+        pg.insert("bin_dir".into(), Value::String(bin.display().to_string()));
+    }
+    t.insert("postgres".into(), Value::Table(pg));
+    let mut repo = user
+        .get("repository")
+        .and_then(Value::as_table)
+        .cloned()
+        .ok_or_else(|| crate::usage!("the configuration has no [repository]"))?;
+    if let Some(k) = &config.repository.key_file {
+        repo.insert(
+            "key_file".into(),
+            Value::String(std::path::absolute(k).unwrap_or(k.clone()).display().to_string()),
+        );
+    }
+    t.insert("repository".into(), Value::Table(repo));
+    let mut wal = user.get("wal").and_then(Value::as_table).cloned().unwrap_or_default();
+    wal.insert("spool_dir".into(), Value::String(env.path("spool").display().to_string()));
+    t.insert("wal".into(), Value::Table(wal));
+    let mut switch = toml::Table::new();
+    switch.insert(
+        "pgbouncer_admin_url".into(),
+        Value::String(format!("postgresql://postgres@127.0.0.1:{}/pgbouncer", env.bouncer_port)),
+    );
+    switch.insert(
+        "pgbouncer_ini".into(),
+        Value::String(env.path("pgbouncer/pgbouncer.ini").display().to_string()),
+    );
+    switch.insert(
+        "pgbouncer_databases".into(),
+        Value::Array(vec![Value::String("postgres".into())]),
+    );
+    t.insert("switch".into(), Value::Table(switch));
+    Ok(t)
+}
+
+fn write_config(path: &Path, table: &toml::Table) -> Result<()> {
+    let text = format!(
+        "# pgdr drill: scratch configuration, removed with the drill\n{}",
+        toml::to_string(table).context("writing the drill configuration")?
+    );
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    chown_postgres(path)
+}
+
+/// What the failure left for the measurement.
+struct Injected {
+    failure_at: DateTime<Utc>,
+    t_fail: Instant,
+    inputs: BTreeMap<String, String>,
+    /// Commits acknowledged before this moment must survive.
+    keep_before: DateTime<Utc>,
+    /// For a lost server: the end of the last segment it had archived; commits
+    /// before it must survive.
+    archived_until: Option<Lsn>,
+    /// (check name, SQL giving a hash, expected value) to compare after recovery,
+    /// against the server the service runs on afterwards.
+    expect: Vec<(String, String, String)>,
+}
+
+async fn hash(client: &tokio_postgres::Client, sql: &str) -> Result<String> {
+    let rows = client.simple_query(sql).await?;
+    Ok(rows
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap_or("NULL").to_string()),
+            _ => None,
+        })
+        .unwrap_or_default())
+}
+
+const LEDGER: &str = "SELECT md5(string_agg(t::text, ',' ORDER BY id)) FROM drill_ledger t WHERE id <= 100000";
+const LEDGER_AFTER: &str = "SELECT md5(string_agg(t::text, ',' ORDER BY id)) FROM drill_ledger t WHERE id > 100000";
+const ARCHIVE: &str = "SELECT md5(string_agg(t::text, ',' ORDER BY id)) FROM drill_archive t";
+
+async fn server_time(client: &tokio_postgres::Client) -> Result<DateTime<Utc>> {
+    let text = hash(
+        client,
+        "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+    )
+    .await?;
+    Ok(DateTime::parse_from_rfc3339(&text)
+        .map_err(|e| anyhow!("server time {text:?}: {e}"))?
+        .with_timezone(&Utc))
+}
+
+fn kill_postmaster(data: &Path) -> Result<()> {
+    let text = std::fs::read_to_string(data.join("postmaster.pid")).context("reading postmaster.pid")?;
+    let pid: i32 = text.lines().next().unwrap_or("").trim().parse().context("postmaster.pid")?;
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while crate::process::exists(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// Run a drill; the report says pass or fail. Errors are for a drill that could not
+/// be set up at all.
+pub async fn run(config: &Config, opts: &DrillOptions, say: &mut dyn FnMut(String)) -> Result<DrillReport> {
+    let scenario = opts.runbook.name.clone();
+    if !SCENARIOS.contains(&scenario.as_str()) {
+        return Err(crate::usage!(
+            "the drill knows how to inject the failures of {} — the runbook {} is named {scenario:?}",
+            SCENARIOS.join(", "),
+            opts.runbook.source
+        ));
+    }
+    let user = config.file_table()?.ok_or_else(|| {
+        crate::usage!("a drill derives its configuration from the configuration file: run it with --config FILE")
+    })?;
+    let copy = if scenario == "region-failure" {
+        let name = match &opts.copy {
+            Some(c) => c.clone(),
+            None => config
+                .repository
+                .copies
+                .first()
+                .map(|c| c.name.clone())
+                .ok_or_else(|| {
+                    crate::usage!(
+                        "the region-failure drill recovers from a copy in another region: configure a [[repository.copies]] entry"
+                    )
+                })?,
+        };
+        config.repository.copy(&name)?;
+        Some(name)
+    } else {
+        None
+    };
+    let tools = PgTools::locate(config.postgres.bin_dir.as_deref())?;
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let pgbouncer = std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/usr/bin", "/usr/local/bin"].map(PathBuf::from))
+        .map(|d| d.join("pgbouncer"))
+        .find(|p| p.is_file())
+        .ok_or_else(|| crate::usage!("pgbouncer not found: the drill puts PgBouncer in front of its scratch production — install it (Debian: apt-get install pgbouncer)"))?;
+    for tool in ["initdb", "pg_ctl", "pgbench", "pg_amcheck"] {
+        tools.path(tool)?;
+    }
+
+    let started = Utc::now();
+    let t0 = Instant::now();
+    let stamp = started.format("%Y%m%dT%H%M%SZ").to_string();
+    let parent = opts.work_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("pgdr-drill-{scenario}-"))
+        .tempdir_in(&parent)
+        .with_context(|| format!("creating a scratch directory in {}", parent.display()))?
+        .keep();
+    chown_postgres(&dir)?;
+    let mut env = Env {
+        dir,
+        pg_ctl: tools.path("pg_ctl")?,
+        bouncer: None,
+        bouncer_port: free_port()?,
+        workload: None,
+        keep_dir: false,
+    };
+    let cluster = format!("{}-drill-{stamp}", config.cluster);
+    let config_file = env.path("pgdr.toml");
+    let mut report = DrillReport {
+        scenario: scenario.clone(),
+        title: opts.runbook.title.clone(),
+        ok: false,
+        started,
+        failure_at: None,
+        rto_seconds: None,
+        rto_target_seconds: opts.runbook.targets.rto_minutes * 60,
+        rto_met: false,
+        rpo: None,
+        served_by: None,
+        steps: Vec::new(),
+        recover: None,
+        checks: Vec::new(),
+        seconds: 0.0,
+        error: None,
+    };
+    let acks: Acks = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writer = None;
+    let outcome = {
+        let body = drill_body(
+            config, opts, &user, &cluster, &config_file, copy.as_deref(), &tools, &pgbouncer, &mut env, &acks, &stop,
+            &mut writer, &mut report, say,
+        );
+        tokio::select! {
+            r = body => r,
+            sig = crate::process::shutdown_signal() => Err(anyhow!("interrupted by {sig}: the drill was stopped and torn down")),
+        }
+    };
+    if let Err(e) = &outcome {
+        report.error = Some(format!("{e:#}"));
+    }
+    // Teardown, whatever happened.
+    stop.store(true, Ordering::SeqCst);
+    if let Some(w) = writer {
+        w.abort();
+    }
+    let t = Instant::now();
+    let t_started = Utc::now();
+    env.stop_servers();
+    let removed = remove_areas(&config_file).await;
+    let detail = match &removed {
+        Ok(n) => format!("servers and PgBouncer stopped, {} removed, {n} repository objects removed", env.dir.display()),
+        Err(e) => format!("servers and PgBouncer stopped, {} removed; the drill's repository area could not be removed: {e:#}", env.dir.display()),
+    };
+    drop(env);
+    report.steps.push(StepLog {
+        step: "teardown".into(),
+        started: t_started,
+        seconds: t.elapsed().as_secs_f64(),
+        ok: removed.is_ok(),
+        detail,
+    });
+    say(report.steps.last().map(|s| s.to_string()).unwrap_or_default());
+    report.seconds = t0.elapsed().as_secs_f64();
+    report.ok = report.error.is_none()
+        && report.recover.as_ref().is_some_and(|r| r.ok)
+        && report.checks.iter().all(|c| c.ok)
+        && report.rto_met
+        && report.rpo.as_ref().is_some_and(|r| r.met);
+    crate::failover::store_report(config, &format!("drill-{scenario}"), started, &report).await;
+    let summary = report.to_string();
+    crate::notify::send(
+        config,
+        &format!("pgdr: {}", summary.lines().last().unwrap_or("drill finished")),
+    )
+    .await;
+    Ok(report)
+}
+
+/// Remove the drill's areas of the repository and of every copy.
+async fn remove_areas(config_file: &Path) -> Result<usize> {
+    // A region drill pointed the primary nowhere; the original says where it was.
+    let original = config_file.with_extension("toml.orig");
+    let file = if original.exists() { original } else { config_file.to_path_buf() };
+    if !file.exists() {
+        return Ok(0);
+    }
+    let config = Config::load(Some(&file))?;
+    let mut repos = vec![config.repository.clone()];
+    for c in &config.repository.copies {
+        repos.push(config.repository.copy(&c.name)?);
+    }
+    let mut n = 0;
+    for r in repos {
+        let storage = crate::storage::open(&r, &config.cluster).await?;
+        let keys: Vec<_> = storage.list("").await?.into_iter().map(|m| m.key).collect();
+        n += keys.len();
+        for chunk in keys.chunks(500) {
+            storage.delete(chunk).await?;
+        }
+    }
+    Ok(n)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn drill_body(
+    config: &Config,
+    opts: &DrillOptions,
+    user: &toml::Table,
+    cluster: &str,
+    config_file: &Path,
+    copy: Option<&str>,
+    tools: &PgTools,
+    pgbouncer: &Path,
+    env: &mut Env,
+    acks: &Acks,
+    stop: &Arc<AtomicBool>,
+    writer: &mut Option<tokio::task::JoinHandle<()>>,
+    report: &mut DrillReport,
+    say: &mut dyn FnMut(String),
+) -> Result<()> {
+    let scenario = opts.runbook.name.as_str();
+    let mut log = crate::switch::Log { steps: Vec::new() };
+    let s3 = matches!(config.repository.parsed_url(), Ok(crate::config::RepoUrl::S3 { .. }));
+    let port = free_port()?;
+    let production = env.path("production");
+    let sock = env.path("sock");
+    let result = async {
+        // 1. The scratch production.
+        log.step("production", async {
+            private_dir(&sock)?;
+            private_dir(&env.path("spool"))?;
+            let mut initdb = tokio::process::Command::new(tools.path("initdb")?);
+            initdb
+                .arg("-D")
+                .arg(&production)
+                .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"]);
+            crate::process::as_postgres_async(&mut initdb);
+            initdb.env_clear().envs(crate::postgres::server_env(false));
+            run_tool(initdb, "initdb").await?;
+            write_config(config_file, &drill_config_table(config, user, cluster, env, port)?)?;
+            let exe = std::env::current_exe()?;
+            let sh = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
+            let archive_command = format!(
+                "{} --config {} wal-push \"%p\"",
+                sh(&exe.to_string_lossy()),
+                sh(&config_file.to_string_lossy())
+            );
+            let conf = format!(
+                "\n# pgdr drill\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = {}\narchive_mode = on\narchive_command = {}\narchive_timeout = {}\nwal_level = replica\nmax_wal_senders = 10\nmax_connections = 60\n",
+                conf_literal(&sock.display().to_string()),
+                conf_literal(&archive_command),
+                opts.archive_timeout
+            );
+            use std::io::Write;
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(production.join("postgresql.conf"))?
+                .write_all(conf.as_bytes())?;
+            let mut start = tokio::process::Command::new(tools.path("pg_ctl")?);
+            start
+                .arg("-D")
+                .arg(&production)
+                .arg("-l")
+                .arg(env.path("production.log"))
+                .args(["-w", "-t", "60", "start"]);
+            crate::process::as_postgres_async(&mut start);
+            start.env_clear().envs(crate::postgres::server_env(s3));
+            run_tool(start, "pg_ctl start").await?;
+            Ok(((), format!("initdb and start: port {port}, archiving into the repository area {cluster:?}")))
+        })
+        .await?;
+        let prod_target = PgTarget::from_config(Some(&format!("postgresql://postgres@127.0.0.1:{port}/postgres?sslmode=disable")))?
+            .with_address(&sock.display().to_string(), port);
+        log.step("data and backup", async {
+            pgdr_child(config_file, &["init"]).await?;
+            let mut bench = tokio::process::Command::new(tools.path("pgbench")?);
+            bench
+                .args(["-i", "-q", "-s", &opts.scale.to_string(), "-h"])
+                .arg(&sock)
+                .args(["-p", &port.to_string(), "-U", "postgres", "postgres"])
+                .env_clear()
+                .envs(crate::postgres::server_env(false));
+            run_tool(bench, "pgbench -i").await?;
+            let c = prod_target.connect(Some("postgres")).await?;
+            c.batch_execute(
+                "CREATE TABLE drill_ledger (id bigint PRIMARY KEY, amount numeric NOT NULL, note text);
+                 INSERT INTO drill_ledger SELECT g, g * 1.5, 'entry ' || g FROM generate_series(1, 3000) g;
+                 CREATE TABLE drill_archive (id bigint PRIMARY KEY, payload text);
+                 INSERT INTO drill_archive SELECT g, md5(g::text) FROM generate_series(1, 1000) g;
+                 CREATE TABLE drill_acks (id bigint PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp());",
+            )
+            .await?;
+            let backup = pgdr_child(config_file, &["backup", "--kind", "physical"]).await?;
+            let label = backup["label"].as_str().unwrap_or("?").to_string();
+            let mut detail = format!("pgbench scale {}, drill tables, physical backup {label}", opts.scale);
+            if let Some(copy) = copy {
+                pgdr_child(config_file, &["copy", "--to", copy]).await?;
+                detail.push_str(&format!(", copied to {copy:?}"));
+            }
+            Ok(((), detail))
+        })
+        .await?;
+        // 2. PgBouncer in front, the workload and the client that logs its commits.
+        log.step("pgbouncer and workload", async {
+            let pb = env.path("pgbouncer");
+            std::fs::create_dir(&pb)?;
+            chown_postgres(&pb)?;
+            std::fs::write(pb.join("userlist.txt"), "\"postgres\" \"\"\n")?;
+            let ini = format!(
+                "; pgdr drill\n[databases]\npostgres = host=127.0.0.1 port={port} dbname=postgres\n\n[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {}\nunix_socket_dir =\nauth_type = trust\nauth_file = {}\nadmin_users = postgres\npool_mode = transaction\nlogfile = {}\npidfile = {}\nignore_startup_parameters = extra_float_digits\nserver_login_retry = 1\n",
+                env.bouncer_port,
+                pb.join("userlist.txt").display(),
+                pb.join("pgbouncer.log").display(),
+                pb.join("pgbouncer.pid").display()
+            );
+            std::fs::write(pb.join("pgbouncer.ini"), ini)?;
+            for f in ["userlist.txt", "pgbouncer.ini"] {
+                chown_postgres(&pb.join(f))?;
+            }
+            let mut cmd = std::process::Command::new(pgbouncer);
+            cmd.arg(pb.join("pgbouncer.ini"))
+                .env_clear()
+                .envs(crate::postgres::server_env(false))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            crate::process::as_postgres(&mut cmd);
+            env.bouncer = Some(cmd.spawn().context("starting pgbouncer")?);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while tokio::net::TcpStream::connect(("127.0.0.1", env.bouncer_port)).await.is_err() {
+                if Instant::now() > deadline {
+                    return Err(anyhow!("pgbouncer did not listen on port {} within 20 s", env.bouncer_port));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let mut bench = tokio::process::Command::new(tools.path("pgbench")?);
+            bench
+                .args(["-n", "-c", "2", "-j", "1", "-T", "86400", "-R", "40", "-h", "127.0.0.1"])
+                .args(["-p", &env.bouncer_port.to_string(), "-U", "postgres", "postgres"])
+                .env_clear()
+                .envs(crate::postgres::server_env(false))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true);
+            env.workload = Some(bench.spawn().context("starting pgbench")?);
+            let bouncer = PgTarget::from_config(Some(&format!(
+                "postgresql://postgres@127.0.0.1:{}/postgres?sslmode=disable",
+                env.bouncer_port
+            )))?;
+            *writer = Some(start_writer(bouncer, acks.clone(), stop.clone()));
+            // Let the workload and the commit log run for a while.
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let n = acks.lock().expect("ack log").len();
+            if n == 0 {
+                return Err(anyhow!("no commit through PgBouncer was acknowledged in 3 s — see {}", pb.join("pgbouncer.log").display()));
+            }
+            Ok(((), format!("PgBouncer on 127.0.0.1:{}, pgbench at 40 tps, {n} commits acknowledged so far", env.bouncer_port)))
+        })
+        .await?;
+        // 3. The failure.
+        let injected = log
+            .step("inject the failure", async {
+                let i = inject(scenario, env, &prod_target, &production, config_file, copy).await?;
+                let detail = format!("failure at {}", i.failure_at.to_rfc3339());
+                Ok((i, detail))
+            })
+            .await?;
+        report.failure_at = Some(injected.failure_at);
+        Ok::<_, anyhow::Error>(injected)
+    }
+    .await;
+    for s in &log.steps {
+        say(s.to_string());
+    }
+    report.steps.append(&mut log.steps);
+    let injected = result?;
+
+    // 4. The same runbook recover runs, on the drill's configuration.
+    let mut drill_config = Config::load(Some(config_file))?;
+    if let Some(c) = copy {
+        drill_config.select_repository(c)?;
+    }
+    let inputs = opts.runbook.resolve_inputs(&injected.inputs)?;
+    let ropts = RecoverOptions {
+        runbook: opts.runbook.clone(),
+        inputs,
+        dry_run: false,
+        state_file: env.path("recover-state.json"),
+        jobs: opts.jobs,
+    };
+    let prepared = engine::prepare(&drill_config, &ropts).await?;
+    say(format!("recovery plan:\n{prepared}"));
+    let recovered = engine::execute(&drill_config, &ropts, prepared, say).await?;
+    let recover_ok = recovered.ok;
+    let new_server = recovered.servers.get("new").cloned();
+    report.recover = Some(recovered);
+    if !recover_ok {
+        return Err(anyhow!("the recovery failed (see its steps)"));
+    }
+
+    // 5. Measure: the service through PgBouncer, then data and commits.
+    let expect_port = match &new_server {
+        Some(s) => s.port,
+        None => port,
+    };
+    let bouncer = PgTarget::from_config(Some(&format!(
+        "postgresql://postgres@127.0.0.1:{}/postgres?sslmode=disable",
+        env.bouncer_port
+    )))?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let served_port = loop {
+        let asked = async {
+            let c = bouncer.connect(Some("postgres")).await?;
+            let p = hash(&c, "SELECT current_setting('port')").await?;
+            // Served means a write goes through, too.
+            c.simple_query("INSERT INTO drill_acks (id) VALUES (-1) ON CONFLICT DO NOTHING").await?;
+            anyhow::Ok(p)
+        };
+        match tokio::time::timeout(Duration::from_secs(10), asked).await {
+            Ok(Ok(p)) if p == expect_port.to_string() => break p,
+            _ if Instant::now() > deadline => {
+                return Err(anyhow!("PgBouncer does not serve from port {expect_port} within 60 s of the recovery"));
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    let rto = injected.t_fail.elapsed().as_secs_f64();
+    report.rto_seconds = Some(rto);
+    report.rto_met = rto <= report.rto_target_seconds as f64;
+    report.served_by = Some(format!("127.0.0.1:{served_port}"));
+
+    let service = PgTarget::from_config(Some(&format!("postgresql://postgres@127.0.0.1:{expect_port}/postgres?sslmode=disable")))?;
+    let c = match &new_server {
+        Some(s) => s.target(&drill_config)?.connect(Some("postgres")).await?,
+        None => service.connect(Some("postgres")).await?,
+    };
+    for (name, sql, want) in &injected.expect {
+        let found = hash(&c, sql).await?;
+        report.checks.push(DataCheck {
+            name: name.clone(),
+            ok: &found == want && !want.is_empty(),
+            expected: want.clone(),
+            found,
+        });
+    }
+    let present: std::collections::HashSet<i64> = c
+        .query("SELECT id FROM drill_acks", &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let log_now = acks.lock().expect("ack log").clone();
+    let before: Vec<&(i64, DateTime<Utc>, Lsn)> = log_now.iter().filter(|(_, at, _)| *at < injected.keep_before).collect();
+    let lost: Vec<i64> = before.iter().filter(|(id, _, _)| !present.contains(id)).map(|(id, _, _)| *id).collect();
+    // What the archive had must all be there: a commit lost from before the end of
+    // the last archived segment is data pgdr lost.
+    let lost_archived = match injected.archived_until {
+        Some(end) => before
+            .iter()
+            .filter(|(id, _, lsn)| *lsn <= end && !present.contains(id))
+            .count() as u64,
+        None => lost.len() as u64,
+    };
+    // The RPO in time: from the last commit kept with everything before it to the failure.
+    let first_lost = lost.first().copied();
+    let kept_until = before
+        .iter()
+        .take_while(|(id, _, _)| Some(*id) != first_lost)
+        .last()
+        .map(|(_, at, _)| *at);
+    let rpo_seconds = match (first_lost, kept_until) {
+        (None, _) => 0.0,
+        (Some(_), Some(at)) => (injected.failure_at - at).num_milliseconds().max(0) as f64 / 1000.0,
+        (Some(_), None) => (injected.failure_at - report.started).num_milliseconds() as f64 / 1000.0,
+    };
+    let target = opts.runbook.targets.rpo_seconds;
+    report.rpo = Some(Rpo {
+        acknowledged: before.len() as u64,
+        lost: lost.len() as u64,
+        lost_archived,
+        archived_until: injected.archived_until.map(|l| l.to_string()),
+        seconds: rpo_seconds,
+        target_seconds: target,
+        met: lost_archived == 0 && if target == 0 { lost.is_empty() } else { rpo_seconds <= target as f64 },
+    });
+    Ok(())
+}
+
+/// Inject the scenario's failure into the running scratch production.
+async fn inject(
+    scenario: &str,
+    env: &Env,
+    prod: &PgTarget,
+    production: &Path,
+    config_file: &Path,
+    copy: Option<&str>,
+) -> Result<Injected> {
+    let c = prod.connect(Some("postgres")).await?;
+    let mut inputs = BTreeMap::new();
+    let free = || free_port().map(|p| p.to_string());
+    match scenario {
+        "database-corruption" | "data-loss" => {
+            let ledger = hash(&c, LEDGER).await?;
+            let archive = hash(&c, ARCHIVE).await?;
+            // The failure point: a moment before the bad transaction, by the server's clock.
+            let target = server_time(&c).await?;
+            tokio::time::sleep(Duration::from_millis(1000)).await;
+            let failure_at = Utc::now();
+            let t_fail = Instant::now();
+            let mut expect = vec![("drill_ledger as it was before the failure".to_string(), LEDGER.to_string(), ledger)];
+            if scenario == "database-corruption" {
+                c.batch_execute("UPDATE drill_ledger SET amount = -amount, note = 'corrupted' WHERE id % 2 = 0")
+                    .await?;
+                inputs.insert("data_dir".into(), env.path("new").display().to_string());
+                inputs.insert("port".into(), free()?);
+                inputs.insert("listen".into(), "127.0.0.1".into());
+                inputs.insert("old_data_dir".into(), production.display().to_string());
+            } else {
+                c.batch_execute(
+                    "DELETE FROM drill_ledger WHERE id % 3 = 0;
+                     DROP TABLE drill_archive;
+                     INSERT INTO drill_ledger SELECT g, g, 'written after the loss' FROM generate_series(100001, 100050) g;",
+                )
+                .await?;
+                let after = hash(&c, LEDGER_AFTER).await?;
+                expect.push(("drill_archive, dropped, is back whole".to_string(), ARCHIVE.to_string(), archive));
+                expect.push(("rows written after the loss are kept".to_string(), LEDGER_AFTER.to_string(), after));
+                inputs.insert("tables".into(), "public.drill_ledger,public.drill_archive".into());
+                inputs.insert("database".into(), "postgres".into());
+                inputs.insert("scratch_dir".into(), env.path("scratch").display().to_string());
+            }
+            inputs.insert("target_time".into(), target.to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
+            // The WAL past the failure point is archived before recovery starts, as
+            // archive_timeout would do.
+            crate::postgres::server::archive_current_wal(&c).await?;
+            Ok(Injected {
+                failure_at,
+                t_fail,
+                inputs,
+                keep_before: target,
+                archived_until: None,
+                expect,
+            })
+        }
+        "database-failure" | "region-failure" => {
+            let ledger = hash(&c, LEDGER).await?;
+            let last = hash(&c, "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver").await?;
+            let segment_size: u64 = hash(&c, "SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'")
+                .await?
+                .parse()
+                .unwrap_or(16 * 1024 * 1024);
+            let archived_until = Segment::parse(last.get(..24).unwrap_or(""), segment_size)
+                .map(|s| s.next().start_lsn(segment_size));
+            let failure_at = Utc::now();
+            let t_fail = Instant::now();
+            drop(c);
+            kill_postmaster(production)?;
+            std::fs::remove_dir_all(production).with_context(|| format!("deleting {}", production.display()))?;
+            if copy.is_some() {
+                // The primary region's repository is gone too: the drill's configuration
+                // now points it nowhere; only the copy can serve.
+                let mut table: toml::Table = std::fs::read_to_string(config_file)?.parse()?;
+                if let Some(repo) = table.get_mut("repository").and_then(|r| r.as_table_mut()) {
+                    let url = repo.get("url").and_then(|u| u.as_str()).unwrap_or_default().to_string();
+                    if url.starts_with("s3://") {
+                        repo.insert("endpoint".into(), toml::Value::String("http://127.0.0.1:9".into()));
+                    } else {
+                        repo.insert(
+                            "url".into(),
+                            toml::Value::String(format!("file://{}", env.path("lost-region").display())),
+                        );
+                    }
+                }
+                // Keep the original to remove the drill's areas afterwards.
+                std::fs::copy(config_file, config_file.with_extension("toml.orig"))?;
+                write_config(config_file, &table)?;
+            }
+            inputs.insert("data_dir".into(), env.path("new").display().to_string());
+            inputs.insert("port".into(), free()?);
+            inputs.insert("listen".into(), "127.0.0.1".into());
+            inputs.insert("standby_data_dir".into(), env.path("standby").display().to_string());
+            inputs.insert("standby_port".into(), free()?);
+            let expect = vec![("drill_ledger intact".to_string(), LEDGER.to_string(), ledger)];
+            Ok(Injected {
+                failure_at,
+                t_fail,
+                inputs,
+                keep_before: failure_at,
+                archived_until,
+                expect,
+            })
+        }
+        other => Err(anyhow!("no failure to inject for {other:?}")),
+    }
+}
