@@ -18,7 +18,10 @@ use crate::runbook::engine::{self, RecoverOptions};
 /// The flags given, as runbook inputs.
 pub fn given_inputs(i: &ScenarioInputs) -> Result<BTreeMap<String, String>> {
     let mut given = BTreeMap::new();
-    let path = |p: &Option<PathBuf>| p.as_ref().map(|p| std::path::absolute(p).unwrap_or(p.clone()).display().to_string());
+    let path = |p: &Option<PathBuf>| {
+        p.as_ref()
+            .map(|p| std::path::absolute(p).unwrap_or(p.clone()).display().to_string())
+    };
     let pairs = [
         ("target_time", i.target_time.clone()),
         ("data_dir", path(&i.data_dir)),

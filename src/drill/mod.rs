@@ -124,7 +124,11 @@ impl std::fmt::Display for Summary<'_> {
                 "{} {}{}",
                 if c.ok { "✓" } else { "✗" },
                 c.name,
-                if c.ok { String::new() } else { format!(": expected {}, found {}", c.expected, c.found) }
+                if c.ok {
+                    String::new()
+                } else {
+                    format!(": expected {}, found {}", c.expected, c.found)
+                }
             )?;
         }
         if let Some(e) = &s.error {
@@ -197,6 +201,9 @@ impl Env {
                 let _ = cmd.status();
             }
         }
+        // What archive_command and restore_command left running on their own (a
+        // detached WAL pusher or prefetcher of this drill).
+        kill_strays(&self.dir);
     }
 }
 
@@ -205,6 +212,33 @@ impl Drop for Env {
         self.stop_servers();
         if !self.keep_dir {
             let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// SIGKILL every pgdr process (but this one) whose command line mentions `dir`.
+fn kill_strays(dir: &Path) {
+    let needle = dir.display().to_string();
+    let me = std::process::id();
+    let Ok(exe) = std::env::current_exe() else { return };
+    let exe = exe.display().to_string();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if text.starts_with(&format!("{exe} ")) && text.contains(&needle) {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         }
     }
 }
@@ -312,7 +346,10 @@ async fn pgdr_child(config_file: &Path, args: &[&str]) -> Result<serde_json::Val
 }
 
 async fn run_tool(mut cmd: tokio::process::Command, what: &str) -> Result<()> {
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
     let out = cmd.output().await.with_context(|| format!("running {what}"))?;
     if !out.status.success() {
         return Err(anyhow!(
@@ -326,22 +363,21 @@ async fn run_tool(mut cmd: tokio::process::Command, what: &str) -> Result<()> {
 /// The drill's configuration file: the real repositories (and copies), each in an
 /// area of the drill's own; the scratch production; the drill's PgBouncer. Nothing
 /// else of the real configuration (no notifications, hooks, checks or schedule).
-fn drill_config_table(
-    config: &Config,
-    user: &toml::Table,
-    cluster: &str,
-    env: &Env,
-    port: u16,
-) -> Result<toml::Table> {
+fn drill_config_table(config: &Config, user: &toml::Table, cluster: &str, env: &Env, port: u16) -> Result<toml::Table> {
     use toml::Value;
     let mut t = toml::Table::new();
     t.insert("cluster".into(), Value::String(cluster.into()));
     let mut pg = toml::Table::new();
     pg.insert(
         "url".into(),
-        Value::String(format!("postgresql://postgres@127.0.0.1:{port}/postgres?sslmode=disable")),
+        Value::String(format!(
+            "postgresql://postgres@127.0.0.1:{port}/postgres?sslmode=disable"
+        )),
     );
-    pg.insert("data_dir".into(), Value::String(env.path("production").display().to_string()));
+    pg.insert(
+        "data_dir".into(),
+        Value::String(env.path("production").display().to_string()),
+    );
     if let Some(bin) = &config.postgres.bin_dir {
         pg.insert("bin_dir".into(), Value::String(bin.display().to_string()));
     }
@@ -359,12 +395,18 @@ fn drill_config_table(
     }
     t.insert("repository".into(), Value::Table(repo));
     let mut wal = user.get("wal").and_then(Value::as_table).cloned().unwrap_or_default();
-    wal.insert("spool_dir".into(), Value::String(env.path("spool").display().to_string()));
+    wal.insert(
+        "spool_dir".into(),
+        Value::String(env.path("spool").display().to_string()),
+    );
     t.insert("wal".into(), Value::Table(wal));
     let mut switch = toml::Table::new();
     switch.insert(
         "pgbouncer_admin_url".into(),
-        Value::String(format!("postgresql://postgres@127.0.0.1:{}/pgbouncer", env.bouncer_port)),
+        Value::String(format!(
+            "postgresql://postgres@127.0.0.1:{}/pgbouncer",
+            env.bouncer_port
+        )),
     );
     switch.insert(
         "pgbouncer_ini".into(),
@@ -430,7 +472,13 @@ async fn server_time(client: &tokio_postgres::Client) -> Result<DateTime<Utc>> {
 
 fn kill_postmaster(data: &Path) -> Result<()> {
     let text = std::fs::read_to_string(data.join("postmaster.pid")).context("reading postmaster.pid")?;
-    let pid: i32 = text.lines().next().unwrap_or("").trim().parse().context("postmaster.pid")?;
+    let pid: i32 = text
+        .lines()
+        .next()
+        .unwrap_or("")
+        .trim()
+        .parse()
+        .context("postmaster.pid")?;
     // SAFETY: kill has no memory-safety preconditions.
     unsafe { libc::kill(pid, libc::SIGKILL) };
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -526,8 +574,20 @@ pub async fn run(config: &Config, opts: &DrillOptions, say: &mut dyn FnMut(Strin
     let mut writer = None;
     let outcome = {
         let body = drill_body(
-            config, opts, &user, &cluster, &config_file, copy.as_deref(), &tools, &pgbouncer, &mut env, &acks, &stop,
-            &mut writer, &mut report, say,
+            config,
+            opts,
+            &user,
+            &cluster,
+            &config_file,
+            copy.as_deref(),
+            &tools,
+            &pgbouncer,
+            &mut env,
+            &acks,
+            &stop,
+            &mut writer,
+            &mut report,
+            say,
         );
         tokio::select! {
             r = body => r,
@@ -547,8 +607,14 @@ pub async fn run(config: &Config, opts: &DrillOptions, say: &mut dyn FnMut(Strin
     env.stop_servers();
     let removed = remove_areas(&config_file).await;
     let detail = match &removed {
-        Ok(n) => format!("servers and PgBouncer stopped, {} removed, {n} repository objects removed", env.dir.display()),
-        Err(e) => format!("servers and PgBouncer stopped, {} removed; the drill's repository area could not be removed: {e:#}", env.dir.display()),
+        Ok(n) => format!(
+            "servers and PgBouncer stopped, {} removed, {n} repository objects removed",
+            env.dir.display()
+        ),
+        Err(e) => format!(
+            "servers and PgBouncer stopped, {} removed; the drill's repository area could not be removed: {e:#}",
+            env.dir.display()
+        ),
     };
     drop(env);
     report.steps.push(StepLog {
@@ -579,7 +645,11 @@ pub async fn run(config: &Config, opts: &DrillOptions, say: &mut dyn FnMut(Strin
 async fn remove_areas(config_file: &Path) -> Result<usize> {
     // A region drill pointed the primary nowhere; the original says where it was.
     let original = config_file.with_extension("toml.orig");
-    let file = if original.exists() { original } else { config_file.to_path_buf() };
+    let file = if original.exists() {
+        original
+    } else {
+        config_file.to_path_buf()
+    };
     if !file.exists() {
         return Ok(0);
     }
@@ -813,13 +883,16 @@ async fn drill_body(
             let c = bouncer.connect(Some("postgres")).await?;
             let p = hash(&c, "SELECT current_setting('port')").await?;
             // Served means a write goes through, too.
-            c.simple_query("INSERT INTO drill_acks (id) VALUES (-1) ON CONFLICT DO NOTHING").await?;
+            c.simple_query("INSERT INTO drill_acks (id) VALUES (-1) ON CONFLICT DO NOTHING")
+                .await?;
             anyhow::Ok(p)
         };
         match tokio::time::timeout(Duration::from_secs(10), asked).await {
             Ok(Ok(p)) if p == expect_port.to_string() => break p,
             _ if Instant::now() > deadline => {
-                return Err(anyhow!("PgBouncer does not serve from port {expect_port} within 60 s of the recovery"));
+                return Err(anyhow!(
+                    "PgBouncer does not serve from port {expect_port} within 60 s of the recovery"
+                ));
             }
             _ => tokio::time::sleep(Duration::from_millis(100)).await,
         }
@@ -829,7 +902,9 @@ async fn drill_body(
     report.rto_met = rto <= report.rto_target_seconds as f64;
     report.served_by = Some(format!("127.0.0.1:{served_port}"));
 
-    let service = PgTarget::from_config(Some(&format!("postgresql://postgres@127.0.0.1:{expect_port}/postgres?sslmode=disable")))?;
+    let service = PgTarget::from_config(Some(&format!(
+        "postgresql://postgres@127.0.0.1:{expect_port}/postgres?sslmode=disable"
+    )))?;
     let c = match &new_server {
         Some(s) => s.target(&drill_config)?.connect(Some("postgres")).await?,
         None => service.connect(Some("postgres")).await?,
@@ -850,8 +925,13 @@ async fn drill_body(
         .map(|r| r.get(0))
         .collect();
     let log_now = acks.lock().expect("ack log").clone();
-    let before: Vec<&(i64, DateTime<Utc>, Lsn)> = log_now.iter().filter(|(_, at, _)| *at < injected.keep_before).collect();
-    let lost: Vec<i64> = before.iter().filter(|(id, _, _)| !present.contains(id)).map(|(id, _, _)| *id).collect();
+    let before: Vec<&(i64, DateTime<Utc>, Lsn)> =
+        log_now.iter().filter(|(_, at, _)| *at < injected.keep_before).collect();
+    let lost: Vec<i64> = before
+        .iter()
+        .filter(|(id, _, _)| !present.contains(id))
+        .map(|(id, _, _)| *id)
+        .collect();
     // What the archive had must all be there: a commit lost from before the end of
     // the last archived segment is data pgdr lost.
     let lost_archived = match injected.archived_until {
@@ -881,7 +961,12 @@ async fn drill_body(
         archived_until: injected.archived_until.map(|l| l.to_string()),
         seconds: rpo_seconds,
         target_seconds: target,
-        met: lost_archived == 0 && if target == 0 { lost.is_empty() } else { rpo_seconds <= target as f64 },
+        met: lost_archived == 0
+            && if target == 0 {
+                lost.is_empty()
+            } else {
+                rpo_seconds <= target as f64
+            },
     });
     Ok(())
 }
@@ -907,7 +992,11 @@ async fn inject(
             tokio::time::sleep(Duration::from_millis(1000)).await;
             let failure_at = Utc::now();
             let t_fail = Instant::now();
-            let mut expect = vec![("drill_ledger as it was before the failure".to_string(), LEDGER.to_string(), ledger)];
+            let mut expect = vec![(
+                "drill_ledger as it was before the failure".to_string(),
+                LEDGER.to_string(),
+                ledger,
+            )];
             if scenario == "database-corruption" {
                 c.batch_execute("UPDATE drill_ledger SET amount = -amount, note = 'corrupted' WHERE id % 2 = 0")
                     .await?;
@@ -923,13 +1012,24 @@ async fn inject(
                 )
                 .await?;
                 let after = hash(&c, LEDGER_AFTER).await?;
-                expect.push(("drill_archive, dropped, is back whole".to_string(), ARCHIVE.to_string(), archive));
-                expect.push(("rows written after the loss are kept".to_string(), LEDGER_AFTER.to_string(), after));
+                expect.push((
+                    "drill_archive, dropped, is back whole".to_string(),
+                    ARCHIVE.to_string(),
+                    archive,
+                ));
+                expect.push((
+                    "rows written after the loss are kept".to_string(),
+                    LEDGER_AFTER.to_string(),
+                    after,
+                ));
                 inputs.insert("tables".into(), "public.drill_ledger,public.drill_archive".into());
                 inputs.insert("database".into(), "postgres".into());
                 inputs.insert("scratch_dir".into(), env.path("scratch").display().to_string());
             }
-            inputs.insert("target_time".into(), target.to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
+            inputs.insert(
+                "target_time".into(),
+                target.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            );
             // The WAL past the failure point is archived before recovery starts, as
             // archive_timeout would do.
             crate::postgres::server::archive_current_wal(&c).await?;
@@ -944,13 +1044,31 @@ async fn inject(
         }
         "database-failure" | "region-failure" => {
             let ledger = hash(&c, LEDGER).await?;
+            // Let the workload run across an archive_timeout cycle, so that the
+            // archive holds acknowledged commits the recovery must bring back.
+            let writing = hash(&c, "SELECT pg_walfile_name(pg_current_wal_insert_lsn())").await?;
+            let deadline = Instant::now() + Duration::from_secs(120);
+            loop {
+                let last = hash(&c, "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver").await?;
+                if last.len() >= 24 && last[..24] >= *writing.as_str() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(anyhow!(
+                        "the segment {writing} was not archived within 120 s: archiving is broken"
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            // And some more commits that only the server has.
+            tokio::time::sleep(Duration::from_secs(2)).await;
             let last = hash(&c, "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver").await?;
             let segment_size: u64 = hash(&c, "SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'")
                 .await?
                 .parse()
                 .unwrap_or(16 * 1024 * 1024);
-            let archived_until = Segment::parse(last.get(..24).unwrap_or(""), segment_size)
-                .map(|s| s.next().start_lsn(segment_size));
+            let archived_until =
+                Segment::parse(last.get(..24).unwrap_or(""), segment_size).map(|s| s.next().start_lsn(segment_size));
             let failure_at = Utc::now();
             let t_fail = Instant::now();
             drop(c);

@@ -69,9 +69,12 @@ pub struct State {
 impl State {
     fn load(path: &Path) -> Result<Option<State>> {
         match std::fs::read(path) {
-            Ok(data) => serde_json::from_slice(&data)
-                .map(Some)
-                .map_err(|e| crate::usage!("the recovery state file {} is damaged ({e}) — move it away to start over", path.display())),
+            Ok(data) => serde_json::from_slice(&data).map(Some).map_err(|e| {
+                crate::usage!(
+                    "the recovery state file {} is damaged ({e}) — move it away to start over",
+                    path.display()
+                )
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
         }
@@ -229,8 +232,15 @@ pub async fn prepare(config: &Config, opts: &RecoverOptions) -> Result<Prepared>
     let state = match State::load(&opts.state_file)? {
         Some(old) if old.finished.is_none() => {
             let same_steps = old.steps.len() == fresh.steps.len()
-                && old.steps.iter().zip(&fresh.steps).all(|(a, b)| a.name == b.name && a.op == b.op);
-            if old.scenario != fresh.scenario || old.inputs != fresh.inputs || old.repository != repository || !same_steps
+                && old
+                    .steps
+                    .iter()
+                    .zip(&fresh.steps)
+                    .all(|(a, b)| a.name == b.name && a.op == b.op);
+            if old.scenario != fresh.scenario
+                || old.inputs != fresh.inputs
+                || old.repository != repository
+                || !same_steps
             {
                 return Err(crate::usage!(
                     "an unfinished recovery ({} from {}, started {}) is recorded in {} with other inputs or steps — finish it with the same inputs, or move the state file away to start over",
@@ -361,7 +371,12 @@ pub async fn execute(
         report.steps.push(log);
         if !ok {
             report.ok = false;
-            report.error = Some(format!("step {} ({}, line {}) failed: {detail}", i + 1, step.name, step.line));
+            report.error = Some(format!(
+                "step {} ({}, line {}) failed: {detail}",
+                i + 1,
+                step.name,
+                step.line
+            ));
             report.next = Some(format!(
                 "fix the cause and run the same command again: finished steps are skipped, this one starts over ({})",
                 opts.state_file.display()
@@ -390,7 +405,13 @@ pub async fn execute(
     let mut message = template
         .as_ref()
         .map(|t| super::fill(t, &opts.inputs))
-        .unwrap_or_else(|| format!("pgdr: recovery {} {}", runbook.name, if report.ok { "done" } else { "FAILED" }));
+        .unwrap_or_else(|| {
+            format!(
+                "pgdr: recovery {} {}",
+                runbook.name,
+                if report.ok { "done" } else { "FAILED" }
+            )
+        });
     if let Some(e) = &report.error {
         message.push_str(&format!(": {e}"));
     }

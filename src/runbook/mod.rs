@@ -27,7 +27,10 @@ const BUILT_IN: &[(&str, &str)] = &[
         include_str!("../../scenarios/database-corruption.toml"),
     ),
     ("data-loss", include_str!("../../scenarios/data-loss.toml")),
-    ("database-failure", include_str!("../../scenarios/database-failure.toml")),
+    (
+        "database-failure",
+        include_str!("../../scenarios/database-failure.toml"),
+    ),
     ("region-failure", include_str!("../../scenarios/region-failure.toml")),
 ];
 
@@ -281,7 +284,10 @@ impl Runbook {
     /// Parse and check a whole runbook; errors name `source:line` and the field.
     pub fn parse(text: &str, source: &str) -> Result<Runbook> {
         let raw: RawRunbook = toml::from_str(text).map_err(|e| {
-            let at = e.span().map(|s| format!(":{}", line_of(text, s.start))).unwrap_or_default();
+            let at = e
+                .span()
+                .map(|s| format!(":{}", line_of(text, s.start)))
+                .unwrap_or_default();
             usage!(
                 "invalid runbook {source}{at}: {}",
                 e.message().trim().replace('\n', " ")
@@ -289,7 +295,10 @@ impl Runbook {
         })?;
         let bad = |offset: usize, what: String| usage!("invalid runbook {source}:{}: {what}", line_of(text, offset));
         for (name, spec) in &raw.inputs {
-            if !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
+            if !name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            {
                 return Err(usage!(
                     "invalid runbook {source}: input {name:?}: names are lower-case letters, digits and '_'"
                 ));
@@ -392,19 +401,28 @@ impl Runbook {
                     ));
                 }
                 if role == "primary" && !params.contains_key("port") {
-                    return Err(bad(start, format!("step {name:?}: a new primary needs the field `port`")));
+                    return Err(bad(
+                        start,
+                        format!("step {name:?}: a new primary needs the field `port`"),
+                    ));
                 }
             }
             if let Some(v) = params.get("amcheck")
                 && v != "true"
                 && v != "false"
             {
-                return Err(bad(at("amcheck"), format!("step {name:?}: field `amcheck` is true or false")));
+                return Err(bad(
+                    at("amcheck"),
+                    format!("step {name:?}: field `amcheck` is true or false"),
+                ));
             }
             if matches!(op, Op::Restore | Op::Standby) {
                 let server = params["server"].clone();
                 if servers.contains(&server) {
-                    return Err(bad(at("server"), format!("step {name:?}: server {server:?} is made twice")));
+                    return Err(bad(
+                        at("server"),
+                        format!("step {name:?}: server {server:?} is made twice"),
+                    ));
                 }
                 servers.push(server);
             }
@@ -485,21 +503,18 @@ impl Runbook {
                 ));
             }
         }
+        let missing: Vec<String> = self
+            .inputs
+            .iter()
+            .filter(|(name, spec)| !given.contains_key(*name) && spec.default.is_none())
+            .map(|(name, spec)| format!("{} ({})", input_flag(name), spec.help))
+            .collect();
+        if !missing.is_empty() {
+            return Err(usage!("the {} runbook needs {}", self.name, missing.join("; ")));
+        }
         let mut out = BTreeMap::new();
         for (name, spec) in &self.inputs {
-            let value = match (given.get(name), &spec.default) {
-                (Some(v), _) => v.clone(),
-                (None, Some(d)) => d.clone(),
-                (None, None) => {
-                    return Err(usage!(
-                        "the {} runbook needs {}: {} — pass {}",
-                        self.name,
-                        name,
-                        spec.help,
-                        input_flag(name)
-                    ));
-                }
-            };
+            let value = given.get(name).or(spec.default.as_ref()).cloned().unwrap_or_default();
             if !value.is_empty() {
                 check_kind(name, spec.kind, &value)?;
             }
@@ -577,7 +592,8 @@ mod tests {
 
     #[test]
     fn unknown_field_names_line_and_field() {
-        let text = include_str!("../../scenarios/database-failure.toml").replace("target = \"latest\"", "tagret = \"latest\"");
+        let text =
+            include_str!("../../scenarios/database-failure.toml").replace("target = \"latest\"", "tagret = \"latest\"");
         let e = Runbook::parse(&text, "x.toml").unwrap_err().to_string();
         let line = text.lines().position(|l| l.starts_with("tagret")).unwrap() + 1;
         assert!(e.contains(&format!("x.toml:{line}:")), "{e}");
@@ -612,7 +628,10 @@ mod tests {
 
     #[test]
     fn table_names_are_plain_identifiers() {
-        assert_eq!(parse_table("public.orders").unwrap(), ("public".into(), "orders".into()));
+        assert_eq!(
+            parse_table("public.orders").unwrap(),
+            ("public".into(), "orders".into())
+        );
         assert_eq!(parse_table("orders").unwrap(), ("public".into(), "orders".into()));
         assert!(parse_table("x; DROP TABLE y").is_err());
         assert!(parse_table("a.b.c").is_err());

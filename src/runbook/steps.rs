@@ -104,10 +104,19 @@ fn free_port() -> Result<u16> {
 
 /// The restore a `restore` step asks for (the port of a scratch copy is chosen when
 /// it runs).
-pub fn restore_options(step: &Step, inputs: &BTreeMap<String, String>, jobs: usize, port: u16) -> Result<PhysicalRestoreOptions> {
+pub fn restore_options(
+    step: &Step,
+    inputs: &BTreeMap<String, String>,
+    jobs: usize,
+    port: u16,
+) -> Result<PhysicalRestoreOptions> {
     let to = PathBuf::from(step.param("to", inputs));
     if !to.is_absolute() {
-        return Err(crate::usage!("step {:?}: `to` must be an absolute path, not {:?}", step.name, to));
+        return Err(crate::usage!(
+            "step {:?}: `to` must be an absolute path, not {:?}",
+            step.name,
+            to
+        ));
     }
     let raw_target = step.param("target", inputs);
     let target = if raw_target == "latest" {
@@ -165,7 +174,10 @@ fn make_socket_dir(dir: &Path, private: bool) -> Result<()> {
             .create(dir)
             .with_context(|| format!("creating {}", dir.display()))?;
     }
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(if private { 0o700 } else { 0o755 }))?;
+    std::fs::set_permissions(
+        dir,
+        std::fs::Permissions::from_mode(if private { 0o700 } else { 0o755 }),
+    )?;
     if let Some((uid, gid)) = crate::process::postgres_owner() {
         std::os::unix::fs::chown(dir, Some(uid), Some(gid))?;
     }
@@ -248,7 +260,11 @@ pub async fn describe(step: &Step, config: &Config, inputs: &BTreeMap<String, St
         Op::Validate => format!(
             "validate server {:?}: {}SQL checks",
             p("server"),
-            if p("amcheck") != "false" { "pg_amcheck --heapallindexed, " } else { "" }
+            if p("amcheck") != "false" {
+                "pg_amcheck --heapallindexed, "
+            } else {
+                ""
+            }
         ),
         Op::Fence => match p("data_dir") {
             d if d.is_empty() => "fence the old primary: none given (--old-data-dir); not fenced".to_string(),
@@ -285,7 +301,11 @@ pub async fn describe(step: &Step, config: &Config, inputs: &BTreeMap<String, St
             format!(
                 "switch application connections to server {:?} ({})",
                 p("to"),
-                if targets.is_empty() { "PgBouncer".to_string() } else { targets.join(", ") }
+                if targets.is_empty() {
+                    "PgBouncer".to_string()
+                } else {
+                    targets.join(", ")
+                }
             )
         }
         Op::CopyBack => {
@@ -329,6 +349,12 @@ pub async fn run(step: &Step, checks: &[super::Check], cx: &mut StepCx<'_>) -> R
             (cx.say)(plan.to_string());
             make_socket_dir(&sock, scratch)?;
             let report = physical::execute(config, &opts, plan, cx.say).await?;
+            // Tests: die here like kill -9 would, the files down and the server up,
+            // the step not recorded as done.
+            if std::env::var_os("PGDR_TEST_RECOVER_KILL_IN_RESTORE").is_some() {
+                // SAFETY: raising a signal at ourselves has no preconditions.
+                unsafe { libc::raise(libc::SIGKILL) };
+            }
             let listen = opts.start.as_ref().map(|l| l.addresses.clone()).unwrap_or_default();
             cx.servers.insert(
                 step.param("server", cx.inputs),
@@ -519,7 +545,10 @@ async fn copy_back(
 ) -> Result<TableRestore> {
     let qualified = format!("{}.{}", quote_ident(&table.0), quote_ident(&table.1));
     let shown = format!("{}.{}", table.0, table.1);
-    let from = scratch.connect(Some(db)).await.context("connecting to the scratch copy")?;
+    let from = scratch
+        .connect(Some(db))
+        .await
+        .context("connecting to the scratch copy")?;
     if !table_exists(&from, table).await? {
         return Err(crate::usage!(
             "{shown} does not exist in the database as it was at the target time — check the table name and --target-time"
@@ -529,7 +558,10 @@ async fn copy_back(
         .query_one(&format!("SELECT count(*) FROM {qualified}"), &[])
         .await?
         .get(0);
-    let mut to = live.connect(Some(db)).await.context("connecting to the live database")?;
+    let mut to = live
+        .connect(Some(db))
+        .await
+        .context("connecting to the live database")?;
     if !table_exists(&to, table).await? {
         let tools = PgTools::locate(config.postgres.bin_dir.as_deref())?;
         let mut dump = tokio::process::Command::new(tools.path("pg_dump")?);
@@ -570,7 +602,10 @@ async fn copy_back(
                 String::from_utf8_lossy(&restored.stderr).trim()
             ));
         }
-        let now: i64 = to.query_one(&format!("SELECT count(*) FROM {qualified}"), &[]).await?.get(0);
+        let now: i64 = to
+            .query_one(&format!("SELECT count(*) FROM {qualified}"), &[])
+            .await?
+            .get(0);
         return Ok(TableRestore {
             table: shown,
             action: "copied whole (it was absent)".into(),
@@ -612,7 +647,9 @@ async fn copy_back(
     ))
     .await?;
     let source = from
-        .copy_out(&format!("COPY (SELECT {cols} FROM {qualified}) TO STDOUT (FORMAT binary)"))
+        .copy_out(&format!(
+            "COPY (SELECT {cols} FROM {qualified}) TO STDOUT (FORMAT binary)"
+        ))
         .await
         .context("reading the table from the scratch copy")?;
     let sink = tx

@@ -1094,3 +1094,16 @@ impl Drop for PgBouncer {
         let _ = self.child.wait();
     }
 }
+
+impl S3Server {
+    /// Keys in `bucket` under `prefix` (moto answers unsigned listings).
+    pub fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        let reply = self.raw("GET", &format!("/{bucket}?list-type=2&max-keys=1000&prefix={prefix}"));
+        reply
+            .split("<Key>")
+            .skip(1)
+            .filter_map(|k| k.split("</Key>").next())
+            .map(str::to_string)
+            .collect()
+    }
+}

@@ -1,0 +1,450 @@
+//! Disaster-recovery runbooks (issue 12): `pgdr drill` for each of the four scenarios
+//! against real PostgreSQL, a real PgBouncer and two S3 servers standing in for two
+//! regions; `pgdr recover` for real: its dry run changes nothing, an invalid runbook
+//! is refused with line and field, and a recovery killed mid-restore resumes.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn json(out: &str) -> serde_json::Value {
+    serde_json::from_str(out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+}
+
+/// Two regions, each an S3 server with credentials of its own, named by profile.
+fn aws_profiles(home: &Path) {
+    let aws = home.join(".aws");
+    std::fs::create_dir_all(&aws).unwrap();
+    std::fs::write(
+        aws.join("credentials"),
+        "[primary]\naws_access_key_id = AKIAPRIMARYREGION\naws_secret_access_key = primary-secret\n\n\
+         [dr]\naws_access_key_id = AKIADRREGION\naws_secret_access_key = dr-secret\n",
+    )
+    .unwrap();
+    std::fs::write(
+        aws.join("config"),
+        "[profile primary]\nregion = us-east-1\n\n[profile dr]\nregion = eu-west-1\n",
+    )
+    .unwrap();
+    for p in [aws.clone(), aws.join("credentials"), aws.join("config")] {
+        chown_postgres(&p);
+    }
+}
+
+struct Regions {
+    _cluster: Cluster,
+    pgdr: Pgdr,
+    primary: OwnS3,
+    dr: OwnS3,
+    buckets: (String, String),
+}
+
+/// The DBA's setup: a repository in one region with a copy in another (`wal = "sync"`),
+/// and a production cluster (only `pgdr init` needs it: drills build their own).
+fn regions() -> Regions {
+    let primary = OwnS3::start();
+    let dr = OwnS3::start();
+    let (a, b) = (primary.server.bucket(), dr.server.bucket());
+    let dir = TestDir::new();
+    chown_postgres(dir.path());
+    aws_profiles(dir.path());
+    let config = dir.join("pgdr.toml");
+    let key_file = dir.join("repo.key");
+    let cluster = Cluster::start();
+    std::fs::write(
+        &config,
+        format!(
+            "cluster = \"prod\"\n\n[postgres]\nurl = \"{}\"\nbin_dir = \"{}\"\n\n\
+             [repository]\nurl = \"s3://{a}/region1\"\nendpoint = \"{}\"\nforce_path_style = true\nprofile = \"primary\"\nkey_file = \"{}\"\n\n\
+             [[repository.copies]]\nname = \"dr\"\nurl = \"s3://{b}/region2\"\nendpoint = \"{}\"\nforce_path_style = true\nprofile = \"dr\"\nwal = \"sync\"\n",
+            cluster.url("postgres"),
+            pg_bin().display(),
+            primary.server.endpoint(),
+            key_file.display(),
+            dr.server.endpoint(),
+        ),
+    )
+    .unwrap();
+    let pgdr = Pgdr::initialised_with(dir, config, key_file.clone(), None, false, false);
+    // The drill's servers (as postgres) read the key.
+    chown_postgres(&key_file);
+    Regions {
+        _cluster: cluster,
+        pgdr,
+        primary,
+        dr,
+        buckets: (a, b),
+    }
+}
+
+/// Nothing the drill made is left: no scratch directory, no process running from it,
+/// no object in its repository areas.
+fn assert_torn_down(r: &Regions, work: &Path) {
+    let left: Vec<_> = std::fs::read_dir(work)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("pgdr-drill-"))
+        .collect();
+    assert!(left.is_empty(), "scratch directories left behind: {left:?}");
+    let ps = Command::new("pgrep")
+        .args(["-af", &work.display().to_string()])
+        .output()
+        .unwrap();
+    let procs = String::from_utf8_lossy(&ps.stdout).into_owned();
+    assert!(procs.trim().is_empty(), "processes left behind:\n{procs}");
+    for (server, bucket, prefix) in [
+        (&r.primary.server, &r.buckets.0, "region1/prod-drill-"),
+        (&r.dr.server, &r.buckets.1, "region2/prod-drill-"),
+    ] {
+        let keys = server.keys(bucket, prefix);
+        assert!(keys.is_empty(), "drill objects left in {bucket}: {keys:?}");
+    }
+}
+
+fn drill(r: &Regions, work: &Path, scenario: &str) -> serde_json::Value {
+    let out = r.pgdr.run(&[
+        "drill",
+        "--scenario",
+        scenario,
+        "--work-dir",
+        work.to_str().unwrap(),
+        "--archive-timeout",
+        "3",
+        "--json",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "drill {scenario} failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_clean_stderr(&out);
+    let report = json(&stdout);
+    eprintln!(
+        "drill {scenario}: RTO {} s, RPO {}",
+        report["rto_seconds"], report["rpo"]
+    );
+    report
+}
+
+fn port_of(report: &serde_json::Value, server: &str) -> u64 {
+    report["recover"]["servers"][server]["port"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no server {server} in {report}"))
+}
+
+/// The data checks the drill made (before the failure against after the recovery):
+/// present, non-empty, all equal.
+fn assert_data_checks(report: &serde_json::Value, at_least: usize) {
+    let checks = report["checks"].as_array().unwrap();
+    assert!(checks.len() >= at_least, "{report}");
+    for c in checks {
+        assert!(!c["expected"].as_str().unwrap().is_empty(), "{c}");
+        assert_eq!(c["expected"], c["found"], "{c}");
+        assert_eq!(c["ok"], true, "{c}");
+    }
+}
+
+#[test]
+fn the_four_drills_recover_and_measure() {
+    let r = regions();
+    let work = TestDir::new();
+
+    // 1. Corruption: a new primary as of the failure point; nothing acknowledged
+    // before it is lost; PgBouncer serves from the new primary.
+    let d = drill(&r, work.path(), "database-corruption");
+    assert_eq!(d["ok"], true, "{d}");
+    assert!(d["rto_seconds"].as_f64().unwrap() > 0.0);
+    assert!(d["rpo"]["acknowledged"].as_u64().unwrap() > 0, "{d}");
+    assert_eq!(d["rpo"]["lost"], 0, "{d}");
+    assert_eq!(d["served_by"], format!("127.0.0.1:{}", port_of(&d, "new")));
+    assert_data_checks(&d, 1);
+    let steps: Vec<&str> = d["recover"]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "restore to the failure point",
+            "validate integrity",
+            "fence the old primary",
+            "switch application connections"
+        ]
+    );
+    assert_torn_down(&r, work.path());
+
+    // 2. Data loss: the live database keeps what was written after the loss and gets
+    // back the dropped table and the deleted rows exactly.
+    let d = drill(&r, work.path(), "data-loss");
+    assert_eq!(d["ok"], true, "{d}");
+    assert_eq!(d["rpo"]["lost"], 0, "{d}");
+    assert_data_checks(&d, 3);
+    let restored = d["recover"]["restored"].as_array().unwrap();
+    let by_table = |t: &str| {
+        restored
+            .iter()
+            .find(|x| x["table"] == t)
+            .unwrap_or_else(|| panic!("{t}: {d}"))
+    };
+    assert_eq!(by_table("public.drill_archive")["rows"], 1000);
+    assert_eq!(
+        by_table("public.drill_ledger")["rows"],
+        1000,
+        "a third of 3000 rows was deleted"
+    );
+    assert!(
+        d["recover"]["servers"].as_object().unwrap().is_empty(),
+        "the scratch cluster is gone"
+    );
+    assert_torn_down(&r, work.path());
+
+    // 3. The primary is gone: every commit the archive held is back (archive_timeout
+    // bounds the rest), a standby streams, PgBouncer serves from the new primary.
+    let d = drill(&r, work.path(), "database-failure");
+    assert_eq!(d["ok"], true, "{d}");
+    let rpo = &d["rpo"];
+    assert_eq!(rpo["lost_archived"], 0, "{d}");
+    assert!(
+        rpo["acknowledged"].as_u64().unwrap() > rpo["lost"].as_u64().unwrap(),
+        "some acknowledged commits were archived and must be back: {d}"
+    );
+    assert!(rpo["archived_until"].is_string(), "{d}");
+    assert_eq!(d["served_by"], format!("127.0.0.1:{}", port_of(&d, "new")));
+    assert!(port_of(&d, "standby") > 0);
+    assert_data_checks(&d, 1);
+    assert_torn_down(&r, work.path());
+
+    // 4. The region is gone: recovered from the copy alone.
+    let d = drill(&r, work.path(), "region-failure");
+    assert_eq!(d["ok"], true, "{d}");
+    assert_eq!(d["recover"]["repository"], "dr");
+    let rpo = &d["rpo"];
+    assert_eq!(rpo["lost_archived"], 0, "{d}");
+    assert!(
+        rpo["acknowledged"].as_u64().unwrap() > rpo["lost"].as_u64().unwrap(),
+        "{d}"
+    );
+    assert_eq!(d["served_by"], format!("127.0.0.1:{}", port_of(&d, "new")));
+    assert_data_checks(&d, 1);
+    assert_torn_down(&r, work.path());
+
+    // Every drill's report is in the real repository's verifications/.
+    let stored = r.primary.server.keys(&r.buckets.0, "region1/prod/verifications/");
+    for scenario in ["database-corruption", "data-loss", "database-failure", "region-failure"] {
+        assert!(
+            stored.iter().any(|k| k.ends_with(&format!("-drill-{scenario}.json"))),
+            "no stored report of {scenario}: {stored:?}"
+        );
+    }
+}
+
+/// A drill stopped with Ctrl-C (SIGINT) in the middle leaves no process, directory
+/// or repository object behind.
+#[test]
+fn an_interrupted_drill_leaves_nothing_behind() {
+    let r = regions();
+    let work = TestDir::new();
+    let mut cmd = r.pgdr.command(&[
+        "drill",
+        "--scenario",
+        "database-failure",
+        "--work-dir",
+        work.path().to_str().unwrap(),
+    ]);
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    // Wait until PgBouncer runs in the scratch directory.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ps = Command::new("pgrep")
+            .args(["-f", &format!("{}.*pgbouncer.ini", work.path().display())])
+            .output()
+            .unwrap();
+        if !ps.stdout.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the drill did not start PgBouncer");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = output_within_child(&mut child, 60);
+    assert!(!out.0.success(), "an interrupted drill does not pass");
+    assert!(out.1.contains("interrupted by SIGINT"), "{}", out.1);
+    assert_torn_down(&r, work.path());
+}
+
+fn output_within_child(child: &mut std::process::Child, secs: u64) -> (std::process::ExitStatus, String) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut out = String::new();
+            use std::io::Read;
+            child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+            return (status, out);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the drill did not stop within {secs} s of SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// An archiving production with a backup and PgBouncer in front, `[switch]` set.
+fn production() -> (Archiving, PgBouncer) {
+    let a = Archiving::start();
+    a.pgdr.ok(&["backup", "--kind", "physical"]);
+    let bouncer = PgBouncer::start(&[("postgres", a.cluster.port)], "transaction");
+    let mut text = std::fs::read_to_string(&a.pgdr.config).unwrap();
+    text.push_str(&format!(
+        "\n[switch]\npgbouncer_admin_url = \"{}\"\npgbouncer_ini = \"{}\"\npgbouncer_databases = [\"postgres\"]\n",
+        bouncer.admin_url(),
+        bouncer.ini.display()
+    ));
+    std::fs::write(&a.pgdr.config, text).unwrap();
+    (a, bouncer)
+}
+
+#[test]
+fn recover_dry_run_changes_nothing_and_bad_runbooks_are_refused() {
+    let (a, bouncer) = production();
+    let out_dir = TestDir::new();
+    let new = out_dir.join("new");
+    let standby = out_dir.join("standby");
+    let state = out_dir.join("state.json");
+    let ini_before = std::fs::read_to_string(&bouncer.ini).unwrap();
+    let repo_before = repo_files(a.pgdr.repo_dir.as_ref().unwrap());
+    let hashes_before = a.cluster.content_hashes("postgres");
+    let out = a.pgdr.ok(&[
+        "recover",
+        "--scenario",
+        "database-failure",
+        "--data-dir",
+        new.to_str().unwrap(),
+        "--port",
+        &free_port().to_string(),
+        "--standby-data-dir",
+        standby.to_str().unwrap(),
+        "--state",
+        state.to_str().unwrap(),
+        "--dry-run",
+    ]);
+    assert!(
+        out.contains("restore into") && out.contains("switch application connections"),
+        "{out}"
+    );
+    assert!(out.contains("dry run: nothing was changed"), "{out}");
+    assert!(!new.exists() && !standby.exists() && !state.exists());
+    assert_eq!(std::fs::read_to_string(&bouncer.ini).unwrap(), ini_before);
+    assert_eq!(repo_files(a.pgdr.repo_dir.as_ref().unwrap()), repo_before);
+    assert_eq!(a.cluster.content_hashes("postgres"), hashes_before);
+
+    // A runbook copied and adapted with a typo: refused with file, line and field,
+    // before anything runs.
+    let bad = out_dir.join("my-failure.toml");
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios/database-failure.toml"))
+        .unwrap()
+        .replace("target = \"latest\"", "taget = \"latest\"");
+    let line = text.lines().position(|l| l.starts_with("taget")).unwrap() + 1;
+    std::fs::write(&bad, &text).unwrap();
+    let out = a
+        .pgdr
+        .run(&["recover", "--scenario", bad.to_str().unwrap(), "--dry-run"]);
+    let err = assert_fails(&out, 2, "unknown field `taget`");
+    assert!(err.contains(&format!("my-failure.toml:{line}:")), "{err}");
+    // Missing inputs name their flag.
+    let out = a
+        .pgdr
+        .run(&["recover", "--scenario", "database-corruption", "--dry-run"]);
+    assert_fails(&out, 2, "--target-time");
+    // Scenario 4 refuses the primary repository.
+    let out = a.pgdr.run(&[
+        "recover",
+        "--scenario",
+        "region-failure",
+        "--data-dir",
+        new.to_str().unwrap(),
+        "--standby-data-dir",
+        standby.to_str().unwrap(),
+        "--dry-run",
+    ]);
+    assert_fails(&out, 2, "--repository NAME");
+}
+
+/// A recovery killed (kill -9) after its restore laid the files down and started the
+/// server resumes on the next run: the half-done step is undone and run again, and
+/// the recovered primary has the data, served through PgBouncer.
+#[test]
+fn a_recovery_killed_mid_restore_resumes() {
+    let (a, bouncer) = production();
+    a.cluster.psql(
+        "postgres",
+        "CREATE TABLE kept AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 5000) g",
+    );
+    a.switch_and_wait();
+    let hashes = a.cluster.content_hashes("postgres");
+    let out_dir = TestDir::new();
+    chown_postgres(out_dir.path());
+    let new = out_dir.join("new");
+    let standby = out_dir.join("standby");
+    let state = out_dir.join("state.json");
+    let port = free_port();
+    let args = [
+        "recover",
+        "--scenario",
+        "database-failure",
+        "--data-dir",
+        new.to_str().unwrap(),
+        "--port",
+        &port.to_string(),
+        "--listen",
+        "127.0.0.1",
+        "--standby-data-dir",
+        standby.to_str().unwrap(),
+        "--standby-port",
+        &free_port().to_string(),
+        "--state",
+        state.to_str().unwrap(),
+        "--yes",
+    ];
+    // The old primary is gone.
+    let mut cluster = a.cluster;
+    cluster.stop();
+    let mut killed = a.pgdr.command(&args);
+    killed.env("PGDR_TEST_RECOVER_KILL_IN_RESTORE", "1");
+    let out = killed.output().unwrap();
+    assert_eq!(out.status.code(), None, "killed by a signal: {out:?}");
+    let st: serde_json::Value = json(&std::fs::read_to_string(&state).unwrap());
+    assert_eq!(st["steps"][0]["status"], "started", "{st}");
+    assert!(
+        new.join("PG_VERSION").exists(),
+        "the interrupted restore left its files"
+    );
+
+    let out = a.pgdr.ok(&args);
+    assert!(out.contains("removed") && out.contains("left half done"), "{out}");
+    assert!(out.contains("recovery database-failure done"), "{out}");
+    let st: serde_json::Value = json(&std::fs::read_to_string(&state).unwrap());
+    assert!(st["finished"].is_string(), "{st}");
+    assert_eq!(content_hashes_at(port, "postgres"), hashes);
+    // Through PgBouncer, the new primary answers and takes writes.
+    let served = bouncer.psql("postgres", "SELECT current_setting('port'), pg_is_in_recovery()");
+    assert!(served.status.success(), "{served:?}");
+    assert_eq!(String::from_utf8_lossy(&served.stdout).trim(), format!("{port}|f"));
+    // Run once more: a finished recovery is not redone into the same directories.
+    let again = a.pgdr.run(&args);
+    assert_fails(&again, 2, "running server");
+    for dir in [&new, &standby] {
+        let mut stop = Command::new(pg_bin().join("pg_ctl"));
+        stop.args(["-D", dir.to_str().unwrap(), "-m", "immediate", "stop"]);
+        as_postgres(&mut stop);
+        let _ = stop.output();
+    }
+}
