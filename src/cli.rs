@@ -411,7 +411,14 @@ pub struct BackupArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct ListArgs {}
+pub struct ListArgs {
+    /// The history of restore tests, drills (with RTO/RPO), recoveries and switches
+    #[arg(long)]
+    pub verifications: bool,
+    /// At most this many reports (--verifications)
+    #[arg(long, default_value_t = 100)]
+    pub limit: usize,
+}
 
 #[derive(Debug, Args)]
 pub struct RestoreArgs {

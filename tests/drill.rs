@@ -244,6 +244,34 @@ fn the_four_drills_recover_and_measure() {
             "no stored report of {scenario}: {stored:?}"
         );
     }
+    // The history lists them with their RTO; the metrics carry the last success.
+    let h = json(&r.pgdr.ok(&["list", "--verifications", "--json"]));
+    let drills: Vec<&serde_json::Value> = h["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "drill")
+        .collect();
+    assert_eq!(drills.len(), 4, "{h}");
+    for e in &drills {
+        assert_eq!(e["ok"], true, "{e}");
+        assert!(e["rto_seconds"].as_f64().unwrap() > 0.0, "{e}");
+    }
+    let text = r.pgdr.ok(&["list", "--verifications"]);
+    assert!(text.contains("drill RTO per scenario"), "{text}");
+    let metrics = r.pgdr.ok(&["metrics"]);
+    for scenario in ["database-corruption", "data-loss", "database-failure", "region-failure"] {
+        assert!(
+            metrics.contains(&format!("pgdr_drill_last_success{{scenario=\"{scenario}\"}} 1")),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains(&format!(
+                "pgdr_drill_last_success_timestamp_seconds{{scenario=\"{scenario}\"}}"
+            )),
+            "{metrics}"
+        );
+    }
 }
 
 /// A drill stopped with Ctrl-C (SIGINT) in the middle leaves no process, directory

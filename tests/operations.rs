@@ -543,7 +543,10 @@ fn schedule_check_and_crontab() {
     assert_success(&out, "schedule check");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains("daily-physical") && text.contains("weekly-verify") && text.contains("copy-to-dr"),
+        text.contains("daily-physical")
+            && text.contains("weekly-verify")
+            && text.contains("copy-to-dr")
+            && text.contains("monthly-drill-region-failure"),
         "{text}"
     );
     assert!(text.contains("02:00:00 UTC") && text.contains("Sun"), "{text}");

@@ -7,8 +7,12 @@ use crate::cli::ListArgs;
 use crate::exit::Exit;
 use crate::repo::{Repo, inventory};
 
-pub async fn run(ctx: &Ctx, _args: ListArgs) -> Result<Exit> {
+pub async fn run(ctx: &Ctx, args: ListArgs) -> Result<Exit> {
     let repo = Repo::open(&ctx.config).await?;
+    if args.verifications {
+        ctx.print_report(&crate::repo::verification::history(&repo, args.limit).await?);
+        return Ok(Exit::Success);
+    }
     ctx.print_report(&inventory::read(&repo).await?);
     Ok(Exit::Success)
 }

@@ -158,45 +158,9 @@ pub async fn render(config: &Config, repo: &Repo, jobs: &BTreeMap<String, JobSta
             size as f64,
         );
     }
-    // The newest switch and failover (their reports in verifications/).
+    // The newest switch, failover, recovery and drill (their reports in verifications/).
     if let Ok(objects) = repo.storage.list(crate::repo::layout::VERIFICATIONS).await {
-        let mut newest: BTreeMap<String, (chrono::DateTime<Utc>, crate::storage::ObjectKey)> = BTreeMap::new();
-        for meta in objects {
-            if let Some((at, event)) = crate::repo::layout::parse_event_report(&meta.key)
-                && newest.get(event).is_none_or(|(t, _)| at > *t)
-            {
-                newest.insert(event.to_string(), (at, meta.key.clone()));
-            }
-        }
-        for (event, (at, key)) in newest {
-            // Both reports (SwitchReport, FailoverReport) say how long they took.
-            #[derive(serde::Deserialize)]
-            struct Took {
-                seconds: f64,
-            }
-            let seconds = crate::pipeline::load_bytes(&repo.storage, &key, &repo.keys)
-                .await
-                .ok()
-                .and_then(|d| serde_json::from_slice::<Took>(&d).ok())
-                .map(|t| t.seconds);
-            let l = [("event", event.as_str())];
-            out.metric(
-                "pgdr_switch_last_timestamp_seconds",
-                "gauge",
-                "Start time of the newest connection switch or failover.",
-                &l,
-                at.timestamp() as f64,
-            );
-            if let Some(secs) = seconds {
-                out.metric(
-                    "pgdr_switch_last_duration_seconds",
-                    "gauge",
-                    "How long the newest connection switch or failover took.",
-                    &l,
-                    secs,
-                );
-            }
-        }
+        events(&mut out, repo, objects).await;
     }
     for (name, lag) in crate::copy::lags(config, &repo.storage).await {
         let l = [("copy", name.as_str())];
@@ -377,5 +341,144 @@ pub async fn serve(listener: tokio::net::TcpListener, config: Config, repo: Repo
             let _ = socket.write_all(reply.as_bytes()).await;
             let _ = socket.shutdown().await;
         });
+    }
+}
+
+/// Metrics of the event reports: the newest switch/failover and recovery per kind,
+/// and per drill scenario the newest drill, its RTO and RPO, and the newest that
+/// passed (for "no successful drill in 35 days").
+async fn events(out: &mut Out, repo: &Repo, objects: Vec<crate::storage::ObjectMeta>) {
+    // Every report says how long it took; drills say more.
+    #[derive(serde::Deserialize)]
+    struct Took {
+        seconds: f64,
+        #[serde(default)]
+        ok: Option<bool>,
+        #[serde(default)]
+        rto_seconds: Option<f64>,
+        #[serde(default)]
+        rpo: Option<DrillRpo>,
+    }
+    #[derive(serde::Deserialize)]
+    struct DrillRpo {
+        lost: u64,
+    }
+    let mut by_event: BTreeMap<String, Vec<(chrono::DateTime<Utc>, crate::storage::ObjectKey)>> = BTreeMap::new();
+    for meta in objects {
+        if let Some((at, event)) = crate::repo::layout::parse_event_report(&meta.key) {
+            by_event
+                .entry(event.to_string())
+                .or_default()
+                .push((at, meta.key.clone()));
+        }
+    }
+    let read = |key: crate::storage::ObjectKey| async move {
+        crate::pipeline::load_bytes(&repo.storage, &key, &repo.keys)
+            .await
+            .ok()
+            .and_then(|d| serde_json::from_slice::<Took>(&d).ok())
+    };
+    for (event, mut reports) in by_event {
+        reports.sort_by(|a, b| b.0.cmp(&a.0));
+        let (at, key) = reports[0].clone();
+        let newest = read(key).await;
+        if let Some(scenario) = event.strip_prefix("drill-") {
+            let l = [("scenario", scenario)];
+            out.metric(
+                "pgdr_drill_last_timestamp_seconds",
+                "gauge",
+                "Start time of the newest drill of the scenario.",
+                &l,
+                at.timestamp() as f64,
+            );
+            let Some(r) = newest else { continue };
+            out.metric(
+                "pgdr_drill_last_success",
+                "gauge",
+                "1 if the newest drill of the scenario passed, else 0.",
+                &l,
+                if r.ok == Some(true) { 1.0 } else { 0.0 },
+            );
+            if let Some(rto) = r.rto_seconds {
+                out.metric(
+                    "pgdr_drill_rto_seconds",
+                    "gauge",
+                    "Recovery time measured by the newest drill: failure to service through PgBouncer.",
+                    &l,
+                    rto,
+                );
+            }
+            if let Some(rpo) = &r.rpo {
+                out.metric(
+                    "pgdr_drill_rpo_lost_commits",
+                    "gauge",
+                    "Acknowledged commits the newest drill's recovery lost.",
+                    &l,
+                    rpo.lost as f64,
+                );
+            }
+            // The newest drill that passed (a few reports back at most).
+            let mut passed = (r.ok == Some(true)).then_some(at);
+            for (t, k) in reports.iter().skip(1).take(20) {
+                if passed.is_some() {
+                    break;
+                }
+                if read(k.clone()).await.is_some_and(|r| r.ok == Some(true)) {
+                    passed = Some(*t);
+                }
+            }
+            if let Some(t) = passed {
+                out.metric(
+                    "pgdr_drill_last_success_timestamp_seconds",
+                    "gauge",
+                    "Start time of the newest drill of the scenario that passed.",
+                    &l,
+                    t.timestamp() as f64,
+                );
+            }
+        } else if let Some(scenario) = event.strip_prefix("recover-") {
+            let l = [("scenario", scenario)];
+            out.metric(
+                "pgdr_recover_last_timestamp_seconds",
+                "gauge",
+                "Start time of the newest recovery (pgdr recover) of the scenario.",
+                &l,
+                at.timestamp() as f64,
+            );
+            if let Some(r) = newest {
+                out.metric(
+                    "pgdr_recover_last_success",
+                    "gauge",
+                    "1 if the newest recovery of the scenario finished, else 0.",
+                    &l,
+                    if r.ok == Some(true) { 1.0 } else { 0.0 },
+                );
+                out.metric(
+                    "pgdr_recover_last_duration_seconds",
+                    "gauge",
+                    "How long the newest run of the recovery took.",
+                    &l,
+                    r.seconds,
+                );
+            }
+        } else {
+            let l = [("event", event.as_str())];
+            out.metric(
+                "pgdr_switch_last_timestamp_seconds",
+                "gauge",
+                "Start time of the newest connection switch or failover.",
+                &l,
+                at.timestamp() as f64,
+            );
+            if let Some(r) = newest {
+                out.metric(
+                    "pgdr_switch_last_duration_seconds",
+                    "gauge",
+                    "How long the newest connection switch or failover took.",
+                    &l,
+                    r.seconds,
+                );
+            }
+        }
     }
 }

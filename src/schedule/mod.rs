@@ -19,7 +19,7 @@ use serde::Deserialize;
 use crate::usage;
 
 /// Commands a job may run.
-pub const JOB_COMMANDS: &[&str] = &["backup", "verify", "expire", "check", "copy"];
+pub const JOB_COMMANDS: &[&str] = &["backup", "verify", "expire", "check", "copy", "drill"];
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
