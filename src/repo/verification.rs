@@ -196,6 +196,6 @@ pub async fn history(repo: &Repo, limit: usize) -> Result<History> {
             report: meta.key.to_string(),
         });
     }
-    entries.sort_by(|a, b| b.started.cmp(&a.started));
+    entries.sort_by_key(|e| std::cmp::Reverse(e.started));
     Ok(History { entries })
 }

@@ -379,7 +379,7 @@ async fn events(out: &mut Out, repo: &Repo, objects: Vec<crate::storage::ObjectM
             .and_then(|d| serde_json::from_slice::<Took>(&d).ok())
     };
     for (event, mut reports) in by_event {
-        reports.sort_by(|a, b| b.0.cmp(&a.0));
+        reports.sort_by_key(|r| std::cmp::Reverse(r.0));
         let (at, key) = reports[0].clone();
         let newest = read(key).await;
         if let Some(scenario) = event.strip_prefix("drill-") {
