@@ -90,4 +90,7 @@ else
   echo "== MISMATCH between source and restore" >&2
   exit 1
 fi
+[ "$(id -u)" -eq 0 ] && chown postgres: "$sandbox/repo.key"   # archive_command runs as postgres
+echo "== pgdr drill --scenario data-loss (a rehearsal on scratch resources: RTO and RPO)"
+"$pgdr" drill --scenario data-loss
 echo "The repository is in ./pgdr-repo; the sandbox cluster is stopped (data in ./pgdr-sandbox)."

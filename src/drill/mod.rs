@@ -532,6 +532,20 @@ pub async fn run(config: &Config, opts: &DrillOptions, say: &mut dyn FnMut(Strin
         tools.path(tool)?;
     }
 
+    // The scratch production archives as the postgres user: it must read the key.
+    if let (Some((uid, gid)), Some(key)) = (crate::process::postgres_owner(), &config.repository.key_file) {
+        use std::os::unix::fs::MetadataExt;
+        let readable = std::fs::metadata(key).is_ok_and(|m| {
+            let mode = m.mode();
+            (m.uid() == uid && mode & 0o400 != 0) || (m.gid() == gid && mode & 0o040 != 0) || mode & 0o004 != 0
+        });
+        if !readable {
+            return Err(crate::usage!(
+                "the drill's servers archive as the postgres user, which cannot read the key file {} — chown it to postgres (mode 0600), as archive_command needs anyway",
+                key.display()
+            ));
+        }
+    }
     let started = Utc::now();
     let t0 = Instant::now();
     let stamp = started.format("%Y%m%dT%H%M%SZ").to_string();
@@ -551,6 +565,19 @@ pub async fn run(config: &Config, opts: &DrillOptions, say: &mut dyn FnMut(Strin
         keep_dir: false,
     };
     let cluster = format!("{}-drill-{stamp}", config.cluster);
+    // A local repository's drill area belongs to the postgres user, who archives
+    // into it (the drill's pgdr children run as postgres too).
+    let mut repos = vec![config.repository.clone()];
+    for c in &config.repository.copies {
+        repos.push(config.repository.copy(&c.name)?);
+    }
+    for r in &repos {
+        if let Ok(crate::config::RepoUrl::Local(root)) = r.parsed_url() {
+            let area = root.join(&cluster);
+            std::fs::create_dir_all(&area).with_context(|| format!("creating {}", area.display()))?;
+            chown_postgres(&area)?;
+        }
+    }
     let config_file = env.path("pgdr.toml");
     let mut report = DrillReport {
         scenario: scenario.clone(),
