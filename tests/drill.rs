@@ -365,7 +365,7 @@ fn recover_dry_run_changes_nothing_and_bad_runbooks_are_refused() {
         "--dry-run",
     ]);
     assert!(
-        out.contains("restore into") && out.contains("switch application connections"),
+        out.contains("backup ") && out.contains("to lay down") && out.contains("switch application connections"),
         "{out}"
     );
     assert!(out.contains("dry run: nothing was changed"), "{out}");

@@ -144,6 +144,27 @@ impl RestorePlan {
     pub fn wal_until(&self) -> String {
         self.chain_end.name(self.info().segment_size)
     }
+
+    /// One line for a plan a DBA confirms: the backup, what is laid down, the WAL.
+    pub fn headline(&self) -> String {
+        format!(
+            "backup {} ({} to lay down), WAL {} … {} from the archive ({} segments)",
+            self.manifest.label,
+            crate::progress::human_bytes(self.bytes),
+            self.wal_from(),
+            self.wal_until(),
+            self.wal_segments()
+        )
+    }
+
+    /// WAL segments from the backup's start to the end of the checked chain, counted
+    /// by position (timeline switches on the way do not add any).
+    fn wal_segments(&self) -> u64 {
+        let size = self.info().segment_size.max(1);
+        let from = self.info().start_lsn.0 / size;
+        let until = self.chain_end.start_lsn(size).0 / size;
+        until.saturating_sub(from) + 1
+    }
 }
 
 impl fmt::Display for RestorePlan {

@@ -252,13 +252,15 @@ pub async fn describe(step: &Step, config: &Config, inputs: &BTreeMap<String, St
                 )
             };
             format!(
-                "restore into {} as {role}:\n      {}",
+                "into {} as {role}; recovery to {}:\n      {}\n      {}",
                 opts.to.display(),
+                opts.target.recovery,
+                plan.headline(),
                 plan.to_string().replace('\n', "\n      ")
             )
         }
         Op::Validate => format!(
-            "validate server {:?}: {}SQL checks",
+            "server {:?}: {}SQL checks",
             p("server"),
             if p("amcheck") != "false" {
                 "pg_amcheck --heapallindexed, "
@@ -267,8 +269,8 @@ pub async fn describe(step: &Step, config: &Config, inputs: &BTreeMap<String, St
             }
         ),
         Op::Fence => match p("data_dir") {
-            d if d.is_empty() => "fence the old primary: none given (--old-data-dir); not fenced".to_string(),
-            d => format!("fence the old primary: fast stop of {d}"),
+            d if d.is_empty() => "no old primary given (--old-data-dir): not fenced".to_string(),
+            d => format!("fast stop of {d}"),
         },
         Op::Standby => {
             let to = PathBuf::from(p("to"));
@@ -279,7 +281,7 @@ pub async fn describe(step: &Step, config: &Config, inputs: &BTreeMap<String, St
                 ));
             }
             format!(
-                "build a streaming standby of server {:?} in {}, port {}, from the latest backup",
+                "a streaming standby of server {:?} in {}, port {}, from the latest backup",
                 p("of"),
                 to.display(),
                 p("port")
@@ -299,7 +301,7 @@ pub async fn describe(step: &Step, config: &Config, inputs: &BTreeMap<String, St
                 .chain(config.switch.hook.iter().map(|_| "the [switch] hook".to_string()))
                 .collect();
             format!(
-                "switch application connections to server {:?} ({})",
+                "to server {:?} ({})",
                 p("to"),
                 if targets.is_empty() {
                     "PgBouncer".to_string()
@@ -311,13 +313,13 @@ pub async fn describe(step: &Step, config: &Config, inputs: &BTreeMap<String, St
         Op::CopyBack => {
             let live = PgTarget::from_config(config.postgres.url.as_deref())?;
             format!(
-                "bring back {} into database {} of the live server {} (absent tables whole; present ones get their missing rows by primary key)",
+                "{} into database {} of the live server {} (absent tables whole; present ones get their missing rows by primary key)",
                 p("tables"),
                 database(step, inputs),
                 live.describe()
             )
         }
-        Op::Teardown => format!("stop server {:?} and remove it", p("server")),
+        Op::Teardown => format!("server {:?} stopped and removed", p("server")),
     })
 }
 
