@@ -455,9 +455,26 @@ fn a_recovery_killed_mid_restore_resumes() {
         new.join("PG_VERSION").exists(),
         "the interrupted restore left its files"
     );
+    // The half-done new primary promoted and archives its timeline's history file: a
+    // rerun must not follow that timeline (its WAL never reached the archive).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !repo_files(a.pgdr.repo_dir.as_ref().unwrap())
+        .iter()
+        .any(|f| f.to_string_lossy().contains("00000002.history"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the killed attempt's timeline was not archived"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     let out = a.pgdr.ok(&args);
     assert!(out.contains("removed") && out.contains("left half done"), "{out}");
+    assert!(
+        out.contains("following timeline 1, as the interrupted attempt did"),
+        "{out}"
+    );
     assert!(out.contains("recovery database-failure done"), "{out}");
     let st: serde_json::Value = json(&std::fs::read_to_string(&state).unwrap());
     assert!(st["finished"].is_string(), "{st}");

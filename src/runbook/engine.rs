@@ -343,6 +343,7 @@ pub async fn execute(
             servers: &mut state.servers,
             restored: &mut state.restored,
             say,
+            pinned_timeline: None,
         };
         let outcome = async {
             if interrupted && let Some(undone) = steps::undo_partial(step, &mut cx)? {

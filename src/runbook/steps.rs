@@ -70,6 +70,9 @@ pub struct StepCx<'a> {
     pub servers: &'a mut BTreeMap<String, Server>,
     pub restored: &'a mut Vec<TableRestore>,
     pub say: &'a mut dyn FnMut(String),
+    /// A restore redone after an interruption follows the timeline the first attempt
+    /// chose: that attempt may have promoted and archived a timeline of its own.
+    pub pinned_timeline: Option<crate::postgres::TimelineId>,
 }
 
 fn socket_dir_for(data_dir: &Path) -> PathBuf {
@@ -221,6 +224,9 @@ pub fn undo_partial(step: &Step, cx: &mut StepCx<'_>) -> Result<Option<String>> 
         Op::Restore | Op::Standby => {
             let dir = PathBuf::from(step.param("to", cx.inputs));
             if dir.exists() {
+                if step.op == Op::Restore {
+                    cx.pinned_timeline = written_timeline(&dir);
+                }
                 remove_server(cx.config, &dir)?;
                 return Ok(Some(format!(
                     "removed {} (left half done by the interrupted run)",
@@ -231,6 +237,17 @@ pub fn undo_partial(step: &Step, cx: &mut StepCx<'_>) -> Result<Option<String>> 
         }
         _ => Ok(None),
     }
+}
+
+/// The `recovery_target_timeline` pgdr wrote into a restored directory, if a number.
+fn written_timeline(dir: &Path) -> Option<crate::postgres::TimelineId> {
+    let conf = std::fs::read_to_string(dir.join("postgresql.auto.conf")).ok()?;
+    conf.lines().rev().find_map(|l| {
+        let (name, value) = l.split_once('=')?;
+        (name.trim() == "recovery_target_timeline")
+            .then(|| value.trim().trim_matches('\'').parse().ok())
+            .flatten()
+    })
 }
 
 /// One line of the plan for a step (without touching anything).
@@ -345,7 +362,13 @@ pub async fn run(step: &Step, checks: &[super::Check], cx: &mut StepCx<'_>) -> R
                 Some(p) => p,
                 None => free_port()?,
             };
-            let opts = restore_options(step, cx.inputs, cx.jobs, port)?;
+            let mut opts = restore_options(step, cx.inputs, cx.jobs, port)?;
+            if let Some(tli) = cx.pinned_timeline {
+                (cx.say)(format!(
+                    "following timeline {tli}, as the interrupted attempt did (a timeline that attempt may have started is not followed)"
+                ));
+                opts.timeline = TargetTimeline::Id(tli);
+            }
             let sock = socket_dir_for(&opts.to);
             let plan = physical::plan(config, &opts).await?;
             (cx.say)(plan.to_string());
