@@ -118,6 +118,9 @@ pub struct ScenarioInputs {
     /// Where the scratch cluster goes (data-loss)
     #[arg(long, value_name = "DIR")]
     pub scratch_dir: Option<PathBuf>,
+    /// Bring tables back whole under other names (data-loss): schema.table=schema.new,…
+    #[arg(long, value_name = "MAP")]
+    pub restore_as: Option<String>,
     /// The old primary's data directory on this host: fenced (stopped) before the switch
     #[arg(long, value_name = "DIR")]
     pub old_data_dir: Option<PathBuf>,

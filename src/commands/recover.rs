@@ -33,6 +33,7 @@ pub fn given_inputs(i: &ScenarioInputs) -> Result<BTreeMap<String, String>> {
         ("database", i.database.clone()),
         ("scratch_dir", path(&i.scratch_dir)),
         ("old_data_dir", path(&i.old_data_dir)),
+        ("restore_as", i.restore_as.clone()),
     ];
     for (k, v) in pairs {
         if let Some(v) = v {

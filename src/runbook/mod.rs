@@ -156,7 +156,7 @@ impl Op {
             Op::Fence => (&["data_dir"], &[]),
             Op::Standby => (&["of", "server", "to", "port"], &["listen", "slot"]),
             Op::Switch => (&["to"], &[]),
-            Op::CopyBack => (&["from", "tables"], &["database"]),
+            Op::CopyBack => (&["from", "tables"], &["database", "rename"]),
             Op::Teardown => (&["server"], &[]),
         }
     }
@@ -528,7 +528,7 @@ impl Runbook {
 pub fn input_flag(name: &str) -> String {
     match name {
         "target_time" | "data_dir" | "port" | "standby_data_dir" | "standby_port" | "tables" | "database"
-        | "scratch_dir" | "old_data_dir" | "listen" => format!("--{}", name.replace('_', "-")),
+        | "scratch_dir" | "old_data_dir" | "listen" | "restore_as" => format!("--{}", name.replace('_', "-")),
         _ => format!("--set {name}=VALUE"),
     }
 }

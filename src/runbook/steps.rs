@@ -518,11 +518,16 @@ pub async fn run(step: &Step, checks: &[super::Check], cx: &mut StepCx<'_>) -> R
             let from = server(cx, step, "from")?.clone();
             let db = database(step, cx.inputs);
             let tables = step.param("tables", cx.inputs);
+            let renames = parse_renames(&step.param("rename", cx.inputs))?;
             let live = PgTarget::from_config(config.postgres.url.as_deref())?;
             let mut lines = Vec::new();
             for t in tables.split(',').map(str::trim).filter(|t| !t.is_empty()) {
                 let table = parse_table(t)?;
-                let r = copy_back(config, &from.target(config)?, &live, &db, &table)
+                let rename = renames
+                    .iter()
+                    .find(|(from, _)| *from == table)
+                    .map(|(_, to)| to.clone());
+                let r = copy_back(config, &from.target(config)?, &live, &db, &table, rename.as_ref())
                     .await
                     .with_context(|| format!("bringing back {}.{}", table.0, table.1))?;
                 lines.push(format!("{}: {} ({} rows)", r.table, r.action, r.rows));
@@ -541,6 +546,92 @@ pub async fn run(step: &Step, checks: &[super::Check], cx: &mut StepCx<'_>) -> R
             Ok(format!("stopped and removed {}", s.data_dir.display()))
         }
     }
+}
+
+/// `schema.table=schema.new_name,…` (the data-loss runbook's `restore_as`).
+fn parse_renames(raw: &str) -> Result<Vec<((String, String), (String, String))>> {
+    raw.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (a, b) = pair
+                .split_once('=')
+                .ok_or_else(|| crate::usage!("--restore-as {pair:?}: expected schema.table=schema.new_name"))?;
+            Ok((parse_table(a.trim())?, parse_table(b.trim())?))
+        })
+        .collect()
+}
+
+/// A name derived from `object` for the renamed copy: the old table's name at its
+/// start replaced by the new one, within PostgreSQL's 63 bytes.
+fn renamed(object: &str, old_table: &str, new_table: &str) -> String {
+    let mut name = match object.strip_prefix(old_table) {
+        Some(rest) => format!("{new_table}{rest}"),
+        None => format!("{new_table}_{object}"),
+    };
+    while name.len() > 63 {
+        name.pop();
+    }
+    name
+}
+
+/// In the scratch copy (thrown away afterwards): give the table, its indexes (and so
+/// the constraints they back) and its owned sequences the new names, so that its dump
+/// restores beside the live table without a clash.
+async fn rename_in_scratch(
+    client: &mut tokio_postgres::Client,
+    (schema, name): &(String, String),
+    (new_schema, new_name): &(String, String),
+) -> Result<()> {
+    let qualified = format!("{}.{}", quote_ident(schema), quote_ident(name));
+    let tx = client.transaction().await?;
+    let names = |rows: Vec<tokio_postgres::Row>| rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>();
+    let indexes = names(
+        tx.query(
+            "SELECT c.relname::text FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
+             WHERE i.indrelid = $1::text::regclass",
+            &[&qualified],
+        )
+        .await?,
+    );
+    let sequences = names(
+        tx.query(
+            "SELECT s.relname::text FROM pg_depend d JOIN pg_class s ON s.oid = d.objid \
+             WHERE d.refobjid = $1::text::regclass AND d.classid = 'pg_class'::regclass \
+             AND s.relkind = 'S' AND d.deptype IN ('a', 'i')",
+            &[&qualified],
+        )
+        .await?,
+    );
+    let sch = quote_ident(schema);
+    for i in &indexes {
+        tx.batch_execute(&format!(
+            "ALTER INDEX {sch}.{} RENAME TO {}",
+            quote_ident(i),
+            quote_ident(&renamed(i, name, new_name))
+        ))
+        .await?;
+    }
+    for s in &sequences {
+        tx.batch_execute(&format!(
+            "ALTER SEQUENCE {sch}.{} RENAME TO {}",
+            quote_ident(s),
+            quote_ident(&renamed(s, name, new_name))
+        ))
+        .await?;
+    }
+    tx.batch_execute(&format!("ALTER TABLE {qualified} RENAME TO {}", quote_ident(new_name)))
+        .await?;
+    if new_schema != schema {
+        tx.batch_execute(&format!(
+            "ALTER TABLE {sch}.{} SET SCHEMA {}",
+            quote_ident(new_name),
+            quote_ident(new_schema)
+        ))
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
 }
 
 fn quote_ident(s: &str) -> String {
@@ -567,10 +658,11 @@ async fn copy_back(
     live: &PgTarget,
     db: &str,
     table: &(String, String),
+    rename: Option<&(String, String)>,
 ) -> Result<TableRestore> {
-    let qualified = format!("{}.{}", quote_ident(&table.0), quote_ident(&table.1));
+    let mut qualified = format!("{}.{}", quote_ident(&table.0), quote_ident(&table.1));
     let shown = format!("{}.{}", table.0, table.1);
-    let from = scratch
+    let mut from = scratch
         .connect(Some(db))
         .await
         .context("connecting to the scratch copy")?;
@@ -587,7 +679,34 @@ async fn copy_back(
         .connect(Some(db))
         .await
         .context("connecting to the live database")?;
-    if !table_exists(&to, table).await? {
+    let mut whole_as = None;
+    if let Some(new) = rename {
+        let new_shown = format!("{}.{}", new.0, new.1);
+        let new_qualified = format!("{}.{}", quote_ident(&new.0), quote_ident(&new.1));
+        if table_exists(&to, new).await? {
+            // Copied by an earlier run of this step, or a name already taken: never
+            // written into.
+            let rows: i64 = to
+                .query_one(&format!("SELECT count(*) FROM {new_qualified}"), &[])
+                .await?
+                .get(0);
+            if rows == at_target {
+                return Ok(TableRestore {
+                    table: shown,
+                    action: format!("already copied whole as {new_shown}"),
+                    rows: 0,
+                    rows_at_target: at_target as u64,
+                });
+            }
+            return Err(crate::usage!(
+                "{new_shown} already exists in the live database — choose another name in --restore-as"
+            ));
+        }
+        rename_in_scratch(&mut from, table, new).await?;
+        qualified = new_qualified;
+        whole_as = Some(new_shown);
+    }
+    if whole_as.is_some() || !table_exists(&to, table).await? {
         let tools = PgTools::locate(config.postgres.bin_dir.as_deref())?;
         let mut dump = tokio::process::Command::new(tools.path("pg_dump")?);
         dump.args(["--format=custom", "--no-password"])
@@ -607,7 +726,7 @@ async fn copy_back(
         let mut restore = tokio::process::Command::new(tools.path("pg_restore")?);
         restore
             .args(["--single-transaction", "--exit-on-error", "--no-password"])
-            .arg(format!("--dbname={db}"))
+            .arg(format!("--dbname={}", crate::postgres::conninfo_dbname(db)))
             .envs(live.child_env(Some(db)))
             .stdin(out)
             .stdout(Stdio::null())
@@ -633,7 +752,10 @@ async fn copy_back(
             .get(0);
         return Ok(TableRestore {
             table: shown,
-            action: "copied whole (it was absent)".into(),
+            action: match whole_as {
+                Some(n) => format!("copied whole as {n}"),
+                None => "copied whole (it was absent)".into(),
+            },
             rows: now as u64,
             rows_at_target: at_target as u64,
         });
@@ -665,6 +787,20 @@ async fn copy_back(
         .iter()
         .map(|r| r.get(0))
         .collect();
+    // Identity columns GENERATED ALWAYS take the rows' own values back.
+    let always_identity: bool = to
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = $1::text::regclass \
+             AND attnum > 0 AND NOT attisdropped AND attidentity = 'a')",
+            &[&qualified],
+        )
+        .await?
+        .get(0);
+    let overriding = if always_identity {
+        "OVERRIDING SYSTEM VALUE "
+    } else {
+        ""
+    };
     let cols = columns.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ");
     let tx = to.transaction().await?;
     tx.batch_execute(&format!(
@@ -690,7 +826,7 @@ async fn copy_back(
     let inserted = tx
         .execute(
             &format!(
-                "INSERT INTO {qualified} ({cols}) SELECT {cols} FROM pgdr_copy_back ON CONFLICT ({conflict}) DO NOTHING"
+                "INSERT INTO {qualified} ({cols}) {overriding}SELECT {cols} FROM pgdr_copy_back ON CONFLICT ({conflict}) DO NOTHING"
             ),
             &[],
         )
