@@ -549,7 +549,10 @@ pub async fn run(step: &Step, checks: &[super::Check], cx: &mut StepCx<'_>) -> R
 }
 
 /// `schema.table=schema.new_name,…` (the data-loss runbook's `restore_as`).
-fn parse_renames(raw: &str) -> Result<Vec<((String, String), (String, String))>> {
+/// A table as (schema, name).
+type Table = (String, String);
+
+fn parse_renames(raw: &str) -> Result<Vec<(Table, Table)>> {
     raw.split(',')
         .map(str::trim)
         .filter(|p| !p.is_empty())
