@@ -425,6 +425,14 @@ impl Config {
         Ok(Some(config))
     }
 
+    /// A configuration file alone, with no `PGDR_*` override applied (a drill's:
+    /// nothing in the environment may point it at production).
+    pub fn load_file_only(path: &Path) -> Result<Config> {
+        let mut config = Config::from_table(read_table(path)?, &path.display().to_string())?;
+        config.file = Some(std::path::absolute(path).unwrap_or(path.to_path_buf()));
+        Ok(config)
+    }
+
     /// The configuration file's own table (no `PGDR_*` overrides): what a derived
     /// configuration (a drill's) starts from.
     pub fn file_table(&self) -> Result<Option<toml::Table>> {

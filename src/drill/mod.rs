@@ -680,7 +680,14 @@ async fn remove_areas(config_file: &Path) -> Result<usize> {
     if !file.exists() {
         return Ok(0);
     }
-    let config = Config::load(Some(&file))?;
+    let config = Config::load_file_only(&file)?;
+    // Never anything but a drill's own area.
+    if !config.cluster.contains("-drill-") {
+        return Err(anyhow!(
+            "refusing to remove the repository area {:?}: not a drill's",
+            config.cluster
+        ));
+    }
     let mut repos = vec![config.repository.clone()];
     for c in &config.repository.copies {
         repos.push(config.repository.copy(&c.name)?);
@@ -873,7 +880,7 @@ async fn drill_body(
     let injected = result?;
 
     // 4. The same runbook recover runs, on the drill's configuration.
-    let mut drill_config = Config::load(Some(config_file))?;
+    let mut drill_config = Config::load_file_only(config_file)?;
     if let Some(c) = copy {
         drill_config.select_repository(c)?;
     }
