@@ -29,6 +29,7 @@ use crate::postgres::recovery::conf_literal;
 use crate::postgres::{Lsn, PgTarget, PgTools, Segment};
 use crate::runbook::Runbook;
 use crate::runbook::engine::{self, RecoverOptions, RecoverReport};
+use crate::server::free_port;
 use crate::switch::StepLog;
 
 #[derive(Debug, Clone)]
@@ -192,14 +193,7 @@ impl Env {
             let _ = b.wait();
         }
         for d in ["production", "new", "standby", "scratch"] {
-            let data = self.path(d);
-            if data.join("postmaster.pid").exists() {
-                let mut cmd = std::process::Command::new(&self.pg_ctl);
-                cmd.arg("-D").arg(&data).args(["-m", "immediate", "-w", "stop"]);
-                cmd.stdout(Stdio::null()).stderr(Stdio::null());
-                crate::process::as_postgres(&mut cmd);
-                let _ = cmd.status();
-            }
+            crate::server::stop_immediate(&self.pg_ctl, &self.path(d));
         }
         // What archive_command and restore_command left running on their own (a
         // detached WAL pusher or prefetcher of this drill).
@@ -241,10 +235,6 @@ fn kill_strays(dir: &Path) {
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         }
     }
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 fn chown_postgres(path: &Path) -> Result<()> {
@@ -1084,7 +1074,7 @@ async fn inject(
             let deadline = Instant::now() + Duration::from_secs(120);
             loop {
                 let last = hash(&c, "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver").await?;
-                if last.len() >= 24 && last[..24] >= *writing.as_str() {
+                if last.get(..24).is_some_and(|l| l >= writing.as_str()) {
                     break;
                 }
                 if Instant::now() > deadline {

@@ -256,7 +256,7 @@ pub async fn archive_current_wal(client: &Client) -> Result<()> {
             .map_err(db_err("reading pg_stat_archiver"))?;
         let (last, failed): (String, String) = (row.get(0), row.get(1));
         // Names of one timeline order as their positions; a later timeline's too.
-        if last.len() >= 24 && last[..24] >= *segment.as_str() {
+        if last.get(..24).is_some_and(|l| l >= segment.as_str()) {
             return Ok(());
         }
         if std::time::Instant::now() > deadline {

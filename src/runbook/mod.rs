@@ -222,7 +222,8 @@ pub struct Runbook {
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].bytes().filter(|b| *b == b'\n').count() + 1
+    let before = text.as_bytes().get(..offset).unwrap_or(text.as_bytes());
+    before.iter().filter(|b| **b == b'\n').count() + 1
 }
 
 /// `{name}` references in a template.

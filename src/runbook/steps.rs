@@ -20,6 +20,7 @@ use crate::postgres::recovery::{RecoveryTarget, TargetAction};
 use crate::postgres::{PgTarget, PgTools};
 use crate::restore::physical::{self, Listen, PhysicalRestoreOptions, TargetTimeline};
 use crate::restore::target::{Target, TargetSpec};
+use crate::server::free_port;
 use crate::switch::{self, Endpoint};
 
 /// A server a step made: where it runs and what it is for.
@@ -99,10 +100,6 @@ fn port_param(step: &Step, inputs: &BTreeMap<String, String>) -> Result<Option<u
     raw.parse()
         .map(Some)
         .map_err(|_| crate::usage!("step {:?}: port {raw:?} is not a port number", step.name))
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// The restore a `restore` step asks for (the port of a scratch copy is chosen when
@@ -189,17 +186,10 @@ fn make_socket_dir(dir: &Path, private: bool) -> Result<()> {
 
 /// Stop whatever runs in `dir` (immediately: it is being thrown away).
 fn stop_immediate(config: &Config, dir: &Path) {
-    if !dir.join("postmaster.pid").exists() {
-        return;
-    }
     if let Ok(tools) = PgTools::locate(config.postgres.bin_dir.as_deref())
         && let Ok(pg_ctl) = tools.path("pg_ctl")
     {
-        let mut cmd = std::process::Command::new(pg_ctl);
-        cmd.arg("-D").arg(dir).args(["-m", "immediate", "-w", "stop"]);
-        cmd.stdout(Stdio::null()).stderr(Stdio::null());
-        crate::process::as_postgres(&mut cmd);
-        let _ = cmd.status();
+        crate::server::stop_immediate(&pg_ctl, dir);
     }
 }
 

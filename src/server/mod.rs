@@ -244,6 +244,25 @@ fn fatal_line(log: &Path) -> String {
         .unwrap_or_else(|| format!("see {}", log.display()))
 }
 
+/// A free TCP port on 127.0.0.1 (for a scratch or newly made server).
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Stop whatever server runs in `dir` at once (`pg_ctl -m immediate`, as postgres):
+/// for copies being thrown away. Nothing running is not an error.
+pub fn stop_immediate(pg_ctl: &Path, dir: &Path) {
+    if !dir.join("postmaster.pid").exists() {
+        return;
+    }
+    let mut cmd = std::process::Command::new(pg_ctl);
+    cmd.arg("-D").arg(dir).args(["-m", "immediate", "-w", "stop"]);
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    crate::process::as_postgres(&mut cmd);
+    let _ = cmd.status();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

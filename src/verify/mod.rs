@@ -114,19 +114,9 @@ impl Scratch {
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        if self.data().join("postmaster.pid").exists() {
-            let mut cmd = std::process::Command::new(&self.pg_ctl);
-            cmd.arg("-D").arg(self.data()).args(["-m", "immediate", "-w", "stop"]);
-            cmd.stdout(Stdio::null()).stderr(Stdio::null());
-            crate::process::as_postgres(&mut cmd);
-            let _ = cmd.status();
-        }
+        crate::server::stop_immediate(&self.pg_ctl, &self.data());
         // TempDir removes the rest.
     }
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// `pgdr` itself, with this configuration, as a child (killed if verify is abandoned).
@@ -243,7 +233,7 @@ async fn verify_into(
     opts: &VerifyOptions,
     steps: &mut Steps,
 ) {
-    let Ok(port) = free_port() else { return };
+    let Ok(port) = crate::server::free_port() else { return };
     let restored = match manifest.kind {
         BackupKind::Physical => restore_physical(config, manifest, scratch, port, opts, steps).await,
         BackupKind::Logical => restore_logical(config, manifest, tools, scratch, port, steps).await,
