@@ -72,6 +72,9 @@ pub enum Command {
     Recover(RecoverArgs),
     /// Rehearse a disaster scenario on scratch resources; measure RTO and RPO
     Drill(DrillArgs),
+    /// Find the transaction that dropped, truncated, deleted from or updated a table,
+    /// in the archived WAL, and the restore target just before it
+    WalSearch(WalSearchArgs),
     /// Run, check or export the job schedule
     Schedule(ScheduleArgs),
     /// Print Prometheus metrics once (for a textfile collector)
@@ -421,6 +424,53 @@ pub struct ListArgs {
     /// At most this many reports (--verifications)
     #[arg(long, default_value_t = 100)]
     pub limit: usize,
+    /// Named restore points (pg_create_restore_point) in the archived WAL, with time
+    /// and LSN, for restore --target-name
+    #[arg(long, conflicts_with = "verifications")]
+    pub restore_points: bool,
+    /// Timeline to follow (--restore-points; default: as a restore would)
+    #[arg(long, value_name = "TLI", requires = "restore_points")]
+    pub timeline: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+pub struct WalSearchArgs {
+    /// The table, as schema.name (repeatable; a bare name matches any schema)
+    #[arg(long = "table", value_name = "SCHEMA.NAME", required = true)]
+    pub tables: Vec<String>,
+    /// Only the table in this database
+    #[arg(long)]
+    pub database: Option<String>,
+    /// Transactions that dropped the table
+    #[arg(long)]
+    pub dropped: bool,
+    /// Transactions that truncated it
+    #[arg(long)]
+    pub truncated: bool,
+    /// Transactions that deleted rows from it
+    #[arg(long)]
+    pub deleted: bool,
+    /// Transactions that updated rows of it
+    #[arg(long)]
+    pub updated: bool,
+    /// Any of those, and rewrites (VACUUM FULL, CLUSTER) too (the default)
+    #[arg(long)]
+    pub any: bool,
+    /// Deletes and updates of fewer rows are not reported
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub min_rows: u64,
+    /// From this time (default: the WAL retention window, [retention] wal_days)
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// Until this time (default: the newest archived WAL)
+    #[arg(long, value_name = "TIME")]
+    pub until: Option<String>,
+    /// Timeline to follow (default: as a restore would)
+    #[arg(long, value_name = "TLI")]
+    pub timeline: Option<u32>,
+    /// Where WAL segments are unpacked while read (a private directory inside; default: TMPDIR)
+    #[arg(long, value_name = "DIR")]
+    pub work_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -31,3 +31,4 @@ pub mod server;
 pub mod storage;
 pub mod switch;
 pub mod verify;
+pub mod walsearch;

@@ -39,6 +39,7 @@ pub(super) fn new_manifest(
         globals: None,
         objects: Vec::new(),
         physical: None,
+        catalog: Vec::new(),
     }
 }
 

@@ -9,6 +9,7 @@ use super::commit::{commit, discard, fresh_label, new_manifest};
 use super::{BackupOptions, LogicalBackupReport, interruptible};
 use crate::config::Config;
 use crate::pipeline::ObjectRecord;
+use crate::postgres::catalog::DatabaseCatalog;
 use crate::postgres::server::{self, ExportedSnapshot};
 use crate::postgres::tools::ChildReader;
 use crate::postgres::{PgTarget, PgTools, ServerInfo};
@@ -64,7 +65,7 @@ pub(super) async fn run(
     let source = Source { target, tools, server };
     let progress = Progress::start(None);
     let result = interruptible(dump_all(repo, &source, &label, &databases, &progress)).await;
-    let (globals, entries, objects) = match result {
+    let (globals, entries, objects, catalog) = match result {
         Ok(parts) => parts,
         Err(e) => {
             progress.finish();
@@ -77,6 +78,7 @@ pub(super) async fn run(
         globals: Some(globals),
         objects,
         physical: None,
+        catalog,
         ..new_manifest(
             repo,
             &label,
@@ -100,7 +102,7 @@ async fn dump_all(
     label: &BackupLabel,
     databases: &[String],
     progress: &Progress,
-) -> Result<(String, Vec<DatabaseEntry>, Vec<ObjectRecord>)> {
+) -> Result<(String, Vec<DatabaseEntry>, Vec<ObjectRecord>, Vec<DatabaseCatalog>)> {
     let mut objects = Vec::new();
 
     progress.set_message("globals");
@@ -122,15 +124,17 @@ async fn dump_all(
     objects.push(record);
 
     let mut entries = Vec::new();
+    let mut catalogs = Vec::new();
     for db in databases {
         progress.set_message(db.clone());
-        let (entry, record) = dump_database(repo, source, label, db, progress)
+        let (entry, record, catalog) = dump_database(repo, source, label, db, progress)
             .await
             .with_context(|| format!("dumping database {db:?}"))?;
         entries.push(entry);
+        catalogs.extend(catalog);
         objects.push(record);
     }
-    Ok((globals, entries, objects))
+    Ok((globals, entries, objects, catalogs))
 }
 
 async fn dump_database(
@@ -139,8 +143,16 @@ async fn dump_database(
     label: &BackupLabel,
     db: &str,
     progress: &Progress,
-) -> Result<(DatabaseEntry, ObjectRecord)> {
+) -> Result<(DatabaseEntry, ObjectRecord, Option<DatabaseCatalog>)> {
     let snapshot = ExportedSnapshot::start(&source.target, db).await?;
+    // Inside the dump's snapshot: the catalog is exactly the dump's.
+    let catalog = match crate::postgres::catalog::read(&snapshot.client, db).await {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!("database {db:?}: its relation catalog is not recorded ({e:#})");
+            None
+        }
+    };
     let (encoding, collate, ctype) = server::database_locale(&snapshot.client, db).await?;
     let name = layout::database_dump_name(db);
     let mut cmd = source.tools.command("pg_dump", &source.target, Some(db))?;
@@ -167,5 +179,6 @@ async fn dump_database(
             ctype: Some(ctype),
         },
         record,
+        catalog,
     ))
 }

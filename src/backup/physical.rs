@@ -76,6 +76,8 @@ pub(super) async fn run(
     let start_time = Utc::now();
     let (session, start_lsn) = BackupSession::start(client, label.as_str(), !opts.spread_checkpoint).await?;
     let timeline = session.timeline().await?;
+    let databases = server::databases(session.client()).await?;
+    let catalog = super::read_catalogs(&target, &databases, Some(timeline)).await;
     let listing = crate::physical::listing_for(&data_dir)?;
     let total: u64 = listing.files.iter().map(|f| f.size).sum();
     let progress = Progress::start(Some(total));
@@ -130,6 +132,7 @@ pub(super) async fn run(
         globals: None,
         objects,
         physical: Some(info),
+        catalog,
         ..new_manifest(repo, &label, BackupKind::Physical, &opts.tags, start_time, &server)
     };
     commit(repo, &manifest, opts.keep, lock).await?;
@@ -267,11 +270,19 @@ async fn basebackup(
         Ok(info) => info,
         Err(e) => return Err(discard(repo, &label, e).await),
     };
+    // Read after the copy: the backup's WAL from its start is searched with a
+    // catalog at least that new (see postgres/catalog.rs).
+    let databases = match target.connect(None).await {
+        Ok(client) => server::databases(&client).await.unwrap_or_default(),
+        Err(_) => Vec::new(),
+    };
+    let catalog = super::read_catalogs(target, &databases, Some(info.timeline)).await;
     let manifest = Manifest {
         databases: Vec::new(),
         globals: None,
         objects: vec![record.clone()],
         physical: Some(info),
+        catalog,
         ..new_manifest(repo, &label, BackupKind::Physical, &opts.tags, start_time, server)
     };
     commit(repo, &manifest, opts.keep, lock).await?;

@@ -8,6 +8,10 @@ use crate::exit::Exit;
 use crate::repo::{Repo, inventory};
 
 pub async fn run(ctx: &Ctx, args: ListArgs) -> Result<Exit> {
+    if args.restore_points {
+        ctx.print_report(&crate::walsearch::restore_points(&ctx.config, args.timeline).await?);
+        return Ok(Exit::Success);
+    }
     let repo = Repo::open(&ctx.config).await?;
     if args.verifications {
         ctx.print_report(&crate::repo::verification::history(&repo, args.limit).await?);

@@ -19,6 +19,7 @@ mod switch;
 mod verify;
 mod wal_fetch;
 mod wal_push;
+mod wal_search;
 
 use anyhow::Result;
 
@@ -102,6 +103,7 @@ pub async fn run(cli: Cli) -> Result<Exit> {
         Command::Failover(args) => failover::run(&ctx, args).await,
         Command::Recover(args) => recover::run(&ctx, args).await,
         Command::Drill(args) => drill::run(&ctx, args).await,
+        Command::WalSearch(args) => wal_search::run(&ctx, args).await,
         Command::Schedule(args) => schedule::run(&ctx, args).await,
         Command::Metrics(args) => metrics::run(&ctx, args).await,
         Command::WalPush(args) => wal_push::run(&ctx, args).await,

@@ -2,6 +2,7 @@
 //! tools as streaming child processes (`tools`), and catalog queries (`server`).
 //! This module never touches storage: it yields and consumes byte streams.
 
+pub mod catalog;
 pub mod conn;
 pub mod datadir;
 pub mod recovery;

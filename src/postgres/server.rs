@@ -209,6 +209,11 @@ impl BackupSession {
         Ok((BackupSession { client }, row.get(0)))
     }
 
+    /// The session's connection, for queries while the backup runs.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
     pub async fn timeline(&self) -> Result<u32> {
         let row = self
             .client

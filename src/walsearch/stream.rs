@@ -1,0 +1,221 @@
+//! Archived WAL, streamed through `pg_waldump`: segments are fetched from the
+//! repository (decrypted and decompressed on the way) into a private directory a
+//! batch at a time, read by PostgreSQL's own `pg_waldump`, and removed again, so the
+//! disk used stays bounded whatever the window.
+//!
+//! Every segment of a batch is named under one timeline (the followed one): the
+//! segments of its ancestors up to each switch point are what PostgreSQL itself
+//! replays, and pg_waldump checks page headers, not file names. Batches overlap by one
+//! segment, so a record that crosses from one batch into the next is read whole by the
+//! second; records already read are skipped by LSN.
+
+use std::io::{BufRead, Read, Seek};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, Result, anyhow};
+use chrono::{DateTime, Utc};
+
+use super::waldump::{self, Record};
+use crate::pipeline::{self, Keyring};
+use crate::postgres::{Lsn, Segment, TimelineId, WalFile};
+use crate::repo::layout;
+use crate::storage::DynStorage;
+
+/// Segments per pg_waldump run (with 16 MiB segments, at most 2 × 8 on disk).
+pub const BATCH: usize = 8;
+
+/// What to read: archived segment names in replay order, with their numbers.
+pub struct Plan {
+    pub files: Vec<(String, u64)>,
+    /// The timeline every file is named under for pg_waldump.
+    pub timeline: TimelineId,
+    pub start: Lsn,
+    pub segment_size: u64,
+}
+
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Scanned {
+    pub segments: usize,
+    pub bytes: u64,
+    pub records: u64,
+    /// The last record read.
+    pub last_lsn: Option<Lsn>,
+}
+
+pub struct Reader<'a> {
+    pub storage: &'a DynStorage,
+    pub keys: &'a Keyring,
+    pub pg_waldump: PathBuf,
+    pub work: &'a Path,
+}
+
+impl Reader<'_> {
+    /// Read every record of the plan, in order, into `feed`.
+    pub async fn scan(&self, plan: &Plan, mut feed: impl FnMut(Lsn, Record, &Path)) -> Result<Scanned> {
+        let mut scanned = Scanned::default();
+        let n = plan.files.len();
+        if n == 0 {
+            return Ok(scanned);
+        }
+        let local = |number: u64| {
+            self.work.join(
+                Segment {
+                    timeline: plan.timeline,
+                    number,
+                }
+                .name(plan.segment_size),
+            )
+        };
+        let mut present: Vec<u64> = Vec::new();
+        let mut last_seen = Lsn(0);
+        let mut i = 0;
+        loop {
+            let j = (i + BATCH - 1).min(n - 1);
+            let wanted: Vec<u64> = plan.files[i..=j].iter().map(|(_, num)| *num).collect();
+            for old in present.iter().filter(|p| !wanted.contains(p)) {
+                let _ = std::fs::remove_file(local(*old));
+            }
+            present.retain(|p| wanted.contains(p));
+            for (name, number) in &plan.files[i..=j] {
+                if present.contains(number) {
+                    continue;
+                }
+                scanned.bytes += self.fetch(name, &local(*number)).await?;
+                scanned.segments += 1;
+                present.push(*number);
+            }
+            let first = plan.files[i].1;
+            let last = plan.files[j].1;
+            let seg_start = |number: u64| Lsn(number * plan.segment_size);
+            let start = if i == 0 { plan.start.max(seg_start(first)) } else { seg_start(first) };
+            let end = seg_start(last + 1);
+            let work = self.work.to_path_buf();
+            let tool = self.pg_waldump.clone();
+            let tli = plan.timeline;
+            // pg_waldump runs while this thread reads its output.
+            tokio::task::block_in_place(|| {
+                run_waldump(&tool, &work, tli, start, end, |line| {
+                    let Some(lsn) = waldump::lsn_of(line) else {
+                        return;
+                    };
+                    if lsn <= last_seen {
+                        return;
+                    }
+                    last_seen = lsn;
+                    scanned.records += 1;
+                    if let Some(record) = waldump::parse(line) {
+                        let file = local(lsn.0 / plan.segment_size);
+                        feed(lsn, record, &file);
+                    }
+                })
+            })?;
+            if last_seen.0 > 0 {
+                scanned.last_lsn = Some(last_seen);
+            }
+            if j == n - 1 {
+                break;
+            }
+            i = j;
+        }
+        for p in present {
+            let _ = std::fs::remove_file(local(p));
+        }
+        Ok(scanned)
+    }
+
+    /// One segment from the repository to `dest`, authenticated; its size.
+    async fn fetch(&self, name: &str, dest: &Path) -> Result<u64> {
+        let key = layout::wal_file(&WalFile::Segment(name.to_string()));
+        let out = std::fs::File::create(dest).map_err(|e| anyhow!("cannot create {}: {e}", dest.display()))?;
+        let (_, _, plain) = pipeline::load_to_writer(
+            self.storage,
+            &key,
+            out,
+            self.keys,
+            pipeline::Verify::Authenticated,
+            None,
+        )
+        .await
+        .with_context(|| format!("fetching WAL segment {name}"))?;
+        Ok(plain.size)
+    }
+}
+
+/// Run pg_waldump over `[start, end)` in `dir`, calling `line` for each output line.
+fn run_waldump(tool: &Path, dir: &Path, tli: TimelineId, start: Lsn, end: Lsn, mut line: impl FnMut(&str)) -> Result<()> {
+    let mut cmd = Command::new(tool);
+    cmd.arg("--path")
+        .arg(dir)
+        .arg(format!("--timeline={tli}"))
+        .arg(format!("--start={start}"))
+        .arg(format!("--end={end}"));
+    for rmgr in ["Transaction", "Storage", "Heap", "Heap2", "XLOG"] {
+        cmd.arg(format!("--rmgr={rmgr}"));
+    }
+    // Commit times in UTC; nothing else of pgdr's environment is needed.
+    cmd.env_clear()
+        .env("TZ", "UTC")
+        .env("LC_ALL", "C")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| anyhow!("cannot run {}: {e}", tool.display()))?;
+    let stderr = child.stderr.take().expect("piped");
+    let errors = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::BufReader::new(stderr).take(64 << 10).read_to_string(&mut text);
+        text
+    });
+    let stdout = child.stdout.take().expect("piped");
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, stdout);
+    let mut buf = Vec::with_capacity(512);
+    loop {
+        buf.clear();
+        match reader.read_until(b'\n', &mut buf) {
+            Ok(0) => break,
+            Ok(_) => line(String::from_utf8_lossy(&buf).trim_end()),
+            Err(e) => return Err(anyhow!("reading pg_waldump's output: {e}")),
+        }
+    }
+    let status = child.wait()?;
+    let errors = errors.join().unwrap_or_default();
+    if !status.success() {
+        let last = errors.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no message");
+        return Err(anyhow!("pg_waldump failed reading WAL from {start} to {end}: {last}"));
+    }
+    Ok(())
+}
+
+/// The time a restore point was made, read from its record (`xl_restore_point`:
+/// the time, then the name) in the segment file that holds it. pg_waldump prints only
+/// the name. `None` unless the record is exactly what the name says.
+pub fn restore_point_time(segment: &Path, lsn: Lsn, segment_size: u64, name: &str) -> Option<DateTime<Utc>> {
+    const PAGE: u64 = 8192;
+    let offset = lsn.0 % segment_size;
+    let mut file = std::fs::File::open(segment).ok()?;
+    file.seek(std::io::SeekFrom::Start(offset)).ok()?;
+    let mut raw = vec![0u8; (2 * PAGE) as usize];
+    let got = file.read(&mut raw).ok()?;
+    raw.truncate(got);
+    // The record's bytes, skipping the next page's header if it crosses one.
+    let to_boundary = (PAGE - offset % PAGE) as usize;
+    let mut bytes: Vec<u8> = raw.iter().take(to_boundary).copied().collect();
+    if raw.len() > to_boundary {
+        let header = if (offset + to_boundary as u64).is_multiple_of(segment_size) { 40 } else { 24 };
+        bytes.extend(raw.iter().skip(to_boundary + header).copied());
+    }
+    // XLogRecord (24 bytes): rmid at 17 (0 = XLOG), info at 16 (0x70 = RESTORE_POINT);
+    // then the short main-data header (0xFF, length 72) and the data.
+    if bytes.len() < 26 + 72 || bytes[17] != 0 || bytes[16] & 0xF0 != 0x70 || bytes[24] != 0xFF || bytes[25] != 72 {
+        return None;
+    }
+    let stamp = i64::from_le_bytes(bytes[26..34].try_into().ok()?);
+    let stored = &bytes[34..34 + 64];
+    let stored = &stored[..stored.iter().position(|b| *b == 0).unwrap_or(64)];
+    if stored != name.as_bytes() {
+        return None;
+    }
+    // PostgreSQL counts microseconds from 2000-01-01.
+    DateTime::from_timestamp_micros(stamp.checked_add(946_684_800_000_000)?)
+}
