@@ -178,7 +178,7 @@ impl fmt::Display for SearchReport {
             if let Some(why) = &m.ambiguous {
                 writeln!(f, "    AMBIGUOUS: {why}")?;
             }
-            write!(f, "    restore to just before it: {}", m.target.restore_args)?;
+            write!(f, "    restore to just before it: pgdr restore --to DIR {}", m.target.restore_args)?;
             if let Some(prev) = m.target.previous_commit_lsn {
                 write!(f, "\n    (or keep the commit before it: --target-lsn {prev})")?;
             }
@@ -413,6 +413,9 @@ pub async fn search(config: &Config, opts: &SearchOptions) -> Result<SearchRepor
     let repo = Repo::open(config).await?;
     let manifests = repo.manifests().await?;
     let (base, note) = choose_baseline(&manifests, since)?;
+    // Without --since the window is the retention window: a younger repository is
+    // no news.
+    let note = note.filter(|_| opts.since.is_some());
     let mut lineage = lineage::Lineage::from_catalogs(&base.manifest.catalog);
     let mut wanted = Vec::new();
     for t in &opts.tables {
