@@ -113,7 +113,7 @@ pub struct ScenarioInputs {
     #[arg(long)]
     pub standby_port: Option<u16>,
     /// Tables to bring back (data-loss), comma-separated schema.name
-    #[arg(long, value_name = "TABLES")]
+    #[arg(long, alias = "table", value_name = "TABLES")]
     pub tables: Option<String>,
     /// The database those tables are in
     #[arg(long)]
@@ -132,6 +132,52 @@ pub struct ScenarioInputs {
     pub set: Vec<String>,
 }
 
+/// Data loss without a known moment: wal-search finds the transaction that lost
+/// the tables' data, and recovery stops just before it.
+#[derive(Debug, Args, Default)]
+pub struct FindLoss {
+    /// Find the transaction that dropped the table(s)
+    #[arg(long, help_heading = "Finding the moment (instead of --target-time)")]
+    pub dropped: bool,
+    /// Find the transaction that truncated them
+    #[arg(long, help_heading = "Finding the moment (instead of --target-time)")]
+    pub truncated: bool,
+    /// Find the transaction that deleted rows from them
+    #[arg(long, help_heading = "Finding the moment (instead of --target-time)")]
+    pub deleted: bool,
+    /// Find the transaction that updated rows of them
+    #[arg(long, help_heading = "Finding the moment (instead of --target-time)")]
+    pub updated: bool,
+    /// Deletes and updates of fewer rows do not count
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 1,
+        help_heading = "Finding the moment (instead of --target-time)"
+    )]
+    pub min_rows: u64,
+    /// Search from this time (default: the WAL retention window)
+    #[arg(
+        long,
+        value_name = "TIME",
+        help_heading = "Finding the moment (instead of --target-time)"
+    )]
+    pub since: Option<String>,
+    /// When several transactions match: the one to stop before
+    #[arg(
+        long,
+        value_name = "XID",
+        help_heading = "Finding the moment (instead of --target-time)"
+    )]
+    pub before_xid: Option<u32>,
+}
+
+impl FindLoss {
+    pub fn asked(&self) -> bool {
+        self.dropped || self.truncated || self.deleted || self.updated
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct RecoverArgs {
     /// database-corruption, data-loss, database-failure, region-failure, or a runbook file
@@ -139,6 +185,8 @@ pub struct RecoverArgs {
     pub scenario: String,
     #[command(flatten)]
     pub inputs: ScenarioInputs,
+    #[command(flatten)]
+    pub find: FindLoss,
     /// Parallel restore workers
     #[arg(long, default_value_t = 4)]
     pub jobs: usize,

@@ -91,7 +91,11 @@ fn check_restore(pgdr: &Pgdr, m: &Value, name: &str, table: &str, want: &str) {
         "postgres",
         &format!("SELECT string_agg(m, ',' ORDER BY m) FROM markers WHERE m LIKE '%-{name}'"),
     );
-    assert_eq!(markers, format!("before-{name}"), "the commit before the {name} is in, the one after is not");
+    assert_eq!(
+        markers,
+        format!("before-{name}"),
+        "the commit before the {name} is in, the one after is not"
+    );
     restored.stop();
 }
 
@@ -123,20 +127,37 @@ fn finds_each_loss_and_restores_to_just_before_it() {
     let (drop_hash, drop_xid) = lose(c, "drop", "public.t_drop", "DROP TABLE public.t_drop");
     let (trunc_hash, trunc_xid) = lose(c, "trunc", "public.t_trunc", "TRUNCATE public.t_trunc");
     let (del_hash, del_xid) = lose(c, "del", "public.t_del", "DELETE FROM public.t_del WHERE id % 3 = 0");
-    let (upd_hash, upd_xid) = lose(c, "upd", "public.t_upd", "UPDATE public.t_upd SET v = 'x' WHERE id <= 2500");
-    let after_all = c.psql("postgres", "SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')");
+    let (upd_hash, upd_xid) = lose(
+        c,
+        "upd",
+        "public.t_upd",
+        "UPDATE public.t_upd SET v = 'x' WHERE id <= 2500",
+    );
+    let after_all = c.psql(
+        "postgres",
+        "SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+    );
     std::thread::sleep(std::time::Duration::from_millis(1100));
     // A second delete from t_del: both are listed.
     c.psql("postgres", "DELETE FROM public.t_del WHERE id <= 10");
     a.switch_and_wait();
 
-    let history: u64 = c.psql("postgres", "SELECT count(*) FROM pgbench_history").parse().unwrap();
-    assert!(history > 20, "the workload ran alongside ({history} pgbench transactions)");
+    let history: u64 = c
+        .psql("postgres", "SELECT count(*) FROM pgbench_history")
+        .parse()
+        .unwrap();
+    assert!(
+        history > 20,
+        "the workload ran alongside ({history} pgbench transactions)"
+    );
 
     let human = a.pgdr.ok(&["wal-search", "--table", "public.t_drop", "--dropped"]);
     println!("{human}");
     assert!(human.contains(&format!("xid {drop_xid} ")), "{human}");
-    assert!(human.contains("public.t_drop in database \"postgres\": dropped"), "{human}");
+    assert!(
+        human.contains("public.t_drop in database \"postgres\": dropped"),
+        "{human}"
+    );
     assert!(human.contains("--target-exclusive"), "{human}");
     let dropped = matches(&search(&a.pgdr, &["--table", "public.t_drop", "--dropped"]));
     assert_eq!(dropped.len(), 1, "{dropped:#?}");
@@ -157,7 +178,10 @@ fn finds_each_loss_and_restores_to_just_before_it() {
     assert_eq!(deleted[1]["xid"], del_xid);
     assert_eq!(deleted[1]["rows"], 1000);
     assert_eq!(deleted[0]["rows"], 7, "ids 1..10 less the three already gone");
-    let big = matches(&search(&a.pgdr, &["--table", "public.t_del", "--deleted", "--min-rows", "100"]));
+    let big = matches(&search(
+        &a.pgdr,
+        &["--table", "public.t_del", "--deleted", "--min-rows", "100"],
+    ));
     assert_eq!(big.len(), 1);
     assert_eq!(big[0]["xid"], del_xid);
 
@@ -167,9 +191,14 @@ fn finds_each_loss_and_restores_to_just_before_it() {
     assert_eq!(updated[0]["rows"], 2500);
 
     // Nothing in a window after the losses: an empty list, exit 0.
-    let none = search(&a.pgdr, &["--table", "public.t_upd", "--updated", "--since", &after_all]);
+    let none = search(
+        &a.pgdr,
+        &["--table", "public.t_upd", "--updated", "--since", &after_all],
+    );
     assert!(matches(&none).is_empty(), "{none:#}");
-    let out = a.pgdr.run(&["wal-search", "--table", "public.t_upd", "--since", &after_all]);
+    let out = a
+        .pgdr
+        .run(&["wal-search", "--table", "public.t_upd", "--since", &after_all]);
     assert_success(&out, "wal-search with nothing to find");
     assert!(String::from_utf8_lossy(&out.stdout).contains("no transaction in the window matches"));
 
@@ -199,14 +228,24 @@ fn finds_each_loss_and_restores_to_just_before_it() {
     let seg = promoted.psql("postgres", "SELECT pg_walfile_name(pg_current_wal_lsn())");
     promoted.psql("postgres", "SELECT pg_switch_wal()");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while promoted.psql("postgres", "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver") < seg {
+    while promoted.psql(
+        "postgres",
+        "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver",
+    ) < seg
+    {
         assert!(std::time::Instant::now() < deadline, "timeline 2 was not archived");
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     let across = matches(&search(&a.pgdr, &["--table", "public.t_upd"]));
     let seen: Vec<(u64, &str, u64)> = across
         .iter()
-        .map(|m| (m["xid"].as_u64().unwrap(), m["change"].as_str().unwrap(), m["timeline"].as_u64().unwrap()))
+        .map(|m| {
+            (
+                m["xid"].as_u64().unwrap(),
+                m["change"].as_str().unwrap(),
+                m["timeline"].as_u64().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(seen, [(tl2_xid, "dropped", 2), (upd_xid, "updated", 1)], "{across:#?}");
     promoted.stop();
@@ -233,11 +272,97 @@ fn restore_points_are_listed_with_time_and_lsn() {
     let found = points[0]["lsn"].as_str().unwrap();
     // pg_create_restore_point returns where its record ends; the listing gives its start.
     let ends_at = c.psql("postgres", &format!("SELECT '{lsn}'::pg_lsn - '{found}'::pg_lsn"));
-    assert!(ends_at.parse::<i64>().unwrap() > 0 && ends_at.parse::<i64>().unwrap() < 200, "{found} vs {lsn}");
+    assert!(
+        ends_at.parse::<i64>().unwrap() > 0 && ends_at.parse::<i64>().unwrap() < 200,
+        "{found} vs {lsn}"
+    );
     let time = chrono::DateTime::parse_from_rfc3339(points[0]["time"].as_str().unwrap()).unwrap();
     let epoch = time.timestamp_micros() as f64 / 1e6;
     assert!(epoch >= before.parse::<f64>().unwrap() - 0.001 && epoch <= after.parse::<f64>().unwrap() + 0.001);
     // The name restores.
     let restored = a.pgdr.restore_started(&["--target-name", "before-upgrade"]);
-    assert_eq!(restored.psql("postgres", "SELECT to_regclass('after_point') IS NULL"), "t");
+    assert_eq!(
+        restored.psql("postgres", "SELECT to_regclass('after_point') IS NULL"),
+        "t"
+    );
+}
+
+/// `recover --scenario data-loss --table … --deleted` with no moment given: wal-search
+/// finds the DELETE, the plan names it, and the rows come back while the rows written
+/// since stay. Two matching transactions are not chosen between silently.
+#[test]
+fn data_loss_recovery_finds_the_moment_itself() {
+    let a = Archiving::start();
+    let c = &a.cluster;
+    c.psql(
+        "postgres",
+        "CREATE TABLE orders (id int PRIMARY KEY, v text);
+         INSERT INTO orders SELECT g, md5(g::text) FROM generate_series(1, 600) g;",
+    );
+    a.pgdr.ok(&["backup", "--kind", "physical"]);
+    let all = "SELECT md5(string_agg(o::text, ',' ORDER BY id)) FROM orders o WHERE id BETWEEN 3 AND 600";
+    let before = c.psql("postgres", all);
+    let xid = c.psql(
+        "postgres",
+        "BEGIN; DELETE FROM orders WHERE id % 3 = 0; SELECT txid_current(); COMMIT;",
+    );
+    c.psql(
+        "postgres",
+        "INSERT INTO orders SELECT g, 'after' FROM generate_series(601, 610) g",
+    );
+    c.psql("postgres", "DELETE FROM orders WHERE id IN (1, 2)");
+    a.switch_and_wait();
+    let out_dir = TestDir::new();
+    chown_postgres(out_dir.path());
+    let scratch = out_dir.join("scratch");
+    let state = out_dir.join("state.json");
+    let recover = |extra: &[&str]| {
+        let mut args = vec![
+            "recover",
+            "--scenario",
+            "data-loss",
+            "--table",
+            "public.orders",
+            "--deleted",
+            "--scratch-dir",
+            scratch.to_str().unwrap(),
+            "--state",
+            state.to_str().unwrap(),
+            "--yes",
+        ];
+        args.extend_from_slice(extra);
+        a.pgdr.run(&args)
+    };
+    let two = recover(&[]);
+    let err = assert_fails(&two, 2, "2 transactions match");
+    assert!(err.contains("--before-xid"), "{err}");
+    assert_eq!(
+        c.psql("postgres", "SELECT count(*) FROM orders"),
+        "408",
+        "nothing changed"
+    );
+
+    let out = recover(&["--min-rows", "100"]);
+    assert_success(&out, "recover --deleted --min-rows 100");
+    let text = String::from_utf8_lossy(&out.stdout);
+    // psql prints the xid among the transaction's other results.
+    let xid = xid
+        .lines()
+        .find(|l| l.chars().all(|c| c.is_ascii_digit()) && !l.is_empty())
+        .unwrap();
+    assert!(
+        text.contains(&format!("wal-search found the loss: xid {xid} ")),
+        "{text}"
+    );
+    assert!(text.contains("200 row(s) deleted"), "{text}");
+    assert!(text.contains("recovery data-loss done"), "{text}");
+    // Rows 1 and 2 were deleted later, by the transaction recovery stopped after;
+    // everything the big DELETE took is back.
+    assert_eq!(
+        c.psql("postgres", "SELECT count(*) FROM orders WHERE id <= 600 AND id % 3 = 0"),
+        "200"
+    );
+    assert_eq!(c.psql("postgres", all), before, "the deleted rows are back exactly");
+    assert_eq!(c.psql("postgres", "SELECT count(*) FROM orders WHERE id > 600"), "10");
+    assert!(!scratch.exists());
 }

@@ -35,7 +35,8 @@ pub struct Manifest {
     pub objects: Vec<ObjectRecord>,
     /// What a physical backup adds: WAL positions and the file list.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub physical: Option<PhysicalInfo>,    /// Every user relation of every database, with the file node WAL names it by,
+    pub physical: Option<PhysicalInfo>,
+    /// Every user relation of every database, with the file node WAL names it by,
     /// read inside the backup (what `wal-search` starts from).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub catalog: Vec<crate::postgres::catalog::DatabaseCatalog>,

@@ -69,6 +69,33 @@ impl Target {
     }
 }
 
+/// Where a runbook's restore step stops: `latest`, a time, or `before-lsn:LSN`
+/// (just before the record at LSN: what `wal-search` proposes for a loss). Returns
+/// the target and whether it is exclusive.
+pub fn parse_step_target(raw: &str) -> Result<(Target, bool)> {
+    let raw = raw.trim();
+    if raw == "latest" {
+        return Ok((Target::parse(&TargetSpec::default())?, false));
+    }
+    if let Some(lsn) = raw.strip_prefix(BEFORE_LSN) {
+        let target = Target::parse(&TargetSpec {
+            lsn: Some(lsn),
+            ..Default::default()
+        })?;
+        return Ok((target, true));
+    }
+    Ok((
+        Target::parse(&TargetSpec {
+            time: Some(raw),
+            ..Default::default()
+        })?,
+        false,
+    ))
+}
+
+/// The prefix of a step target that stops just before an LSN.
+pub const BEFORE_LSN: &str = "before-lsn:";
+
 /// Parse a recovery target time: RFC 3339, or PostgreSQL's `YYYY-MM-DD HH:MM:SS[.f]+TZ`.
 /// A time zone is required: a DBA at 3 a.m. must not guess which one was meant.
 pub fn parse_target_time(raw: &str) -> Result<DateTime<Utc>> {
@@ -108,6 +135,17 @@ mod tests {
         assert_eq!(parse_target_time("2026-11-26 02:00:00 UTC").unwrap(), want);
         assert!(parse_target_time("2026-11-26 02:00:00").is_err());
         assert!(parse_target_time("yesterday").is_err());
+    }
+
+    #[test]
+    fn step_targets() {
+        let (t, exclusive) = parse_step_target("before-lsn:0/40B9478").unwrap();
+        assert_eq!((t.lsn, exclusive), (Some(Lsn(0x40B9478)), true));
+        let (t, exclusive) = parse_step_target("2026-11-26T02:00:00Z").unwrap();
+        assert!(t.time.is_some() && !exclusive);
+        assert_eq!(parse_step_target("latest").unwrap().0.recovery, RecoveryTarget::Latest);
+        assert!(parse_step_target("before-lsn:nonsense").is_err());
+        assert!(parse_step_target("soon").is_err());
     }
 
     #[test]

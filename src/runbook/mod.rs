@@ -548,7 +548,8 @@ fn check_kind(name: &str, kind: InputKind, value: &str) -> Result<()> {
             }
         }
         InputKind::Time => {
-            crate::restore::target::parse_target_time(value).map_err(|e| usage!("{flag}: {e:#}"))?;
+            // A time, or the point wal-search found (`recover --deleted`, …).
+            crate::restore::target::parse_step_target(value).map_err(|e| usage!("{flag}: {e:#}"))?;
         }
         InputKind::Tables => {
             for t in value.split(',') {

@@ -16,10 +16,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{Op, Step, parse_table};
 use crate::config::Config;
-use crate::postgres::recovery::{RecoveryTarget, TargetAction};
+use crate::postgres::recovery::TargetAction;
 use crate::postgres::{PgTarget, PgTools};
 use crate::restore::physical::{self, Listen, PhysicalRestoreOptions, TargetTimeline};
-use crate::restore::target::{Target, TargetSpec};
 use crate::server::free_port;
 use crate::switch::{self, Endpoint};
 
@@ -118,22 +117,7 @@ pub fn restore_options(
             to
         ));
     }
-    let raw_target = step.param("target", inputs);
-    let target = if raw_target == "latest" {
-        Target {
-            recovery: RecoveryTarget::Latest,
-            time: None,
-            lsn: None,
-        }
-    } else {
-        Target::parse(&TargetSpec {
-            time: Some(&raw_target),
-            lsn: None,
-            xid: None,
-            name: None,
-            immediate: false,
-        })?
-    };
+    let (target, exclusive) = crate::restore::target::parse_step_target(&step.param("target", inputs))?;
     let scratch = step.param("role", inputs) == "scratch";
     let listen = if scratch {
         String::new()
@@ -146,7 +130,7 @@ pub fn restore_options(
         to: to.clone(),
         target,
         action: TargetAction::Promote,
-        exclusive: false,
+        exclusive,
         timeline: TargetTimeline::Latest,
         standby: false,
         primary_conninfo: None,

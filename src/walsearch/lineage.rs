@@ -409,8 +409,17 @@ mod tests {
     }
 
     fn commit(xid: u32, lsn: u64, rels: &str) -> Record {
-        let rels = if rels.is_empty() { String::new() } else { format!("; rels: {rels}") };
-        line("Transaction", xid, lsn, &format!("COMMIT 2026-12-05 06:55:20.000000 UTC{rels}"))
+        let rels = if rels.is_empty() {
+            String::new()
+        } else {
+            format!("; rels: {rels}")
+        };
+        line(
+            "Transaction",
+            xid,
+            lsn,
+            &format!("COMMIT 2026-12-05 06:55:20.000000 UTC{rels}"),
+        )
     }
 
     fn create(xid: u32, lsn: u64, node: u32) -> Record {
@@ -435,28 +444,61 @@ mod tests {
             assert!(l.apply(create(725, 0x100 + i as u64, node)).is_empty());
         }
         l.apply(line("XLOG", 725, 0x200, "FPI , blkref #0: rel 1663/5/16398 blk 0 FPW"));
-        let e = l.apply(commit(725, 0x300, "base/5/16391 base/5/16394 base/5/16395 base/5/16396"));
+        let e = l.apply(commit(
+            725,
+            0x300,
+            "base/5/16391 base/5/16394 base/5/16395 base/5/16396",
+        ));
         assert_eq!(changes(&e, &l), vec![("t2".into(), Change::Rewritten, 0)]);
         // TRUNCATE t2: drops the files VACUUM FULL made.
         for (i, node) in [16404, 16405, 16406, 16407].into_iter().enumerate() {
             l.apply(create(726, 0x400 + i as u64, node));
         }
-        let e = l.apply(commit(726, 0x500, "base/5/16402 base/5/16403 base/5/16401 base/5/16398"));
+        let e = l.apply(commit(
+            726,
+            0x500,
+            "base/5/16402 base/5/16403 base/5/16401 base/5/16398",
+        ));
         assert_eq!(changes(&e, &l), vec![("t2".into(), Change::Truncated, 0)]);
         assert_eq!(e[0].previous_commit, Some(Lsn(0x300)));
         // DELETE FROM t1 WHERE id % 3 = 0: three rows here.
         for i in 0..3 {
-            l.apply(line("Heap", 727, 0x600 + i, "DELETE off 3 flags 0x00 KEYS_UPDATED , blkref #0: rel 1663/5/16384 blk 0"));
+            l.apply(line(
+                "Heap",
+                727,
+                0x600 + i,
+                "DELETE off 3 flags 0x00 KEYS_UPDATED , blkref #0: rel 1663/5/16384 blk 0",
+            ));
         }
         // A row of someone else's table, and a transaction that rolls back.
-        l.apply(line("Heap", 740, 0x640, "DELETE off 3 flags 0x00, blkref #0: rel 1663/5/99999 blk 0"));
-        l.apply(line("Heap", 741, 0x650, "DELETE off 3 flags 0x00, blkref #0: rel 1663/5/16384 blk 0"));
+        l.apply(line(
+            "Heap",
+            740,
+            0x640,
+            "DELETE off 3 flags 0x00, blkref #0: rel 1663/5/99999 blk 0",
+        ));
+        l.apply(line(
+            "Heap",
+            741,
+            0x650,
+            "DELETE off 3 flags 0x00, blkref #0: rel 1663/5/16384 blk 0",
+        ));
         l.apply(line("Transaction", 741, 0x660, "ABORT 2026-12-05 06:55:20.000000 UTC"));
         let e = l.apply(commit(727, 0x700, ""));
         assert_eq!(changes(&e, &l), vec![("t1".into(), Change::Deleted, 3)]);
         // An UPDATE inside a subtransaction counts for its top-level commit.
-        l.apply(line("Heap", 729, 0x800, "HOT_UPDATE off 1 xmax 729 flags 0x20 ; new off 98 xmax 0, blkref #0: rel 1663/5/16384 blk 0"));
-        let e = l.apply(line("Transaction", 728, 0x900, "COMMIT 2026-12-05 06:55:20.635588 UTC; subxacts: 729"));
+        l.apply(line(
+            "Heap",
+            729,
+            0x800,
+            "HOT_UPDATE off 1 xmax 729 flags 0x20 ; new off 98 xmax 0, blkref #0: rel 1663/5/16384 blk 0",
+        ));
+        let e = l.apply(line(
+            "Transaction",
+            728,
+            0x900,
+            "COMMIT 2026-12-05 06:55:20.635588 UTC; subxacts: 729",
+        ));
         assert_eq!(changes(&e, &l), vec![("t1".into(), Change::Updated, 1)]);
         assert_eq!(e[0].xid, 728);
         // TRUNCATE t1, t2: t1's new files first (statement order), listed last.
@@ -476,11 +518,20 @@ mod tests {
         assert_eq!(l.tables[0].heap, Some((1663, 5, 16408)));
         assert_eq!(l.tables[1].heap, Some((1663, 5, 16412)));
         // Rows deleted from t1's new file are found under its name.
-        l.apply(line("Heap", 735, 0xC50, "DELETE off 1 flags 0x00, blkref #0: rel 1663/5/16408 blk 0"));
+        l.apply(line(
+            "Heap",
+            735,
+            0xC50,
+            "DELETE off 1 flags 0x00, blkref #0: rel 1663/5/16408 blk 0",
+        ));
         let e = l.apply(commit(735, 0xC60, ""));
         assert_eq!(changes(&e, &l), vec![("t1".into(), Change::Deleted, 1)]);
         // DROP TABLE t1: its files go, nothing new.
-        let e = l.apply(commit(731, 0xD00, "base/5/16408 base/5/16409 base/5/16411 base/5/16410"));
+        let e = l.apply(commit(
+            731,
+            0xD00,
+            "base/5/16408 base/5/16409 base/5/16411 base/5/16410",
+        ));
         assert_eq!(changes(&e, &l), vec![("t1".into(), Change::Dropped, 0)]);
         assert_eq!(l.tables[0].heap, None);
         assert!(l.warnings.is_empty());

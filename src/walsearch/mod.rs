@@ -178,7 +178,11 @@ impl fmt::Display for SearchReport {
             if let Some(why) = &m.ambiguous {
                 writeln!(f, "    AMBIGUOUS: {why}")?;
             }
-            write!(f, "    restore to just before it: pgdr restore --to DIR {}", m.target.restore_args)?;
+            write!(
+                f,
+                "    restore to just before it: pgdr restore --to DIR {}",
+                m.target.restore_args
+            )?;
             if let Some(prev) = m.target.previous_commit_lsn {
                 write!(f, "\n    (or keep the commit before it: --target-lsn {prev})")?;
             }
@@ -252,7 +256,11 @@ fn baseline_of(m: &Manifest) -> Option<Baseline<'_>> {
             segment_size: p.segment_size,
         });
     }
-    let first = m.catalog.iter().filter(|c| c.timeline > 0 && c.lsn.0 > 0).min_by_key(|c| c.lsn)?;
+    let first = m
+        .catalog
+        .iter()
+        .filter(|c| c.timeline > 0 && c.lsn.0 > 0)
+        .min_by_key(|c| c.lsn)?;
     Some(Baseline {
         manifest: m,
         timeline: first.timeline,
@@ -352,7 +360,10 @@ fn waldump_for(config: &Config, manifest: &Manifest) -> Result<PathBuf> {
             "{} is PostgreSQL {m}'s, but the WAL is PostgreSQL {wanted}'s — set [postgres] bin_dir to PostgreSQL {wanted}'s bin directory",
             tool.display()
         )),
-        None => Err(anyhow::anyhow!("cannot read the version of {} from {text:?}", tool.display())),
+        None => Err(anyhow::anyhow!(
+            "cannot read the version of {} from {text:?}",
+            tool.display()
+        )),
     }
 }
 
@@ -487,7 +498,12 @@ pub async fn search(config: &Config, opts: &SearchOptions) -> Result<SearchRepor
     let mut warnings: Vec<String> = note.into_iter().collect();
     warnings.extend(route.warnings);
     warnings.extend(lineage.warnings.iter().cloned());
-    let mut timelines: Vec<TimelineId> = route.path.iter().map(|s| s.tli).filter(|t| *t >= base.timeline).collect();
+    let mut timelines: Vec<TimelineId> = route
+        .path
+        .iter()
+        .map(|s| s.tli)
+        .filter(|t| *t >= base.timeline)
+        .collect();
     timelines.dedup();
     Ok(SearchReport {
         tables: opts.tables.clone(),
@@ -520,7 +536,9 @@ pub async fn restore_points(config: &Config, timeline: Option<TimelineId>) -> Re
         .filter(|m| m.physical.is_some())
         .min_by_key(|m| m.start_time)
         .and_then(baseline_of)
-        .ok_or_else(|| usage!("no physical backup in the repository: restore points can only be restored to from one"))?;
+        .ok_or_else(|| {
+            usage!("no physical backup in the repository: restore points can only be restored to from one")
+        })?;
     let tool = waldump_for(config, base.manifest)?;
     let route = route(&repo, &base, timeline, None).await?;
     let work = work_dir(None)?;
@@ -545,7 +563,12 @@ pub async fn restore_points(config: &Config, timeline: Option<TimelineId>) -> Re
             }
         })
         .await?;
-    let mut timelines: Vec<TimelineId> = route.path.iter().map(|s| s.tli).filter(|t| *t >= base.timeline).collect();
+    let mut timelines: Vec<TimelineId> = route
+        .path
+        .iter()
+        .map(|s| s.tli)
+        .filter(|t| *t >= base.timeline)
+        .collect();
     timelines.dedup();
     Ok(RestorePointsReport {
         searched: Searched {

@@ -88,7 +88,11 @@ impl Reader<'_> {
             let first = plan.files[i].1;
             let last = plan.files[j].1;
             let seg_start = |number: u64| Lsn(number * plan.segment_size);
-            let start = if i == 0 { plan.start.max(seg_start(first)) } else { seg_start(first) };
+            let start = if i == 0 {
+                plan.start.max(seg_start(first))
+            } else {
+                seg_start(first)
+            };
             let end = seg_start(last + 1);
             let work = self.work.to_path_buf();
             let tool = self.pg_waldump.clone();
@@ -143,7 +147,14 @@ impl Reader<'_> {
 }
 
 /// Run pg_waldump over `[start, end)` in `dir`, calling `line` for each output line.
-fn run_waldump(tool: &Path, dir: &Path, tli: TimelineId, start: Lsn, end: Lsn, mut line: impl FnMut(&str)) -> Result<()> {
+fn run_waldump(
+    tool: &Path,
+    dir: &Path,
+    tli: TimelineId,
+    start: Lsn,
+    end: Lsn,
+    mut line: impl FnMut(&str),
+) -> Result<()> {
     let mut cmd = Command::new(tool);
     cmd.arg("--path")
         .arg(dir)
@@ -181,7 +192,11 @@ fn run_waldump(tool: &Path, dir: &Path, tli: TimelineId, start: Lsn, end: Lsn, m
     let status = child.wait()?;
     let errors = errors.join().unwrap_or_default();
     if !status.success() {
-        let last = errors.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no message");
+        let last = errors
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("no message");
         return Err(anyhow!("pg_waldump failed reading WAL from {start} to {end}: {last}"));
     }
     Ok(())
@@ -202,7 +217,11 @@ pub fn restore_point_time(segment: &Path, lsn: Lsn, segment_size: u64, name: &st
     let to_boundary = (PAGE - offset % PAGE) as usize;
     let mut bytes: Vec<u8> = raw.iter().take(to_boundary).copied().collect();
     if raw.len() > to_boundary {
-        let header = if (offset + to_boundary as u64).is_multiple_of(segment_size) { 40 } else { 24 };
+        let header = if (offset + to_boundary as u64).is_multiple_of(segment_size) {
+            40
+        } else {
+            24
+        };
         bytes.extend(raw.iter().skip(to_boundary + header).copied());
     }
     // XLogRecord (24 bytes): rmid at 17 (0 = XLOG), info at 16 (0x70 = RESTORE_POINT);

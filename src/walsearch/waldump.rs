@@ -141,7 +141,8 @@ fn commit(xid: u32, lsn: Lsn, rest: &str) -> Option<Record> {
 
 /// The value of `; name: value` in a commit description.
 fn field<'a>(rest: &'a str, name: &str) -> Option<&'a str> {
-    rest.split("; ").find_map(|part| part.strip_prefix(name)?.strip_prefix(": "))
+    rest.split("; ")
+        .find_map(|part| part.strip_prefix(name)?.strip_prefix(": "))
 }
 
 fn numbers(list: &str) -> Vec<u32> {
@@ -200,7 +201,9 @@ mod tests {
         let plain = "rmgr: Transaction len (rec/tot):     34/    34, tx:        727, lsn: 0/015928A0, prev 0/01592868, desc: COMMIT 2026-12-05 06:55:20.635052 UTC";
         assert!(matches!(parse(plain), Some(Record::Commit { xid: 727, ref dropped, .. }) if dropped.is_empty()));
         let prepared = "rmgr: Transaction len (rec/tot):     50/    50, tx:          0, lsn: 0/0159DE08, prev 0/0159D928, desc: COMMIT_PREPARED 741: 2026-12-05 06:55:21.000001 UTC; rels: base/5/16420";
-        assert!(matches!(parse(prepared), Some(Record::Commit { xid: 741, ref dropped, .. }) if dropped == &vec![(1663, 5, 16420)]));
+        assert!(
+            matches!(parse(prepared), Some(Record::Commit { xid: 741, ref dropped, .. }) if dropped == &vec![(1663, 5, 16420)])
+        );
     }
 
     #[test]
@@ -220,7 +223,14 @@ mod tests {
         assert!(matches!(parse(init), Some(Record::Heap { op: HeapOp::Insert, .. })));
         // PostgreSQL 16 prints "key: value" descriptions; the kind still leads.
         let pg16 = "rmgr: Heap        len (rec/tot):     54/    54, tx:        744, lsn: 0/0153F8A8, prev 0/0153F870, desc: DELETE xmax: 744, off: 2, infobits: [KEYS_UPDATED], flags: 0x00, blkref #0: rel 1663/5/16388 blk 0";
-        assert!(matches!(parse(pg16), Some(Record::Heap { xid: 744, op: HeapOp::Delete, file: (1663, 5, 16388) })));
+        assert!(matches!(
+            parse(pg16),
+            Some(Record::Heap {
+                xid: 744,
+                op: HeapOp::Delete,
+                file: (1663, 5, 16388)
+            })
+        ));
         let create = "rmgr: Storage     len (rec/tot):     42/    42, tx:        725, lsn: 0/01558DA8, prev 0/01558D78, desc: CREATE base/5/16398";
         assert_eq!(
             parse(create),
@@ -230,7 +240,13 @@ mod tests {
             })
         );
         let fpi = "rmgr: XLOG        len (rec/tot):     49/  3673, tx:        725, lsn: 0/01573E38, prev 0/01573E08, desc: FPI , blkref #0: rel 1663/5/16398 blk 0 FPW";
-        assert!(matches!(parse(fpi), Some(Record::NewPage { xid: 725, file: (1663, 5, 16398) })));
+        assert!(matches!(
+            parse(fpi),
+            Some(Record::NewPage {
+                xid: 725,
+                file: (1663, 5, 16398)
+            })
+        ));
         let vm = "rmgr: Heap        len (rec/tot):     54/    54, tx:        727, lsn: 0/01579538, prev 0/015793C8, desc: DELETE off 3 flags 0x00, blkref #0: rel 1663/5/16384 fork vm blk 0";
         assert_eq!(parse(vm), None);
         let rp = "rmgr: XLOG        len (rec/tot):     98/    98, tx:          0, lsn: 0/0159DE08, prev 0/0159D928, desc: RESTORE_POINT before-upgrade";
