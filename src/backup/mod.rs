@@ -128,6 +128,35 @@ async fn interruptible<T>(work: impl std::future::Future<Output = Result<T>>) ->
     }
 }
 
+/// The relation catalog of every database, for `wal-search`. A backup is worth more
+/// than its catalog: a database that cannot be read is left out with a warning.
+pub(crate) async fn read_catalogs(
+    target: &crate::postgres::PgTarget,
+    databases: &[String],
+    timeline: Option<u32>,
+) -> Vec<crate::postgres::catalog::DatabaseCatalog> {
+    let mut out = Vec::new();
+    for db in databases {
+        let read = async {
+            let client = target.connect(Some(db)).await?;
+            crate::postgres::catalog::read(&client, db).await
+        }
+        .await;
+        match read {
+            Ok(mut catalog) => {
+                if let Some(tli) = timeline {
+                    catalog.timeline = tli;
+                }
+                out.push(catalog);
+            }
+            Err(e) => tracing::warn!(
+                "database {db:?}: its relation catalog is not recorded, so wal-search cannot name its tables for WAL after this backup ({e:#})"
+            ),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,33 +189,4 @@ mod tests {
         let o = opts(BackupKind::Logical, &["app"], &[]).unwrap();
         assert_eq!(o.jobs, 1);
     }
-}
-
-/// The relation catalog of every database, for `wal-search`. A backup is worth more
-/// than its catalog: a database that cannot be read is left out with a warning.
-pub(crate) async fn read_catalogs(
-    target: &crate::postgres::PgTarget,
-    databases: &[String],
-    timeline: Option<u32>,
-) -> Vec<crate::postgres::catalog::DatabaseCatalog> {
-    let mut out = Vec::new();
-    for db in databases {
-        let read = async {
-            let client = target.connect(Some(db)).await?;
-            crate::postgres::catalog::read(&client, db).await
-        }
-        .await;
-        match read {
-            Ok(mut catalog) => {
-                if let Some(tli) = timeline {
-                    catalog.timeline = tli;
-                }
-                out.push(catalog);
-            }
-            Err(e) => tracing::warn!(
-                "database {db:?}: its relation catalog is not recorded, so wal-search cannot name its tables for WAL after this backup ({e:#})"
-            ),
-        }
-    }
-    out
 }

@@ -494,7 +494,7 @@ pub async fn search(config: &Config, opts: &SearchOptions) -> Result<SearchRepor
             }
         })
         .collect();
-    matches.sort_by(|a, b| b.commit_lsn.cmp(&a.commit_lsn));
+    matches.sort_by_key(|m| std::cmp::Reverse(m.commit_lsn));
     let mut warnings: Vec<String> = note.into_iter().collect();
     warnings.extend(route.warnings);
     warnings.extend(lineage.warnings.iter().cloned());
