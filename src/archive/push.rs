@@ -102,15 +102,26 @@ async fn declare_if_new_primary(repo: &Repo, history: &str, wal_dir: &Path) -> R
 }
 
 /// Store one WAL file unless it is already there; the same bytes again are fine,
-/// different bytes under the same name are refused and never overwrite.
+/// different bytes under the same name are refused and never overwrite. Returns only
+/// once the stored object reads back as exactly what was sent: a store may
+/// acknowledge a PUT it did not keep, or keep a body damaged on the way.
 pub async fn push_one(repo: &Repo, file: &WalFile, path: &Path) -> Result<()> {
     if let WalFile::Segment(_) | WalFile::Partial(_) = file {
         check_system_identifier(repo, file, path)?;
     }
     let key = layout::wal_file(file);
     // Some S3 servers ignore If-None-Match (DESIGN.md): look first, and compare.
+    let mut mode = PutMode::CreateNew;
     if repo.storage.head(&key).await?.is_some() {
-        return compare_existing(repo, file, path).await;
+        match compare_existing(repo, file, path).await {
+            Err(e) if e.chain().any(|c| c.is::<pipeline::Damaged>()) => {
+                // Not an authentic copy of anything: no restore can use it, and
+                // refusing would stop archiving for good. Replace it.
+                tracing::warn!("{file} is archived but damaged ({e:#}); storing it again");
+                mode = PutMode::Overwrite;
+            }
+            other => return other,
+        }
     }
     // Mapped, not read: zstd compresses straight from the page cache. PostgreSQL
     // never truncates a segment it has marked ready (it recycles one only after it
@@ -123,14 +134,50 @@ pub async fn push_one(repo: &Repo, file: &WalFile, path: &Path) -> Result<()> {
             .map_err(|e| anyhow!("cannot read {}: {e}", source.display()))
     };
     let store = pipeline::Store {
-        digests: pipeline::Digests::None,
+        digests: pipeline::Digests::StoredOnly,
         ..repo.store()
     };
-    match store.loaded(&key, file.name(), map, PutMode::CreateNew).await {
-        Ok(_) => Ok(()),
-        Err(e) if crate::exit::is_already_exists(&e) => compare_existing(repo, file, path).await,
-        Err(e) => Err(e.context(format!("archiving {file}"))),
+    let record = match store.loaded(&key, file.name(), map, mode).await {
+        Ok(record) => record,
+        Err(e) if crate::exit::is_already_exists(&e) => return compare_existing(repo, file, path).await,
+        Err(e) => return Err(e.context(format!("archiving {file}"))),
+    };
+    read_back(repo, file, path, &key, &record).await
+}
+
+/// The object under `key` must be the bytes just stored, or (another pusher of the
+/// same file won a race on a store that ignores conditions) an authentic copy of
+/// the same WAL file.
+async fn read_back(
+    repo: &Repo,
+    file: &WalFile,
+    path: &Path,
+    key: &crate::storage::ObjectKey,
+    record: &pipeline::ObjectRecord,
+) -> Result<()> {
+    use sha2::Digest;
+    let stored = match repo.storage.get(key).await {
+        Ok(bytes) => bytes,
+        Err(crate::storage::StorageError::NotFound(_)) => {
+            return Err(anyhow!(
+                "{file} was acknowledged by {} but is not there when read back — the store lost it; PostgreSQL will retry",
+                repo.storage.describe()
+            ));
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("reading {file} back after storing it"))),
+    };
+    let sha = hex::encode(sha2::Sha256::digest(&stored));
+    if stored.len() as u64 == record.stored.size && sha == record.stored.sha256 {
+        return Ok(());
     }
+    compare_existing(repo, file, path).await.map_err(|e| {
+        e.context(format!(
+            "{file} reads back from {} as something other than what was stored ({} bytes, expected {})",
+            repo.storage.describe(),
+            stored.len(),
+            record.stored.size
+        ))
+    })
 }
 
 /// PostgreSQL retries a push after a crash: the same bytes succeed. Different bytes

@@ -51,7 +51,8 @@ pub struct Reader<'a> {
 }
 
 impl Reader<'_> {
-    /// Read every record of the plan, in order, into `feed`.
+    /// Read every record of the plan, in order, into `feed`. The next batch is
+    /// fetched while pg_waldump reads this one.
     pub async fn scan(&self, plan: &Plan, mut feed: impl FnMut(Lsn, Record, &Path)) -> Result<Scanned> {
         let mut scanned = Scanned::default();
         let n = plan.files.len();
@@ -67,24 +68,41 @@ impl Reader<'_> {
                 .name(plan.segment_size),
             )
         };
-        let mut present: Vec<u64> = Vec::new();
+        let batch_end = |i: usize| (i + BATCH - 1).min(n - 1);
+        let wanted = |from: usize, to: usize| -> Vec<(String, PathBuf)> {
+            plan.files[from..=to]
+                .iter()
+                .map(|(name, number)| (name.clone(), local(*number)))
+                .collect()
+        };
+        // The next batch is fetched into a directory of its own while pg_waldump reads
+        // this one (it looks at other files of its directory), and moved in after.
+        let staging = self.work.join("next");
+        std::fs::create_dir_all(&staging).with_context(|| format!("creating {}", staging.display()))?;
+        let staged = |files: Vec<(String, PathBuf)>| -> Vec<(String, PathBuf)> {
+            files
+                .into_iter()
+                .map(|(name, dest)| {
+                    let file = dest.file_name().map(|f| staging.join(f)).unwrap_or(dest);
+                    (name, file)
+                })
+                .collect()
+        };
         let mut last_seen = Lsn(0);
         let mut i = 0;
+        let mut j = batch_end(0);
+        scanned.bytes += fetch_all(self.storage.clone(), self.keys.clone(), wanted(0, j)).await?;
+        scanned.segments += j + 1;
         loop {
-            let j = (i + BATCH - 1).min(n - 1);
-            let wanted: Vec<u64> = plan.files[i..=j].iter().map(|(_, num)| *num).collect();
-            for old in present.iter().filter(|p| !wanted.contains(p)) {
-                let _ = std::fs::remove_file(local(*old));
-            }
-            present.retain(|p| wanted.contains(p));
-            for (name, number) in &plan.files[i..=j] {
-                if present.contains(number) {
-                    continue;
-                }
-                scanned.bytes += self.fetch(name, &local(*number)).await?;
-                scanned.segments += 1;
-                present.push(*number);
-            }
+            // The next batch starts with this one's last segment, already here.
+            let next = (j < n - 1).then(|| {
+                let to = batch_end(j);
+                let files = staged(wanted(j + 1, to));
+                (
+                    to,
+                    tokio::spawn(fetch_all(self.storage.clone(), self.keys.clone(), files)),
+                )
+            });
             let first = plan.files[i].1;
             let last = plan.files[j].1;
             let seg_start = |number: u64| Lsn(number * plan.segment_size);
@@ -94,12 +112,8 @@ impl Reader<'_> {
                 seg_start(first)
             };
             let end = seg_start(last + 1);
-            let work = self.work.to_path_buf();
-            let tool = self.pg_waldump.clone();
-            let tli = plan.timeline;
-            // pg_waldump runs while this thread reads its output.
-            tokio::task::block_in_place(|| {
-                run_waldump(&tool, &work, tli, start, end, |line| {
+            let read = tokio::task::block_in_place(|| {
+                run_waldump(&self.pg_waldump, self.work, plan.timeline, start, end, |line| {
                     let Some(lsn) = waldump::lsn_of(line) else {
                         return;
                     };
@@ -113,37 +127,62 @@ impl Reader<'_> {
                         feed(lsn, record, &file);
                     }
                 })
-            })?;
+            });
+            for (_, number) in &plan.files[i..j] {
+                let _ = std::fs::remove_file(local(*number));
+            }
+            let fetched = match next {
+                Some((to, task)) => {
+                    let fetched = task.await.map_err(|e| anyhow!("fetching WAL: {e}"));
+                    Some((to, fetched))
+                }
+                None => None,
+            };
+            read?;
             if last_seen.0 > 0 {
                 scanned.last_lsn = Some(last_seen);
             }
-            if j == n - 1 {
+            let Some((to, fetched)) = fetched else {
+                let _ = std::fs::remove_file(local(plan.files[j].1));
                 break;
+            };
+            scanned.bytes += fetched??;
+            scanned.segments += to - j;
+            for (_, number) in &plan.files[j + 1..=to] {
+                let file = local(*number);
+                let from = file.file_name().map(|f| staging.join(f)).unwrap_or_default();
+                std::fs::rename(&from, &file).with_context(|| format!("moving {} into place", from.display()))?;
             }
             i = j;
-        }
-        for p in present {
-            let _ = std::fs::remove_file(local(p));
+            j = to;
         }
         Ok(scanned)
     }
+}
 
-    /// One segment from the repository to `dest`, authenticated; its size.
-    async fn fetch(&self, name: &str, dest: &Path) -> Result<u64> {
-        let key = layout::wal_file(&WalFile::Segment(name.to_string()));
-        let out = std::fs::File::create(dest).map_err(|e| anyhow!("cannot create {}: {e}", dest.display()))?;
-        let (_, _, plain) = pipeline::load_to_writer(
-            self.storage,
-            &key,
-            out,
-            self.keys,
-            pipeline::Verify::Authenticated,
-            None,
-        )
+/// Fetch segments from the repository, four at a time; their total size.
+async fn fetch_all(storage: DynStorage, keys: Keyring, files: Vec<(String, PathBuf)>) -> Result<u64> {
+    use futures::stream::{self, StreamExt, TryStreamExt};
+    let sizes: Vec<u64> = stream::iter(files)
+        .map(|(name, dest)| {
+            let storage = storage.clone();
+            let keys = keys.clone();
+            async move { fetch(&storage, &keys, &name, &dest).await }
+        })
+        .buffer_unordered(4)
+        .try_collect()
+        .await?;
+    Ok(sizes.iter().sum())
+}
+
+/// One segment from the repository to `dest`, authenticated; its size.
+async fn fetch(storage: &DynStorage, keys: &Keyring, name: &str, dest: &Path) -> Result<u64> {
+    let key = layout::wal_file(&WalFile::Segment(name.to_string()));
+    let out = std::fs::File::create(dest).map_err(|e| anyhow!("cannot create {}: {e}", dest.display()))?;
+    let (_, plain, _) = pipeline::load_to_writer(storage, &key, out, keys, pipeline::Verify::Authenticated, None)
         .await
         .with_context(|| format!("fetching WAL segment {name}"))?;
-        Ok(plain.size)
-    }
+    Ok(plain.size)
 }
 
 /// Run pg_waldump over `[start, end)` in `dir`, calling `line` for each output line.

@@ -1,0 +1,195 @@
+//! The fault matrix (issue 14): pgdr against the real S3 server through a proxy that
+//! injects faults by rule (tests/common/faults.rs). Each test names the verb and the
+//! faults; docs/TESTING.md has the table. What must hold: transient faults are retried
+//! and succeed; persistent ones fail with one line and the documented exit code;
+//! nothing half-written is listed; `wal-push` never exits 0 for a segment that is not
+//! stored and readable back; `wal-fetch` never hands PostgreSQL a corrupt segment and
+//! never says "absent" for an unreachable one.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::faults::{Fault, FaultProxy, Rule};
+use common::*;
+
+/// A cluster archiving into S3 through the proxy: every pgdr call — the server's
+/// archive_command too — goes through it. Fewer SDK attempts and a short wal-fetch
+/// retry window keep failures quick.
+fn through_proxy() -> (Archiving, FaultProxy, String) {
+    let a = Archiving::start_with(RepoKind::S3);
+    let upstream = s3().endpoint();
+    let proxy = FaultProxy::start(upstream.trim_start_matches("http://"));
+    let text = std::fs::read_to_string(&a.pgdr.config).unwrap();
+    let bucket = text
+        .lines()
+        .find_map(|l| l.strip_prefix("url = \"s3://"))
+        .and_then(|rest| rest.split('/').next())
+        .expect("the S3 bucket in the config")
+        .to_string();
+    let text = text
+        .replace(&upstream, &proxy.endpoint())
+        .replace("[repository]\n", "[repository]\ns3_max_attempts = 3\n")
+        .replace("[wal]\n", "[wal]\nfetch_retry_seconds = 2\n");
+    std::fs::write(&a.pgdr.config, text).unwrap();
+    (a, proxy, bucket)
+}
+
+/// The segment being written, after writing something into it (a switch of an
+/// empty segment does nothing).
+fn current_segment(c: &Cluster) -> String {
+    c.psql(
+        "postgres",
+        "CREATE TABLE IF NOT EXISTS filler (x int); INSERT INTO filler VALUES (1)",
+    );
+    c.psql("postgres", "SELECT pg_walfile_name(pg_current_wal_lsn())")
+}
+
+fn wal_key(seg: &str) -> String {
+    format!("wal/{}/{seg}", &seg[..16])
+}
+
+/// The archived segment's plaintext equals the file in pg_wal.
+fn assert_archived_intact(a: &Archiving, seg: &str) {
+    let out = a.pgdr.run(&["cat", &wal_key(seg)]);
+    assert_success(&out, &format!("pgdr cat {seg}"));
+    let local = std::fs::read(a.cluster.data.join("pg_wal").join(seg)).unwrap();
+    assert!(out.stdout == local, "{seg}: the archived copy differs from pg_wal's");
+}
+
+fn archiver(c: &Cluster) -> (String, i64) {
+    let row = c.psql(
+        "postgres",
+        "SELECT coalesce(last_archived_wal, '') || ' ' || failed_count FROM pg_stat_archiver",
+    );
+    let (last, failed) = row.split_once(' ').unwrap();
+    (last.to_string(), failed.parse().unwrap())
+}
+
+fn wait_for(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// wal-push (as PostgreSQL's archive_command): transient errors, a persistent outage,
+/// a store that acknowledges a PUT it dropped, a connection cut mid-upload, an upload
+/// corrupted on the way. PostgreSQL may only see a segment as archived once it is
+/// stored and reads back whole.
+#[test]
+fn wal_push_under_faults() {
+    let (a, proxy, bucket) = through_proxy();
+    let c = &a.cluster;
+    let stored = |seg: &str| s3().keys(&bucket, "wal/").iter().any(|k| k.ends_with(seg));
+
+    // Two 503 SlowDown, then the store answers: retried, archived, intact.
+    let seg = current_segment(c);
+    proxy.add(Rule::new("PUT", &seg, Fault::Status(503, "SlowDown")).times(2));
+    assert_eq!(a.switch_and_wait(), seg);
+    assert_eq!(proxy.applied(), 2, "{:#?}", proxy.log());
+    assert_archived_intact(&a, &seg);
+    proxy.clear();
+
+    // Every PUT of the segment fails: PostgreSQL sees failures and nothing is stored;
+    // once the store answers again, the next retry archives it.
+    let seg = current_segment(c);
+    let (_, failed_before) = archiver(c);
+    proxy.add(Rule::new("PUT", &seg, Fault::Status(503, "SlowDown")));
+    c.psql("postgres", "SELECT pg_switch_wal()");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while archiver(c).1 <= failed_before {
+        assert!(
+            Instant::now() < deadline,
+            "no failed archive attempt: {:?}\n{}\n{:#?}",
+            archiver(c),
+            c.log(),
+            proxy.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(archiver(c).0 < seg, "archived while every PUT failed");
+    assert!(!stored(&seg), "a segment whose every PUT failed is in the bucket");
+    proxy.clear();
+    wait_for("the segment to be archived after the outage", 120, || {
+        archiver(c).0 >= seg
+    });
+    assert_archived_intact(&a, &seg);
+
+    // A lying store: the first PUT of the segment is acknowledged, never stored.
+    for fault in [Fault::AckWithoutForward, Fault::ResetMidBody, Fault::CorruptUpload] {
+        let seg = current_segment(c);
+        proxy.add(Rule::new("PUT", &seg, fault.clone()).times(1));
+        c.psql("postgres", "SELECT pg_switch_wal()");
+        wait_for(&format!("{seg} archived despite {fault:?}"), 120, || {
+            archiver(c).0 >= seg
+        });
+        assert!(proxy.applied() >= 1, "{fault:?} was never injected: {:#?}", proxy.log());
+        assert_archived_intact(&a, &seg);
+        proxy.clear();
+    }
+}
+
+/// wal-fetch (as PostgreSQL's restore_command): a flipped byte, a truncated body and an
+/// outage must never put a file in place or answer "absent" (1); transient errors are
+/// retried; only a file the repository does not have is "absent".
+#[test]
+fn wal_fetch_under_faults() {
+    let (a, proxy, _) = through_proxy();
+    current_segment(&a.cluster);
+    let seg = a.switch_and_wait();
+    let local = std::fs::read(a.cluster.data.join("pg_wal").join(&seg)).unwrap();
+    let dir = TestDir::new();
+    chown_postgres(dir.path());
+    let dest = dir.join("pg_wal").join("RECOVERYXLOG");
+    pg_owned_dir(dest.parent().unwrap());
+    let fetch = |name: &str| {
+        let _ = std::fs::remove_file(&dest);
+        a.pgdr.run(&["wal-fetch", name, dest.to_str().unwrap()])
+    };
+
+    for fault in [Fault::FlipResponse, Fault::Truncate] {
+        proxy.add(Rule::new("GET", &seg, fault.clone()));
+        let out = fetch(&seg);
+        assert_eq!(
+            out.status.code(),
+            Some(126),
+            "{fault:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!dest.exists(), "{fault:?}: a damaged segment was put in place");
+        assert!(
+            proxy.applied() >= 1,
+            "{fault:?} was never injected: {}\n{:#?}",
+            String::from_utf8_lossy(&out.stderr),
+            proxy.log()
+        );
+        proxy.clear();
+    }
+
+    // Unreachable for longer than fetch_retry_seconds: stop recovery (126), not "absent".
+    proxy.add(Rule::new("GET", &seg, Fault::Status(503, "SlowDown")));
+    proxy.add(Rule::new("HEAD", &seg, Fault::Status(503, "SlowDown")));
+    let out = fetch(&seg);
+    assert_eq!(out.status.code(), Some(126), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!dest.exists());
+    proxy.clear();
+
+    // Denied access is not "absent" either.
+    proxy.add(Rule::new("GET", &seg, Fault::Status(403, "AccessDenied")));
+    let out = fetch(&seg);
+    assert_eq!(out.status.code(), Some(126), "{}", String::from_utf8_lossy(&out.stderr));
+    proxy.clear();
+
+    // Two transient errors: retried, the file is in place and whole.
+    proxy.add(Rule::new("GET", &seg, Fault::Status(500, "InternalError")).times(2));
+    let out = fetch(&seg);
+    assert_success(&out, "wal-fetch after two transient errors");
+    assert!(std::fs::read(&dest).unwrap() == local, "the fetched segment differs");
+    proxy.clear();
+
+    // A segment the repository does not have: "absent", exit 1.
+    let out = fetch("00000001000000FF000000FF");
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+}
