@@ -193,3 +193,87 @@ fn wal_fetch_under_faults() {
     let out = fetch("00000001000000FF000000FF");
     assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// The labels `pgdr list` shows.
+fn labels(a: &Archiving) -> Vec<String> {
+    a.pgdr
+        .list_json()
+        .iter()
+        .map(|b| b["label"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// backup (both kinds), restore and verify: transient errors are retried; a manifest
+/// that cannot be stored, or a data object a lying store dropped, leaves no backup in
+/// the list (check names the orphan and cleans it); a flipped byte is never restored
+/// or verified as good; after every fault the next run succeeds and restores.
+#[test]
+fn backup_restore_and_verify_under_faults() {
+    let (a, proxy, _) = through_proxy();
+    let c = &a.cluster;
+    c.pgbench_init("postgres", 1);
+    let want = c.content_hashes("postgres");
+
+    // Two 500s on the backup's data: retried, the backup is whole.
+    proxy.add(Rule::new("PUT", "/backups/", Fault::Status(500, "InternalError")).times(2));
+    a.pgdr.ok(&["backup", "--kind", "physical"]);
+    assert_eq!(proxy.applied(), 2, "{:#?}", proxy.log());
+    proxy.clear();
+    let good = labels(&a);
+    assert_eq!(good.len(), 1);
+
+    // The manifest never gets stored: the backup fails (exit 1), is not listed, and
+    // check names its objects as an orphan, then removes them.
+    proxy.add(Rule::new("PUT", "manifest.json", Fault::Status(503, "SlowDown")));
+    let out = a.pgdr.run(&["backup", "--kind", "logical"]);
+    let err = assert_fails(&out, 1, "manifest");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    proxy.clear();
+    assert_eq!(labels(&a), good, "a backup without its manifest is listed");
+
+    // A lying store drops one data object of a physical backup: never committed.
+    proxy.add(Rule::new("PUT", "/data/", Fault::AckWithoutForward).times(1));
+    let out = a.pgdr.run(&["backup", "--kind", "physical"]);
+    assert!(proxy.applied() >= 1, "{:#?}", proxy.log());
+    proxy.clear();
+    println!("lying store during a backup: {}", String::from_utf8_lossy(&out.stderr));
+    if out.status.success() {
+        // Only if the object was stored after all: then the backup must restore.
+        let newest = labels(&a)[0].clone();
+        let r = a.pgdr.restore_started(&["--backup", &newest]);
+        assert_eq!(content_hashes_at(r.port, "postgres"), want);
+    } else {
+        assert_eq!(labels(&a), good, "a backup missing an object is listed");
+    }
+    let check = a.pgdr.run(&["check"]);
+    let text = String::from_utf8_lossy(&check.stdout);
+    assert!(text.contains("without a manifest"), "check names the orphans: {text}");
+    a.pgdr.ok(&["check", "--clean-orphans"]);
+    let text = String::from_utf8_lossy(&a.pgdr.run(&["check"]).stdout).to_string();
+    assert!(text.contains("no orphans"), "{text}");
+
+    // A flipped byte in a bundle: the restore refuses (exit 1, naming the object) and
+    // leaves no server running; verify fails too.
+    let label = good[0].clone();
+    proxy.add(Rule::new("GET", &format!("{label}/data/bundle-"), Fault::FlipResponse).times(1));
+    let dir = TestDir::new();
+    chown_postgres(dir.path());
+    let to = dir.join("restored");
+    let out = a.pgdr.run(&["restore", "--kind", "physical", "--backup", &label, "--to", to.to_str().unwrap()]);
+    let err = assert_fails(&out, 1, "bundle-");
+    println!("flipped byte during a restore: {err}");
+    assert!(proxy.applied() == 1, "{:#?}", proxy.log());
+    assert!(!to.join("postmaster.pid").exists());
+    assert!(!to.join("global/pg_control").exists() || !to.join("backup_label").exists() || err.contains("damaged"), "{err}");
+    proxy.clear();
+    proxy.add(Rule::new("GET", &format!("{label}/data/bundle-"), Fault::FlipResponse).times(1));
+    let out = a.pgdr.run(&["verify", "--backup", &label]);
+    assert_eq!(out.status.code(), Some(1), "verify of a damaged read: {}", String::from_utf8_lossy(&out.stdout));
+    proxy.clear();
+
+    // Transient read errors during a restore are retried; the restore is exact.
+    proxy.add(Rule::new("GET", &format!("{label}/data/"), Fault::Status(503, "SlowDown")).times(2));
+    let r = a.pgdr.restore_started(&["--backup", &label]);
+    assert_eq!(proxy.applied(), 2);
+    assert_eq!(content_hashes_at(r.port, "postgres"), want);
+}
