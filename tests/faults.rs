@@ -259,16 +259,32 @@ fn backup_restore_and_verify_under_faults() {
     let dir = TestDir::new();
     chown_postgres(dir.path());
     let to = dir.join("restored");
-    let out = a.pgdr.run(&["restore", "--kind", "physical", "--backup", &label, "--to", to.to_str().unwrap()]);
+    let out = a.pgdr.run(&[
+        "restore",
+        "--kind",
+        "physical",
+        "--backup",
+        &label,
+        "--to",
+        to.to_str().unwrap(),
+    ]);
     let err = assert_fails(&out, 1, "bundle-");
     println!("flipped byte during a restore: {err}");
     assert!(proxy.applied() == 1, "{:#?}", proxy.log());
     assert!(!to.join("postmaster.pid").exists());
-    assert!(!to.join("global/pg_control").exists() || !to.join("backup_label").exists() || err.contains("damaged"), "{err}");
+    assert!(
+        !to.join("global/pg_control").exists() || !to.join("backup_label").exists() || err.contains("damaged"),
+        "{err}"
+    );
     proxy.clear();
     proxy.add(Rule::new("GET", &format!("{label}/data/bundle-"), Fault::FlipResponse).times(1));
     let out = a.pgdr.run(&["verify", "--backup", &label]);
-    assert_eq!(out.status.code(), Some(1), "verify of a damaged read: {}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "verify of a damaged read: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     proxy.clear();
 
     // Transient read errors during a restore are retried; the restore is exact.
@@ -276,4 +292,67 @@ fn backup_restore_and_verify_under_faults() {
     let r = a.pgdr.restore_started(&["--backup", &label]);
     assert_eq!(proxy.applied(), 2);
     assert_eq!(content_hashes_at(r.port, "postgres"), want);
+}
+
+/// expire: a store that refuses to delete a backup's manifest (a bucket policy, an
+/// object lock) must leave that backup whole — before the fix its data went while its
+/// manifest stayed, a listed backup with holes; an unreachable store fails expire with
+/// exit 1 and nothing half-removed is listed; transient errors are retried.
+#[test]
+fn expire_under_faults() {
+    let (a, proxy, _) = through_proxy();
+    let c = &a.cluster;
+    c.pgbench_init("postgres", 1);
+    let first_hashes = c.content_hashes("postgres");
+    a.pgdr.ok(&["backup", "--kind", "physical"]);
+    let first = labels(&a)[0].clone();
+    std::thread::sleep(Duration::from_millis(1100));
+    c.psql("postgres", "UPDATE pgbench_branches SET bbalance = bbalance + 1");
+    a.pgdr.ok(&["backup", "--kind", "physical"]);
+    let text = std::fs::read_to_string(&a.pgdr.config).unwrap();
+    std::fs::write(&a.pgdr.config, format!("{text}\n[retention]\nfull_count = 1\n")).unwrap();
+
+    // The manifest's delete is refused: the backup stays, whole, and restores.
+    proxy.add(Rule::new("POST", "/", Fault::RefuseDelete).query("delete").times(1));
+    let out = a.pgdr.run(&["expire"]);
+    assert!(proxy.applied() == 1, "{:#?}", proxy.log());
+    proxy.clear();
+    println!(
+        "refused: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        labels(&a).contains(&first),
+        "the refused backup disappeared from the list"
+    );
+    let r = a.pgdr.restore_started(&["--backup", &first, "--target", "immediate"]);
+    assert_eq!(
+        content_hashes_at(r.port, "postgres"),
+        first_hashes,
+        "the refused backup lost data"
+    );
+    r.stop();
+
+    // Denied outright: exit 1, one line; still listed and whole.
+    proxy.add(Rule::new("POST", "/", Fault::Status(403, "AccessDenied")).query("delete"));
+    let out = a.pgdr.run(&["expire"]);
+    assert_fails(&out, 1, "denied");
+    proxy.clear();
+    assert!(labels(&a).contains(&first));
+
+    // Two transient errors, then the store answers: the old backup goes.
+    proxy.add(
+        Rule::new("POST", "/", Fault::Status(500, "InternalError"))
+            .query("delete")
+            .times(2),
+    );
+    a.pgdr.ok(&["expire"]);
+    assert_eq!(proxy.applied(), 2);
+    proxy.clear();
+    let left = labels(&a);
+    assert_eq!(left.len(), 1);
+    assert!(!left.contains(&first));
+    let r = a.pgdr.restore_started(&["--backup", &left[0]]);
+    assert_eq!(content_hashes_at(r.port, "postgres"), c.content_hashes("postgres"));
 }

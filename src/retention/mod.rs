@@ -82,7 +82,10 @@ impl fmt::Display for ExpireReport {
                     self.wal_removed
                 }
             )),
-            None => lines.push("WAL: kept (no physical backup to anchor it)".into()),
+            None => lines.push(
+                "WAL: all kept (no physical backup to anchor it, or a backup the store would not let go needs it)"
+                    .into(),
+            ),
         }
         if !self.dry_run {
             lines.push(format!("{verb} {} backup(s)", self.backups_removed));
@@ -122,7 +125,15 @@ pub async fn expire(config: &Config, opts: &ExpireOptions) -> Result<ExpireRepor
         // The manifest goes first: a backup interrupted half-way through its
         // removal is an orphan, never a "complete" backup with holes.
         let manifest_key = layout::manifest(&decision.label);
-        refused.extend(target.delete(std::slice::from_ref(&manifest_key)).await?);
+        let kept = target.delete(std::slice::from_ref(&manifest_key)).await?;
+        if !kept.is_empty() {
+            // The backup stays complete: its data must not go while it is listed, nor
+            // the WAL it needs (what that is was planned without it: keep all WAL).
+            refused.extend(kept);
+            plan.wal_remove.clear();
+            plan.wal_anchor = None;
+            continue;
+        }
         let rest: Vec<ObjectKey> = scan
             .objects
             .get(&decision.label)

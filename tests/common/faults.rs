@@ -26,6 +26,9 @@ pub enum Fault {
     CorruptUpload,
     /// Answer 200 with an ETag to a PUT without forwarding it.
     AckWithoutForward,
+    /// Answer a DeleteObjects request with AccessDenied for every key in it (what a
+    /// bucket policy or an object lock does), deleting nothing.
+    RefuseDelete,
 }
 
 #[derive(Clone, Debug)]
@@ -307,6 +310,21 @@ fn serve(conn: TcpStream, upstream: &str, rules: &Mutex<Vec<Active>>, log: &Mute
             Some(Fault::AckWithoutForward) => {
                 let hs = vec![("ETag".to_string(), "\"00000000000000000000000000000000\"".to_string())];
                 respond(&mut out, 200, "OK", &hs, b"", false)?;
+                continue;
+            }
+            Some(Fault::RefuseDelete) => {
+                let text = String::from_utf8_lossy(&req.body);
+                let errors: String = text
+                    .split("<Key>")
+                    .skip(1)
+                    .filter_map(|k| k.split("</Key>").next())
+                    .map(|k| format!("<Error><Key>{k}</Key><Code>AccessDenied</Code><Message>refused by the test proxy</Message></Error>"))
+                    .collect();
+                let body = format!(
+                    "<?xml version=\"1.0\" encoding=\"UTF-8\"?><DeleteResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">{errors}</DeleteResult>"
+                );
+                let hs = vec![("Content-Type".to_string(), "application/xml".to_string())];
+                respond(&mut out, 200, "OK", &hs, body.as_bytes(), false)?;
                 continue;
             }
             Some(Fault::Delay(d)) => std::thread::sleep(*d),
