@@ -159,6 +159,10 @@ impl LocalStorage {
 
 #[async_trait]
 impl Storage for LocalStorage {
+    fn put_is_proof(&self) -> bool {
+        true
+    }
+
     fn describe(&self) -> String {
         format!("file://{}", self.root.display())
     }

@@ -132,6 +132,13 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// refuses to delete (S3 Object Lock, a read-only file) are returned with the
     /// reason, not treated as a failure of the whole call.
     async fn delete(&self, keys: &[ObjectKey]) -> Result<Vec<Refused>>;
+
+    /// Whether a successful put is proof that the object is stored as sent (pgdr's own
+    /// write, fsync and rename on a local filesystem). A remote store may acknowledge
+    /// a body it did not keep or kept damaged: callers that must be sure read it back.
+    fn put_is_proof(&self) -> bool {
+        false
+    }
 }
 
 pub type DynStorage = Arc<dyn Storage>;
