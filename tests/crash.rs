@@ -204,3 +204,53 @@ fn wal_push_killed_at_random_moments() {
     let r = a.pgdr.restore_started(&[]);
     assert_eq!(content_hashes_at(r.port, "postgres"), want);
 }
+
+/// A physical restore killed at random moments: the same command run again finishes
+/// the directory (it carries a marker while incomplete) and the copy holds the data.
+#[test]
+fn restores_killed_at_random_moments() {
+    let a = Archiving::start();
+    let c = &a.cluster;
+    c.pgbench_init("postgres", 5);
+    a.pgdr.ok(&["backup", "--kind", "physical"]);
+    a.switch_and_wait();
+    let want = c.content_hashes("postgres");
+    let dir = TestDir::new();
+    chown_postgres(dir.path());
+    let mut rng = Rng::seeded();
+    let probe = dir.join("probe");
+    let span = timed(
+        &a.pgdr,
+        &["restore", "--kind", "physical", "--to", probe.to_str().unwrap()],
+    );
+    for i in 0..4 {
+        let to = dir.join(format!("copy{i}"));
+        let args = ["restore", "--kind", "physical", "--to", to.to_str().unwrap()];
+        let at = rng.below(span * 4 / 5);
+        let killed = kill_after(a.pgdr.command(&args), at);
+        println!("restore killed after {at} of ~{span} ms: {killed}");
+        // Killed while incomplete, the directory carries the marker (or holds
+        // nothing yet) and the same command finishes it; without the marker it is
+        // complete, and is not redone (its directory is not empty).
+        let empty = std::fs::read_dir(&to).map(|mut d| d.next().is_none()).unwrap_or(true);
+        if killed && (empty || to.join(pgdr_marker()).exists()) {
+            let out = a.pgdr.run(&args);
+            assert_success(&out, "the same restore, run again");
+        }
+        assert!(!to.join(pgdr_marker()).exists());
+        let port = free_port();
+        let sock = dir.join(format!("sock{i}"));
+        pg_owned_dir(&sock);
+        assert!(
+            pg_ctl_start(&to, port, &sock, &dir.join(format!("log{i}")), &[]),
+            "the finished copy starts"
+        );
+        wait_promoted(port, &dir.join(format!("log{i}")));
+        assert_eq!(content_hashes_at(port, "postgres"), want);
+        pg_ctl_stop(&to);
+    }
+}
+
+fn pgdr_marker() -> &'static str {
+    "pgdr-restore-in-progress"
+}

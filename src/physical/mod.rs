@@ -390,8 +390,14 @@ fn sync_filesystem(path: &Path) {
 
 /// Delta restore: remove files under the data directory that the backup does not have
 /// (stale WAL included), so the result is exactly the backup.
+/// Written into a data directory before a restore lays files down, removed once the
+/// directory is complete: a directory that has it was left by an interrupted restore,
+/// and the next restore into it rewrites only what differs (as `--delta`).
+pub const RESTORE_MARKER: &str = "pgdr-restore-in-progress";
+
 fn remove_strays(info: &PhysicalInfo, placement: &Placement) -> Result<u64> {
-    let wanted: HashSet<PathBuf> = info.files.iter().map(|f| placement.dest(&f.path)).collect();
+    let mut wanted: HashSet<PathBuf> = info.files.iter().map(|f| placement.dest(&f.path)).collect();
+    wanted.insert(placement.data_dir.join(RESTORE_MARKER));
     let mut removed = 0;
     let mut stack = vec![placement.data_dir.clone()];
     stack.extend(placement.tablespaces.values().cloned());

@@ -119,6 +119,8 @@ pub fn parse_tablespace_map(raw: &[String]) -> Result<BTreeMap<String, PathBuf>>
 pub struct RestorePlan {
     repo: Repo,
     pub manifest: Manifest,
+    /// The directory holds an interrupted restore: rewrite what differs.
+    pub resume: bool,
     /// The last archived segment of the checked chain.
     pub chain_end: Segment,
     pub timeline: TimelineChoice,
@@ -286,7 +288,16 @@ pub async fn plan(config: &Config, opts: &PhysicalRestoreOptions) -> Result<Rest
             dir.display()
         ));
     }
-    if !opts.delta && !is_empty_dir(dir)? {
+    // A directory an interrupted restore left (its marker says so) is rewritten
+    // where it differs, as with --delta: running the same command again finishes it.
+    let resume = !opts.delta && dir.join(physical::RESTORE_MARKER).is_file();
+    if resume && info.method == PhysicalMethod::Basebackup {
+        return Err(usage!(
+            "{} holds an interrupted restore of a --method basebackup backup, which cannot be resumed — remove the directory's contents and run the restore again",
+            dir.display()
+        ));
+    }
+    if !opts.delta && !resume && !is_empty_dir(dir)? {
         return Err(usage!(
             "{} is not empty — restore into a new directory, or pass --delta to rewrite only what differs",
             dir.display()
@@ -298,7 +309,7 @@ pub async fn plan(config: &Config, opts: &PhysicalRestoreOptions) -> Result<Rest
         // --delta skips the emptiness check only where the DBA named the place: an
         // unmapped tablespace goes back to its original location, which on the
         // primary's host is the live tablespace.
-        if (!opts.delta || !mapped) && !is_empty_dir(location)? {
+        if (!(opts.delta || resume) || !mapped) && !is_empty_dir(location)? {
             return Err(usage!(
                 "tablespace {} would be restored into {}, which is not empty — remap it with --tablespace-map {}=DIR",
                 ts.oid,
@@ -329,6 +340,7 @@ pub async fn plan(config: &Config, opts: &PhysicalRestoreOptions) -> Result<Rest
     Ok(RestorePlan {
         repo,
         manifest,
+        resume,
         chain_end,
         timeline: choice,
         recovery_timeline,
@@ -352,6 +364,16 @@ pub async fn execute(
     let repo = &plan.repo;
     let started = Instant::now();
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let delta = opts.delta || plan.resume;
+    if plan.resume {
+        say(format!(
+            "{} holds an interrupted restore: rewriting only what differs",
+            dir.display()
+        ));
+    }
+    let marker = dir.join(physical::RESTORE_MARKER);
+    std::fs::write(&marker, format!("{}\n", manifest.label))
+        .with_context(|| format!("writing {}", marker.display()))?;
     let placement = Placement {
         data_dir: dir.clone(),
         tablespaces: opts.tablespace_map.clone(),
@@ -360,16 +382,7 @@ pub async fn execute(
     progress.set_message(format!("{} → {}", manifest.label, dir.display()));
     let stats = match info.method {
         PhysicalMethod::Local => {
-            physical::restore_files(
-                repo,
-                manifest,
-                info,
-                &placement,
-                opts.jobs,
-                opts.delta,
-                progress.counter(),
-            )
-            .await
+            physical::restore_files(repo, manifest, info, &placement, opts.jobs, delta, progress.counter()).await
         }
         PhysicalMethod::Basebackup => {
             let tools = PgTools::locate(config.postgres.bin_dir.as_deref())?;
@@ -406,6 +419,8 @@ pub async fn execute(
         &format!("restored from {} at {}", manifest.label, Utc::now().to_rfc3339()),
     )?;
     physical::set_ownership(&placement, crate::process::postgres_owner())?;
+    // Complete: no longer an interrupted restore.
+    std::fs::remove_file(&marker).with_context(|| format!("removing {}", marker.display()))?;
     let restore_secs = started.elapsed().as_secs_f64();
     say(if opts.archive {
         format!(
@@ -426,7 +441,7 @@ pub async fn execute(
         human_bytes(stats.bytes_written),
         restore_secs,
         human_rate(stats.bytes_written, started.elapsed()),
-        if opts.delta {
+        if delta {
             format!(", {} unchanged, {} removed", stats.files_unchanged, stats.files_removed)
         } else {
             String::new()
