@@ -71,6 +71,7 @@ impl RepoKey {
     pub fn load_file(path: &Path) -> Result<RepoKey> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| usage!("cannot read the repository key file {}: {e}", path.display()))?;
+        warn_if_open(path);
         RepoKey::from_hex(&text, &format!("the key file {}", path.display()))
     }
 
@@ -86,6 +87,23 @@ impl RepoKey {
 
     pub(crate) fn cipher(&self) -> &Aes256Gcm {
         &self.cipher
+    }
+}
+
+/// A key file others can read is a key others have: say so (once per process).
+fn warn_if_open(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    static SAID: std::sync::Once = std::sync::Once::new();
+    if let Ok(meta) = std::fs::metadata(path) {
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            SAID.call_once(|| {
+                tracing::warn!(
+                    "the repository key file {} can be read by others (mode {mode:o}) — whoever reads it can decrypt every backup: chmod 600 it",
+                    path.display()
+                )
+            });
+        }
     }
 }
 

@@ -846,7 +846,15 @@ impl Archiving {
             RepoKind::S3 => {
                 let server = s3();
                 repo_dir = None;
-                env = format!("AWS_ACCESS_KEY_ID={TEST_AWS_KEY} AWS_SECRET_ACCESS_KEY={TEST_AWS_SECRET} ");
+                // Credentials from a file, as on a real host: never on a command line.
+                let creds = dir.join("aws-credentials");
+                std::fs::write(
+                    &creds,
+                    format!("[default]\naws_access_key_id = {TEST_AWS_KEY}\naws_secret_access_key = {TEST_AWS_SECRET}\n"),
+                )
+                .unwrap();
+                chown_postgres(&creds);
+                env = format!("AWS_SHARED_CREDENTIALS_FILE={} AWS_CONFIG_FILE=/dev/null ", creds.display());
                 format!(
                     "url = \"s3://{}/wal\"\nendpoint = \"{}\"\nregion = \"us-east-1\"\nforce_path_style = true\n",
                     server.bucket(),
