@@ -78,7 +78,11 @@ fn no_secret_in_any_command_line_or_log() {
             assert!(!l.contains(secret), "a secret in a command line: {l}");
         }
         for out in &outputs {
-            let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
             assert!(!text.contains(secret), "a secret in pgdr's output at debug level");
         }
     }
@@ -102,5 +106,8 @@ fn a_key_file_others_can_read_draws_a_warning() {
     let out = pgdr.run(&["list"]);
     assert_success(&out, "list");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("can be read by others (mode 644)") && err.contains("chmod 600"), "{err}");
+    assert!(
+        err.contains("can be read by others (mode 644)") && err.contains("chmod 600"),
+        "{err}"
+    );
 }

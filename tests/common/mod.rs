@@ -850,11 +850,16 @@ impl Archiving {
                 let creds = dir.join("aws-credentials");
                 std::fs::write(
                     &creds,
-                    format!("[default]\naws_access_key_id = {TEST_AWS_KEY}\naws_secret_access_key = {TEST_AWS_SECRET}\n"),
+                    format!(
+                        "[default]\naws_access_key_id = {TEST_AWS_KEY}\naws_secret_access_key = {TEST_AWS_SECRET}\n"
+                    ),
                 )
                 .unwrap();
                 chown_postgres(&creds);
-                env = format!("AWS_SHARED_CREDENTIALS_FILE={} AWS_CONFIG_FILE=/dev/null ", creds.display());
+                env = format!(
+                    "AWS_SHARED_CREDENTIALS_FILE={} AWS_CONFIG_FILE=/dev/null ",
+                    creds.display()
+                );
                 format!(
                     "url = \"s3://{}/wal\"\nendpoint = \"{}\"\nregion = \"us-east-1\"\nforce_path_style = true\n",
                     server.bucket(),
