@@ -293,8 +293,9 @@ pub async fn plan(config: &Config, opts: &PhysicalRestoreOptions) -> Result<Rest
     let resume = !opts.delta && dir.join(physical::RESTORE_MARKER).is_file();
     if resume && info.method == PhysicalMethod::Basebackup {
         return Err(usage!(
-            "{} holds an interrupted restore of a --method basebackup backup, which cannot be resumed — remove the directory's contents and run the restore again",
-            dir.display()
+            "{} holds an interrupted restore of another backup's files, and {} was taken with --method basebackup, which cannot be resumed — remove the directory's contents and run the restore again",
+            dir.display(),
+            manifest.label
         ));
     }
     if !opts.delta && !resume && !is_empty_dir(dir)? {
@@ -371,9 +372,14 @@ pub async fn execute(
             dir.display()
         ));
     }
+    // pgdr's own copy can be resumed; pg_basebackup's tar is checked whole by
+    // pg_verifybackup, which would take the marker for a stray file.
     let marker = dir.join(physical::RESTORE_MARKER);
-    std::fs::write(&marker, format!("{}\n", manifest.label))
-        .with_context(|| format!("writing {}", marker.display()))?;
+    let marked = info.method == PhysicalMethod::Local;
+    if marked {
+        std::fs::write(&marker, format!("{}\n", manifest.label))
+            .with_context(|| format!("writing {}", marker.display()))?;
+    }
     let placement = Placement {
         data_dir: dir.clone(),
         tablespaces: opts.tablespace_map.clone(),
@@ -420,7 +426,9 @@ pub async fn execute(
     )?;
     physical::set_ownership(&placement, crate::process::postgres_owner())?;
     // Complete: no longer an interrupted restore.
-    std::fs::remove_file(&marker).with_context(|| format!("removing {}", marker.display()))?;
+    if marked {
+        std::fs::remove_file(&marker).with_context(|| format!("removing {}", marker.display()))?;
+    }
     let restore_secs = started.elapsed().as_secs_f64();
     say(if opts.archive {
         format!(

@@ -288,6 +288,27 @@ pub async fn render(config: &Config, repo: &Repo, jobs: &BTreeMap<String, JobSta
     out.text
 }
 
+/// What a request to the metrics endpoint asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Metrics,
+    Health,
+    NotFound,
+}
+
+/// Read the request line of whatever a client sent (any bytes, possibly cut short):
+/// `GET /metrics` or `GET /health`, anything else is not found.
+pub fn route(request: &[u8]) -> Route {
+    let line = request.split(|b| *b == b'\n').next().unwrap_or_default();
+    let mut words = line.split(|b| b.is_ascii_whitespace()).filter(|w| !w.is_empty());
+    let (method, path) = (words.next(), words.next());
+    match (method, path) {
+        (Some(b"GET" | b"HEAD"), Some(b"/metrics")) => Route::Metrics,
+        (Some(b"GET" | b"HEAD"), Some(b"/health")) => Route::Health,
+        _ => Route::NotFound,
+    }
+}
+
 /// Serve GET /metrics and GET /health until aborted.
 pub async fn serve(listener: tokio::net::TcpListener, config: Config, repo: Repo, shared: SharedState) {
     let cache: std::sync::Arc<tokio::sync::Mutex<Option<(Instant, String)>>> = Default::default();
@@ -308,10 +329,8 @@ pub async fn serve(listener: tokio::net::TcpListener, config: Config, repo: Repo
                     break;
                 }
             }
-            let request = String::from_utf8_lossy(&buf[..len]);
-            let path = request.split_whitespace().nth(1).unwrap_or("");
-            let (status, ctype, body) = match path {
-                "/metrics" => {
+            let (status, ctype, body) = match route(&buf[..len]) {
+                Route::Metrics => {
                     let mut cached = cache.lock().await;
                     let fresh = cached
                         .as_ref()
@@ -326,13 +345,13 @@ pub async fn serve(listener: tokio::net::TcpListener, config: Config, repo: Repo
                         cached.as_ref().map(|(_, t)| t.clone()).unwrap_or_default(),
                     )
                 }
-                "/health" => {
+                Route::Health => {
                     let state = shared.lock().expect("state");
                     let running: Vec<&String> = state.running.keys().collect();
                     let body = serde_json::json!({"status": "ok", "running": running}).to_string();
                     ("200 OK", "application/json", body)
                 }
-                _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
+                Route::NotFound => ("404 Not Found", "text/plain", "not found\n".to_string()),
             };
             let reply = format!(
                 "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -480,5 +499,22 @@ async fn events(out: &mut Out, repo: &Repo, objects: Vec<crate::storage::ObjectM
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_routed_by_their_first_line_only() {
+        assert_eq!(route(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"), Route::Metrics);
+        assert_eq!(route(b"GET /health HTTP/1.0\r\n\r\n"), Route::Health);
+        assert_eq!(route(b"POST /metrics HTTP/1.1\r\n\r\n"), Route::NotFound);
+        assert_eq!(route(b"GET /metricsx HTTP/1.1\r\n"), Route::NotFound);
+        assert_eq!(route(b"GET"), Route::NotFound);
+        assert_eq!(route(b""), Route::NotFound);
+        assert_eq!(route(b"\xff\xfe GET /metrics"), Route::NotFound);
+        assert_eq!(route(b"Host: x\r\nGET /metrics HTTP/1.1\r\n"), Route::NotFound);
     }
 }

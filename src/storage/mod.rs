@@ -6,6 +6,7 @@ mod direct;
 pub mod dry_run;
 pub mod ignore_conditions;
 pub mod local;
+#[cfg(feature = "s3")]
 pub mod s3;
 
 use std::fmt;
@@ -17,6 +18,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 
 pub use local::LocalStorage;
+#[cfg(feature = "s3")]
 pub use s3::S3Storage;
 
 /// A key relative to the cluster's area of the repository, e.g.
@@ -223,6 +225,7 @@ pub async fn open(repo: &crate::config::RepositoryConfig, cluster: &str) -> anyh
     use crate::config::RepoUrl;
     Ok(match &repo.parsed_url()? {
         RepoUrl::Local(path) => Arc::new(LocalStorage::new(path.join(cluster))),
+        #[cfg(feature = "s3")]
         RepoUrl::S3 { bucket, prefix } => {
             let prefix = if prefix.is_empty() {
                 cluster.to_string()
@@ -230,6 +233,10 @@ pub async fn open(repo: &crate::config::RepositoryConfig, cluster: &str) -> anyh
                 format!("{prefix}/{cluster}")
             };
             Arc::new(S3Storage::connect(repo, bucket, &prefix).await?)
+        }
+        #[cfg(not(feature = "s3"))]
+        RepoUrl::S3 { .. } => {
+            return Err(crate::usage!("this pgdr was built without S3 support (the s3 feature)"));
         }
     })
 }
