@@ -23,7 +23,7 @@ sanitizer=address
 if ! ls "$(rustc --print sysroot)"/lib/rustlib/x86_64-unknown-linux-gnu/lib/librustc-*_rt.asan.a >/dev/null 2>&1; then
   sanitizer=none
 fi
-cargo fuzz build --sanitizer "$sanitizer" -O $targets >/dev/null
+cargo fuzz build --sanitizer "$sanitizer" -O
 failed=()
 for t in $targets; do
   mkdir -p "fuzz/corpus/$t"

@@ -141,9 +141,9 @@ impl WalFile {
         }
         if let Some(base) = name.strip_suffix(".backup")
             && base.len() == 33
-            && hex(&base[..24], 24)
+            && base.get(..24).is_some_and(|h| hex(h, 24))
             && base.as_bytes()[24] == b'.'
-            && hex(&base[25..], 8)
+            && base.get(25..).is_some_and(|h| hex(h, 8))
         {
             return Some(WalFile::BackupHistory(name.to_string()));
         }
@@ -258,6 +258,16 @@ mod tests {
         );
         assert!(WalFile::parse("../etc/passwd").is_none());
         assert!(WalFile::parse("RECOVERYHISTORY").is_none());
+    }
+
+    #[test]
+    fn non_ascii_names_are_not_wal_files() {
+        // Found by the `names` fuzz target (a key in the bucket is untrusted input):
+        // slicing a 33-byte name at byte 24 panicked inside a multi-byte character.
+        let name = String::from_utf8_lossy(b"0000010000000002.000=0\xf7\x00/.backu.backup").into_owned();
+        assert_eq!(WalFile::parse(&name), None);
+        assert_eq!(WalFile::parse("0000000100000000000000€2.00000028.backup"), None);
+        assert!(WalFile::parse("000000010000000000000042.00000028.backup").is_some());
     }
 
     #[test]
