@@ -113,7 +113,10 @@ fn backups_killed_at_random_moments() {
     assert!(!text.contains("leftover temporary"), "{text}");
     let after = labels(&a.pgdr);
     assert!(before.iter().all(|l| after.contains(l)), "a valid backup disappeared");
-    assert_eq!(after.len(), before.len() + 8 + finished, "{after:?}");
+    // Each round's second backup always commits; a killed one may have committed
+    // just before the kill (its manifest written, the process not yet gone).
+    let new = after.len() - before.len();
+    assert!((8 + finished..=16).contains(&new), "{new} new backups: {after:?}");
     all_verify(&a.pgdr);
 }
 
