@@ -75,6 +75,8 @@ pub enum Command {
     /// Find the transaction that dropped, truncated, deleted from or updated a table,
     /// in the archived WAL, and the restore target just before it
     WalSearch(WalSearchArgs),
+    /// The repository key: rotate it, re-wrap stored objects, list the keys in use
+    Key(KeyArgs),
     /// Run, check or export the job schedule
     Schedule(ScheduleArgs),
     /// Print Prometheus metrics once (for a textfile collector)
@@ -229,6 +231,30 @@ pub struct WalPushAheadArgs {
     /// PostgreSQL's pg_wal directory
     #[arg(long)]
     pub wal_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct KeyArgs {
+    #[command(subcommand)]
+    pub command: KeyCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Replace the repository key: new objects use a new key (written to key_file), the
+    /// old one moves to `<key_file>.retired/` and still decrypts what it encrypted
+    Rotate(KeyRotateArgs),
+    /// Move every stored object onto the current key (rewrites headers, not data)
+    Rewrap,
+    /// The keys this repository has used, and which of them this host holds
+    List,
+}
+
+#[derive(Debug, Args)]
+pub struct KeyRotateArgs {
+    /// Then re-wrap every stored object's data key under the new key (`key rewrap`)
+    #[arg(long)]
+    pub rewrap: bool,
 }
 
 #[derive(Debug, Args)]

@@ -22,6 +22,7 @@ pub mod pipeline;
 pub mod postgres;
 pub mod process;
 pub mod progress;
+pub mod rekey;
 pub mod repo;
 pub mod restore;
 pub mod retention;

@@ -108,3 +108,15 @@ pub fn hold_signals(what: &'static str) {
         }
     });
 }
+
+/// For tests of crash consistency: `PGDR_TEST_CRASH_AT=<name>` kills this process with
+/// SIGKILL when it reaches the step called `name` (nothing is flushed, nothing cleaned
+/// up — as a power cut or the OOM killer would leave it).
+pub fn crash_point(name: &str) {
+    if std::env::var("PGDR_TEST_CRASH_AT").is_ok_and(|at| at == name) {
+        // SAFETY: kill on our own pid; the test wants a crash, not a clean exit.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGKILL);
+        }
+    }
+}

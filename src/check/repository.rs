@@ -55,6 +55,39 @@ pub(super) async fn checks(
                                 "key",
                                 format!("repository key present and matching (id {})", info.key_id),
                             );
+                            let loaded: Vec<String> = keys.ids().iter().map(|id| id.to_hex()).collect();
+                            let missing: Vec<&str> = info
+                                .retired_keys
+                                .iter()
+                                .map(|r| r.key_id.as_str())
+                                .filter(|id| !loaded.iter().any(|l| l == id))
+                                .collect();
+                            if !missing.is_empty() {
+                                report.add(
+                                    Status::Warn,
+                                    "retired keys",
+                                    format!(
+                                        "retired key(s) {} are not in the key file's .retired/ directory: what they encrypted cannot be read until they are put back, or `pgdr key rewrap` has moved it to the current key",
+                                        missing.join(", ")
+                                    ),
+                                );
+                            } else if !info.retired_keys.is_empty() {
+                                report.add(
+                                    Status::Ok,
+                                    "retired keys",
+                                    format!("{} retired key(s) present", info.retired_keys.len()),
+                                );
+                            }
+                        } else if info.retired_keys.iter().any(|r| r.key_id == keys.primary().id().to_hex()) {
+                            report.add(
+                                Status::Fail,
+                                "key",
+                                format!(
+                                    "the configured key (id {}) was retired by `pgdr key rotate`; this repository now uses key id {} — install that key as key_file",
+                                    keys.primary().id().to_hex(),
+                                    info.key_id
+                                ),
+                            );
                         } else {
                             report.add(
                                 Status::Fail,

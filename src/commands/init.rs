@@ -108,6 +108,7 @@ pub async fn run(ctx: &Ctx, args: InitArgs) -> Result<Exit> {
                 pg_major: server.major(),
                 key_id,
                 created: chrono::Utc::now(),
+                retired_keys: Vec::new(),
             };
             match info::create(&storage, &info).await {
                 Ok(()) => {}

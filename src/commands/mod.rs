@@ -9,6 +9,7 @@ mod drill;
 mod expire;
 mod failover;
 mod init;
+mod key;
 mod list;
 mod metrics;
 mod recover;
@@ -104,6 +105,7 @@ pub async fn run(cli: Cli) -> Result<Exit> {
         Command::Recover(args) => recover::run(&ctx, args).await,
         Command::Drill(args) => drill::run(&ctx, args).await,
         Command::WalSearch(args) => wal_search::run(&ctx, args).await,
+        Command::Key(args) => key::run(&ctx, args).await,
         Command::Schedule(args) => schedule::run(&ctx, args).await,
         Command::Metrics(args) => metrics::run(&ctx, args).await,
         Command::WalPush(args) => wal_push::run(&ctx, args).await,

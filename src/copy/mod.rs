@@ -263,6 +263,25 @@ async fn prepare_repo_info(dest: &DynStorage, source: &Repo, key_id: &str, name:
                 source.info.system_identifier
             ))
         }
+        // The primary's key was rotated and the copy shares it: the copy follows.
+        Some(theirs)
+            if theirs.key_id != key_id
+                && key_id == source.info.key_id
+                && source.info.retired_keys.iter().any(|r| r.key_id == theirs.key_id) =>
+        {
+            if !dry_run {
+                info::replace(
+                    dest,
+                    &info::RepoInfo {
+                        key_id: key_id.to_string(),
+                        ..source.info.clone()
+                    },
+                )
+                .await
+                .context("recording the rotated key in the copy's repo.json")?;
+            }
+            Ok(())
+        }
         Some(theirs) if theirs.key_id != key_id => Err(anyhow!(
             "{} was initialised with another key (id {}, copy {name:?} uses {key_id}): objects copied there could not be opened — point the copy somewhere else, or empty it",
             dest.describe(),

@@ -90,6 +90,53 @@ impl RepoKey {
     }
 }
 
+/// Where the retired keys of `key_file` are kept: `<key_file>.retired/<key id>.key`.
+/// `pgdr key rotate` moves the old key there; pgdr loads every key in it to decrypt
+/// what the old keys encrypted.
+pub fn retired_dir(key_file: &Path) -> std::path::PathBuf {
+    let mut name = key_file.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(".retired");
+    key_file.with_file_name(name)
+}
+
+/// The file a retired key with `id` is kept in.
+pub fn retired_file(key_file: &Path, id: &KeyId) -> std::path::PathBuf {
+    retired_dir(key_file).join(format!("{}.key", id.to_hex()))
+}
+
+/// Every key in the retired directory of `key_file` (none if there is no such
+/// directory). A file there that holds no key, or whose name is not its key's id, is an
+/// error: a retired key that silently fails to load is found only on restore day.
+pub fn load_retired(key_file: &Path) -> Result<Vec<RepoKey>> {
+    let dir = retired_dir(key_file);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(usage!("cannot read the retired keys in {}: {e}", dir.display())),
+    };
+    let mut keys = Vec::new();
+    for entry in entries {
+        let path = entry
+            .map_err(|e| usage!("cannot read the retired keys in {}: {e}", dir.display()))?
+            .path();
+        if path.extension().and_then(|e| e.to_str()) != Some("key") {
+            continue;
+        }
+        let key = RepoKey::load_file(&path)?;
+        if path.file_stem().and_then(|s| s.to_str()) != Some(key.id().to_hex().as_str()) {
+            return Err(usage!(
+                "{} holds the key with id {}, not the one its name says — rename it to {}.key",
+                path.display(),
+                key.id().to_hex(),
+                key.id().to_hex()
+            ));
+        }
+        keys.push(key);
+    }
+    keys.sort_by_key(|k| k.id().to_hex());
+    Ok(keys)
+}
+
 /// A key file others can read is a key others have: say so (once per process).
 fn warn_if_open(path: &Path) {
     use std::os::unix::fs::PermissionsExt;
@@ -144,6 +191,21 @@ impl Keyring {
 
     pub fn primary(&self) -> &RepoKey {
         &self.keys[0]
+    }
+
+    /// The ids of every loaded key, the primary first.
+    pub fn ids(&self) -> Vec<KeyId> {
+        self.keys.iter().map(|k| k.id).collect()
+    }
+
+    /// The same keys and binding with `primary` encrypting (the others still decrypt).
+    pub fn with_primary(&self, primary: RepoKey) -> Keyring {
+        let mut keys = vec![primary.clone()];
+        keys.extend(self.keys.iter().filter(|k| k.id != primary.id).cloned());
+        Keyring {
+            keys,
+            binding: self.binding.clone(),
+        }
     }
 
     pub fn get(&self, id: &KeyId) -> Option<&RepoKey> {

@@ -23,11 +23,15 @@ use super::keys::{KEY_ID_LEN, KEY_LEN, KeyId, Keyring, RepoKey};
 
 pub const MAGIC: &[u8; 4] = b"PGDR";
 /// Format 1: chunks authenticated with the header and the object's key. Format 2
-/// (written since 2026-12): also with the repository's identity — cluster name and
-/// system identifier — so an object copied into another cluster's area, even one that
-/// shares the key, fails to open. Both are read.
+/// (written in 2026-12 until key rotation came): also with the repository's identity —
+/// cluster name and system identifier — so an object copied into another cluster's
+/// area, even one that shares the key, fails to open. Format 3 (written since): as 2,
+/// but the chunks are authenticated with the header *without* the key id and wrapped
+/// data key, so `pgdr key rotate --rewrap` can wrap the data key under a new repository
+/// key by rewriting the header alone. All three are read.
 pub const FORMAT_V1: u8 = 1;
-pub const FORMAT: u8 = 2;
+pub const FORMAT_V2: u8 = 2;
+pub const FORMAT: u8 = 3;
 
 /// The object context a sealer authenticates: `cluster NUL system-identifier NUL key`
 /// for a bound (format 2) object, the bare key for format 1.
@@ -57,7 +61,9 @@ pub enum SealError {
     NotPgdr,
     #[error("uses object format {0}, which this pgdr does not know — upgrade pgdr")]
     UnknownFormat(u8),
-    #[error("was encrypted with key id {0}, which is not the configured repository key — check key_file / PGDR_KEY")]
+    #[error(
+        "was encrypted with key id {0}, which is neither the repository key nor a retired key pgdr could load — check key_file / PGDR_KEY, and that the retired key is in the key file's .retired/ directory (`pgdr key list`)"
+    )]
     UnknownKey(String),
     #[error("cannot be opened with the repository key: wrong key, or the header is damaged")]
     Unwrap,
@@ -75,11 +81,76 @@ impl From<SealError> for io::Error {
     }
 }
 
+/// Where the key id and wrapped data key sit in the header.
+const WRAP_START: usize = 4 + 1;
+const WRAP_END: usize = WRAP_START + KEY_ID_LEN + WRAPPED_KEY_LEN;
+
+/// What every chunk is authenticated with: the header (format 3: all but the key id
+/// and the wrapped data key, which the wrapping itself authenticates) and the context.
 fn header_aad(header: &[u8], object: &str) -> Vec<u8> {
     let mut aad = Vec::with_capacity(header.len() + object.len());
-    aad.extend_from_slice(header);
+    if header[4] == FORMAT {
+        aad.extend_from_slice(&header[..WRAP_START]);
+        aad.extend_from_slice(&header[WRAP_END..]);
+    } else {
+        aad.extend_from_slice(header);
+    }
     aad.extend_from_slice(object.as_bytes());
     aad
+}
+
+/// Unwrap a header's data key with whichever of `keys` its key id names.
+fn unwrap_data_key(header: &[u8], keys: &Keyring) -> Result<Vec<u8>, SealError> {
+    let key_id = peek_key_id(header)?;
+    let key = keys
+        .get(&key_id)
+        .ok_or_else(|| SealError::UnknownKey(key_id.to_hex()))?;
+    let at = WRAP_START + KEY_ID_LEN;
+    let wrap_nonce = GenericArray::clone_from_slice(&header[at..at + WRAP_NONCE_LEN]);
+    let wrapped = &header[at + WRAP_NONCE_LEN..WRAP_END];
+    key.cipher()
+        .decrypt(
+            &wrap_nonce,
+            Payload {
+                msg: wrapped,
+                aad: &header[..WRAP_START + KEY_ID_LEN],
+            },
+        )
+        .map_err(|_| SealError::Unwrap)
+}
+
+/// The header of a format-3 object with its data key wrapped under `to` instead: the
+/// stored chunks stay valid as they are (they are not bound to the wrapping). `None`
+/// for a format-1 or -2 object, whose chunks are bound to the whole header: those are
+/// re-encrypted instead (`pipeline::reseal`). The data key is checked to unwrap first.
+pub fn rewrap_header(header: &[u8], keys: &Keyring, to: &RepoKey) -> Result<Option<[u8; HEADER_LEN]>, SealError> {
+    if header.len() < HEADER_LEN {
+        return Err(SealError::NotPgdr);
+    }
+    peek_key_id(header)?;
+    if header[4] != FORMAT {
+        return Ok(None);
+    }
+    let data_key = unwrap_data_key(header, keys)?;
+    let mut out = [0u8; HEADER_LEN];
+    out[..WRAP_START].copy_from_slice(&header[..WRAP_START]);
+    out[WRAP_START..WRAP_START + KEY_ID_LEN].copy_from_slice(&to.id().0);
+    let wrap_nonce = Aes256Gcm::generate_nonce(&mut rand::rngs::OsRng);
+    let wrapped = to
+        .cipher()
+        .encrypt(
+            &wrap_nonce,
+            Payload {
+                msg: &data_key,
+                aad: &out[..WRAP_START + KEY_ID_LEN],
+            },
+        )
+        .map_err(|_| SealError::Unwrap)?;
+    let at = WRAP_START + KEY_ID_LEN;
+    out[at..at + WRAP_NONCE_LEN].copy_from_slice(&wrap_nonce);
+    out[at + WRAP_NONCE_LEN..WRAP_END].copy_from_slice(&wrapped);
+    out[WRAP_END..].copy_from_slice(&header[WRAP_END..HEADER_LEN]);
+    Ok(Some(out))
 }
 
 /// A new object's header (fresh data key, wrapped by the repository key), its
@@ -256,7 +327,7 @@ pub fn peek_key_id(header: &[u8]) -> Result<KeyId, SealError> {
     if header.len() < 4 + 1 + KEY_ID_LEN || &header[..4] != MAGIC {
         return Err(SealError::NotPgdr);
     }
-    if header[4] != FORMAT && header[4] != FORMAT_V1 {
+    if !matches!(header[4], FORMAT_V1 | FORMAT_V2 | FORMAT) {
         return Err(SealError::UnknownFormat(header[4]));
     }
     let mut id = [0u8; KEY_ID_LEN];
@@ -311,25 +382,8 @@ impl<R: Read> Opener<R> {
         if read_full(&mut inner, &mut header)? < HEADER_LEN {
             return Err(SealError::NotPgdr.into());
         }
-        let key_id = peek_key_id(&header)?;
-        let key = keys
-            .get(&key_id)
-            .ok_or_else(|| SealError::UnknownKey(key_id.to_hex()))?;
-        let mut at = 5 + KEY_ID_LEN;
-        let wrap_nonce = GenericArray::clone_from_slice(&header[at..at + WRAP_NONCE_LEN]);
-        at += WRAP_NONCE_LEN;
-        let wrapped = &header[at..at + KEY_LEN + TAG_LEN];
-        at += KEY_LEN + TAG_LEN;
-        let data_key = key
-            .cipher()
-            .decrypt(
-                &wrap_nonce,
-                Payload {
-                    msg: wrapped,
-                    aad: &header[..5 + KEY_ID_LEN],
-                },
-            )
-            .map_err(|_| SealError::Unwrap)?;
+        let data_key = unwrap_data_key(&header, keys)?;
+        let mut at = WRAP_END;
         let nonce_prefix = &header[at..at + NONCE_PREFIX_LEN];
         at += NONCE_PREFIX_LEN;
         let chunk = u32::from_be_bytes(header[at..at + 4].try_into().expect("4 bytes"));
@@ -506,6 +560,35 @@ mod tests {
         let err = open(&stored, &other, "x").unwrap_err();
         assert!(matches!(seal_error(&err), Some(SealError::UnknownKey(_))));
         assert!(open(&stored, &keys, "y").is_err());
+    }
+
+    /// Format 3: a new header with the data key wrapped under another key opens with
+    /// that key alone, the chunks untouched; every header byte is still authenticated.
+    #[test]
+    fn rewrapped_header_opens_under_the_new_key_only() {
+        let old = keyring();
+        let new_key = RepoKey::from_bytes(&[9u8; 32]);
+        let name = "main\01234\0backups/x/manifest.json";
+        let data: Vec<u8> = (0..CHUNK_SIZE as usize + 77).map(|i| (i % 13) as u8).collect();
+        let stored = seal(&data, &old, name);
+        assert_eq!(stored[4], FORMAT);
+        let header = rewrap_header(&stored[..HEADER_LEN], &old, &new_key).unwrap().unwrap();
+        let mut moved = header.to_vec();
+        moved.extend_from_slice(&stored[HEADER_LEN..]);
+        let new_only = Keyring::new(new_key.clone());
+        assert_eq!(open(&moved, &new_only, name).unwrap(), data);
+        let err = open(&moved, &old, name).unwrap_err();
+        assert!(matches!(seal_error(&err), Some(SealError::UnknownKey(_))), "{err}");
+        for pos in [0, 4, 5, 21, 40, 80, 81, 87, 91, HEADER_LEN + 3] {
+            let mut bad = moved.clone();
+            bad[pos] ^= 0x01;
+            assert!(open(&bad, &new_only, name).is_err(), "flip at {pos} went unnoticed");
+        }
+        // Without the old key the data key cannot be unwrapped, so nothing is rewrapped.
+        assert!(rewrap_header(&stored[..HEADER_LEN], &new_only, &new_key).is_err());
+        // Format 1 (unbound) objects are re-encrypted instead.
+        let v1 = seal(b"old", &old, "x");
+        assert!(rewrap_header(&v1[..HEADER_LEN], &old, &new_key).unwrap().is_none());
     }
 
     #[test]

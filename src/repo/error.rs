@@ -30,6 +30,15 @@ pub enum RepoError {
         theirs: String,
     },
     #[error(
+        "the repository key (id {ours}) was retired by `pgdr key rotate` on {when}; the repository at {place} now uses key id {current} — install that key as key_file on this host (the old one stays in the key file's .retired/ directory to decrypt what it encrypted)"
+    )]
+    KeyRetired {
+        ours: String,
+        when: chrono::DateTime<chrono::Utc>,
+        current: String,
+        place: String,
+    },
+    #[error(
         "the repository at {place} belongs to the cluster with system identifier {repo}, but the server has {server} — point [repository] url or cluster at this server's repository"
     )]
     WrongCluster {

@@ -22,6 +22,16 @@ pub struct RepoInfo {
     pub pg_major: u32,
     pub key_id: String,
     pub created: DateTime<Utc>,
+    /// Keys that encrypted objects here before `pgdr key rotate` replaced them, oldest
+    /// first. Absent in repositories that never rotated.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired_keys: Vec<RetiredKey>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RetiredKey {
+    pub key_id: String,
+    pub retired: DateTime<Utc>,
 }
 
 impl RepoInfo {
@@ -51,6 +61,23 @@ pub async fn read(storage: &DynStorage) -> Result<Option<RepoInfo>> {
         Err(StorageError::NotFound(_)) => Ok(None),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Replace repo.json (key rotation): written whole, read back to be sure.
+pub async fn replace(storage: &DynStorage, info: &RepoInfo) -> Result<()> {
+    let data = serde_json::to_vec_pretty(info).expect("repo info serialises");
+    storage
+        .put(&layout::repo_info(), Bytes::from(data), PutMode::Overwrite)
+        .await
+        .with_context(|| format!("writing {}/repo.json", storage.describe()))?;
+    let back = read(storage).await?;
+    if back.as_ref().map(|b| b.key_id.as_str()) != Some(info.key_id.as_str()) {
+        return Err(anyhow!(
+            "{}/repo.json does not read back as written — check the store",
+            storage.describe()
+        ));
+    }
+    Ok(())
 }
 
 /// Write repo.json; fails with `AlreadyExists` if another init won the race.

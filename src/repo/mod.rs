@@ -49,7 +49,14 @@ pub fn load_keyring_for(settings: &crate::config::RepositoryConfig) -> Result<Ke
             }
         },
     };
-    Ok(Keyring::new(key))
+    let mut keys = Keyring::new(key);
+    // Keys retired by `pgdr key rotate` still decrypt what they encrypted.
+    if let Some(path) = &settings.key_file {
+        for old in crate::pipeline::keys::load_retired(path)? {
+            keys.add_old(old);
+        }
+    }
+    Ok(keys)
 }
 
 /// The repository key bound to the repository's identity (repo.json), for the
@@ -111,7 +118,17 @@ impl Repo {
                     place: storage.describe(),
                 },
             })?;
-        if keys.get(&info.key_id()?).is_none() {
+        let ours = keys.primary().id().to_hex();
+        if let Some(retired) = info.retired_keys.iter().find(|r| r.key_id == ours) {
+            return Err(RepoError::KeyRetired {
+                ours,
+                when: retired.retired,
+                current: info.key_id.clone(),
+                place: storage.describe(),
+            }
+            .into());
+        }
+        if keys.primary().id() != info.key_id()? {
             return Err(RepoError::WrongKey {
                 ours: keys.primary().id().to_hex(),
                 place: storage.describe(),
