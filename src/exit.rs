@@ -97,10 +97,11 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 
 /// Which exit code an error chain deserves.
 pub fn classify(err: &anyhow::Error) -> Exit {
-    // Everything RepoError names is the DBA's setup to fix: usage.
+    // Everything RepoError names is the DBA's setup to fix: usage. So is a key this
+    // host lacks.
     if err
         .chain()
-        .any(|e| e.is::<UsageError>() || e.is::<crate::repo::RepoError>())
+        .any(|e| e.is::<UsageError>() || e.is::<crate::repo::RepoError>() || e.is::<crate::pipeline::MissingKey>())
     {
         Exit::Usage
     } else {

@@ -89,6 +89,8 @@ pub async fn fetch(config: &Config, file: &WalFile, dest: &Path) -> Result<Fetch
                 Ok(false) => return Ok(Fetched::Absent),
                 Err(e) if e.chain().any(|c| c.is::<pipeline::Damaged>()) => return Err(FetchError::Damaged(e)),
                 Err(e) if e.chain().any(|c| c.is::<WrongCluster>()) => return Err(FetchError::WrongCluster(e)),
+                // Asking again will not bring the key.
+                Err(e) if e.chain().any(|c| c.is::<pipeline::MissingKey>()) => return Err(FetchError::Unavailable(e)),
                 Err(e) => e,
             };
             for fallback in &mut fallbacks {

@@ -78,7 +78,11 @@ pub(super) async fn checks(
                                     format!("{} retired key(s) present", info.retired_keys.len()),
                                 );
                             }
-                        } else if info.retired_keys.iter().any(|r| r.key_id == keys.primary().id().to_hex()) {
+                        } else if info
+                            .retired_keys
+                            .iter()
+                            .any(|r| r.key_id == keys.primary().id().to_hex())
+                        {
                             report.add(
                                 Status::Fail,
                                 "key",

@@ -317,6 +317,9 @@ fn seal_whole(
 
 /// Why a load failed, when the stored bytes are at fault (not the sink).
 fn damaged(key: &ObjectKey, err: io::Error) -> anyhow::Error {
+    if let Some(seal @ seal::SealError::UnknownKey(_)) = seal::seal_error(&err) {
+        return MissingKey(format!("{key} {seal}")).into();
+    }
     if let Some(seal) = seal::seal_error(&err) {
         return Damaged(format!("{key} {seal}")).into();
     }
@@ -332,6 +335,13 @@ fn damaged(key: &ObjectKey, err: io::Error) -> anyhow::Error {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct Damaged(pub String);
+
+/// A stored object was encrypted with a key this host does not hold (a retired key
+/// taken away, another repository's key). Nothing is known to be wrong with the
+/// object: it is not `Damaged`, and nothing may replace it on that ground.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct MissingKey(pub String);
 
 /// How a load checks what it reads. Every load is authenticated chunk by chunk (AEAD);
 /// digests add a check against the manifest.

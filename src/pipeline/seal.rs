@@ -568,7 +568,7 @@ mod tests {
     fn rewrapped_header_opens_under_the_new_key_only() {
         let old = keyring();
         let new_key = RepoKey::from_bytes(&[9u8; 32]);
-        let name = "main\01234\0backups/x/manifest.json";
+        let name = "main\x001234\x00backups/x/manifest.json";
         let data: Vec<u8> = (0..CHUNK_SIZE as usize + 77).map(|i| (i % 13) as u8).collect();
         let stored = seal(&data, &old, name);
         assert_eq!(stored[4], FORMAT);

@@ -24,8 +24,8 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::pipeline::keys::{load_retired, retired_dir, retired_file};
 use crate::pipeline::RepoKey;
+use crate::pipeline::keys::{load_retired, retired_dir, retired_file};
 use crate::repo::{RepoError, info};
 use crate::storage;
 use crate::usage;
@@ -98,13 +98,18 @@ pub struct KeyListReport {
 
 impl fmt::Display for KeyListReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut lines = vec![format!("{:<32}  {:<8}  {:<20}  on this host", "key id", "state", "retired")];
+        let mut lines = vec![format!(
+            "{:<32}  {:<8}  {:<20}  on this host",
+            "key id", "state", "retired"
+        )];
         for k in &self.keys {
             lines.push(format!(
                 "{:<32}  {:<8}  {:<20}  {}",
                 k.key_id,
                 k.state,
-                k.retired.map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string()).unwrap_or_default(),
+                k.retired
+                    .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+                    .unwrap_or_default(),
                 if k.loaded { "yes" } else { "MISSING" }
             ));
         }
@@ -232,11 +237,7 @@ pub async fn rotate(config: &Config, opts: &RotateOptions) -> Result<RotateRepor
     sync_dir(&key_file)?;
     tracing::info!("rotated the repository key: {old_id} is retired, {new_id} is current");
 
-    let rewrap = if opts.rewrap {
-        Some(rewrap(config).await?)
-    } else {
-        None
-    };
+    let rewrap = if opts.rewrap { Some(rewrap(config).await?) } else { None };
     Ok(RotateReport {
         old_key_id: old_id,
         new_key_id: new_id,

@@ -71,7 +71,10 @@ impl fmt::Display for RewrapReport {
             self.bytes / (1 << 20)
         )?;
         for label in &self.vanished {
-            writeln!(f, "  backup {label} was removed while it was rewrapped; its manifest is gone too")?;
+            writeln!(
+                f,
+                "  backup {label} was removed while it was rewrapped; its manifest is gone too"
+            )?;
         }
         for failed in &self.failed {
             writeln!(f, "  NOT moved: {} — {}", failed.key, failed.why)?;
@@ -144,7 +147,13 @@ pub async fn rewrap(config: &Config) -> Result<RewrapReport> {
 }
 
 /// Move one object not recorded in any manifest; a failure is recorded, not raised.
-async fn one(repo: &Repo, key: &ObjectKey, expect: Option<&Tally>, report: &mut RewrapReport, progress: &Arc<AtomicU64>) {
+async fn one(
+    repo: &Repo,
+    key: &ObjectKey,
+    expect: Option<&Tally>,
+    report: &mut RewrapReport,
+    progress: &Arc<AtomicU64>,
+) {
     match move_object(repo, key, expect, false, progress).await {
         Ok(moved) => count(report, &moved),
         // Removed meanwhile (expire, a finished lease): nothing to move.
@@ -200,7 +209,9 @@ async fn rewrap_backup(
         match moved {
             Moved::Rewrapped(t) | Moved::Reencrypted(t) | Moved::Current(Some(t)) => record.stored = t,
             Moved::Current(None) | Moved::Plain => {
-                return Err(anyhow!("{key} is not an encrypted pgdr object, but its manifest lists it"));
+                return Err(anyhow!(
+                    "{key} is not an encrypted pgdr object, but its manifest lists it"
+                ));
             }
         }
     }

@@ -137,6 +137,14 @@ pub async fn load_scanned_all(
                 why: format!("the manifest names another backup, {}", m.label),
             }),
             Err(e) if is_unreachable(&e) => return Err(e),
+            // A retired key taken away: `pgdr check` and `pgdr key list` say so.
+            Err(e) if e.chain().any(|c| c.is::<crate::pipeline::MissingKey>()) => {
+                tracing::info!("backup {label} is skipped: {e:#}");
+                damaged.push(DamagedManifest {
+                    label: label.clone(),
+                    why: format!("{e:#}"),
+                });
+            }
             Err(e) => {
                 tracing::warn!("backup {label} is damaged and skipped: {e:#}");
                 damaged.push(DamagedManifest {

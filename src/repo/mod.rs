@@ -183,6 +183,22 @@ impl Repo {
         }
     }
 
+    /// Why `selector` named no usable backup: when it is the label of a backup whose
+    /// manifest is there but cannot be opened (damaged, or under a key this host does
+    /// not hold), that reason; otherwise `err` as it is.
+    pub async fn explain_missing(&self, selector: &str, err: anyhow::Error) -> anyhow::Error {
+        let Ok(label) = selector.parse::<BackupLabel>() else {
+            return err;
+        };
+        if !matches!(self.storage.head(&layout::manifest(&label)).await, Ok(Some(_))) {
+            return err;
+        }
+        match catalog::load_manifest(&self.storage, &self.keys, &label).await {
+            Ok(_) => err,
+            Err(e) => e.context(format!("backup {label} cannot be read")),
+        }
+    }
+
     pub async fn manifests(&self) -> Result<Vec<Manifest>> {
         catalog::load_manifests(&self.storage, &self.keys)
             .await

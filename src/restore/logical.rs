@@ -110,7 +110,10 @@ pub async fn run(config: &Config, opts: &LogicalRestoreOptions) -> Result<Logica
     opts.check()?;
     let repo = Repo::open(config).await?;
     let manifests = repo.manifests().await?;
-    let manifest = catalog::resolve(&manifests, &opts.backup, Some(BackupKind::Logical))?;
+    let manifest = match catalog::resolve(&manifests, &opts.backup, Some(BackupKind::Logical)) {
+        Ok(m) => m,
+        Err(e) => return Err(repo.explain_missing(&opts.backup, e).await),
+    };
     repo.check_manifest_identity(manifest)?;
     let tools = PgTools::locate(config.postgres.bin_dir.as_deref())?;
     let target = PgTarget::from_config(config.postgres.url.as_deref())?;

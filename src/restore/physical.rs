@@ -262,13 +262,15 @@ pub async fn plan(config: &Config, opts: &PhysicalRestoreOptions) -> Result<Rest
     let dir = opts.to.as_path();
     let repo = Repo::open(config).await?;
     let manifests = repo.manifests().await?;
-    let manifest = crate::restore::choose::backup_for(
+    let manifest = match crate::restore::choose::backup_for(
         &manifests,
         opts.backup.as_str().ne("latest").then_some(opts.backup.as_str()),
         opts.target.time,
         opts.target.lsn,
-    )?
-    .clone();
+    ) {
+        Ok(m) => m.clone(),
+        Err(e) => return Err(repo.explain_missing(opts.backup.as_str(), e).await),
+    };
     repo.check_manifest_identity(&manifest)?;
     let info = manifest
         .physical

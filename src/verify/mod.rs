@@ -171,7 +171,10 @@ impl Steps {
 pub async fn run(config: &Config, opts: &VerifyOptions) -> Result<VerifyOutcome> {
     let repo = Repo::open(config).await?;
     let manifests = repo.manifests().await?;
-    let manifest = catalog::resolve(&manifests, &opts.backup, Some(opts.kind))?.clone();
+    let manifest = match catalog::resolve(&manifests, &opts.backup, Some(opts.kind)) {
+        Ok(m) => m.clone(),
+        Err(e) => return Err(repo.explain_missing(&opts.backup, e).await),
+    };
     let tools = PgTools::locate(config.postgres.bin_dir.as_deref())?;
     let started = Utc::now();
     let mut steps = Steps { steps: Vec::new() };
