@@ -269,6 +269,7 @@ async fn never_overwrite_rules(inner: DynStorage) {
             pg_major: 15,
             key_id: repo_key.id().to_hex(),
             created: chrono::Utc::now(),
+            retired_keys: Vec::new(),
         },
         keys: Keyring::new(repo_key),
         compression: Compression { level: 3, threads: 1 },
