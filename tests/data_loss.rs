@@ -1090,7 +1090,7 @@ fn copy_tree(from: &Path, to: &Path) {
 }
 
 /// Item 10: objects are bound to the repository's identity (cluster name and system
-/// identifier, format 2): a backup copied into another cluster's area that shares the
+/// identifier, formats 2 and 3): a backup copied into another cluster's area that shares the
 /// key no longer authenticates there. Repositories written before (format 1) still
 /// read: a fixture made by the pgdr of 2026-12-01 lists and restores.
 #[test]
@@ -1102,7 +1102,7 @@ fn item10_objects_are_bound_to_their_repository() {
     let label = a.list_json()[0]["label"].as_str().unwrap().to_string();
     let root = a.repo_dir.clone().unwrap();
     let manifest = std::fs::read(root.join(format!("test/backups/{label}/manifest.json"))).unwrap();
-    assert_eq!(&manifest[..5], b"PGDR\x02", "new objects are format 2");
+    assert_eq!(&manifest[..5], b"PGDR\x03", "new objects are format 3");
 
     // A second cluster, its own area in the same repository, the same key.
     let c2 = Cluster::start();

@@ -22,6 +22,9 @@ pub struct PgTarget {
     password: Option<String>,
     pub dbname: String,
     pub sslmode: Option<String>,
+    /// The CA certificates (PEM) that verify-ca/verify-full check the server against;
+    /// `system` for the system's roots. libpq's default: ~/.postgresql/root.crt.
+    pub sslrootcert: Option<String>,
 }
 
 impl std::fmt::Debug for PgTarget {
@@ -69,12 +72,24 @@ impl PgTarget {
             user,
             password: env("PGPASSWORD"),
             sslmode: env("PGSSLMODE"),
+            sslrootcert: env("PGSSLROOTCERT"),
         }
     }
 
     fn from_url(url: &str) -> Result<PgTarget> {
+        // tokio-postgres knows neither verify-ca/verify-full nor sslrootcert: pgdr
+        // takes libpq's TLS parameters out and handles them itself.
+        let (url, tls) = take_tls_params(url);
+        if let Some(mode) = tls.sslmode.as_deref()
+            && !SSL_MODES.contains(&mode)
+        {
+            return Err(usage!(
+                "[postgres] url has sslmode={mode:?}: expected one of {}",
+                SSL_MODES.join(", ")
+            ));
+        }
         // Never echo the URL: it may hold a password.
-        let config = tokio_postgres::Config::from_str(url)
+        let config = tokio_postgres::Config::from_str(&url)
             .map_err(|e| usage!("[postgres] url is not a valid connection string: {e}"))?;
         let host = config
             .get_hosts()
@@ -93,11 +108,7 @@ impl PgTarget {
             .get_user()
             .map(str::to_string)
             .unwrap_or_else(|| env("PGUSER").unwrap_or_else(os_user));
-        let sslmode = match config.get_ssl_mode() {
-            SslMode::Disable => Some("disable".to_string()),
-            SslMode::Require => Some("require".to_string()),
-            _ => env("PGSSLMODE"),
-        };
+        let sslmode = tls.sslmode.or_else(|| env("PGSSLMODE"));
         Ok(PgTarget {
             host,
             port: config.get_ports().first().copied().unwrap_or(5432),
@@ -105,6 +116,7 @@ impl PgTarget {
             password: config.get_password().map(|p| String::from_utf8_lossy(p).into_owned()),
             user,
             sslmode,
+            sslrootcert: tls.sslrootcert.or_else(|| env("PGSSLROOTCERT")),
         })
     }
 
@@ -157,22 +169,34 @@ impl PgTarget {
             config.password(password);
         }
         let failed = |e: tokio_postgres::Error| {
+            let detail = one_line(&e);
+            let hint = if detail.contains("certificate") || detail.contains("CertificateError") {
+                "the server's certificate did not verify: check sslrootcert (the CA that signed it) and, for sslmode=verify-full, that the host name pgdr connects to is in the certificate"
+            } else {
+                "is the server running? check [postgres] url"
+            };
             anyhow::Error::new(ConnectFailed {
                 message: format!(
-                    "cannot connect to PostgreSQL at {} (database {dbname:?}): {} — is the server running? check [postgres] url",
+                    "cannot connect to PostgreSQL at {} (database {dbname:?}): {detail} — {hint}",
                     self.describe(),
-                    one_line(&e)
                 ),
                 code: e.code().cloned(),
             })
         };
-        // TLS as libpq's sslmode says: off for `disable`, otherwise offered (`prefer`)
-        // or required (`require`). Like libpq without a root certificate, the server
-        // certificate is not verified; verify-ca/verify-full are left to libpq's tools.
+        // TLS as libpq's sslmode says: off for `disable`; offered (`prefer`) or required
+        // (`require`) without checking the certificate, as libpq does; required and
+        // checked against sslrootcert for `verify-ca` (the chain) and `verify-full`
+        // (the chain and the host name).
         if let Some(mode @ ("verify-ca" | "verify-full")) = self.sslmode.as_deref() {
-            return Err(usage!(
-                "sslmode={mode}: pgdr's own connection cannot verify the server certificate yet — use sslmode=require (encrypted; PostgreSQL's tools still verify per libpq's settings)"
-            ));
+            config.ssl_mode(SslMode::Require);
+            let connector = verifying_connector(mode == "verify-full", self.sslrootcert.as_deref())?;
+            let (client, connection) = config.connect(connector).await.map_err(failed)?;
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!("postgres connection ended: {e}");
+                }
+            });
+            return Ok(client);
         }
         if self.sslmode.as_deref() == Some("disable") {
             config.ssl_mode(SslMode::Disable);
@@ -214,7 +238,202 @@ impl PgTarget {
         if let Some(mode) = &self.sslmode {
             vars.push(("PGSSLMODE".to_string(), mode.clone()));
         }
+        if let Some(root) = &self.sslrootcert {
+            vars.push(("PGSSLROOTCERT".to_string(), root.clone()));
+        }
         vars
+    }
+}
+
+const SSL_MODES: [&str; 6] = ["disable", "allow", "prefer", "require", "verify-ca", "verify-full"];
+
+/// libpq's TLS parameters found in a connection string.
+#[derive(Debug, Default, PartialEq)]
+struct TlsParams {
+    sslmode: Option<String>,
+    sslrootcert: Option<String>,
+}
+
+/// Take `sslmode` and `sslrootcert` out of a connection string (URL or key=value
+/// form); the rest goes to tokio-postgres as it was.
+fn take_tls_params(url: &str) -> (String, TlsParams) {
+    let mut tls = TlsParams::default();
+    let mut take = |key: &str, value: String| match key {
+        "sslmode" => {
+            tls.sslmode = Some(value);
+            true
+        }
+        "sslrootcert" => {
+            tls.sslrootcert = Some(value);
+            true
+        }
+        _ => false,
+    };
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let Some((base, query)) = url.split_once('?') else {
+            return (url.to_string(), tls);
+        };
+        let kept: Vec<&str> = query
+            .split('&')
+            .filter(|pair| {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                let v = percent_encoding::percent_decode_str(v).decode_utf8_lossy().into_owned();
+                !take(k, v)
+            })
+            .collect();
+        let rest = if kept.is_empty() {
+            base.to_string()
+        } else {
+            format!("{base}?{}", kept.join("&"))
+        };
+        return (rest, tls);
+    }
+    // key=value pairs separated by spaces; a value may be single-quoted.
+    let mut kept = Vec::new();
+    let mut chars = url.chars().peekable();
+    loop {
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        if chars.peek().is_none() {
+            break;
+        }
+        let mut key = String::new();
+        while let Some(c) = chars.next_if(|c| *c != '=' && !c.is_whitespace()) {
+            key.push(c);
+        }
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        let mut raw = String::new();
+        let mut value = String::new();
+        if chars.next_if_eq(&'=').is_some() {
+            raw.push('=');
+            while chars.next_if(|c| c.is_whitespace()).is_some() {}
+            if chars.next_if_eq(&'\'').is_some() {
+                raw.push('\'');
+                while let Some(c) = chars.next() {
+                    raw.push(c);
+                    match c {
+                        '\\' => {
+                            if let Some(n) = chars.next() {
+                                raw.push(n);
+                                value.push(n);
+                            }
+                        }
+                        '\'' => break,
+                        _ => value.push(c),
+                    }
+                }
+            } else {
+                while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
+                    raw.push(c);
+                    value.push(c);
+                }
+            }
+        }
+        if !take(&key, value) {
+            kept.push(format!("{key}{raw}"));
+        }
+    }
+    (kept.join(" "), tls)
+}
+
+/// A connector that checks the server's certificate against the CAs in `rootcert`
+/// (libpq's default ~/.postgresql/root.crt; `system`: the system's roots), and with
+/// `full` also that it names the host connected to.
+fn verifying_connector(full: bool, rootcert: Option<&str>) -> Result<tokio_postgres_rustls::MakeRustlsConnect> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    use std::sync::Arc;
+
+    let mode = if full { "verify-full" } else { "verify-ca" };
+    let path = match rootcert {
+        Some(p) => p.to_string(),
+        None => env("HOME")
+            .map(|h| format!("{h}/.postgresql/root.crt"))
+            .unwrap_or_else(|| "~/.postgresql/root.crt".into()),
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    if path == "system" {
+        for cert in rustls_native_certs::load_native_certs().certs {
+            let _ = roots.add(cert);
+        }
+    } else {
+        let certs = CertificateDer::pem_file_iter(&path)
+            .map_err(|e| {
+                usage!("sslmode={mode} needs the CA certificate to check the server against: cannot read {path} ({e}) — set sslrootcert in [postgres] url or PGSSLROOTCERT")
+            })?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| usage!("{path} is not a PEM certificate file: {e}"))?;
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| usage!("{path} holds a certificate rustls cannot use as a root: {e}"))?;
+        }
+    }
+    if roots.is_empty() {
+        return Err(usage!(
+            "sslmode={mode}: no CA certificate in {path} — set sslrootcert to the PEM file of the CA that signed the server's certificate"
+        ));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| usage!("cannot use the CA certificates in {path}: {e}"))?;
+    let verifier: Arc<dyn rustls::client::danger::ServerCertVerifier> =
+        if full { verifier } else { Arc::new(ChainOnly(verifier)) };
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+}
+
+/// verify-ca: the certificate must chain to a trusted CA; the host name is not checked.
+#[derive(Debug)]
+struct ChainOnly(std::sync::Arc<rustls::client::WebPkiServerVerifier>);
+
+impl rustls::client::danger::ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        use rustls::{CertificateError, Error};
+        // The chain is checked before the name: a name error means the chain was good.
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
+            Err(Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(rustls::client::danger::ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_verify_schemes()
     }
 }
 
@@ -347,6 +566,33 @@ pub fn db_err(what: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tls_parameters_are_taken_out_of_both_forms() {
+        let (rest, tls) = take_tls_params(
+            "postgresql://u@db.example:5432/app?sslmode=verify-full&connect_timeout=5&sslrootcert=%2Fetc%2Fca%20x.pem",
+        );
+        assert_eq!(rest, "postgresql://u@db.example:5432/app?connect_timeout=5");
+        assert_eq!(tls.sslmode.as_deref(), Some("verify-full"));
+        assert_eq!(tls.sslrootcert.as_deref(), Some("/etc/ca x.pem"));
+        let (rest, tls) = take_tls_params("postgresql://u@h/app?sslmode=require");
+        assert_eq!(
+            (rest.as_str(), tls.sslmode.as_deref()),
+            ("postgresql://u@h/app", Some("require"))
+        );
+        let (rest, tls) =
+            take_tls_params("host=h port=5 sslmode = verify-ca sslrootcert='/a b/c\\'d.pem' password='x y'");
+        assert_eq!(rest, "host=h port=5 password='x y'");
+        assert_eq!(tls.sslmode.as_deref(), Some("verify-ca"));
+        assert_eq!(tls.sslrootcert.as_deref(), Some("/a b/c'd.pem"));
+        let t = PgTarget::from_url("postgresql://u@127.0.0.1/app?sslmode=verify-full&sslrootcert=/ca.pem").unwrap();
+        assert_eq!(t.sslmode.as_deref(), Some("verify-full"));
+        assert!(
+            t.child_env(None)
+                .contains(&("PGSSLROOTCERT".to_string(), "/ca.pem".to_string()))
+        );
+        assert!(PgTarget::from_url("postgresql://u@h/app?sslmode=verify-all").is_err());
+    }
 
     #[test]
     fn url_parts_and_child_env() {

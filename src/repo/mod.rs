@@ -195,7 +195,11 @@ impl Repo {
         }
         match catalog::load_manifest(&self.storage, &self.keys, &label).await {
             Ok(_) => err,
-            Err(e) => e.context(format!("backup {label} cannot be read")),
+            Err(e) => RepoError::NoSuchBackup {
+                why: format!("backup {label} cannot be read: {e:#}"),
+                kind: None,
+            }
+            .into(),
         }
     }
 
