@@ -449,6 +449,21 @@ pub struct InitArgs {
     /// Write a new random repository key to FILE (mode 0600) and use it
     #[arg(long, value_name = "FILE")]
     pub generate_key: Option<PathBuf>,
+    /// S3 Object Lock: turn on versioning and keep every object version DAYS days, so
+    /// that nobody — not a stolen credential either — can destroy backups meanwhile
+    /// (the bucket must have been created with Object Lock, or be empty)
+    #[arg(long, value_name = "DAYS")]
+    pub object_lock: Option<u32>,
+    /// compliance: nobody can shorten the lock; governance: users allowed to bypass
+    /// governance retention can
+    #[arg(long, value_enum, default_value_t = LockModeArg::Compliance, requires = "object_lock")]
+    pub object_lock_mode: LockModeArg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LockModeArg {
+    Compliance,
+    Governance,
 }
 
 #[derive(Debug, Args)]

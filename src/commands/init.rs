@@ -79,6 +79,10 @@ pub async fn run(ctx: &Ctx, args: InitArgs) -> Result<Exit> {
     let server = server::server_info(&client).await?;
     let storage = storage::open(&config.repository, &config.cluster).await?;
     let key_id = keys.primary().id().to_hex();
+    let lock = match args.object_lock {
+        Some(days) => Some(object_lock(config, &storage, days, args.object_lock_mode).await?),
+        None => None,
+    };
 
     let existing = info::read(&storage).await?;
     let (created, info) = match existing {
@@ -131,6 +135,7 @@ pub async fn run(ctx: &Ctx, args: InitArgs) -> Result<Exit> {
             "system_identifier": info.system_identifier,
             "pg_major": info.pg_major,
             "key_id": info.key_id,
+            "object_lock": lock,
         }));
     } else if created {
         println!(
@@ -146,5 +151,53 @@ pub async fn run(ctx: &Ctx, args: InitArgs) -> Result<Exit> {
             storage.describe()
         );
     }
+    if let Some(lock) = &lock
+        && !ctx.json
+    {
+        println!(
+            "Object Lock: every object version is kept {} days ({}); `pgdr expire` removes versions once that has passed",
+            lock.days, lock.mode
+        );
+    }
     Ok(Exit::Success)
+}
+
+/// Turn S3 Object Lock on (or check it is on) with a default retention of `days`.
+async fn object_lock(
+    config: &crate::config::Config,
+    storage: &storage::DynStorage,
+    days: u32,
+    mode: crate::cli::LockModeArg,
+) -> Result<storage::ObjectLock> {
+    if !matches!(config.repository.parsed_url()?, crate::config::RepoUrl::S3 { .. }) {
+        return Err(usage!(
+            "--object-lock needs an S3 repository (a local directory cannot lock its files against its own root)"
+        ));
+    }
+    if days == 0 {
+        return Err(usage!("--object-lock takes a number of days, at least 1"));
+    }
+    let want = storage::ObjectLock {
+        mode: match mode {
+            crate::cli::LockModeArg::Compliance => storage::LockMode::Compliance,
+            crate::cli::LockModeArg::Governance => storage::LockMode::Governance,
+        },
+        days,
+    };
+    if let Some(storage::Versioning { lock: Some(have) }) = storage.versioning().await? {
+        if have == want {
+            return Ok(have);
+        }
+        if have.mode == storage::LockMode::Compliance && want.mode == storage::LockMode::Governance {
+            return Err(usage!(
+                "the bucket already locks objects in COMPLIANCE mode for {} days; pgdr will not weaken it to GOVERNANCE",
+                have.days
+            ));
+        }
+    }
+    storage
+        .enable_object_lock(&want)
+        .await
+        .map_err(|e| usage!("cannot turn on Object Lock: {e}"))?;
+    Ok(want)
 }

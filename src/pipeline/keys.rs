@@ -160,6 +160,10 @@ pub struct Keyring {
     keys: Vec<RepoKey>,
     /// The repository identity objects are bound to: (cluster, system identifier).
     binding: Option<(String, String)>,
+    /// Every key id the repository has used (repo.json: current and retired), when
+    /// known: an object naming any other id is damaged or foreign, not merely missing
+    /// a key.
+    known: Option<Vec<KeyId>>,
 }
 
 impl Keyring {
@@ -167,7 +171,19 @@ impl Keyring {
         Keyring {
             keys: vec![primary],
             binding: None,
+            known: None,
         }
+    }
+
+    /// The key ids the repository has used (its repo.json).
+    pub fn set_known(&mut self, ids: Vec<KeyId>) {
+        self.known = Some(ids);
+    }
+
+    /// Whether `id` may belong to this repository: one it used, or any id when that
+    /// is not known.
+    pub fn may_know(&self, id: &KeyId) -> bool {
+        self.known.as_ref().is_none_or(|ids| ids.contains(id)) || self.get(id).is_some()
     }
 
     /// Bind new objects to this repository identity (and require it of bound ones).
@@ -205,6 +221,7 @@ impl Keyring {
         Keyring {
             keys,
             binding: self.binding.clone(),
+            known: self.known.clone(),
         }
     }
 

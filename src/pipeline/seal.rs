@@ -65,6 +65,10 @@ pub enum SealError {
         "was encrypted with key id {0}, which is neither the repository key nor a retired key pgdr could load — check key_file / PGDR_KEY, and that the retired key is in the key file's .retired/ directory (`pgdr key list`)"
     )]
     UnknownKey(String),
+    #[error(
+        "names key id {0}, which this repository has never used (repo.json) — the object is damaged or was planted"
+    )]
+    ForeignKey(String),
     #[error("cannot be opened with the repository key: wrong key, or the header is damaged")]
     Unwrap,
     #[error("failed authentication in chunk {0}: the object was modified, truncated or moved")]
@@ -102,9 +106,13 @@ fn header_aad(header: &[u8], object: &str) -> Vec<u8> {
 /// Unwrap a header's data key with whichever of `keys` its key id names.
 fn unwrap_data_key(header: &[u8], keys: &Keyring) -> Result<Vec<u8>, SealError> {
     let key_id = peek_key_id(header)?;
-    let key = keys
-        .get(&key_id)
-        .ok_or_else(|| SealError::UnknownKey(key_id.to_hex()))?;
+    let key = keys.get(&key_id).ok_or_else(|| {
+        if keys.may_know(&key_id) {
+            SealError::UnknownKey(key_id.to_hex())
+        } else {
+            SealError::ForeignKey(key_id.to_hex())
+        }
+    })?;
     let at = WRAP_START + KEY_ID_LEN;
     let wrap_nonce = GenericArray::clone_from_slice(&header[at..at + WRAP_NONCE_LEN]);
     let wrapped = &header[at + WRAP_NONCE_LEN..WRAP_END];

@@ -35,6 +35,16 @@ pub struct RetiredKey {
 }
 
 impl RepoInfo {
+    /// Every key id this repository has used: the current one, then the retired ones.
+    /// Malformed entries are left out (they name no key anyone holds).
+    pub fn known_key_ids(&self) -> Vec<KeyId> {
+        std::iter::once(&self.key_id)
+            .chain(self.retired_keys.iter().map(|r| &r.key_id))
+            .filter_map(|id| hex::decode(id).ok().and_then(|b| <[u8; 16]>::try_from(b).ok()))
+            .map(KeyId)
+            .collect()
+    }
+
     pub fn key_id(&self) -> Result<KeyId> {
         let bytes = hex::decode(&self.key_id)
             .ok()

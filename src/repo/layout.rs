@@ -155,6 +155,27 @@ pub fn parse_timeline_declaration(key: &ObjectKey) -> Option<u32> {
         .flatten()
 }
 
+/// Lists of keys `expire` removed from a versioned (Object Lock) bucket: the versions
+/// of those keys are removed for good once their retention ends. `expired/<time>-<n>.json`.
+pub const EXPIRED: &str = "expired/";
+
+pub fn purge_list(at: &chrono::DateTime<chrono::Utc>) -> ObjectKey {
+    key(format!(
+        "{EXPIRED}{}-{:08x}.json",
+        at.format("%Y%m%dT%H%M%SZ"),
+        rand::random::<u32>()
+    ))
+}
+
+/// pgdr's own bookkeeping (leases, probes, purge lists, keep marks): objects whose
+/// deletion is routine, so their old versions may go once unlocked.
+pub fn is_bookkeeping(key: &ObjectKey) -> bool {
+    let k = key.as_str();
+    k.starts_with("locks/")
+        || k.starts_with(EXPIRED)
+        || (k.starts_with(BACKUPS) && k.rsplit('/').next().is_some_and(is_keep_mark))
+}
+
 /// A throw-away object used by `check` to prove the repository is writable.
 pub fn write_probe() -> ObjectKey {
     key(format!(

@@ -83,6 +83,7 @@ pub async fn bound_keyring_and_info_for(
         )
     })?;
     keys.bind(&info.cluster, &info.system_identifier);
+    keys.set_known(info.known_key_ids());
     Ok((keys, info))
 }
 
@@ -137,6 +138,7 @@ impl Repo {
             .into());
         }
         keys.bind(&info.cluster, &info.system_identifier);
+        keys.set_known(info.known_key_ids());
         Ok(Repo {
             storage,
             keys,

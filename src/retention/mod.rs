@@ -4,6 +4,7 @@
 
 mod keep;
 pub mod plan;
+pub mod versions;
 
 use std::fmt;
 
@@ -44,6 +45,9 @@ pub struct ExpireReport {
     pub damaged: Vec<(BackupLabel, String)>,
     #[serde(skip)]
     pub backups_removed: usize,
+    /// On a versioned bucket (Object Lock): what happened to old versions.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub versions: Option<versions::VersionsReport>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -90,6 +94,25 @@ impl fmt::Display for ExpireReport {
         if !self.dry_run {
             lines.push(format!("{verb} {} backup(s)", self.backups_removed));
         }
+        if let Some(v) = &self.versions {
+            if let Some(lock) = &v.lock {
+                lines.push(format!(
+                    "Object Lock: {} {} days — removed objects stay recoverable as versions for that long",
+                    lock.mode, lock.days
+                ));
+            }
+            lines.push(format!(
+                "old versions: {} removed for good, {} still under retention",
+                v.removed, v.locked
+            ));
+            if !v.deleted_outside_pgdr.is_empty() {
+                lines.push(format!(
+                    "WARNING: {} object(s) were deleted by something other than pgdr (their versions are kept; restore them by removing the delete markers): {}",
+                    v.deleted_outside_pgdr.len(),
+                    v.deleted_outside_pgdr.iter().take(10).cloned().collect::<Vec<_>>().join(", ")
+                ));
+            }
+        }
         for r in &self.left_in_place {
             lines.push(format!(
                 "left in place: {} ({}) — protected by the store (e.g. S3 Object Lock)",
@@ -119,6 +142,31 @@ pub async fn expire(config: &Config, opts: &ExpireOptions) -> Result<ExpireRepor
     } else {
         repo.storage.clone()
     };
+    // A versioned bucket keeps what a delete hides: say what will go, for good, once
+    // its retention ends (versions.rs).
+    let versioning = if opts.dry_run {
+        None
+    } else {
+        repo.storage.versioning().await?
+    };
+    if versioning.is_some() {
+        let mut doomed: Vec<ObjectKey> = Vec::new();
+        for decision in plan.backups.iter().filter(|d| !d.keep) {
+            doomed.push(layout::manifest(&decision.label));
+            doomed.extend(scan.objects.get(&decision.label).into_iter().flatten().cloned());
+        }
+        doomed.extend(
+            plan.wal_remove
+                .iter()
+                .filter_map(|name| WalFile::parse(name))
+                .map(|f| layout::wal_file(&f)),
+        );
+        doomed.sort();
+        doomed.dedup();
+        versions::record(&repo, &doomed)
+            .await
+            .context("writing the purge list")?;
+    }
     let mut backups_removed = 0;
     let mut refused: Vec<Refused> = Vec::new();
     for decision in plan.backups.iter().filter(|d| !d.keep) {
@@ -156,6 +204,10 @@ pub async fn expire(config: &Config, opts: &ExpireOptions) -> Result<ExpireRepor
     } else {
         keys.len() - (refused.len() - before)
     };
+    let versions = match versioning {
+        Some(v) => Some(versions::purge(&repo, v.lock).await.context("removing old versions")?),
+        None => None,
+    };
     Ok(ExpireReport {
         dry_run: opts.dry_run,
         backups: plan
@@ -180,6 +232,7 @@ pub async fn expire(config: &Config, opts: &ExpireOptions) -> Result<ExpireRepor
             .collect(),
         damaged: damaged.into_iter().map(|d| (d.label, d.why)).collect(),
         backups_removed,
+        versions,
     })
 }
 

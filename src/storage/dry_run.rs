@@ -68,6 +68,20 @@ impl Storage for DryRun {
         self.deleted.lock().expect("dry-run lock").extend_from_slice(keys);
         Ok(Vec::new())
     }
+
+    async fn versioning(&self) -> Result<Option<super::Versioning>> {
+        self.inner.versioning().await
+    }
+
+    async fn versions(&self, prefix: &str) -> Result<Vec<super::ObjectVersion>> {
+        self.inner.versions(prefix).await
+    }
+
+    /// Recorded like a delete of the key; nothing is removed.
+    async fn delete_version(&self, key: &ObjectKey, _version: &str) -> Result<Option<String>> {
+        self.deleted.lock().expect("dry-run lock").push(key.clone());
+        Ok(None)
+    }
 }
 
 #[cfg(test)]

@@ -7,7 +7,10 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use super::{BodyReceiver, DynStorage, ObjectKey, ObjectMeta, PutMode, Refused, Result, Storage};
+use super::{
+    BodyReceiver, DynStorage, ObjectKey, ObjectLock, ObjectMeta, ObjectVersion, PutMode, Refused, Result, Storage,
+    Versioning,
+};
 
 #[derive(Debug, Clone)]
 pub struct IgnoreConditions(pub DynStorage);
@@ -40,6 +43,22 @@ impl Storage for IgnoreConditions {
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
         self.0.list(prefix).await
+    }
+
+    async fn versioning(&self) -> Result<Option<Versioning>> {
+        self.0.versioning().await
+    }
+
+    async fn versions(&self, prefix: &str) -> Result<Vec<ObjectVersion>> {
+        self.0.versions(prefix).await
+    }
+
+    async fn delete_version(&self, key: &ObjectKey, version: &str) -> Result<Option<String>> {
+        self.0.delete_version(key, version).await
+    }
+
+    async fn enable_object_lock(&self, lock: &ObjectLock) -> Result<()> {
+        self.0.enable_object_lock(lock).await
     }
 
     async fn delete(&self, keys: &[ObjectKey]) -> Result<Vec<Refused>> {

@@ -60,6 +60,48 @@ pub struct ObjectMeta {
     pub modified: Option<DateTime<Utc>>,
 }
 
+/// S3 Object Lock's default retention: every new object version is kept `days` days.
+/// COMPLIANCE: nobody can shorten it or delete the version, whatever their rights;
+/// GOVERNANCE: users with s3:BypassGovernanceRetention can.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ObjectLock {
+    pub mode: LockMode,
+    pub days: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LockMode {
+    Compliance,
+    Governance,
+}
+
+impl fmt::Display for LockMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LockMode::Compliance => "COMPLIANCE",
+            LockMode::Governance => "GOVERNANCE",
+        })
+    }
+}
+
+/// A versioned store's state.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Versioning {
+    /// The default retention, if Object Lock is on.
+    pub lock: Option<ObjectLock>,
+}
+
+/// One version of an object, or a delete marker, in a versioned store.
+#[derive(Debug, Clone)]
+pub struct ObjectVersion {
+    pub key: ObjectKey,
+    pub version_id: String,
+    /// The current version (or current delete marker) of its key.
+    pub is_latest: bool,
+    pub delete_marker: bool,
+}
+
 /// An object a delete left in place, and why.
 #[derive(Debug, Clone)]
 pub struct Refused {
@@ -134,6 +176,40 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// refuses to delete (S3 Object Lock, a read-only file) are returned with the
     /// reason, not treated as a failure of the whole call.
     async fn delete(&self, keys: &[ObjectKey]) -> Result<Vec<Refused>>;
+
+    /// Whether the store keeps versions of objects (S3 versioning), and the default
+    /// Object Lock retention it applies to new ones. Stores without versions: `None`.
+    async fn versioning(&self) -> Result<Option<Versioning>> {
+        Ok(None)
+    }
+
+    /// Every version and delete marker under `prefix` (a versioned store only).
+    async fn versions(&self, prefix: &str) -> Result<Vec<ObjectVersion>> {
+        let _ = prefix;
+        Err(StorageError::Permanent(format!(
+            "{} keeps no object versions",
+            self.describe()
+        )))
+    }
+
+    /// Remove one version (or delete marker) for good. `Ok(Some(reason))` when the
+    /// store refuses — a version under Object Lock retention.
+    async fn delete_version(&self, key: &ObjectKey, version: &str) -> Result<Option<String>> {
+        let _ = (key, version);
+        Err(StorageError::Permanent(format!(
+            "{} keeps no object versions",
+            self.describe()
+        )))
+    }
+
+    /// Turn on versioning and a default Object Lock retention for every new object.
+    async fn enable_object_lock(&self, lock: &ObjectLock) -> Result<()> {
+        let _ = lock;
+        Err(StorageError::Permanent(format!(
+            "{} cannot lock objects: Object Lock needs an S3 repository",
+            self.describe()
+        )))
+    }
 
     /// Whether a successful put is proof that the object is stored as sent (pgdr's own
     /// write, fsync and rename on a local filesystem). A remote store may acknowledge

@@ -13,13 +13,20 @@ use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{BehaviorVersion, Region};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
+use aws_sdk_s3::types::{
+    BucketVersioningStatus, ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, DefaultRetention, Delete,
+    ObjectIdentifier, ObjectLockConfiguration, ObjectLockEnabled, ObjectLockRetentionMode, ObjectLockRule,
+    VersioningConfiguration,
+};
 use bytes::{Bytes, BytesMut};
 use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use super::{BodyReceiver, ObjectKey, ObjectMeta, PutMode, Refused, Result, Storage, StorageError};
+use super::{
+    BodyReceiver, LockMode, ObjectKey, ObjectLock, ObjectMeta, ObjectVersion, PutMode, Refused, Result, Storage,
+    StorageError, Versioning,
+};
 use crate::config::RepositoryConfig;
 
 /// The credential chain, primed with what it answered at start-up: the first ask
@@ -483,6 +490,163 @@ impl Storage for S3Storage {
         }
         out.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
+    }
+
+    async fn versioning(&self) -> Result<Option<Versioning>> {
+        let versioning = self
+            .client
+            .get_bucket_versioning()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .map_err(|e| self.map_err("GetBucketVersioning", &self.bucket, e))?;
+        if versioning.status() != Some(&BucketVersioningStatus::Enabled) {
+            return Ok(None);
+        }
+        let lock = match self
+            .client
+            .get_object_lock_configuration()
+            .bucket(&self.bucket)
+            .send()
+            .await
+        {
+            Ok(out) => out
+                .object_lock_configuration()
+                .filter(|c| c.object_lock_enabled() == Some(&ObjectLockEnabled::Enabled))
+                .and_then(|c| c.rule())
+                .and_then(|r| r.default_retention())
+                .and_then(|d| {
+                    let days = match (d.days(), d.years()) {
+                        (Some(days), _) => days,
+                        (None, Some(years)) => years.saturating_mul(365),
+                        _ => return None,
+                    };
+                    Some(ObjectLock {
+                        mode: match d.mode() {
+                            Some(ObjectLockRetentionMode::Governance) => LockMode::Governance,
+                            _ => LockMode::Compliance,
+                        },
+                        days: days.max(0) as u32,
+                    })
+                }),
+            // No lock configuration on this bucket.
+            Err(e) if e.code() == Some("ObjectLockConfigurationNotFoundError") => None,
+            Err(e) => return Err(self.map_err("GetObjectLockConfiguration", &self.bucket, e)),
+        };
+        Ok(Some(Versioning { lock }))
+    }
+
+    async fn versions(&self, prefix: &str) -> Result<Vec<ObjectVersion>> {
+        let full_prefix = format!("{}/{}", self.prefix, prefix);
+        let mut out = Vec::new();
+        let (mut key_marker, mut version_marker): (Option<String>, Option<String>) = (None, None);
+        loop {
+            let page = self
+                .client
+                .list_object_versions()
+                .bucket(&self.bucket)
+                .prefix(&full_prefix)
+                .set_key_marker(key_marker.take())
+                .set_version_id_marker(version_marker.take())
+                .send()
+                .await
+                .map_err(|e| self.map_err("ListObjectVersions", prefix, e))?;
+            let mut add = |key: Option<&str>, version: Option<&str>, latest: Option<bool>, marker: bool| {
+                let (Some(key), Some(version)) = (key.and_then(|k| self.relative(k)), version) else {
+                    return;
+                };
+                if let Ok(key) = ObjectKey::new(key) {
+                    out.push(ObjectVersion {
+                        key,
+                        version_id: version.to_string(),
+                        is_latest: latest.unwrap_or(false),
+                        delete_marker: marker,
+                    });
+                }
+            };
+            for v in page.versions() {
+                add(v.key(), v.version_id(), v.is_latest(), false);
+            }
+            for m in page.delete_markers() {
+                add(m.key(), m.version_id(), m.is_latest(), true);
+            }
+            if page.is_truncated() != Some(true) {
+                break;
+            }
+            key_marker = page.next_key_marker().map(str::to_string);
+            version_marker = page.next_version_id_marker().map(str::to_string);
+            if key_marker.is_none() {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn delete_version(&self, key: &ObjectKey, version: &str) -> Result<Option<String>> {
+        let full = self.full_key(key);
+        match self
+            .client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(&full)
+            .version_id(version)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(None),
+            Err(e) if e.raw_response().map(|r| r.status().as_u16()) == Some(403) => Ok(Some(format!(
+                "{} {}",
+                e.code().unwrap_or("AccessDenied"),
+                e.message().unwrap_or("locked")
+            ))),
+            Err(e) => match self.map_err("DeleteObject", key.as_str(), e) {
+                StorageError::NotFound(_) => Ok(None),
+                other => Err(other),
+            },
+        }
+    }
+
+    async fn enable_object_lock(&self, lock: &ObjectLock) -> Result<()> {
+        let days = i32::try_from(lock.days)
+            .ok()
+            .filter(|d| *d > 0)
+            .ok_or_else(|| StorageError::Permanent(format!("an Object Lock of {} days is not possible", lock.days)))?;
+        self.client
+            .put_bucket_versioning()
+            .bucket(&self.bucket)
+            .versioning_configuration(
+                VersioningConfiguration::builder()
+                    .status(BucketVersioningStatus::Enabled)
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| self.map_err("PutBucketVersioning", &self.bucket, e))?;
+        let retention = DefaultRetention::builder()
+            .mode(match lock.mode {
+                LockMode::Compliance => ObjectLockRetentionMode::Compliance,
+                LockMode::Governance => ObjectLockRetentionMode::Governance,
+            })
+            .days(days)
+            .build();
+        let config = ObjectLockConfiguration::builder()
+            .object_lock_enabled(ObjectLockEnabled::Enabled)
+            .rule(ObjectLockRule::builder().default_retention(retention).build())
+            .build();
+        self.client
+            .put_object_lock_configuration()
+            .bucket(&self.bucket)
+            .object_lock_configuration(config)
+            .send()
+            .await
+            .map_err(|e| match self.map_err("PutObjectLockConfiguration", &self.bucket, e) {
+                StorageError::Permanent(why) => StorageError::Permanent(format!(
+                    "the bucket {} refused Object Lock ({why}) — a bucket must be created with Object Lock, or be versioned and empty, for it to be turned on",
+                    self.bucket
+                )),
+                other => other,
+            })?;
+        Ok(())
     }
 
     async fn delete(&self, keys: &[ObjectKey]) -> Result<Vec<Refused>> {
