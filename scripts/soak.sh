@@ -114,7 +114,10 @@ for _ in $(seq 1 60); do
   ready=$(ls "$work/data/pg_wal/archive_status" | grep -c '\.ready$' || true)
   [ "$ready" -eq 0 ] && break; sleep 2
 done
-kill -TERM "$sched"; wait "$sched" || true
+# SIGTERM to the scheduler itself (not to runuser or time, which would die without
+# writing the peak RSS).
+pkill -TERM -f "schedule run --file $work/soak-schedule.toml" || true
+wait "$sched" || true
 
 echo
 echo "archive lag every 10 s (ready segments / seconds since the last archived):"
