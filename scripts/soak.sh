@@ -116,7 +116,9 @@ for _ in $(seq 1 60); do
 done
 # SIGTERM to the scheduler itself (not to runuser or time, which would die without
 # writing the peak RSS).
-pkill -TERM -f "schedule run --file $work/soak-schedule.toml" || true
+for pid in $(pgrep -f "schedule run --file $work/soak-schedule.toml"); do
+  [ "$(ps -o comm= -p "$pid")" = pgdr ] && kill -TERM "$pid"
+done
 wait "$sched" || true
 
 echo
