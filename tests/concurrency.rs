@@ -59,3 +59,92 @@ fn wal_of_another_cluster_is_refused() {
     let after = a.pgdr.run(&["cat", &key]);
     assert!(after.stdout == before.stdout, "the archived segment changed");
 }
+
+/// expire run again and again while the oldest backup is being restored: the restore
+/// holds a use lease, so expire keeps that backup and the WAL from its start (its
+/// report says why) until the restore ends; the copy holds all the data; after it,
+/// expire lets the backup go. Before use leases, expire removed the backup's bundles
+/// from under the restore.
+#[test]
+fn expire_during_a_restore_keeps_what_it_reads() {
+    let a = Archiving::start();
+    let c = &a.cluster;
+    c.pgbench_init("postgres", 10);
+    let old = a.pgdr.ok(&["backup", "--kind", "physical", "--json"]);
+    let old: serde_json::Value = serde_json::from_str(&old).unwrap();
+    let old = old["label"].as_str().unwrap().to_string();
+    std::thread::sleep(Duration::from_millis(1100));
+    c.psql("postgres", "UPDATE pgbench_branches SET bbalance = bbalance + 7");
+    a.switch_and_wait();
+    a.pgdr.ok(&["backup", "--kind", "physical"]);
+    c.psql("postgres", "UPDATE pgbench_tellers SET tbalance = tbalance + 3");
+    a.switch_and_wait();
+    let want = c.content_hashes("postgres");
+    let text = std::fs::read_to_string(&a.pgdr.config).unwrap();
+    std::fs::write(&a.pgdr.config, format!("{text}\n[retention]\nfull_count = 1\n")).unwrap();
+
+    let dir = TestDir::new();
+    chown_postgres(dir.path());
+    let (data, sock) = (dir.join("data"), dir.join("sock"));
+    pg_owned_dir(&sock);
+    let port = free_port().to_string();
+    let mut restore = a
+        .pgdr
+        .command(&[
+            "restore",
+            "--kind",
+            "physical",
+            "--backup",
+            &old,
+            "--to",
+            data.to_str().unwrap(),
+            "--start",
+            "--port",
+            &port,
+            "--socket-dir",
+            sock.to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once the restore has announced itself (its use lease), expire runs beside it.
+    let locks = a.pgdr.repo_dir.clone().unwrap().join("test/locks");
+    let leased = || {
+        std::fs::read_dir(&locks)
+            .map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().starts_with("use-")))
+            .unwrap_or(false)
+    };
+    while !leased() && restore.try_wait().unwrap().is_none() {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut kept_in_use = 0;
+    while restore.try_wait().unwrap().is_none() {
+        let out = a.pgdr.run(&["expire", "--json"]);
+        assert_success(&out, "expire during a restore");
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let decision = report["backups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["label"] == old.as_str())
+            .cloned();
+        let decision = decision.unwrap_or_else(|| panic!("expire removed {old} during its restore: {report}"));
+        if decision["reason"].as_str().unwrap().contains("in use by a restore") {
+            assert_eq!(decision["keep"], true, "{report}");
+            kept_in_use += 1;
+        }
+    }
+    let out = restore.wait_with_output().unwrap();
+    assert_success(&out, "the restore beside expire");
+    assert!(kept_in_use >= 1, "expire never ran while the restore held its lease");
+    assert_eq!(content_hashes_at(port.parse().unwrap(), "postgres"), want);
+    let mut stop = std::process::Command::new(pg_bin().join("pg_ctl"));
+    stop.arg("-D").arg(&data).args(["-m", "immediate", "stop"]);
+    let _ = as_postgres(&mut stop).output();
+
+    // The restore is over: the lease is gone and expire lets the old backup go.
+    let out = a.pgdr.ok(&["expire", "--json"]);
+    assert!(out.contains("\"wal_removed\""), "{out}");
+    assert!(a.pgdr.list_json().iter().all(|b| b["label"] != old.as_str()));
+}

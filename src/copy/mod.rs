@@ -135,6 +135,16 @@ pub async fn run(config: &Config, opts: &CopyOptions) -> Result<CopyReport> {
         ));
     }
     let source = Repo::open(config).await?;
+    // expire leaves every backup being copied (and their WAL) while the copy runs.
+    let labels: Vec<_> = source.manifests().await?.into_iter().map(|m| m.label).collect();
+    let lease = crate::repo::lock::UseLease::acquire(&source, &labels, "copy").await?;
+    let result = copy_leased(config, opts, names, &source).await;
+    lease.release().await;
+    result
+}
+
+async fn copy_leased(config: &Config, opts: &CopyOptions, names: Vec<String>, source: &Repo) -> Result<CopyReport> {
+    let source = source.clone();
     let mut report = CopyReport::default();
     for name in names {
         report.copies.push(

@@ -13,7 +13,7 @@ use anyhow::Result;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{Repo, layout};
+use super::{BackupLabel, Repo, layout};
 use crate::pipeline;
 use crate::storage::{ObjectKey, PutMode};
 
@@ -21,6 +21,12 @@ use crate::storage::{ObjectKey, PutMode};
 pub struct LeaseBody {
     pub holder: String,
     pub expires: DateTime<Utc>,
+    /// A use lease's backups (`UseLease`); empty for a lock.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub uses: Vec<BackupLabel>,
+    /// What holds a use lease: "restore", "verify", "copy".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purpose: Option<String>,
 }
 
 pub struct Lease {
@@ -28,6 +34,8 @@ pub struct Lease {
     key: ObjectKey,
     holder: String,
     ttl: Duration,
+    uses: Vec<BackupLabel>,
+    purpose: Option<String>,
 }
 
 /// Who is asking: host, process and a random tag (two schedulers in one process differ).
@@ -72,6 +80,17 @@ impl Lease {
         holder: &str,
         ttl: Duration,
     ) -> Result<std::result::Result<Lease, String>> {
+        Lease::acquire_for(repo, name, holder, ttl, Vec::new(), None).await
+    }
+
+    async fn acquire_for(
+        repo: &Repo,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+        uses: Vec<BackupLabel>,
+        purpose: Option<String>,
+    ) -> Result<std::result::Result<Lease, String>> {
         let key = layout::lock(name);
         for _ in 0..2 {
             // Look first: on a store that ignores If-None-Match the put below would
@@ -95,6 +114,8 @@ impl Lease {
             let body = LeaseBody {
                 holder: holder.to_string(),
                 expires: Utc::now() + ttl,
+                uses: uses.clone(),
+                purpose: purpose.clone(),
             };
             let data = serde_json::to_vec(&body).expect("lease serialises");
             match repo.store().bytes(&key, "lock", data, PutMode::CreateNew).await {
@@ -106,6 +127,8 @@ impl Lease {
                             key,
                             holder: holder.to_string(),
                             ttl,
+                            uses,
+                            purpose,
                         })),
                         Some(b) => Ok(Err(b.holder)),
                         None => Ok(Err("another process (the lease vanished while acquiring)".into())),
@@ -125,6 +148,8 @@ impl Lease {
                 let body = LeaseBody {
                     holder: self.holder.clone(),
                     expires: Utc::now() + self.ttl,
+                    uses: self.uses.clone(),
+                    purpose: self.purpose.clone(),
                 };
                 let data = serde_json::to_vec(&body).expect("lease serialises");
                 self.repo
@@ -291,4 +316,117 @@ impl Drop for BackupLock {
     fn drop(&mut self) {
         self.renewer.abort();
     }
+}
+
+/// Use leases: `locks/use-<random>`, one per restore, verify or copy, naming the
+/// backups it reads. `expire` keeps those backups — and, for a physical one, every WAL
+/// segment from its start — while the lease is renewed; one whose holder died lapses
+/// after its TTL (or at once, on the holder's own host).
+const USE_PREFIX: &str = "use-";
+const USE_TTL: Duration = Duration::from_secs(300);
+
+/// A use lease, renewed in the background; removed by `release` (or lapses). A
+/// repository pgdr may only read (read-only credentials at restore time) gets none:
+/// the restore goes on, with a warning that an `expire` elsewhere could interfere.
+pub struct UseLease {
+    held: Option<(std::sync::Arc<Lease>, tokio::task::JoinHandle<()>)>,
+}
+
+impl UseLease {
+    /// Announce that `labels` are being read for `purpose`, then make sure each is
+    /// still there: an `expire` that planned before the announcement may have removed
+    /// one, and a restore must not start on a backup that is going away.
+    pub async fn acquire(repo: &Repo, labels: &[BackupLabel], purpose: &str) -> Result<UseLease> {
+        let name = format!("{USE_PREFIX}{:016x}", rand::random::<u64>());
+        let taken = Lease::acquire_for(
+            repo,
+            &name,
+            &holder_id(),
+            USE_TTL,
+            labels.to_vec(),
+            Some(purpose.to_string()),
+        )
+        .await;
+        let held = match taken {
+            Ok(Ok(lease)) => {
+                let lease = std::sync::Arc::new(lease);
+                let renewer = {
+                    let lease = lease.clone();
+                    tokio::spawn(async move {
+                        loop {
+                            tokio::time::sleep(USE_TTL / 5).await;
+                            if let Err(e) = lease.renew().await {
+                                tracing::warn!("cannot renew the lease that keeps expire away ({e:#}); retrying");
+                            }
+                        }
+                    })
+                };
+                Some((lease, renewer))
+            }
+            Ok(Err(other)) => {
+                tracing::warn!(
+                    "cannot announce this {purpose} to expire ({other}); an expire running meanwhile could remove what it reads"
+                );
+                None
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "cannot announce this {purpose} to expire ({e:#}); an expire running meanwhile could remove what it reads"
+                );
+                None
+            }
+        };
+        let lease = UseLease { held };
+        for label in labels {
+            if repo.storage.head(&layout::manifest(label)).await?.is_none() {
+                lease.release().await;
+                return Err(anyhow::anyhow!(
+                    "backup {label} was removed (by expire?) just as this {purpose} began — choose another backup"
+                ));
+            }
+        }
+        Ok(lease)
+    }
+
+    pub async fn release(mut self) {
+        if let Some((lease, renewer)) = self.held.take() {
+            renewer.abort();
+            if let Err(e) = lease.release().await {
+                tracing::warn!("releasing a use lease: {e:#} (it lapses by itself)");
+            }
+        }
+    }
+}
+
+impl Drop for UseLease {
+    fn drop(&mut self) {
+        if let Some((_, renewer)) = &self.held {
+            renewer.abort();
+        }
+    }
+}
+
+/// The backups live use leases name, each with who uses it (for expire's report).
+pub async fn in_use(repo: &Repo) -> Result<std::collections::BTreeMap<BackupLabel, String>> {
+    let mut out = std::collections::BTreeMap::new();
+    let prefix = layout::lock(USE_PREFIX);
+    for meta in repo.storage.list(prefix.as_str()).await? {
+        let Some(body) = read(repo, &meta.key).await? else {
+            continue;
+        };
+        if body.expires <= Utc::now() || holder_is_dead_here(&body.holder) {
+            continue;
+        }
+        let host = body.holder.split(['@', ':']).next().unwrap_or("?").to_string();
+        for label in body.uses {
+            out.insert(
+                label,
+                format!(
+                    "in use by a {} on {host} (expire leaves it until that ends)",
+                    body.purpose.as_deref().unwrap_or("reader")
+                ),
+            );
+        }
+    }
+    Ok(out)
 }

@@ -115,6 +115,20 @@ pub async fn run(config: &Config, opts: &LogicalRestoreOptions) -> Result<Logica
         Err(e) => return Err(repo.explain_missing(&opts.backup, e).await),
     };
     repo.check_manifest_identity(manifest)?;
+    // expire leaves the backup while this runs.
+    let lease = crate::repo::lock::UseLease::acquire(&repo, std::slice::from_ref(&manifest.label), "restore").await?;
+    let result = restore_leased(config, opts, &repo, manifest).await;
+    lease.release().await;
+    result
+}
+
+async fn restore_leased(
+    config: &Config,
+    opts: &LogicalRestoreOptions,
+    repo: &Repo,
+    manifest: &crate::repo::Manifest,
+) -> Result<LogicalRestoreReport> {
+    let repo = repo.clone();
     let tools = PgTools::locate(config.postgres.bin_dir.as_deref())?;
     let target = PgTarget::from_config(config.postgres.url.as_deref())?;
     let client = target.connect(None).await?;

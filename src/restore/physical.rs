@@ -20,6 +20,7 @@ use crate::postgres::recovery::{self, RecoveryOptions, RecoveryTarget, TargetAct
 use crate::postgres::{Lsn, PgTarget, PgTools, Segment, TimelineId};
 use crate::progress::{Progress, human_bytes, human_rate};
 use crate::repo::archive::{TimelineChoice, Until};
+use crate::repo::lock::UseLease;
 use crate::repo::manifest::{PhysicalInfo, PhysicalMethod};
 use crate::repo::{Manifest, Repo};
 use crate::restore::report::{PhysicalRestoreReport, RecoveryReport};
@@ -356,6 +357,19 @@ pub async fn plan(config: &Config, opts: &PhysicalRestoreOptions) -> Result<Rest
 /// `opts.start` run the recovery. `say` receives the lines a person watching wants to
 /// read on the way (the verb prints them unless `--json`).
 pub async fn execute(
+    config: &Config,
+    opts: &PhysicalRestoreOptions,
+    plan: RestorePlan,
+    say: &mut dyn FnMut(String),
+) -> Result<PhysicalRestoreReport> {
+    // expire leaves the backup, and the WAL from its start, while this runs.
+    let lease = UseLease::acquire(&plan.repo, std::slice::from_ref(&plan.manifest.label), "restore").await?;
+    let result = execute_leased(config, opts, plan, say).await;
+    lease.release().await;
+    result
+}
+
+async fn execute_leased(
     config: &Config,
     opts: &PhysicalRestoreOptions,
     plan: RestorePlan,

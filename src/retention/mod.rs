@@ -129,7 +129,8 @@ pub async fn expire(config: &Config, opts: &ExpireOptions) -> Result<ExpireRepor
     let scan = catalog::scan(&repo.storage).await?;
     let (manifests, damaged) = catalog::load_scanned_all(&repo.storage, &repo.keys, &scan).await?;
     let listing = archive::list(&repo.storage).await?;
-    let mut plan = plan::plan(&config.retention, &manifests, &scan.keep, &listing, Utc::now());
+    let in_use = crate::repo::lock::in_use(&repo).await?;
+    let mut plan = plan::plan(&config.retention, &manifests, &scan.keep, &in_use, &listing, Utc::now());
     // What WAL a backup with an unreadable manifest needs is unknown: keep all of it,
     // and the backup itself, until it is repaired or removed by hand.
     if !damaged.is_empty() {
@@ -142,6 +143,19 @@ pub async fn expire(config: &Config, opts: &ExpireOptions) -> Result<ExpireRepor
     } else {
         repo.storage.clone()
     };
+    // A restore or copy that began after the plan was made: what it reads stays, and
+    // so does all WAL (the plan did not know it needed any).
+    if !opts.dry_run {
+        let late = crate::repo::lock::in_use(&repo).await?;
+        for decision in plan.backups.iter_mut().filter(|d| !d.keep) {
+            if let Some(why) = late.get(&decision.label) {
+                decision.keep = true;
+                decision.reason = why.clone();
+                plan.wal_remove.clear();
+                plan.wal_anchor = None;
+            }
+        }
+    }
     // A versioned bucket keeps what a delete hides: say what will go, for good, once
     // its retention ends (versions.rs).
     let versioning = if opts.dry_run {

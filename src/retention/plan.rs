@@ -50,6 +50,7 @@ pub fn plan(
     cfg: &RetentionConfig,
     manifests: &[Manifest],
     keep_marks: &BTreeSet<BackupLabel>,
+    in_use: &BTreeMap<BackupLabel, String>,
     archive: &ArchiveListing,
     now: DateTime<Utc>,
 ) -> Plan {
@@ -64,6 +65,8 @@ pub fn plan(
                 (true, "the newest backup of its kind is always kept".to_string())
             } else if keep_marks.contains(&m.label) {
                 (true, "marked keep".to_string())
+            } else if let Some(why) = in_use.get(&m.label) {
+                (true, why.clone())
             } else if days.is_none() && count.is_none() {
                 (true, format!("no retention set for {kind} backups"))
             } else if count.is_some_and(|c| (rank as u32) < c) {
@@ -109,6 +112,12 @@ pub fn plan(
             .copied()
             .unwrap_or(oldest_kept),
         None => oldest_kept,
+    };
+    // A backup being restored or copied needs every segment from its start on (a
+    // restore may go to the end of the archive).
+    let anchor = match kept.iter().rev().find(|m| in_use.contains_key(&m.label)) {
+        Some(used) if used.start_time < anchor.start_time => used,
+        _ => anchor,
     };
     let Some(anchor_info) = anchor.physical.as_ref() else {
         return plan;
@@ -220,7 +229,7 @@ mod tests {
         let marks: BTreeSet<BackupLabel> = ["20261101T000000Z-F".parse().unwrap()].into();
         let names: Vec<String> = (1..=12).map(|n| format!("{:08X}{:08X}{:08X}", 1, 0, n)).collect();
         let arch = archive(&names.iter().map(String::as_str).collect::<Vec<_>>());
-        let p = plan(&cfg, &ms, &marks, &arch, now);
+        let p = plan(&cfg, &ms, &marks, &BTreeMap::new(), &arch, now);
         let kept: Vec<&str> = p.backups.iter().filter(|d| d.keep).map(|d| d.label.as_str()).collect();
         assert_eq!(
             kept,
@@ -262,7 +271,7 @@ mod tests {
             "000000020000000000000009",
             "00000002000000000000000A",
         ]);
-        let p = plan(&cfg, &[older, newer], &BTreeSet::new(), &arch, now);
+        let p = plan(&cfg, &[older, newer], &BTreeSet::new(), &BTreeMap::new(), &arch, now);
         let keep = p
             .backups
             .iter()

@@ -175,6 +175,20 @@ pub async fn run(config: &Config, opts: &VerifyOptions) -> Result<VerifyOutcome>
         Ok(m) => m.clone(),
         Err(e) => return Err(repo.explain_missing(&opts.backup, e).await),
     };
+    // expire leaves the backup (and its WAL) while the test runs.
+    let lease = crate::repo::lock::UseLease::acquire(&repo, std::slice::from_ref(&manifest.label), "verify").await?;
+    let result = run_leased(config, opts, &repo, manifest).await;
+    lease.release().await;
+    result
+}
+
+async fn run_leased(
+    config: &Config,
+    opts: &VerifyOptions,
+    repo: &Repo,
+    manifest: crate::repo::Manifest,
+) -> Result<VerifyOutcome> {
+    let repo = repo.clone();
     let tools = PgTools::locate(config.postgres.bin_dir.as_deref())?;
     let started = Utc::now();
     let mut steps = Steps { steps: Vec::new() };
