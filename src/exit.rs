@@ -80,6 +80,16 @@ pub fn is_refused_login(err: &anyhow::Error) -> bool {
     })
 }
 
+/// A local filesystem that cannot take what is written: full, over quota, read-only.
+/// Asking the repository again does not help.
+pub fn is_disk_full(err: &anyhow::Error) -> bool {
+    err.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .and_then(|io| io.raw_os_error())
+            .is_some_and(|n| [libc::ENOSPC, libc::EDQUOT, libc::EROFS].contains(&n))
+    })
+}
+
 /// The `SealError` inside an I/O error (a decrypting reader's), if that is what it is.
 pub fn seal_error(err: &std::io::Error) -> Option<&crate::pipeline::seal::SealError> {
     err.get_ref()

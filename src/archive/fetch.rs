@@ -89,8 +89,13 @@ pub async fn fetch(config: &Config, file: &WalFile, dest: &Path) -> Result<Fetch
                 Ok(false) => return Ok(Fetched::Absent),
                 Err(e) if e.chain().any(|c| c.is::<pipeline::Damaged>()) => return Err(FetchError::Damaged(e)),
                 Err(e) if e.chain().any(|c| c.is::<WrongCluster>()) => return Err(FetchError::WrongCluster(e)),
-                // Asking again will not bring the key.
-                Err(e) if e.chain().any(|c| c.is::<pipeline::MissingKey>()) => return Err(FetchError::Unavailable(e)),
+                // Asking again will not bring the key, nor free the disk.
+                Err(e)
+                    if e.chain()
+                        .any(|c| c.is::<pipeline::MissingKey>() || c.is::<LocalWrite>()) =>
+                {
+                    return Err(FetchError::Unavailable(e));
+                }
                 Err(e) => e,
             };
             for fallback in &mut fallbacks {
@@ -170,17 +175,19 @@ impl Source {
 pub(super) async fn fetch_into(storage: &DynStorage, keys: &Keyring, file: &WalFile, dest: &Path) -> Result<bool> {
     let key = layout::wal_file(file);
     let tmp = dest.with_file_name(format!(".{}.pgdr-tmp", file.name()));
-    let out = std::fs::File::create(&tmp).map_err(|e| anyhow!("cannot create {}: {e}", tmp.display()))?;
+    let local =
+        |what: &str, e: std::io::Error| anyhow::Error::new(LocalWrite(format!("cannot {what} {}: {e}", tmp.display())));
+    let out = std::fs::File::create(&tmp).map_err(|e| local("create", e))?;
     let loaded = pipeline::load_to_writer(storage, &key, out, keys, pipeline::Verify::Authenticated, None).await;
     match loaded {
         Ok((mut out, _, _)) => {
             let done = out
                 .flush()
                 .and_then(|_| out.sync_all())
-                .map_err(|e| anyhow!("cannot write {}: {e}", tmp.display()))
+                .map_err(|e| local("write", e))
                 .and_then(|_| {
                     drop(out);
-                    std::fs::rename(&tmp, dest).map_err(|e| anyhow!("cannot move {} into place: {e}", tmp.display()))
+                    std::fs::rename(&tmp, dest).map_err(|e| local("move into place", e))
                 });
             if done.is_err() {
                 let _ = std::fs::remove_file(&tmp);
@@ -191,12 +198,23 @@ pub(super) async fn fetch_into(storage: &DynStorage, keys: &Keyring, file: &WalF
             let _ = std::fs::remove_file(&tmp);
             if crate::exit::is_not_found(&e) {
                 Ok(false)
+            } else if crate::exit::is_disk_full(&e) {
+                Err(anyhow::Error::new(LocalWrite(format!(
+                    "cannot write {}: {e:#}",
+                    tmp.display()
+                ))))
             } else {
                 Err(e)
             }
         }
     }
 }
+
+/// The destination in pg_wal could not be written (full, read-only, over quota):
+/// asking the repository again will not help, and "absent" would be a lie.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct LocalWrite(String);
 
 /// Refuse a repository whose system identifier is not the data directory's (the
 /// parent of pg_wal, where PostgreSQL runs restore_command). A data directory whose

@@ -136,7 +136,7 @@ pub async fn run(config: &Config, opts: &CopyOptions) -> Result<CopyReport> {
     }
     let source = Repo::open(config).await?;
     // expire leaves every backup being copied (and their WAL) while the copy runs.
-    let labels: Vec<_> = source.manifests().await?.into_iter().map(|m| m.label).collect();
+    let labels: Vec<_> = crate::repo::catalog::scan(&source.storage).await?.complete;
     let lease = crate::repo::lock::UseLease::acquire(&source, &labels, "copy").await?;
     let result = copy_leased(config, opts, names, &source).await;
     lease.release().await;
