@@ -98,6 +98,10 @@ pub struct RepositoryConfig {
     /// Attempts per S3 request, including the first.
     #[serde(default = "default_attempts")]
     pub s3_max_attempts: u32,
+    /// Seconds an S3 request may wait for the server's answer before it is given up
+    /// (and retried, up to `s3_max_attempts`).
+    #[serde(default = "default_s3_timeout")]
+    pub s3_timeout_seconds: u64,
     /// The AWS profile whose credentials and settings to use (default: `AWS_PROFILE`,
     /// then `default`).
     pub profile: Option<String>,
@@ -143,6 +147,10 @@ fn default_level() -> i32 {
 
 fn default_attempts() -> u32 {
     4
+}
+
+fn default_s3_timeout() -> u64 {
+    120
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -508,6 +516,11 @@ impl Config {
         }
         if self.repository.s3_max_attempts == 0 {
             return Err(usage!("{src}: key `repository.s3_max_attempts`: expected at least 1"));
+        }
+        if self.repository.s3_timeout_seconds == 0 {
+            return Err(usage!(
+                "{src}: key `repository.s3_timeout_seconds`: expected at least 1"
+            ));
         }
         let mut names = std::collections::HashSet::new();
         for (i, copy) in self.repository.copies.iter().enumerate() {

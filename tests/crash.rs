@@ -1,5 +1,5 @@
 //! Crash consistency (issue 14): `kill -9` of pgdr at seeded random moments during
-//! `backup`, `expire` and `wal-push`, over several iterations. After each kill the
+//! `backup`, `expire`, `wal-push`, `restore` and `copy`, over several iterations. After each kill the
 //! repository must hold no backup that is listed but incomplete, `check` must name
 //! what a killed run left and clean it on request, the same command run again must
 //! succeed, and every backup that was valid before must still restore.
@@ -151,6 +151,71 @@ fn expire_killed_at_random_moments() {
     all_verify(&a.pgdr);
     let r = a.pgdr.restore_started(&[]);
     assert_eq!(content_hashes_at(r.port, "postgres"), c.content_hashes("postgres"));
+}
+
+/// `copy` to a second repository killed at random moments, once per round, each round
+/// after a new backup and more WAL: the copy never lists a backup that is not whole
+/// there (the newest it lists verifies from the copy alone), the next copy finishes
+/// what the killed one began, and the copy alone restores to the live content.
+#[test]
+fn copies_killed_at_random_moments() {
+    let a = Archiving::start();
+    let c = &a.cluster;
+    c.pgbench_init("postgres", 4);
+    let dr = a.pgdr.dir.join("dr");
+    pg_owned_dir(&dr);
+    let config = std::fs::read_to_string(&a.pgdr.config).unwrap();
+    std::fs::write(
+        &a.pgdr.config,
+        format!(
+            "{config}\n[[repository.copies]]\nname = \"dr\"\nurl = \"file://{}\"\n",
+            dr.display()
+        ),
+    )
+    .unwrap();
+    let dr_labels = || -> Vec<String> {
+        let out = a.pgdr.ok(&["--repository", "dr", "list", "--json"]);
+        let list: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+        list.iter().map(|b| b["label"].as_str().unwrap().to_string()).collect()
+    };
+    a.pgdr.ok(&["backup", "--kind", "physical"]);
+    a.switch_and_wait();
+    // A whole copy of one backup and its WAL says how long a run takes.
+    let span = timed(&a.pgdr, &["copy"]);
+    let mut rng = Rng::seeded();
+    for round in 0..4 {
+        c.psql(
+            "postgres",
+            "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % 50 = 0",
+        );
+        std::thread::sleep(Duration::from_millis(1100));
+        a.pgdr.ok(&["backup", "--kind", "physical"]);
+        a.switch_and_wait();
+        let at = rng.below(span + span / 2);
+        let killed = kill_after(a.pgdr.command(&["copy", "--jobs", "2"]), at);
+        println!("copy (round {round}) killed after {at} of ~{span} ms: {killed}");
+        let listed = dr_labels();
+        let primary = labels(&a.pgdr);
+        assert!(
+            listed.iter().all(|l| primary.contains(l)),
+            "the copy lists {listed:?}, the primary {primary:?}"
+        );
+        if let Some(newest) = listed.first() {
+            let out = a
+                .pgdr
+                .run(&["--repository", "dr", "verify", "--backup", newest, "--kind", "physical"]);
+            assert_success(&out, &format!("verify {newest} from the copy after a killed copy"));
+        }
+    }
+    a.pgdr.ok(&["copy"]);
+    let mut listed = dr_labels();
+    let mut primary = labels(&a.pgdr);
+    listed.sort();
+    primary.sort();
+    assert_eq!(listed, primary, "the copy did not catch up");
+    let want = c.content_hashes("postgres");
+    let r = a.pgdr.restore_started(&["--repository", "dr"]);
+    assert_eq!(content_hashes_at(r.port, "postgres"), want);
 }
 
 /// `wal-push` killed at random moments on segments PostgreSQL has not archived yet

@@ -514,3 +514,56 @@ fn check_and_recover_under_faults() {
     assert_eq!(c.psql("postgres", "SELECT v FROM orders WHERE id = 1000"), "after");
     assert!(!scratch.exists());
 }
+
+/// A server slower than `[repository] s3_timeout_seconds`: the request is given up and
+/// retried, so one slow answer costs a retry, not a hung command; a server that never
+/// answers in time is a clear failure — `wal-fetch` stops recovery (126), never says
+/// "absent" — and a backup whose upload was slow once is whole.
+#[test]
+fn delays_past_the_timeout() {
+    let (a, proxy, _) = through_proxy();
+    let text = std::fs::read_to_string(&a.pgdr.config).unwrap();
+    std::fs::write(
+        &a.pgdr.config,
+        text.replace("[repository]\n", "[repository]\ns3_timeout_seconds = 1\n"),
+    )
+    .unwrap();
+    current_segment(&a.cluster);
+    let seg = a.switch_and_wait();
+    let local = std::fs::read(a.cluster.data.join("pg_wal").join(&seg)).unwrap();
+    let dir = TestDir::new();
+    chown_postgres(dir.path());
+    let dest = dir.join("pg_wal").join("RECOVERYXLOG");
+    pg_owned_dir(dest.parent().unwrap());
+
+    // One GET answered after 3 s: given up after 1 s, retried, the segment in place.
+    proxy.add(Rule::new("GET", &seg, Fault::Delay(Duration::from_secs(3))).times(1));
+    let out = a.pgdr.run(&["wal-fetch", &seg, dest.to_str().unwrap()]);
+    assert_success(&out, "wal-fetch with one slow answer");
+    assert_eq!(proxy.applied(), 1, "{:#?}", proxy.log());
+    assert!(std::fs::read(&dest).unwrap() == local, "the fetched segment differs");
+    proxy.clear();
+
+    // Every answer late: 126 within the retry window, nothing in place.
+    std::fs::remove_file(&dest).unwrap();
+    proxy.add(Rule::new("GET", &seg, Fault::Delay(Duration::from_secs(3))));
+    proxy.add(Rule::new("HEAD", &seg, Fault::Delay(Duration::from_secs(3))));
+    let out = a.pgdr.run(&["wal-fetch", &seg, dest.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(126), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!dest.exists());
+    assert!(proxy.applied() >= 2, "{:#?}", proxy.log());
+    proxy.clear();
+
+    // A backup whose first upload answers late: retried, committed, restores whole.
+    a.cluster.psql(
+        "postgres",
+        "CREATE TABLE slow AS SELECT g FROM generate_series(1, 5000) g",
+    );
+    proxy.add(Rule::new("PUT", "/backups/", Fault::Delay(Duration::from_secs(3))).times(1));
+    a.pgdr.ok(&["backup", "--kind", "logical", "--database", "postgres"]);
+    assert_eq!(proxy.applied(), 1, "{:#?}", proxy.log());
+    proxy.clear();
+    a.pgdr
+        .ok(&["restore", "--database", "postgres", "--to-database", "back"]);
+    assert_eq!(a.cluster.content_hashes("back"), a.cluster.content_hashes("postgres"));
+}

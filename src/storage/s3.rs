@@ -137,7 +137,7 @@ impl S3Storage {
             .timeout_config(
                 TimeoutConfig::builder()
                     .connect_timeout(Duration::from_secs(10))
-                    .read_timeout(Duration::from_secs(120))
+                    .read_timeout(Duration::from_secs(repo.s3_timeout_seconds))
                     .build(),
             );
         if let Some(endpoint) = &endpoint {
