@@ -207,12 +207,16 @@ impl S3Storage {
             ("SlowDown" | "RequestTimeout" | "InternalError", _) | (_, Some(500 | 502 | 503 | 504)) => {
                 StorageError::Transient(format!("{op} {key} on {place}: {code} {message} (retries exhausted)"))
             }
+            // A service error says what it is in its code and message; the rest (the
+            // raw response) is for debugging, not for the DBA's one line.
+            (c, _) if !c.is_empty() => StorageError::Permanent(format!("{op} {key} on {place}: {c}: {message}")),
             _ => StorageError::Permanent(format!("{op} {key} on {place}: {}", DisplayErrorContext(&err))),
         }
     }
 
     async fn put_once(&self, key: &ObjectKey, data: Bytes, mode: PutMode) -> Result<()> {
         let full = self.full_key(key);
+        let md5 = md5_hex(&data);
         let mut req = self
             .client
             .put_object()
@@ -222,7 +226,19 @@ impl S3Storage {
         if mode == PutMode::CreateNew {
             req = req.if_none_match("*");
         }
-        req.send().await.map_err(|e| self.map_err("PUT", key.as_str(), e))?;
+        let out = req.send().await.map_err(|e| self.map_err("PUT", key.as_str(), e))?;
+        // Damaged on the way to a store that does not check what it was sent: say so
+        // (the caller's object is not what it sent; wal-push replaces it, a backup fails).
+        if let Some(held) = etag_differs(
+            out.e_tag(),
+            out.server_side_encryption(),
+            out.sse_customer_algorithm(),
+            &md5,
+        ) {
+            return Err(StorageError::Transient(format!(
+                "PUT {key}: the store holds other bytes than were sent (ETag {held}, MD5 {md5}) — damaged on the way"
+            )));
+        }
         Ok(())
     }
 
@@ -279,23 +295,44 @@ impl S3Storage {
             let full = full.to_string();
             let upload_id = upload_id.to_string();
             in_flight.spawn(async move {
-                let out = this
-                    .client
-                    .upload_part()
-                    .bucket(&this.bucket)
-                    .key(&full)
-                    .upload_id(&upload_id)
-                    .part_number(number)
-                    .checksum_algorithm(ChecksumAlgorithm::Crc32)
-                    .body(ByteStream::from(part))
-                    .send()
-                    .await
-                    .map_err(|e| this.map_err("UploadPart", key.as_str(), e))?;
-                Ok(CompletedPart::builder()
-                    .part_number(number)
-                    .set_e_tag(out.e_tag().map(str::to_string))
-                    .set_checksum_crc32(out.checksum_crc32().map(str::to_string))
-                    .build())
+                let sent = part.clone();
+                let md5 = tokio::task::spawn_blocking(move || md5_hex(&sent))
+                .await
+                .map_err(|e| StorageError::Permanent(format!("hashing a part failed: {e}")))?;
+                // A part damaged on the way to a store that does not check the
+                // checksum it was sent (moto, some S3-compatible servers) is sent again
+                // once, then the upload fails: never a complete object with a bad part.
+                let mut attempt = 0;
+                loop {
+                    attempt += 1;
+                    let out = this
+                        .client
+                        .upload_part()
+                        .bucket(&this.bucket)
+                        .key(&full)
+                        .upload_id(&upload_id)
+                        .part_number(number)
+                        .checksum_algorithm(ChecksumAlgorithm::Crc32)
+                        .body(ByteStream::from(part.clone()))
+                        .send()
+                        .await
+                        .map_err(|e| this.map_err("UploadPart", key.as_str(), e))?;
+                    if let Some(held) = part_differs(&out, &md5) {
+                        let why = format!(
+                            "UploadPart {key} part {number}: the store holds other bytes than were sent (ETag {held}, MD5 of the part {md5}) — damaged on the way"
+                        );
+                        if attempt < 2 {
+                            tracing::warn!("{why}; sending it again");
+                            continue;
+                        }
+                        return Err(StorageError::Transient(why));
+                    }
+                    return Ok(CompletedPart::builder()
+                        .part_number(number)
+                        .set_e_tag(out.e_tag().map(str::to_string))
+                        .set_checksum_crc32(out.checksum_crc32().map(str::to_string))
+                        .build());
+                }
             });
         }
         while let Some(done) = in_flight.join_next().await {
@@ -317,6 +354,36 @@ impl S3Storage {
             .map_err(|e| self.map_err("CompleteMultipartUpload", key.as_str(), e))?;
         Ok(total)
     }
+}
+
+/// The ETag a store answered for a part, when it shows the store holds other bytes
+/// than those whose MD5 is `md5`. A plain S3 ETag is the MD5 of what was received;
+/// with SSE-KMS or SSE-C it is not (then nothing can be told from it, as rclone also
+/// reasons), nor when it is not 32 hex digits.
+fn part_differs(out: &aws_sdk_s3::operation::upload_part::UploadPartOutput, md5: &str) -> Option<String> {
+    etag_differs(
+        out.e_tag(),
+        out.server_side_encryption(),
+        out.sse_customer_algorithm(),
+        md5,
+    )
+}
+
+fn etag_differs(
+    etag: Option<&str>,
+    sse: Option<&aws_sdk_s3::types::ServerSideEncryption>,
+    sse_c: Option<&str>,
+    md5: &str,
+) -> Option<String> {
+    let etag = etag?.trim_matches('"').to_ascii_lowercase();
+    let kms = sse.is_some_and(|s| s.as_str().starts_with("aws:kms"));
+    let plain_md5 = etag.len() == 32 && etag.bytes().all(|b| b.is_ascii_hexdigit());
+    (plain_md5 && !kms && sse_c.is_none() && etag != md5).then_some(etag)
+}
+
+fn md5_hex(data: &[u8]) -> String {
+    use md5::Digest;
+    hex::encode(md5::Md5::digest(data))
 }
 
 /// Cuts a body into parts of `part_size` bytes (the last may be shorter).
