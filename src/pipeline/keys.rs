@@ -183,7 +183,7 @@ impl Keyring {
     /// Whether `id` may belong to this repository: one it used, or any id when that
     /// is not known.
     pub fn may_know(&self, id: &KeyId) -> bool {
-        self.known.as_ref().is_none_or(|ids| ids.contains(id)) || self.get(id).is_some()
+        self.known.as_ref().is_none_or(|ids| ids.contains(id))
     }
 
     /// Bind new objects to this repository identity (and require it of bound ones).

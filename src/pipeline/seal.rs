@@ -105,6 +105,9 @@ fn header_aad(header: &[u8], object: &str) -> Vec<u8> {
 
 /// Unwrap a header's data key with whichever of `keys` its key id names.
 fn unwrap_data_key(header: &[u8], keys: &Keyring) -> Result<Vec<u8>, SealError> {
+    if header.len() < HEADER_LEN {
+        return Err(SealError::NotPgdr);
+    }
     let key_id = peek_key_id(header)?;
     let key = keys.get(&key_id).ok_or_else(|| {
         if keys.may_know(&key_id) {

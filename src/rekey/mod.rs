@@ -209,7 +209,7 @@ pub async fn rotate(config: &Config, opts: &RotateOptions) -> Result<RotateRepor
             ));
         }
         None => {
-            check_current(&info, &current, &storage)?;
+            info.require_current(current.id(), &storage.describe())?;
             let text = RepoKey::generate_hex();
             write_secret(&pending, &format!("{text}\n"), &key_file, true)?;
             let new = RepoKey::from_hex(&text, "the generated key")?;
@@ -246,29 +246,6 @@ pub async fn rotate(config: &Config, opts: &RotateOptions) -> Result<RotateRepor
         resumed,
         rewrap,
     })
-}
-
-/// The configured key must be the repository's current one to be rotated.
-fn check_current(info: &info::RepoInfo, current: &RepoKey, storage: &storage::DynStorage) -> Result<()> {
-    let ours = current.id().to_hex();
-    if ours == info.key_id {
-        return Ok(());
-    }
-    if let Some(r) = info.retired_keys.iter().find(|r| r.key_id == ours) {
-        return Err(RepoError::KeyRetired {
-            ours,
-            when: r.retired,
-            current: info.key_id.clone(),
-            place: storage.describe(),
-        }
-        .into());
-    }
-    Err(RepoError::WrongKey {
-        ours,
-        place: storage.describe(),
-        theirs: info.key_id.clone(),
-    }
-    .into())
 }
 
 /// Copy the old key into the retired directory; an existing file there must hold the

@@ -35,6 +35,30 @@ pub struct RetiredKey {
 }
 
 impl RepoInfo {
+    /// `ours` must be the repository's current key (the one new objects are sealed
+    /// with): a retired key and a stranger's key are refused, each with its own line.
+    pub fn require_current(&self, ours: KeyId, place: &str) -> Result<()> {
+        if ours == self.key_id()? {
+            return Ok(());
+        }
+        let ours = ours.to_hex();
+        match self.retired_keys.iter().find(|r| r.key_id == ours) {
+            Some(retired) => Err(super::RepoError::KeyRetired {
+                ours,
+                when: retired.retired,
+                current: self.key_id.clone(),
+                place: place.to_string(),
+            }
+            .into()),
+            None => Err(super::RepoError::WrongKey {
+                ours,
+                place: place.to_string(),
+                theirs: self.key_id.clone(),
+            }
+            .into()),
+        }
+    }
+
     /// Every key id this repository has used: the current one, then the retired ones.
     /// Malformed entries are left out (they name no key anyone holds).
     pub fn known_key_ids(&self) -> Vec<KeyId> {

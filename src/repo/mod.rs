@@ -119,24 +119,7 @@ impl Repo {
                     place: storage.describe(),
                 },
             })?;
-        let ours = keys.primary().id().to_hex();
-        if let Some(retired) = info.retired_keys.iter().find(|r| r.key_id == ours) {
-            return Err(RepoError::KeyRetired {
-                ours,
-                when: retired.retired,
-                current: info.key_id.clone(),
-                place: storage.describe(),
-            }
-            .into());
-        }
-        if keys.primary().id() != info.key_id()? {
-            return Err(RepoError::WrongKey {
-                ours: keys.primary().id().to_hex(),
-                place: storage.describe(),
-                theirs: info.key_id.clone(),
-            }
-            .into());
-        }
+        info.require_current(keys.primary().id(), &storage.describe())?;
         keys.bind(&info.cluster, &info.system_identifier);
         keys.set_known(info.known_key_ids());
         Ok(Repo {
