@@ -621,3 +621,141 @@ fn multipart_part_dropped_or_corrupted() {
     let r = a.pgdr.restore_started(&[]);
     assert_eq!(content_hashes_at(r.port, "postgres"), want);
 }
+
+/// Two `wal-push` calls racing on one segment name (PostgreSQL's retry beside the
+/// pusher; a split brain) on a store that ignores `If-None-Match`: the proxy drops the
+/// condition and holds the PUTs, so both find the name free and both write. `check`
+/// finds out the store ignores the condition and records it; `wal-push` then claims
+/// names first. The same bytes: both succeed and the archive holds them. Different
+/// bytes: never do both succeed; whoever succeeds is what the archive holds, and the
+/// other's retry is refused. Before claims, both pushes of different bytes exited 0
+/// (the later PUT replaced a segment PostgreSQL had been told was archived).
+#[test]
+fn two_pushers_racing_on_a_store_that_ignores_if_none_match() {
+    let (a, proxy, bucket) = through_proxy();
+    let c = &a.cluster;
+    let area = s3()
+        .keys(&bucket, "")
+        .into_iter()
+        .find_map(|k| k.strip_suffix("repo.json").map(str::to_string))
+        .expect("repo.json in the bucket");
+    let recorded = || {
+        let info: serde_json::Value = serde_json::from_str(&a.pgdr.ok(&["cat", "repo.json"])).unwrap();
+        info["ignores_if_none_match"] == true
+    };
+    assert!(
+        !recorded(),
+        "moto honours If-None-Match: init must not record otherwise"
+    );
+    proxy.add(Rule::new("PUT", "check-probe", Fault::IgnoreConditions(Duration::ZERO)));
+    let out = a.pgdr.run(&["check"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("ignores If-None-Match"), "{text}");
+    assert!(recorded(), "check did not record the store ignoring If-None-Match");
+    proxy.clear();
+
+    // A real segment of this cluster (its long page header names the system), stored
+    // under names PostgreSQL has not reached.
+    let first = a.switch_and_wait();
+    let real = std::fs::read(c.data.join("pg_wal").join(&first)).unwrap();
+    let dir = TestDir::new();
+    let file = |name: &str, sub: &str, bytes: &[u8]| {
+        let d = dir.join(sub);
+        std::fs::create_dir_all(&d).unwrap();
+        let p = d.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    };
+    let race = |seg: &str, one: &std::path::Path, two: &std::path::Path| {
+        proxy.clear();
+        // Every PUT naming the segment (its claims too) is held 1.5 s, unconditioned.
+        proxy.add(Rule::new(
+            "PUT",
+            seg,
+            Fault::IgnoreConditions(Duration::from_millis(1500)),
+        ));
+        let spawn = |p: &std::path::Path| {
+            a.pgdr
+                .command(&["wal-push", p.to_str().unwrap()])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let (x, y) = (spawn(one), spawn(two));
+        let (x, y) = (x.wait_with_output().unwrap(), y.wait_with_output().unwrap());
+        assert!(
+            proxy.applied() >= 2,
+            "the pushers did not both write: {:#?}",
+            proxy.log()
+        );
+        proxy.clear();
+        (x, y)
+    };
+    let stored = |seg: &str| {
+        let out = a.pgdr.run(&["cat", &wal_key(seg)]);
+        out.status.success().then_some(out.stdout)
+    };
+
+    // The same bytes twice: both succeed.
+    for n in 1..=3 {
+        let seg = format!("000000010000000A{n:08X}");
+        let (p, q) = (file(&seg, "a", &real), file(&seg, "b", &real));
+        let (x, y) = race(&seg, &p, &q);
+        assert_success(&x, &format!("{seg}: the first of two equal pushes"));
+        assert_success(&y, &format!("{seg}: the second of two equal pushes"));
+        assert!(
+            stored(&seg) == Some(real.clone()),
+            "{seg}: the archive holds other bytes"
+        );
+    }
+
+    // Different bytes under one name (the page header intact, a byte past it changed).
+    let mut other = real.clone();
+    other[100_000] ^= 0xA5;
+    for n in 1..=4 {
+        let seg = format!("000000010000000B{n:08X}");
+        let (p, q) = (file(&seg, "a", &real), file(&seg, "b", &other));
+        let (x, y) = race(&seg, &p, &q);
+        let held = stored(&seg);
+        assert!(
+            !(x.status.success() && y.status.success()),
+            "{seg}: both pushes of different bytes succeeded:\n{}\n{}",
+            String::from_utf8_lossy(&x.stderr),
+            String::from_utf8_lossy(&y.stderr)
+        );
+        for (out, bytes) in [(&x, &real), (&y, &other)] {
+            if out.status.success() {
+                assert!(
+                    held.as_ref() == Some(bytes),
+                    "{seg}: a push succeeded but the archive holds something else"
+                );
+            } else {
+                let err = String::from_utf8_lossy(&out.stderr);
+                assert_eq!(out.status.code(), Some(1), "{seg}: {err}");
+                assert!(
+                    err.contains("different content"),
+                    "{seg}: the refusal does not say why: {err}"
+                );
+            }
+        }
+        // PostgreSQL retries: a refused file stays refused once the other is archived;
+        // if both were refused, the next push stores its file.
+        match (x.status.success(), y.status.success()) {
+            (true, _) | (_, true) => {
+                let loser = if x.status.success() { &q } else { &p };
+                let again = a.pgdr.run(&["wal-push", loser.to_str().unwrap()]);
+                assert_fails(&again, 1, "different content");
+                assert!(stored(&seg) == held, "{seg}: a refused retry changed the archive");
+            }
+            _ => {
+                assert!(held.is_none(), "{seg}: both refused, yet something is archived");
+                assert_success(&a.pgdr.run(&["wal-push", p.to_str().unwrap()]), "the retry alone");
+                assert!(stored(&seg) == Some(real.clone()));
+            }
+        }
+    }
+    // No claim is left behind.
+    let claims = s3().keys(&bucket, &format!("{area}locks/wal/"));
+    assert!(claims.is_empty(), "claims left: {claims:?}");
+}

@@ -246,7 +246,10 @@ async fn pipeline_round_trip_on_both_backends() {
 async fn never_overwrite_rules(inner: DynStorage) {
     use pgdr::pipeline::{Compression, Keyring, RepoKey};
     use pgdr::storage::ignore_conditions::IgnoreConditions;
+    // The probe `init` and `check` use tells the two apart.
+    assert!(pgdr::repo::info::probe_conditional_put(&inner).await.unwrap());
     let storage: DynStorage = std::sync::Arc::new(IgnoreConditions(inner));
+    assert!(!pgdr::repo::info::probe_conditional_put(&storage).await.unwrap());
     // The wrapper really does overwrite: otherwise this tests nothing.
     let probe = key("probe");
     storage
@@ -270,6 +273,7 @@ async fn never_overwrite_rules(inner: DynStorage) {
             key_id: repo_key.id().to_hex(),
             created: chrono::Utc::now(),
             retired_keys: Vec::new(),
+            ignores_if_none_match: true,
         },
         keys: Keyring::new(repo_key),
         compression: Compression { level: 3, threads: 1 },

@@ -109,6 +109,16 @@ pub async fn push_one(repo: &Repo, file: &WalFile, path: &Path) -> Result<()> {
     if let WalFile::Segment(_) | WalFile::Partial(_) = file {
         check_system_identifier(repo, file, path)?;
     }
+    if !repo.info.ignores_if_none_match {
+        return store_one(repo, file, path).await;
+    }
+    let claim = super::claim::Claim::take(repo, file, path).await?;
+    let stored = store_one(repo, file, path).await;
+    claim.release(repo).await;
+    stored
+}
+
+async fn store_one(repo: &Repo, file: &WalFile, path: &Path) -> Result<()> {
     let key = layout::wal_file(file);
     // Some S3 servers ignore If-None-Match (DESIGN.md): look first, and compare.
     let mut mode = PutMode::CreateNew;

@@ -119,10 +119,61 @@ pub(super) async fn checks(
             anyhow::Ok(())
         }
         .await;
+        let writable = written.is_ok();
         report.result("writable", written, |_| {
             "repository accepts writes and deletes".to_string()
         });
+        if writable {
+            conditional_put(storage, report).await;
+        }
     }
 
     storage
+}
+
+/// Does the store still honour `If-None-Match`? One that ignores it is recorded in
+/// `repo.json`, and `wal-push` then claims names before storing (`archive::claim`).
+/// The record is never taken back: a store that ignored it once may again.
+async fn conditional_put(storage: &DynStorage, report: &mut CheckReport) {
+    let honoured = match info::probe_conditional_put(storage).await {
+        Ok(honoured) => honoured,
+        Err(e) => return report.add(Status::Fail, "conditional writes", format!("{e:#}")),
+    };
+    let Ok(Some(mut recorded)) = info::read(storage).await else {
+        return;
+    };
+    match (honoured, recorded.ignores_if_none_match) {
+        (true, false) => report.add(
+            Status::Ok,
+            "conditional writes",
+            "the store refuses to overwrite a create-only write (If-None-Match)",
+        ),
+        (true, true) => report.add(
+            Status::Ok,
+            "conditional writes",
+            "the store refused to overwrite this time, but repo.json records it ignoring If-None-Match before: wal-push keeps claiming names first",
+        ),
+        (false, true) => report.add(
+            Status::Warn,
+            "conditional writes",
+            "the store ignores If-None-Match (recorded in repo.json): wal-push claims each name before storing, a few more requests per segment",
+        ),
+        (false, false) => {
+            recorded.ignores_if_none_match = true;
+            match info::replace(storage, &recorded).await {
+                Ok(()) => report.add(
+                    Status::Warn,
+                    "conditional writes",
+                    "the store ignores If-None-Match: a create-only write was overwritten. Recorded in repo.json; from now on wal-push claims each name before storing it, so two pushers of different bytes cannot both succeed",
+                ),
+                Err(e) => report.add(
+                    Status::Fail,
+                    "conditional writes",
+                    format!(
+                        "the store ignores If-None-Match, and recording that in repo.json failed: {e:#}"
+                    ),
+                ),
+            }
+        }
+    }
 }

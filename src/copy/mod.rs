@@ -284,6 +284,7 @@ async fn prepare_repo_info(dest: &DynStorage, source: &Repo, key_id: &str, name:
                     dest,
                     &info::RepoInfo {
                         key_id: key_id.to_string(),
+                        ignores_if_none_match: theirs.ignores_if_none_match,
                         ..source.info.clone()
                     },
                 )
@@ -303,6 +304,10 @@ async fn prepare_repo_info(dest: &DynStorage, source: &Repo, key_id: &str, name:
             dest,
             &info::RepoInfo {
                 key_id: key_id.to_string(),
+                // The copy's own store: a copy may become the archive of a new primary.
+                ignores_if_none_match: !info::probe_conditional_put(dest)
+                    .await
+                    .context("writing a probe into the copy")?,
                 ..source.info.clone()
             },
         )

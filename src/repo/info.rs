@@ -26,6 +26,11 @@ pub struct RepoInfo {
     /// first. Absent in repositories that never rotated.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub retired_keys: Vec<RetiredKey>,
+    /// The store overwrote a create-only write when `init` or `check` tried (Garage
+    /// does): `wal-push` then claims a segment's name before storing it, so two
+    /// pushers of different bytes cannot both succeed (`archive::claim`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ignores_if_none_match: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -112,6 +117,23 @@ pub async fn replace(storage: &DynStorage, info: &RepoInfo) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// Does the store honour `If-None-Match: *`? A throw-away object is written twice as
+/// create-only: the second write must be refused.
+pub async fn probe_conditional_put(storage: &DynStorage) -> Result<bool> {
+    let probe = layout::write_probe();
+    let body = Bytes::from_static(b"pgdr conditional-put probe");
+    storage.put(&probe, body.clone(), PutMode::CreateNew).await?;
+    let second = storage.put(&probe, body, PutMode::CreateNew).await;
+    let gone = storage.delete(std::slice::from_ref(&probe)).await;
+    let honoured = match second {
+        Err(StorageError::AlreadyExists(_)) => true,
+        Ok(()) => false,
+        Err(e) => return Err(e.into()),
+    };
+    gone?;
+    Ok(honoured)
 }
 
 /// Write repo.json; fails with `AlreadyExists` if another init won the race.

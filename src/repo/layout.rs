@@ -123,6 +123,32 @@ pub fn lock(name: &str) -> ObjectKey {
     key(format!("locks/{name}"))
 }
 
+/// Claims on WAL file names (stores that ignore `If-None-Match`, `archive::claim`):
+/// `locks/wal/<name>.<first 16 hex digits of the plaintext's SHA-256>.<random>`.
+pub fn wal_claim(file: &WalFile, sha16: &str) -> ObjectKey {
+    key(format!(
+        "{}{sha16}.{:08x}",
+        wal_claims_prefix(file),
+        rand::random::<u32>()
+    ))
+}
+
+/// The prefix every claim on `file`'s name starts with.
+pub fn wal_claims_prefix(file: &WalFile) -> String {
+    format!("locks/wal/{}.", file.name())
+}
+
+/// The content digest a claim on `file`'s name carries, if `key` is one.
+pub fn parse_wal_claim<'k>(key: &'k ObjectKey, file: &WalFile) -> Option<&'k str> {
+    let rest = key.as_str().strip_prefix(&wal_claims_prefix(file))?;
+    let (sha16, tag) = rest.split_once('.')?;
+    (sha16.len() == 16
+        && sha16.bytes().all(|b| b.is_ascii_hexdigit())
+        && tag.len() == 8
+        && tag.bytes().all(|b| b.is_ascii_hexdigit()))
+    .then_some(sha16)
+}
+
 /// Where a WAL file is archived: `wal/<TLI+LOG>/<name>`; history files directly in
 /// `wal/`.
 pub fn wal_file(file: &WalFile) -> ObjectKey {

@@ -29,6 +29,9 @@ pub enum Fault {
     /// Answer a DeleteObjects request with AccessDenied for every key in it (what a
     /// bucket policy or an object lock does), deleting nothing.
     RefuseDelete,
+    /// Drop `If-None-Match`/`If-Match` (a store that ignores conditions), wait this
+    /// long, then forward: two writers racing on one key both get through.
+    IgnoreConditions(Duration),
 }
 
 #[derive(Clone, Debug)]
@@ -331,6 +334,11 @@ fn serve(conn: TcpStream, upstream: &str, rules: &Mutex<Vec<Active>>, log: &Mute
                 continue;
             }
             Some(Fault::Delay(d)) => std::thread::sleep(*d),
+            Some(Fault::IgnoreConditions(d)) => {
+                req.headers
+                    .retain(|(k, _)| !k.eq_ignore_ascii_case("if-none-match") && !k.eq_ignore_ascii_case("if-match"));
+                std::thread::sleep(*d);
+            }
             Some(Fault::CorruptUpload) if !req.body.is_empty() => {
                 let mid = req.body.len() / 2;
                 req.body[mid] ^= 0x55;
