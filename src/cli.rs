@@ -761,10 +761,15 @@ pub fn main() -> ExitCode {
     };
     let daemon = matches!(&cli.command, Command::Schedule(s) if matches!(s.command, ScheduleCommand::Run(_)));
     init_logging(cli.log_format, daemon);
+    crate::process::raise_open_file_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("pgdr: error: cannot start the runtime: {e}");
+            let e = anyhow::Error::new(e).context("cannot start the runtime");
+            eprintln!(
+                "pgdr: error: {e:#}{}",
+                exit::hint(&e).map(|h| format!(" — {h}")).unwrap_or_default()
+            );
             return ExitCode::from(failure_code());
         }
     };
@@ -775,7 +780,8 @@ pub fn main() -> ExitCode {
     match outcome {
         Ok(code) => ExitCode::from(code as u8),
         Err(err) => {
-            eprintln!("pgdr: error: {err:#}");
+            let hint = exit::hint(&err).map(|h| format!(" — {h}")).unwrap_or_default();
+            eprintln!("pgdr: error: {err:#}{hint}");
             ExitCode::from(wal_fetch_failure_code().unwrap_or(exit::classify(&err) as u8))
         }
     }

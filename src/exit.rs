@@ -90,6 +90,26 @@ pub fn is_disk_full(err: &anyhow::Error) -> bool {
     })
 }
 
+/// The process (EMFILE) or the system (ENFILE) ran out of file descriptors.
+pub fn is_out_of_files(err: &anyhow::Error) -> bool {
+    err.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .and_then(|io| io.raw_os_error())
+            .is_some_and(|n| n == libc::EMFILE || n == libc::ENFILE)
+    }) || {
+        // Errors that kept only the text of an io::Error.
+        let text = format!("{err:#}");
+        text.contains("(os error 24)") || text.contains("(os error 23)")
+    }
+}
+
+/// The next step for an error, when its cause says more than its text does.
+pub fn hint(err: &anyhow::Error) -> Option<&'static str> {
+    is_out_of_files(err).then_some(
+        "out of file descriptors: raise the open-file limit for pgdr (`ulimit -n`, systemd `LimitNOFILE=`; 1024 is plenty)",
+    )
+}
+
 /// The `SealError` inside an I/O error (a decrypting reader's), if that is what it is.
 pub fn seal_error(err: &std::io::Error) -> Option<&crate::pipeline::seal::SealError> {
     err.get_ref()

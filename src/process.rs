@@ -6,6 +6,27 @@ use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 
 /// The `postgres` OS user, when pgdr runs as root and must hand the files over.
+/// Raise the soft open-file limit to the hard one (capped at 65,536), as Go programs
+/// do at start: a cron or systemd environment often has a soft limit of 1,024 with far
+/// more allowed, and a backup with many parallel streams should not fail on it.
+pub fn raise_open_file_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return;
+        }
+        let want = lim.rlim_max.min(65_536);
+        if lim.rlim_cur < want {
+            lim.rlim_cur = want;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
 pub fn postgres_owner() -> Option<(u32, u32)> {
     // SAFETY: geteuid has no preconditions; getpwnam's result is read at once.
     unsafe {

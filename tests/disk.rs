@@ -1,8 +1,9 @@
 //! Full disks (issue 14) on small filesystems the test mounts (tmpfs; the tests run as
 //! root): a restore target that fills up, `wal-fetch` writing into a full `pg_wal`, and
-//! a full WAL spool. Each fails with one clear line and the documented exit code — for
-//! `wal-fetch` never 1, which PostgreSQL would take for the end of the archive — and
-//! leaves no partial file behind across PostgreSQL's retries.
+//! a full WAL spool; too few file descriptors and a read-only spool. Each fails with
+//! one clear line and the documented exit code — for `wal-fetch` never 1, which
+//! PostgreSQL would take for the end of the archive — and leaves no partial file
+//! behind across PostgreSQL's retries.
 
 mod common;
 
@@ -144,4 +145,165 @@ fn full_restore_target_wal_destination_and_spool() {
     let out = a.pgdr.run(&["cat", &format!("wal/{}/{seg}", &seg[..16])]);
     assert_success(&out, "the segment archived with a full spool");
     assert!(spool.files().is_empty(), "left in the full spool: {:?}", spool.files());
+}
+
+/// Run with an open-file limit of `soft` (hard limit `hard`).
+fn with_nofile(cmd: &mut std::process::Command, soft: u64, hard: u64) -> std::process::Output {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs in the child.
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit {
+                rlim_cur: soft,
+                rlim_max: hard,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.output().unwrap()
+}
+
+/// Too few file descriptors: every verb fails with one line that says so and how to
+/// raise the limit; `wal-fetch` stops recovery (126) rather than answer "absent" (1);
+/// `wal-push` never says "archived" for a segment it did not store; nothing half-made
+/// is listed. A low soft limit under a higher hard one is raised by pgdr itself. An
+/// unwritable (read-only) spool does not stop archiving.
+#[test]
+fn too_many_open_files_and_an_unwritable_spool() {
+    let a = Archiving::start();
+    let c = &a.cluster;
+    c.pgbench_init("postgres", 4);
+    a.pgdr.ok(&["backup", "--kind", "physical"]);
+    let archived = a.switch_and_wait();
+    let listed = || a.pgdr.list_json().len();
+    let dir = TestDir::new();
+    chown_postgres(dir.path());
+    let dest = dir.join("pg_wal").join("RECOVERYXLOG");
+    pg_owned_dir(dest.parent().unwrap());
+    let stored = |seg: &str| a.pgdr.run(&["cat", &format!("wal/{}/{seg}", &seg[..16])]);
+
+    // Runs at a limit: the failures, each checked; whether it succeeded.
+    let mut failures = Vec::new();
+    let mut at_limit = |args: &[&str], limit: u64| -> bool {
+        let out = with_nofile(&mut a.pgdr.command(args), limit, limit);
+        assert_clean_stderr(&out);
+        let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        // A positive "absent" (the repository answered: no such file) is wal-fetch's
+        // success for a segment the archive does not have.
+        if out.status.success() || (args[0] == "wal-fetch" && out.status.code() == Some(1) && err.is_empty()) {
+            return true;
+        }
+        let want = if args[0] == "wal-fetch" { 126 } else { 1 };
+        assert_eq!(out.status.code(), Some(want), "{args:?} with {limit} files: {err}");
+        if args[0] != "check" {
+            // One error line (a warning about what could not be tidied may precede it).
+            let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("pgdr: error")).collect();
+            assert_eq!(
+                errors.len(),
+                1,
+                "{args:?} with {limit} files, not one error line: {err}"
+            );
+            assert!(
+                errors[0].contains("raise the open-file limit"),
+                "{args:?} with {limit} files: no next step: {err}"
+            );
+        }
+        failures.push(format!("{limit} {args:?}"));
+        false
+    };
+    for limit in [8, 11, 14] {
+        let before = listed();
+        let backups = [&["backup", "--kind", "physical"][..], &["backup", "--kind", "logical"]];
+        let made = backups.iter().filter(|args| at_limit(args, limit)).count();
+        assert_eq!(listed(), before + made, "a failed backup is listed");
+        let fetches: [&[&str]; 2] = [
+            &["wal-fetch", "00000001000000FF000000FF", dest.to_str().unwrap()],
+            &["wal-fetch", &archived, dest.to_str().unwrap()],
+        ];
+        for args in fetches {
+            let _ = std::fs::remove_file(&dest);
+            if !at_limit(args, limit) {
+                assert!(!dest.exists(), "wal-fetch put something in place");
+            } else if args[1] == archived {
+                assert!(std::fs::read(&dest).unwrap() == stored(&archived).stdout);
+            }
+        }
+        at_limit(&["check"], limit);
+    }
+    // Everything listed is whole; what the failed runs left is cleaned by check.
+    a.pgdr.ok(&["check", "--clean-orphans"]);
+    for label in a.pgdr.list_json() {
+        let label = label["label"].as_str().unwrap().to_string();
+        assert_success(&a.pgdr.run(&["verify", "--backup", &label]), &format!("verify {label}"));
+    }
+
+    // A soft limit of 14 under a hard limit of 4096: pgdr raises its own and succeeds.
+    let before = listed();
+    let out = with_nofile(&mut a.pgdr.command(&["backup", "--kind", "physical"]), 14, 4096);
+    assert_success(&out, "a backup with a soft limit of 14");
+    assert_eq!(listed(), before + 1);
+
+    // wal-push of a whole segment PostgreSQL has not archived (its archive_command
+    // failing meanwhile): "archived" only when it is.
+    let command = c.psql("postgres", "SHOW archive_command");
+    c.psql("postgres", "ALTER SYSTEM SET archive_command = '/bin/false'");
+    c.psql("postgres", "SELECT pg_reload_conf()");
+    c.psql(
+        "postgres",
+        "CREATE TABLE filler AS SELECT g FROM generate_series(1, 1000) g",
+    );
+    let seg = c.psql("postgres", "SELECT pg_walfile_name(pg_current_wal_lsn())");
+    c.psql("postgres", "SELECT pg_switch_wal()");
+    let path = c.data.join("pg_wal").join(&seg);
+    let mut pushed = false;
+    for limit in [8, 11, 14] {
+        pushed |= at_limit(&["wal-push", path.to_str().unwrap()], limit);
+        assert_eq!(
+            stored(&seg).status.success(),
+            pushed,
+            "{seg} against wal-push's answers"
+        );
+    }
+    let out = with_nofile(&mut a.pgdr.command(&["wal-push", path.to_str().unwrap()]), 14, 4096);
+    assert_success(&out, "wal-push with a soft limit of 14");
+    assert!(stored(&seg).stdout == std::fs::read(&path).unwrap(), "{seg} differs");
+    assert!(failures.len() >= 5, "too few failures to show anything: {failures:?}");
+    println!("failed as expected: {failures:#?}");
+    c.psql(
+        "postgres",
+        &format!("ALTER SYSTEM SET archive_command = '{}'", command.replace('\'', "''")),
+    );
+    c.psql("postgres", "SELECT pg_reload_conf()");
+
+    // A read-only spool: archiving goes on (the spool only speeds up bursts).
+    let spool = Small::mount(&a.pgdr.dir.join("ro-spool"), "1m");
+    std::fs::set_permissions(&spool.0, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let status = std::process::Command::new("mount")
+        .args(["-o", "remount,ro"])
+        .arg(&spool.0)
+        .status()
+        .unwrap();
+    assert!(status.success(), "cannot remount the spool read-only");
+    let text = std::fs::read_to_string(&a.pgdr.config).unwrap();
+    let text: Vec<String> = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("spool_dir") {
+                format!("spool_dir = \"{}\"", spool.0.display())
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    std::fs::write(&a.pgdr.config, text.join("\n")).unwrap();
+    let seg = a.switch_and_wait();
+    let out = stored(&seg);
+    assert_success(&out, "the segment archived with a read-only spool");
+    assert!(out.stdout == std::fs::read(c.data.join("pg_wal").join(&seg)).unwrap());
+    let want = c.content_hashes("postgres");
+    let r = a.pgdr.restore_started(&[]);
+    assert_eq!(content_hashes_at(r.port, "postgres"), want);
 }

@@ -89,10 +89,11 @@ pub async fn fetch(config: &Config, file: &WalFile, dest: &Path) -> Result<Fetch
                 Ok(false) => return Ok(Fetched::Absent),
                 Err(e) if e.chain().any(|c| c.is::<pipeline::Damaged>()) => return Err(FetchError::Damaged(e)),
                 Err(e) if e.chain().any(|c| c.is::<WrongCluster>()) => return Err(FetchError::WrongCluster(e)),
-                // Asking again will not bring the key, nor free the disk.
+                // Asking again will not bring the key, free the disk, or close files.
                 Err(e)
                     if e.chain()
-                        .any(|c| c.is::<pipeline::MissingKey>() || c.is::<LocalWrite>()) =>
+                        .any(|c| c.is::<pipeline::MissingKey>() || c.is::<LocalWrite>())
+                        || crate::exit::is_out_of_files(&e) =>
                 {
                     return Err(FetchError::Unavailable(e));
                 }

@@ -58,10 +58,17 @@ pub(super) async fn run(
         None => server::setting(&client, "data_directory").await?.into(),
     };
     let local = crate::postgres::datadir::control_system_identifier(&data_dir).map_err(|e| {
-        usage!(
-            "cannot read {}/global/pg_control ({e}) — physical backups run on the database host; set [postgres] data_dir",
-            data_dir.display()
-        )
+        use std::io::ErrorKind;
+        // Not there or not ours: the setup. Anything else (no file descriptors, an I/O
+        // error) is a failure of this run, with its own cause.
+        if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::PermissionDenied) {
+            usage!(
+                "cannot read {}/global/pg_control ({e}) — physical backups run on the database host; set [postgres] data_dir",
+                data_dir.display()
+            )
+        } else {
+            anyhow::Error::new(e).context(format!("cannot read {}/global/pg_control", data_dir.display()))
+        }
     })?;
     if local != server.system_identifier {
         return Err(usage!(

@@ -20,15 +20,21 @@ pub async fn run(ctx: &Ctx, args: WalFetchArgs) -> Result<Exit> {
     };
     let standby = fetch::on_standby(&args.path);
     let outcome = fetch::fetch(&ctx.config, &file, &args.path).await;
+    let hint = match &outcome {
+        Err(FetchError::Damaged(e) | FetchError::WrongCluster(e) | FetchError::Unavailable(e)) => exit::hint(e),
+        Ok(_) => None,
+    }
+    .map(|h| format!(" ({h})"))
+    .unwrap_or_default();
     match &outcome {
         Ok(Fetched::Found) => {}
         Ok(Fetched::Absent) => tracing::debug!("{file} is not in the archive"),
         Err(FetchError::Damaged(e)) => {
             eprintln!("pgdr: error: {e:#} — stopping recovery rather than replaying past it")
         }
-        Err(e) if standby => eprintln!("pgdr: error: cannot fetch {file}: {e:#} — the standby will ask again"),
+        Err(e) if standby => eprintln!("pgdr: error: cannot fetch {file}: {e:#}{hint} — the standby will ask again"),
         Err(e) => eprintln!(
-            "pgdr: error: cannot fetch {file} from the archive: {e:#} — stopping recovery rather than taking this for the end of the archive; fix the repository and start the server again"
+            "pgdr: error: cannot fetch {file} from the archive: {e:#}{hint} — stopping recovery rather than taking this for the end of the archive; fix the repository and start the server again"
         ),
     }
     Ok(exit::wal_fetch(&outcome, standby))

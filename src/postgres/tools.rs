@@ -87,7 +87,10 @@ impl PgTools {
 
     /// Major version of the tools, from `pg_dump --version`.
     pub fn major_version(&self) -> Result<u32> {
-        let out = Command::new(self.path("pg_dump")?).arg("--version").output()?;
+        let out = Command::new(self.path("pg_dump")?)
+            .arg("--version")
+            .output()
+            .map_err(|e| anyhow!("cannot run pg_dump --version: {e}"))?;
         let text = String::from_utf8_lossy(&out.stdout);
         // "pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)"
         text.split_whitespace()
