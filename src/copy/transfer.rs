@@ -46,6 +46,13 @@ pub struct Copier {
     pub resealed: std::sync::Mutex<std::collections::HashMap<ObjectKey, Tally>>,
 }
 
+/// A WAL file, history or keep mark listed in the primary and deleted since: `expire`
+/// removed it. Nothing the copy holds needs it — the backups being copied hold a use
+/// lease, and expire keeps them and every WAL segment from their start.
+fn gone(key: &ObjectKey) {
+    tracing::info!("{key} was removed from the primary (expire) since it was listed; not copied");
+}
+
 /// The largest object copied whole, in memory (a 1 GiB WAL segment, sealed).
 const MAX_WHOLE: u64 = (1 << 30) + (1 << 20);
 
@@ -166,10 +173,16 @@ impl Copier {
                     mode,
                     self.progress.clone(),
                 )
-                .await
-                .map_err(|e| {
-                    anyhow!("{key} in the primary repository cannot be copied ({e:#}) — run `pgdr check` there")
-                })?;
+                .await;
+                let written = match written {
+                    Err(e) if crate::exit::is_not_found(&e) => {
+                        gone(key);
+                        return Ok(());
+                    }
+                    other => other.map_err(|e| {
+                        anyhow!("{key} in the primary repository cannot be copied ({e:#}) — run `pgdr check` there")
+                    })?,
+                };
                 self.read_back(key, &written, true).await?;
             }
             (Expect::Stored { stored, .. }, None) => self.stream(key, &stored).await?,
@@ -181,11 +194,13 @@ impl Copier {
                         item.size
                     ));
                 }
-                let data = self
-                    .from
-                    .get(key)
-                    .await
-                    .with_context(|| format!("reading {key} from the primary repository"))?;
+                let data = match self.from.get(key).await {
+                    Err(StorageError::NotFound(_)) => {
+                        gone(key);
+                        return Ok(());
+                    }
+                    other => other.with_context(|| format!("reading {key} from the primary repository"))?,
+                };
                 let tally = pipeline::check_sealed(&data, key, &self.keys).map_err(|e| {
                     anyhow!(
                         "{key} in the primary repository is damaged ({e:#}) — it was not copied; run `pgdr check` there"

@@ -690,6 +690,15 @@ async fn remove_areas(config_file: &Path) -> Result<usize> {
         for chunk in keys.chunks(500) {
             storage.delete(chunk).await?;
         }
+        // A local area's own directory, now empty (the store prunes those below it).
+        if let Ok(crate::config::RepoUrl::Local(root)) = r.parsed_url() {
+            match std::fs::remove_dir(root.join(&config.cluster)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(anyhow!("removing {}: {e}", root.join(&config.cluster).display()));
+                }
+                _ => {}
+            }
+        }
     }
     Ok(n)
 }
