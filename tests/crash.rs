@@ -33,21 +33,27 @@ impl Rng {
     }
 }
 
-/// Run `cmd` and SIGKILL it after `ms` milliseconds; whether it was killed.
-fn kill_after(mut cmd: Command, ms: u64) -> bool {
+/// Run `cmd` and SIGKILL it after `ms` milliseconds: whether it was killed, and how it
+/// ended if it was not.
+fn kill_after_status(mut cmd: Command, ms: u64) -> (bool, Option<std::process::ExitStatus>) {
     let mut child = cmd.spawn().expect("spawn pgdr");
     let deadline = Instant::now() + Duration::from_millis(ms);
     loop {
-        if let Ok(Some(_)) = child.try_wait() {
-            return false;
+        if let Ok(Some(status)) = child.try_wait() {
+            return (false, Some(status));
         }
         if Instant::now() >= deadline {
             let _ = child.kill();
             let _ = child.wait();
-            return true;
+            return (true, None);
         }
         std::thread::sleep(Duration::from_micros(200));
     }
+}
+
+/// Run `cmd` and SIGKILL it after `ms` milliseconds; whether it was killed.
+fn kill_after(cmd: Command, ms: u64) -> bool {
+    kill_after_status(cmd, ms).0
 }
 
 fn timed(pgdr: &Pgdr, args: &[&str]) -> u64 {
@@ -321,4 +327,123 @@ fn restores_killed_at_random_moments() {
 
 fn pgdr_marker() -> &'static str {
     "pgdr-restore-in-progress"
+}
+
+/// `recover --scenario database-failure` (restore a new primary from the archive,
+/// promote it, build a standby, switch PgBouncer) killed with SIGKILL at seeded random
+/// moments, again and again: each run resumes what the killed one left (a half-laid
+/// directory, a started server, a half-built standby) and the last one finishes. The
+/// new primary then holds exactly the old one's data (content hashes), PgBouncer serves
+/// it and it takes writes, the standby replicates, and a further run refuses to
+/// restore over the running server. Found: a run killed while laying down the files of
+/// a retried restore made the next one forget the timeline the first attempt followed
+/// and follow the half-made primary's timeline into a WAL gap; a resumed validation
+/// took pg_amcheck's "extension amcheck already exists" notice for corruption.
+#[test]
+fn recoveries_killed_at_random_moments() {
+    let a = Archiving::start();
+    a.cluster.pgbench_init("postgres", 4);
+    a.pgdr.ok(&["backup", "--kind", "physical"]);
+    a.cluster.psql(
+        "postgres",
+        "CREATE TABLE kept AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 5000) g",
+    );
+    // Many DBAs install amcheck themselves: validation must not take pg_amcheck's
+    // notice that it is there already for corruption (it did).
+    a.cluster.psql("postgres", "CREATE EXTENSION amcheck");
+    a.switch_and_wait();
+    let bouncer = PgBouncer::start(&[("postgres", a.cluster.port)], "transaction");
+    let mut text = std::fs::read_to_string(&a.pgdr.config).unwrap();
+    text.push_str(&format!(
+        "\n[switch]\npgbouncer_admin_url = \"{}\"\npgbouncer_ini = \"{}\"\npgbouncer_databases = [\"postgres\"]\n",
+        bouncer.admin_url(),
+        bouncer.ini.display()
+    ));
+    std::fs::write(&a.pgdr.config, text).unwrap();
+    let hashes = a.cluster.content_hashes("postgres");
+    let out_dir = TestDir::new();
+    chown_postgres(out_dir.path());
+    let (new, standby, state) = (out_dir.join("new"), out_dir.join("standby"), out_dir.join("state.json"));
+    let (port, standby_port) = (free_port(), free_port());
+    let args = [
+        "recover",
+        "--scenario",
+        "database-failure",
+        "--data-dir",
+        new.to_str().unwrap(),
+        "--port",
+        &port.to_string(),
+        "--listen",
+        "127.0.0.1",
+        "--standby-data-dir",
+        standby.to_str().unwrap(),
+        "--standby-port",
+        &standby_port.to_string(),
+        "--state",
+        state.to_str().unwrap(),
+        "--yes",
+    ];
+    // The old primary is gone.
+    let mut cluster = a.cluster;
+    cluster.stop();
+    let mut rng = Rng::seeded();
+    let mut kills = 0;
+    let mut finished = false;
+    // A whole recovery here takes about 3 s; each round may get further than the last.
+    for round in 0..8 {
+        let at = 100 + rng.below(500 * (round + 1));
+        let log = out_dir.join(format!("round-{round}.log"));
+        let mut cmd = a.pgdr.command(&args);
+        let file = std::fs::File::create(&log).unwrap();
+        cmd.stdout(file.try_clone().unwrap()).stderr(file);
+        let (killed, status) = kill_after_status(cmd, at);
+        let st = std::fs::read_to_string(&state).unwrap_or_default();
+        let steps: Vec<String> = serde_json::from_str::<serde_json::Value>(&st)
+            .ok()
+            .and_then(|s| s["steps"].as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .map(|s| {
+                format!(
+                    "{}={}",
+                    s["name"].as_str().unwrap_or("?"),
+                    s["status"].as_str().unwrap_or("?")
+                )
+            })
+            .collect();
+        println!("recover (round {round}) killed after {at} ms: {killed}; steps {steps:?}");
+        if !killed {
+            let log = std::fs::read_to_string(&log).unwrap();
+            assert!(
+                status.is_some_and(|s| s.success()),
+                "recover (round {round}) failed:\n{log}"
+            );
+            finished = true;
+            break;
+        }
+        kills += 1;
+    }
+    assert!(kills >= 3, "only {kills} runs were killed part-way");
+    if !finished {
+        let out = a.pgdr.run(&args);
+        assert_success(&out, "the recovery after the kills");
+    }
+    let st: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    assert!(st["finished"].is_string(), "{st}");
+    assert_eq!(content_hashes_at(port, "postgres"), hashes);
+    let served = bouncer.psql("postgres", "SELECT current_setting('port'), pg_is_in_recovery()");
+    assert!(served.status.success(), "{served:?}");
+    assert_eq!(String::from_utf8_lossy(&served.stdout).trim(), format!("{port}|f"));
+    let wrote = bouncer.psql("postgres", "CREATE TABLE after_recovery AS SELECT 1 AS x");
+    assert!(wrote.status.success(), "{wrote:?}");
+    let replicating = psql_at(standby_port, "postgres", "SELECT pg_is_in_recovery()");
+    assert_eq!(String::from_utf8_lossy(&replicating.stdout).trim(), "t");
+    let again = a.pgdr.run(&args);
+    assert_fails(&again, 2, "running server");
+    for dir in [&new, &standby] {
+        let mut stop = Command::new(pg_bin().join("pg_ctl"));
+        stop.args(["-D", dir.to_str().unwrap(), "-m", "immediate", "stop"]);
+        as_postgres(&mut stop);
+        let _ = stop.output();
+    }
 }

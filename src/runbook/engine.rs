@@ -49,6 +49,11 @@ pub struct StepState {
     pub started: Option<DateTime<Utc>>,
     pub seconds: f64,
     pub detail: String,
+    /// A restore an earlier run left half done followed this timeline: every later
+    /// attempt follows it too, not a timeline that attempt may have started (kept
+    /// here because the next attempt may be killed before writing it anywhere else).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<crate::postgres::TimelineId>,
 }
 
 /// A recovery's progress on disk (JSON, written atomically after every change).
@@ -223,6 +228,7 @@ pub async fn prepare(config: &Config, opts: &RecoverOptions) -> Result<Prepared>
                 started: None,
                 seconds: 0.0,
                 detail: String::new(),
+                timeline: None,
             })
             .collect(),
         servers: BTreeMap::new(),
@@ -336,6 +342,29 @@ pub async fn execute(
         state.steps[i].started = Some(started);
         state.save(&opts.state_file)?;
         say(format!("{} ▶ {} ({})", started.format("%H:%M:%S"), step.name, step.op));
+        // Undo what an interrupted attempt left, and remember (on disk, before
+        // anything else happens) the timeline it followed.
+        let mut pinned = state.steps[i].timeline;
+        let undone = if interrupted {
+            let mut cx = StepCx {
+                config,
+                inputs: &opts.inputs,
+                jobs: opts.jobs,
+                servers: &mut state.servers,
+                restored: &mut state.restored,
+                say,
+                pinned_timeline: pinned,
+            };
+            let undone = steps::undo_partial(step, &mut cx);
+            pinned = cx.pinned_timeline;
+            undone
+        } else {
+            Ok(None)
+        };
+        if pinned != state.steps[i].timeline {
+            state.steps[i].timeline = pinned;
+            state.save(&opts.state_file)?;
+        }
         let mut cx = StepCx {
             config,
             inputs: &opts.inputs,
@@ -343,10 +372,10 @@ pub async fn execute(
             servers: &mut state.servers,
             restored: &mut state.restored,
             say,
-            pinned_timeline: None,
+            pinned_timeline: pinned,
         };
         let outcome = async {
-            if interrupted && let Some(undone) = steps::undo_partial(step, &mut cx)? {
+            if let Some(undone) = undone? {
                 (cx.say)(undone);
             }
             steps::run(step, &runbook.checks, &mut cx).await

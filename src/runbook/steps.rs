@@ -198,7 +198,9 @@ pub fn undo_partial(step: &Step, cx: &mut StepCx<'_>) -> Result<Option<String>> 
         Op::Restore | Op::Standby => {
             let dir = PathBuf::from(step.param("to", cx.inputs));
             if dir.exists() {
-                if step.op == Op::Restore {
+                // The first attempt's choice (kept in the state) wins; else the one
+                // this directory's configuration names.
+                if step.op == Op::Restore && cx.pinned_timeline.is_none() {
                     cx.pinned_timeline = written_timeline(&dir);
                 }
                 remove_server(cx.config, &dir)?;

@@ -450,7 +450,19 @@ pub async fn amcheck(tools: &PgTools, target: &PgTarget) -> Result<()> {
         .stdin(Stdio::null())
         .kill_on_drop(true);
     let out = cmd.output().await?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    // Anything it prints is a finding, except the server's notices (`--install-missing`
+    // on a database that already has amcheck: "extension \"amcheck\" already exists").
+    let text: String = [&out.stdout[..], &out.stderr[..]]
+        .iter()
+        .flat_map(|b| {
+            String::from_utf8_lossy(b)
+                .lines()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .filter(|l| !l.trim_start().starts_with("NOTICE:"))
+        .map(|l| l + "\n")
+        .collect();
     if !out.status.success() || !text.trim().is_empty() {
         let first: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).take(3).collect();
         return Err(anyhow!(
