@@ -23,6 +23,7 @@ command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 command -v mount >/dev/null 2>&1 || need_apt+=(mount)
 command -v tar >/dev/null 2>&1 || need_apt+=(tar)
+command -v strace >/dev/null 2>&1 || need_apt+=(strace)
 if [ "${#need_apt[@]}" -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "install-deps: need root to apt-get install ${need_apt[*]}" >&2
