@@ -366,9 +366,10 @@ pub struct VerifyArgs {
     /// Which backup: a label, `latest`, or `tag:NAME`
     #[arg(long, default_value = "latest", value_name = "LABEL|latest|tag:TAG")]
     pub backup: String,
-    /// Kind of backup to verify
-    #[arg(long, value_enum, default_value_t = BackupKind::Physical)]
-    pub kind: BackupKind,
+    /// Kind of backup to verify (default: the label's own kind; physical for
+    /// `latest` and tags)
+    #[arg(long, value_enum)]
+    pub kind: Option<BackupKind>,
     /// Parallel workers for the restore
     #[arg(long)]
     pub jobs: Option<u32>,

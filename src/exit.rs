@@ -110,6 +110,18 @@ pub fn hint(err: &anyhow::Error) -> Option<&'static str> {
     )
 }
 
+/// The storage error a reader carried through `io::Error` (a stream that broke off
+/// while it was read), given back as itself; any other I/O error unchanged.
+pub fn into_storage_error(err: std::io::Error) -> Result<crate::storage::StorageError, std::io::Error> {
+    if !err.get_ref().is_some_and(|e| e.is::<crate::storage::StorageError>()) {
+        return Err(err);
+    }
+    match err.into_inner().map(|e| e.downcast::<crate::storage::StorageError>()) {
+        Some(Ok(storage)) => Ok(*storage),
+        _ => Err(std::io::Error::other("a storage error that could not be unpacked")),
+    }
+}
+
 /// The `SealError` inside an I/O error (a decrypting reader's), if that is what it is.
 pub fn seal_error(err: &std::io::Error) -> Option<&crate::pipeline::seal::SealError> {
     err.get_ref()

@@ -759,3 +759,181 @@ fn two_pushers_racing_on_a_store_that_ignores_if_none_match() {
     let claims = s3().keys(&bucket, &format!("{area}locks/wal/"));
     assert!(claims.is_empty(), "claims left: {claims:?}");
 }
+
+/// The rest of the matrix, swept: every storage-touching verb under every kind of
+/// fault, on every request or from the nth on. What must hold for each pair: a
+/// transient fault is retried and the verb succeeds; otherwise it either succeeds with
+/// whole results or fails with its documented exit code (wal-fetch: 126, never 1) and
+/// one error line; nothing half-made is listed. Afterwards every listed backup, in the
+/// repository and in its copy, verifies.
+#[test]
+fn every_verb_under_every_fault() {
+    let (a, proxy, _) = through_proxy();
+    let c = &a.cluster;
+    c.pgbench_init("postgres", 1);
+    a.pgdr.ok(&["backup", "--kind", "physical"]);
+    let seg = a.switch_and_wait();
+    let local_seg = std::fs::read(c.data.join("pg_wal").join(&seg)).unwrap();
+    let dr = a.pgdr.dir.join("dr");
+    pg_owned_dir(&dr);
+    let text = std::fs::read_to_string(&a.pgdr.config).unwrap();
+    std::fs::write(
+        &a.pgdr.config,
+        format!(
+            "{text}\n[[repository.copies]]\nname = \"dr\"\nurl = \"file://{}\"\n",
+            dr.display()
+        ),
+    )
+    .unwrap();
+    a.pgdr.ok(&["copy"]);
+    let dir = TestDir::new();
+    chown_postgres(dir.path());
+    let dest = dir.join("pg_wal").join("RECOVERYXLOG");
+    pg_owned_dir(dest.parent().unwrap());
+
+    type Verb<'v> = (&'v str, Vec<String>);
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let newest = labels(&a)[0].clone();
+    let verbs: Vec<Verb> = vec![
+        ("backup physical", s(&["backup", "--kind", "physical"])),
+        ("backup logical", s(&["backup", "--kind", "logical"])),
+        (
+            "restore",
+            s(&["restore", "--kind", "physical", "--backup", &newest, "--to"]),
+        ),
+        ("verify", s(&["verify", "--backup", &newest])),
+        ("expire", s(&["expire"])),
+        ("copy", s(&["copy"])),
+        ("check", s(&["check"])),
+        ("wal-fetch", s(&["wal-fetch", &seg, dest.to_str().unwrap()])),
+    ];
+    // (name, rule, must the verb succeed, must it fail)
+    let faults: Vec<(&str, Rule, bool, bool)> = vec![
+        (
+            "500 twice",
+            Rule::any(Fault::Status(500, "InternalError")).times(2),
+            true,
+            false,
+        ),
+        ("503 always", Rule::any(Fault::Status(503, "SlowDown")), false, true),
+        (
+            "503 from the 6th request",
+            Rule::any(Fault::Status(503, "SlowDown")).skip(5),
+            false,
+            false,
+        ),
+        ("403 always", Rule::any(Fault::Status(403, "AccessDenied")), false, true),
+        (
+            "403 from the 4th request",
+            Rule::any(Fault::Status(403, "AccessDenied")).skip(3),
+            false,
+            false,
+        ),
+        (
+            "truncated 3rd GET",
+            Rule::new("GET", "", Fault::Truncate).skip(2).times(1),
+            false,
+            false,
+        ),
+        (
+            "flipped byte, 2nd GET",
+            Rule::new("GET", "", Fault::FlipResponse).skip(1).times(1),
+            false,
+            false,
+        ),
+        (
+            "reset mid-upload, 1st PUT",
+            Rule::new("PUT", "", Fault::ResetMidBody).times(1),
+            false,
+            false,
+        ),
+    ];
+    let mut n = 0;
+    for (verb, args) in &verbs {
+        for (fault, rule, must_pass, must_fail) in &faults {
+            n += 1;
+            let before = labels(&a);
+            let mut args = args.clone();
+            let to = dir.join(format!("restore-{n}"));
+            if *verb == "restore" {
+                args.push(to.to_str().unwrap().to_string());
+            }
+            let _ = std::fs::remove_file(&dest);
+            proxy.clear();
+            proxy.add(rule.clone());
+            let out = a.pgdr.run(&args);
+            let hit = proxy.applied();
+            proxy.clear();
+            assert_clean_stderr(&out);
+            let err = String::from_utf8_lossy(&out.stderr).to_string();
+            let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("pgdr: error")).collect();
+            let what = format!("{verb} under {fault} (faults injected: {hit})");
+            let ok = out.status.success();
+            println!(
+                "{what}: {}",
+                if ok {
+                    "succeeded".to_string()
+                } else {
+                    errors.join(" / ")
+                }
+            );
+            assert!(!*must_pass || ok, "{what} failed: {err}");
+            assert!(!*must_fail || !ok, "{what} succeeded");
+            assert!(
+                *must_pass || hit > 0 || ok,
+                "{what}: nothing injected, yet it failed: {err}"
+            );
+            if ok {
+                match *verb {
+                    "restore" => {
+                        assert!(to.join("PG_VERSION").exists(), "{what}: nothing restored");
+                        assert!(!to.join("pgdr-restore-in-progress").exists(), "{what}: half restored");
+                    }
+                    "wal-fetch" => assert!(std::fs::read(&dest).unwrap() == local_seg, "{what}: wrong bytes"),
+                    _ => {}
+                }
+            } else {
+                let want = if *verb == "wal-fetch" { 126 } else { 1 };
+                assert_eq!(out.status.code(), Some(want), "{what}: {err}");
+                if *verb == "check" {
+                    // check's answer is its report: the failed items say what is wrong.
+                    let report = String::from_utf8_lossy(&out.stdout);
+                    assert!(report.contains('✗'), "{what}: no failed item in the report:\n{report}");
+                } else {
+                    assert_eq!(errors.len(), 1, "{what}: not one error line: {err}");
+                }
+                if *verb == "wal-fetch" {
+                    assert!(!dest.exists(), "{what}: something was put in place");
+                }
+                if *verb == "restore" {
+                    assert!(!to.join("postmaster.pid").exists());
+                }
+                let after = labels(&a);
+                assert!(
+                    after.iter().all(|l| before.contains(l)),
+                    "{what}: {after:?} listed after a failure"
+                );
+            }
+        }
+    }
+    // Everything listed is whole, here and in the copy.
+    a.pgdr.ok(&["check", "--clean-orphans"]);
+    for label in labels(&a) {
+        assert_success(&a.pgdr.run(&["verify", "--backup", &label]), &format!("verify {label}"));
+    }
+    let out = a.pgdr.ok(&["--repository", "dr", "list", "--json"]);
+    let copied: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    let primary = labels(&a);
+    for b in &copied {
+        let label = b["label"].as_str().unwrap();
+        assert!(
+            primary.iter().any(|l| l == label),
+            "the copy lists {label}, the primary does not"
+        );
+    }
+    let newest = copied[0]["label"].as_str().unwrap().to_string();
+    assert_success(
+        &a.pgdr.run(&["--repository", "dr", "verify", "--backup", &newest]),
+        "verify from the copy",
+    );
+}

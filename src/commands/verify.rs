@@ -9,9 +9,16 @@ use crate::exit::Exit;
 use crate::verify::{self, VerifyOptions};
 
 pub async fn run(ctx: &Ctx, args: VerifyArgs) -> Result<Exit> {
+    // A label says its kind (`…-L`, `…-F`): `verify --backup LABEL` needs no more.
+    let kind = args.kind.unwrap_or_else(|| {
+        args.backup
+            .parse::<crate::repo::BackupLabel>()
+            .map(|l| l.kind())
+            .unwrap_or(crate::repo::BackupKind::Physical)
+    });
     let opts = VerifyOptions {
         backup: args.backup,
-        kind: args.kind,
+        kind,
         jobs: args.jobs,
     };
     let outcome = verify::run(&ctx.config, &opts).await?;

@@ -317,6 +317,11 @@ fn seal_whole(
 
 /// Why a load failed, when the stored bytes are at fault (not the sink).
 fn damaged(key: &ObjectKey, err: io::Error) -> anyhow::Error {
+    // The store, not the bytes: the body broke off on the way (read it again).
+    let err = match crate::exit::into_storage_error(err) {
+        Ok(storage) => return anyhow::Error::new(storage).context(format!("reading {key}")),
+        Err(err) => err,
+    };
     if let Some(seal @ seal::SealError::UnknownKey(_)) = seal::seal_error(&err) {
         return MissingKey(format!("{key} {seal}")).into();
     }
@@ -372,6 +377,18 @@ pub async fn load_to_writer<W: Write + Send + 'static>(
         .get_stream(key)
         .await
         .with_context(|| format!("reading {key}"))?;
+    load_from(rx, key, sink, keys, verify, progress).await
+}
+
+/// `load_to_writer` from a body already requested.
+async fn load_from<W: Write + Send + 'static>(
+    rx: tokio::sync::mpsc::Receiver<crate::storage::Result<Bytes>>,
+    key: &ObjectKey,
+    sink: W,
+    keys: &Keyring,
+    verify: Verify<'_>,
+    progress: Option<Arc<AtomicU64>>,
+) -> Result<(W, Tally, Tally)> {
     let keys = keys.clone();
     let object = keys.context(key.as_str());
     let task_key = key.clone();
@@ -537,8 +554,15 @@ pub async fn reseal(
 }
 
 /// Load a small object whole.
+/// A small object (manifest, lease, WAL file, history) read whole: a body that breaks
+/// off or fails its transport checksum is read again by the store (`Storage::get`),
+/// which a stream, already handed on, cannot be.
 pub async fn load_bytes(storage: &DynStorage, key: &ObjectKey, keys: &Keyring) -> Result<Vec<u8>> {
-    let (data, _, _) = load_to_writer(storage, key, Vec::new(), keys, Verify::Authenticated, None).await?;
+    let whole = storage.get(key).await.with_context(|| format!("reading {key}"))?;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let _ = tx.try_send(Ok(whole));
+    drop(tx);
+    let (data, _, _) = load_from(rx, key, Vec::new(), keys, Verify::Authenticated, None).await?;
     Ok(data)
 }
 

@@ -65,6 +65,9 @@ pub struct S3Storage {
     prefix: String,
     endpoint: String,
     part_size: usize,
+    /// Attempts per request (`s3_max_attempts`): the SDK's for a request, ours for a
+    /// body that breaks off while it is read (the SDK does not retry those).
+    attempts: u32,
 }
 
 impl S3Storage {
@@ -154,6 +157,7 @@ impl S3Storage {
             prefix: prefix.trim_matches('/').to_string(),
             endpoint: endpoint.unwrap_or_else(|| format!("AWS {region}")),
             part_size,
+            attempts: repo.s3_max_attempts.max(1),
         })
     }
 
@@ -188,7 +192,12 @@ impl S3Storage {
             _ => {}
         }
         let status = err.raw_response().map(|r| r.status().as_u16());
-        let code = err.code().unwrap_or("").to_string();
+        // A reply without a body (HEAD) has no S3 error code: name the HTTP status.
+        let code = err
+            .code()
+            .map(str::to_string)
+            .or_else(|| status.map(|s| format!("HTTP {s}")))
+            .unwrap_or_default();
         let message = err.message().unwrap_or("").to_string();
         match (code.as_str(), status) {
             ("NoSuchBucket", _) => StorageError::Unreachable(format!(
@@ -461,20 +470,32 @@ impl Storage for S3Storage {
     }
 
     async fn get(&self, key: &ObjectKey) -> Result<Bytes> {
-        let out = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(self.full_key(key))
-            .send()
-            .await
-            .map_err(|e| self.map_err("GET", key.as_str(), e))?;
-        let data = out
-            .body
-            .collect()
-            .await
-            .map_err(|e| StorageError::Transient(format!("reading {key} from {}: {e}", self.describe())))?;
-        Ok(data.into_bytes())
+        // A body cut short or failing its checksum on the way is read again.
+        let mut attempt = 1;
+        loop {
+            let out = self
+                .client
+                .get_object()
+                .bucket(&self.bucket)
+                .key(self.full_key(key))
+                .send()
+                .await
+                .map_err(|e| self.map_err("GET", key.as_str(), e))?;
+            match out.body.collect().await {
+                Ok(data) => return Ok(data.into_bytes()),
+                Err(e) if attempt < self.attempts => {
+                    tracing::warn!("reading {key} broke off ({e}); reading it again");
+                    tokio::time::sleep(Duration::from_millis(200 << attempt.min(5))).await;
+                    attempt += 1;
+                }
+                Err(e) => {
+                    return Err(StorageError::Transient(format!(
+                        "reading {key} from {}: {e} (after {attempt} attempts)",
+                        self.describe()
+                    )));
+                }
+            }
+        }
     }
 
     async fn get_stream(&self, key: &ObjectKey) -> Result<mpsc::Receiver<Result<Bytes>>> {
@@ -487,15 +508,44 @@ impl Storage for S3Storage {
             .await
             .map_err(|e| self.map_err("GET", key.as_str(), e))?;
         let (tx, rx) = mpsc::channel(8);
+        let total = out.content_length().map(|n| n.max(0) as u64);
+        let etag = out.e_tag().map(str::to_string);
         let mut body = out.body;
         let what = format!("reading {key} from {}", self.describe());
+        let this = self.clone();
+        let key = key.clone();
         tokio::spawn(async move {
+            // A body that breaks off is read on from where it stopped (a range of the
+            // same version: If-Match on its ETag), up to `attempts` times.
+            let (mut offset, mut attempt) = (0u64, 1);
             loop {
                 match body.next().await {
                     None => return,
                     Some(Ok(data)) => {
+                        offset += data.len() as u64;
                         if tx.send(Ok(data)).await.is_err() {
                             return;
+                        }
+                    }
+                    Some(Err(e)) if attempt < this.attempts && total.is_some_and(|t| offset < t) => {
+                        tracing::warn!("{what} broke off at byte {offset} ({e}); reading on from there");
+                        tokio::time::sleep(Duration::from_millis(200 << attempt.min(5))).await;
+                        attempt += 1;
+                        let mut req = this
+                            .client
+                            .get_object()
+                            .bucket(&this.bucket)
+                            .key(this.full_key(&key))
+                            .range(format!("bytes={offset}-"));
+                        if let Some(etag) = &etag {
+                            req = req.if_match(etag);
+                        }
+                        match req.send().await {
+                            Ok(out) => body = out.body,
+                            Err(e) => {
+                                let _ = tx.send(Err(this.map_err("GET", key.as_str(), e))).await;
+                                return;
+                            }
                         }
                     }
                     Some(Err(e)) => {

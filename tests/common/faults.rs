@@ -60,6 +60,18 @@ impl Rule {
         }
     }
 
+    /// Every request, whatever its method and key.
+    pub fn any(fault: Fault) -> Rule {
+        Rule {
+            method: None,
+            path: String::new(),
+            query: None,
+            skip: 0,
+            times: usize::MAX,
+            fault,
+        }
+    }
+
     pub fn times(mut self, n: usize) -> Rule {
         self.times = n;
         self
