@@ -90,24 +90,31 @@ pub fn is_disk_full(err: &anyhow::Error) -> bool {
     })
 }
 
-/// The process (EMFILE) or the system (ENFILE) ran out of file descriptors.
+/// This process ran out of file descriptors (EMFILE): its own limit, which waiting
+/// does not raise.
 pub fn is_out_of_files(err: &anyhow::Error) -> bool {
+    has_os_error(err, libc::EMFILE)
+}
+
+/// An I/O error `code` anywhere in the chain, or its text in an error that kept only
+/// the text.
+fn has_os_error(err: &anyhow::Error, code: i32) -> bool {
     err.chain().any(|c| {
         c.downcast_ref::<std::io::Error>()
             .and_then(|io| io.raw_os_error())
-            .is_some_and(|n| n == libc::EMFILE || n == libc::ENFILE)
-    }) || {
-        // Errors that kept only the text of an io::Error.
-        let text = format!("{err:#}");
-        text.contains("(os error 24)") || text.contains("(os error 23)")
-    }
+            .is_some_and(|n| n == code)
+    }) || format!("{err:#}").contains(&format!("(os error {code})"))
 }
 
 /// The next step for an error, when its cause says more than its text does.
 pub fn hint(err: &anyhow::Error) -> Option<&'static str> {
-    is_out_of_files(err).then_some(
-        "out of file descriptors: raise the open-file limit for pgdr (`ulimit -n`, systemd `LimitNOFILE=`; 1024 is plenty)",
-    )
+    if is_out_of_files(err) {
+        Some("out of file descriptors: raise pgdr's open-file limit (`ulimit -n`, systemd `LimitNOFILE=`)")
+    } else if has_os_error(err, libc::ENFILE) {
+        Some("the system is out of file descriptors (fs.file-max): close what leaks them, or raise the limit")
+    } else {
+        None
+    }
 }
 
 /// The storage error a reader carried through `io::Error` (a stream that broke off

@@ -5,7 +5,6 @@
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 
-/// The `postgres` OS user, when pgdr runs as root and must hand the files over.
 /// Raise the soft open-file limit to the hard one (capped at 65,536), as Go programs
 /// do at start: a cron or systemd environment often has a soft limit of 1,024 with far
 /// more allowed, and a backup with many parallel streams should not fail on it.
@@ -27,6 +26,7 @@ pub fn raise_open_file_limit() {
     }
 }
 
+/// The `postgres` OS user, when pgdr runs as root and must hand the files over.
 pub fn postgres_owner() -> Option<(u32, u32)> {
     // SAFETY: geteuid has no preconditions; getpwnam's result is read at once.
     unsafe {

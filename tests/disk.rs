@@ -207,7 +207,7 @@ fn too_many_open_files_and_an_unwritable_spool() {
                 "{args:?} with {limit} files, not one error line: {err}"
             );
             assert!(
-                errors[0].contains("raise the open-file limit"),
+                errors[0].contains("open-file limit"),
                 "{args:?} with {limit} files: no next step: {err}"
             );
         }

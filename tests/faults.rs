@@ -92,30 +92,33 @@ fn wal_push_under_faults() {
     assert_archived_intact(&a, &seg);
     proxy.clear();
 
-    // Every PUT of the segment fails: PostgreSQL sees failures and nothing is stored;
-    // once the store answers again, the next retry archives it.
-    let seg = current_segment(c);
-    let (_, failed_before) = archiver(c);
-    proxy.add(Rule::new("PUT", &seg, Fault::Status(503, "SlowDown")));
-    c.psql("postgres", "SELECT pg_switch_wal()");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while archiver(c).1 <= failed_before {
-        assert!(
-            Instant::now() < deadline,
-            "no failed archive attempt: {:?}\n{}\n{:#?}",
-            archiver(c),
-            c.log(),
-            proxy.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
+    // Every PUT of the segment fails (an outage; credentials refused): PostgreSQL sees
+    // failures and nothing is stored; once the store answers again, the next retry
+    // archives it.
+    for (status, code) in [(503, "SlowDown"), (403, "AccessDenied")] {
+        let seg = current_segment(c);
+        let (_, failed_before) = archiver(c);
+        proxy.add(Rule::new("PUT", &seg, Fault::Status(status, code)));
+        c.psql("postgres", "SELECT pg_switch_wal()");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while archiver(c).1 <= failed_before {
+            assert!(
+                Instant::now() < deadline,
+                "no failed archive attempt: {:?}\n{}\n{:#?}",
+                archiver(c),
+                c.log(),
+                proxy.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(archiver(c).0 < seg, "archived while every PUT failed");
+        assert!(!stored(&seg), "a segment whose every PUT failed is in the bucket");
+        proxy.clear();
+        wait_for("the segment to be archived after the outage", 120, || {
+            archiver(c).0 >= seg
+        });
+        assert_archived_intact(&a, &seg);
     }
-    assert!(archiver(c).0 < seg, "archived while every PUT failed");
-    assert!(!stored(&seg), "a segment whose every PUT failed is in the bucket");
-    proxy.clear();
-    wait_for("the segment to be archived after the outage", 120, || {
-        archiver(c).0 >= seg
-    });
-    assert_archived_intact(&a, &seg);
 
     // A lying store: the first PUT of the segment is acknowledged, never stored.
     for fault in [Fault::AckWithoutForward, Fault::ResetMidBody, Fault::CorruptUpload] {
@@ -376,8 +379,10 @@ fn copy_under_faults() {
         serde_json::from_str(&a.pgdr.ok(&["--repository", "dr", "list", "--json"])).unwrap()
     };
 
-    // A flipped byte read from the primary: the copy fails, nothing is listed there.
-    proxy.add(Rule::new("GET", "/backups/", Fault::FlipResponse).times(1));
+    // A flipped byte in a dump read from the primary: the copy fails, nothing is
+    // listed there. (A flipped small object — a manifest — fails the transport
+    // checksum and is read again: `every_verb_under_every_fault`.)
+    proxy.add(Rule::new("GET", "/databases/", Fault::FlipResponse).times(1));
     let out = a.pgdr.run(&["copy", "--jobs", "1"]);
     assert!(proxy.applied() == 1, "{:#?}", proxy.log());
     assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
@@ -491,18 +496,43 @@ fn check_and_recover_under_faults() {
         state.to_str().unwrap(),
         "--yes",
     ];
-    proxy.add(Rule::new("GET", "/data/bundle-", Fault::FlipResponse).times(1));
-    let out = a.pgdr.run(&args);
-    assert!(proxy.applied() == 1, "{:#?}", proxy.log());
-    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stdout));
-    proxy.clear();
-    assert_eq!(
-        c.content_hashes("postgres"),
-        after_loss,
-        "a failed recovery touched the live database"
-    );
+    // Persistent faults, from the first request or part-way, and a flipped byte in a
+    // bundle: each run stops with exit 1 and the live database is untouched.
+    for (what, rule) in [
+        ("503 always", Rule::any(Fault::Status(503, "SlowDown"))),
+        (
+            "403 from the 4th request",
+            Rule::any(Fault::Status(403, "AccessDenied")).skip(3),
+        ),
+        (
+            "a flipped bundle byte",
+            Rule::new("GET", "/data/bundle-", Fault::FlipResponse).times(1),
+        ),
+    ] {
+        proxy.add(rule);
+        let out = a.pgdr.run(&args);
+        assert!(proxy.applied() >= 1, "{what}: {:#?}", proxy.log());
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{what}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_clean_stderr(&out);
+        proxy.clear();
+        assert_eq!(
+            c.content_hashes("postgres"),
+            after_loss,
+            "{what}: a failed recovery touched the live database"
+        );
+    }
 
+    // Transient errors: retried, and the recovery finishes.
+    proxy.add(Rule::any(Fault::Status(500, "InternalError")).times(2));
     let out = a.pgdr.run(&args);
+    assert_eq!(proxy.applied(), 2, "{:#?}", proxy.log());
+    proxy.clear();
     assert_success(&out, "recover, run again");
     assert_eq!(
         c.psql(

@@ -47,7 +47,13 @@ impl Claim {
                 return Err(anyhow::Error::new(e).context(format!("listing the claims on {file}")));
             }
         };
-        let now = chrono::Utc::now();
+        // "Now" is the store's clock: our own claim's time in the same listing (a
+        // host whose clock runs ahead must not take live claims for dead ones).
+        let now = listed
+            .iter()
+            .find(|m| m.key == claim.key)
+            .and_then(|m| m.modified)
+            .unwrap_or_else(chrono::Utc::now);
         let (mut stale, mut rivals) = (Vec::new(), 0);
         for meta in listed.iter().filter(|m| m.key != claim.key) {
             let Some(theirs) = layout::parse_wal_claim(&meta.key, file) else {

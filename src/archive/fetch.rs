@@ -179,7 +179,7 @@ pub(super) async fn fetch_into(storage: &DynStorage, keys: &Keyring, file: &WalF
     let local =
         |what: &str, e: std::io::Error| anyhow::Error::new(LocalWrite(format!("cannot {what} {}: {e}", tmp.display())));
     let out = std::fs::File::create(&tmp).map_err(|e| local("create", e))?;
-    let loaded = pipeline::load_to_writer(storage, &key, out, keys, pipeline::Verify::Authenticated, None).await;
+    let loaded = pipeline::load_whole_to_writer(storage, &key, out, keys, pipeline::Verify::Authenticated).await;
     match loaded {
         Ok((mut out, _, _)) => {
             let done = out

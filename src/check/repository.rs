@@ -159,6 +159,11 @@ async fn conditional_put(storage: &DynStorage, report: &mut CheckReport) {
             "the store ignores If-None-Match (recorded in repo.json): wal-push claims each name before storing, a few more requests per segment",
         ),
         (false, false) => {
+            // Read again right before writing: change the flag alone, not whatever
+            // another process (a key rotation) wrote meanwhile.
+            if let Ok(Some(fresh)) = info::read(storage).await {
+                recorded = fresh;
+            }
             recorded.ignores_if_none_match = true;
             match info::replace(storage, &recorded).await {
                 Ok(()) => report.add(

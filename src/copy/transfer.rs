@@ -50,7 +50,7 @@ pub struct Copier {
 /// removed it. Nothing the copy holds needs it — the backups being copied hold a use
 /// lease, and expire keeps them and every WAL segment from their start.
 fn gone(key: &ObjectKey) {
-    tracing::info!("{key} was removed from the primary (expire) since it was listed; not copied");
+    tracing::warn!("{key} was removed from the primary (expire) since it was listed; not copied");
 }
 
 /// The largest object copied whole, in memory (a 1 GiB WAL segment, sealed).
@@ -174,8 +174,14 @@ impl Copier {
                     self.progress.clone(),
                 )
                 .await;
+                // Gone only if the primary says so: a 404 may also come from the
+                // copy's side of the reseal (an upload the store dropped).
+                let vanished = match &written {
+                    Err(e) if crate::exit::is_not_found(e) => matches!(self.from.head(key).await, Ok(None)),
+                    _ => false,
+                };
                 let written = match written {
-                    Err(e) if crate::exit::is_not_found(&e) => {
+                    _ if vanished => {
                         gone(key);
                         return Ok(());
                     }

@@ -319,6 +319,7 @@ fn seal_whole(
 fn damaged(key: &ObjectKey, err: io::Error) -> anyhow::Error {
     // The store, not the bytes: the body broke off on the way (read it again).
     let err = match crate::exit::into_storage_error(err) {
+        Ok(crate::storage::StorageError::Corrupt(why)) => return Damaged(why).into(),
         Ok(storage) => return anyhow::Error::new(storage).context(format!("reading {key}")),
         Err(err) => err,
     };
@@ -558,12 +559,27 @@ pub async fn reseal(
 /// off or fails its transport checksum is read again by the store (`Storage::get`),
 /// which a stream, already handed on, cannot be.
 pub async fn load_bytes(storage: &DynStorage, key: &ObjectKey, keys: &Keyring) -> Result<Vec<u8>> {
-    let whole = storage.get(key).await.with_context(|| format!("reading {key}"))?;
+    let (data, _, _) = load_whole_to_writer(storage, key, Vec::new(), keys, Verify::Authenticated).await?;
+    Ok(data)
+}
+
+/// `load_to_writer` for an object small enough to read whole (a WAL segment): read
+/// again by the store when it breaks off or fails its checksum on the way.
+pub async fn load_whole_to_writer<W: Write + Send + 'static>(
+    storage: &DynStorage,
+    key: &ObjectKey,
+    sink: W,
+    keys: &Keyring,
+    verify: Verify<'_>,
+) -> Result<(W, Tally, Tally)> {
+    let whole = match storage.get(key).await {
+        Err(crate::storage::StorageError::Corrupt(why)) => return Err(Damaged(why).into()),
+        other => other.with_context(|| format!("reading {key}"))?,
+    };
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     let _ = tx.try_send(Ok(whole));
     drop(tx);
-    let (data, _, _) = load_from(rx, key, Vec::new(), keys, Verify::Authenticated, None).await?;
-    Ok(data)
+    load_from(rx, key, sink, keys, verify, None).await
 }
 
 #[cfg(test)]

@@ -342,29 +342,15 @@ pub async fn execute(
         state.steps[i].started = Some(started);
         state.save(&opts.state_file)?;
         say(format!("{} ▶ {} ({})", started.format("%H:%M:%S"), step.name, step.op));
-        // Undo what an interrupted attempt left, and remember (on disk, before
-        // anything else happens) the timeline it followed.
-        let mut pinned = state.steps[i].timeline;
-        let undone = if interrupted {
-            let mut cx = StepCx {
-                config,
-                inputs: &opts.inputs,
-                jobs: opts.jobs,
-                servers: &mut state.servers,
-                restored: &mut state.restored,
-                say,
-                pinned_timeline: pinned,
-            };
-            let undone = steps::undo_partial(step, &mut cx);
-            pinned = cx.pinned_timeline;
-            undone
-        } else {
-            Ok(None)
-        };
-        if pinned != state.steps[i].timeline {
-            state.steps[i].timeline = pinned;
-            state.save(&opts.state_file)?;
+        // Remember (on disk, before its directory goes) the timeline an interrupted
+        // attempt followed; the first attempt's choice wins over later ones.
+        if interrupted && state.steps[i].timeline.is_none() {
+            state.steps[i].timeline = steps::partial_timeline(step, &opts.inputs);
+            if state.steps[i].timeline.is_some() {
+                state.save(&opts.state_file)?;
+            }
         }
+        let pinned = state.steps[i].timeline;
         let mut cx = StepCx {
             config,
             inputs: &opts.inputs,
@@ -375,7 +361,7 @@ pub async fn execute(
             pinned_timeline: pinned,
         };
         let outcome = async {
-            if let Some(undone) = undone? {
+            if interrupted && let Some(undone) = steps::undo_partial(step, &mut cx)? {
                 (cx.say)(undone);
             }
             steps::run(step, &runbook.checks, &mut cx).await

@@ -198,11 +198,6 @@ pub fn undo_partial(step: &Step, cx: &mut StepCx<'_>) -> Result<Option<String>> 
         Op::Restore | Op::Standby => {
             let dir = PathBuf::from(step.param("to", cx.inputs));
             if dir.exists() {
-                // The first attempt's choice (kept in the state) wins; else the one
-                // this directory's configuration names.
-                if step.op == Op::Restore && cx.pinned_timeline.is_none() {
-                    cx.pinned_timeline = written_timeline(&dir);
-                }
                 remove_server(cx.config, &dir)?;
                 return Ok(Some(format!(
                     "removed {} (left half done by the interrupted run)",
@@ -213,6 +208,15 @@ pub fn undo_partial(step: &Step, cx: &mut StepCx<'_>) -> Result<Option<String>> 
         }
         _ => Ok(None),
     }
+}
+
+/// The timeline a restore step an earlier run left half done followed, as its
+/// directory's configuration names it: read (and kept in the state file) before that
+/// directory is removed.
+pub fn partial_timeline(step: &Step, inputs: &BTreeMap<String, String>) -> Option<crate::postgres::TimelineId> {
+    (step.op == Op::Restore)
+        .then(|| written_timeline(Path::new(&step.param("to", inputs))))
+        .flatten()
 }
 
 /// The `recovery_target_timeline` pgdr wrote into a restored directory, if a number.

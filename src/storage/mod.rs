@@ -136,6 +136,10 @@ pub enum StorageError {
     Transient(String),
     #[error("{0}")]
     Permanent(String),
+    /// Every byte arrived, and failed the store's own checksum on every read: the
+    /// object is damaged where it is stored (not on the way).
+    #[error("{0}")]
+    Corrupt(String),
     /// The producer of a streamed body failed; the object was not stored.
     #[error("{0}")]
     Source(String),

@@ -437,6 +437,15 @@ fn to_utc(t: Option<&aws_smithy_types::DateTime>) -> Option<DateTime<Utc>> {
     t.and_then(|t| DateTime::<Utc>::from_timestamp(t.secs(), t.subsec_nanos()))
 }
 
+/// Does a `Content-Range: bytes START-END/TOTAL` reply start at `offset`?
+fn starts_at(range: &str, offset: u64) -> bool {
+    range
+        .strip_prefix("bytes ")
+        .and_then(|r| r.split_once('-'))
+        .and_then(|(start, _)| start.trim().parse::<u64>().ok())
+        == Some(offset)
+}
+
 #[async_trait]
 impl Storage for S3Storage {
     fn describe(&self) -> String {
@@ -481,19 +490,32 @@ impl Storage for S3Storage {
                 .send()
                 .await
                 .map_err(|e| self.map_err("GET", key.as_str(), e))?;
-            match out.body.collect().await {
-                Ok(data) => return Ok(data.into_bytes()),
-                Err(e) if attempt < self.attempts => {
-                    tracing::warn!("reading {key} broke off ({e}); reading it again");
-                    tokio::time::sleep(Duration::from_millis(200 << attempt.min(5))).await;
-                    attempt += 1;
+            let total = out.content_length().map(|n| n.max(0) as usize);
+            let mut body = out.body;
+            let mut data = bytes::BytesMut::with_capacity(total.unwrap_or(0).min(64 << 20));
+            let failed = loop {
+                match body.next().await {
+                    None => return Ok(data.freeze()),
+                    Some(Ok(piece)) => data.extend_from_slice(&piece),
+                    Some(Err(e)) => break e,
                 }
-                Err(e) => {
-                    return Err(StorageError::Transient(format!(
-                        "reading {key} from {}: {e} (after {attempt} attempts)",
-                        self.describe()
-                    )));
-                }
+            };
+            // All of it arrived and still failed: the checksum, not the connection.
+            let whole = total == Some(data.len());
+            if attempt < self.attempts {
+                tracing::warn!("reading {key} broke off ({failed}); reading it again");
+                tokio::time::sleep(Duration::from_millis(200 << attempt.min(5))).await;
+                attempt += 1;
+            } else if whole {
+                return Err(StorageError::Corrupt(format!(
+                    "{key} in {} fails the store's checksum on every read ({failed}): it is damaged where it is stored",
+                    self.describe()
+                )));
+            } else {
+                return Err(StorageError::Transient(format!(
+                    "reading {key} from {}: {failed} (after {attempt} attempts)",
+                    self.describe()
+                )));
             }
         }
     }
@@ -540,13 +562,36 @@ impl Storage for S3Storage {
                         if let Some(etag) = &etag {
                             req = req.if_match(etag);
                         }
-                        match req.send().await {
-                            Ok(out) => body = out.body,
-                            Err(e) => {
-                                let _ = tx.send(Err(this.map_err("GET", key.as_str(), e))).await;
+                        // Only the rest of the same object will do: a 206 from `offset`.
+                        // Anything else — gone (404), replaced (412), a server that
+                        // ignored the range — is a read that failed, never "absent".
+                        let resumed = match req.send().await {
+                            Ok(out) if out.content_range().is_some_and(|r| starts_at(r, offset)) => Ok(out.body),
+                            Ok(_) => Err(format!("{what}: the server did not resume at byte {offset}")),
+                            Err(e) => Err(format!(
+                                "{what}: resuming at byte {offset}: {}",
+                                this.map_err("GET", key.as_str(), e)
+                            )),
+                        };
+                        match resumed {
+                            Ok(rest) => body = rest,
+                            Err(why) => {
+                                let _ = tx.send(Err(StorageError::Transient(why))).await;
                                 return;
                             }
                         }
+                    }
+                    // Every byte was handed on and the checksum failed: the stored
+                    // object (a flip on the way is caught by the reader's
+                    // authentication first, or by this, and either way is damage to
+                    // what was read — the caller may read it again).
+                    Some(Err(e)) if total.is_some_and(|t| offset >= t) => {
+                        let _ = tx
+                            .send(Err(StorageError::Corrupt(format!(
+                                "{what}: all {offset} bytes arrived but fail the store's checksum ({e})"
+                            ))))
+                            .await;
+                        return;
                     }
                     Some(Err(e)) => {
                         let _ = tx.send(Err(StorageError::Transient(format!("{what}: {e}")))).await;
@@ -821,5 +866,19 @@ impl Storage for S3Storage {
             }
         }
         Ok(refused)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::starts_at;
+
+    #[test]
+    fn a_resumed_read_must_start_where_the_first_stopped() {
+        assert!(starts_at("bytes 100-199/200", 100));
+        assert!(!starts_at("bytes 0-199/200", 100));
+        assert!(!starts_at("bytes */200", 100));
+        assert!(!starts_at("", 0));
+        assert!(!starts_at("items 100-199/200", 100));
     }
 }
