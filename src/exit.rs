@@ -55,12 +55,38 @@ pub fn is_already_exists(err: &anyhow::Error) -> bool {
     matches!(storage_error(err), Some(crate::storage::StorageError::AlreadyExists(_)))
 }
 
+/// A stored object failed its integrity checks (`pipeline::Damaged`).
+pub fn is_damaged(err: &anyhow::Error) -> bool {
+    chain_has::<crate::pipeline::Damaged>(err)
+}
+
+/// A stored object was sealed with a key this host does not hold.
+pub fn is_missing_key(err: &anyhow::Error) -> bool {
+    chain_has::<crate::pipeline::MissingKey>(err)
+}
+
+/// The archive lacks a WAL segment a recovery needs.
+pub fn is_wal_gap(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        matches!(
+            e.downcast_ref::<crate::repo::RepoError>(),
+            Some(crate::repo::RepoError::WalGap { .. })
+        )
+    })
+}
+
+/// An error of type `T` anywhere in the chain: for a module's own small error types
+/// (wal-fetch's `WrongCluster`), so the looking-into stays here.
+pub fn chain_has<T: std::error::Error + Send + Sync + 'static>(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| e.is::<T>())
+}
+
 /// The repository did not answer (as opposed to a bad object).
 pub fn is_unreachable(err: &anyhow::Error) -> bool {
     use crate::storage::StorageError;
     matches!(
         storage_error(err),
-        Some(StorageError::Unreachable(_) | StorageError::Transient(_))
+        Some(StorageError::Unreachable(_) | StorageError::Transient(_) | StorageError::Interrupted { .. })
     )
 }
 
@@ -148,14 +174,12 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 pub fn classify(err: &anyhow::Error) -> Exit {
     // Everything RepoError names is the DBA's setup to fix: usage. So is a key this
     // host lacks.
-    if err
-        .chain()
-        .any(|e| e.is::<UsageError>() || e.is::<crate::repo::RepoError>() || e.is::<crate::pipeline::MissingKey>())
-    {
-        Exit::Usage
-    } else {
-        Exit::Failure
-    }
+    let setup = err.chain().any(|e| {
+        e.is::<UsageError>()
+            || e.is::<crate::pipeline::MissingKey>()
+            || e.downcast_ref::<crate::repo::RepoError>().is_some_and(|r| r.is_setup())
+    });
+    if setup { Exit::Usage } else { Exit::Failure }
 }
 
 /// What `wal-fetch` answers PostgreSQL: 0 the file is in place; 1 the archive

@@ -261,10 +261,24 @@ async fn never_overwrite_rules(inner: DynStorage) {
         .await
         .unwrap();
     assert_eq!(&storage.get(&probe).await.unwrap()[..], b"b");
+    // The guard a repository on such a store is opened with refuses instead.
+    let guarded = pgdr::storage::no_overwrite::guard(storage.clone(), true);
+    let refused = guarded.put(&probe, Bytes::from_static(b"c"), PutMode::CreateNew).await;
+    assert!(
+        matches!(refused, Err(pgdr::storage::StorageError::AlreadyExists(_))),
+        "{refused:?}"
+    );
+    guarded
+        .put(&probe, Bytes::from_static(b"d"), PutMode::Overwrite)
+        .await
+        .unwrap();
+    assert_eq!(&storage.get(&probe).await.unwrap()[..], b"d");
 
     let repo_key = RepoKey::from_bytes(&[7u8; 32]);
+    // As `Repo::open` opens a repository whose repo.json records the store ignoring
+    // If-None-Match.
     let repo = pgdr::repo::Repo {
-        storage: storage.clone(),
+        storage: pgdr::storage::no_overwrite::guard(storage.clone(), true),
         info: pgdr::repo::RepoInfo {
             format: 1,
             cluster: "c".into(),
@@ -273,7 +287,7 @@ async fn never_overwrite_rules(inner: DynStorage) {
             key_id: repo_key.id().to_hex(),
             created: chrono::Utc::now(),
             retired_keys: Vec::new(),
-            ignores_if_none_match: true,
+            ignores_if_none_match: Some(true),
         },
         keys: Keyring::new(repo_key),
         compression: Compression { level: 3, threads: 1 },

@@ -87,12 +87,12 @@ pub async fn fetch(config: &Config, file: &WalFile, dest: &Path) -> Result<Fetch
             let e = match primary.fetch(config, file, dest).await {
                 Ok(true) => break,
                 Ok(false) => return Ok(Fetched::Absent),
-                Err(e) if e.chain().any(|c| c.is::<pipeline::Damaged>()) => return Err(FetchError::Damaged(e)),
-                Err(e) if e.chain().any(|c| c.is::<WrongCluster>()) => return Err(FetchError::WrongCluster(e)),
+                Err(e) if crate::exit::is_damaged(&e) => return Err(FetchError::Damaged(e)),
+                Err(e) if crate::exit::chain_has::<WrongCluster>(&e) => return Err(FetchError::WrongCluster(e)),
                 // Asking again will not bring the key, free the disk, or close files.
                 Err(e)
-                    if e.chain()
-                        .any(|c| c.is::<pipeline::MissingKey>() || c.is::<LocalWrite>())
+                    if crate::exit::is_missing_key(&e)
+                        || crate::exit::chain_has::<LocalWrite>(&e)
                         || crate::exit::is_out_of_files(&e) =>
                 {
                     return Err(FetchError::Unavailable(e));

@@ -109,7 +109,7 @@ pub async fn push_one(repo: &Repo, file: &WalFile, path: &Path) -> Result<()> {
     if let WalFile::Segment(_) | WalFile::Partial(_) = file {
         check_system_identifier(repo, file, path)?;
     }
-    if !repo.info.ignores_if_none_match {
+    if !repo.info.ignores_conditions() {
         return store_one(repo, file, path).await;
     }
     let claim = super::claim::Claim::take(repo, file, path).await?;
@@ -120,11 +120,12 @@ pub async fn push_one(repo: &Repo, file: &WalFile, path: &Path) -> Result<()> {
 
 async fn store_one(repo: &Repo, file: &WalFile, path: &Path) -> Result<()> {
     let key = layout::wal_file(file);
-    // Some S3 servers ignore If-None-Match (DESIGN.md): look first, and compare.
+    // Look first: PostgreSQL retries a push after a crash, and comparing what is there
+    // is cheaper than compressing and sending a segment only to be refused.
     let mut mode = PutMode::CreateNew;
     if repo.storage.head(&key).await?.is_some() {
         match compare_existing(repo, file, path).await {
-            Err(e) if e.chain().any(|c| c.is::<pipeline::Damaged>()) => {
+            Err(e) if crate::exit::is_damaged(&e) => {
                 // Not an authentic copy of anything: no restore can use it, and
                 // refusing would stop archiving for good. Replace it.
                 tracing::warn!("{file} is archived but damaged ({e:#}); storing it again");

@@ -143,28 +143,47 @@ async fn conditional_put(storage: &DynStorage, report: &mut CheckReport) {
         return;
     };
     match (honoured, recorded.ignores_if_none_match) {
-        (true, false) => report.add(
+        (true, Some(false)) => report.add(
             Status::Ok,
             "conditional writes",
             "the store refuses to overwrite a create-only write (If-None-Match)",
         ),
-        (true, true) => report.add(
+        // A repository from before the probe: record what the store does.
+        (true, None) => {
+            if let Ok(Some(fresh)) = info::read(storage).await {
+                recorded = fresh;
+            }
+            recorded.ignores_if_none_match = Some(false);
+            match info::replace(storage, &recorded).await {
+                Ok(()) => report.add(
+                    Status::Ok,
+                    "conditional writes",
+                    "the store refuses to overwrite a create-only write (If-None-Match); recorded in repo.json",
+                ),
+                Err(e) => report.add(
+                    Status::Warn,
+                    "conditional writes",
+                    format!("the store honours If-None-Match, but recording that in repo.json failed: {e:#}"),
+                ),
+            }
+        }
+        (true, Some(true)) => report.add(
             Status::Ok,
             "conditional writes",
             "the store refused to overwrite this time, but repo.json records it ignoring If-None-Match before: wal-push keeps claiming names first",
         ),
-        (false, true) => report.add(
+        (false, Some(true)) => report.add(
             Status::Warn,
             "conditional writes",
             "the store ignores If-None-Match (recorded in repo.json): wal-push claims each name before storing, a few more requests per segment",
         ),
-        (false, false) => {
+        (false, None | Some(false)) => {
             // Read again right before writing: change the flag alone, not whatever
             // another process (a key rotation) wrote meanwhile.
             if let Ok(Some(fresh)) = info::read(storage).await {
                 recorded = fresh;
             }
-            recorded.ignores_if_none_match = true;
+            recorded.ignores_if_none_match = Some(true);
             match info::replace(storage, &recorded).await {
                 Ok(()) => report.add(
                     Status::Warn,

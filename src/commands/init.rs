@@ -113,9 +113,11 @@ pub async fn run(ctx: &Ctx, args: InitArgs) -> Result<Exit> {
                 key_id,
                 created: chrono::Utc::now(),
                 retired_keys: Vec::new(),
-                ignores_if_none_match: !info::probe_conditional_put(&storage)
-                    .await
-                    .with_context(|| format!("writing a probe into {}", storage.describe()))?,
+                ignores_if_none_match: Some(
+                    !info::probe_conditional_put(&storage)
+                        .await
+                        .with_context(|| format!("writing a probe into {}", storage.describe()))?,
+                ),
             };
             match info::create(&storage, &info).await {
                 Ok(()) => {}

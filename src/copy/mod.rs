@@ -258,8 +258,9 @@ async fn refuse_same_place(source: &DynStorage, dest: &DynStorage, name: &str) -
 }
 
 /// The copy's repo.json: written on the first copy; a copy of another cluster, or
-/// initialised with another key, is refused.
-async fn prepare_repo_info(dest: &DynStorage, source: &Repo, key_id: &str, name: &str, dry_run: bool) -> Result<()> {
+/// initialised with another key, is refused. Returns whether the copy's store ignores
+/// If-None-Match.
+async fn prepare_repo_info(dest: &DynStorage, source: &Repo, key_id: &str, name: &str, dry_run: bool) -> Result<bool> {
     match info::read(dest).await? {
         Some(theirs)
             if theirs.system_identifier != source.info.system_identifier || theirs.cluster != source.info.cluster =>
@@ -291,31 +292,30 @@ async fn prepare_repo_info(dest: &DynStorage, source: &Repo, key_id: &str, name:
                 .await
                 .context("recording the rotated key in the copy's repo.json")?;
             }
-            Ok(())
+            Ok(theirs.may_overwrite())
         }
         Some(theirs) if theirs.key_id != key_id => Err(anyhow!(
             "{} was initialised with another key (id {}, copy {name:?} uses {key_id}): objects copied there could not be opened — point the copy somewhere else, or empty it",
             dest.describe(),
             theirs.key_id,
         )),
-        Some(_) => Ok(()),
-        None if dry_run => Ok(()),
-        None => match info::create(
-            dest,
-            &info::RepoInfo {
+        Some(theirs) => Ok(theirs.may_overwrite()),
+        None if dry_run => Ok(false),
+        None => {
+            // The copy's own store: a copy may become the archive of a new primary.
+            let ignores = !info::probe_conditional_put(dest)
+                .await
+                .context("writing a probe into the copy")?;
+            let ours = info::RepoInfo {
                 key_id: key_id.to_string(),
-                // The copy's own store: a copy may become the archive of a new primary.
-                ignores_if_none_match: !info::probe_conditional_put(dest)
-                    .await
-                    .context("writing a probe into the copy")?,
+                ignores_if_none_match: Some(ignores),
                 ..source.info.clone()
-            },
-        )
-        .await
-        {
-            Ok(()) | Err(storage::StorageError::AlreadyExists(_)) => Ok(()),
-            Err(e) => Err(e).context("writing repo.json into the copy"),
-        },
+            };
+            match info::create(dest, &ours).await {
+                Ok(()) | Err(storage::StorageError::AlreadyExists(_)) => Ok(ignores),
+                Err(e) => Err(e).context("writing repo.json into the copy"),
+            }
+        }
     }
 }
 
@@ -347,7 +347,8 @@ async fn copy_to(config: &Config, source: &Repo, name: &str, opts: &CopyOptions)
     if !opts.dry_run {
         refuse_same_place(&source.storage, &dest, name).await?;
     }
-    prepare_repo_info(&dest, source, &key_id, name, opts.dry_run).await?;
+    let ignores = prepare_repo_info(&dest, source, &key_id, name, opts.dry_run).await?;
+    let dest = storage::no_overwrite::guard(dest, ignores);
 
     // Backups first, WAL after: a backup that commits in between is not copied by this
     // run, and every backup that is has its WAL (archived before its manifest) in the

@@ -498,11 +498,12 @@ pub async fn check_wal_chain(
     let stop = Segment::parse(&info.wal_stop, info.segment_size)
         .ok_or_else(|| anyhow!("the manifest has a malformed wal_stop {}", info.wal_stop))?;
     if chain_end.timeline == stop.timeline && chain_end.number < stop.number {
-        return Err(anyhow!(
-            "WAL gap: segment {} is missing from {}/wal — the backup cannot become consistent without it",
-            chain_end.next().name(info.segment_size),
-            repo.storage.describe()
-        ));
+        return Err(crate::repo::RepoError::WalGap {
+            segment: chain_end.next().name(info.segment_size),
+            place: repo.storage.describe(),
+            consequence: "the backup cannot become consistent without it".into(),
+        }
+        .into());
     }
     let choice = if target == choice.followed {
         choice

@@ -430,10 +430,14 @@ impl ArchiveListing {
         let ranges = self.required_ranges(start, path, segment_size, until)?;
         if let Some((missing, _)) = self.gap_runs(&ranges, segment_size, 1).first() {
             let after = Lsn(missing.start_lsn(segment_size).0.saturating_sub(1));
-            return Err(anyhow!(
-                "WAL gap: segment {} is missing from {repo}/wal — the archive has a gap after {after}; recovery cannot get past it (run `pgdr check` to list gaps)",
-                missing.name(segment_size)
-            ));
+            return Err(super::RepoError::WalGap {
+                segment: missing.name(segment_size),
+                place: repo.to_string(),
+                consequence: format!(
+                    "the archive has a gap after {after}; recovery cannot get past it (run `pgdr check` to list gaps)"
+                ),
+            }
+            .into());
         }
         Ok(ranges
             .last()

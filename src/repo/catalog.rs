@@ -82,13 +82,11 @@ pub fn scan_listing(objects: Vec<crate::storage::ObjectMeta>) -> Scan {
     scan
 }
 
-/// The commit point of a backup: its manifest, never written over another. Looked
-/// for first, since some S3 servers ignore If-None-Match (DESIGN.md).
+/// The commit point of a backup: its manifest, never written over another (on a
+/// store that ignores If-None-Match, `Repo::open` put `storage::no_overwrite` in
+/// between, which looks first).
 pub async fn write_manifest(repo: &super::Repo, manifest: &Manifest) -> Result<()> {
     let key = layout::manifest(&manifest.label);
-    if repo.storage.head(&key).await?.is_some() {
-        return Err(crate::storage::StorageError::AlreadyExists(key.to_string()).into());
-    }
     let data = serde_json::to_vec(manifest).expect("manifest serialises");
     repo.store()
         .bytes(&key, "manifest.json", data, crate::storage::PutMode::CreateNew)
@@ -138,7 +136,7 @@ pub async fn load_scanned_all(
             }),
             Err(e) if is_unreachable(&e) => return Err(e),
             // A retired key taken away: `pgdr check` and `pgdr key list` say so.
-            Err(e) if e.chain().any(|c| c.is::<crate::pipeline::MissingKey>()) => {
+            Err(e) if crate::exit::is_missing_key(&e) => {
                 tracing::info!("backup {label} is skipped: {e:#}");
                 damaged.push(DamagedManifest {
                     label: label.clone(),

@@ -50,4 +50,20 @@ pub enum RepoError {
     /// what to do instead.
     #[error("{why}")]
     NoSuchBackup { why: String, kind: Option<BackupKind> },
+    /// A WAL segment a recovery needs is not in the archive. Not the DBA's setup:
+    /// the operation failed (exit 1), and `pgdr check` lists every gap.
+    #[error("WAL gap: segment {segment} is missing from {place}/wal — {consequence}")]
+    WalGap {
+        segment: String,
+        place: String,
+        consequence: String,
+    },
+}
+
+impl RepoError {
+    /// Whether the DBA's setup or input is what is wrong (exit 2), as opposed to
+    /// the repository's contents (exit 1).
+    pub fn is_setup(&self) -> bool {
+        !matches!(self, RepoError::WalGap { .. })
+    }
 }

@@ -26,11 +26,14 @@ pub struct RepoInfo {
     /// first. Absent in repositories that never rotated.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub retired_keys: Vec<RetiredKey>,
-    /// The store overwrote a create-only write when `init` or `check` tried (Garage
-    /// does): `wal-push` then claims a segment's name before storing it, so two
-    /// pushers of different bytes cannot both succeed (`archive::claim`).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub ignores_if_none_match: bool,
+    /// Whether the store overwrote a create-only write when `init` or `check` tried
+    /// (Garage does); absent when never probed. A store that ignores it (or may:
+    /// never probed) is written through `storage::no_overwrite`, which looks before
+    /// it writes; where it is known to, `wal-push` also claims a segment's name
+    /// before storing it, so two pushers of different bytes cannot both succeed
+    /// (`archive::claim`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ignores_if_none_match: Option<bool>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -40,6 +43,16 @@ pub struct RetiredKey {
 }
 
 impl RepoInfo {
+    /// The store is known to ignore If-None-Match.
+    pub fn ignores_conditions(&self) -> bool {
+        self.ignores_if_none_match == Some(true)
+    }
+
+    /// The store may overwrite a create-only write: it does, or it was never probed.
+    pub fn may_overwrite(&self) -> bool {
+        self.ignores_if_none_match != Some(false)
+    }
+
     /// `ours` must be the repository's current key (the one new objects are sealed
     /// with): a retired key and a stranger's key are refused, each with its own line.
     pub fn require_current(&self, ours: KeyId, place: &str) -> Result<()> {

@@ -93,24 +93,6 @@ impl Lease {
     ) -> Result<std::result::Result<Lease, String>> {
         let key = layout::lock(name);
         for _ in 0..2 {
-            // Look first: on a store that ignores If-None-Match the put below would
-            // replace a live holder's lease without a word.
-            if repo.storage.head(&key).await?.is_some() {
-                match read(repo, &key).await? {
-                    Some(current) if current.expires > Utc::now() => return Ok(Err(current.holder)),
-                    // Expired (its holder died) or unreadable: clear it.
-                    _ => {
-                        let refused = repo.storage.delete(std::slice::from_ref(&key)).await?;
-                        if let Some(r) = refused.first() {
-                            return Err(anyhow::anyhow!(
-                                "cannot remove the expired lease {}: {}",
-                                r.key,
-                                r.reason
-                            ));
-                        }
-                    }
-                }
-            }
             let body = LeaseBody {
                 holder: holder.to_string(),
                 expires: Utc::now() + ttl,
@@ -120,7 +102,8 @@ impl Lease {
             let data = serde_json::to_vec(&body).expect("lease serialises");
             match repo.store().bytes(&key, "lock", data, PutMode::CreateNew).await {
                 Ok(_) => {
-                    // Read back: on a store that ignored the condition, the last writer wins.
+                    // Read back: on a store that ignores If-None-Match two takers can
+                    // both get past `storage::no_overwrite`'s look; the last writer wins.
                     return match read(repo, &key).await? {
                         Some(b) if b.holder == holder => Ok(Ok(Lease {
                             repo: repo.clone(),
@@ -136,6 +119,20 @@ impl Lease {
                 }
                 Err(e) if crate::exit::is_already_exists(&e) => {}
                 Err(e) => return Err(e),
+            }
+            match read(repo, &key).await? {
+                Some(current) if current.expires > Utc::now() => return Ok(Err(current.holder)),
+                // Expired (its holder died) or unreadable: clear it and try again.
+                _ => {
+                    let refused = repo.storage.delete(std::slice::from_ref(&key)).await?;
+                    if let Some(r) = refused.first() {
+                        return Err(anyhow::anyhow!(
+                            "cannot remove the expired lease {}: {}",
+                            r.key,
+                            r.reason
+                        ));
+                    }
+                }
             }
         }
         Ok(Err("another process (the lease changed hands while acquiring)".into()))

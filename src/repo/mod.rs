@@ -123,7 +123,7 @@ impl Repo {
         keys.bind(&info.cluster, &info.system_identifier);
         keys.set_known(info.known_key_ids());
         Ok(Repo {
-            storage,
+            storage: storage::no_overwrite::guard(storage, info.may_overwrite()),
             keys,
             info,
             compression: compression(config),

@@ -6,6 +6,8 @@ mod direct;
 pub mod dry_run;
 pub mod ignore_conditions;
 pub mod local;
+pub mod no_overwrite;
+pub mod retry;
 #[cfg(feature = "s3")]
 pub mod s3;
 
@@ -140,6 +142,11 @@ pub enum StorageError {
     /// object is damaged where it is stored (not on the way).
     #[error("{0}")]
     Corrupt(String),
+    /// A read's body broke off, or failed the store's checksum on the way (`whole`:
+    /// every byte arrived). Reading again may succeed: `storage::retry` does, and
+    /// never hands this on.
+    #[error("{why}")]
+    Interrupted { why: String, whole: bool },
     /// The producer of a streamed body failed; the object was not stored.
     #[error("{0}")]
     Source(String),
@@ -312,7 +319,12 @@ pub async fn open(repo: &crate::config::RepositoryConfig, cluster: &str) -> anyh
             } else {
                 format!("{prefix}/{cluster}")
             };
-            Arc::new(S3Storage::connect(repo, bucket, &prefix).await?)
+            let s3: DynStorage = Arc::new(S3Storage::connect(repo, bucket, &prefix).await?);
+            Arc::new(retry::Retry::new(
+                s3,
+                repo.s3_max_attempts,
+                std::time::Duration::from_millis(200),
+            ))
         }
         #[cfg(not(feature = "s3"))]
         RepoUrl::S3 { .. } => {

@@ -478,44 +478,32 @@ impl Storage for S3Storage {
         self.multipart(key, reader, mode).await
     }
 
+    /// One read. A body that breaks off or fails its checksum on the way is
+    /// `Interrupted`: `storage::retry` (which `storage::open` wraps this in) reads it
+    /// again.
     async fn get(&self, key: &ObjectKey) -> Result<Bytes> {
-        // A body cut short or failing its checksum on the way is read again.
-        let mut attempt = 1;
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.full_key(key))
+            .send()
+            .await
+            .map_err(|e| self.map_err("GET", key.as_str(), e))?;
+        let total = out.content_length().map(|n| n.max(0) as usize);
+        let mut body = out.body;
+        let mut data = bytes::BytesMut::with_capacity(total.unwrap_or(0).min(64 << 20));
         loop {
-            let out = self
-                .client
-                .get_object()
-                .bucket(&self.bucket)
-                .key(self.full_key(key))
-                .send()
-                .await
-                .map_err(|e| self.map_err("GET", key.as_str(), e))?;
-            let total = out.content_length().map(|n| n.max(0) as usize);
-            let mut body = out.body;
-            let mut data = bytes::BytesMut::with_capacity(total.unwrap_or(0).min(64 << 20));
-            let failed = loop {
-                match body.next().await {
-                    None => return Ok(data.freeze()),
-                    Some(Ok(piece)) => data.extend_from_slice(&piece),
-                    Some(Err(e)) => break e,
+            match body.next().await {
+                None => return Ok(data.freeze()),
+                Some(Ok(piece)) => data.extend_from_slice(&piece),
+                // All of it arrived and still failed: the checksum, not the connection.
+                Some(Err(e)) => {
+                    return Err(StorageError::Interrupted {
+                        why: e.to_string(),
+                        whole: total == Some(data.len()),
+                    });
                 }
-            };
-            // All of it arrived and still failed: the checksum, not the connection.
-            let whole = total == Some(data.len());
-            if attempt < self.attempts {
-                tracing::warn!("reading {key} broke off ({failed}); reading it again");
-                tokio::time::sleep(Duration::from_millis(200 << attempt.min(5))).await;
-                attempt += 1;
-            } else if whole {
-                return Err(StorageError::Corrupt(format!(
-                    "{key} in {} fails the store's checksum on every read ({failed}): it is damaged where it is stored",
-                    self.describe()
-                )));
-            } else {
-                return Err(StorageError::Transient(format!(
-                    "reading {key} from {}: {failed} (after {attempt} attempts)",
-                    self.describe()
-                )));
             }
         }
     }
