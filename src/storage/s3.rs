@@ -161,6 +161,10 @@ impl S3Storage {
         })
     }
 
+    fn get_request(&self, key: &ObjectKey) -> aws_sdk_s3::operation::get_object::builders::GetObjectFluentBuilder {
+        self.client.get_object().bucket(&self.bucket).key(self.full_key(key))
+    }
+
     fn full_key(&self, key: &ObjectKey) -> String {
         format!("{}/{}", self.prefix, key.as_str())
     }
@@ -483,10 +487,7 @@ impl Storage for S3Storage {
     /// again.
     async fn get(&self, key: &ObjectKey) -> Result<Bytes> {
         let out = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(self.full_key(key))
+            .get_request(key)
             .send()
             .await
             .map_err(|e| self.map_err("GET", key.as_str(), e))?;
@@ -510,10 +511,7 @@ impl Storage for S3Storage {
 
     async fn get_stream(&self, key: &ObjectKey) -> Result<mpsc::Receiver<Result<Bytes>>> {
         let out = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(self.full_key(key))
+            .get_request(key)
             .send()
             .await
             .map_err(|e| self.map_err("GET", key.as_str(), e))?;
@@ -541,12 +539,7 @@ impl Storage for S3Storage {
                         tracing::warn!("{what} broke off at byte {offset} ({e}); reading on from there");
                         tokio::time::sleep(Duration::from_millis(200 << attempt.min(5))).await;
                         attempt += 1;
-                        let mut req = this
-                            .client
-                            .get_object()
-                            .bucket(&this.bucket)
-                            .key(this.full_key(&key))
-                            .range(format!("bytes={offset}-"));
+                        let mut req = this.get_request(&key).range(format!("bytes={offset}-"));
                         if let Some(etag) = &etag {
                             req = req.if_match(etag);
                         }
