@@ -65,16 +65,6 @@ pub fn is_missing_key(err: &anyhow::Error) -> bool {
     chain_has::<crate::pipeline::MissingKey>(err)
 }
 
-/// The archive lacks a WAL segment a recovery needs.
-pub fn is_wal_gap(err: &anyhow::Error) -> bool {
-    err.chain().any(|e| {
-        matches!(
-            e.downcast_ref::<crate::repo::RepoError>(),
-            Some(crate::repo::RepoError::WalGap { .. })
-        )
-    })
-}
-
 /// An error of type `T` anywhere in the chain: for a module's own small error types
 /// (wal-fetch's `WrongCluster`), so the looking-into stays here.
 pub fn chain_has<T: std::error::Error + Send + Sync + 'static>(err: &anyhow::Error) -> bool {

@@ -139,8 +139,15 @@ async fn conditional_put(storage: &DynStorage, report: &mut CheckReport) {
         Ok(honoured) => honoured,
         Err(e) => return report.add(Status::Fail, "conditional writes", format!("{e:#}")),
     };
-    let Ok(Some(mut recorded)) = info::read(storage).await else {
+    // Read right before deciding and writing: a change of the flag alone, never an
+    // overwrite of what another process (a key rotation) wrote before.
+    let Ok(Some(recorded)) = info::read(storage).await else {
         return;
+    };
+    let record = |ignores: bool| {
+        let mut updated = recorded.clone();
+        updated.ignores_if_none_match = Some(ignores);
+        async move { info::replace(storage, &updated).await }
     };
     match (honoured, recorded.ignores_if_none_match) {
         (true, Some(false)) => report.add(
@@ -149,24 +156,18 @@ async fn conditional_put(storage: &DynStorage, report: &mut CheckReport) {
             "the store refuses to overwrite a create-only write (If-None-Match)",
         ),
         // A repository from before the probe: record what the store does.
-        (true, None) => {
-            if let Ok(Some(fresh)) = info::read(storage).await {
-                recorded = fresh;
-            }
-            recorded.ignores_if_none_match = Some(false);
-            match info::replace(storage, &recorded).await {
-                Ok(()) => report.add(
-                    Status::Ok,
-                    "conditional writes",
-                    "the store refuses to overwrite a create-only write (If-None-Match); recorded in repo.json",
-                ),
-                Err(e) => report.add(
-                    Status::Warn,
-                    "conditional writes",
-                    format!("the store honours If-None-Match, but recording that in repo.json failed: {e:#}"),
-                ),
-            }
-        }
+        (true, None) => match record(false).await {
+            Ok(()) => report.add(
+                Status::Ok,
+                "conditional writes",
+                "the store refuses to overwrite a create-only write (If-None-Match); recorded in repo.json",
+            ),
+            Err(e) => report.add(
+                Status::Warn,
+                "conditional writes",
+                format!("the store honours If-None-Match, but recording that in repo.json failed: {e:#}"),
+            ),
+        },
         (true, Some(true)) => report.add(
             Status::Ok,
             "conditional writes",
@@ -177,27 +178,17 @@ async fn conditional_put(storage: &DynStorage, report: &mut CheckReport) {
             "conditional writes",
             "the store ignores If-None-Match (recorded in repo.json): wal-push claims each name before storing, a few more requests per segment",
         ),
-        (false, None | Some(false)) => {
-            // Read again right before writing: change the flag alone, not whatever
-            // another process (a key rotation) wrote meanwhile.
-            if let Ok(Some(fresh)) = info::read(storage).await {
-                recorded = fresh;
-            }
-            recorded.ignores_if_none_match = Some(true);
-            match info::replace(storage, &recorded).await {
-                Ok(()) => report.add(
-                    Status::Warn,
-                    "conditional writes",
-                    "the store ignores If-None-Match: a create-only write was overwritten. Recorded in repo.json; from now on wal-push claims each name before storing it, so two pushers of different bytes cannot both succeed",
-                ),
-                Err(e) => report.add(
-                    Status::Fail,
-                    "conditional writes",
-                    format!(
-                        "the store ignores If-None-Match, and recording that in repo.json failed: {e:#}"
-                    ),
-                ),
-            }
-        }
+        (false, None | Some(false)) => match record(true).await {
+            Ok(()) => report.add(
+                Status::Warn,
+                "conditional writes",
+                "the store ignores If-None-Match: a create-only write was overwritten. Recorded in repo.json; from now on wal-push claims each name before storing it, so two pushers of different bytes cannot both succeed",
+            ),
+            Err(e) => report.add(
+                Status::Fail,
+                "conditional writes",
+                format!("the store ignores If-None-Match, and recording that in repo.json failed: {e:#}"),
+            ),
+        },
     }
 }
