@@ -129,6 +129,10 @@ pub struct ScenarioInputs {
     /// The old primary's data directory on this host: fenced (stopped) before the switch
     #[arg(long, value_name = "DIR")]
     pub old_data_dir: Option<PathBuf>,
+    /// Your word that the old primary is down and cannot take writes, when pgdr cannot
+    /// stop it here (--old-data-dir); the report records it
+    #[arg(long)]
+    pub old_primary_is_down: bool,
     /// Any other input of the runbook
     #[arg(long = "set", value_name = "NAME=VALUE")]
     pub set: Vec<String>,
@@ -308,7 +312,15 @@ pub struct FailoverArgs {
     /// The old primary's data directory, when it is on this host: fenced by a fast stop
     #[arg(long, value_name = "DIR")]
     pub old_data_dir: Option<PathBuf>,
-    /// Show the plan, change nothing
+    /// Your word that the old primary is down and cannot take writes (powered off,
+    /// isolated): the fence when pgdr cannot prove it; the report records it
+    #[arg(long)]
+    pub old_primary_is_down: bool,
+    /// Promote even if the standby cannot replay everything the old primary wrote;
+    /// the report gives the bytes lost
+    #[arg(long)]
+    pub accept_data_loss: bool,
+    /// Show the plan and its checks, change nothing
     #[arg(long)]
     pub dry_run: bool,
     /// Do not ask for confirmation

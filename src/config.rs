@@ -305,6 +305,14 @@ pub struct SwitchConfig {
     /// `failover`: how to fence an old primary that is neither local (`--old-data-dir`)
     /// nor reachable (a STONITH, a cloud API call); gets `PGDR_FENCE_HOST/PORT`.
     pub fence_command: Option<String>,
+    /// `failover`: how long the standby may take, after the fence, to replay what the
+    /// old primary wrote (streamed, or from the archive) before it is promoted.
+    #[serde(default = "default_catch_up")]
+    pub catch_up_seconds: u64,
+}
+
+fn default_catch_up() -> u64 {
+    120
 }
 
 impl Default for SwitchConfig {
@@ -317,6 +325,7 @@ impl Default for SwitchConfig {
             hook: None,
             hook_timeout_seconds: default_hook_timeout(),
             fence_command: None,
+            catch_up_seconds: default_catch_up(),
         }
     }
 }

@@ -20,6 +20,7 @@ pub mod notify;
 pub mod physical;
 pub mod pipeline;
 pub mod postgres;
+pub mod preflight;
 pub mod process;
 pub mod progress;
 pub mod rekey;

@@ -369,6 +369,7 @@ fn recoveries_killed_at_random_moments() {
         "recover",
         "--scenario",
         "database-failure",
+        "--old-primary-is-down",
         "--data-dir",
         new.to_str().unwrap(),
         "--port",

@@ -354,6 +354,7 @@ fn recover_dry_run_changes_nothing_and_bad_runbooks_are_refused() {
         "recover",
         "--scenario",
         "database-failure",
+        "--old-primary-is-down",
         "--data-dir",
         new.to_str().unwrap(),
         "--port",
@@ -397,6 +398,7 @@ fn recover_dry_run_changes_nothing_and_bad_runbooks_are_refused() {
         "recover",
         "--scenario",
         "region-failure",
+        "--old-primary-is-down",
         "--data-dir",
         new.to_str().unwrap(),
         "--standby-data-dir",
@@ -428,6 +430,7 @@ fn a_recovery_killed_mid_restore_resumes() {
         "recover",
         "--scenario",
         "database-failure",
+        "--old-primary-is-down",
         "--data-dir",
         new.to_str().unwrap(),
         "--port",
@@ -450,7 +453,8 @@ fn a_recovery_killed_mid_restore_resumes() {
     let out = killed.output().unwrap();
     assert_eq!(out.status.code(), None, "killed by a signal: {out:?}");
     let st: serde_json::Value = json(&std::fs::read_to_string(&state).unwrap());
-    assert_eq!(st["steps"][0]["status"], "started", "{st}");
+    assert_eq!(st["steps"][0]["status"], "done", "{st}"); // the fence: declared down
+    assert_eq!(st["steps"][1]["status"], "started", "{st}");
     assert!(
         new.join("PG_VERSION").exists(),
         "the interrupted restore left its files"
@@ -492,6 +496,73 @@ fn a_recovery_killed_mid_restore_resumes() {
         as_postgres(&mut stop);
         let _ = stop.output();
     }
+}
+
+/// Issue 25: a re-run resumes only over what the recovery itself made. A run killed
+/// mid-restore, then a DBA who removed the half-made directory and put their own in
+/// its place: before, the re-run deleted it ("left half done"); now it is refused and
+/// the directory is untouched. A database-failure runbook also refuses to run with
+/// neither a data directory to fence nor the DBA's word that the old primary is down.
+#[test]
+fn a_rerun_never_removes_a_directory_the_recovery_did_not_make() {
+    let (a, _bouncer) = production();
+    let out_dir = TestDir::new();
+    chown_postgres(out_dir.path());
+    let (new, standby, state) = (out_dir.join("new"), out_dir.join("standby"), out_dir.join("state.json"));
+    let (port, standby_port) = (free_port().to_string(), free_port().to_string());
+    let mut args = vec![
+        "recover",
+        "--scenario",
+        "database-failure",
+        "--data-dir",
+        new.to_str().unwrap(),
+        "--port",
+        &port,
+        "--listen",
+        "127.0.0.1",
+        "--standby-data-dir",
+        standby.to_str().unwrap(),
+        "--standby-port",
+        &standby_port,
+        "--state",
+        state.to_str().unwrap(),
+        "--yes",
+    ];
+    let mut cluster = a.cluster;
+    cluster.stop();
+    // Nothing proves the old primary is down: refused before any step.
+    let out = a.pgdr.run(&args);
+    let said = assert_fails(&out, 2, "--old-primary-is-down");
+    assert!(said.contains("--old-data-dir"), "{said}");
+    assert!(!new.exists() && !state.exists());
+    // A fence path that is not a data directory is an error, not "nothing to fence".
+    let not_pg = out_dir.join("not-a-data-dir");
+    std::fs::create_dir(&not_pg).unwrap();
+    let mut with_bad_fence = args.clone();
+    with_bad_fence.extend(["--old-data-dir", not_pg.to_str().unwrap()]);
+    assert_fails(&a.pgdr.run(&with_bad_fence), 2, "is not a PostgreSQL data directory");
+    assert!(!new.exists() && !state.exists());
+
+    args.push("--old-primary-is-down");
+    let mut killed = a.pgdr.command(&args);
+    killed.env("PGDR_TEST_RECOVER_KILL_IN_RESTORE", "1");
+    let out = killed.output().unwrap();
+    assert_eq!(out.status.code(), None, "killed by a signal: {out:?}");
+    // Stop what the killed run started, and put the DBA's own directory there.
+    let mut stop = Command::new(pg_bin().join("pg_ctl"));
+    stop.args(["-D", new.to_str().unwrap(), "-m", "immediate", "stop"]);
+    as_postgres(&mut stop);
+    let _ = stop.output();
+    std::fs::remove_dir_all(&new).unwrap();
+    std::fs::create_dir(&new).unwrap();
+    std::fs::write(new.join("notes.txt"), "the DBA's own notes\n").unwrap();
+    let out = a.pgdr.run(&args);
+    assert_fails(&out, 2, "was not created by this recovery");
+    assert_eq!(
+        std::fs::read_to_string(new.join("notes.txt")).unwrap(),
+        "the DBA's own notes\n",
+        "the re-run touched a directory it did not make"
+    );
 }
 
 /// `recover --scenario data-loss` for real, on a live database that keeps writing: the

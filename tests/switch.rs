@@ -6,6 +6,7 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::io::Write;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -488,4 +489,338 @@ fn a_hanging_hook_is_killed_with_its_children() {
         String::from_utf8_lossy(&left.stdout)
     );
     assert!(bouncer.psql("app", "SELECT 1").status.success());
+}
+
+/// An archiving primary with an `app` database, a physical backup, a standby made by
+/// `pgdr standby create`, and a PgBouncer in `layout` whose `app` points at the
+/// primary; pgdr's config switches through it.
+struct FailoverSetup {
+    a: Archiving,
+    standby: Restored,
+    bouncer: PgBouncer,
+}
+
+impl FailoverSetup {
+    fn new(layout: BouncerLayout) -> FailoverSetup {
+        let a = Archiving::start();
+        let c = &a.cluster;
+        c.psql("postgres", "CREATE DATABASE app");
+        c.psql("app", "CREATE TABLE t (n int PRIMARY KEY)");
+        c.psql("app", "INSERT INTO t SELECT -g FROM generate_series(1, 100) g");
+        a.pgdr.ok(&["backup", "--kind", "physical"]);
+        let (standby, _) = create_standby(&a, &[]);
+        let bouncer = PgBouncer::start_in(&[("app", c.port)], "transaction", layout);
+        let mut text = std::fs::read_to_string(&a.pgdr.config).unwrap();
+        text.push_str(&format!(
+            "\n[switch]\npgbouncer_admin_url = \"{}\"\npgbouncer_ini = \"{}\"\npgbouncer_databases = [\"app\"]\npause_timeout_seconds = 10\ncatch_up_seconds = 20\n",
+            bouncer.admin_url(),
+            bouncer.databases_file().display()
+        ));
+        std::fs::write(&a.pgdr.config, text).unwrap();
+        FailoverSetup { a, standby, bouncer }
+    }
+
+    fn to(&self) -> String {
+        format!("127.0.0.1:{}", self.standby.port)
+    }
+
+    fn old(&self) -> String {
+        format!("127.0.0.1:{}", self.a.cluster.port)
+    }
+
+    /// Nothing changed: the standby is one, the old primary takes writes, PgBouncer
+    /// sends `app` to it with the same file.
+    fn assert_untouched(&self, ini_before: &[u8]) {
+        assert_eq!(self.standby.psql("postgres", "SELECT pg_is_in_recovery()"), "t");
+        assert!(
+            psql_at(self.a.cluster.port, "app", "INSERT INTO t VALUES (-1000007)")
+                .status
+                .success()
+        );
+        assert_eq!(std::fs::read(self.bouncer.databases_file()).unwrap(), ini_before);
+        let through = self.bouncer.psql("app", "SELECT count(*) FROM t WHERE n = -1000007");
+        assert!(through.status.success(), "PgBouncer does not serve app: {through:?}");
+        assert_eq!(String::from_utf8_lossy(&through.stdout).trim(), "1");
+        self.a.cluster.psql("app", "DELETE FROM t WHERE n = -1000007");
+    }
+}
+
+/// Issue 25's split brain: the old primary is alive, but pg_hba rejects pgdr's
+/// logins (as a network split, a wrong password or a full server would look). Before,
+/// failover took it to be down, promoted the standby and exited 0: two primaries. Now
+/// it refuses before anything changes and names the ways forward; with the DBA's
+/// word (`--old-primary-is-down`) it goes ahead and the report says whose word it was.
+#[test]
+fn an_old_primary_pgdr_cannot_log_into_is_not_down() {
+    let f = FailoverSetup::new(BouncerLayout::Owned);
+    let c = &f.a.cluster;
+    // pgdr logs into database postgres over TCP; the application uses app.
+    let hba = c.data.join("pg_hba.conf");
+    let text = std::fs::read_to_string(&hba).unwrap();
+    std::fs::write(&hba, format!("host postgres all 127.0.0.1/32 reject\n{text}")).unwrap();
+    c.psql("app", "SELECT pg_reload_conf()");
+    let ini_before = std::fs::read(f.bouncer.databases_file()).unwrap();
+    let out = f.a.pgdr.run(&["failover", "--to", &f.to(), "--old", &f.old(), "--yes"]);
+    let said = assert_fails(&out, 2, "does not prove it is down");
+    assert!(said.contains("--old-primary-is-down"), "{said}");
+    f.assert_untouched(&ini_before);
+
+    // The DBA's word: it goes ahead, and the report records it (RPO unknown).
+    let out = f.a.pgdr.run(&[
+        "failover",
+        "--to",
+        &f.to(),
+        "--old",
+        &f.old(),
+        "--old-primary-is-down",
+        "--yes",
+        "--json",
+    ]);
+    assert_success(&out, "pgdr failover --old-primary-is-down");
+    let report = json(&out);
+    assert_eq!(report["fence"]["proof"], "declared-by-dba", "{report}");
+    assert_eq!(report["fence_weak"], true, "{report}");
+    assert_eq!(report["rpo"]["rpo"], "unknown", "{report}");
+    assert!(report["rpo_bytes"].is_null(), "{report}");
+    assert_eq!(f.standby.psql("postgres", "SELECT pg_is_in_recovery()"), "f");
+    assert_eq!(f.standby.psql("app", "SELECT count(*) FROM t WHERE n < 0"), "100");
+}
+
+/// An old primary whose port accepts connections and never answers is not down
+/// either: refused, nothing changed.
+#[test]
+fn an_old_primary_that_never_answers_is_not_down() {
+    let f = FailoverSetup::new(BouncerLayout::Owned);
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let keep = held.clone();
+    std::thread::spawn(move || {
+        for conn in silent.incoming().flatten() {
+            keep.lock().unwrap().push(conn);
+        }
+    });
+    let ini_before = std::fs::read(f.bouncer.databases_file()).unwrap();
+    let out = f.a.pgdr.run(&[
+        "failover",
+        "--to",
+        &f.to(),
+        "--old",
+        &format!("127.0.0.1:{silent_port}"),
+        "--yes",
+    ]);
+    let said = assert_fails(&out, 2, "did not answer within");
+    assert!(said.contains("--old-primary-is-down"), "{said}");
+    assert!(!held.lock().unwrap().is_empty(), "pgdr never tried the old primary");
+    f.assert_untouched(&ini_before);
+}
+
+/// Issue 25's outage: PgBouncer as Debian installs it (/etc/pgbouncer root's,
+/// pgbouncer.ini postgres:postgres 0640) and pgdr running as postgres. Before, the
+/// old primary was stopped and the standby promoted before pgdr found it could not
+/// create its temporary file, and PgBouncer went back to the stopped server. Now the
+/// file is rewritten in place (owner and mode kept) and the failover completes; a
+/// file pgdr cannot write at all is refused before the fence.
+#[test]
+fn failover_through_pgbouncer_as_distributions_install_it() {
+    let f = FailoverSetup::new(BouncerLayout::Debian);
+    assert!(f.a.pgdr.as_postgres || !is_root(), "pgdr must run as postgres here");
+    let ini = f.bouncer.ini.clone();
+    let etc = ini.parent().unwrap().to_path_buf();
+    let listing = |d: &Path| {
+        let mut v: Vec<String> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let files_before = listing(&etc);
+
+    if is_root() {
+        // A file pgdr cannot write either way: refused before anything is fenced.
+        std::os::unix::fs::chown(&ini, Some(0), Some(0)).unwrap();
+        std::fs::set_permissions(&ini, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+        let ini_before = std::fs::read(&ini).unwrap();
+        let out = f.a.pgdr.run(&[
+            "failover",
+            "--to",
+            &f.to(),
+            "--old-data-dir",
+            f.a.cluster.data.to_str().unwrap(),
+            "--yes",
+        ]);
+        let said = assert_fails(&out, 2, "refused before changing anything");
+        assert!(said.contains("pgbouncer.ini"), "{said}");
+        f.assert_untouched(&ini_before);
+        let (uid, gid) = postgres_ids();
+        std::os::unix::fs::chown(&ini, Some(uid), Some(gid)).unwrap();
+        std::fs::set_permissions(&ini, std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
+    }
+
+    let writer = Writer::start(f.bouncer.port);
+    std::thread::sleep(Duration::from_millis(500));
+    let out = f.a.pgdr.run(&[
+        "failover",
+        "--to",
+        &f.to(),
+        "--old",
+        &f.old(),
+        "--old-data-dir",
+        f.a.cluster.data.to_str().unwrap(),
+        "--yes",
+        "--json",
+    ]);
+    std::thread::sleep(Duration::from_millis(500));
+    let (acked, errors) = writer.finish();
+    assert_success(&out, "pgdr failover (Debian layout, as postgres)");
+    let report = json(&out);
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(report["fence"]["proof"], "stopped", "{report}");
+    assert_eq!(report["rpo"]["rpo"], "none-lost", "{report}");
+    assert!(report["timeline"].as_u64().unwrap() >= 2, "{report}");
+    assert!(errors.is_empty(), "the client saw errors: {errors:?}");
+    let on_new: BTreeSet<u32> = f
+        .standby
+        .psql("app", "SELECT n FROM t WHERE n > 0")
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| l.parse().unwrap())
+        .collect();
+    let acked: BTreeSet<u32> = acked.into_iter().collect();
+    assert!(!acked.is_empty());
+    assert!(
+        acked.is_subset(&on_new),
+        "acknowledged rows lost: {:?}",
+        acked.difference(&on_new)
+    );
+    // Rewritten in place: same owner, group and mode; nothing left in /etc/pgbouncer.
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(&ini).unwrap();
+    if is_root() {
+        assert_eq!((meta.uid(), meta.gid()), postgres_ids());
+    }
+    assert_eq!(meta.mode() & 0o7777, 0o640);
+    assert_eq!(listing(&etc), files_before);
+    assert!(
+        std::fs::read_to_string(&ini)
+            .unwrap()
+            .contains(&format!("port={}", f.standby.port))
+    );
+    assert!(
+        f.bouncer
+            .psql("app", "INSERT INTO t VALUES (-5000000)")
+            .status
+            .success()
+    );
+    assert_eq!(f.standby.psql("app", "SELECT count(*) FROM t WHERE n = -5000000"), "1");
+    // The promoted timeline is the one `latest` follows.
+    let tli = report["timeline"].as_u64().unwrap();
+    let declared =
+        f.a.pgdr
+            .repo_dir
+            .as_ref()
+            .unwrap()
+            .join(format!("test/timelines/{tli:08X}.primary"));
+    assert!(declared.is_file(), "{} was not declared", declared.display());
+}
+
+/// The better layout: pgbouncer.ini stays root's, and `%include`s a `[databases]`
+/// file in a directory pgdr owns; pgdr rewrites only that file.
+#[test]
+fn switch_through_a_databases_include_file() {
+    let (a, b) = (app_cluster(), app_cluster());
+    let bouncer = PgBouncer::start_in(&[("app", a.port)], "transaction", BouncerLayout::DebianWithInclude);
+    let pgdr = Pgdr::new(&a, RepoKind::Local);
+    let mut text = std::fs::read_to_string(&pgdr.config).unwrap();
+    text.push_str(&format!(
+        "\n[switch]\npgbouncer_admin_url = \"{}\"\npgbouncer_ini = \"{}\"\npgbouncer_databases = [\"app\"]\n",
+        bouncer.admin_url(),
+        bouncer.databases_file().display()
+    ));
+    std::fs::write(&pgdr.config, text).unwrap();
+    let main_before = std::fs::read(&bouncer.ini).unwrap();
+    let out = pgdr.run(&["switch", "--to", &format!("127.0.0.1:{}", b.port), "--yes"]);
+    assert_success(&out, "pgdr switch (include file)");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("✓ pgbouncer.ini writable"),
+        "{out:?}"
+    );
+    assert_eq!(std::fs::read(&bouncer.ini).unwrap(), main_before);
+    assert!(bouncer.psql("app", "INSERT INTO t (n) VALUES (1)").status.success());
+    assert_eq!(b.psql("app", "SELECT count(*) FROM t"), "1");
+    assert_eq!(a.psql("app", "SELECT count(*) FROM t"), "0");
+}
+
+/// A standby whose replay is paused (and so behind), with the WAL it lacks in the
+/// archive: failover resumes it and waits until it has replayed everything the old
+/// primary wrote. Before, it promoted after pause_timeout_seconds — which ends a
+/// paused recovery where it stood — and lost the rows.
+#[test]
+fn a_standby_behind_catches_up_before_promotion() {
+    let f = FailoverSetup::new(BouncerLayout::Owned);
+    f.standby.psql("postgres", "SELECT pg_wal_replay_pause()");
+    f.a.cluster
+        .psql("app", "INSERT INTO t SELECT g FROM generate_series(101, 5000) g");
+    f.a.switch_and_wait();
+    let out = f.a.pgdr.run(&[
+        "failover",
+        "--to",
+        &f.to(),
+        "--old-data-dir",
+        f.a.cluster.data.to_str().unwrap(),
+        "--yes",
+        "--json",
+    ]);
+    assert_success(&out, "pgdr failover (paused standby)");
+    let report = json(&out);
+    assert_eq!(report["rpo_bytes"], 0, "{report}");
+    assert_eq!(f.standby.psql("app", "SELECT count(*) FROM t"), "5000");
+}
+
+/// A standby that can neither stream nor restore from the archive cannot catch up:
+/// refused before the fence; with `--accept-data-loss` it is promoted and the report
+/// gives the bytes lost.
+#[test]
+fn a_standby_that_cannot_catch_up_needs_accept_data_loss() {
+    let f = FailoverSetup::new(BouncerLayout::Owned);
+    f.standby.psql(
+        "postgres",
+        "ALTER SYSTEM SET primary_conninfo = 'host=127.0.0.1 port=1'; ALTER SYSTEM SET restore_command = ''; SELECT pg_reload_conf()",
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while f.standby.psql(
+        "postgres",
+        "SELECT count(*) FROM pg_stat_wal_receiver WHERE status = 'streaming'",
+    ) != "0"
+    {
+        assert!(std::time::Instant::now() < deadline, "the standby still streams");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    f.a.cluster
+        .psql("app", "INSERT INTO t SELECT g FROM generate_series(101, 2000) g");
+    let ini_before = std::fs::read(f.bouncer.databases_file()).unwrap();
+    let data = f.a.cluster.data.to_str().unwrap().to_string();
+    let out =
+        f.a.pgdr
+            .run(&["failover", "--to", &f.to(), "--old-data-dir", &data, "--yes"]);
+    let said = assert_fails(&out, 2, "cannot catch up");
+    assert!(said.contains("--accept-data-loss"), "{said}");
+    f.assert_untouched(&ini_before);
+    let out = f.a.pgdr.run(&[
+        "failover",
+        "--to",
+        &f.to(),
+        "--old-data-dir",
+        &data,
+        "--accept-data-loss",
+        "--yes",
+        "--json",
+    ]);
+    assert_success(&out, "pgdr failover --accept-data-loss");
+    let report = json(&out);
+    assert_eq!(report["data_loss_accepted"], true, "{report}");
+    assert!(report["rpo_bytes"].as_u64().unwrap() > 0, "{report}");
+    assert_eq!(report["rpo"]["rpo"], "lost", "{report}");
+    assert_eq!(f.standby.psql("app", "SELECT count(*) FROM t"), "100");
 }

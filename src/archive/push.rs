@@ -79,20 +79,7 @@ async fn declare_if_new_primary(repo: &Repo, history: &str, wal_dir: &Path) -> R
     let Some(tli) = history.get(..8).and_then(|h| u32::from_str_radix(h, 16).ok()) else {
         return Ok(());
     };
-    let body = serde_json::to_vec(&serde_json::json!({
-        "timeline": tli,
-        "declared": chrono::Utc::now(),
-        "by": "pgdr restore --archive",
-    }))
-    .expect("declaration serialises");
-    repo.store()
-        .bytes(
-            &layout::timeline_declaration(tli),
-            "timeline",
-            body,
-            crate::storage::PutMode::Overwrite,
-        )
-        .await?;
+    repo.declare_primary_timeline(tli, "pgdr restore --archive").await?;
     // Single use: the declaration is for the timeline this promotion created. A later
     // promotion of this server (or of a copy of its files) is judged on its own.
     if let Err(e) = std::fs::remove_file(&marker) {

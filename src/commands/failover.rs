@@ -1,5 +1,7 @@
-//! `pgdr failover --to HOST:PORT`: the plan, a confirmation, fence → promote → verify →
-//! switch → RPO; the report goes to `verifications/` and `--json`, and is notified.
+//! `pgdr failover --to HOST:PORT`: every check first (the standby, the fence, the
+//! switch), the plan with those checks, a refusal if one failed, a confirmation, then
+//! fence → catch up → promote → verify → switch → declare → RPO; the report goes to
+//! `verifications/` and `--json`, and is notified.
 
 use anyhow::Result;
 
@@ -7,31 +9,21 @@ use super::Ctx;
 use crate::cli::FailoverArgs;
 use crate::exit::Exit;
 use crate::failover::{self, FailoverOptions};
-use crate::switch::{self, SwitchOptions};
 
 pub async fn run(ctx: &Ctx, args: FailoverArgs) -> Result<Exit> {
     let opts = FailoverOptions {
         to: args.to.parse()?,
         old: args.old.as_deref().map(str::parse).transpose()?,
         old_data_dir: args.old_data_dir.map(|d| std::path::absolute(&d).unwrap_or(d)),
+        old_primary_is_down: args.old_primary_is_down,
+        accept_data_loss: args.accept_data_loss,
         dry_run: args.dry_run,
     };
-    let s = &ctx.config.switch;
-    let switch_plan = if s.pgbouncer_admin_url.is_some() || s.hook.is_some() {
-        Some(switch::plan(
-            &ctx.config,
-            &SwitchOptions {
-                to: opts.to.clone(),
-                from: opts.old.clone(),
-                dry_run: opts.dry_run,
-            },
-        )?)
-    } else {
-        None
-    };
+    let prepared = failover::prepare(&ctx.config, &opts).await?;
     if !ctx.json {
-        print!("{}", failover::plan_text(&opts, switch_plan.as_ref()));
+        print!("{}", failover::plan_text(&ctx.config, &opts, &prepared));
     }
+    prepared.checks.require("failover")?;
     if !opts.dry_run && !ctx.confirm(args.yes, &format!("Fail over to {}?", opts.to))? {
         eprintln!("pgdr: nothing was changed");
         return Ok(Exit::Failure);
@@ -41,17 +33,17 @@ pub async fn run(ctx: &Ctx, args: FailoverArgs) -> Result<Exit> {
         crate::process::hold_signals("the failover");
     }
     let started = chrono::Utc::now();
-    let report = failover::run(&ctx.config, &opts, switch_plan.as_ref()).await?;
+    let report = failover::execute(&ctx.config, &opts, prepared).await;
     if !opts.dry_run {
         failover::store_report(&ctx.config, "failover", started, &report).await;
         let what = match &report.error {
             None => format!(
-                "failover to {} done in {:.1} s, RPO {} bytes",
+                "failover to {} done in {:.1} s, RPO {}",
                 report.new_primary,
                 report.seconds,
                 report
                     .rpo_bytes
-                    .map(|b| b.to_string())
+                    .map(|b| format!("{b} bytes"))
                     .unwrap_or_else(|| "unknown".into())
             ),
             Some(e) => format!("failover to {} FAILED: {e}", report.new_primary),

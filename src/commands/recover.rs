@@ -34,6 +34,7 @@ pub fn given_inputs(i: &ScenarioInputs) -> Result<BTreeMap<String, String>> {
         ("scratch_dir", path(&i.scratch_dir)),
         ("old_data_dir", path(&i.old_data_dir)),
         ("restore_as", i.restore_as.clone()),
+        ("old_primary_is_down", i.old_primary_is_down.then(|| "yes".to_string())),
     ];
     for (k, v) in pairs {
         if let Some(v) = v {

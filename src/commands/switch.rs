@@ -14,10 +14,12 @@ pub async fn run(ctx: &Ctx, args: SwitchArgs) -> Result<Exit> {
         from: args.old.as_deref().map(str::parse).transpose()?,
         dry_run: args.dry_run,
     };
-    let plan = switch::plan(&ctx.config, &opts)?;
+    let mut plan = switch::plan(&ctx.config, &opts)?;
+    let checks = switch::preflight(&ctx.config, &mut plan).await;
     if !ctx.json {
-        print!("{plan}");
+        print!("{checks}{plan}");
     }
+    checks.require("the switch")?;
     if !opts.dry_run && !ctx.confirm(args.yes, &format!("Switch application connections to {}?", opts.to))? {
         eprintln!("pgdr: nothing was changed");
         return Ok(Exit::Failure);

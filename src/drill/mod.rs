@@ -1127,6 +1127,8 @@ async fn inject(
                 write_config(config_file, &table)?;
             }
             inputs.insert("data_dir".into(), env.path("new").display().to_string());
+            // The drill killed and deleted production itself: its word is proof.
+            inputs.insert("old_primary_is_down".into(), "yes".into());
             inputs.insert("port".into(), free()?);
             inputs.insert("listen".into(), "127.0.0.1".into());
             inputs.insert("standby_data_dir".into(), env.path("standby").display().to_string());

@@ -1,10 +1,16 @@
-//! Failover to a standby (`pgdr failover`): fence the old primary (a fast stop of its
-//! data directory when local, else read-only plus terminated sessions, or the
-//! configured fence command), let the standby replay what reached it, promote it,
-//! prove it takes writes, switch application connections (`crate::switch`), and report
-//! the RPO (the old primary's last LSN against the standby's at promotion). Building a
-//! standby from a backup is `standby`.
+//! Failover to a standby (`pgdr failover`), as phases:
+//! `prepare` (every check that can be made without changing anything: the standby,
+//! the fence, the switch) → the plan and a confirmation → `execute`: fence → catch up
+//! → promote (the point of no return) → prove writes → switch → declare the new
+//! timeline → report the RPO.
+//!
+//! The rules it keeps: an old primary pgdr cannot reach is unknown, never down (see
+//! `fence`); the standby replays everything the old primary wrote before it is
+//! promoted, or the failover stops (the fence taken back) unless the DBA accepts the
+//! loss; once a promotion is requested, PgBouncer is never sent back to the fenced
+//! primary. Building a standby from a backup is `standby`.
 
+pub mod fence;
 pub mod standby;
 
 use std::fmt;
@@ -17,17 +23,36 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
 use crate::postgres::{Lsn, PgTarget};
+use crate::preflight::Checks;
 use crate::switch::{self, Endpoint, Log, StepLog, SwitchReport};
+
+pub use fence::{FencePlan, FenceProof};
 
 #[derive(Debug, Clone)]
 pub struct FailoverOptions {
     /// The standby to promote.
     pub to: Endpoint,
-    /// The old primary, fenced if reachable.
+    /// The old primary, as pgdr reaches it.
     pub old: Option<Endpoint>,
     /// The old primary's data directory, when it is on this host: fenced by a fast stop.
     pub old_data_dir: Option<PathBuf>,
+    /// The DBA's word that the old primary cannot take writes.
+    pub old_primary_is_down: bool,
+    /// Promote even when the standby cannot replay all the old primary wrote.
+    pub accept_data_loss: bool,
     pub dry_run: bool,
+}
+
+/// The data lost at promotion, as far as it can be known.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "rpo", rename_all = "kebab-case")]
+pub enum Rpo {
+    /// The standby replayed past the old primary's last record.
+    NoneLost,
+    /// WAL the old primary wrote and the standby never replayed.
+    Lost { bytes: u64 },
+    /// The old primary's last position could not be read after the fence.
+    Unknown { why: String },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -36,17 +61,36 @@ pub struct FailoverReport {
     pub old_primary: Option<Endpoint>,
     pub ok: bool,
     pub dry_run: bool,
-    /// How the old primary was fenced.
+    /// What was checked before anything changed.
+    #[serde(default)]
+    pub checks: Checks,
+    /// How the old primary was fenced, in words.
     pub fenced: Option<String>,
-    /// The old primary's last WAL position: its shutdown checkpoint after a clean stop,
-    /// else the larger of what it said before and after the fence.
+    /// The same, as data; `weak` when the old primary could still write somehow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence: Option<FenceProof>,
+    #[serde(default)]
+    pub fence_weak: bool,
+    /// The old primary's last WAL position, read after the fence (its shutdown
+    /// checkpoint after a clean stop; its position when it still answers).
     pub old_lsn: Option<String>,
     /// The standby's replay position when it was promoted.
     pub promoted_at_lsn: Option<String>,
-    /// WAL the standby had not replayed: the data lost, in bytes (0: none).
+    /// The data lost; `rpo_bytes` is its byte count when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpo: Option<Rpo>,
     pub rpo_bytes: Option<u64>,
+    /// The DBA accepted a loss (`--accept-data-loss`).
+    #[serde(default)]
+    pub data_loss_accepted: bool,
     /// The newest commit the standby had replayed.
     pub last_replayed_commit: Option<String>,
+    /// The timeline the new primary writes on, declared in the repository as the one
+    /// `latest` follows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<u32>,
+    #[serde(default)]
+    pub warnings: Vec<String>,
     pub steps: Vec<StepLog>,
     pub switch: Option<SwitchReport>,
     pub seconds: f64,
@@ -59,6 +103,9 @@ impl fmt::Display for FailoverReport {
         for s in self.steps.iter().chain(self.switch.iter().flat_map(|s| s.steps.iter())) {
             writeln!(f, "{s}")?;
         }
+        for w in &self.warnings {
+            writeln!(f, "warning: {w}")?;
+        }
         if self.dry_run {
             return write!(f, "dry run: nothing was changed");
         }
@@ -67,41 +114,514 @@ impl fmt::Display for FailoverReport {
         }
         write!(
             f,
-            "failover to {} done in {:.1} s; RPO: {}",
+            "failover to {} done in {:.1} s; fence: {}; RPO: {}",
             self.new_primary,
             self.seconds,
-            match (self.rpo_bytes, &self.old_lsn) {
-                (Some(0), _) => "no data lost (the standby had replayed all the old primary's WAL)".to_string(),
-                (Some(b), Some(old)) => format!(
-                    "{b} bytes of WAL not replayed (old primary at {old}, standby promoted at {})",
+            self.fenced.as_deref().unwrap_or("none"),
+            match &self.rpo {
+                Some(Rpo::NoneLost) => "no data lost (the standby had replayed all the old primary's WAL)".to_string(),
+                Some(Rpo::Lost { bytes }) => format!(
+                    "{bytes} bytes of WAL LOST (old primary at {}, standby promoted at {}; accepted with --accept-data-loss)",
+                    self.old_lsn.as_deref().unwrap_or("?"),
                     self.promoted_at_lsn.as_deref().unwrap_or("?")
                 ),
-                _ => "unknown (the old primary could not be asked)".to_string(),
+                Some(Rpo::Unknown { why }) => format!(
+                    "UNKNOWN ({why}); the standby replayed to {}, last commit {}",
+                    self.promoted_at_lsn.as_deref().unwrap_or("?"),
+                    self.last_replayed_commit.as_deref().unwrap_or("?")
+                ),
+                None => "not measured".to_string(),
             }
         )
     }
 }
 
-/// What failover will do, before it does it.
-pub fn plan_text(opts: &FailoverOptions, switch_plan: Option<&switch::SwitchPlan>) -> String {
-    let mut out = format!("failover to {}:\n", opts.to);
-    out.push_str(&match (&opts.old_data_dir, &opts.old) {
-        (Some(dir), _) => format!("  1. fence the old primary: fast stop of {}\n", dir.display()),
-        (None, Some(old)) => format!(
-            "  1. fence the old primary {old}: default_transaction_read_only = on, reload, terminate its sessions\n"
-        ),
-        (None, None) => "  1. fence: no old primary given (--old / --old-data-dir): not fenced\n".to_string(),
-    });
+/// Everything `execute` needs, found out without changing anything.
+pub struct Prepared {
+    pub checks: Checks,
+    pub fence: fence::Prepared,
+    pub switch: Option<switch::SwitchPlan>,
+    standby: tokio_postgres::Client,
+}
+
+fn target(config: &Config, at: &Endpoint) -> Result<PgTarget> {
+    Ok(PgTarget::from_config(config.postgres.url.as_deref())?.with_address(&at.host, at.port))
+}
+
+/// Check the standby, decide the fence and check the switch; nothing is changed.
+/// Only a standby that cannot be asked at all is an `Err`; every other finding is a
+/// check in `Prepared::checks`.
+pub async fn prepare(config: &Config, opts: &FailoverOptions) -> Result<Prepared> {
+    let mut checks = Checks::default();
+    let reached = tokio::time::timeout(
+        Duration::from_secs(10),
+        target(config, &opts.to)?.connect(Some("postgres")),
+    )
+    .await
+    .map_err(|_| {
+        anyhow!(
+            "the standby {} did not answer within 10 s; nothing was changed",
+            opts.to
+        )
+    })?;
+    let standby = reached.with_context(|| format!("the standby {}; nothing was changed", opts.to))?;
+    let row = standby
+        .query_one(
+            "SELECT pg_is_in_recovery(), (SELECT system_identifier::text FROM pg_control_system()), \
+             coalesce((SELECT status FROM pg_stat_wal_receiver), ''), current_setting('restore_command'), \
+             CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() ELSE false END",
+            &[],
+        )
+        .await
+        .map_err(crate::postgres::conn::db_err(format!("asking the standby {}", opts.to)))?;
+    let (in_recovery, system_id, receiver, restore_command, paused): (bool, String, String, String, bool) =
+        (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+    if !in_recovery {
+        return Err(crate::usage!(
+            "{} is not a standby (it is not in recovery) — name the standby to promote with --to",
+            opts.to
+        ));
+    }
+    if opts.old.as_ref() == Some(&opts.to) {
+        return Err(crate::usage!("--old and --to name the same server {}", opts.to));
+    }
+    let feed = match (receiver.as_str(), restore_command.trim().is_empty()) {
+        ("streaming", _) => Ok("streaming from its primary".to_string()),
+        (r, false) => Ok(format!(
+            "not streaming ({}); it replays from the archive (restore_command)",
+            if r.is_empty() { "no WAL receiver" } else { r }
+        )),
+        (r, true) if opts.accept_data_loss => Ok(format!(
+            "neither streams ({}) nor has a restore_command: it has only what it already received (--accept-data-loss)",
+            if r.is_empty() { "no WAL receiver" } else { r }
+        )),
+        (r, true) => Err(anyhow!(
+            "it neither streams ({}) nor has a restore_command, so it cannot catch up with the old primary — fix its primary_conninfo or restore_command, or pass --accept-data-loss",
+            if r.is_empty() { "no WAL receiver" } else { r }
+        )),
+    };
+    checks.record(
+        "standby",
+        feed.map(|f| {
+            format!(
+                "{} is a standby of system {system_id}, {f}{}",
+                opts.to,
+                if paused {
+                    "; its replay is paused (it is resumed to catch up)"
+                } else {
+                    ""
+                }
+            )
+        }),
+    );
+    let fence = fence::prepare(
+        config,
+        opts.old.as_ref(),
+        opts.old_data_dir.as_deref(),
+        opts.old_primary_is_down,
+        &system_id,
+        &mut checks,
+    )
+    .await;
+    let s = &config.switch;
+    let switch = if s.pgbouncer_admin_url.is_some() || s.hook.is_some() {
+        match switch::plan(
+            config,
+            &switch::SwitchOptions {
+                to: opts.to.clone(),
+                from: opts.old.clone(),
+                dry_run: opts.dry_run,
+            },
+        ) {
+            Ok(mut plan) => {
+                checks.extend(switch::preflight(config, &mut plan).await);
+                Some(plan)
+            }
+            Err(e) => {
+                checks.fail("switch", format!("{e:#}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
+    Ok(Prepared {
+        checks,
+        fence,
+        switch,
+        standby,
+    })
+}
+
+/// What failover will do, and what was checked, before it does it.
+pub fn plan_text(config: &Config, opts: &FailoverOptions, prepared: &Prepared) -> String {
+    let mut out = format!("{}failover to {}:\n", prepared.checks, opts.to);
+    out.push_str(&format!("  1. fence the old primary: {}\n", prepared.fence.plan));
     out.push_str(&format!(
-        "  2. let {} replay what reached it, then promote it (pg_promote)\n  3. write and read back a row in pgdr_failover_check\n",
-        opts.to
+        "  2. let {} replay everything the old primary wrote (at most {} s; {}), then promote it — the point of no return\n",
+        opts.to,
+        config.switch.catch_up_seconds,
+        if opts.accept_data_loss {
+            "if it cannot, it is promoted anyway (--accept-data-loss) and the loss reported"
+        } else {
+            "if it cannot, nothing is promoted and the fence is taken back"
+        }
     ));
-    match switch_plan {
+    out.push_str("  3. write and read back a row in pgdr_failover_check\n");
+    match &prepared.switch {
         Some(p) => out.push_str(&format!("  4. {p}")),
         None => out.push_str("  4. switch: nothing configured ([switch]); move application connections yourself\n"),
     }
-    out.push_str("  5. report the RPO\n");
+    out.push_str("  5. declare the new timeline in the repository as the one `latest` follows; report the RPO\n");
     out
+}
+
+/// How the standby stood when it had caught up (or was given up on).
+struct CaughtUp {
+    replayed: Lsn,
+    last_commit: Option<String>,
+}
+
+/// Run the failover from a `prepare` whose checks passed. A failure after it started
+/// is in the report (`ok: false`) with the state it left behind.
+pub async fn execute(config: &Config, opts: &FailoverOptions, prepared: Prepared) -> FailoverReport {
+    let started = Instant::now();
+    let mut report = FailoverReport {
+        new_primary: opts.to.clone(),
+        old_primary: opts.old.clone(),
+        ok: true,
+        dry_run: opts.dry_run,
+        checks: prepared.checks.clone(),
+        fenced: None,
+        fence: None,
+        fence_weak: false,
+        old_lsn: None,
+        promoted_at_lsn: None,
+        rpo: None,
+        rpo_bytes: None,
+        data_loss_accepted: false,
+        last_replayed_commit: None,
+        timeline: None,
+        warnings: Vec::new(),
+        steps: Vec::new(),
+        switch: None,
+        seconds: 0.0,
+        error: None,
+    };
+    if opts.dry_run {
+        report.seconds = started.elapsed().as_secs_f64();
+        return report;
+    }
+    // Queries through PgBouncer wait from here until the new primary takes them: the
+    // old one is fenced meanwhile, and no client sees it refuse.
+    let mut session = match prepared
+        .switch
+        .as_ref()
+        .map(|p| switch::Session::new(config, p, false))
+        .transpose()
+    {
+        Ok(s) => s,
+        Err(e) => {
+            report.ok = false;
+            report.error = Some(format!("{e:#}; nothing was fenced or promoted"));
+            return report;
+        }
+    };
+    if let Some(s) = &mut session {
+        s.pause().await;
+        if s.failed() {
+            report.ok = false;
+            report.error = Some("PgBouncer could not be paused; nothing was fenced or promoted".to_string());
+            report.switch = session.map(|s| s.report());
+            report.seconds = started.elapsed().as_secs_f64();
+            return report;
+        }
+    }
+    let mut log = Log { steps: Vec::new() };
+    let standby = &prepared.standby;
+    let outcome = before_promotion(config, opts, &prepared.fence, standby, &mut log, &mut report).await;
+    if let Err(e) = outcome {
+        // Nothing promoted: the fence is taken back so applications have their old
+        // primary again, and PgBouncer resumes there.
+        let mut why = format!("{e:#}");
+        if report.fence.is_some() {
+            match log
+                .step("take the fence back", async {
+                    let said = fence::undo(config, &prepared.fence.plan).await?;
+                    Ok(((), said))
+                })
+                .await
+            {
+                Ok(()) => why.push_str(&format!(" — {} was not promoted and the fence was taken back", opts.to)),
+                Err(u) => why.push_str(&format!(
+                    " — {} was not promoted; the old primary is still fenced ({u:#}): start it again, or fail over with --accept-data-loss",
+                    opts.to
+                )),
+            }
+        } else {
+            why.push_str(" — nothing was fenced or promoted");
+        }
+        report.steps = log.steps;
+        report.ok = false;
+        report.error = Some(why.clone());
+        if let Some(mut s) = session {
+            s.abandon(anyhow!("the failover stopped before the promotion: {why}"))
+                .await;
+            report.switch = Some(s.report());
+        }
+        report.seconds = started.elapsed().as_secs_f64();
+        return report;
+    }
+    // The point of no return: from the promotion request on, PgBouncer goes only to
+    // the new primary, whatever fails later.
+    let mut failure = promote(config, opts, standby, &mut log, &mut report).await.err();
+    if failure.is_none() {
+        failure = verify_writes(standby, &mut log).await.err();
+    }
+    report.steps = log.steps;
+    if let Some(mut s) = session {
+        s.complete().await;
+        let r = s.report();
+        if let Some(e) = &r.error {
+            failure.get_or_insert(anyhow!(
+                "{} was promoted, but switching connections failed: {e} — run `pgdr switch --to {}`",
+                opts.to,
+                opts.to
+            ));
+        }
+        report.switch = Some(r);
+    }
+    if let Some(tli) = report.timeline
+        && let Err(e) = declare(config, tli).await
+    {
+        report.warnings.push(format!(
+            "timeline {tli} could not be declared in the repository ({e:#}): until it is, `restore --target latest` may follow the old timeline — run `pgdr check` once the repository answers"
+        ));
+    }
+    if let Some(e) = failure {
+        report.ok = false;
+        report.error = Some(format!("{e:#}"));
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    report
+}
+
+/// Fence, then let the standby catch up. Every failure here leaves the standby
+/// unpromoted.
+async fn before_promotion(
+    config: &Config,
+    opts: &FailoverOptions,
+    fence_prepared: &fence::Prepared,
+    standby: &tokio_postgres::Client,
+    log: &mut Log,
+    report: &mut FailoverReport,
+) -> Result<()> {
+    let plan = &fence_prepared.plan;
+    let proof = log
+        .step("fence", async {
+            let proof = fence::fence(config, plan).await?;
+            let said = proof.to_string();
+            Ok((proof, said))
+        })
+        .await?;
+    report.fenced = Some(proof.to_string());
+    report.fence_weak = proof.is_weak();
+    report.fence = Some(proof);
+    let old_end = fence::end_of_wal(config, plan).await;
+    report.old_lsn = old_end.map(|l| l.to_string());
+    let budget = Duration::from_secs(config.switch.catch_up_seconds);
+    let caught = log
+        .step("catch up", async {
+            let c = catch_up(standby, old_end, budget).await?;
+            let detail = match old_end {
+                Some(end) if c.replayed >= end => format!("replayed to {}, past the old primary's {end}", c.replayed),
+                Some(end) => format!(
+                    "replayed to {} within {} s; the old primary was at {end}",
+                    c.replayed,
+                    budget.as_secs()
+                ),
+                None => format!(
+                    "replayed to {} (all it received or could fetch); the old primary's last position is unknown",
+                    c.replayed
+                ),
+            };
+            Ok((c, detail))
+        })
+        .await?;
+    report.promoted_at_lsn = Some(caught.replayed.to_string());
+    report.last_replayed_commit = caught.last_commit.clone();
+    let rpo = match old_end {
+        // A shutdown checkpoint record past what a standby replays is not data.
+        Some(end) if caught.replayed >= end => Rpo::NoneLost,
+        Some(end) => Rpo::Lost {
+            bytes: end.0 - caught.replayed.0,
+        },
+        None => Rpo::Unknown {
+            why: match report.fence {
+                Some(FenceProof::DeclaredByDba) => "the old primary was declared down, not asked".to_string(),
+                Some(FenceProof::Command) => {
+                    "the old primary was fenced by fence_command and could not be asked".to_string()
+                }
+                _ => "the old primary's last WAL position could not be read after the fence".to_string(),
+            },
+        },
+    };
+    report.rpo_bytes = match &rpo {
+        Rpo::NoneLost => Some(0),
+        Rpo::Lost { bytes } => Some(*bytes),
+        Rpo::Unknown { .. } => None,
+    };
+    report.rpo = Some(rpo.clone());
+    if let Rpo::Lost { bytes } = rpo {
+        if !opts.accept_data_loss {
+            return Err(crate::usage!(
+                "the standby could not replay {bytes} bytes of WAL the old primary wrote (it reached {}, the old primary ended at {}; last replayed commit {}) — promoting it would lose them: get the WAL to it (archive, streaming) and run failover again, or pass --accept-data-loss",
+                caught.replayed,
+                report.old_lsn.as_deref().unwrap_or("?"),
+                caught.last_commit.as_deref().unwrap_or("unknown")
+            ));
+        }
+        report.data_loss_accepted = true;
+    }
+    Ok(())
+}
+
+/// Wait until the standby has replayed `old_end` (or, when it is unknown, all it can:
+/// its replay position still for 3 s and at what it received), within `budget`. A
+/// paused replay is resumed: a promotion would otherwise drop what it holds.
+async fn catch_up(standby: &tokio_postgres::Client, old_end: Option<Lsn>, budget: Duration) -> Result<CaughtUp> {
+    let paused: bool = standby.query_one("SELECT pg_is_wal_replay_paused()", &[]).await?.get(0);
+    if paused {
+        standby.batch_execute("SELECT pg_wal_replay_resume()").await?;
+        tracing::info!("the standby's replay was paused; it is resumed");
+    }
+    let deadline = Instant::now() + budget;
+    let mut still_since: Option<(Lsn, Instant)> = None;
+    loop {
+        let row = standby
+            .query_one(
+                "SELECT coalesce(pg_last_wal_replay_lsn(), '0/0')::text, coalesce(pg_last_wal_receive_lsn(), '0/0')::text, \
+                 pg_last_xact_replay_timestamp()::text",
+                &[],
+            )
+            .await?;
+        let (replayed, received, at): (String, String, Option<String>) = (row.get(0), row.get(1), row.get(2));
+        let replayed = replayed.parse::<Lsn>().map_err(|e| anyhow!("{e}"))?;
+        let received = received.parse::<Lsn>().map_err(|e| anyhow!("{e}"))?;
+        let done = match old_end {
+            Some(end) => replayed >= end,
+            None => {
+                let still = match still_since {
+                    Some((at_lsn, since)) if at_lsn == replayed => since.elapsed() >= Duration::from_secs(3),
+                    _ => {
+                        still_since = Some((replayed, Instant::now()));
+                        false
+                    }
+                };
+                still && replayed >= received
+            }
+        };
+        if done || Instant::now() > deadline {
+            return Ok(CaughtUp {
+                replayed,
+                last_commit: at,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Ask the standby to promote and watch it until it is a primary. A promotion cannot
+/// be called back: one that takes long is watched, never taken for "not promoted".
+async fn promote(
+    config: &Config,
+    opts: &FailoverOptions,
+    standby: &tokio_postgres::Client,
+    log: &mut Log,
+    report: &mut FailoverReport,
+) -> Result<()> {
+    let tli = log
+        .step("promote", async {
+            let asked = standby.query_one("SELECT pg_promote(wait => false)", &[]).await;
+            if let Err(e) = &asked {
+                tracing::warn!("pg_promote on {}: {e}; watching whether it promotes", opts.to);
+            }
+            let since = Instant::now();
+            let mut said = Instant::now();
+            loop {
+                let asked = async {
+                    let c = target(config, &opts.to)?.connect(Some("postgres")).await?;
+                    let row = c
+                        .query_one(
+                            "SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() THEN '' ELSE substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) END",
+                            &[],
+                        )
+                        .await?;
+                    anyhow::Ok((row.get::<_, bool>(0), row.get::<_, String>(1)))
+                };
+                match tokio::time::timeout(Duration::from_secs(10), asked).await {
+                    Ok(Ok((false, tli))) => {
+                        let tli = u32::from_str_radix(&tli, 16).ok();
+                        return Ok((
+                            tli,
+                            format!(
+                                "{} is a primary now{}",
+                                opts.to,
+                                tli.map(|t| format!(", on timeline {t}")).unwrap_or_default()
+                            ),
+                        ));
+                    }
+                    Ok(Ok((true, _))) => {}
+                    Ok(Err(e)) => tracing::warn!("asking {} whether it promoted: {e:#}", opts.to),
+                    Err(_) => tracing::warn!("{} did not answer within 10 s", opts.to),
+                }
+                if said.elapsed() >= Duration::from_secs(10) {
+                    eprintln!(
+                        "pgdr: {} is still promoting after {:.0} s; watching (see its log); the old primary stays fenced",
+                        opts.to,
+                        since.elapsed().as_secs_f64()
+                    );
+                    said = Instant::now();
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+        .await?;
+    report.timeline = tli;
+    Ok(())
+}
+
+/// The new primary takes a write and reads it back.
+async fn verify_writes(standby: &tokio_postgres::Client, log: &mut Log) -> Result<()> {
+    log.step("verify writes", async {
+        standby
+            .batch_execute("CREATE TABLE IF NOT EXISTS pgdr_failover_check (at timestamptz PRIMARY KEY, note text)")
+            .await?;
+        let row = standby
+            .query_one(
+                "INSERT INTO pgdr_failover_check VALUES (clock_timestamp(), 'pgdr failover') RETURNING at::text",
+                &[],
+            )
+            .await?;
+        let at: String = row.get(0);
+        let back = standby
+            .query_opt(
+                "SELECT 1 FROM pgdr_failover_check WHERE at = $1::text::timestamptz",
+                &[&at],
+            )
+            .await?;
+        if back.is_none() {
+            return Err(anyhow!("the row written to pgdr_failover_check cannot be read back"));
+        }
+        Ok(((), "wrote and read back a row in pgdr_failover_check".to_string()))
+    })
+    .await
+}
+
+/// The promoted timeline is production's from now on.
+async fn declare(config: &Config, tli: u32) -> Result<()> {
+    let repo = crate::repo::Repo::open(config).await?;
+    repo.declare_primary_timeline(tli, "pgdr failover").await
 }
 
 /// Keep an event's report (a switch, a failover) in `verifications/`; the repository
@@ -125,334 +645,14 @@ pub async fn store_report<R: Serialize>(config: &Config, event: &str, started: c
     }
 }
 
-fn target(config: &Config, at: &Endpoint) -> Result<PgTarget> {
-    Ok(PgTarget::from_config(config.postgres.url.as_deref())?.with_address(&at.host, at.port))
-}
-
-/// Run the failover; a failure after it started is in the report (`ok: false`).
-pub async fn run(
-    config: &Config,
-    opts: &FailoverOptions,
-    switch_plan: Option<&switch::SwitchPlan>,
-) -> Result<FailoverReport> {
-    let started = Instant::now();
-    let mut report = FailoverReport {
-        new_primary: opts.to.clone(),
-        old_primary: opts.old.clone(),
-        ok: true,
-        dry_run: opts.dry_run,
-        fenced: None,
-        old_lsn: None,
-        promoted_at_lsn: None,
-        rpo_bytes: None,
-        last_replayed_commit: None,
-        steps: Vec::new(),
-        switch: None,
-        seconds: 0.0,
-        error: None,
-    };
-    // The standby must be one, and reachable, before anything is touched.
-    let standby = target(config, &opts.to)?;
-    let client = standby
-        .connect(Some("postgres"))
-        .await
-        .with_context(|| format!("the standby {}", opts.to))?;
-    let in_recovery: bool = client.query_one("SELECT pg_is_in_recovery()", &[]).await?.get(0);
-    if !in_recovery {
-        return Err(crate::usage!(
-            "{} is not a standby (it is not in recovery) — name the standby to promote with --to",
-            opts.to
-        ));
-    }
-    if opts.dry_run {
-        report.seconds = started.elapsed().as_secs_f64();
-        return Ok(report);
-    }
-    // Queries through PgBouncer wait from here until the new primary takes them: the
-    // old one is fenced meanwhile, and no client sees it refuse.
-    let mut session = switch_plan
-        .map(|p| switch::Session::new(config, p, false))
-        .transpose()?;
-    if let Some(s) = &mut session {
-        s.pause().await;
-        if s.failed() {
-            report.ok = false;
-            report.error = Some("PgBouncer could not be paused; nothing was fenced or promoted".to_string());
-            report.switch = session.map(|s| s.report());
-            report.seconds = started.elapsed().as_secs_f64();
-            return Ok(report);
-        }
-    }
-    let mut log = Log { steps: Vec::new() };
-    let outcome = failover_steps(config, opts, &client, &mut log, &mut report).await;
-    report.steps = log.steps;
-    match outcome {
-        Err(e) => {
-            report.ok = false;
-            report.error = Some(format!("{e:#}"));
-            let where_ = match (&report.fenced, report.steps.iter().any(|s| s.step == "promote" && s.ok)) {
-                (_, true) => format!(
-                    "{} was promoted but connections were not moved: run `pgdr switch --to {}`",
-                    opts.to, opts.to
-                ),
-                (Some(how), false) => format!(
-                    "the old primary was fenced ({how}) and {} was not promoted: fix the cause and run failover again, or restart the old primary",
-                    opts.to
-                ),
-                (None, false) => "nothing was fenced or promoted".to_string(),
-            };
-            report.error = Some(format!("{e:#} — {where_}"));
-            if let Some(mut s) = session {
-                s.abandon(anyhow!("the failover stopped before the switch: {where_}"))
-                    .await;
-                report.switch = Some(s.report());
-            }
-        }
-        Ok(()) => {
-            if let Some(mut s) = session {
-                s.complete().await;
-                let r = s.report();
-                if let Some(e) = &r.error {
-                    report.ok = false;
-                    report.error = Some(format!(
-                        "the standby was promoted, but switching connections failed: {e}"
-                    ));
-                }
-                report.switch = Some(r);
-            }
-        }
-    }
-    report.seconds = started.elapsed().as_secs_f64();
-    Ok(report)
-}
-
-async fn failover_steps(
-    config: &Config,
-    opts: &FailoverOptions,
-    standby: &tokio_postgres::Client,
-    log: &mut Log,
-    report: &mut FailoverReport,
-) -> Result<()> {
-    // 1. Fence. Its last position first, for the RPO (read again after the fence).
-    let old_lsn = |old: Endpoint| async move {
-        let seen = async {
-            let c = target(config, &old)?.connect(Some("postgres")).await?;
-            let lsn: String = c.query_one("SELECT pg_current_wal_lsn()::text", &[]).await?.get(0);
-            anyhow::Ok(lsn.parse::<Lsn>().map_err(|e| anyhow!("{e}"))?)
-        };
-        tokio::time::timeout(Duration::from_secs(15), seen)
-            .await
-            .ok()
-            .and_then(|r| r.ok())
-    };
-    let mut last: Option<Lsn> = match &opts.old {
-        Some(old) => old_lsn(old.clone()).await,
-        None => None,
-    };
-    let fenced = log
-        .step("fence", async {
-            let how = fence(config, opts).await?;
-            Ok((how.clone(), how))
-        })
-        .await?;
-    report.fenced = Some(fenced);
-    // Where the old primary ended: after a clean stop its shutdown checkpoint (the
-    // last record it wrote; trusted only when pg_control says "shut down"), else a
-    // fresh look if it still answers (read-only, sessions ended).
-    match &opts.old_data_dir {
-        Some(dir) => match crate::postgres::datadir::control_shutdown_checkpoint(dir) {
-            Ok(Some(checkpoint)) => last = Some(last.map_or(checkpoint, |l| l.max(checkpoint))),
-            _ => {
-                tracing::warn!(
-                    "{} was not shut down cleanly: its last WAL position is not known",
-                    dir.display()
-                );
-                last = None;
-            }
-        },
-        None => {
-            if let Some(old) = &opts.old
-                && let Some(now) = old_lsn(old.clone()).await
-            {
-                last = Some(last.map_or(now, |l| l.max(now)));
-            }
-        }
-    }
-    report.old_lsn = last.map(|l| l.to_string());
-    let caught_up = log
-        .step("catch up", async {
-            let want = report.old_lsn.as_deref().and_then(|l| l.parse::<Lsn>().ok());
-            let deadline = Instant::now() + Duration::from_secs(config.switch.pause_timeout_seconds.max(10));
-            loop {
-                let row = standby
-                    .query_one(
-                        "SELECT coalesce(pg_last_wal_replay_lsn(), '0/0')::text, pg_last_xact_replay_timestamp()::text",
-                        &[],
-                    )
-                    .await?;
-                let (lsn, at): (String, Option<String>) = (row.get(0), row.get(1));
-                let got = lsn.parse::<Lsn>().map_err(|e| anyhow!("{e}"))?;
-                let done = want.is_none_or(|w| got >= w);
-                if done || Instant::now() > deadline {
-                    let detail = match want {
-                        Some(w) if got >= w => format!("replayed to {got}, past the old primary's {w}"),
-                        Some(w) => format!("replayed to {got}; the old primary was at {w}"),
-                        None => format!("replayed to {got}"),
-                    };
-                    return Ok(((got, at), detail));
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        })
-        .await?;
-    let (promoted_at, last_commit) = caught_up;
-    report.promoted_at_lsn = Some(promoted_at.to_string());
-    report.last_replayed_commit = last_commit;
-    if let Some(old) = report.old_lsn.as_deref().and_then(|l| l.parse::<Lsn>().ok()) {
-        // A shutdown checkpoint record past what a standby replays is not data.
-        report.rpo_bytes = Some(old.0.saturating_sub(promoted_at.0));
-    }
-    // 2. Promote.
-    log.step("promote", async {
-        let ok: bool = standby
-            .query_one("SELECT pg_promote(wait => true, wait_seconds => 60)", &[])
-            .await?
-            .get(0);
-        if !ok {
-            return Err(anyhow!("pg_promote did not finish within 60 s — see the standby's log"));
-        }
-        Ok(((), format!("{} is a primary now", opts.to)))
-    })
-    .await?;
-    // 3. It takes writes.
-    log.step("verify writes", async {
-        standby
-            .batch_execute("CREATE TABLE IF NOT EXISTS pgdr_failover_check (at timestamptz PRIMARY KEY, note text)")
-            .await?;
-        let row = standby
-            .query_one(
-                "INSERT INTO pgdr_failover_check VALUES (clock_timestamp(), 'pgdr failover') RETURNING at::text",
-                &[],
-            )
-            .await?;
-        let at: String = row.get(0);
-        let back = standby
-            .query_opt(
-                "SELECT 1 FROM pgdr_failover_check WHERE at = $1::text::timestamptz",
-                &[&at],
-            )
-            .await?;
-        if back.is_none() {
-            return Err(anyhow!("the row written to pgdr_failover_check cannot be read back"));
-        }
-        Ok(((), "wrote and read back a row in pgdr_failover_check".to_string()))
-    })
-    .await?;
-    Ok(())
-}
-
-/// Fence the old primary so it cannot take writes: stop it when its data directory
-/// is here; else the fence command; else make it read-only and end its sessions.
-/// A fence that was tried and did not hold is an error: promoting then would leave
-/// two primaries.
-async fn fence(config: &Config, opts: &FailoverOptions) -> Result<String> {
-    if let Some(dir) = &opts.old_data_dir {
-        return fence_data_dir(config, dir).await;
-    }
-    if let Some(cmd) = &config.switch.fence_command {
-        let run = tokio::process::Command::new("sh")
-            .arg("-c")
-            .arg(cmd)
-            .env(
-                "PGDR_FENCE_HOST",
-                opts.old.as_ref().map(|e| e.host.clone()).unwrap_or_default(),
-            )
-            .env(
-                "PGDR_FENCE_PORT",
-                opts.old.as_ref().map(|e| e.port.to_string()).unwrap_or_default(),
-            )
-            .kill_on_drop(true)
-            .output();
-        let wait = Duration::from_secs(config.switch.hook_timeout_seconds);
-        let out = tokio::time::timeout(wait, run)
-            .await
-            .map_err(|_| anyhow!("[switch] fence_command did not finish within {} s", wait.as_secs()))?
-            .context("running [switch] fence_command")?;
-        if !out.status.success() {
-            return Err(anyhow!("[switch] fence_command exited with {}", out.status));
-        }
-        return Ok("fence_command exited 0".to_string());
-    }
-    let Some(old) = &opts.old else {
-        return Ok("not fenced: no old primary given".to_string());
-    };
-    let reached = tokio::time::timeout(Duration::from_secs(15), target(config, old)?.connect(Some("postgres"))).await;
-    let c = match reached {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => {
-            return Ok(format!(
-                "{old} could not be reached to fence it ({e:#}); it is taken to be down"
-            ));
-        }
-        Err(_) => return Ok(format!("{old} did not answer within 15 s; it is taken to be down")),
-    };
-    // Reached: from here every failure stops the failover.
-    c.batch_execute("ALTER SYSTEM SET default_transaction_read_only = on")
-        .await
-        .map_err(crate::postgres::conn::db_err(format!("fencing {old} (ALTER SYSTEM)")))?;
-    c.query_one("SELECT pg_reload_conf()", &[])
-        .await
-        .map_err(crate::postgres::conn::db_err(format!("fencing {old} (reload)")))?;
-    let ended: i64 = c
-        .query_one(
-            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-             WHERE pid <> pg_backend_pid() AND backend_type = 'client backend') t",
-            &[],
-        )
-        .await
-        .map_err(crate::postgres::conn::db_err(format!(
-            "fencing {old} (ending sessions)"
-        )))?
-        .get(0);
-    // A new session must see it.
-    let check = target(config, old)?.connect(Some("postgres")).await?;
-    let ro: String = check.query_one("SHOW default_transaction_read_only", &[]).await?.get(0);
-    if ro != "on" {
-        return Err(anyhow!(
-            "{old} did not become read-only (default_transaction_read_only = {ro})"
-        ));
-    }
-    Ok(format!(
-        "{old} is read-only (default_transaction_read_only = on), {ended} session(s) ended; stop it as soon as you can: a session may still override the default"
-    ))
-}
-
-/// Fence a primary whose data directory is on this host: a fast stop, and proof
-/// (`pg_ctl status`) that nothing runs there any more.
+/// Fence a primary whose data directory is on this host (the runbooks' fence step):
+/// it must be a data directory, and `pg_ctl status` must prove nothing runs there
+/// after a fast stop.
 pub async fn fence_data_dir(config: &Config, dir: &std::path::Path) -> Result<String> {
-    if !dir.join("PG_VERSION").is_file() || !dir.join("global/pg_control").is_file() {
-        return Err(crate::usage!(
-            "--old-data-dir {} is not a PostgreSQL data directory (no PG_VERSION or global/pg_control)",
-            dir.display()
-        ));
-    }
-    let tools = crate::postgres::PgTools::locate(config.postgres.bin_dir.as_deref())?;
-    let pg_ctl = tools.path("pg_ctl")?;
-    let mut stop = tokio::process::Command::new(&pg_ctl);
-    stop.arg("-D").arg(dir).args(["-m", "fast", "-w", "-t", "60", "stop"]);
-    crate::process::as_postgres_async(&mut stop);
-    let out = stop.output().await.context("running pg_ctl stop")?;
-    // Whatever stop said, `status` decides: exit 3 is "no server running".
-    let mut status = tokio::process::Command::new(&pg_ctl);
-    status.arg("-D").arg(dir).arg("status");
-    crate::process::as_postgres_async(&mut status);
-    let st = status.output().await.context("running pg_ctl status")?;
-    if st.status.code() != Some(3) {
-        return Err(anyhow!(
-            "the old primary in {} is still running after pg_ctl stop ({}) — stop it by hand before promoting",
-            dir.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(format!("stopped {} (fast)", dir.display()))
+    fence::check_data_dir_exists(dir).map_err(|e| crate::usage!("{e:#}"))?;
+    fence::stop_data_dir(config, dir).await?;
+    Ok(format!(
+        "stopped {} (fast; pg_ctl status: no server running)",
+        dir.display()
+    ))
 }

@@ -188,6 +188,26 @@ impl Repo {
         }
     }
 
+    /// Record timeline `tli` as production's: `latest` follows it from here on, even
+    /// where its parent went on past the branch point. `by` says who declared it.
+    pub async fn declare_primary_timeline(&self, tli: u32, by: &str) -> Result<()> {
+        let body = serde_json::to_vec(&serde_json::json!({
+            "timeline": tli,
+            "declared": chrono::Utc::now(),
+            "by": by,
+        }))
+        .expect("declaration serialises");
+        self.store()
+            .bytes(
+                &layout::timeline_declaration(tli),
+                "timeline",
+                body,
+                crate::storage::PutMode::Overwrite,
+            )
+            .await
+            .map(|_| ())
+    }
+
     pub async fn manifests(&self) -> Result<Vec<Manifest>> {
         catalog::load_manifests(&self.storage, &self.keys)
             .await

@@ -54,11 +54,21 @@ pub struct StepState {
     /// here because the next attempt may be killed before writing it anywhere else).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeline: Option<crate::postgres::TimelineId>,
+    /// The step's parameters with the inputs filled in; a resume needs the same.
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+    /// Directories this recovery created for the step (recorded before they were
+    /// made): the only ones an undo may remove.
+    #[serde(default)]
+    pub created: Vec<PathBuf>,
 }
 
 /// A recovery's progress on disk (JSON, written atomically after every change).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct State {
+    /// This recovery's own id: what it created is recorded under it.
+    #[serde(default)]
+    pub id: String,
     pub scenario: String,
     pub inputs: BTreeMap<String, String>,
     /// The repository it reads (`primary` or a copy's name).
@@ -108,6 +118,31 @@ pub struct Prepared {
     pub plan: Vec<String>,
     /// Steps already done by an earlier, interrupted run.
     pub resumed: usize,
+    /// Held from the plan to the end: one run per state file.
+    _lock: Option<std::fs::File>,
+}
+
+/// Lock `<state file>.lock` for this run; another run holding it is a refusal.
+fn lock_state(state_file: &Path) -> Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    if let Some(dir) = state_file.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let path = state_file.with_extension("lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: flock on a descriptor this function owns.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(crate::usage!(
+            "another pgdr recover is running with the state file {} — wait for it, or stop it first",
+            state_file.display()
+        ));
+    }
+    Ok(f)
 }
 
 impl fmt::Display for Prepared {
@@ -214,6 +249,7 @@ pub async fn prepare(config: &Config, opts: &RecoverOptions) -> Result<Prepared>
         ));
     }
     let fresh = State {
+        id: format!("{:016x}", rand::random::<u64>()),
         scenario: runbook.name.clone(),
         inputs: opts.inputs.clone(),
         repository: repository.clone(),
@@ -229,11 +265,18 @@ pub async fn prepare(config: &Config, opts: &RecoverOptions) -> Result<Prepared>
                 seconds: 0.0,
                 detail: String::new(),
                 timeline: None,
+                params: s.filled(&opts.inputs),
+                created: Vec::new(),
             })
             .collect(),
         servers: BTreeMap::new(),
         restored: Vec::new(),
         finished: None,
+    };
+    let lock = if opts.dry_run {
+        None
+    } else {
+        Some(lock_state(&opts.state_file)?)
     };
     let state = match State::load(&opts.state_file)? {
         Some(old) if old.finished.is_none() => {
@@ -242,7 +285,7 @@ pub async fn prepare(config: &Config, opts: &RecoverOptions) -> Result<Prepared>
                     .steps
                     .iter()
                     .zip(&fresh.steps)
-                    .all(|(a, b)| a.name == b.name && a.op == b.op);
+                    .all(|(a, b)| a.name == b.name && a.op == b.op && a.params == b.params);
             if old.scenario != fresh.scenario
                 || old.inputs != fresh.inputs
                 || old.repository != repository
@@ -266,11 +309,17 @@ pub async fn prepare(config: &Config, opts: &RecoverOptions) -> Result<Prepared>
         let line = match st.status {
             Status::Done => format!("{} — done earlier ({})", step.name, st.detail),
             // A half-done restore is undone first; its directory is not free yet.
-            Status::Started | Status::Failed if matches!(step.op, Op::Restore | Op::Standby) => format!(
-                "{} — interrupted earlier: its directory {} is removed and the step runs again",
-                step.name,
-                step.param("to", &opts.inputs)
-            ),
+            Status::Started | Status::Failed if matches!(step.op, Op::Restore | Op::Standby) => {
+                let to = PathBuf::from(step.param("to", &opts.inputs));
+                steps::check_undo_allowed(&to, &st.created, &state.id)
+                    .with_context(|| format!("step {:?} (line {} of {})", step.name, step.line, runbook.source))?;
+                format!(
+                    "{} — interrupted earlier: {} (made by this recovery, {}) is removed and the step runs again",
+                    step.name,
+                    to.display(),
+                    state.id
+                )
+            }
             _ => format!(
                 "{}: {}",
                 step.name,
@@ -281,7 +330,12 @@ pub async fn prepare(config: &Config, opts: &RecoverOptions) -> Result<Prepared>
         };
         plan.push(line);
     }
-    Ok(Prepared { state, plan, resumed })
+    Ok(Prepared {
+        state,
+        plan,
+        resumed,
+        _lock: lock,
+    })
 }
 
 /// Run the prepared recovery. A failed step is in the report (`ok: false`, with
@@ -298,6 +352,7 @@ pub async fn execute(
         mut state,
         plan,
         resumed,
+        _lock,
     } = prepared;
     let mut report = RecoverReport {
         scenario: runbook.name.clone(),
@@ -350,7 +405,19 @@ pub async fn execute(
                 state.save(&opts.state_file)?;
             }
         }
+        if matches!(step.op, Op::Restore | Op::Standby) {
+            // Recorded (on disk) before they are made: an undo removes only these.
+            let to = PathBuf::from(step.param("to", &opts.inputs));
+            for dir in [to.clone(), steps::socket_dir_for(&to)] {
+                if !state.steps[i].created.contains(&dir) && steps::absent(&dir)? {
+                    state.steps[i].created.push(dir);
+                }
+            }
+            state.save(&opts.state_file)?;
+        }
         let pinned = state.steps[i].timeline;
+        let created = state.steps[i].created.clone();
+        let recovery_id = state.id.clone();
         let mut cx = StepCx {
             config,
             inputs: &opts.inputs,
@@ -361,7 +428,7 @@ pub async fn execute(
             pinned_timeline: pinned,
         };
         let outcome = async {
-            if interrupted && let Some(undone) = steps::undo_partial(step, &mut cx)? {
+            if interrupted && let Some(undone) = steps::undo_partial(step, &mut cx, &created, &recovery_id)? {
                 (cx.say)(undone);
             }
             steps::run(step, &runbook.checks, &mut cx).await

@@ -153,7 +153,7 @@ impl Op {
         match self {
             Op::Restore => (&["server", "role", "to", "target"], &["port", "listen"]),
             Op::Validate => (&["server"], &["amcheck"]),
-            Op::Fence => (&["data_dir"], &[]),
+            Op::Fence => (&["data_dir"], &["declared_down"]),
             Op::Standby => (&["of", "server", "to", "port"], &["listen", "slot"]),
             Op::Switch => (&["to"], &[]),
             Op::CopyBack => (&["from", "tables"], &["database", "rename"]),
@@ -192,6 +192,11 @@ impl Step {
     /// A parameter with the inputs filled in ("" if the step does not set it).
     pub fn param(&self, key: &str, inputs: &BTreeMap<String, String>) -> String {
         self.params.get(key).map(|t| fill(t, inputs)).unwrap_or_default()
+    }
+
+    /// Every parameter with the inputs filled in: what the step will really do.
+    pub fn filled(&self, inputs: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+        self.params.iter().map(|(k, t)| (k.clone(), fill(t, inputs))).collect()
     }
 }
 
@@ -530,6 +535,7 @@ pub fn input_flag(name: &str) -> String {
     match name {
         "target_time" | "data_dir" | "port" | "standby_data_dir" | "standby_port" | "tables" | "database"
         | "scratch_dir" | "old_data_dir" | "listen" | "restore_as" => format!("--{}", name.replace('_', "-")),
+        "old_primary_is_down" => "--old-primary-is-down".to_string(),
         _ => format!("--set {name}=VALUE"),
     }
 }

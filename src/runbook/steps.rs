@@ -75,7 +75,7 @@ pub struct StepCx<'a> {
     pub pinned_timeline: Option<crate::postgres::TimelineId>,
 }
 
-fn socket_dir_for(data_dir: &Path) -> PathBuf {
+pub fn socket_dir_for(data_dir: &Path) -> PathBuf {
     let name = data_dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -191,14 +191,45 @@ fn remove_server(config: &Config, dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Nothing at `path` (not even a dangling link); an error looking is an error.
+pub fn absent(path: &Path) -> Result<bool> {
+    match std::fs::symlink_metadata(path) {
+        Ok(_) => Ok(false),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+        Err(e) => Err(anyhow!("cannot tell whether {} exists: {e}", path.display())),
+    }
+}
+
+/// An interrupted step's directory may be removed only when this recovery recorded
+/// it made it; a directory that exists and is not in `created` is someone else's.
+pub fn check_undo_allowed(dir: &Path, created: &[PathBuf], id: &str) -> Result<()> {
+    if absent(dir)? || created.iter().any(|c| c == dir) {
+        return Ok(());
+    }
+    Err(crate::usage!(
+        "{} exists and was not created by this recovery ({id}): pgdr removes only what it made — if it is a half-made copy of yours, remove it yourself; otherwise choose another directory, or move the state file away to start a new recovery",
+        dir.display()
+    ))
+}
+
 /// A step a killed run started and did not finish: undo what it left (a half-laid
 /// data directory, a server it started) so that it can run again from the start.
-pub fn undo_partial(step: &Step, cx: &mut StepCx<'_>) -> Result<Option<String>> {
+/// Only what this recovery recorded as made by it is removed; anything else is a
+/// refusal that says what to do.
+pub fn undo_partial(step: &Step, cx: &mut StepCx<'_>, created: &[PathBuf], id: &str) -> Result<Option<String>> {
     match step.op {
         Op::Restore | Op::Standby => {
             let dir = PathBuf::from(step.param("to", cx.inputs));
-            if dir.exists() {
-                remove_server(cx.config, &dir)?;
+            if !absent(&dir)? {
+                check_undo_allowed(&dir, created, id)?;
+                let sock = socket_dir_for(&dir);
+                if !absent(&sock)? && !created.contains(&sock) {
+                    // Not ours: left where it is; only the data directory goes.
+                    stop_immediate(cx.config, &dir);
+                    std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+                } else {
+                    remove_server(cx.config, &dir)?;
+                }
                 return Ok(Some(format!(
                     "removed {} (left half done by the interrupted run)",
                     dir.display()
@@ -228,6 +259,29 @@ fn written_timeline(dir: &Path) -> Option<crate::postgres::TimelineId> {
             .then(|| value.trim().trim_matches('\'').parse().ok())
             .flatten()
     })
+}
+
+/// What a fence step rests on: a data directory to stop here, or the DBA's word.
+enum FenceBasis {
+    DataDir(PathBuf),
+    Declared,
+}
+
+/// A fence needs a data directory here or the DBA's declaration; neither is a
+/// refusal, never "nothing to fence".
+fn fence_basis(data_dir: &str, declared_down: &str) -> Result<FenceBasis> {
+    let declared = match declared_down.trim() {
+        "" | "no" | "false" => false,
+        "yes" | "true" => true,
+        other => return Err(crate::usage!("the fence step's declared_down is {other:?}: yes or no")),
+    };
+    match (data_dir.is_empty(), declared) {
+        (false, _) => Ok(FenceBasis::DataDir(PathBuf::from(data_dir))),
+        (true, true) => Ok(FenceBasis::Declared),
+        (true, false) => Err(crate::usage!(
+            "the old primary is not fenced: pgdr cannot prove it is down — give its data directory on this host with --old-data-dir (it is stopped and pg_ctl status proves it), or, if you know it cannot take writes (host powered off, isolated), pass --old-primary-is-down"
+        )),
+    }
 }
 
 /// One line of the plan for a step (without touching anything).
@@ -265,9 +319,15 @@ pub async fn describe(step: &Step, config: &Config, inputs: &BTreeMap<String, St
                 ""
             }
         ),
-        Op::Fence => match p("data_dir") {
-            d if d.is_empty() => "no old primary given (--old-data-dir): not fenced".to_string(),
-            d => format!("fast stop of {d}"),
+        Op::Fence => match fence_basis(&p("data_dir"), &p("declared_down"))? {
+            FenceBasis::DataDir(d) => {
+                crate::failover::fence::check_data_dir_exists(&d).map_err(|e| crate::usage!("{e:#}"))?;
+                format!("fast stop of {}, proven by pg_ctl status", d.display())
+            }
+            FenceBasis::Declared => {
+                "none by pgdr: you declared the old primary down (--old-primary-is-down); the report records it"
+                    .to_string()
+            }
         },
         Op::Standby => {
             let to = PathBuf::from(p("to"));
@@ -290,6 +350,10 @@ pub async fn describe(step: &Step, config: &Config, inputs: &BTreeMap<String, St
                     "the runbook switches connections, but [switch] configures neither pgbouncer_admin_url nor hook — configure [switch], or adapt the runbook"
                 ));
             }
+            // Found out now, before any step: a switch that cannot be made must not
+            // be discovered after the old primary was fenced.
+            let (checks, _) = switch::preflight_settings(config).await;
+            checks.require("the runbook's switch step")?;
             let targets: Vec<String> = config
                 .switch
                 .pgbouncer_databases
@@ -412,20 +476,26 @@ pub async fn run(step: &Step, checks: &[super::Check], cx: &mut StepCx<'_>) -> R
                     n += 1;
                 }
             }
-            done.push(format!("{n} SQL checks passed"));
+            if n > 0 {
+                done.push(format!("{n} SQL checks passed"));
+            }
+            if done.is_empty() {
+                // Never a ✓ for a validation that looked at nothing.
+                return Err(anyhow!(
+                    "nothing was validated on server {name:?}: set amcheck = true or add [[checks]] for it"
+                ));
+            }
             Ok(done.join("; "))
         }
-        Op::Fence => {
-            let dir = step.param("data_dir", cx.inputs);
-            if dir.is_empty() {
-                return Ok("no old primary given: not fenced".into());
+        Op::Fence => match fence_basis(
+            &step.param("data_dir", cx.inputs),
+            &step.param("declared_down", cx.inputs),
+        )? {
+            FenceBasis::DataDir(dir) => crate::failover::fence_data_dir(config, &dir).await,
+            FenceBasis::Declared => {
+                Ok("not fenced by pgdr: the DBA declared the old primary down (--old-primary-is-down)".into())
             }
-            let dir = PathBuf::from(dir);
-            if !dir.join("PG_VERSION").exists() {
-                return Ok(format!("{} holds no data directory: nothing to fence", dir.display()));
-            }
-            crate::failover::fence_data_dir(config, &dir).await
-        }
+        },
         Op::Standby => {
             let primary = server(cx, step, "of")?.clone();
             let to = PathBuf::from(step.param("to", cx.inputs));
@@ -477,7 +547,7 @@ pub async fn run(step: &Step, checks: &[super::Check], cx: &mut StepCx<'_>) -> R
         }
         Op::Switch => {
             let to = server(cx, step, "to")?.endpoint();
-            let plan = switch::plan(
+            let mut plan = switch::plan(
                 config,
                 &switch::SwitchOptions {
                     to: to.clone(),
@@ -485,6 +555,11 @@ pub async fn run(step: &Step, checks: &[super::Check], cx: &mut StepCx<'_>) -> R
                     dry_run: false,
                 },
             )?;
+            let checks = switch::preflight(config, &mut plan).await;
+            for c in &checks.0 {
+                (cx.say)(c.to_string());
+            }
+            checks.require("the switch")?;
             let report = switch::run(config, &plan, false).await?;
             for s in &report.steps {
                 (cx.say)(s.to_string());

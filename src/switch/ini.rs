@@ -1,7 +1,10 @@
 //! Rewriting `pgbouncer.ini`: the `host` and `port` of named entries of its
 //! `[databases]` section change; every other byte of the file stays as it was. The
 //! file is replaced atomically (temporary file, fsync, rename, directory fsync) with
-//! its owner and mode kept, so PgBouncer never reads half a file.
+//! its owner and mode kept, so PgBouncer never reads half a file; where the directory
+//! is not pgdr's to write but the file is (Debian's layout), it is rewritten in place
+//! with the old text kept to put back. `probe` finds out which, before anything
+//! changes.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -168,29 +171,104 @@ pub fn rewrite(text: &str, databases: &[String], to: &Endpoint) -> Result<String
     Ok(out)
 }
 
-/// Replace `path` with `text`: same directory, same owner and mode, fsynced, renamed
-/// over the old file, directory fsynced.
-pub fn replace_file(path: &Path, text: &str) -> Result<()> {
-    let meta = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
-    let dir = path.parent().unwrap_or(Path::new("."));
+/// How pgdr can change `pgbouncer.ini` as the user it runs as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WriteMode {
+    /// A new file beside it, renamed over it: PgBouncer never reads half a file.
+    Replace,
+    /// The directory is not pgdr's to write (Debian's `/etc/pgbouncer` is root's) but
+    /// the file is: it is rewritten in place, a copy of the old text kept to put back.
+    InPlace,
+}
+
+/// Find out, changing nothing, whether `path` can be replaced (a file created in its
+/// directory and given the file's owner, group and mode) or else written in place.
+/// Neither: an error naming both reasons and the ways forward.
+pub fn probe(path: &Path) -> Result<WriteMode> {
+    let meta = std::fs::metadata(path).map_err(|e| anyhow!("cannot read {}: {e}", path.display()))?;
+    if !meta.is_file() {
+        return Err(anyhow!("{} is not a file", path.display()));
+    }
+    let dir = parent(path);
+    let replace = (|| -> std::io::Result<()> {
+        let tmp = temporary_name(path);
+        let f = create_private(&tmp)?;
+        let kept = std::os::unix::fs::fchown(&f, Some(meta.uid()), Some(meta.gid()))
+            .and_then(|()| f.set_permissions(std::fs::Permissions::from_mode(meta.mode() & 0o7777)));
+        drop(f);
+        std::fs::remove_file(&tmp)?;
+        kept
+    })();
+    let Err(why_not_replace) = replace else {
+        return Ok(WriteMode::Replace);
+    };
+    match std::fs::OpenOptions::new().write(true).open(path) {
+        Ok(_) => Ok(WriteMode::InPlace),
+        Err(why_not_in_place) => Err(anyhow!(
+            "pgdr (uid {}) can neither replace {} (a new file in {} with owner {}:{} and mode {:o}: {why_not_replace}) nor write it in place ({why_not_in_place}) — run pgdr as the file's owner, or give pgdr a [databases] include file of its own (README: \"PgBouncer as distributions install it\")",
+            effective_uid(),
+            path.display(),
+            dir.display(),
+            meta.uid(),
+            meta.gid(),
+            meta.mode() & 0o7777
+        )),
+    }
+}
+
+fn effective_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+fn parent(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// A name of this run's own beside `path`.
+fn temporary_name(path: &Path) -> std::path::PathBuf {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    // A name of this run's own, created new (never through a planted link), private
-    // until it has the original's mode: the file may hold passwords.
-    let tmp = dir.join(format!(
+    parent(path).join(format!(
         ".{name}.pgdr-{}-{:08x}",
         std::process::id(),
         rand::random::<u32>()
-    ));
+    ))
+}
+
+/// Created new (never through a planted link), private until it has the original's
+/// mode: the file may hold passwords.
+fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+}
+
+/// Write `text` to `path` the way `mode` says.
+pub fn write(path: &Path, text: &str, mode: WriteMode) -> Result<()> {
+    match mode {
+        WriteMode::Replace => replace_file(path, text),
+        WriteMode::InPlace => write_in_place(path, text),
+    }
+}
+
+/// Replace `path` with `text`: same directory, same owner and mode, fsynced, renamed
+/// over the old file, directory fsynced.
+pub fn replace_file(path: &Path, text: &str) -> Result<()> {
+    let meta = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    let dir = parent(path);
+    let tmp = temporary_name(path);
     let written = (|| -> std::io::Result<()> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
+        let mut f = create_private(&tmp)?;
         f.write_all(text.as_bytes())?;
         f.set_permissions(std::fs::Permissions::from_mode(meta.mode() & 0o7777))?;
         std::os::unix::fs::fchown(&f, Some(meta.uid()), Some(meta.gid()))?;
@@ -203,6 +281,39 @@ pub fn replace_file(path: &Path, text: &str) -> Result<()> {
         return Err(anyhow!("cannot rewrite {}: {e}", path.display()));
     }
     Ok(())
+}
+
+/// Overwrite `path` in place (owner, group and mode stay the file's own), fsynced.
+/// PgBouncer reads it only on the RELOAD that follows; the caller holds the old text
+/// to put back if anything fails.
+fn write_in_place(path: &Path, text: &str) -> Result<()> {
+    let written = (|| -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new().write(true).truncate(true).open(path)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()
+    })();
+    written.map_err(|e| anyhow!("cannot rewrite {} in place: {e}", path.display()))
+}
+
+/// A private copy of the file's old text, kept outside its directory while the file
+/// is rewritten in place, so a DBA can put it back by hand if pgdr is killed half-way.
+pub fn keep_copy(path: &Path, text: &str) -> Result<std::path::PathBuf> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let copy = std::env::temp_dir().join(format!(
+        "pgdr-{name}.{}-{:08x}.orig",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    let written = (|| -> std::io::Result<()> {
+        let mut f = create_private(&copy)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()
+    })();
+    written.map_err(|e| anyhow!("cannot keep a copy of {} in {}: {e}", path.display(), copy.display()))?;
+    Ok(copy)
 }
 
 #[cfg(test)]

@@ -8,6 +8,8 @@
 mod ini;
 mod pgbouncer;
 
+pub use ini::WriteMode;
+
 use std::fmt;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
@@ -17,6 +19,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, SwitchConfig};
+use crate::preflight::Checks;
 use crate::usage;
 
 /// `HOST:PORT` (`[::1]:5432` for IPv6).
@@ -135,6 +138,8 @@ pub struct SwitchPlan {
     pub from: Option<Endpoint>,
     /// PgBouncer: the databases and where each points now.
     pub pgbouncer: Vec<(String, Endpoint)>,
+    /// How `pgbouncer.ini` will be written, once `preflight` has found out.
+    pub ini_mode: Option<WriteMode>,
     pub hook: Option<String>,
 }
 
@@ -154,6 +159,12 @@ impl fmt::Display for SwitchPlan {
                 f,
                 "  PgBouncer database {db}: PAUSE, point {now} → {}, RELOAD, RESUME (queries wait meanwhile)",
                 self.to
+            )?;
+        }
+        if self.ini_mode == Some(WriteMode::InPlace) {
+            writeln!(
+                f,
+                "  pgbouncer.ini is rewritten in place (its directory is not pgdr's to write); the old text is kept to put back"
             )?;
         }
         if let Some(hook) = &self.hook {
@@ -200,8 +211,132 @@ pub fn plan(config: &Config, opts: &SwitchOptions) -> Result<SwitchPlan> {
         to: opts.to.clone(),
         from,
         pgbouncer,
+        ini_mode: None,
         hook: s.hook.clone(),
     })
+}
+
+/// The oldest PgBouncer whose admin console takes what pgdr sends (`PAUSE db`,
+/// `RESUME db`, `RELOAD`, `SHOW DATABASES` with host and port columns).
+const OLDEST_PGBOUNCER: (u32, u32) = (1, 12);
+
+/// Everything a switch needs, checked without changing anything: PgBouncer's console
+/// answers and is new enough, `pgbouncer.ini` can be written by the user pgdr runs as
+/// (and how: `plan.ini_mode`), the hook can be run.
+pub async fn preflight(config: &Config, plan: &mut SwitchPlan) -> Checks {
+    let (checks, mode) = preflight_settings(config).await;
+    plan.ini_mode = mode;
+    checks
+}
+
+/// As `preflight`, from the settings alone (a runbook checks its switch step before
+/// the server it switches to exists): the checks, and how `pgbouncer.ini` can be
+/// written.
+pub async fn preflight_settings(config: &Config) -> (Checks, Option<WriteMode>) {
+    let mut checks = Checks::default();
+    let mut ini_mode = None;
+    let s = &config.switch;
+    if let Some(url) = &s.pgbouncer_admin_url {
+        let console = async {
+            let admin = tokio::time::timeout(Duration::from_secs(10), pgbouncer::Admin::connect(url))
+                .await
+                .map_err(|_| anyhow!("PgBouncer's admin console did not answer within 10 s"))??;
+            let version = admin.version().await?;
+            let parsed = parse_pgbouncer_version(&version)
+                .ok_or_else(|| anyhow!("cannot read PgBouncer's version from {version:?}"))?;
+            if parsed < OLDEST_PGBOUNCER {
+                return Err(anyhow!(
+                    "{version} is older than PgBouncer {}.{}, the oldest whose console takes PAUSE/RESUME of one database as pgdr sends it: upgrade PgBouncer",
+                    OLDEST_PGBOUNCER.0,
+                    OLDEST_PGBOUNCER.1
+                ));
+            }
+            for db in &s.pgbouncer_databases {
+                admin
+                    .target_of(db)
+                    .await
+                    .with_context(|| format!("[switch] pgbouncer_databases names {db:?}"))?;
+            }
+            anyhow::Ok(format!("{version} answers at {}", admin.describe()))
+        };
+        checks.record("PgBouncer admin console", console.await);
+        if let Some(path) = &s.pgbouncer_ini {
+            match ini::probe(path) {
+                Ok(mode) => {
+                    ini_mode = Some(mode);
+                    checks.pass(
+                        "pgbouncer.ini writable",
+                        match mode {
+                            WriteMode::Replace => format!("{} can be replaced, owner and mode kept", path.display()),
+                            WriteMode::InPlace => format!(
+                                "{} can be rewritten in place (its directory is not pgdr's to write)",
+                                path.display()
+                            ),
+                        },
+                    );
+                }
+                Err(e) => checks.fail("pgbouncer.ini writable", format!("{e:#}")),
+            }
+        }
+    }
+    if let Some(hook) = &s.hook {
+        checks.record("switch hook", hook_runnable(hook).await);
+    }
+    (checks, ini_mode)
+}
+
+/// `PgBouncer 1.18.0` → (1, 18).
+fn parse_pgbouncer_version(text: &str) -> Option<(u32, u32)> {
+    let number = text
+        .split_whitespace()
+        .find(|w| w.starts_with(|c: char| c.is_ascii_digit()))?;
+    let mut parts = number.split('.');
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts
+        .next()?
+        .trim_end_matches(|c: char| !c.is_ascii_digit())
+        .parse()
+        .ok()?;
+    Some((major, minor))
+}
+
+/// The hook's command word resolves to something `sh` can run: an executable file, a
+/// program on PATH, or a shell builtin.
+async fn hook_runnable(hook: &str) -> Result<String> {
+    let word = hook
+        .split_whitespace()
+        .find(|w| {
+            // Leading `NAME=value` assignments are not the command.
+            !w.split_once('=').is_some_and(|(name, _)| {
+                !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            })
+        })
+        .ok_or_else(|| anyhow!("[switch] hook is empty"))?;
+    if word.contains(['\'', '"', '$', '`', '(', '{']) {
+        return Ok(format!(
+            "{word} cannot be resolved before it runs (quoting or expansion); it is run as written"
+        ));
+    }
+    let found = tokio::process::Command::new("sh")
+        .args(["-c", "command -v -- \"$1\"", "sh", word])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .context("running sh to look up the hook")?;
+    let resolved = String::from_utf8_lossy(&found.stdout).trim().to_string();
+    if !found.status.success() || resolved.is_empty() {
+        return Err(anyhow!(
+            "[switch] hook: {word:?} is not an executable file, a program on PATH or a shell builtin"
+        ));
+    }
+    if resolved.starts_with('/') {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(&resolved).with_context(|| format!("[switch] hook: {resolved}"))?;
+        if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+            return Err(anyhow!("[switch] hook: {resolved} is not an executable file"));
+        }
+    }
+    Ok(format!("{word} resolves to {resolved}"))
 }
 
 /// Timestamped steps (switch, failover).
@@ -243,6 +378,9 @@ pub async fn run(config: &Config, plan: &SwitchPlan, dry_run: bool) -> Result<Sw
         return Ok(session.report());
     }
     ready(config, &plan.to).await?;
+    if plan.ini_mode.is_none() && config.switch.pgbouncer_admin_url.is_some() {
+        return Err(anyhow!("the switch was not checked first (switch::preflight)"));
+    }
     session.pause().await;
     session.complete().await;
     Ok(session.report())
@@ -285,6 +423,7 @@ pub struct Session<'a> {
 struct Paused {
     admin: pgbouncer::Admin,
     ini_path: std::path::PathBuf,
+    mode: WriteMode,
     original: String,
     dbs: Vec<String>,
     since: Instant,
@@ -366,6 +505,7 @@ impl<'a> Session<'a> {
             Ok(Paused {
                 admin,
                 ini_path,
+                mode: self.plan.ini_mode.unwrap_or(WriteMode::Replace),
                 original,
                 dbs,
                 since,
@@ -457,14 +597,27 @@ impl<'a> Session<'a> {
 async fn finish_pgbouncer(log: &mut Log, p: &Paused, plan: &SwitchPlan) -> Result<()> {
     let dbs = &p.dbs;
     let mut rewritten = false;
+    let mut kept_copy: Option<std::path::PathBuf> = None;
+    let kept = &mut kept_copy;
     let outcome: Result<()> = async {
         let new_text = ini::rewrite(&p.original, dbs, &plan.to)?;
         log.step("rewrite pgbouncer.ini", async {
-            ini::replace_file(&p.ini_path, &new_text)?;
-            Ok(((), format!("{} → {}", dbs.join(", "), plan.to)))
+            let how = match p.mode {
+                WriteMode::Replace => String::new(),
+                WriteMode::InPlace => {
+                    let copy = ini::keep_copy(&p.ini_path, &p.original)?;
+                    *kept = Some(copy.clone());
+                    format!(
+                        " (in place; the old text is kept in {} until the switch is done)",
+                        copy.display()
+                    )
+                }
+            };
+            rewritten = true;
+            ini::write(&p.ini_path, &new_text, p.mode)?;
+            Ok(((), format!("{} → {}{how}", dbs.join(", "), plan.to)))
         })
         .await?;
-        rewritten = true;
         log.step("reload", async {
             p.admin.reload().await?;
             for db in dbs {
@@ -486,13 +639,19 @@ async fn finish_pgbouncer(log: &mut Log, p: &Paused, plan: &SwitchPlan) -> Resul
         // Never leave PgBouncer paused, and never on a half-done switch.
         let mut undo = Vec::new();
         if rewritten {
-            match ini::replace_file(&p.ini_path, &p.original) {
+            match ini::write(&p.ini_path, &p.original, p.mode) {
                 Ok(()) => {
                     if let Err(r) = p.admin.reload().await {
                         undo.push(format!("RELOAD of the old file failed: {r:#}"));
                     }
                 }
-                Err(r) => undo.push(format!("restoring pgbouncer.ini failed: {r:#}")),
+                Err(r) => undo.push(format!(
+                    "restoring pgbouncer.ini failed: {r:#}{}",
+                    kept_copy
+                        .as_ref()
+                        .map(|c| format!(" (its old text is in {})", c.display()))
+                        .unwrap_or_default()
+                )),
             }
         }
         for db in dbs {
@@ -517,6 +676,9 @@ async fn finish_pgbouncer(log: &mut Log, p: &Paused, plan: &SwitchPlan) -> Resul
                 undo.join("; ")
             ))
         });
+    }
+    if let Some(copy) = &kept_copy {
+        let _ = std::fs::remove_file(copy);
     }
     // Every database is resumed, whatever one of them answers.
     let mut failed = Vec::new();

@@ -108,6 +108,15 @@ impl Admin {
         self.command("RELOAD").await
     }
 
+    /// `SHOW VERSION`: e.g. "PgBouncer 1.18.0".
+    pub async fn version(&self) -> Result<String> {
+        let rows = rows(&self.client, "SHOW VERSION").await?;
+        rows.first()
+            .and_then(|r| r.get("version"))
+            .cloned()
+            .ok_or_else(|| anyhow!("PgBouncer answered SHOW VERSION with no version"))
+    }
+
     /// Where PgBouncer now sends `db` (host, port), from `SHOW DATABASES`.
     pub async fn target_of(&self, db: &str) -> Result<(String, u16)> {
         let rows = rows(&self.client, "SHOW DATABASES").await?;

@@ -1043,36 +1043,92 @@ pub fn output_within(cmd: &mut Command, secs: u64) -> Output {
 pub struct PgBouncer {
     pub dir: TestDir,
     pub ini: PathBuf,
+    /// The `[databases]` include file (`BouncerLayout::DebianWithInclude`).
+    pub include: Option<PathBuf>,
+    logs: PathBuf,
     pub port: u16,
     child: std::process::Child,
+}
+
+/// Where a test's PgBouncer keeps its files.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum BouncerLayout {
+    /// Everything in a directory `postgres` owns.
+    Owned,
+    /// As Debian's package: the directory belongs to root (0755), `pgbouncer.ini` to
+    /// `postgres:postgres` 0640; logs and pid elsewhere.
+    Debian,
+    /// As Debian's, with `pgbouncer.ini` root's (0644) and the `[databases]` section in
+    /// an include file in a directory `postgres` owns (`include` holds its path).
+    DebianWithInclude,
 }
 
 impl PgBouncer {
     /// `databases`: (name, server port) entries on 127.0.0.1; `pool_mode`: transaction
     /// or session.
     pub fn start(databases: &[(&str, u16)], pool_mode: &str) -> PgBouncer {
+        PgBouncer::start_in(databases, pool_mode, BouncerLayout::Owned)
+    }
+
+    /// As `start`, with the files laid out as `layout` says.
+    pub fn start_in(databases: &[(&str, u16)], pool_mode: &str, layout: BouncerLayout) -> PgBouncer {
         let bin = which("pgbouncer")
             .or_else(|| Some(PathBuf::from("/usr/sbin/pgbouncer")).filter(|p| p.exists()))
             .expect("pgbouncer not found — run scripts/install-deps.sh (Debian package pgbouncer)");
         let dir = TestDir::new();
-        chown_postgres(dir.path());
+        // The directory of pgbouncer.ini: the test's own (postgres's), or root's.
+        let etc = if layout == BouncerLayout::Owned {
+            chown_postgres(dir.path());
+            dir.path().to_path_buf()
+        } else {
+            let etc = dir.join("etc-pgbouncer");
+            std::fs::create_dir(&etc).unwrap();
+            std::fs::set_permissions(&etc, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+            pg_owned_dir(&dir.join("log"));
+            etc
+        };
+        let logs = if layout == BouncerLayout::Owned {
+            dir.path().to_path_buf()
+        } else {
+            dir.join("log")
+        };
         let port = free_port();
-        let users = dir.join("userlist.txt");
+        let users = etc.join("userlist.txt");
         std::fs::write(&users, "\"postgres\" \"\"\n").unwrap();
-        let mut text = String::from("; the test's PgBouncer\n[databases]\n");
+        let mut entries = String::from("[databases]\n");
         for (name, server) in databases {
-            text.push_str(&format!("{name} = host=127.0.0.1 port={server} dbname={name}\n"));
+            entries.push_str(&format!("{name} = host=127.0.0.1 port={server} dbname={name}\n"));
+        }
+        let mut text = String::from("; the test's PgBouncer\n");
+        let mut include = None;
+        if layout == BouncerLayout::DebianWithInclude {
+            let own = pg_owned_dir(&etc.join("pgdr"));
+            let file = own.join("databases.ini");
+            std::fs::write(&file, &entries).unwrap();
+            chown_postgres(&file);
+            text.push_str(&format!("%include {}\n", file.display()));
+            include = Some(file);
+        } else {
+            text.push_str(&entries);
         }
         text.push_str(&format!(
             "\n[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\nauth_type = trust\nauth_file = {}\nadmin_users = postgres\npool_mode = {pool_mode}\nlogfile = {}\npidfile = {}\nignore_startup_parameters = extra_float_digits\n",
             users.display(),
-            dir.join("pgbouncer.log").display(),
-            dir.join("pgbouncer.pid").display()
+            logs.join("pgbouncer.log").display(),
+            logs.join("pgbouncer.pid").display()
         ));
-        let ini = dir.join("pgbouncer.ini");
+        let ini = etc.join("pgbouncer.ini");
         std::fs::write(&ini, text).unwrap();
-        for f in [&users, &ini] {
-            chown_postgres(f);
+        chown_postgres(&users);
+        match layout {
+            BouncerLayout::DebianWithInclude => {
+                std::fs::set_permissions(&ini, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+            }
+            BouncerLayout::Debian => {
+                chown_postgres(&ini);
+                std::fs::set_permissions(&ini, std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
+            }
+            BouncerLayout::Owned => chown_postgres(&ini),
         }
         let mut cmd = Command::new(bin);
         hermetic(&mut cmd);
@@ -1085,7 +1141,19 @@ impl PgBouncer {
             assert!(Instant::now() < deadline, "pgbouncer did not start on port {port}");
             std::thread::sleep(Duration::from_millis(50));
         }
-        PgBouncer { dir, ini, port, child }
+        PgBouncer {
+            dir,
+            ini,
+            include,
+            logs,
+            port,
+            child,
+        }
+    }
+
+    /// The file pgdr rewrites: the include file where there is one.
+    pub fn databases_file(&self) -> &Path {
+        self.include.as_deref().unwrap_or(&self.ini)
     }
 
     /// The admin console URL (no password: trust).
@@ -1099,7 +1167,7 @@ impl PgBouncer {
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("pgbouncer.log")).unwrap_or_default()
+        std::fs::read_to_string(self.logs.join("pgbouncer.log")).unwrap_or_default()
     }
 }
 
