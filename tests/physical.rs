@@ -583,3 +583,62 @@ fn damaged_segment_stops_recovery() {
         "the server promoted past a damaged segment: {log}"
     );
 }
+
+/// Issue 25: a restored copy of a cluster with a subscription does not run it. Before,
+/// the copy's apply worker started, took production's slot on the publisher when it
+/// could, and applied production's changes into the copy.
+#[test]
+fn a_restored_copy_runs_no_subscription() {
+    let publisher = Cluster::start_with(&["wal_level=logical"]);
+    publisher.psql(
+        "postgres",
+        "CREATE TABLE feed (n int PRIMARY KEY); CREATE PUBLICATION pub FOR TABLE feed",
+    );
+    let a = Archiving::start();
+    let c = &a.cluster;
+    c.psql("postgres", "CREATE TABLE feed (n int PRIMARY KEY)");
+    c.psql(
+        "postgres",
+        &format!(
+            "CREATE SUBSCRIPTION sub CONNECTION 'host=127.0.0.1 port={} user=postgres dbname=postgres' PUBLICATION pub",
+            publisher.port
+        ),
+    );
+    publisher.psql("postgres", "INSERT INTO feed VALUES (1)");
+    let wait_for = |port: u16, want: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let out = psql_at(port, "postgres", "SELECT count(*) FROM feed");
+            if String::from_utf8_lossy(&out.stdout).trim() == want {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "feed never reached {want} rows on {port}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    wait_for(c.port, "1");
+    a.pgdr.ok(&["backup", "--kind", "physical"]);
+    a.switch_and_wait();
+    let copy = a.pgdr.restore_started(&[]);
+    assert_eq!(copy.psql("postgres", "SHOW max_logical_replication_workers"), "0");
+    // Production's subscription goes on; the copy applies nothing.
+    publisher.psql("postgres", "INSERT INTO feed VALUES (2)");
+    wait_for(c.port, "2");
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert_eq!(copy.psql("postgres", "SELECT count(*) FROM feed"), "1");
+    assert_eq!(
+        copy.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_stat_subscription WHERE pid IS NOT NULL"
+        ),
+        "0"
+    );
+    let log = std::fs::read_to_string(copy.data.join("pgdr-recovery.log")).unwrap_or_default();
+    assert!(
+        !log.contains("apply worker"),
+        "the copy started an apply worker:\n{log}"
+    );
+}

@@ -741,7 +741,7 @@ async fn drill_body(
             run_tool(initdb, "initdb").await?;
             write_config(config_file, &drill_config_table(config, user, cluster, env, port)?)?;
             let exe = std::env::current_exe()?;
-            let sh = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
+            let sh = crate::process::sh_quote;
             let archive_command = format!(
                 "{} --config {} wal-push \"%p\"",
                 sh(&exe.to_string_lossy()),

@@ -96,6 +96,14 @@ const OWNED: &[&str] = &[
     "primary_slot_name",
 ];
 
+/// Settings a copy gets (never a new primary): no archiving into the repository, no
+/// logical-replication workers, no pg_cron jobs.
+const COPY_ONLY: &[&str] = &[
+    "archive_mode",
+    "max_logical_replication_workers",
+    "cron.launch_active_jobs",
+];
+
 fn setting_name(line: &str) -> Option<String> {
     let name = line.split('=').next()?.trim();
     (!name.is_empty() && !name.starts_with('#')).then(|| name.to_ascii_lowercase())
@@ -116,7 +124,7 @@ pub fn write(data_dir: &Path, opts: &RecoveryOptions, comment: &str) -> io::Resu
         .filter(|l| {
             setting_name(l).is_none_or(|n| {
                 !(OWNED.contains(&n.as_str())
-                    || !opts.archive && n == "archive_mode"
+                    || !opts.archive && COPY_ONLY.contains(&n.as_str())
                     || opts.archive_command.is_some() && n == "archive_command")
             })
         })
@@ -135,6 +143,10 @@ pub fn write(data_dir: &Path, opts: &RecoveryOptions, comment: &str) -> io::Resu
         // A copy (a test restore, verification, a drill) must not archive into the
         // repository: once promoted, its new timeline would lead later restores astray.
         out.push("archive_mode = 'off'".to_string());
+        // Nor run production's work: no subscription's apply worker (it would take
+        // production's replication slot and apply into the copy), no pg_cron job.
+        out.push("max_logical_replication_workers = 0".to_string());
+        out.push("cron.launch_active_jobs = 'off'".to_string());
         match std::fs::remove_file(&marker) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
             _ => {}
@@ -216,13 +228,15 @@ mod tests {
         assert!(conf.contains("recovery_target_time = '2026-11-26 02:00:00+00'"));
         assert!(d.path().join("recovery.signal").exists());
         assert!(conf.contains("archive_mode = 'off'"), "{conf}");
+        assert_eq!(conf.matches("max_logical_replication_workers = 0").count(), 1, "{conf}");
+        assert_eq!(conf.matches("cron.launch_active_jobs = 'off'").count(), 1, "{conf}");
         assert!(!d.path().join(NEW_PRIMARY_MARKER).exists());
         let d = tempfile::tempdir().unwrap();
         std::fs::write(d.path().join("postgresql.auto.conf"), "archive_mode = 'on'\n").unwrap();
         write(d.path(), &RecoveryOptions { archive: true, ..opts }, "test").unwrap();
         let conf = std::fs::read_to_string(d.path().join("postgresql.auto.conf")).unwrap();
         assert!(
-            conf.contains("archive_mode = 'on'") && !conf.contains("'off'"),
+            conf.contains("archive_mode = 'on'") && !conf.contains("'off'") && !conf.contains("max_logical"),
             "{conf}"
         );
         assert!(d.path().join(NEW_PRIMARY_MARKER).exists());

@@ -217,7 +217,7 @@ pub fn restore_command(config: &Config) -> Result<String> {
         ));
     }
     let exe = std::env::current_exe().context("locating the pgdr binary")?;
-    let sh = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
+    let sh = crate::process::sh_quote;
     let file = std::path::absolute(&file).unwrap_or(file);
     // Restored from a copy, the server fetches from that copy: the primary region
     // may be gone.

@@ -60,7 +60,7 @@ pub struct StepState {
     /// Directories this recovery created for the step (recorded before they were
     /// made): the only ones an undo may remove.
     #[serde(default)]
-    pub created: Vec<PathBuf>,
+    pub created: Vec<steps::Made>,
 }
 
 /// A recovery's progress on disk (JSON, written atomically after every change).
@@ -407,11 +407,14 @@ pub async fn execute(
         }
         if matches!(step.op, Op::Restore | Op::Standby) {
             // Recorded (on disk) before they are made: an undo removes only these.
+            // The data directory is made here, and known by its identity (inode and
+            // birth time), so a directory someone else put at the same path later is
+            // never taken for it.
             let to = PathBuf::from(step.param("to", &opts.inputs));
-            for dir in [to.clone(), steps::socket_dir_for(&to)] {
-                if !state.steps[i].created.contains(&dir) && steps::absent(&dir)? {
-                    state.steps[i].created.push(dir);
-                }
+            if steps::absent(&to)? {
+                let made = steps::make_own_dir(&to)?;
+                state.steps[i].created.retain(|m| m.path != to);
+                state.steps[i].created.push(made);
             }
             state.save(&opts.state_file)?;
         }

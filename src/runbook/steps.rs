@@ -200,10 +200,55 @@ pub fn absent(path: &Path) -> Result<bool> {
     }
 }
 
-/// An interrupted step's directory may be removed only when this recovery recorded
-/// it made it; a directory that exists and is not in `created` is someone else's.
-pub fn check_undo_allowed(dir: &Path, created: &[PathBuf], id: &str) -> Result<()> {
-    if absent(dir)? || created.iter().any(|c| c == dir) {
+/// A directory this recovery made: where, and which one (inode, birth time).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Made {
+    pub path: PathBuf,
+    pub inode: u64,
+    #[serde(default)]
+    pub born_ns: Option<i128>,
+}
+
+fn identity(path: &Path) -> Result<(u64, Option<i128>)> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    let born = meta
+        .created()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos() as i128);
+    Ok((meta.ino(), born))
+}
+
+/// Create `dir` (0700, the server's owner) for a step and say which directory it is.
+pub fn make_own_dir(dir: &Path) -> Result<Made> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
+    if let Some((uid, gid)) = crate::process::postgres_owner() {
+        std::os::unix::fs::chown(dir, Some(uid), Some(gid)).with_context(|| format!("chown {}", dir.display()))?;
+    }
+    let (inode, born_ns) = identity(dir)?;
+    Ok(Made {
+        path: dir.to_path_buf(),
+        inode,
+        born_ns,
+    })
+}
+
+/// An interrupted step's directory may be removed only when it is the very directory
+/// this recovery made; anything else at that path is someone else's.
+pub fn check_undo_allowed(dir: &Path, created: &[Made], id: &str) -> Result<()> {
+    if absent(dir)? {
+        return Ok(());
+    }
+    let (inode, born) = identity(dir)?;
+    if created
+        .iter()
+        .any(|m| m.path == dir && m.inode == inode && (m.born_ns.is_none() || m.born_ns == born))
+    {
         return Ok(());
     }
     Err(crate::usage!(
@@ -216,20 +261,13 @@ pub fn check_undo_allowed(dir: &Path, created: &[PathBuf], id: &str) -> Result<(
 /// data directory, a server it started) so that it can run again from the start.
 /// Only what this recovery recorded as made by it is removed; anything else is a
 /// refusal that says what to do.
-pub fn undo_partial(step: &Step, cx: &mut StepCx<'_>, created: &[PathBuf], id: &str) -> Result<Option<String>> {
+pub fn undo_partial(step: &Step, cx: &mut StepCx<'_>, created: &[Made], id: &str) -> Result<Option<String>> {
     match step.op {
         Op::Restore | Op::Standby => {
             let dir = PathBuf::from(step.param("to", cx.inputs));
             if !absent(&dir)? {
                 check_undo_allowed(&dir, created, id)?;
-                let sock = socket_dir_for(&dir);
-                if !absent(&sock)? && !created.contains(&sock) {
-                    // Not ours: left where it is; only the data directory goes.
-                    stop_immediate(cx.config, &dir);
-                    std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
-                } else {
-                    remove_server(cx.config, &dir)?;
-                }
+                remove_server(cx.config, &dir)?;
                 return Ok(Some(format!(
                     "removed {} (left half done by the interrupted run)",
                     dir.display()

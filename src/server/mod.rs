@@ -65,7 +65,7 @@ pub async fn start_and_wait(opts: &StartOptions) -> Result<Reached> {
     }
     let mut pg_opts = format!("-p {port} -c listen_addresses='{listen}'");
     if let Some(sock) = &opts.socket_dir {
-        pg_opts.push_str(&format!(" -k {}", sock.display()));
+        pg_opts.push_str(&format!(" -k {}", crate::process::sh_quote(&sock.to_string_lossy())));
     }
     if opts.scratch_hba {
         // Trust is safe only where nobody else can connect: no TCP, and a socket
@@ -95,7 +95,10 @@ pub async fn start_and_wait(opts: &StartOptions) -> Result<Reached> {
         if let Some((uid, gid)) = crate::process::postgres_owner() {
             std::os::unix::fs::chown(&hba, Some(uid), Some(gid))?;
         }
-        pg_opts.push_str(&format!(" -c hba_file='{}'", hba.display()));
+        pg_opts.push_str(&format!(
+            " -c {}",
+            crate::process::sh_quote(&format!("hba_file={}", hba.display()))
+        ));
     }
     let mut cmd = std::process::Command::new(tools.path("pg_ctl")?);
     // -W: pg_ctl would give up after 60 s, long before a big recovery is done; this

@@ -435,7 +435,7 @@ async fn init_cluster(tools: &PgTools, scratch: &Scratch, port: u16) -> Result<(
         .args(["-w", "-o"])
         .arg(format!(
             "-p {port} -k {} -c listen_addresses='' -c fsync=off",
-            scratch.sock().display()
+            crate::process::sh_quote(&scratch.sock().to_string_lossy())
         ))
         .arg("start");
     run(start, "pg_ctl start").await
