@@ -412,6 +412,11 @@ pub async fn execute(
             // never taken for it.
             let to = PathBuf::from(step.param("to", &opts.inputs));
             if steps::absent(&to)? {
+                // The intent first: killed between this and the next save, an empty
+                // directory at `to` is ours.
+                state.steps[i].created.retain(|m| m.path != to);
+                state.steps[i].created.push(steps::Made::intended(&to));
+                state.save(&opts.state_file)?;
                 let made = steps::make_own_dir(&to)?;
                 state.steps[i].created.retain(|m| m.path != to);
                 state.steps[i].created.push(made);

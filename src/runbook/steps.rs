@@ -200,13 +200,39 @@ pub fn absent(path: &Path) -> Result<bool> {
     }
 }
 
+/// Remove everything inside `dir`, keeping `dir`.
+fn empty_dir(dir: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        let removed = match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.is_dir() => std::fs::remove_dir_all(&path),
+            Ok(_) => std::fs::remove_file(&path),
+            Err(e) => Err(e),
+        };
+        removed.with_context(|| format!("removing {}", path.display()))?;
+    }
+    Ok(())
+}
+
 /// A directory this recovery made: where, and which one (inode, birth time).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Made {
     pub path: PathBuf,
-    pub inode: u64,
+    /// `None`: about to be made (the run may have been killed right after).
+    #[serde(default)]
+    pub inode: Option<u64>,
     #[serde(default)]
     pub born_ns: Option<i128>,
+}
+
+impl Made {
+    pub fn intended(path: &Path) -> Made {
+        Made {
+            path: path.to_path_buf(),
+            inode: None,
+            born_ns: None,
+        }
+    }
 }
 
 fn identity(path: &Path) -> Result<(u64, Option<i128>)> {
@@ -233,7 +259,7 @@ pub fn make_own_dir(dir: &Path) -> Result<Made> {
     let (inode, born_ns) = identity(dir)?;
     Ok(Made {
         path: dir.to_path_buf(),
-        inode,
+        inode: Some(inode),
         born_ns,
     })
 }
@@ -245,10 +271,14 @@ pub fn check_undo_allowed(dir: &Path, created: &[Made], id: &str) -> Result<()> 
         return Ok(());
     }
     let (inode, born) = identity(dir)?;
-    if created
-        .iter()
-        .any(|m| m.path == dir && m.inode == inode && (m.born_ns.is_none() || m.born_ns == born))
-    {
+    let empty = std::fs::read_dir(dir).map(|mut d| d.next().is_none()).unwrap_or(false);
+    if created.iter().any(|m| {
+        m.path == dir
+            && match m.inode {
+                Some(i) => i == inode && (m.born_ns.is_none() || m.born_ns == born),
+                None => empty,
+            }
+    }) {
         return Ok(());
     }
     Err(crate::usage!(
@@ -267,9 +297,17 @@ pub fn undo_partial(step: &Step, cx: &mut StepCx<'_>, created: &[Made], id: &str
             let dir = PathBuf::from(step.param("to", cx.inputs));
             if !absent(&dir)? {
                 check_undo_allowed(&dir, created, id)?;
-                remove_server(cx.config, &dir)?;
+                // Emptied, not removed: the directory stays the one recorded as made.
+                stop_immediate(cx.config, &dir);
+                empty_dir(&dir)?;
+                match std::fs::remove_dir_all(socket_dir_for(&dir)) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(e).with_context(|| format!("removing {}", socket_dir_for(&dir).display()));
+                    }
+                    _ => {}
+                }
                 return Ok(Some(format!(
-                    "removed {} (left half done by the interrupted run)",
+                    "removed what was in {} (left half done by the interrupted run)",
                     dir.display()
                 )));
             }
