@@ -200,6 +200,9 @@ pub struct RecoverArgs {
     /// (default /var/lib/pgdr/recover/CLUSTER-SCENARIO.json)
     #[arg(long, value_name = "FILE")]
     pub state: Option<PathBuf>,
+    /// Resume an unfinished recovery whose state file was last written over 6 h ago
+    #[arg(long)]
+    pub resume: bool,
     /// Show the plan, change nothing
     #[arg(long)]
     pub dry_run: bool,
@@ -645,9 +648,13 @@ pub struct RestoreArgs {
     /// Rewrite only the files whose checksum differs, in a non-empty directory
     #[arg(long, help_heading = "Physical restore")]
     pub delta: bool,
-    /// Restore tablespace OID into DIR instead of its original place (repeatable)
-    #[arg(long = "tablespace-map", value_name = "OID=DIR", help_heading = "Physical restore")]
+    /// Put a tablespace in DIR instead of its original place (repeatable); physical:
+    /// OID=DIR, logical (--globals, --globals-only): NAME=DIR
+    #[arg(long = "tablespace-map", value_name = "OID|NAME=DIR")]
     pub tablespace_map: Vec<String>,
+    /// Logical: leave tablespaces out (none created; objects go to the default one)
+    #[arg(long, conflicts_with = "tablespace_map")]
+    pub no_tablespaces: bool,
     /// Keep WAL archiving on: the restored server becomes the new primary and archives
     /// its new timeline into the repository (default: archive_mode = off in the copy)
     #[arg(long, help_heading = "Physical restore")]

@@ -162,6 +162,9 @@ fn the_four_drills_recover_and_measure() {
     assert!(d["rto_seconds"].as_f64().unwrap() > 0.0);
     assert!(d["rpo"]["acknowledged"].as_u64().unwrap() > 0, "{d}");
     assert_eq!(d["rpo"]["lost"], 0, "{d}");
+    // The commits acknowledged after the target, until the switch, are gone by design
+    // and counted, not hidden behind "0 lost".
+    assert!(d["rpo"]["discarded_by_design"].as_u64().unwrap() > 0, "{d}");
     assert_eq!(d["served_by"], format!("127.0.0.1:{}", port_of(&d, "new")));
     assert_data_checks(&d, 1);
     let steps: Vec<&str> = d["recover"]["steps"]
@@ -480,6 +483,16 @@ fn a_recovery_killed_mid_restore_resumes() {
         "{out}"
     );
     assert!(out.contains("recovery database-failure done"), "{out}");
+    // The killed attempt's timeline is recorded as given up; the one the recovery
+    // switched to is declared production's, at the switch.
+    let timelines = a.pgdr.repo_dir.as_ref().unwrap().join("test/timelines");
+    assert!(timelines.join("00000002.abandoned").is_file(), "{out}");
+    assert!(!timelines.join("00000002.primary").exists(), "{out}");
+    assert!(timelines.join("00000003.primary").is_file(), "{out}");
+    // A later restore to `latest` follows timeline 3, not the abandoned 2.
+    let later = a.pgdr.restore_started(&[]);
+    assert!(later.output.contains("following timeline 3"), "{}", later.output);
+    drop(later);
     let st: serde_json::Value = json(&std::fs::read_to_string(&state).unwrap());
     assert!(st["finished"].is_string(), "{st}");
     assert_eq!(content_hashes_at(port, "postgres"), hashes);
@@ -496,6 +509,108 @@ fn a_recovery_killed_mid_restore_resumes() {
         as_postgres(&mut stop);
         let _ = stop.output();
     }
+}
+
+/// The `key = N` setting in a config file, where it is set last.
+fn setting_in(file: &Path, key: &str) -> Option<u16> {
+    let text = std::fs::read_to_string(file).ok()?;
+    text.lines().rev().find_map(|l| {
+        let (k, v) = l.split_once('=')?;
+        (k.trim() == key).then(|| v.trim().parse().ok()).flatten()
+    })
+}
+
+/// Issue 25: a drill's servers and its PgBouncer take no TCP login without the
+/// drill's password. Before, both trusted 127.0.0.1: any local user was superuser of
+/// a server whose postgres user can read the repository key.
+#[test]
+fn a_drills_servers_refuse_tcp_logins_without_its_password() {
+    let r = regions();
+    let work = TestDir::new();
+    let mut drill = r.pgdr.command(&[
+        "drill",
+        "--scenario",
+        "database-failure",
+        "--work-dir",
+        work.path().to_str().unwrap(),
+        "--archive-timeout",
+        "3",
+        "--json",
+    ]);
+    let mut child = drill.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    // Probe production and PgBouncer as soon as they listen, as another local user
+    // would: no password, no password file.
+    let mut refused: Vec<&str> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while refused.len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the drill's servers never answered: refused {refused:?}"
+        );
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the drill ended ({status}) before both were probed: refused {refused:?}");
+        }
+        let envs: Vec<_> = std::fs::read_dir(work.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("pgdr-drill-"))
+            .collect();
+        for env in envs {
+            for (what, port) in [
+                (
+                    "production",
+                    setting_in(&env.join("production/postgresql.conf"), "port"),
+                ),
+                (
+                    "pgbouncer",
+                    setting_in(&env.join("pgbouncer/pgbouncer.ini"), "listen_port"),
+                ),
+            ] {
+                let Some(port) = port else { continue };
+                if refused.contains(&what) {
+                    continue;
+                }
+                let out = Command::new(pg_bin().join("psql"))
+                    .args([
+                        "-X",
+                        "-w",
+                        "-h",
+                        "127.0.0.1",
+                        "-U",
+                        "postgres",
+                        "-d",
+                        "postgres",
+                        "-c",
+                        "SELECT 1",
+                    ])
+                    .arg("-p")
+                    .arg(port.to_string())
+                    .env_remove("PGPASSWORD")
+                    .env("PGPASSFILE", "/nonexistent")
+                    .output()
+                    .unwrap();
+                let said = String::from_utf8_lossy(&out.stderr).into_owned();
+                assert!(
+                    !out.status.success(),
+                    "{what} took a TCP login as postgres without a password"
+                );
+                if said.contains("password") {
+                    refused.push(what);
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the drill failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = json(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(report["ok"], true, "{report}");
+    assert_torn_down(&r, work.path());
 }
 
 /// Issue 25: a re-run resumes only over what the recovery itself made. A run killed
@@ -553,6 +668,17 @@ fn a_rerun_never_removes_a_directory_the_recovery_did_not_make() {
     stop.args(["-D", new.to_str().unwrap(), "-m", "immediate", "stop"]);
     as_postgres(&mut stop);
     let _ = stop.output();
+    // Hours later, the same command: an old unfinished state is not resumed silently.
+    let touched = Command::new("touch")
+        .args(["-d", "8 hours ago"])
+        .arg(&state)
+        .status()
+        .unwrap();
+    assert!(touched.success());
+    let out = a.pgdr.run(&args);
+    assert_fails(&out, 2, "--resume");
+    assert!(new.join("PG_VERSION").exists(), "nothing was undone");
+    args.push("--resume");
     std::fs::remove_dir_all(&new).unwrap();
     std::fs::create_dir(&new).unwrap();
     std::fs::write(new.join("notes.txt"), "the DBA's own notes\n").unwrap();
@@ -603,7 +729,8 @@ fn data_loss_recovery_puts_rows_back_and_restores_beside() {
     let out_dir = TestDir::new();
     chown_postgres(out_dir.path());
     let scratch = out_dir.join("scratch");
-    let out = a.pgdr.ok(&[
+    let state = out_dir.join("state.json");
+    let args = [
         "recover",
         "--scenario",
         "data-loss",
@@ -616,9 +743,16 @@ fn data_loss_recovery_puts_rows_back_and_restores_beside() {
         "--scratch-dir",
         scratch.to_str().unwrap(),
         "--state",
-        out_dir.join("state.json").to_str().unwrap(),
+        state.to_str().unwrap(),
         "--yes",
-    ]);
+    ];
+    // Killed right after the scratch copy's table was renamed for --restore-as: the
+    // re-run goes on from the renamed table (before: "public.notes does not exist").
+    let mut killed = a.pgdr.command(&args);
+    killed.env("PGDR_TEST_CRASH_AT", "copy-back-renamed");
+    let out = killed.output().unwrap();
+    assert_eq!(out.status.code(), None, "killed by a signal: {out:?}");
+    let out = a.pgdr.ok(&args);
     assert!(out.contains("recovery data-loss done"), "{out}");
     assert_eq!(
         c.psql("postgres", orders),

@@ -265,3 +265,85 @@ fn check_reports_every_part() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("✗ postgres"));
 }
+
+/// Issue 25: roles and tablespaces restored into another cluster on the same host.
+/// The backup's tablespace directory is the source's own, so CREATE TABLESPACE
+/// fails there. Before, `restore --globals-only` exited 0 and the database restore
+/// then failed on the missing tablespace. Now it is an error naming the tablespace
+/// and the ways forward; `--tablespace-map NAME=DIR` puts it elsewhere and
+/// `--no-tablespaces` leaves it out, and the data comes back either way.
+#[test]
+fn tablespaces_into_another_cluster_are_mapped_or_left_out() {
+    let source = Cluster::start();
+    let ts_dir = pg_owned_dir(&source.dir.join("ts_fast"));
+    source.psql(
+        "postgres",
+        &format!("CREATE TABLESPACE fast LOCATION '{}'", ts_dir.display()),
+    );
+    source.psql("postgres", "CREATE DATABASE shop");
+    source.psql(
+        "shop",
+        "CREATE TABLE hot (id int PRIMARY KEY, v text) TABLESPACE fast; INSERT INTO hot SELECT g, md5(g::text) FROM generate_series(1, 2000) g",
+    );
+    let pgdr = Pgdr::new(&source, RepoKind::Local);
+    pgdr.ok(&["backup", "--kind", "logical", "--all"]);
+    let want = source.content_hashes("shop");
+
+    let target = Cluster::start();
+    let mut restorer = Pgdr {
+        extra_env: vec![],
+        ..pgdr.clone_setup()
+    };
+    restorer.set_env("PGDR_POSTGRES_URL", &target.url("postgres"));
+    let out = restorer.run(&["restore", "--globals-only"]);
+    let said = assert_fails(&out, 1, "tablespace fast could not be created");
+    assert!(
+        said.contains("--tablespace-map fast=DIR") && said.contains("--no-tablespaces"),
+        "{said}"
+    );
+    assert_eq!(
+        target.psql("postgres", "SELECT count(*) FROM pg_tablespace WHERE spcname = 'fast'"),
+        "0"
+    );
+
+    // A typo in the map is refused before anything runs.
+    let out = restorer.run(&["restore", "--globals-only", "--tablespace-map", "fsat=/tmp/x"]);
+    assert_fails(&out, 2, "creates no tablespace \"fsat\"");
+
+    // Mapped: the tablespace is made where asked, the table lands in it.
+    let new_dir = pg_owned_dir(&target.dir.join("ts_fast_here"));
+    let map = format!("fast={}", new_dir.display());
+    let out = restorer.ok(&["restore", "--globals-only", "--tablespace-map", &map]);
+    assert!(out.contains("restored roles and tablespaces"), "{out}");
+    assert_eq!(
+        target.psql(
+            "postgres",
+            "SELECT pg_tablespace_location(oid) FROM pg_tablespace WHERE spcname = 'fast'"
+        ),
+        new_dir.display().to_string()
+    );
+    restorer.ok(&["restore", "--database", "shop"]);
+    assert_eq!(target.content_hashes("shop"), want);
+    assert_eq!(
+        target.psql("shop", "SELECT tablespace FROM pg_tables WHERE tablename = 'hot'"),
+        "fast"
+    );
+
+    // Left out: into a third cluster, everything in the default tablespace.
+    let third = Cluster::start();
+    restorer.set_env("PGDR_POSTGRES_URL", &third.url("postgres"));
+    restorer.ok(&["restore", "--globals-only", "--no-tablespaces"]);
+    assert_eq!(
+        third.psql("postgres", "SELECT count(*) FROM pg_tablespace WHERE spcname = 'fast'"),
+        "0"
+    );
+    restorer.ok(&["restore", "--database", "shop", "--no-tablespaces"]);
+    assert_eq!(third.content_hashes("shop"), want);
+    assert_eq!(
+        third.psql(
+            "shop",
+            "SELECT coalesce(tablespace, '') FROM pg_tables WHERE tablename = 'hot'"
+        ),
+        ""
+    );
+}

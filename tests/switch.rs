@@ -524,6 +524,14 @@ impl FailoverSetup {
         format!("127.0.0.1:{}", self.standby.port)
     }
 
+    /// `pgdr failover --to <the standby>` plus `args`.
+    fn failover(&self, args: &[&str]) -> std::process::Output {
+        let to = self.to();
+        let mut all = vec!["failover", "--to", &to];
+        all.extend_from_slice(args);
+        self.a.pgdr.run(&all)
+    }
+
     fn old(&self) -> String {
         format!("127.0.0.1:{}", self.a.cluster.port)
     }
@@ -560,22 +568,13 @@ fn an_old_primary_pgdr_cannot_log_into_is_not_down() {
     std::fs::write(&hba, format!("host postgres all 127.0.0.1/32 reject\n{text}")).unwrap();
     c.psql("app", "SELECT pg_reload_conf()");
     let ini_before = std::fs::read(f.bouncer.databases_file()).unwrap();
-    let out = f.a.pgdr.run(&["failover", "--to", &f.to(), "--old", &f.old(), "--yes"]);
+    let out = f.failover(&["--old", &f.old(), "--yes"]);
     let said = assert_fails(&out, 2, "does not prove it is down");
     assert!(said.contains("--old-primary-is-down"), "{said}");
     f.assert_untouched(&ini_before);
 
     // The DBA's word: it goes ahead, and the report records it (RPO unknown).
-    let out = f.a.pgdr.run(&[
-        "failover",
-        "--to",
-        &f.to(),
-        "--old",
-        &f.old(),
-        "--old-primary-is-down",
-        "--yes",
-        "--json",
-    ]);
+    let out = f.failover(&["--old", &f.old(), "--old-primary-is-down", "--yes", "--json"]);
     assert_success(&out, "pgdr failover --old-primary-is-down");
     let report = json(&out);
     assert_eq!(report["fence"]["proof"], "declared-by-dba", "{report}");
@@ -601,14 +600,7 @@ fn an_old_primary_that_never_answers_is_not_down() {
         }
     });
     let ini_before = std::fs::read(f.bouncer.databases_file()).unwrap();
-    let out = f.a.pgdr.run(&[
-        "failover",
-        "--to",
-        &f.to(),
-        "--old",
-        &format!("127.0.0.1:{silent_port}"),
-        "--yes",
-    ]);
+    let out = f.failover(&["--old", &format!("127.0.0.1:{silent_port}"), "--yes"]);
     let said = assert_fails(&out, 2, "did not answer within");
     assert!(said.contains("--old-primary-is-down"), "{said}");
     assert!(!held.lock().unwrap().is_empty(), "pgdr never tried the old primary");
@@ -660,10 +652,7 @@ fn failover_through_pgbouncer_as_distributions_install_it() {
 
     let writer = Writer::start(f.bouncer.port);
     std::thread::sleep(Duration::from_millis(500));
-    let out = f.a.pgdr.run(&[
-        "failover",
-        "--to",
-        &f.to(),
+    let out = f.failover(&[
         "--old",
         &f.old(),
         "--old-data-dir",
@@ -763,15 +752,7 @@ fn a_standby_behind_catches_up_before_promotion() {
     f.a.cluster
         .psql("app", "INSERT INTO t SELECT g FROM generate_series(101, 5000) g");
     f.a.switch_and_wait();
-    let out = f.a.pgdr.run(&[
-        "failover",
-        "--to",
-        &f.to(),
-        "--old-data-dir",
-        f.a.cluster.data.to_str().unwrap(),
-        "--yes",
-        "--json",
-    ]);
+    let out = f.failover(&["--old-data-dir", f.a.cluster.data.to_str().unwrap(), "--yes", "--json"]);
     assert_success(&out, "pgdr failover (paused standby)");
     let report = json(&out);
     assert_eq!(report["rpo_bytes"], 0, "{report}");
@@ -801,22 +782,11 @@ fn a_standby_that_cannot_catch_up_needs_accept_data_loss() {
         .psql("app", "INSERT INTO t SELECT g FROM generate_series(101, 2000) g");
     let ini_before = std::fs::read(f.bouncer.databases_file()).unwrap();
     let data = f.a.cluster.data.to_str().unwrap().to_string();
-    let out =
-        f.a.pgdr
-            .run(&["failover", "--to", &f.to(), "--old-data-dir", &data, "--yes"]);
+    let out = f.failover(&["--old-data-dir", &data, "--yes"]);
     let said = assert_fails(&out, 2, "cannot catch up");
     assert!(said.contains("--accept-data-loss"), "{said}");
     f.assert_untouched(&ini_before);
-    let out = f.a.pgdr.run(&[
-        "failover",
-        "--to",
-        &f.to(),
-        "--old-data-dir",
-        &data,
-        "--accept-data-loss",
-        "--yes",
-        "--json",
-    ]);
+    let out = f.failover(&["--old-data-dir", &data, "--accept-data-loss", "--yes", "--json"]);
     assert_success(&out, "pgdr failover --accept-data-loss");
     let report = json(&out);
     assert_eq!(report["data_loss_accepted"], true, "{report}");

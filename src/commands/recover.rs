@@ -83,6 +83,7 @@ pub async fn run(ctx: &Ctx, args: RecoverArgs) -> Result<Exit> {
         dry_run: args.dry_run,
         state_file,
         jobs: args.jobs.max(1),
+        resume: args.resume,
     };
     let prepared = engine::prepare(&ctx.config, &opts).await?;
     if !ctx.json && !opts.dry_run {

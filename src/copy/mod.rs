@@ -369,7 +369,9 @@ async fn copy_to(config: &Config, source: &Repo, name: &str, opts: &CopyOptions)
         .list(layout::TIMELINES)
         .await?
         .into_iter()
-        .filter(|m| layout::parse_timeline_declaration(&m.key).is_some())
+        .filter(|m| {
+            layout::parse_timeline_declaration(&m.key).is_some() || layout::parse_timeline_abandoned(&m.key).is_some()
+        })
         .collect();
 
     // What the copy has, listed once; what it lacks is copied.

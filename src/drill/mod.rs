@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
 use crate::postgres::recovery::conf_literal;
-use crate::postgres::{Lsn, PgTarget, PgTools, Segment};
+use crate::postgres::{Lsn, PgTarget, PgTools};
 use crate::runbook::Runbook;
 use crate::runbook::engine::{self, RecoverOptions, RecoverReport};
 use crate::server::free_port;
@@ -57,8 +57,14 @@ pub struct Rpo {
     pub lost: u64,
     /// Of the lost, the ones whose commit the archive held (must be 0).
     pub lost_archived: u64,
-    /// A lost server: the end of the last WAL segment it had archived.
+    /// A lost server: the end of the last WAL segment the repository the recovery
+    /// reads holds, listed after the kill.
     pub archived_until: Option<String>,
+    /// Commits acknowledged after the recovery's target (a point-in-time recovery
+    /// goes back to before the failure) and missing afterwards: discarded by design,
+    /// and counted here so that "0 lost" never hides them.
+    #[serde(default)]
+    pub discarded_by_design: u64,
     /// From the last commit kept with everything before it, to the failure.
     pub seconds: f64,
     pub target_seconds: u64,
@@ -158,6 +164,13 @@ impl std::fmt::Display for Summary<'_> {
                 r.target_seconds,
                 if r.met { "met" } else { "missed" }
             )?;
+            if r.discarded_by_design > 0 {
+                write!(
+                    f,
+                    "; {} commit(s) acknowledged after the recovery target were discarded by design",
+                    r.discarded_by_design
+                )?;
+            }
         }
         if let Some(s) = &s.served_by {
             write!(f, "; PgBouncer serves from {s}")?;
@@ -182,6 +195,29 @@ struct Env {
 impl Env {
     fn path(&self, p: &str) -> PathBuf {
         self.dir.join(p)
+    }
+
+    /// A connection URL to the drill's servers on 127.0.0.1: they take TCP logins
+    /// only with the drill's password, which is in its private password file.
+    fn url(&self, port: u16, db: &str) -> String {
+        let passfile = self.path("pgpass");
+        format!(
+            "postgresql://postgres@127.0.0.1:{port}/{db}?sslmode=disable&passfile={}",
+            percent_encoding::utf8_percent_encode(&passfile.to_string_lossy(), percent_encoding::NON_ALPHANUMERIC)
+        )
+    }
+
+    /// A password of the drill's own for `postgres`, in a private password file
+    /// (`url` names it) and in `pwfile` for initdb; never on a command line.
+    fn make_password(&self) -> Result<String> {
+        let password = format!("{:032x}", rand::random::<u128>());
+        for (name, text) in [
+            ("pgpass", format!("*:*:*:postgres:{password}\n")),
+            ("pwfile", format!("{password}\n")),
+        ] {
+            write_private(&self.path(name), &text)?;
+        }
+        Ok(password)
     }
 
     fn stop_servers(&mut self) {
@@ -242,6 +278,29 @@ fn chown_postgres(path: &Path) -> Result<()> {
         std::os::unix::fs::chown(path, Some(uid), Some(gid)).with_context(|| format!("chown {}", path.display()))?;
     }
     Ok(())
+}
+
+/// The password in the drill's password file (`*:*:*:postgres:PASSWORD`).
+fn password_of(pgpass: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(pgpass).with_context(|| format!("reading {}", pgpass.display()))?;
+    text.trim()
+        .strip_prefix("*:*:*:postgres:")
+        .map(str::to_string)
+        .ok_or_else(|| anyhow!("{} is not the drill's password file", pgpass.display()))
+}
+
+/// A new file only its owner (postgres) can read.
+fn write_private(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(text.as_bytes())?;
+    chown_postgres(path)
 }
 
 fn private_dir(path: &Path) -> Result<()> {
@@ -358,12 +417,7 @@ fn drill_config_table(config: &Config, user: &toml::Table, cluster: &str, env: &
     let mut t = toml::Table::new();
     t.insert("cluster".into(), Value::String(cluster.into()));
     let mut pg = toml::Table::new();
-    pg.insert(
-        "url".into(),
-        Value::String(format!(
-            "postgresql://postgres@127.0.0.1:{port}/postgres?sslmode=disable"
-        )),
-    );
+    pg.insert("url".into(), Value::String(env.url(port, "postgres")));
     pg.insert(
         "data_dir".into(),
         Value::String(env.path("production").display().to_string()),
@@ -393,10 +447,7 @@ fn drill_config_table(config: &Config, user: &toml::Table, cluster: &str, env: &
     let mut switch = toml::Table::new();
     switch.insert(
         "pgbouncer_admin_url".into(),
-        Value::String(format!(
-            "postgresql://postgres@127.0.0.1:{}/pgbouncer",
-            env.bouncer_port
-        )),
+        Value::String(env.url(env.bouncer_port, "pgbouncer")),
     );
     switch.insert(
         "pgbouncer_ini".into(),
@@ -460,6 +511,9 @@ async fn server_time(client: &tokio_postgres::Client) -> Result<DateTime<Utc>> {
         .with_timezone(&Utc))
 }
 
+/// The failure as a power cut would do it: SIGKILL to the postmaster's whole process
+/// group (pg_ctl starts it as a session leader), so no backend, archiver or
+/// archive_command it started lives on; then wait until the group is gone.
 fn kill_postmaster(data: &Path) -> Result<()> {
     let text = std::fs::read_to_string(data.join("postmaster.pid")).context("reading postmaster.pid")?;
     let pid: i32 = text
@@ -469,13 +523,35 @@ fn kill_postmaster(data: &Path) -> Result<()> {
         .trim()
         .parse()
         .context("postmaster.pid")?;
-    // SAFETY: kill has no memory-safety preconditions.
-    unsafe { libc::kill(pid, libc::SIGKILL) };
+    // SAFETY: getpgid and kill have no memory-safety preconditions.
+    let group = unsafe { libc::getpgid(pid) };
+    let target = if group == pid { -pid } else { pid };
+    unsafe { libc::kill(target, libc::SIGKILL) };
     let deadline = Instant::now() + Duration::from_secs(10);
-    while crate::process::exists(pid) && Instant::now() < deadline {
+    // kill(target, 0) fails (ESRCH) once no process of the group is left.
+    while unsafe { libc::kill(target, 0) } == 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
+    if unsafe { libc::kill(target, 0) } == 0 {
+        return Err(anyhow!(
+            "the scratch production (pid {pid}) did not die within 10 s of SIGKILL"
+        ));
+    }
     Ok(())
+}
+
+/// The end of the newest WAL segment of timeline `tli` in the repository the
+/// recovery reads (`copy`, or the primary one), listed now.
+async fn archived_until(config_file: &Path, copy: Option<&str>, tli: u32, segment_size: u64) -> Result<Option<Lsn>> {
+    let mut config = Config::load_file_only(config_file)?;
+    if let Some(c) = copy {
+        config.select_repository(c)?;
+    }
+    let repo = crate::repo::Repo::open(&config).await?;
+    let listing = crate::repo::archive::list(&repo.storage).await?;
+    Ok(listing
+        .newest_segment(tli, segment_size)
+        .map(|s| s.next().start_lsn(segment_size)))
 }
 
 /// Run a drill; the report says pass or fail. Errors are for a drill that could not
@@ -731,14 +807,20 @@ async fn drill_body(
         log.step("production", async {
             private_dir(&sock)?;
             private_dir(&env.path("spool"))?;
+            // Trust only on the private socket; over TCP a password (scram), which
+            // only this drill holds: its postgres user can read the repository key.
+            env.make_password()?;
             let mut initdb = tokio::process::Command::new(tools.path("initdb")?);
             initdb
                 .arg("-D")
                 .arg(&production)
-                .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"]);
+                .args(["-U", "postgres", "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8", "--no-sync"])
+                .arg(format!("--pwfile={}", env.path("pwfile").display()));
             crate::process::as_postgres_async(&mut initdb);
             initdb.env_clear().envs(crate::postgres::server_env(false));
-            run_tool(initdb, "initdb").await?;
+            let made = run_tool(initdb, "initdb").await;
+            std::fs::remove_file(env.path("pwfile")).context("removing the drill's password file for initdb")?;
+            made?;
             write_config(config_file, &drill_config_table(config, user, cluster, env, port)?)?;
             let exe = std::env::current_exe()?;
             let sh = crate::process::sh_quote;
@@ -771,7 +853,7 @@ async fn drill_body(
             Ok(((), format!("initdb and start: port {port}, archiving into the repository area {cluster:?}")))
         })
         .await?;
-        let prod_target = PgTarget::from_config(Some(&format!("postgresql://postgres@127.0.0.1:{port}/postgres?sslmode=disable")))?
+        let prod_target = PgTarget::from_config(Some(&env.url(port, "postgres")))?
             .with_address(&sock.display().to_string(), port);
         log.step("data and backup", async {
             pgdr_child(config_file, &["init"]).await?;
@@ -807,18 +889,17 @@ async fn drill_body(
             let pb = env.path("pgbouncer");
             std::fs::create_dir(&pb)?;
             chown_postgres(&pb)?;
-            std::fs::write(pb.join("userlist.txt"), "\"postgres\" \"\"\n")?;
+            let password = password_of(&env.path("pgpass"))?;
+            write_private(&pb.join("userlist.txt"), &format!("\"postgres\" \"{password}\"\n"))?;
             let ini = format!(
-                "; pgdr drill\n[databases]\npostgres = host=127.0.0.1 port={port} dbname=postgres\n\n[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {}\nunix_socket_dir =\nauth_type = trust\nauth_file = {}\nadmin_users = postgres\npool_mode = transaction\nlogfile = {}\npidfile = {}\nignore_startup_parameters = extra_float_digits\nserver_login_retry = 1\n",
+                "; pgdr drill\n[databases]\npostgres = host=127.0.0.1 port={port} dbname=postgres\n\n[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {}\nunix_socket_dir =\nauth_type = scram-sha-256\nauth_file = {}\nadmin_users = postgres\npool_mode = transaction\nlogfile = {}\npidfile = {}\nignore_startup_parameters = extra_float_digits\nserver_login_retry = 1\n",
                 env.bouncer_port,
                 pb.join("userlist.txt").display(),
                 pb.join("pgbouncer.log").display(),
                 pb.join("pgbouncer.pid").display()
             );
             std::fs::write(pb.join("pgbouncer.ini"), ini)?;
-            for f in ["userlist.txt", "pgbouncer.ini"] {
-                chown_postgres(&pb.join(f))?;
-            }
+            chown_postgres(&pb.join("pgbouncer.ini"))?;
             let mut cmd = std::process::Command::new(pgbouncer);
             cmd.arg(pb.join("pgbouncer.ini"))
                 .env_clear()
@@ -841,15 +922,13 @@ async fn drill_body(
                 .args(["-p", &env.bouncer_port.to_string(), "-U", "postgres", "postgres"])
                 .env_clear()
                 .envs(crate::postgres::server_env(false))
+                .env("PGPASSFILE", env.path("pgpass"))
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .kill_on_drop(true);
             env.workload = Some(bench.spawn().context("starting pgbench")?);
-            let bouncer = PgTarget::from_config(Some(&format!(
-                "postgresql://postgres@127.0.0.1:{}/postgres?sslmode=disable",
-                env.bouncer_port
-            )))?;
+            let bouncer = PgTarget::from_config(Some(&env.url(env.bouncer_port, "postgres")))?;
             *writer = Some(start_writer(bouncer, acks.clone(), stop.clone()));
             // Let the workload and the commit log run for a while.
             tokio::time::sleep(Duration::from_secs(3)).await;
@@ -890,6 +969,7 @@ async fn drill_body(
         dry_run: false,
         state_file: env.path("recover-state.json"),
         jobs: opts.jobs,
+        resume: false,
     };
     let prepared = engine::prepare(&drill_config, &ropts).await?;
     say(format!("recovery plan:\n{prepared}"));
@@ -906,10 +986,7 @@ async fn drill_body(
         Some(s) => s.port,
         None => port,
     };
-    let bouncer = PgTarget::from_config(Some(&format!(
-        "postgresql://postgres@127.0.0.1:{}/postgres?sslmode=disable",
-        env.bouncer_port
-    )))?;
+    let bouncer = PgTarget::from_config(Some(&env.url(env.bouncer_port, "postgres")))?;
     let deadline = Instant::now() + Duration::from_secs(60);
     let served_port = loop {
         let asked = async {
@@ -935,9 +1012,7 @@ async fn drill_body(
     report.rto_met = rto <= report.rto_target_seconds as f64;
     report.served_by = Some(format!("127.0.0.1:{served_port}"));
 
-    let service = PgTarget::from_config(Some(&format!(
-        "postgresql://postgres@127.0.0.1:{expect_port}/postgres?sslmode=disable"
-    )))?;
+    let service = PgTarget::from_config(Some(&env.url(expect_port, "postgres")))?;
     let c = match &new_server {
         Some(s) => s.target(&drill_config)?.connect(Some("postgres")).await?,
         None => service.connect(Some("postgres")).await?,
@@ -986,8 +1061,13 @@ async fn drill_body(
         (Some(_), Some(at)) => (injected.failure_at - at).num_milliseconds().max(0) as f64 / 1000.0,
         (Some(_), None) => (injected.failure_at - report.started).num_milliseconds() as f64 / 1000.0,
     };
+    let discarded_by_design = log_now
+        .iter()
+        .filter(|(id, at, _)| *at >= injected.keep_before && !present.contains(id))
+        .count() as u64;
     let target = opts.runbook.targets.rpo_seconds;
     report.rpo = Some(Rpo {
+        discarded_by_design,
         acknowledged: before.len() as u64,
         lost: lost.len() as u64,
         lost_archived,
@@ -1095,17 +1175,21 @@ async fn inject(
             }
             // And some more commits that only the server has.
             tokio::time::sleep(Duration::from_secs(2)).await;
-            let last = hash(&c, "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver").await?;
             let segment_size: u64 = hash(&c, "SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'")
                 .await?
                 .parse()
                 .unwrap_or(16 * 1024 * 1024);
-            let archived_until =
-                Segment::parse(last.get(..24).unwrap_or(""), segment_size).map(|s| s.next().start_lsn(segment_size));
+            let tli: u32 = hash(&c, "SELECT timeline_id::text FROM pg_control_checkpoint()")
+                .await?
+                .parse()
+                .unwrap_or(1);
             let failure_at = Utc::now();
             let t_fail = Instant::now();
             drop(c);
             kill_postmaster(production)?;
+            // What the recovery can have: read from its repository once nothing of the
+            // killed server (an archive_command half-way) can add to it.
+            let archived_until = archived_until(config_file, copy, tli, segment_size).await?;
             std::fs::remove_dir_all(production).with_context(|| format!("deleting {}", production.display()))?;
             if copy.is_some() {
                 // The primary region's repository is gone too: the drill's configuration

@@ -312,6 +312,13 @@ pub async fn execute(config: &Config, opts: &FailoverOptions, prepared: Prepared
         report.seconds = started.elapsed().as_secs_f64();
         return report;
     }
+    // Never past a failed check, whoever calls (a failed fence check leaves no plan
+    // worth acting on).
+    if let Err(e) = prepared.checks.require("failover") {
+        report.ok = false;
+        report.error = Some(format!("{e:#}"));
+        return report;
+    }
     // Queries through PgBouncer wait from here until the new primary takes them: the
     // old one is fenced meanwhile, and no client sees it refuse.
     let mut session = match prepared
@@ -551,17 +558,15 @@ async fn promote(
             loop {
                 let asked = async {
                     let c = target(config, &opts.to)?.connect(Some("postgres")).await?;
-                    let row = c
-                        .query_one(
-                            "SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() THEN '' ELSE substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) END",
-                            &[],
-                        )
-                        .await?;
-                    anyhow::Ok((row.get::<_, bool>(0), row.get::<_, String>(1)))
+                    let in_recovery: bool = c.query_one("SELECT pg_is_in_recovery()", &[]).await?.get(0);
+                    let tli = match in_recovery {
+                        true => None,
+                        false => crate::postgres::server::current_timeline(&c).await.ok(),
+                    };
+                    anyhow::Ok((in_recovery, tli))
                 };
                 match tokio::time::timeout(Duration::from_secs(10), asked).await {
                     Ok(Ok((false, tli))) => {
-                        let tli = u32::from_str_radix(&tli, 16).ok();
                         return Ok((
                             tli,
                             format!(

@@ -129,6 +129,7 @@ pub async fn create(config: &Config, opts: &StandbyOptions, say: &mut dyn FnMut(
         delta: false,
         tablespace_map: Default::default(),
         archive: true,
+        declare: true,
         jobs: opts.jobs,
         start: Some(opts.listen.clone()),
     };

@@ -524,7 +524,7 @@ pub async fn timeline_choice(
     info: &PhysicalInfo,
 ) -> Result<archive::TimelineChoice> {
     let branches = listing.branches(&repo.storage, &repo.keys, info.timeline).await?;
-    let declared = archive::declared_primaries(&repo.storage).await?;
+    let declared = archive::declarations(&repo.storage).await?;
     Ok(listing.choose_timeline(info.timeline, info.stop_lsn, &branches, &declared, info.segment_size))
 }
 

@@ -25,6 +25,9 @@ pub struct PgTarget {
     /// The CA certificates (PEM) that verify-ca/verify-full check the server against;
     /// `system` for the system's roots. libpq's default: ~/.postgresql/root.crt.
     pub sslrootcert: Option<String>,
+    /// libpq's `passfile` (or `PGPASSFILE`): where passwords are looked up, instead
+    /// of ~/.pgpass.
+    pub passfile: Option<String>,
 }
 
 impl std::fmt::Debug for PgTarget {
@@ -73,6 +76,7 @@ impl PgTarget {
             password: env("PGPASSWORD"),
             sslmode: env("PGSSLMODE"),
             sslrootcert: env("PGSSLROOTCERT"),
+            passfile: env("PGPASSFILE"),
         }
     }
 
@@ -117,6 +121,7 @@ impl PgTarget {
             user,
             sslmode,
             sslrootcert: tls.sslrootcert.or_else(|| env("PGSSLROOTCERT")),
+            passfile: tls.passfile.or_else(|| env("PGPASSFILE")),
         })
     }
 
@@ -144,7 +149,7 @@ impl PgTarget {
     fn password_for(&self, dbname: &str) -> Option<String> {
         self.password
             .clone()
-            .or_else(|| pgpass_lookup(&self.host, self.port, dbname, &self.user))
+            .or_else(|| pgpass_lookup(self.passfile.as_deref(), &self.host, self.port, dbname, &self.user))
     }
 
     /// Connect pgdr itself to `dbname` (the configured database if `None`). A failure
@@ -241,6 +246,9 @@ impl PgTarget {
         if let Some(root) = &self.sslrootcert {
             vars.push(("PGSSLROOTCERT".to_string(), root.clone()));
         }
+        if let Some(file) = &self.passfile {
+            vars.push(("PGPASSFILE".to_string(), file.clone()));
+        }
         vars
     }
 }
@@ -252,6 +260,8 @@ const SSL_MODES: [&str; 6] = ["disable", "allow", "prefer", "require", "verify-c
 struct TlsParams {
     sslmode: Option<String>,
     sslrootcert: Option<String>,
+    /// Not TLS, but like them unknown to tokio-postgres: libpq's password file.
+    passfile: Option<String>,
 }
 
 /// Take `sslmode` and `sslrootcert` out of a connection string (URL or key=value
@@ -265,6 +275,10 @@ fn take_tls_params(url: &str) -> (String, TlsParams) {
         }
         "sslrootcert" => {
             tls.sslrootcert = Some(value);
+            true
+        }
+        "passfile" => {
+            tls.passfile = Some(value);
             true
         }
         _ => false,
@@ -509,8 +523,8 @@ pub fn one_line(e: &tokio_postgres::Error) -> String {
 
 /// Look a password up in PGPASSFILE or ~/.pgpass, libpq's way (first match wins,
 /// `*` matches anything, `\` escapes).
-fn pgpass_lookup(host: &str, port: u16, dbname: &str, user: &str) -> Option<String> {
-    let path = env("PGPASSFILE")
+fn pgpass_lookup(passfile: Option<&str>, host: &str, port: u16, dbname: &str, user: &str) -> Option<String> {
+    let path = passfile
         .map(PathBuf::from)
         .or_else(|| env("HOME").map(|h| PathBuf::from(h).join(".pgpass")))?;
     let text = std::fs::read_to_string(path).ok()?;

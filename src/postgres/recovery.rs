@@ -72,6 +72,10 @@ pub struct RecoveryOptions {
     /// Keep WAL archiving on: the DBA says the restored server becomes the new
     /// primary. Off by default, so a copy never writes into the repository.
     pub archive: bool,
+    /// With `archive`: its first promotion declares its timeline production's (the
+    /// marker below). Off when the caller declares it itself, later (a recovery
+    /// runbook, at its switch).
+    pub declare: bool,
     /// With `archive`: archive with this command instead of the one the backup
     /// carries (a new primary restored from a copy archives into that copy).
     pub archive_command: Option<String>,
@@ -135,7 +139,14 @@ pub fn write(data_dir: &Path, opts: &RecoveryOptions, comment: &str) -> io::Resu
     out.push(format!("restore_command = {}", conf_literal(&opts.restore_command)));
     let marker = data_dir.join(NEW_PRIMARY_MARKER);
     if opts.archive {
-        std::fs::write(&marker, format!("{comment}\n"))?;
+        if opts.declare {
+            std::fs::write(&marker, format!("{comment}\n"))?;
+        } else {
+            match std::fs::remove_file(&marker) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
         if let Some(command) = &opts.archive_command {
             out.push(format!("archive_command = {}", conf_literal(command)));
         }
@@ -218,6 +229,7 @@ mod tests {
             primary_conninfo: None,
             primary_slot_name: None,
             archive: false,
+            declare: true,
             archive_command: None,
         };
         write(d.path(), &opts, "test").unwrap();

@@ -57,6 +57,15 @@ pub async fn setting(client: &Client, name: &str) -> Result<String> {
 
 /// Databases a full logical backup covers: every one that accepts connections,
 /// templates excluded.
+/// The timeline the server writes on now (a primary's, just promoted or not).
+pub async fn current_timeline(client: &Client) -> Result<u32> {
+    let hex: String = client
+        .query_one("SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)", &[])
+        .await?
+        .get(0);
+    u32::from_str_radix(&hex, 16).map_err(|e| anyhow::anyhow!("timeline {hex:?}: {e}"))
+}
+
 pub async fn databases(client: &Client) -> Result<Vec<String>> {
     let rows = client
         .query(

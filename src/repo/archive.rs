@@ -43,15 +43,35 @@ pub async fn list(storage: &DynStorage) -> Result<ArchiveListing> {
     Ok(listing)
 }
 
-/// Timelines that a `restore --archive` copy (a declared new primary) created: pgdr
-/// follows them even where their parent went on past the branch point.
-pub async fn declared_primaries(storage: &DynStorage) -> Result<BTreeSet<TimelineId>> {
-    Ok(storage
-        .list(layout::TIMELINES)
-        .await?
-        .iter()
-        .filter_map(|m| layout::parse_timeline_declaration(&m.key))
-        .collect())
+/// What was declared about timelines (`timelines/`).
+#[derive(Debug, Clone, Default)]
+pub struct Declarations {
+    /// Declared new primaries (`restore --archive`, a failover, a recovery's
+    /// switch): followed even where their parent went on past the branch point.
+    pub primary: BTreeSet<TimelineId>,
+    /// Made by a recovery attempt that was given up and redone: never followed.
+    pub abandoned: BTreeSet<TimelineId>,
+}
+
+impl Declarations {
+    pub fn primaries(primary: BTreeSet<TimelineId>) -> Declarations {
+        Declarations {
+            primary,
+            abandoned: BTreeSet::new(),
+        }
+    }
+}
+
+pub async fn declarations(storage: &DynStorage) -> Result<Declarations> {
+    let mut d = Declarations::default();
+    for m in storage.list(layout::TIMELINES).await? {
+        if let Some(tli) = layout::parse_timeline_declaration(&m.key) {
+            d.primary.insert(tli);
+        } else if let Some(tli) = layout::parse_timeline_abandoned(&m.key) {
+            d.abandoned.insert(tli);
+        }
+    }
+    Ok(d)
 }
 
 /// How far a recovery must be able to replay.
@@ -181,9 +201,10 @@ impl ArchiveListing {
         from: TimelineId,
         backup_end: Lsn,
         branches: &[Branch],
-        declared: &BTreeSet<TimelineId>,
+        declarations: &Declarations,
         segment_size: u64,
     ) -> TimelineChoice {
+        let declared = &declarations.primary;
         let mut current = from;
         let mut forks = Vec::new();
         let mut unreachable_primary = Vec::new();
@@ -192,6 +213,13 @@ impl ArchiveListing {
         loop {
             let mut next: Option<(TimelineId, String)> = None;
             for b in branches.iter().filter(|b| b.parent == current) {
+                if declarations.abandoned.contains(&b.tli) && !declared.contains(&b.tli) {
+                    forks.push(format!(
+                        "timeline {} branched off {current} at {} by a recovery attempt that was given up — not followed",
+                        b.tli, b.switch
+                    ));
+                    continue;
+                }
                 if current == from && b.switch < backup_end {
                     if declared.contains(&b.tli) {
                         unreachable_primary.push((b.tli, b.switch));
@@ -531,11 +559,11 @@ mod tests {
             parent: 1,
             switch: "0/3000100".parse().unwrap(),
         };
-        let none = BTreeSet::new();
+        let none = Declarations::default();
         let c = l.choose_timeline(1, Lsn(0x2000128), &[fork], &none, SZ);
         assert_eq!(c.followed, 1);
         assert_eq!(c.forks.len(), 1, "{c:?}");
-        let declared: BTreeSet<_> = [2].into();
+        let declared = Declarations::primaries([2].into());
         assert_eq!(l.choose_timeline(1, Lsn(0x2000128), &[fork], &declared, SZ).followed, 2);
         let takeover = Branch {
             tli: 2,
@@ -554,6 +582,14 @@ mod tests {
         // A backup that ends exactly at the branch point can still follow it.
         let c = l.choose_timeline(1, fork.switch, &[fork], &declared, SZ);
         assert_eq!(c.followed, 2, "{c:?}");
+        // A takeover that an interrupted recovery made and then gave up: not followed.
+        let abandoned = Declarations {
+            primary: BTreeSet::new(),
+            abandoned: [2].into(),
+        };
+        let c = l.choose_timeline(1, Lsn(0x2000128), &[takeover], &abandoned, SZ);
+        assert_eq!(c.followed, 1, "{c:?}");
+        assert!(c.forks[0].contains("given up"), "{c:?}");
     }
 
     /// A name that is not a segment of this size (low part past 0xFF) sorts between

@@ -174,6 +174,18 @@ pub fn timeline_declaration(tli: u32) -> ObjectKey {
     key(format!("{TIMELINES}{tli:08X}.primary"))
 }
 
+/// A timeline a recovery attempt made and gave up: `timelines/<TLI>.abandoned`.
+pub fn timeline_abandoned(tli: u32) -> ObjectKey {
+    key(format!("{TIMELINES}{tli:08X}.abandoned"))
+}
+
+pub fn parse_timeline_abandoned(key: &ObjectKey) -> Option<u32> {
+    let name = key.as_str().strip_prefix(TIMELINES)?.strip_suffix(".abandoned")?;
+    (name.len() == 8 && name.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| u32::from_str_radix(name, 16).ok())
+        .flatten()
+}
+
 pub fn parse_timeline_declaration(key: &ObjectKey) -> Option<u32> {
     let name = key.as_str().strip_prefix(TIMELINES)?.strip_suffix(".primary")?;
     (name.len() == 8 && name.bytes().all(|b| b.is_ascii_hexdigit()))

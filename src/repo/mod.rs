@@ -191,6 +191,16 @@ impl Repo {
     /// Record timeline `tli` as production's: `latest` follows it from here on, even
     /// where its parent went on past the branch point. `by` says who declared it.
     pub async fn declare_primary_timeline(&self, tli: u32, by: &str) -> Result<()> {
+        self.declare_timeline(&layout::timeline_declaration(tli), tli, by).await
+    }
+
+    /// Record that timeline `tli` was made by a recovery attempt that was given up:
+    /// no later restore follows it.
+    pub async fn abandon_timeline(&self, tli: u32, by: &str) -> Result<()> {
+        self.declare_timeline(&layout::timeline_abandoned(tli), tli, by).await
+    }
+
+    async fn declare_timeline(&self, key: &crate::storage::ObjectKey, tli: u32, by: &str) -> Result<()> {
         let body = serde_json::to_vec(&serde_json::json!({
             "timeline": tli,
             "declared": chrono::Utc::now(),
@@ -198,12 +208,7 @@ impl Repo {
         }))
         .expect("declaration serialises");
         self.store()
-            .bytes(
-                &layout::timeline_declaration(tli),
-                "timeline",
-                body,
-                crate::storage::PutMode::Overwrite,
-            )
+            .bytes(key, "timeline", body, crate::storage::PutMode::Overwrite)
             .await
             .map(|_| ())
     }

@@ -9,6 +9,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, anyhow};
 use serde::{Deserialize, Serialize};
 
+use super::globals;
 use crate::config::Config;
 use crate::pipeline;
 use crate::postgres::conn::db_err;
@@ -41,12 +42,24 @@ pub struct LogicalRestoreOptions {
     pub globals: bool,
     /// Roles and tablespaces only.
     pub globals_only: bool,
+    /// Tablespaces created elsewhere than the backup's cluster had them: (name, dir).
+    pub tablespace_map: Vec<(String, String)>,
+    /// Leave tablespaces out: none created, every object in the default one.
+    pub no_tablespaces: bool,
 }
 
 impl LogicalRestoreOptions {
     pub fn check(&self) -> Result<()> {
         if self.jobs == 0 {
             return Err(usage!("--jobs must be at least 1"));
+        }
+        if !self.tablespace_map.is_empty() && self.no_tablespaces {
+            return Err(usage!("--tablespace-map and --no-tablespaces: give one"));
+        }
+        for (_, dir) in &self.tablespace_map {
+            if !dir.starts_with('/') {
+                return Err(usage!("--tablespace-map: {dir:?} is not an absolute path"));
+            }
         }
         Ok(())
     }
@@ -60,6 +73,9 @@ pub struct LogicalRestoreReport {
     /// Statements of the roles/tablespaces script that failed (roles that exist).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub globals_statements_failed: Option<usize>,
+    /// Each of them: the statement and PostgreSQL's error, one line each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub globals_failures: Vec<String>,
     #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
     pub database: Option<DatabaseRestored>,
 }
@@ -80,10 +96,13 @@ impl fmt::Display for LogicalRestoreReport {
         let mut lines = Vec::new();
         match self.globals_statements_failed {
             Some(0) => lines.push(format!("restored roles and tablespaces from {}", self.backup)),
-            Some(failed) => lines.push(format!(
-                "restored roles and tablespaces from {} ({failed} statement(s) failed, usually roles that already exist; see PGDR_LOG=debug)",
-                self.backup
-            )),
+            Some(failed) => {
+                lines.push(format!(
+                    "restored roles and tablespaces from {} ({failed} statement(s) failed, usually roles that already exist):",
+                    self.backup
+                ));
+                lines.extend(self.globals_failures.iter().map(|f| format!("  {f}")));
+            }
             None => {}
         }
         if let Some(d) = &self.database {
@@ -136,11 +155,13 @@ async fn restore_leased(
     let mut report = LogicalRestoreReport {
         backup: manifest.label.clone(),
         globals_statements_failed: None,
+        globals_failures: Vec::new(),
         database: None,
     };
     if opts.globals || opts.globals_only {
-        let failed = restore_globals(&repo, manifest, &tools, &target).await?;
-        report.globals_statements_failed = Some(failed);
+        let failed = restore_globals(&repo, manifest, &tools, &target, opts).await?;
+        report.globals_statements_failed = Some(failed.len());
+        report.globals_failures = failed;
         if opts.globals_only {
             return Ok(report);
         }
@@ -177,6 +198,7 @@ async fn restore_leased(
         to: &to,
         clean: opts.clean,
         no_owner: opts.no_owner,
+        no_tablespaces: opts.no_tablespaces,
         jobs,
         tables,
     };
@@ -295,6 +317,7 @@ struct DumpRestore<'a> {
     to: &'a str,
     clean: bool,
     no_owner: bool,
+    no_tablespaces: bool,
     jobs: u32,
     /// `--table` filters, as (schema, name).
     tables: &'a [(String, String)],
@@ -316,6 +339,7 @@ async fn restore_dump(
         to,
         clean,
         no_owner,
+        no_tablespaces,
         jobs,
         tables,
     } = *job;
@@ -329,6 +353,9 @@ async fn restore_dump(
     }
     if no_owner {
         cmd.arg("--no-owner");
+    }
+    if no_tablespaces {
+        cmd.arg("--no-tablespaces");
     }
     for (schema, name) in tables {
         cmd.arg(format!("--schema={schema}")).arg(format!("--table={name}"));
@@ -429,9 +456,17 @@ async fn feed_tool(
     }
 }
 
-/// Roles and tablespaces through psql. Statements that fail (typically roles that
-/// already exist) are counted, not fatal.
-async fn restore_globals(repo: &Repo, manifest: &Manifest, tools: &PgTools, target: &PgTarget) -> Result<usize> {
+/// Roles and tablespaces through psql, with tablespaces moved (`--tablespace-map`)
+/// or left out (`--no-tablespaces`). Statements that fail (typically roles that
+/// already exist) are named, one line each, and are not fatal; a tablespace that
+/// could not be created is: the database restore would fail on it.
+async fn restore_globals(
+    repo: &Repo,
+    manifest: &Manifest,
+    tools: &PgTools,
+    target: &PgTarget,
+    opts: &LogicalRestoreOptions,
+) -> Result<Vec<String>> {
     let name = manifest
         .globals
         .as_ref()
@@ -439,15 +474,53 @@ async fn restore_globals(repo: &Repo, manifest: &Manifest, tools: &PgTools, targ
     let record = manifest
         .object(name)
         .ok_or_else(|| anyhow!("the manifest lists no object {name}"))?;
-    let mut cmd = tools.command("psql", target, None)?;
-    cmd.args(["-X", "-q", "--no-password", "-v", "ON_ERROR_STOP=0", "-f", "-"]);
-    let sink = ChildWriter::spawn("psql", cmd)?;
-    let waiter = sink.waiter();
     let key = layout::backup_object(&manifest.label, name)?;
-    feed_tool(repo, &key, record, sink, None)
-        .await
-        .context("restoring roles and tablespaces")?;
-    Ok(waiter.stderr().wait().iter().filter(|l| l.contains("ERROR:")).count())
+    let (script, _, _) = pipeline::load_whole_to_writer(
+        &repo.storage,
+        &key,
+        Vec::new(),
+        &repo.keys,
+        pipeline::Verify::Record(record),
+    )
+    .await
+    .context("reading the roles and tablespaces script")?;
+    let script = String::from_utf8_lossy(&script);
+    let script = globals::place_tablespaces(&script, &opts.tablespace_map, opts.no_tablespaces)?;
+    let mut cmd = tools.command("psql", target, None)?;
+    // -b: psql names each failed statement after its error.
+    cmd.args(["-X", "-q", "-b", "--no-password", "-v", "ON_ERROR_STOP=0", "-f", "-"]);
+    // Every line of stderr is read (not a tail): each failed statement is named.
+    cmd.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| anyhow!("cannot start psql: {e}"))?;
+    let mut stdin = child.stdin.take().ok_or_else(|| anyhow!("psql has no stdin"))?;
+    let feeder = std::thread::spawn(move || {
+        use std::io::Write;
+        stdin.write_all(script.as_bytes())
+    });
+    let out = child.wait_with_output().context("running psql")?;
+    let fed = feeder.join().map_err(|_| anyhow!("feeding psql panicked"))?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        return Err(anyhow!(
+            "psql failed ({}) restoring roles and tablespaces: {}",
+            out.status,
+            stderr.lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim()
+        ));
+    }
+    fed.context("feeding the roles and tablespaces script to psql")?;
+    let lines: Vec<String> = stderr.lines().map(str::to_string).collect();
+    let failures = globals::failures(&lines);
+    if let Some(bad) = failures.iter().find(|f| f.is_tablespace && !f.already_exists()) {
+        return Err(anyhow!(
+            "tablespace {} could not be created: {} — create its directory (empty, owned by the server's user) on this host, put it elsewhere with --tablespace-map {}=DIR, or leave tablespaces out with --no-tablespaces",
+            bad.tablespace.as_deref().unwrap_or("?"),
+            bad.error,
+            bad.tablespace.as_deref().unwrap_or("NAME")
+        ));
+    }
+    Ok(failures.iter().map(|f| f.to_string()).collect())
 }
 
 /// Differences between expected and actual row counts, one phrase each.
@@ -487,6 +560,7 @@ mod tests {
         let globals_only = LogicalRestoreReport {
             backup: label.clone(),
             globals_statements_failed: Some(2),
+            globals_failures: Vec::new(),
             database: None,
         };
         let text = serde_json::to_string(&globals_only).unwrap();
@@ -497,6 +571,7 @@ mod tests {
         let full = LogicalRestoreReport {
             backup: label,
             globals_statements_failed: None,
+            globals_failures: Vec::new(),
             database: Some(DatabaseRestored {
                 database: "app".into(),
                 to_database: "app2".into(),

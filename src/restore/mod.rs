@@ -1,10 +1,11 @@
 //! Restore as a library: the target a recovery is asked for (`target`), the backup it
 //! starts from (`choose`), a logical restore (`logical`: a dump into pg_restore, row
-//! counts checked) and a physical one (`physical`: plan, lay the files down, recovery
+//! counts checked; its roles and tablespaces script through `globals`) and a physical one (`physical`: plan, lay the files down, recovery
 //! settings, start). The bundles and tars themselves are `crate::physical`; starting
 //! and watching the server is `crate::server`.
 
 pub mod choose;
+pub mod globals;
 pub mod logical;
 pub mod physical;
 pub mod report;

@@ -97,6 +97,9 @@ pub struct PhysicalRestoreOptions {
     pub tablespace_map: BTreeMap<String, PathBuf>,
     /// Keep archiving on: the restored server is the new primary.
     pub archive: bool,
+    /// With `archive`: its promotion declares its timeline production's. Off for a
+    /// recovery runbook, which declares it at its switch.
+    pub declare: bool,
     /// Parallel restore workers.
     pub jobs: usize,
     /// Start the server and wait for its recovery to end.
@@ -428,6 +431,7 @@ async fn execute_leased(
         primary_conninfo: opts.primary_conninfo.clone(),
         primary_slot_name: opts.primary_slot_name.clone(),
         archive: opts.archive,
+        declare: opts.declare,
         // Restored from a copy, a new primary archives into that copy: the primary
         // region may be gone.
         archive_command: match config.selected_repository() {
@@ -448,11 +452,11 @@ async fn execute_leased(
     let restore_secs = started.elapsed().as_secs_f64();
     say(if opts.archive {
         format!(
-            "archiving stays on: this copy will archive its new timeline into {} as the new primary",
+            "archiving stays on: this copy will archive its new timeline into {} as the new primary, and it keeps production's subscriptions and scheduled jobs",
             repo.storage.describe()
         )
     } else {
-        "archiving is off in the restored copy (archive_mode = off), so it cannot write into the repository; restore with --archive for a new primary".to_string()
+        "archiving is off in the restored copy (archive_mode = off), so it cannot write into the repository, and no subscription or pg_cron job runs in it (max_logical_replication_workers = 0, cron.launch_active_jobs = off); restore with --archive for a new primary".to_string()
     });
 
     let wal_until = plan.wal_until();

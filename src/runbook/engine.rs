@@ -30,7 +30,13 @@ pub struct RecoverOptions {
     /// Where progress is kept for a resumed run.
     pub state_file: PathBuf,
     pub jobs: usize,
+    /// Resume an unfinished recovery whose state was last written long ago.
+    pub resume: bool,
 }
+
+/// An unfinished state older than this is not resumed without `--resume`: it may be
+/// an earlier incident a DBA finished by hand.
+const STALE_STATE: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -299,6 +305,20 @@ pub async fn prepare(config: &Config, opts: &RecoverOptions) -> Result<Prepared>
                     opts.state_file.display()
                 ));
             }
+            let age = std::fs::metadata(&opts.state_file)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .unwrap_or_default();
+            if age > STALE_STATE && !opts.resume {
+                return Err(crate::usage!(
+                    "an unfinished recovery ({}, started {}) was last written {} h ago in {} — if it is this incident, run again with --resume; if it was finished by hand, move the state file away to start a new one",
+                    old.id,
+                    old.started.format("%Y-%m-%d %H:%M:%S UTC"),
+                    age.as_secs() / 3600,
+                    opts.state_file.display()
+                ));
+            }
             old
         }
         _ => fresh,
@@ -436,7 +456,7 @@ pub async fn execute(
             pinned_timeline: pinned,
         };
         let outcome = async {
-            if interrupted && let Some(undone) = steps::undo_partial(step, &mut cx, &created, &recovery_id)? {
+            if interrupted && let Some(undone) = steps::undo_partial(step, &mut cx, &created, &recovery_id).await? {
                 (cx.say)(undone);
             }
             steps::run(step, &runbook.checks, &mut cx).await

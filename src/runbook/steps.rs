@@ -139,6 +139,9 @@ pub fn restore_options(
         tablespace_map: Default::default(),
         // A scratch copy never archives into the repository; a new primary does.
         archive: !scratch,
+        // Declared production's at the switch, not at promotion: an attempt given up
+        // before it is never followed.
+        declare: false,
         jobs,
         start: Some(Listen {
             port,
@@ -198,6 +201,22 @@ pub fn absent(path: &Path) -> Result<bool> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
         Err(e) => Err(anyhow!("cannot tell whether {} exists: {e}", path.display())),
     }
+}
+
+/// The timeline a restored directory promoted onto, past the one it `followed`: its
+/// own newest history file in pg_wal (a recovery that follows a fixed timeline never
+/// fetches a higher one).
+fn promoted_timeline(dir: &Path, followed: crate::postgres::TimelineId) -> Option<crate::postgres::TimelineId> {
+    std::fs::read_dir(dir.join("pg_wal"))
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let tli = name.strip_suffix(".history")?;
+            (tli.len() == 8).then(|| u32::from_str_radix(tli, 16).ok()).flatten()
+        })
+        .filter(|t| *t > followed)
+        .max()
 }
 
 /// Remove everything inside `dir`, keeping `dir`.
@@ -291,12 +310,28 @@ pub fn check_undo_allowed(dir: &Path, created: &[Made], id: &str) -> Result<()> 
 /// data directory, a server it started) so that it can run again from the start.
 /// Only what this recovery recorded as made by it is removed; anything else is a
 /// refusal that says what to do.
-pub fn undo_partial(step: &Step, cx: &mut StepCx<'_>, created: &[Made], id: &str) -> Result<Option<String>> {
+pub async fn undo_partial(step: &Step, cx: &mut StepCx<'_>, created: &[Made], id: &str) -> Result<Option<String>> {
     match step.op {
         Op::Restore | Op::Standby => {
             let dir = PathBuf::from(step.param("to", cx.inputs));
             if !absent(&dir)? {
                 check_undo_allowed(&dir, created, id)?;
+                // A timeline the attempt promoted onto is given up with it: no later
+                // restore may follow it.
+                let abandoned = match (step.op, cx.pinned_timeline) {
+                    (Op::Restore, Some(followed)) => promoted_timeline(&dir, followed),
+                    _ => None,
+                };
+                if let Some(tli) = abandoned {
+                    crate::repo::Repo::open(cx.config)
+                        .await?
+                        .abandon_timeline(tli, &format!("pgdr recover {id}: an interrupted attempt, redone"))
+                        .await
+                        .with_context(|| format!("recording timeline {tli} of the interrupted attempt as abandoned"))?;
+                    (cx.say)(format!(
+                        "timeline {tli}, made by the interrupted attempt, is recorded as abandoned"
+                    ));
+                }
                 // Emptied, not removed: the directory stays the one recorded as made.
                 stop_immediate(cx.config, &dir);
                 empty_dir(&dir)?;
@@ -369,10 +404,11 @@ pub async fn describe(step: &Step, config: &Config, inputs: &BTreeMap<String, St
             let opts = restore_options(step, inputs, jobs, port)?;
             let plan = physical::plan(config, &opts).await?;
             let role = if p("role") == "scratch" {
-                "a scratch copy (private socket, no archiving, removed at the end)".to_string()
+                "a scratch copy (private socket, no archiving, no subscriptions or pg_cron jobs, removed at the end)"
+                    .to_string()
             } else {
                 format!(
-                    "the new primary, listening on {}:{} and archiving into {}",
+                    "the new primary, listening on {}:{}, archiving into {} and keeping production's subscriptions and scheduled jobs (its timeline is declared production's at the switch)",
                     opts.start.as_ref().map(|l| l.addresses.clone()).unwrap_or_default(),
                     port,
                     config.repository.url
@@ -643,7 +679,20 @@ pub async fn run(step: &Step, checks: &[super::Check], cx: &mut StepCx<'_>) -> R
             if let Some(e) = &report.error {
                 return Err(anyhow!("switching to {to} failed: {e}"));
             }
-            Ok(format!("application connections go to {to}"))
+            // Production's from now on: `latest` follows its timeline.
+            let new = server(cx, step, "to")?.clone();
+            let c = new.target(config)?.connect(Some("postgres")).await?;
+            let tli = crate::postgres::server::current_timeline(&c).await?;
+            let declared = match crate::repo::Repo::open(config).await {
+                Ok(repo) => repo.declare_primary_timeline(tli, "pgdr recover (switch)").await,
+                Err(e) => Err(e),
+            };
+            Ok(match declared {
+                Ok(()) => format!("application connections go to {to}; its timeline {tli} is declared production's"),
+                Err(e) => format!(
+                    "application connections go to {to}; WARNING: its timeline {tli} could not be declared in the repository ({e:#}) — until it is, `restore --target latest` may not follow it"
+                ),
+            })
         }
         Op::CopyBack => {
             let from = server(cx, step, "from")?.clone();
@@ -800,7 +849,16 @@ async fn copy_back(
         .connect(Some(db))
         .await
         .context("connecting to the scratch copy")?;
-    if !table_exists(&from, table).await? {
+    // An earlier, interrupted run of this step may have renamed it in the scratch
+    // copy already: it goes on from there.
+    let renamed_before = match rename {
+        Some(new) if !table_exists(&from, table).await? && table_exists(&from, new).await? => {
+            qualified = format!("{}.{}", quote_ident(&new.0), quote_ident(&new.1));
+            true
+        }
+        _ => false,
+    };
+    if !renamed_before && !table_exists(&from, table).await? {
         return Err(crate::usage!(
             "{shown} does not exist in the database as it was at the target time — check the table name and --target-time"
         ));
@@ -836,7 +894,10 @@ async fn copy_back(
                 "{new_shown} already exists in the live database — choose another name in --restore-as"
             ));
         }
-        rename_in_scratch(&mut from, table, new).await?;
+        if !renamed_before {
+            rename_in_scratch(&mut from, table, new).await?;
+            crate::process::crash_point("copy-back-renamed");
+        }
         qualified = new_qualified;
         whole_as = Some(new_shown);
     }

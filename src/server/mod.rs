@@ -247,8 +247,19 @@ fn fatal_line(log: &Path) -> String {
         .unwrap_or_else(|| format!("see {}", log.display()))
 }
 
-/// A free TCP port on 127.0.0.1 (for a scratch or newly made server).
+/// A free TCP port on 127.0.0.1 (for a scratch or newly made server), below the
+/// kernel's ephemeral range: a port from there may be taken by any outgoing
+/// connection before the server binds it.
 pub fn free_port() -> Result<u16> {
+    const LOW: u16 = 15000;
+    const SPAN: u16 = 17000;
+    let start = rand::random::<u16>() % SPAN;
+    for i in 0..SPAN {
+        let port = LOW + (start + i) % SPAN;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 

@@ -311,13 +311,16 @@ impl Lineage {
             return events;
         }
         let needed: usize = order.iter().map(|t| counts[t]).sum();
-        let single = order.len() == 1;
+        // A truncation or rewrite gives each of the table's files a new one, and
+        // nothing else: exactly as many new files as it dropped. A transaction that
+        // also creates other files (DROP TABLE t; CREATE TABLE u) cannot be told from
+        // it, and is ambiguous, never "truncated".
         if creates.is_empty() {
             for t in order {
                 self.tables[t].heap = None;
                 events.push(event(t, Change::Dropped, 0));
             }
-        } else if single || (needed <= creates.len() && unknown_dropped == 0) {
+        } else if needed == creates.len() && unknown_dropped == 0 {
             let mut next = 0;
             for t in order {
                 let start = next.min(creates.len() - 1);
@@ -555,5 +558,25 @@ mod tests {
         assert_eq!(l.find("public.t1", None), vec![0]);
         assert_eq!(l.find("t2", Some("postgres")), vec![1]);
         assert!(l.find("t2", Some("other")).is_empty());
+    }
+
+    /// Issue 25: DROP TABLE t1 and a CREATE TABLE of something else in one
+    /// transaction. Before, the one dropped table took the new file as its heap and
+    /// was reported "truncated" (and the other table's later changes under its name).
+    #[test]
+    fn a_drop_with_other_files_created_is_ambiguous_not_truncated() {
+        let mut l = lineage();
+        // t1's four files go; two unrelated files (a new table and its key) come.
+        l.apply(create(901, 0x100, 16600));
+        l.apply(create(901, 0x101, 16601));
+        let e = l.apply(commit(
+            901,
+            0x200,
+            "base/5/16384 base/5/16387 base/5/16388 base/5/16389",
+        ));
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].ambiguous.is_some(), "{e:?}");
+        assert_ne!(l.tables[0].heap, Some((1663, 5, 16600)));
+        assert_eq!(l.tables[0].heap, None);
     }
 }

@@ -291,7 +291,7 @@ async fn route(
         Some(t) => t,
         None => {
             let branches = listing.branches(&repo.storage, &repo.keys, base.timeline).await?;
-            let declared = archive::declared_primaries(&repo.storage).await?;
+            let declared = archive::declarations(&repo.storage).await?;
             let choice = listing.choose_timeline(base.timeline, base.start, &branches, &declared, seg);
             warnings.extend(choice.forks.iter().map(|f| format!("not searched: {f}")));
             choice.followed
@@ -463,7 +463,15 @@ pub async fn search(config: &Config, opts: &SearchOptions) -> Result<SearchRepor
         .await?;
     let mut matches: Vec<Match> = events
         .into_iter()
-        .filter(|e| opts.changes.contains(&e.change))
+        // An ambiguous drop-or-truncate answers a search for either.
+        .filter(|e| {
+            opts.changes.contains(&e.change)
+                || e.ambiguous.is_some()
+                    && opts
+                        .changes
+                        .iter()
+                        .any(|c| matches!(c, Change::Dropped | Change::Truncated))
+        })
         .filter(|e| e.time >= since && opts.until.is_none_or(|u| e.time <= u))
         .filter(|e| !matches!(e.change, Change::Deleted | Change::Updated) || e.rows >= opts.min_rows.max(1))
         .map(|e| {

@@ -57,8 +57,29 @@ pub fn pg_bin() -> PathBuf {
     .clone()
 }
 
+/// A port for a test's server. Taken below the kernel's ephemeral range (32768 and
+/// up, where every outgoing connection also takes its local port, so a port handed
+/// out from there can be gone before the server binds it), walking a range from a
+/// place of this process's own, each one checked free on 127.0.0.1 and handed out
+/// once.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 15000;
+    const SPAN: u32 = 17000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        (std::process::id() * 397) % SPAN,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..SPAN {
+        let port = (LOW + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {LOW}..{}", LOW + SPAN);
 }
 
 /// A private directory that the `postgres` user can use too.

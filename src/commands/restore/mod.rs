@@ -29,6 +29,17 @@ pub async fn run(ctx: &Ctx, args: RestoreArgs) -> Result<Exit> {
         no_owner: args.no_owner,
         globals: args.globals,
         globals_only: args.globals_only,
+        tablespace_map: args
+            .tablespace_map
+            .iter()
+            .map(|m| {
+                m.split_once('=')
+                    .filter(|(n, d)| !n.is_empty() && !d.is_empty())
+                    .map(|(n, d)| (n.to_string(), d.to_string()))
+                    .ok_or_else(|| crate::usage!("--tablespace-map {m:?}: expected NAME=DIR"))
+            })
+            .collect::<Result<Vec<_>>>()?,
+        no_tablespaces: args.no_tablespaces,
     };
     opts.check()?;
     let report = logical::run(&ctx.config, &opts).await?;

@@ -52,8 +52,15 @@ pub async fn run(ctx: &Ctx, args: RestoreArgs) -> Result<Exit> {
         primary_conninfo: args.primary_conninfo,
         primary_slot_name: None,
         delta: args.delta,
-        tablespace_map: physical::parse_tablespace_map(&args.tablespace_map)?,
+        tablespace_map: if args.no_tablespaces {
+            return Err(crate::usage!(
+                "--no-tablespaces is for logical restores: a physical restore keeps its tablespaces (move them with --tablespace-map OID=DIR)"
+            ));
+        } else {
+            physical::parse_tablespace_map(&args.tablespace_map)?
+        },
         archive: args.archive,
+        declare: true,
         jobs: args
             .jobs
             .map(|j| j as usize)
