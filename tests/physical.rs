@@ -642,3 +642,45 @@ fn a_restored_copy_runs_no_subscription() {
         "the copy started an apply worker:\n{log}"
     );
 }
+
+/// Issue 25: paths in `pg_ctl -o` are quoted. A data directory and a socket directory
+/// with a space in their names start (before, `-k /x/my sock` split in two and the
+/// server did not start).
+#[test]
+fn a_restore_into_a_path_with_a_space_starts() {
+    let a = Archiving::start();
+    a.cluster
+        .psql("postgres", "CREATE TABLE t AS SELECT g FROM generate_series(1, 500) g");
+    a.pgdr.ok(&["backup", "--kind", "physical"]);
+    a.switch_and_wait();
+    let dir = TestDir::new();
+    chown_postgres(dir.path());
+    let data = dir.join("my data");
+    let sock = pg_owned_dir(&dir.join("my sock"));
+    let port = free_port();
+    let out = a.pgdr.run(&[
+        "restore",
+        "--kind",
+        "physical",
+        "--to",
+        data.to_str().unwrap(),
+        "--start",
+        "--port",
+        &port.to_string(),
+        "--socket-dir",
+        sock.to_str().unwrap(),
+    ]);
+    let copy = Restored {
+        dir,
+        data,
+        port,
+        output: String::new(),
+    };
+    assert_success(&out, "pgdr restore into 'my data'");
+    assert_eq!(copy.psql("postgres", "SELECT count(*) FROM t"), "500");
+    assert!(
+        sock.join(format!(".s.PGSQL.{port}")).exists(),
+        "no socket in {}",
+        sock.display()
+    );
+}
