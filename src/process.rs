@@ -5,15 +5,15 @@
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 
-/// Raise the soft open-file limit to the hard one (capped at 65,536), as Go programs
-/// do at start: a cron or systemd environment often has a soft limit of 1,024 with far
-/// more allowed, and a backup with many parallel streams should not fail on it.
 /// `value` as one word for `sh` (`pg_ctl -o` passes its options through the shell):
 /// single-quoted, a single quote inside written `'\''`.
 pub fn sh_quote(value: &str) -> String {
     format!("'{}'", value.replace('\'', "'\\''"))
 }
 
+/// Raise the soft open-file limit to the hard one (capped at 65,536), as Go programs
+/// do at start: a cron or systemd environment often has a soft limit of 1,024 with far
+/// more allowed, and a backup with many parallel streams should not fail on it.
 pub fn raise_open_file_limit() {
     let mut lim = libc::rlimit {
         rlim_cur: 0,

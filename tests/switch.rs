@@ -794,3 +794,46 @@ fn a_standby_that_cannot_catch_up_needs_accept_data_loss() {
     assert_eq!(report["rpo"]["rpo"], "lost", "{report}");
     assert_eq!(f.standby.psql("app", "SELECT count(*) FROM t"), "100");
 }
+
+/// The standby streams no more and the old primary's last WAL was never archived:
+/// the checks pass (it has a restore_command), the old primary is stopped, and only
+/// then does catch-up fall short. Nothing is promoted: the fence is taken back (the
+/// old primary started again with the options it ran with) and PgBouncer resumes
+/// there, so the application keeps writing to it.
+#[test]
+fn a_catch_up_that_falls_short_takes_the_fence_back() {
+    let f = FailoverSetup::new(BouncerLayout::Owned);
+    f.standby.psql(
+        "postgres",
+        "ALTER SYSTEM SET primary_conninfo = 'host=127.0.0.1 port=1'; SELECT pg_reload_conf()",
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while f.standby.psql(
+        "postgres",
+        "SELECT count(*) FROM pg_stat_wal_receiver WHERE status = 'streaming'",
+    ) != "0"
+    {
+        assert!(std::time::Instant::now() < deadline, "the standby still streams");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Written on the old primary only, in a segment not yet archived.
+    f.a.cluster
+        .psql("app", "INSERT INTO t SELECT g FROM generate_series(1, 500) g");
+    let ini_before = std::fs::read(f.bouncer.databases_file()).unwrap();
+    let data = f.a.cluster.data.to_str().unwrap().to_string();
+    let out = f.failover(&["--old-data-dir", &data, "--yes", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let report = json(&out);
+    assert_eq!(report["ok"], false, "{report}");
+    let error = report["error"].as_str().unwrap();
+    assert!(
+        error.contains("the fence was taken back") && error.contains("--accept-data-loss"),
+        "{report}"
+    );
+    assert_eq!(report["rpo"]["rpo"], "lost", "{report}");
+    // The old primary serves again, through PgBouncer too; the standby is one still.
+    f.assert_untouched(&ini_before);
+    let through = f.bouncer.psql("app", "SELECT count(*) FROM t");
+    assert_eq!(String::from_utf8_lossy(&through.stdout).trim(), "600", "{through:?}");
+    pg_ctl_stop(&f.a.cluster.data);
+}

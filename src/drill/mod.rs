@@ -280,35 +280,11 @@ fn chown_postgres(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The password in the drill's password file (`*:*:*:postgres:PASSWORD`).
-fn password_of(pgpass: &Path) -> Result<String> {
-    let text = std::fs::read_to_string(pgpass).with_context(|| format!("reading {}", pgpass.display()))?;
-    text.trim()
-        .strip_prefix("*:*:*:postgres:")
-        .map(str::to_string)
-        .ok_or_else(|| anyhow!("{} is not the drill's password file", pgpass.display()))
-}
-
 /// A new file only its owner (postgres) can read.
 fn write_private(path: &Path, text: &str) -> Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
+    let mut f = crate::disk::create_private_file(path).with_context(|| format!("creating {}", path.display()))?;
     f.write_all(text.as_bytes())?;
-    chown_postgres(path)
-}
-
-fn private_dir(path: &Path) -> Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(path)
-        .with_context(|| format!("creating {}", path.display()))?;
     chown_postgres(path)
 }
 
@@ -523,6 +499,9 @@ fn kill_postmaster(data: &Path) -> Result<()> {
         .trim()
         .parse()
         .context("postmaster.pid")?;
+    if pid <= 1 {
+        return Err(anyhow!("postmaster.pid names pid {pid}: not a server to kill"));
+    }
     // SAFETY: getpgid and kill have no memory-safety preconditions.
     let group = unsafe { libc::getpgid(pid) };
     let target = if group == pid { -pid } else { pid };
@@ -804,12 +783,12 @@ async fn drill_body(
     let sock = env.path("sock");
     let result = async {
         // 1. The scratch production.
-        log.step("production", async {
-            private_dir(&sock)?;
-            private_dir(&env.path("spool"))?;
+        let password = log.step("production", async {
+            crate::disk::create_server_dir(&sock)?;
+            crate::disk::create_server_dir(&env.path("spool"))?;
             // Trust only on the private socket; over TCP a password (scram), which
             // only this drill holds: its postgres user can read the repository key.
-            env.make_password()?;
+            let password = env.make_password()?;
             let mut initdb = tokio::process::Command::new(tools.path("initdb")?);
             initdb
                 .arg("-D")
@@ -850,7 +829,7 @@ async fn drill_body(
             crate::process::as_postgres_async(&mut start);
             start.env_clear().envs(crate::postgres::server_env(s3));
             run_tool(start, "pg_ctl start").await?;
-            Ok(((), format!("initdb and start: port {port}, archiving into the repository area {cluster:?}")))
+            Ok((password, format!("initdb and start: port {port}, archiving into the repository area {cluster:?}")))
         })
         .await?;
         let prod_target = PgTarget::from_config(Some(&env.url(port, "postgres")))?
@@ -889,7 +868,6 @@ async fn drill_body(
             let pb = env.path("pgbouncer");
             std::fs::create_dir(&pb)?;
             chown_postgres(&pb)?;
-            let password = password_of(&env.path("pgpass"))?;
             write_private(&pb.join("userlist.txt"), &format!("\"postgres\" \"{password}\"\n"))?;
             let ini = format!(
                 "; pgdr drill\n[databases]\npostgres = host=127.0.0.1 port={port} dbname=postgres\n\n[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {}\nunix_socket_dir =\nauth_type = scram-sha-256\nauth_file = {}\nadmin_users = postgres\npool_mode = transaction\nlogfile = {}\npidfile = {}\nignore_startup_parameters = extra_float_digits\nserver_login_retry = 1\n",
@@ -1026,13 +1004,14 @@ async fn drill_body(
             found,
         });
     }
+    // The log first: every commit in it was acknowledged before the table is read.
+    let log_now = acks.lock().expect("ack log").clone();
     let present: std::collections::HashSet<i64> = c
         .query("SELECT id FROM drill_acks", &[])
         .await?
         .iter()
         .map(|r| r.get(0))
         .collect();
-    let log_now = acks.lock().expect("ack log").clone();
     let before: Vec<&(i64, DateTime<Utc>, Lsn)> =
         log_now.iter().filter(|(_, at, _)| *at < injected.keep_before).collect();
     let lost: Vec<i64> = before
@@ -1061,10 +1040,15 @@ async fn drill_body(
         (Some(_), Some(at)) => (injected.failure_at - at).num_milliseconds().max(0) as f64 / 1000.0,
         (Some(_), None) => (injected.failure_at - report.started).num_milliseconds() as f64 / 1000.0,
     };
-    let discarded_by_design = log_now
-        .iter()
-        .filter(|(id, at, _)| *at >= injected.keep_before && !present.contains(id))
-        .count() as u64;
+    // A recovery to a point in time (no lost server: nothing archived to measure
+    // against) discards what came after its target on purpose.
+    let discarded_by_design = match injected.archived_until {
+        Some(_) => 0,
+        None => log_now
+            .iter()
+            .filter(|(id, at, _)| *at >= injected.keep_before && !present.contains(id))
+            .count() as u64,
+    };
     let target = opts.runbook.targets.rpo_seconds;
     report.rpo = Some(Rpo {
         discarded_by_design,

@@ -13,7 +13,7 @@ use anyhow::{Context, Result, anyhow};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
-use crate::postgres::{Lsn, PgTarget};
+use crate::postgres::Lsn;
 use crate::preflight::Checks;
 use crate::switch::Endpoint;
 
@@ -23,8 +23,9 @@ const REACH_TIMEOUT: Duration = Duration::from_secs(10);
 /// How the old primary will be fenced, decided before anything changes.
 #[derive(Debug, Clone)]
 pub enum FencePlan {
-    /// A fast stop of its data directory on this host, proven by `pg_ctl status`.
-    StopDataDir(PathBuf),
+    /// A fast stop of its data directory on this host, proven by `pg_ctl status`;
+    /// taken back (started again) only if it was running.
+    StopDataDir { dir: PathBuf, was_running: bool },
     /// `[switch] fence_command` (a STONITH, a cloud API call), which must exit 0.
     Command { command: String, old: Option<Endpoint> },
     /// Reached: `default_transaction_read_only = on`, reload, sessions ended.
@@ -36,7 +37,7 @@ pub enum FencePlan {
 impl fmt::Display for FencePlan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            FencePlan::StopDataDir(dir) => write!(f, "fast stop of {}, proven by pg_ctl status", dir.display()),
+            FencePlan::StopDataDir { dir, .. } => write!(f, "fast stop of {}, proven by pg_ctl status", dir.display()),
             FencePlan::Command { command, .. } => write!(f, "run [switch] fence_command {command:?}; it must exit 0"),
             FencePlan::ReadOnly(old) => write!(
                 f,
@@ -92,21 +93,10 @@ impl fmt::Display for FenceProof {
     }
 }
 
-/// What the fence rests on, and the old primary's position when it was last seen.
-pub struct Prepared {
-    pub plan: FencePlan,
-    /// `pg_current_wal_lsn()` read before anything changed, when it answered.
-    pub seen_at: Option<Lsn>,
-}
-
-fn target(config: &Config, at: &Endpoint) -> Result<PgTarget> {
-    Ok(PgTarget::from_config(config.postgres.url.as_deref())?.with_address(&at.host, at.port))
-}
-
 /// The old primary, reached within `REACH_TIMEOUT`: whether it is in recovery, its
 /// system identifier and where its WAL stands.
 async fn reach(config: &Config, old: &Endpoint) -> Result<(bool, String, Lsn)> {
-    let t = target(config, old)?;
+    let t = super::target(config, old)?;
     let asked = async {
         let c = t.connect(Some("postgres")).await?;
         let row = c
@@ -135,60 +125,54 @@ pub async fn prepare(
     declared_down: bool,
     standby_system_id: &str,
     checks: &mut Checks,
-) -> Prepared {
-    let none = |seen_at| Prepared {
-        plan: FencePlan::DeclaredDown { old: None },
-        seen_at,
-    };
+) -> Option<FencePlan> {
     if let Some(dir) = old_data_dir {
         let checked = check_data_dir(config, dir, standby_system_id).await;
-        let ok = checked.is_ok();
-        checks.record("old primary's data directory", checked);
-        let seen_at = match old {
-            Some(o) => reach(config, o).await.ok().map(|(_, _, lsn)| lsn),
-            None => None,
-        };
-        return if ok {
-            Prepared {
-                plan: FencePlan::StopDataDir(dir.to_path_buf()),
-                seen_at,
-            }
-        } else {
-            none(seen_at)
-        };
+        let plan = checked.as_ref().ok().map(|&running| FencePlan::StopDataDir {
+            dir: dir.to_path_buf(),
+            was_running: running,
+        });
+        checks.record(
+            "old primary's data directory",
+            checked.map(|running| {
+                format!(
+                    "{} is the standby's cluster; {}",
+                    dir.display(),
+                    if running {
+                        "a server runs there: it will be stopped (fast)"
+                    } else {
+                        "no server runs there"
+                    }
+                )
+            }),
+        );
+        return plan;
     }
     let reached = match old {
         Some(o) => Some(reach(config, o).await),
         None => None,
     };
-    let seen_at = reached.as_ref().and_then(|r| r.as_ref().ok()).map(|(_, _, lsn)| *lsn);
     if let (Some(o), Some(Ok((in_recovery, system_id, _)))) = (old, &reached) {
         // It answers: whatever else is configured, it is not down, and it must be the
         // standby's primary.
-        if declared_down {
-            checks.fail(
-                "old primary",
-                format!(
-                    "{o} answers: it is not down — drop --old-primary-is-down, and let pgdr fence it (it is made read-only) or stop it first"
-                ),
-            );
-            return none(seen_at);
-        }
-        if system_id != standby_system_id {
-            checks.fail(
-                "old primary",
-                format!(
-                    "{o} is another cluster (system identifier {system_id}, the standby's is {standby_system_id}) — name the standby's primary with --old"
-                ),
-            );
-            return none(seen_at);
-        }
-        if *in_recovery {
-            checks.fail(
-                "old primary",
-                format!("{o} is in recovery (a standby itself), not the primary — name the primary with --old"),
-            );
-            return none(seen_at);
+        let wrong = if declared_down {
+            Some(format!(
+                "{o} answers: it is not down — drop --old-primary-is-down, and let pgdr fence it (it is made read-only) or stop it first"
+            ))
+        } else if system_id != standby_system_id {
+            Some(format!(
+                "{o} is another cluster (system identifier {system_id}, the standby's is {standby_system_id}) — name the standby's primary with --old"
+            ))
+        } else if *in_recovery {
+            Some(format!(
+                "{o} is in recovery (a standby itself), not the primary — name the primary with --old"
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = wrong {
+            checks.fail("old primary", why);
+            return None;
         }
     }
     if let Some(command) = &config.switch.fence_command {
@@ -196,13 +180,10 @@ pub async fn prepare(
             "fence",
             format!("[switch] fence_command {command:?} is the fence; it must exit 0"),
         );
-        return Prepared {
-            plan: FencePlan::Command {
-                command: command.clone(),
-                old: old.cloned(),
-            },
-            seen_at,
-        };
+        return Some(FencePlan::Command {
+            command: command.clone(),
+            old: old.cloned(),
+        });
     }
     match (old, reached) {
         (Some(o), Some(Ok(_))) => {
@@ -210,20 +191,14 @@ pub async fn prepare(
                 "old primary",
                 format!("{o} answers as the standby's primary; it will be made read-only (a weak fence)"),
             );
-            Prepared {
-                plan: FencePlan::ReadOnly(o.clone()),
-                seen_at,
-            }
+            Some(FencePlan::ReadOnly(o.clone()))
         }
         (Some(o), Some(Err(e))) if declared_down => {
             checks.pass(
                 "old primary",
                 format!("{o} does not answer ({e:#}); down on your word (--old-primary-is-down)"),
             );
-            Prepared {
-                plan: FencePlan::DeclaredDown { old: Some(o.clone()) },
-                seen_at,
-            }
+            Some(FencePlan::DeclaredDown { old: Some(o.clone()) })
         }
         (Some(o), Some(Err(e))) => {
             checks.fail(
@@ -232,25 +207,25 @@ pub async fn prepare(
                     "{o} could not be reached ({e:#}); that does not prove it is down (a refused login, a full server or a network split look the same) — stop it and pass --old-data-dir when its data directory is on this host, configure [switch] fence_command, or, if you know it cannot take writes, pass --old-primary-is-down"
                 ),
             );
-            none(None)
+            None
         }
         _ if declared_down => {
             checks.pass("old primary", "not given; down on your word (--old-primary-is-down)");
-            none(None)
+            Some(FencePlan::DeclaredDown { old: None })
         }
         _ => {
             checks.fail(
                 "old primary",
                 "not given: pgdr cannot fence what it does not know — name it with --old HOST:PORT and/or --old-data-dir DIR, configure [switch] fence_command, or, if you know it cannot take writes, pass --old-primary-is-down",
             );
-            none(None)
+            None
         }
     }
 }
 
 /// `dir` holds `PG_VERSION` and `global/pg_control`; an error reading them is an
 /// error, never "not there".
-pub fn check_data_dir_exists(dir: &Path) -> Result<()> {
+fn check_data_dir_exists(dir: &Path) -> Result<()> {
     for must in ["PG_VERSION", "global/pg_control"] {
         match std::fs::metadata(dir.join(must)) {
             Ok(m) if m.is_file() => {}
@@ -278,8 +253,8 @@ pub fn check_data_dir_exists(dir: &Path) -> Result<()> {
 }
 
 /// The old primary's data directory is one, of the standby's cluster, and `pg_ctl
-/// status` can tell whether a server runs there.
-async fn check_data_dir(config: &Config, dir: &Path, standby_system_id: &str) -> Result<String> {
+/// status` can tell whether a server runs there (the answer).
+pub(super) async fn check_data_dir(config: &Config, dir: &Path, standby_system_id: &str) -> Result<bool> {
     check_data_dir_exists(dir)?;
     let system_id = crate::postgres::datadir::control_system_identifier(dir)
         .with_context(|| format!("reading {}/global/pg_control", dir.display()))?;
@@ -289,16 +264,7 @@ async fn check_data_dir(config: &Config, dir: &Path, standby_system_id: &str) ->
             dir.display()
         ));
     }
-    let running = pg_ctl_status(config, dir).await?;
-    Ok(format!(
-        "{} is the standby's cluster; {}",
-        dir.display(),
-        if running {
-            "a server runs there: it will be stopped (fast)"
-        } else {
-            "no server runs there"
-        }
-    ))
+    pg_ctl_status(config, dir).await
 }
 
 /// `pg_ctl status`: true when a server runs in `dir`, false when none does (exit 3);
@@ -325,7 +291,7 @@ async fn pg_ctl_status(config: &Config, dir: &Path) -> Result<bool> {
 /// promoting then would leave two primaries.
 pub async fn fence(config: &Config, plan: &FencePlan) -> Result<FenceProof> {
     match plan {
-        FencePlan::StopDataDir(dir) => {
+        FencePlan::StopDataDir { dir, .. } => {
             stop_data_dir(config, dir).await?;
             Ok(FenceProof::Stopped { data_dir: dir.clone() })
         }
@@ -385,7 +351,7 @@ async fn run_fence_command(config: &Config, command: &str, old: Option<&Endpoint
 /// a new session must see it.
 async fn read_only(config: &Config, old: &Endpoint) -> Result<FenceProof> {
     let db_err = crate::postgres::conn::db_err;
-    let c = tokio::time::timeout(REACH_TIMEOUT, target(config, old)?.connect(Some("postgres")))
+    let c = tokio::time::timeout(REACH_TIMEOUT, super::target(config, old)?.connect(Some("postgres")))
         .await
         .map_err(|_| {
             anyhow!(
@@ -408,7 +374,7 @@ async fn read_only(config: &Config, old: &Endpoint) -> Result<FenceProof> {
         .await
         .map_err(db_err(format!("fencing {old} (ending sessions)")))?
         .get(0);
-    let check = target(config, old)?.connect(Some("postgres")).await?;
+    let check = super::target(config, old)?.connect(Some("postgres")).await?;
     let ro: String = check.query_one("SHOW default_transaction_read_only", &[]).await?.get(0);
     if ro != "on" {
         return Err(anyhow!(
@@ -423,7 +389,7 @@ async fn read_only(config: &Config, old: &Endpoint) -> Result<FenceProof> {
 /// it cannot be read: the RPO is then unknown, never "no data lost".
 pub async fn end_of_wal(config: &Config, plan: &FencePlan) -> Option<Lsn> {
     match plan {
-        FencePlan::StopDataDir(dir) => match crate::postgres::datadir::control_shutdown_checkpoint(dir) {
+        FencePlan::StopDataDir { dir, .. } => match crate::postgres::datadir::control_shutdown_checkpoint(dir) {
             Ok(found) => found,
             Err(e) => {
                 tracing::warn!("cannot read {}/global/pg_control: {e}", dir.display());
@@ -441,7 +407,14 @@ pub async fn end_of_wal(config: &Config, plan: &FencePlan) -> Option<Lsn> {
 /// or the DBA's fence is theirs to undo.
 pub async fn undo(config: &Config, plan: &FencePlan) -> Result<String> {
     match plan {
-        FencePlan::StopDataDir(dir) => {
+        FencePlan::StopDataDir {
+            dir,
+            was_running: false,
+        } => Ok(format!(
+            "{} was not running before the failover; it is left stopped",
+            dir.display()
+        )),
+        FencePlan::StopDataDir { dir, was_running: true } => {
             let tools = crate::postgres::PgTools::locate(config.postgres.bin_dir.as_deref())?;
             let mut start = tokio::process::Command::new(tools.path("pg_ctl")?);
             start.arg("-D").arg(dir).args(["-w", "-t", "60", "-l"]);
@@ -462,7 +435,7 @@ pub async fn undo(config: &Config, plan: &FencePlan) -> Result<String> {
             Ok(format!("the old primary in {} was started again", dir.display()))
         }
         FencePlan::ReadOnly(old) => {
-            let c = target(config, old)?.connect(Some("postgres")).await?;
+            let c = super::target(config, old)?.connect(Some("postgres")).await?;
             c.batch_execute("ALTER SYSTEM RESET default_transaction_read_only; SELECT pg_reload_conf()")
                 .await
                 .map_err(crate::postgres::conn::db_err(format!("taking the fence off {old}")))?;
@@ -488,7 +461,7 @@ fn postmaster_opts(dir: &Path) -> Option<String> {
             it.next();
             continue;
         }
-        rest.push(format!("'{}'", a.replace('\'', "'\\''")));
+        rest.push(crate::process::sh_quote(&a));
     }
     Some(rest.join(" "))
 }

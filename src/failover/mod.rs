@@ -139,7 +139,8 @@ impl fmt::Display for FailoverReport {
 /// Everything `execute` needs, found out without changing anything.
 pub struct Prepared {
     pub checks: Checks,
-    pub fence: fence::Prepared,
+    /// `None` when no fence can be proven or declared (a failed check says why).
+    pub fence: Option<FencePlan>,
     pub switch: Option<switch::SwitchPlan>,
     standby: tokio_postgres::Client,
 }
@@ -169,13 +170,22 @@ pub async fn prepare(config: &Config, opts: &FailoverOptions) -> Result<Prepared
         .query_one(
             "SELECT pg_is_in_recovery(), (SELECT system_identifier::text FROM pg_control_system()), \
              coalesce((SELECT status FROM pg_stat_wal_receiver), ''), current_setting('restore_command'), \
-             CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() ELSE false END",
+             CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() ELSE false END, \
+             concat_ws(' ', nullif(current_setting('recovery_target'), ''), nullif(current_setting('recovery_target_time'), ''), \
+               nullif(current_setting('recovery_target_lsn'), ''), nullif(current_setting('recovery_target_xid'), ''), \
+               nullif(current_setting('recovery_target_name'), ''))",
             &[],
         )
         .await
         .map_err(crate::postgres::conn::db_err(format!("asking the standby {}", opts.to)))?;
-    let (in_recovery, system_id, receiver, restore_command, paused): (bool, String, String, String, bool) =
-        (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+    let (in_recovery, system_id, receiver, restore_command, paused, recovery_target): (
+        bool,
+        String,
+        String,
+        String,
+        bool,
+        String,
+    ) = (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4), row.get(5));
     if !in_recovery {
         return Err(crate::usage!(
             "{} is not a standby (it is not in recovery) — name the standby to promote with --to",
@@ -186,6 +196,11 @@ pub async fn prepare(config: &Config, opts: &FailoverOptions) -> Result<Prepared
         return Err(crate::usage!("--old and --to name the same server {}", opts.to));
     }
     let feed = match (receiver.as_str(), restore_command.trim().is_empty()) {
+        // Resumed there, its recovery would end at the target and promote it on its
+        // own, outside the failover's order.
+        _ if !recovery_target.is_empty() => Err(anyhow!(
+            "it has a recovery target ({recovery_target}): a standby to fail over to follows its primary to the end — clear its recovery_target settings and reload"
+        )),
         ("streaming", _) => Ok("streaming from its primary".to_string()),
         (r, false) => Ok(format!(
             "not streaming ({}); it replays from the archive (restore_command)",
@@ -256,7 +271,12 @@ pub async fn prepare(config: &Config, opts: &FailoverOptions) -> Result<Prepared
 /// What failover will do, and what was checked, before it does it.
 pub fn plan_text(config: &Config, opts: &FailoverOptions, prepared: &Prepared) -> String {
     let mut out = format!("{}failover to {}:\n", prepared.checks, opts.to);
-    out.push_str(&format!("  1. fence the old primary: {}\n", prepared.fence.plan));
+    match &prepared.fence {
+        Some(plan) => out.push_str(&format!("  1. fence the old primary: {plan}\n")),
+        None => {
+            out.push_str("  1. fence the old primary: nothing proves or declares it down — refused (see the checks)\n")
+        }
+    }
     out.push_str(&format!(
         "  2. let {} replay everything the old primary wrote (at most {} s; {}), then promote it — the point of no return\n",
         opts.to,
@@ -346,7 +366,12 @@ pub async fn execute(config: &Config, opts: &FailoverOptions, prepared: Prepared
     }
     let mut log = Log { steps: Vec::new() };
     let standby = &prepared.standby;
-    let outcome = before_promotion(config, opts, &prepared.fence, standby, &mut log, &mut report).await;
+    let Some(fence_plan) = &prepared.fence else {
+        report.ok = false;
+        report.error = Some("no fence: nothing was fenced or promoted".to_string());
+        return report;
+    };
+    let outcome = before_promotion(config, opts, fence_plan, standby, &mut log, &mut report).await;
     if let Err(e) = outcome {
         // Nothing promoted: the fence is taken back so applications have their old
         // primary again, and PgBouncer resumes there.
@@ -354,7 +379,7 @@ pub async fn execute(config: &Config, opts: &FailoverOptions, prepared: Prepared
         if report.fence.is_some() {
             match log
                 .step("take the fence back", async {
-                    let said = fence::undo(config, &prepared.fence.plan).await?;
+                    let said = fence::undo(config, fence_plan).await?;
                     Ok(((), said))
                 })
                 .await
@@ -418,12 +443,11 @@ pub async fn execute(config: &Config, opts: &FailoverOptions, prepared: Prepared
 async fn before_promotion(
     config: &Config,
     opts: &FailoverOptions,
-    fence_prepared: &fence::Prepared,
+    plan: &FencePlan,
     standby: &tokio_postgres::Client,
     log: &mut Log,
     report: &mut FailoverReport,
 ) -> Result<()> {
-    let plan = &fence_prepared.plan;
     let proof = log
         .step("fence", async {
             let proof = fence::fence(config, plan).await?;
@@ -490,6 +514,28 @@ async fn before_promotion(
         }
         report.data_loss_accepted = true;
     }
+    // The request itself: refused by the server, nothing is promoting and the fence
+    // can still be taken back. Once sent, it cannot be called back.
+    log.step("request promotion", async {
+        match standby.query_one("SELECT pg_promote(wait => false)", &[]).await {
+            Ok(row) if row.get::<_, bool>(0) => Ok(((), format!("{} was asked to promote", opts.to))),
+            Ok(_) => Err(anyhow!(
+                "pg_promote returned false: {} did not take the request",
+                opts.to
+            )),
+            Err(e) if e.as_db_error().is_some() => Err(anyhow!(
+                "{} refused pg_promote: {}",
+                opts.to,
+                crate::postgres::conn::one_line(&e)
+            )),
+            // The connection broke: the request may have gone out. It is watched.
+            Err(e) => Ok((
+                (),
+                format!("the request may not have arrived ({e}); watching whether it promotes"),
+            )),
+        }
+    })
+    .await?;
     Ok(())
 }
 
@@ -538,8 +584,13 @@ async fn catch_up(standby: &tokio_postgres::Client, old_end: Option<Lsn>, budget
     }
 }
 
-/// Ask the standby to promote and watch it until it is a primary. A promotion cannot
-/// be called back: one that takes long is watched, never taken for "not promoted".
+/// How long a requested promotion is watched before pgdr stops waiting for it (it
+/// goes on in the server; applications are sent there regardless).
+const PROMOTION_WATCH: Duration = Duration::from_secs(600);
+
+/// Watch the standby the promotion was requested of until it is a primary. A
+/// promotion cannot be called back: one that takes long is watched, never taken for
+/// "not promoted".
 async fn promote(
     config: &Config,
     opts: &FailoverOptions,
@@ -549,36 +600,51 @@ async fn promote(
 ) -> Result<()> {
     let tli = log
         .step("promote", async {
-            let asked = standby.query_one("SELECT pg_promote(wait => false)", &[]).await;
-            if let Err(e) = &asked {
-                tracing::warn!("pg_promote on {}: {e}; watching whether it promotes", opts.to);
-            }
             let since = Instant::now();
             let mut said = Instant::now();
+            let mut fresh: Option<tokio_postgres::Client> = None;
             loop {
-                let asked = async {
-                    let c = target(config, &opts.to)?.connect(Some("postgres")).await?;
-                    let in_recovery: bool = c.query_one("SELECT pg_is_in_recovery()", &[]).await?.get(0);
-                    let tli = match in_recovery {
-                        true => None,
-                        false => crate::postgres::server::current_timeline(&c).await.ok(),
+                // The session survives the promotion; a new one only if it broke.
+                if standby.is_closed() && fresh.as_ref().is_none_or(|c| c.is_closed()) {
+                    let to = target(config, &opts.to)?;
+                    fresh = tokio::time::timeout(Duration::from_secs(10), to.connect(Some("postgres")))
+                        .await
+                        .ok()
+                        .and_then(|r| r.ok());
+                }
+                let client = if standby.is_closed() { fresh.as_ref() } else { Some(standby) };
+                if let Some(c) = client {
+                    let asked = async {
+                        let in_recovery: bool = c.query_one("SELECT pg_is_in_recovery()", &[]).await?.get(0);
+                        let tli = match in_recovery {
+                            true => None,
+                            false => Some(crate::postgres::server::current_timeline(c).await),
+                        };
+                        anyhow::Ok((in_recovery, tli))
                     };
-                    anyhow::Ok((in_recovery, tli))
-                };
-                match tokio::time::timeout(Duration::from_secs(10), asked).await {
-                    Ok(Ok((false, tli))) => {
-                        return Ok((
-                            tli,
-                            format!(
-                                "{} is a primary now{}",
-                                opts.to,
-                                tli.map(|t| format!(", on timeline {t}")).unwrap_or_default()
-                            ),
-                        ));
+                    match tokio::time::timeout(Duration::from_secs(10), asked).await {
+                        Ok(Ok((false, tli))) => {
+                            let detail = match &tli {
+                                Some(Ok(t)) => format!("{} is a primary now, on timeline {t}", opts.to),
+                                Some(Err(e)) => {
+                                    format!("{} is a primary now; its timeline could not be read ({e:#})", opts.to)
+                                }
+                                None => format!("{} is a primary now", opts.to),
+                            };
+                            return Ok((tli.and_then(|t| t.ok()), detail));
+                        }
+                        Ok(Ok((true, _))) => {}
+                        Ok(Err(e)) => tracing::warn!("asking {} whether it promoted: {e:#}", opts.to),
+                        Err(_) => tracing::warn!("{} did not answer within 10 s", opts.to),
                     }
-                    Ok(Ok((true, _))) => {}
-                    Ok(Err(e)) => tracing::warn!("asking {} whether it promoted: {e:#}", opts.to),
-                    Err(_) => tracing::warn!("{} did not answer within 10 s", opts.to),
+                }
+                if since.elapsed() > PROMOTION_WATCH {
+                    return Err(anyhow!(
+                        "{} has not finished promoting {} s after the request — it may still: see its log; the old primary stays fenced and applications are sent to {}",
+                        opts.to,
+                        since.elapsed().as_secs(),
+                        opts.to
+                    ));
                 }
                 if said.elapsed() >= Duration::from_secs(10) {
                     eprintln!(
@@ -592,6 +658,12 @@ async fn promote(
             }
         })
         .await?;
+    if tli.is_none() {
+        report.warnings.push(format!(
+            "the timeline {} promoted onto could not be read, so it was not declared in the repository: until it is, `restore --target latest` may not follow it",
+            opts.to
+        ));
+    }
     report.timeline = tli;
     Ok(())
 }
@@ -650,11 +722,21 @@ pub async fn store_report<R: Serialize>(config: &Config, event: &str, started: c
     }
 }
 
+/// The old primary's data directory given to a runbook: a data directory of the
+/// repository's cluster (its system identifier), where `pg_ctl status` can tell
+/// whether a server runs (the answer). Anything else is a usage error.
+pub async fn check_old_data_dir(config: &Config, dir: &std::path::Path) -> Result<bool> {
+    let repo = crate::repo::Repo::open(config).await?;
+    fence::check_data_dir(config, dir, &repo.info.system_identifier)
+        .await
+        .map_err(|e| crate::usage!("{e:#}"))
+}
+
 /// Fence a primary whose data directory is on this host (the runbooks' fence step):
 /// it must be a data directory, and `pg_ctl status` must prove nothing runs there
 /// after a fast stop.
 pub async fn fence_data_dir(config: &Config, dir: &std::path::Path) -> Result<String> {
-    fence::check_data_dir_exists(dir).map_err(|e| crate::usage!("{e:#}"))?;
+    check_old_data_dir(config, dir).await?;
     fence::stop_data_dir(config, dir).await?;
     Ok(format!(
         "stopped {} (fast; pg_ctl status: no server running)",

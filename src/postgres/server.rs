@@ -55,8 +55,6 @@ pub async fn setting(client: &Client, name: &str) -> Result<String> {
     Ok(row.get(0))
 }
 
-/// Databases a full logical backup covers: every one that accepts connections,
-/// templates excluded.
 /// The timeline the server writes on now (a primary's, just promoted or not).
 pub async fn current_timeline(client: &Client) -> Result<u32> {
     let hex: String = client
@@ -66,6 +64,8 @@ pub async fn current_timeline(client: &Client) -> Result<u32> {
     u32::from_str_radix(&hex, 16).map_err(|e| anyhow::anyhow!("timeline {hex:?}: {e}"))
 }
 
+/// Databases a full logical backup covers: every one that accepts connections,
+/// templates excluded.
 pub async fn databases(client: &Client) -> Result<Vec<String>> {
     let rows = client
         .query(

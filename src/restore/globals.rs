@@ -126,6 +126,11 @@ pub fn failures(stderr: &[String]) -> Vec<Failure> {
     let mut lines = stderr.iter().peekable();
     while let Some(line) = lines.next() {
         let Some(error) = field(line, "ERROR:") else { continue };
+        // DETAIL, HINT and CONTEXT lines may come between the error and its statement.
+        while lines
+            .next_if(|l| !l.contains("STATEMENT:") && !l.contains("ERROR:"))
+            .is_some()
+        {}
         let statement = lines
             .next_if(|l| l.contains("STATEMENT:"))
             .and_then(|l| field(l, "STATEMENT:"))
@@ -184,6 +189,7 @@ mod tests {
             "psql:<stdin>:2: ERROR:  nope",
             "psql:<stdin>:2: STATEMENT:  ALTER ROLE app WITH LOGIN PASSWORD 'SCRAM-SHA-256$4096:abc';",
             "psql:<stdin>:3: ERROR:  directory \"/srv/fast\" does not exist",
+            "psql:<stdin>:3: HINT:  Create this directory for the tablespace before restarting the server.",
             "psql:<stdin>:3: STATEMENT:  CREATE TABLESPACE fast OWNER postgres LOCATION '/srv/fast';",
         ]
         .map(String::from)

@@ -291,7 +291,8 @@ pub async fn prepare(config: &Config, opts: &RecoverOptions) -> Result<Prepared>
                     .steps
                     .iter()
                     .zip(&fresh.steps)
-                    .all(|(a, b)| a.name == b.name && a.op == b.op && a.params == b.params);
+                    // A state from before parameters were recorded has none to compare.
+                    .all(|(a, b)| a.name == b.name && a.op == b.op && (a.params.is_empty() || a.params == b.params));
             if old.scenario != fresh.scenario
                 || old.inputs != fresh.inputs
                 || old.repository != repository
@@ -431,7 +432,10 @@ pub async fn execute(
             // birth time), so a directory someone else put at the same path later is
             // never taken for it.
             let to = PathBuf::from(step.param("to", &opts.inputs));
-            if steps::absent(&to)? {
+            if !steps::absent(&to)? && steps::is_empty_dir(&to) && !state.steps[i].created.iter().any(|m| m.path == to)
+            {
+                state.steps[i].created.push(steps::known_dir(&to)?);
+            } else if steps::absent(&to)? {
                 // The intent first: killed between this and the next save, an empty
                 // directory at `to` is ours.
                 state.steps[i].created.retain(|m| m.path != to);

@@ -181,9 +181,26 @@ fn stop_immediate(config: &Config, dir: &Path) {
 }
 
 /// Remove a server a step made: stop it, delete its data and socket directories.
-fn remove_server(config: &Config, dir: &Path) -> Result<()> {
+/// Whether `remove_server` keeps the (emptied) data directory itself.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum KeepDir {
+    Yes,
+    No,
+}
+
+/// Stop the server in `dir`, then remove its data (and `dir` itself unless `keep`)
+/// and its socket directory.
+fn remove_server(config: &Config, dir: &Path, keep: KeepDir) -> Result<()> {
     stop_immediate(config, dir);
-    for d in [dir.to_path_buf(), socket_dir_for(dir)] {
+    if keep == KeepDir::Yes {
+        empty_dir(dir)?;
+    }
+    let remove = if keep == KeepDir::Yes {
+        vec![socket_dir_for(dir)]
+    } else {
+        vec![dir.to_path_buf(), socket_dir_for(dir)]
+    };
+    for d in remove {
         match std::fs::remove_dir_all(&d) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 return Err(e).with_context(|| format!("removing {}", d.display()));
@@ -267,14 +284,16 @@ fn identity(path: &Path) -> Result<(u64, Option<i128>)> {
 
 /// Create `dir` (0700, the server's owner) for a step and say which directory it is.
 pub fn make_own_dir(dir: &Path) -> Result<Made> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(dir)
-        .with_context(|| format!("creating {}", dir.display()))?;
-    if let Some((uid, gid)) = crate::process::postgres_owner() {
-        std::os::unix::fs::chown(dir, Some(uid), Some(gid)).with_context(|| format!("chown {}", dir.display()))?;
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     }
+    crate::disk::create_server_dir(dir)?;
+    known_dir(dir)
+}
+
+/// An empty directory that was there already (a mount point, say): the step's to
+/// fill and, if interrupted, to empty again.
+pub fn known_dir(dir: &Path) -> Result<Made> {
     let (inode, born_ns) = identity(dir)?;
     Ok(Made {
         path: dir.to_path_buf(),
@@ -283,14 +302,23 @@ pub fn make_own_dir(dir: &Path) -> Result<Made> {
     })
 }
 
+/// `dir` is a directory with nothing in it.
+pub fn is_empty_dir(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none())
+}
+
 /// An interrupted step's directory may be removed only when it is the very directory
 /// this recovery made; anything else at that path is someone else's.
 pub fn check_undo_allowed(dir: &Path, created: &[Made], id: &str) -> Result<()> {
     if absent(dir)? {
         return Ok(());
     }
+    // Nothing in it: nothing to lose.
+    let empty = is_empty_dir(dir);
+    if empty {
+        return Ok(());
+    }
     let (inode, born) = identity(dir)?;
-    let empty = std::fs::read_dir(dir).map(|mut d| d.next().is_none()).unwrap_or(false);
     if created.iter().any(|m| {
         m.path == dir
             && match m.inode {
@@ -333,14 +361,7 @@ pub async fn undo_partial(step: &Step, cx: &mut StepCx<'_>, created: &[Made], id
                     ));
                 }
                 // Emptied, not removed: the directory stays the one recorded as made.
-                stop_immediate(cx.config, &dir);
-                empty_dir(&dir)?;
-                match std::fs::remove_dir_all(socket_dir_for(&dir)) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                        return Err(e).with_context(|| format!("removing {}", socket_dir_for(&dir).display()));
-                    }
-                    _ => {}
-                }
+                remove_server(cx.config, &dir, KeepDir::Yes)?;
                 return Ok(Some(format!(
                     "removed what was in {} (left half done by the interrupted run)",
                     dir.display()
@@ -433,8 +454,16 @@ pub async fn describe(step: &Step, config: &Config, inputs: &BTreeMap<String, St
         ),
         Op::Fence => match fence_basis(&p("data_dir"), &p("declared_down"))? {
             FenceBasis::DataDir(d) => {
-                crate::failover::fence::check_data_dir_exists(&d).map_err(|e| crate::usage!("{e:#}"))?;
-                format!("fast stop of {}, proven by pg_ctl status", d.display())
+                let running = crate::failover::check_old_data_dir(config, &d).await?;
+                format!(
+                    "fast stop of {} ({}), proven by pg_ctl status",
+                    d.display(),
+                    if running {
+                        "a server runs there"
+                    } else {
+                        "no server runs there now"
+                    }
+                )
             }
             FenceBasis::Declared => {
                 "none by pgdr: you declared the old primary down (--old-primary-is-down); the report records it"
@@ -721,7 +750,7 @@ pub async fn run(step: &Step, checks: &[super::Check], cx: &mut StepCx<'_>) -> R
             let Some(s) = cx.servers.get(&name).cloned() else {
                 return Ok(format!("server {name:?} is already gone"));
             };
-            remove_server(config, &s.data_dir)?;
+            remove_server(config, &s.data_dir, KeepDir::No)?;
             cx.servers.remove(&name);
             Ok(format!("stopped and removed {}", s.data_dir.display()))
         }

@@ -193,7 +193,7 @@ pub fn probe(path: &Path) -> Result<WriteMode> {
     let dir = parent(path);
     let replace = (|| -> std::io::Result<()> {
         let tmp = temporary_name(path);
-        let f = create_private(&tmp)?;
+        let f = crate::disk::create_private_file(&tmp)?;
         let kept = std::os::unix::fs::fchown(&f, Some(meta.uid()), Some(meta.gid()))
             .and_then(|()| f.set_permissions(std::fs::Permissions::from_mode(meta.mode() & 0o7777)));
         drop(f);
@@ -242,17 +242,6 @@ fn temporary_name(path: &Path) -> std::path::PathBuf {
     ))
 }
 
-/// Created new (never through a planted link), private until it has the original's
-/// mode: the file may hold passwords.
-fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-}
-
 /// Write `text` to `path` the way `mode` says.
 pub fn write(path: &Path, text: &str, mode: WriteMode) -> Result<()> {
     match mode {
@@ -268,7 +257,7 @@ pub fn replace_file(path: &Path, text: &str) -> Result<()> {
     let dir = parent(path);
     let tmp = temporary_name(path);
     let written = (|| -> std::io::Result<()> {
-        let mut f = create_private(&tmp)?;
+        let mut f = crate::disk::create_private_file(&tmp)?;
         f.write_all(text.as_bytes())?;
         f.set_permissions(std::fs::Permissions::from_mode(meta.mode() & 0o7777))?;
         std::os::unix::fs::fchown(&f, Some(meta.uid()), Some(meta.gid()))?;
@@ -308,7 +297,7 @@ pub fn keep_copy(path: &Path, text: &str) -> Result<std::path::PathBuf> {
         rand::random::<u32>()
     ));
     let written = (|| -> std::io::Result<()> {
-        let mut f = create_private(&copy)?;
+        let mut f = crate::disk::create_private_file(&copy)?;
         f.write_all(text.as_bytes())?;
         f.sync_all()
     })();

@@ -378,9 +378,6 @@ pub async fn run(config: &Config, plan: &SwitchPlan, dry_run: bool) -> Result<Sw
         return Ok(session.report());
     }
     ready(config, &plan.to).await?;
-    if plan.ini_mode.is_none() && config.switch.pgbouncer_admin_url.is_some() {
-        return Err(anyhow!("the switch was not checked first (switch::preflight)"));
-    }
     session.pause().await;
     session.complete().await;
     Ok(session.report())
@@ -430,9 +427,17 @@ struct Paused {
 }
 
 impl<'a> Session<'a> {
+    /// A session for a plan `preflight` checked: it knows how `pgbouncer.ini` can be
+    /// written (a plan it did not check is refused here, whoever the caller).
     pub fn new(config: &'a Config, plan: &'a SwitchPlan, dry_run: bool) -> Result<Session<'a>> {
+        let settings = settings(config)?;
+        if settings.pgbouncer_admin_url.is_some() && plan.ini_mode.is_none() && !dry_run {
+            return Err(anyhow!(
+                "the switch was not checked first (switch::preflight): nothing was changed"
+            ));
+        }
         Ok(Session {
-            settings: settings(config)?,
+            settings,
             plan,
             started: Instant::now(),
             log: Log { steps: Vec::new() },
@@ -505,7 +510,10 @@ impl<'a> Session<'a> {
             Ok(Paused {
                 admin,
                 ini_path,
-                mode: self.plan.ini_mode.unwrap_or(WriteMode::Replace),
+                mode: self
+                    .plan
+                    .ini_mode
+                    .ok_or_else(|| anyhow!("the switch was not checked first"))?,
                 original,
                 dbs,
                 since,
