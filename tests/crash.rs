@@ -448,3 +448,60 @@ fn recoveries_killed_at_random_moments() {
         let _ = stop.output();
     }
 }
+
+/// A copy killed while it stores WAL leaves an unbroken prefix of the archive in the
+/// copy, whatever `--jobs` says: the copy's archive is never a hole followed by later
+/// segments (CI once caught a verify from the copy stopping at such a hole, after a
+/// parallel copy was killed with the later segment stored and the earlier not).
+#[test]
+fn a_killed_copy_leaves_a_prefix_of_the_archive() {
+    let a = Archiving::start();
+    for _ in 0..6 {
+        a.cluster.psql(
+            "postgres",
+            "CREATE TABLE IF NOT EXISTS w (x int); INSERT INTO w VALUES (1)",
+        );
+        a.switch_and_wait();
+    }
+    let dr = a.pgdr.dir.join("dr");
+    pg_owned_dir(&dr);
+    let config = std::fs::read_to_string(&a.pgdr.config).unwrap();
+    std::fs::write(
+        &a.pgdr.config,
+        format!(
+            "{config}\n[[repository.copies]]\nname = \"dr\"\nurl = \"file://{}\"\n",
+            dr.display()
+        ),
+    )
+    .unwrap();
+    let segments = |root: &std::path::Path| -> Vec<String> {
+        let mut names: Vec<String> = repo_files(root)
+            .iter()
+            .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .filter(|n| n.len() == 24 && n.bytes().all(|b| b.is_ascii_hexdigit()))
+            .collect();
+        names.sort();
+        names
+    };
+    let primary = segments(a.pgdr.repo_dir.as_ref().unwrap());
+    assert!(primary.len() >= 6, "{primary:?}");
+    for kill_after in [2, 4] {
+        let out = a
+            .pgdr
+            .command(&["copy", "--jobs", "4"])
+            .env("PGDR_TEST_COPY_KILL_AFTER", kill_after.to_string())
+            .output()
+            .unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(out.status.signal(), Some(9), "the copy was not killed: {out:?}");
+        let copied = segments(&dr);
+        assert!(!copied.is_empty());
+        assert_eq!(
+            copied[..],
+            primary[..copied.len()],
+            "the killed copy left a hole: {copied:?} of {primary:?}"
+        );
+    }
+    a.pgdr.ok(&["copy"]);
+    assert_eq!(segments(&dr), primary);
+}

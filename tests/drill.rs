@@ -165,6 +165,10 @@ fn the_four_drills_recover_and_measure() {
     // The commits acknowledged after the target, until the switch, are gone by design
     // and counted, not hidden behind "0 lost".
     assert!(d["rpo"]["discarded_by_design"].as_u64().unwrap() > 0, "{d}");
+    assert!(
+        d["recover"]["discarded"].as_str().unwrap().contains("committed after"),
+        "{d}"
+    );
     assert_eq!(d["served_by"], format!("127.0.0.1:{}", port_of(&d, "new")));
     assert_data_checks(&d, 1);
     let steps: Vec<&str> = d["recover"]["steps"]

@@ -532,6 +532,21 @@ impl FailoverSetup {
         self.a.pgdr.run(&all)
     }
 
+    /// Cut the standby off its primary (plus `more` SQL run with it) and wait until
+    /// it no longer streams.
+    fn stop_streaming(&self, more: &str) {
+        self.standby.psql(
+            "postgres",
+            &format!("ALTER SYSTEM SET primary_conninfo = 'host=127.0.0.1 port=1'; {more} SELECT pg_reload_conf()"),
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let streaming = "SELECT count(*) FROM pg_stat_wal_receiver WHERE status = 'streaming'";
+        while self.standby.psql("postgres", streaming) != "0" {
+            assert!(std::time::Instant::now() < deadline, "the standby still streams");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     fn old(&self) -> String {
         format!("127.0.0.1:{}", self.a.cluster.port)
     }
@@ -765,19 +780,7 @@ fn a_standby_behind_catches_up_before_promotion() {
 #[test]
 fn a_standby_that_cannot_catch_up_needs_accept_data_loss() {
     let f = FailoverSetup::new(BouncerLayout::Owned);
-    f.standby.psql(
-        "postgres",
-        "ALTER SYSTEM SET primary_conninfo = 'host=127.0.0.1 port=1'; ALTER SYSTEM SET restore_command = ''; SELECT pg_reload_conf()",
-    );
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while f.standby.psql(
-        "postgres",
-        "SELECT count(*) FROM pg_stat_wal_receiver WHERE status = 'streaming'",
-    ) != "0"
-    {
-        assert!(std::time::Instant::now() < deadline, "the standby still streams");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    f.stop_streaming("ALTER SYSTEM SET restore_command = '';");
     f.a.cluster
         .psql("app", "INSERT INTO t SELECT g FROM generate_series(101, 2000) g");
     let ini_before = std::fs::read(f.bouncer.databases_file()).unwrap();
@@ -803,19 +806,7 @@ fn a_standby_that_cannot_catch_up_needs_accept_data_loss() {
 #[test]
 fn a_catch_up_that_falls_short_takes_the_fence_back() {
     let f = FailoverSetup::new(BouncerLayout::Owned);
-    f.standby.psql(
-        "postgres",
-        "ALTER SYSTEM SET primary_conninfo = 'host=127.0.0.1 port=1'; SELECT pg_reload_conf()",
-    );
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while f.standby.psql(
-        "postgres",
-        "SELECT count(*) FROM pg_stat_wal_receiver WHERE status = 'streaming'",
-    ) != "0"
-    {
-        assert!(std::time::Instant::now() < deadline, "the standby still streams");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    f.stop_streaming("");
     // Written on the old primary only, in a segment not yet archived.
     f.a.cluster
         .psql("app", "INSERT INTO t SELECT g FROM generate_series(1, 500) g");
@@ -836,4 +827,28 @@ fn a_catch_up_that_falls_short_takes_the_fence_back() {
     let through = f.bouncer.psql("app", "SELECT count(*) FROM t");
     assert_eq!(String::from_utf8_lossy(&through.stdout).trim(), "600", "{through:?}");
     pg_ctl_stop(&f.a.cluster.data);
+}
+
+/// Debian's layout with pgdr run as root: the file is replaced whole (root may write
+/// the directory), and keeps its owner (postgres) and mode (0640).
+#[test]
+fn switch_as_root_in_the_debian_layout_keeps_owner_and_mode() {
+    let (a, b) = (app_cluster(), app_cluster());
+    let bouncer = PgBouncer::start_in(&[("app", a.port)], "transaction", BouncerLayout::Debian);
+    let pgdr = with_switch(&a, &bouncer, "");
+    let out = pgdr.run(&["switch", "--to", &format!("127.0.0.1:{}", b.port), "--yes"]);
+    assert_success(&out, "pgdr switch (Debian layout)");
+    let said = String::from_utf8_lossy(&out.stdout);
+    if is_root() {
+        assert!(said.contains("can be replaced, owner and mode kept"), "{said}");
+    }
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(&bouncer.ini).unwrap();
+    if is_root() {
+        assert_eq!((meta.uid(), meta.gid()), postgres_ids());
+    }
+    assert_eq!(meta.mode() & 0o7777, 0o640);
+    assert!(bouncer.psql("app", "INSERT INTO t (n) VALUES (1)").status.success());
+    assert_eq!(b.psql("app", "SELECT count(*) FROM t"), "1");
+    assert_eq!(a.psql("app", "SELECT count(*) FROM t"), "0");
 }

@@ -201,6 +201,8 @@ async fn wal_listing(storage: &DynStorage) -> Result<Vec<ObjectMeta>> {
         }
         ours
     });
+    // In archive order (fixed-width hex names): the copy stores them in this order.
+    wal.sort_by(|a, b| a.key.as_str().cmp(b.key.as_str()));
     Ok(wal)
 }
 
@@ -548,7 +550,10 @@ async fn copy_to(config: &Config, source: &Repo, name: &str, opts: &CopyOptions)
         resealed: Default::default(),
     };
     let result = async {
-        copier.all(wal_items, opts.jobs).await?;
+        // WAL in order, one at a time: a copy killed half-way then holds an unbroken
+        // prefix of the archive, which a restore from the copy can replay to its end;
+        // segments stored out of order would leave a hole that stops `latest`.
+        copier.all(wal_items, 1).await?;
         for backup in backups {
             let resent = copier.recheck(backup.recheck, opts.jobs).await?;
             report.objects_copied += resent;
