@@ -315,6 +315,10 @@ pub struct FailoverArgs {
     /// The old primary's data directory, when it is on this host: fenced by a fast stop
     #[arg(long, value_name = "DIR")]
     pub old_data_dir: Option<PathBuf>,
+    /// The standby's data directory, when it is on this host too: if it falls short,
+    /// it is given the old primary's last WAL from --old-data-dir's pg_wal
+    #[arg(long, value_name = "DIR", requires = "old_data_dir")]
+    pub standby_data_dir: Option<PathBuf>,
     /// Your word that the old primary is down and cannot take writes (powered off,
     /// isolated): the fence when pgdr cannot prove it; the report records it
     #[arg(long)]

@@ -829,6 +829,38 @@ fn a_catch_up_that_falls_short_takes_the_fence_back() {
     pg_ctl_stop(&f.a.cluster.data);
 }
 
+/// The same cut-off standby, this time on the same host as the old primary, with
+/// neither a stream nor a restore_command: the rows written last exist only in the
+/// old primary's pg_wal (a segment the archiver never ships). Before, failover could
+/// only refuse or lose them. With `--standby-data-dir` the segments are copied into
+/// the standby's pg_wal after the fence, it replays them, and nothing is lost.
+#[test]
+fn a_standby_on_this_host_is_given_the_old_primarys_pg_wal() {
+    let f = FailoverSetup::new(BouncerLayout::Owned);
+    f.stop_streaming("ALTER SYSTEM SET restore_command = '';");
+    f.a.cluster
+        .psql("app", "INSERT INTO t SELECT g FROM generate_series(1, 700) g");
+    let data = f.a.cluster.data.to_str().unwrap().to_string();
+    // A directory that is not the standby's is refused before anything changes.
+    let ini_before = std::fs::read(f.bouncer.databases_file()).unwrap();
+    let out = f.failover(&["--old-data-dir", &data, "--standby-data-dir", &data, "--yes"]);
+    let said = assert_fails(&out, 2, "is not the standby's data directory");
+    assert!(said.contains("refused before changing anything"), "{said}");
+    f.assert_untouched(&ini_before);
+    let standby_dir = f.standby.data.to_str().unwrap().to_string();
+    let out = f.failover(&["--old-data-dir", &data, "--standby-data-dir", &standby_dir, "--yes", "--json"]);
+    assert_success(&out, "pgdr failover --standby-data-dir");
+    let report = json(&out);
+    assert_eq!(report["rpo_bytes"], 0, "{report}");
+    assert_eq!(report["rpo"]["rpo"], "none-lost", "{report}");
+    let steps = report["steps"].to_string();
+    assert!(steps.contains("given from the old primary's pg_wal"), "{report}");
+    // Every acknowledged row, on the new primary and through PgBouncer.
+    assert_eq!(f.standby.psql("app", "SELECT count(*) FROM t"), "800");
+    let through = f.bouncer.psql("app", "SELECT count(*) FROM t WHERE n > 0");
+    assert_eq!(String::from_utf8_lossy(&through.stdout).trim(), "700", "{through:?}");
+}
+
 /// Debian's layout with pgdr run as root: the file is replaced whole (root may write
 /// the directory), and keeps its owner (postgres) and mode (0640).
 #[test]

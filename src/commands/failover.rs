@@ -15,6 +15,7 @@ pub async fn run(ctx: &Ctx, args: FailoverArgs) -> Result<Exit> {
         to: args.to.parse()?,
         old: args.old.as_deref().map(str::parse).transpose()?,
         old_data_dir: args.old_data_dir.map(|d| std::path::absolute(&d).unwrap_or(d)),
+        standby_data_dir: args.standby_data_dir.map(|d| std::path::absolute(&d).unwrap_or(d)),
         old_primary_is_down: args.old_primary_is_down,
         accept_data_loss: args.accept_data_loss,
         dry_run: args.dry_run,

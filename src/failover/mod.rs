@@ -10,6 +10,7 @@
 //! loss; once a promotion is requested, PgBouncer is never sent back to the fenced
 //! primary. Building a standby from a backup is `standby`.
 
+pub mod feed;
 pub mod fence;
 pub mod standby;
 
@@ -36,6 +37,9 @@ pub struct FailoverOptions {
     pub old: Option<Endpoint>,
     /// The old primary's data directory, when it is on this host: fenced by a fast stop.
     pub old_data_dir: Option<PathBuf>,
+    /// The standby's data directory, when it is on this host: given the old primary's
+    /// WAL from its `pg_wal` if it falls short.
+    pub standby_data_dir: Option<PathBuf>,
     /// The DBA's word that the old primary cannot take writes.
     pub old_primary_is_down: bool,
     /// Promote even when the standby cannot replay all the old primary wrote.
@@ -143,6 +147,9 @@ pub struct Prepared {
     pub fence: Option<FencePlan>,
     pub switch: Option<switch::SwitchPlan>,
     standby: tokio_postgres::Client,
+    /// The standby's data directory (checked) and the segment size, to give it the
+    /// old primary's WAL from `pg_wal` when it falls short.
+    feed: Option<(PathBuf, u64)>,
 }
 
 fn target(config: &Config, at: &Endpoint) -> Result<PgTarget> {
@@ -173,7 +180,9 @@ pub async fn prepare(config: &Config, opts: &FailoverOptions) -> Result<Prepared
              CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() ELSE false END, \
              concat_ws(' ', nullif(current_setting('recovery_target'), ''), nullif(current_setting('recovery_target_time'), ''), \
                nullif(current_setting('recovery_target_lsn'), ''), nullif(current_setting('recovery_target_xid'), ''), \
-               nullif(current_setting('recovery_target_name'), ''))",
+               nullif(current_setting('recovery_target_name'), '')), \
+             current_setting('data_directory'), current_setting('port'), \
+             (SELECT setting FROM pg_settings WHERE name = 'wal_segment_size')",
             &[],
         )
         .await
@@ -186,6 +195,7 @@ pub async fn prepare(config: &Config, opts: &FailoverOptions) -> Result<Prepared
         bool,
         String,
     ) = (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4), row.get(5));
+    let (data_directory, port, segment_size): (String, String, String) = (row.get(6), row.get(7), row.get(8));
     if !in_recovery {
         return Err(crate::usage!(
             "{} is not a standby (it is not in recovery) — name the standby to promote with --to",
@@ -195,6 +205,35 @@ pub async fn prepare(config: &Config, opts: &FailoverOptions) -> Result<Prepared
     if opts.old.as_ref() == Some(&opts.to) {
         return Err(crate::usage!("--old and --to name the same server {}", opts.to));
     }
+    // The old primary's pg_wal, copied into the standby's: both on this host.
+    let local_feed = match (&opts.standby_data_dir, &opts.old_data_dir) {
+        (None, _) => None,
+        (Some(_), None) => {
+            checks.fail(
+                "standby data directory",
+                "--standby-data-dir gives the standby the old primary's WAL from its pg_wal: it needs --old-data-dir too",
+            );
+            None
+        }
+        (Some(dir), Some(_)) => {
+            let standby_self = feed::StandbySelf {
+                system_id: system_id.clone(),
+                data_directory,
+                port: port.parse().unwrap_or(0),
+                segment_size: segment_size.parse().unwrap_or(0),
+            };
+            let found = feed::check_standby_dir(dir, &standby_self).and_then(|said| {
+                if standby_self.segment_size == 0 {
+                    Err(anyhow!("the standby's wal_segment_size could not be read"))
+                } else {
+                    Ok(said)
+                }
+            });
+            let ok = found.is_ok();
+            checks.record("standby data directory", found);
+            ok.then(|| (dir.clone(), standby_self.segment_size))
+        }
+    };
     let feed = match (receiver.as_str(), restore_command.trim().is_empty()) {
         // Resumed there, its recovery would end at the target and promote it on its
         // own, outside the failover's order.
@@ -204,6 +243,10 @@ pub async fn prepare(config: &Config, opts: &FailoverOptions) -> Result<Prepared
         ("streaming", _) => Ok("streaming from its primary".to_string()),
         (r, false) => Ok(format!(
             "not streaming ({}); it replays from the archive (restore_command)",
+            if r.is_empty() { "no WAL receiver" } else { r }
+        )),
+        (r, true) if local_feed.is_some() => Ok(format!(
+            "not streaming ({}) and no restore_command: it is given the old primary's WAL in its pg_wal",
             if r.is_empty() { "no WAL receiver" } else { r }
         )),
         (r, true) if opts.accept_data_loss => Ok(format!(
@@ -265,6 +308,7 @@ pub async fn prepare(config: &Config, opts: &FailoverOptions) -> Result<Prepared
         fence,
         switch,
         standby,
+        feed: local_feed,
     })
 }
 
@@ -287,6 +331,12 @@ pub fn plan_text(config: &Config, opts: &FailoverOptions, prepared: &Prepared) -
             "if it cannot, nothing is promoted and the fence is taken back"
         }
     ));
+    if let Some((dir, _)) = &prepared.feed {
+        out.push_str(&format!(
+            "     (what it cannot get by streaming or from the archive is copied from the old primary's pg_wal into {}/pg_wal)\n",
+            dir.display()
+        ));
+    }
     out.push_str("  3. write and read back a row in pgdr_failover_check\n");
     match &prepared.switch {
         Some(p) => out.push_str(&format!("  4. {p}")),
@@ -300,6 +350,8 @@ pub fn plan_text(config: &Config, opts: &FailoverOptions, prepared: &Prepared) -
 struct CaughtUp {
     replayed: Lsn,
     last_commit: Option<String>,
+    /// Segments copied from the old primary's pg_wal to get there.
+    fed: usize,
 }
 
 /// Run the failover from a `prepare` whose checks passed. A failure after it started
@@ -371,7 +423,16 @@ pub async fn execute(config: &Config, opts: &FailoverOptions, prepared: Prepared
         report.error = Some("no fence: nothing was fenced or promoted".to_string());
         return report;
     };
-    let outcome = before_promotion(config, opts, fence_plan, standby, &mut log, &mut report).await;
+    let outcome = before_promotion(
+        config,
+        opts,
+        fence_plan,
+        prepared.feed.as_ref(),
+        standby,
+        &mut log,
+        &mut report,
+    )
+    .await;
     if let Err(e) = outcome {
         // Nothing promoted: the fence is taken back so applications have their old
         // primary again, and PgBouncer resumes there.
@@ -444,6 +505,7 @@ async fn before_promotion(
     config: &Config,
     opts: &FailoverOptions,
     plan: &FencePlan,
+    feed: Option<&(PathBuf, u64)>,
     standby: &tokio_postgres::Client,
     log: &mut Log,
     report: &mut FailoverReport,
@@ -463,8 +525,28 @@ async fn before_promotion(
     let budget = Duration::from_secs(config.switch.catch_up_seconds);
     let caught = log
         .step("catch up", async {
-            let c = catch_up(standby, old_end, budget).await?;
+            let mut c = catch_up(standby, old_end, budget).await?;
+            // Short, and the old primary's pg_wal is on this host, as is the standby's:
+            // the segments it lacks are copied over and it replays them from there.
+            if let (Some(end), Some((standby_dir, segment_size)), FencePlan::StopDataDir { dir, .. }) =
+                (old_end, feed, plan)
+                && c.replayed < end
+            {
+                let copied = feed::copy_segments(dir, standby_dir, c.replayed, end, *segment_size)?;
+                tracing::info!(
+                    "copied {} from {}/pg_wal to {}/pg_wal",
+                    copied.join(", "),
+                    dir.display(),
+                    standby_dir.display()
+                );
+                c = catch_up(standby, old_end, budget).await?;
+                c.fed = copied.len();
+            }
             let detail = match old_end {
+                Some(end) if c.replayed >= end && c.fed > 0 => format!(
+                    "replayed to {}, past the old primary's {end} ({} segment(s) given from the old primary's pg_wal)",
+                    c.replayed, c.fed
+                ),
                 Some(end) if c.replayed >= end => format!("replayed to {}, past the old primary's {end}", c.replayed),
                 Some(end) => format!(
                     "replayed to {} within {} s; the old primary was at {end}",
@@ -506,7 +588,7 @@ async fn before_promotion(
     if let Rpo::Lost { bytes } = rpo {
         if !opts.accept_data_loss {
             return Err(crate::usage!(
-                "the standby could not replay {bytes} bytes of WAL the old primary wrote (it reached {}, the old primary ended at {}; last replayed commit {}) — promoting it would lose them: get the WAL to it (archive, streaming) and run failover again, or pass --accept-data-loss",
+                "the standby could not replay {bytes} bytes of WAL the old primary wrote (it reached {}, the old primary ended at {}; last replayed commit {}) — promoting it would lose them: get the WAL to it (archive, streaming; --standby-data-dir when it runs on this host) and run failover again, or pass --accept-data-loss",
                 caught.replayed,
                 report.old_lsn.as_deref().unwrap_or("?"),
                 caught.last_commit.as_deref().unwrap_or("unknown")
@@ -578,6 +660,7 @@ async fn catch_up(standby: &tokio_postgres::Client, old_end: Option<Lsn>, budget
             return Ok(CaughtUp {
                 replayed,
                 last_commit: at,
+                fed: 0,
             });
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
