@@ -80,6 +80,13 @@ fn point_in_time_restores_land_exactly() {
     let r = a.pgdr.restore_started(&["--target-time", &between_2_3]);
     assert_eq!(markers(&r), "t1,t2", "time between t2 and t3");
     assert!(r.output.contains("promoted"), "{}", r.output);
+    // Issue 25: the copy listens on 127.0.0.1 with production's pg_hba.conf, which
+    // (initdb's default) trusts TCP logins: the DBA is told, with the way out.
+    assert!(
+        r.output.contains("lets TCP clients in without a password") && r.output.contains("--listen ''"),
+        "{}",
+        r.output
+    );
     drop(r);
     let r = a
         .pgdr

@@ -490,11 +490,26 @@ async fn execute_leased(
         timeline: plan.timeline.clone(),
         archiving: opts.archive,
         recovery: None,
+        warnings: Vec::new(),
     };
     let Some(listen) = &opts.start else {
         say(format!("start it with: pg_ctl -D {} start", dir.display()));
         return Ok(report);
     };
+    if !listen.scratch_hba && !listen.addresses.trim().is_empty() {
+        let trusted = server::trusted_tcp_lines(&dir);
+        if !trusted.is_empty() {
+            let warning = format!(
+                "this copy keeps production's pg_hba.conf, which lets TCP clients in without a password ({}); it listens on {}:{} — anyone who can reach that logs in to a copy of production: start it with --listen '' --socket-dir DIR, or edit {}",
+                trusted.join("; "),
+                listen.addresses,
+                listen.port,
+                dir.join("pg_hba.conf").display()
+            );
+            say(format!("warning: {warning}"));
+            report.warnings.push(warning);
+        }
+    }
     let reached = server::start_and_wait(&server::StartOptions {
         data_dir: dir.clone(),
         port: listen.port,

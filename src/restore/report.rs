@@ -27,6 +27,8 @@ pub struct PhysicalRestoreReport {
     /// With `--start`: where recovery ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recovery: Option<RecoveryReport>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// Where a started server's recovery ended.

@@ -44,6 +44,26 @@ pub struct Reached {
     pub seconds: f64,
 }
 
+/// The lines of `data_dir/pg_hba.conf` that let a TCP client in without a password
+/// (`host… trust`), as "line N: text". A restored copy carries production's file:
+/// fine for production behind its network, not for a copy on a host others reach.
+pub fn trusted_tcp_lines(data_dir: &Path) -> Vec<String> {
+    let Ok(text) = std::fs::read_to_string(data_dir.join("pg_hba.conf")) else {
+        return Vec::new();
+    };
+    text.lines()
+        .enumerate()
+        .filter_map(|(i, line)| {
+            let words: Vec<&str> = line.split('#').next().unwrap_or("").split_whitespace().collect();
+            let host = words.first().is_some_and(|w| w.starts_with("host"));
+            // host DB USER ADDRESS [MASK] METHOD [OPTIONS]: the method is the first
+            // word after the address that is not a mask.
+            let method = words.iter().skip(4).find(|w| !w.contains('.') && !w.contains(':'));
+            (host && method == Some(&"trust")).then(|| format!("line {}: {}", i + 1, line.trim()))
+        })
+        .collect()
+}
+
 /// Start the restored server as `postgres` and wait until recovery reaches its end:
 /// promoted, paused at the target, or shut down. A server that dies on the way (the
 /// target was not reached, WAL is missing) is reported with its own words.
@@ -280,6 +300,20 @@ pub fn stop_immediate(pg_ctl: &Path, dir: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_tcp_lines_that_trust() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(
+            d.path().join("pg_hba.conf"),
+            "local all all trust\nhost all all 127.0.0.1/32 trust # initdb\nhost all all 10.0.0.0 255.0.0.0 trust\nhostssl all all ::1/128 scram-sha-256\n# host all all 0.0.0.0/0 trust\n",
+        )
+        .unwrap();
+        let found = trusted_tcp_lines(d.path());
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(found[0].starts_with("line 2:"), "{found:?}");
+        assert!(found[1].starts_with("line 3:"), "{found:?}");
+    }
 
     #[test]
     fn watched_where_it_listens() {
