@@ -17,6 +17,7 @@ pub(super) async fn checks(
 ) -> Option<DynStorage> {
     let storage = storage::open(&config.repository, &config.cluster).await;
     let storage: Option<DynStorage> = report.result("repository", storage, |s| format!("{} opened", s.describe()));
+    ownership(config, report);
     if let Some(storage) = &storage {
         let found = info::read(storage).await;
         match found {
@@ -190,5 +191,66 @@ async fn conditional_put(storage: &DynStorage, report: &mut CheckReport) {
                 format!("the store ignores If-None-Match, and recording that in repo.json failed: {e:#}"),
             ),
         },
+    }
+}
+
+/// Who the repository belongs to, whether pgdr runs as that user, and (local) every
+/// entry inside that belongs to someone else: the owner's jobs cannot change those.
+fn ownership(config: &Config, report: &mut CheckReport) {
+    use crate::repo::owner;
+    let Some(found) = owner::of(config) else { return };
+    if let Some(root) = owner::local_root(config) {
+        let (count, strays) = owner::strays(&root, found.uid, 3);
+        if count > 0 {
+            let named: Vec<String> = strays
+                .iter()
+                .map(|p| {
+                    use std::os::unix::fs::MetadataExt;
+                    let whose = p
+                        .symlink_metadata()
+                        .map(|m| owner::user_name(m.uid()))
+                        .unwrap_or_else(|_| "?".into());
+                    format!("{} ({whose})", p.display())
+                })
+                .collect();
+            report.add(
+                Status::Fail,
+                "ownership",
+                format!(
+                    "{count} entr{} in the repository do not belong to its owner {}, whose jobs cannot change them: {}{} — give them back: chown -R {}: {}",
+                    if count == 1 { "y" } else { "ies" },
+                    found.name,
+                    named.join(", "),
+                    if count > named.len() { ", …" } else { "" },
+                    found.name,
+                    root.display()
+                ),
+            );
+        }
+    }
+    let me = owner::me();
+    if me == found.uid {
+        report.add(
+            Status::Ok,
+            "owner",
+            format!("{} belongs to {}, as whom pgdr runs", found.by, found.name),
+        );
+    } else {
+        report.add(
+            Status::Warn,
+            "owner",
+            format!(
+                "{} belongs to {}, but pgdr runs as {}: {} — run the repository's jobs as {}",
+                found.by,
+                found.name,
+                owner::user_name(me),
+                if me == 0 {
+                    "backup, expire, copy, key, schedule run and wal-push refuse"
+                } else {
+                    "it writes only what the repository's modes let it"
+                },
+                found.name
+            ),
+        );
     }
 }

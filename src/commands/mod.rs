@@ -69,6 +69,22 @@ impl Ctx {
     }
 }
 
+/// The repository owner's own jobs, which write the repository and are refused when
+/// run as anyone else (see `repo::owner`). Restores, verifications, drills and the
+/// emergency verbs may run as root: what they write is given to the owner.
+fn owners_job(command: &Command) -> Option<&'static str> {
+    use crate::cli::{KeyCommand, ScheduleCommand};
+    match command {
+        Command::Backup(_) => Some("backup"),
+        Command::Expire(a) if !a.dry_run => Some("expire"),
+        Command::Copy(a) if !a.dry_run => Some("copy"),
+        Command::Key(a) if !matches!(a.command, KeyCommand::List) => Some("key"),
+        Command::Schedule(a) if matches!(a.command, ScheduleCommand::Run(_)) => Some("schedule run"),
+        Command::WalPush(_) | Command::WalPushAhead(_) => Some("wal-push"),
+        _ => None,
+    }
+}
+
 pub async fn run(cli: Cli) -> Result<Exit> {
     // Checking a schedule file needs no pgdr configuration.
     if let Command::Schedule(args) = &cli.command
@@ -87,6 +103,9 @@ pub async fn run(cli: Cli) -> Result<Exit> {
     let mut config = config?;
     if let Some(name) = &cli.repository {
         config.select_repository(name)?;
+    }
+    if let Some(verb) = owners_job(&cli.command) {
+        crate::repo::owner::require(&config, verb)?;
     }
     let ctx = Ctx { config, json: cli.json };
     match cli.command {

@@ -10,6 +10,7 @@ pub mod label;
 pub mod layout;
 pub mod lock;
 pub mod manifest;
+pub mod owner;
 pub mod verification;
 
 use anyhow::{Context, Result};

@@ -24,11 +24,28 @@ const DIRECT_MIN: usize = 256 << 10;
 #[derive(Debug, Clone)]
 pub struct LocalStorage {
     root: PathBuf,
+    /// When pgdr runs as root in a repository that belongs to another user: that
+    /// user, who gets every directory and file written here (root's files would stop
+    /// the owner's jobs).
+    owner: Option<(u32, u32)>,
 }
 
 impl LocalStorage {
     pub fn new(root: PathBuf) -> Self {
-        LocalStorage { root }
+        use std::os::unix::fs::MetadataExt;
+        // SAFETY: geteuid has no preconditions.
+        let owner = if unsafe { libc::geteuid() } == 0 {
+            // The cluster's directory, or the repository's before it exists.
+            [Some(root.as_path()), root.parent()]
+                .into_iter()
+                .flatten()
+                .find_map(|p| fs::metadata(p).ok())
+                .filter(|m| m.uid() != 0)
+                .map(|m| (m.uid(), m.gid()))
+        } else {
+            None
+        };
+        LocalStorage { root, owner }
     }
 
     pub fn root(&self) -> &Path {
@@ -50,13 +67,36 @@ impl LocalStorage {
         match err.kind() {
             io::ErrorKind::NotFound => StorageError::NotFound(path.display().to_string()),
             io::ErrorKind::PermissionDenied => StorageError::Unreachable(format!(
-                "cannot {what} {}: permission denied — check the owner and mode of {}",
+                "cannot {what} {}: permission denied — {}",
                 path.display(),
-                self.root.display()
+                blocking(path)
             )),
             _ => StorageError::Permanent(format!("cannot {what} {}: {err}", path.display())),
         }
     }
+}
+
+/// Which directory refused, and whose it is: the nearest existing one on the way to
+/// `path` (a directory root made in the repository, say), not the repository's root.
+fn blocking(path: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let Some(meta_dir) = path
+        .ancestors()
+        .skip(if path.is_dir() { 0 } else { 1 })
+        .find_map(|d| fs::metadata(d).ok().map(|m| (d.to_path_buf(), m)))
+    else {
+        return "check the owner and mode of the repository".to_string();
+    };
+    let (dir, meta) = meta_dir;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    format!(
+        "{} belongs to {} (mode {:o}) and pgdr runs as {}: run pgdr as the repository's owner, or give it back (chown -R)",
+        dir.display(),
+        crate::repo::owner::user_name(meta.uid()),
+        meta.mode() & 0o7777,
+        crate::repo::owner::user_name(me)
+    )
 }
 
 /// A temporary file that is removed unless committed.
@@ -66,14 +106,18 @@ struct TempFile {
 }
 
 impl TempFile {
-    fn create(dir: &Path, name: &str) -> io::Result<TempFile> {
+    fn create(dir: &Path, name: &str, owner: Option<(u32, u32)>) -> io::Result<TempFile> {
         let path = dir.join(format!(
             ".{name}{TEMP_MARKER}{}-{:08x}",
             std::process::id(),
             rand::random::<u32>()
         ));
         let file = OpenOptions::new().write(true).create_new(true).open(&path)?;
-        Ok(TempFile { path, file: Some(file) })
+        let temp = TempFile { path, file: Some(file) };
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::fchown(temp.file.as_ref().expect("just opened"), Some(uid), Some(gid))?;
+        }
+        Ok(temp)
     }
 
     fn file(&mut self) -> &mut File {
@@ -113,16 +157,20 @@ fn modified(meta: &fs::Metadata) -> Option<DateTime<Utc>> {
     meta.modified().ok().map(DateTime::<Utc>::from)
 }
 
-/// Create a directory chain, fsyncing each directory that gained an entry.
-fn create_dirs(dir: &Path) -> io::Result<()> {
+/// Create a directory chain, fsyncing each directory that gained an entry; each new
+/// one given to `owner`.
+fn create_dirs(dir: &Path, owner: Option<(u32, u32)>) -> io::Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
     if let Some(parent) = dir.parent() {
-        create_dirs(parent)?;
+        create_dirs(parent, owner)?;
     }
     match fs::create_dir(dir) {
         Ok(()) => {
+            if let Some((uid, gid)) = owner {
+                std::os::unix::fs::chown(dir, Some(uid), Some(gid))?;
+            }
             if let Some(parent) = dir.parent() {
                 sync_dir(parent)?;
             }
@@ -140,9 +188,9 @@ impl LocalStorage {
             return Err(StorageError::AlreadyExists(key.to_string()));
         }
         let dir = path.parent().expect("object path has a parent").to_path_buf();
-        create_dirs(&dir).map_err(|e| self.io_error("create directory", &dir, e))?;
+        create_dirs(&dir, self.owner).map_err(|e| self.io_error("create directory", &dir, e))?;
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("object");
-        let temp = TempFile::create(&dir, name).map_err(|e| self.io_error("create", &dir, e))?;
+        let temp = TempFile::create(&dir, name, self.owner).map_err(|e| self.io_error("create", &dir, e))?;
         Ok((path, temp))
     }
 
