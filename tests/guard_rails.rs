@@ -105,3 +105,52 @@ fn root_is_refused_the_jobs_of_a_repository_that_belongs_to_postgres() {
         a.pgdr.ok(&["expire"]);
     }
 }
+
+/// The second mistake: the configuration points by mistake at a restored copy of
+/// production on the same host (same system identifier, timeline 2, archiving off).
+/// `check` passed and a backup of the copy was stored as production's newest, so the
+/// next `restore --backup latest` brought back the copy's data. Now a logical and a
+/// physical backup are refused before anything is written, and `check` says why: by
+/// pgdr's marker in the copy and, with the marker removed, by its timeline.
+#[test]
+fn a_backup_of_a_restored_copy_is_refused() {
+    let a = Archiving::start();
+    let c = &a.cluster;
+    c.psql("postgres", "CREATE TABLE t AS SELECT g AS n FROM generate_series(1, 1000) g");
+    a.pgdr.ok(&["backup", "--kind", "physical"]);
+    a.pgdr.ok(&["backup"]);
+    let copy = a.pgdr.restore_started(&[]);
+    assert_eq!(copy.psql("postgres", "SELECT count(*) FROM t"), "1000");
+    assert_eq!(copy.psql("postgres", "SELECT pg_is_in_recovery()"), "f");
+    let root = a.pgdr.repo_dir.clone().unwrap();
+    let before = local_snapshot(&root);
+    let mut wrong = a.pgdr.clone_setup();
+    wrong.set_env(
+        "PGDR_POSTGRES_URL",
+        &format!("postgresql://postgres@127.0.0.1:{}/postgres", copy.port),
+    );
+    for args in [&["backup"][..], &["backup", "--kind", "physical"]] {
+        let said = assert_fails(&wrong.run(args), 2, "is a copy pgdr restored");
+        assert!(said.contains("nothing was written") && said.contains("[postgres] url"), "{said}");
+    }
+    assert_eq!(local_snapshot(&root), before, "a refused backup changed the repository");
+    let out = wrong.run(&["check"]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success() && said.contains("✗ primary") && said.contains("copy pgdr restored"), "{said}");
+    // Without pgdr's marker (a DBA removed it), the timeline gives the copy away: the
+    // archive has never seen timeline 2.
+    copy.psql("postgres", "ALTER SYSTEM RESET \"pgdr.copy\"");
+    copy.psql("postgres", "SELECT pg_reload_conf()");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while copy.psql("postgres", "SELECT coalesce(current_setting('pgdr.copy', true), '')") != "" {
+        assert!(std::time::Instant::now() < deadline, "pgdr.copy is still set after the reload");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let said = assert_fails(&wrong.run(&["backup"]), 2, "timeline 2, which this repository's archive has never seen");
+    assert!(said.contains("nothing was written"), "{said}");
+    assert_eq!(local_snapshot(&root), before, "a refused backup changed the repository");
+    // Production itself still backs up, and check says it is the primary.
+    let out = a.pgdr.ok(&["check"]);
+    assert!(out.contains("✓ primary") && out.contains("is the repository's primary"), "{out}");
+    a.pgdr.ok(&["backup"]);
+}

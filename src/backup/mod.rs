@@ -8,6 +8,7 @@ mod commit;
 mod logical;
 mod physical;
 pub mod report;
+pub mod source;
 
 use std::time::Duration;
 
@@ -93,6 +94,8 @@ fn validate_tag(tag: &str) -> Result<()> {
 /// same label, and `check --clean-orphans` never removes a running backup's objects.
 pub async fn run(config: &Config, opts: &BackupOptions) -> Result<BackupReport> {
     let repo = Repo::open(config).await?;
+    // Before the lock: a backup of the wrong server writes nothing at all.
+    source::require_primary(config, &repo).await?;
     let lock = match BackupLock::acquire(&repo, opts.lock_wait).await? {
         Ok(lock) => lock,
         Err(holder) => {

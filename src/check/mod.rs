@@ -103,10 +103,44 @@ pub async fn run(config: &Config, opts: &CheckOptions) -> CheckReport {
         copies(config, storage, &mut report).await;
     }
     if server_info.is_some() {
+        primary(config, &mut report).await;
         wal::checks(config, &mut report).await;
     }
     report.ok = !report.checks.iter().any(|c| c.status == Status::Fail);
     report
+}
+
+/// The server is the repository's primary, not a restored copy of it or a server
+/// archiving elsewhere (the same test a backup makes before writing anything).
+async fn primary(config: &Config, report: &mut CheckReport) {
+    let found = async {
+        let repo = crate::repo::Repo::open(config).await?;
+        let target = PgTarget::from_config(config.postgres.url.as_deref())?;
+        let client = target.connect(None).await?;
+        let looks = crate::backup::source::look(&client).await?;
+        let why = crate::backup::source::not_the_primary(config, &repo, &looks, &target.describe()).await?;
+        anyhow::Ok((why, looks, target.describe()))
+    }
+    .await;
+    match found {
+        Ok((Some(why), _, _)) => report.add(Status::Fail, "primary", why),
+        Ok((None, looks, server)) => report.add(
+            Status::Ok,
+            "primary",
+            format!(
+                "{server} is {} (timeline {}, last archived {})",
+                if looks.in_recovery {
+                    "a standby, not a copy pgdr restored"
+                } else {
+                    "the repository's primary"
+                },
+                looks.timeline.map(|t| t.to_string()).unwrap_or_else(|| "-".into()),
+                looks.last_archived.as_deref().unwrap_or("nothing yet")
+            ),
+        ),
+        // The repository or server lines above already say what failed.
+        Err(e) => tracing::debug!("primary check skipped: {e:#}"),
+    }
 }
 
 /// Each repository copy: reachable, and how far behind the primary's WAL.

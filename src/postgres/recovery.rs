@@ -98,6 +98,8 @@ const OWNED: &[&str] = &[
     "recovery_target_timeline",
     "primary_conninfo",
     "primary_slot_name",
+    // A copy's marker (`backup::source`): set again below for a copy, never kept.
+    "pgdr.copy",
 ];
 
 /// Settings a copy gets (never a new primary): no archiving into the repository, no
@@ -158,6 +160,9 @@ pub fn write(data_dir: &Path, opts: &RecoveryOptions, comment: &str) -> io::Resu
         // production's replication slot and apply into the copy), no pg_cron job.
         out.push("max_logical_replication_workers = 0".to_string());
         out.push("cron.launch_active_jobs = 'off'".to_string());
+        // Readable by any login (`current_setting('pgdr.copy', true)`): a backup
+        // pointed here by mistake refuses to store the copy as production's.
+        out.push(format!("pgdr.copy = {}", conf_literal(comment)));
         match std::fs::remove_file(&marker) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
             _ => {}
