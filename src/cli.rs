@@ -587,9 +587,10 @@ pub struct RestoreArgs {
     /// Which backup: a label, `latest`, or `tag:NAME`
     #[arg(long, default_value = "latest", value_name = "LABEL|latest|tag:TAG")]
     pub backup: String,
-    /// Kind of backup to restore
-    #[arg(long, value_enum, default_value_t = BackupKind::Logical)]
-    pub kind: BackupKind,
+    /// Kind of backup to restore (default: the label's own kind; logical for
+    /// `latest` and tags, physical with --to)
+    #[arg(long, value_enum)]
+    pub kind: Option<BackupKind>,
     /// Which database of the backup (default: its only one)
     #[arg(long, value_name = "NAME")]
     pub database: Option<String>,

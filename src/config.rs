@@ -424,8 +424,11 @@ impl Config {
                 (toml::Table::new(), "the environment".to_string())
             }
         };
+        let file_table = table.clone();
         apply_env_overrides(&mut table, std::env::vars())?;
-        let mut config = Config::from_table(table, &source)?;
+        let mut config = Config::from_table(table, &source).map_err(|e| {
+            misspelt_env(&file_table, std::env::vars()).unwrap_or(e)
+        })?;
         config.file = path.map(|p| std::path::absolute(&p).unwrap_or(p));
         Ok(config)
     }
@@ -665,6 +668,27 @@ pub fn apply_env_overrides(table: &mut toml::Table, vars: impl Iterator<Item = (
         target.insert(key, value);
     }
     Ok(())
+}
+
+/// The `PGDR_*` variable that names no setting (a typo such as
+/// `PGDR_REPOSITRY_URL`), as an error naming the variable, not the file: each one is
+/// tried alone on the file's table.
+fn misspelt_env(file_table: &toml::Table, vars: impl Iterator<Item = (String, String)>) -> Option<anyhow::Error> {
+    for (name, value) in vars.filter(|(n, _)| n.starts_with("PGDR_")) {
+        let mut table = file_table.clone();
+        if apply_env_overrides(&mut table, std::iter::once((name.clone(), value))).is_err() {
+            continue;
+        }
+        let Err(e) = serde_path_to_error::deserialize::<_, Config>(toml::Value::Table(table)) else {
+            continue;
+        };
+        if e.inner().to_string().contains("unknown field") {
+            return Some(usage!(
+                "the environment variable {name} names no pgdr setting — check its spelling, or unset it (settings are PGDR_<SECTION>_<KEY>, e.g. PGDR_REPOSITORY_URL, PGDR_POSTGRES_URL)"
+            ));
+        }
+    }
+    None
 }
 
 /// Environment values are strings; numbers and booleans are recognised as such.

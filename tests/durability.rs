@@ -186,11 +186,15 @@ fn acknowledged_segments_survive_a_power_cut() {
     // the traced wal-push stores each itself; the first creates its log directory.
     let seg = a.switch_and_wait();
     let work = TestDir::new();
+    // wal-push runs as the repository's owner, as archive_command does (as root it is
+    // refused: it would leave root's directories in postgres's repository).
+    chown_postgres(work.path());
     let paths: Vec<(String, PathBuf)> = ["00000001000000AA00000001", "00000001000000AA00000002"]
         .iter()
         .map(|name| {
             let copy = work.join(name);
             std::fs::copy(c.data.join("pg_wal").join(&seg), &copy).unwrap();
+            chown_postgres(&copy);
             (name.to_string(), copy)
         })
         .collect();
@@ -213,6 +217,7 @@ fn acknowledged_segments_survive_a_power_cut() {
                 cmd.env(k, v);
             }
         }
+        as_postgres(&mut cmd);
         let out = cmd.output().expect("strace is needed for the power-cut test");
         assert_success(&out, &format!("wal-push {seg} under strace"));
         let raw = std::fs::read_to_string(&trace).unwrap();

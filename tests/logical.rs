@@ -162,7 +162,7 @@ fn restore_options_and_refusals() {
     assert_eq!(cluster.psql("shop", "SELECT count(*) FROM pgbench_accounts"), "100000");
 
     // One table only.
-    pgdr.ok(&[
+    let out = pgdr.ok(&[
         "restore",
         "--backup",
         "tag:after-delete",
@@ -172,11 +172,27 @@ fn restore_options_and_refusals() {
         "one_table",
         "--table",
         "public.pgbench_accounts",
+        "--json",
     ]);
     assert_eq!(
         cluster.psql("one_table", "SELECT count(*) FROM pgbench_accounts"),
         "99500"
     );
+    // Issue 26: the size reported is the table's, not the whole dump's.
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    // (Autovacuum may add a visibility map afterwards: between the heap and the total.)
+    let size = |f: &str| -> u64 {
+        cluster
+            .psql("one_table", &format!("SELECT {f}('public.pgbench_accounts')"))
+            .parse()
+            .unwrap()
+    };
+    let bytes = report["bytes"].as_u64().unwrap();
+    assert!(
+        bytes >= size("pg_relation_size") && bytes <= size("pg_total_relation_size"),
+        "{report}"
+    );
+    assert!(report["dump_bytes"].as_u64().is_some_and(|d| d > 0), "{report}");
     assert_eq!(
         cluster.psql(
             "one_table",

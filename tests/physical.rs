@@ -582,7 +582,9 @@ fn damaged_segment_stops_recovery() {
         "--socket-dir",
         sock.to_str().unwrap(),
     ]);
-    assert_fails(&out, 1, "stopped during recovery");
+    let said = assert_fails(&out, 1, "stopped during recovery");
+    // Issue 26: it says what it left, and how to clean it up.
+    assert!(said.contains("pgdr-recovery.log") && said.contains("rm -rf"), "{said}");
     let log = std::fs::read_to_string(data.join("pgdr-recovery.log")).unwrap();
     assert!(log.contains(&seg) && log.contains("stopping recovery"), "{log}");
     assert!(

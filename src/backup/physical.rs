@@ -81,6 +81,7 @@ pub(super) async fn run(
     let jobs = opts.jobs;
     let label = fresh_label(repo, BackupKind::Physical).await?;
     let start_time = Utc::now();
+    let xmin_before = xmin_now(&client).await;
     let (session, start_lsn) = BackupSession::start(client, label.as_str(), !opts.spread_checkpoint).await?;
     let timeline = session.timeline().await?;
     let databases = server::databases(session.client()).await?;
@@ -128,6 +129,7 @@ pub(super) async fn run(
         segment_size,
         wal_start,
         wal_stop,
+        xmin_before,
         backup_label: stop.label_file,
         tablespace_map: stop.tablespace_map,
         dirs: listing.dirs.clone(),
@@ -189,6 +191,10 @@ async fn basebackup(
     let tools = PgTools::locate(config.postgres.bin_dir.as_deref())?;
     let label = fresh_label(repo, BackupKind::Physical).await?;
     let start_time = Utc::now();
+    let xmin_before = match target.connect(None).await {
+        Ok(client) => xmin_now(&client).await,
+        Err(_) => None,
+    };
     let mut cmd = tools.command("pg_basebackup", target, None)?;
     cmd.args([
         "-D",
@@ -270,6 +276,7 @@ async fn basebackup(
             dirs: Vec::new(),
             tablespaces: Vec::new(),
             files,
+            xmin_before,
         })
     }
     .await;
@@ -294,4 +301,14 @@ async fn basebackup(
     };
     commit(repo, &manifest, opts.keep, lock).await?;
     Ok(PhysicalBackupReport::of(&manifest))
+}
+
+/// The oldest running transaction now (64-bit), read before the backup starts: every
+/// older one has ended, its commit before the backup's first WAL.
+async fn xmin_now(client: &tokio_postgres::Client) -> Option<u64> {
+    let row = client
+        .query_one("SELECT txid_snapshot_xmin(txid_current_snapshot())::text", &[])
+        .await
+        .ok()?;
+    row.get::<_, String>(0).parse().ok()
 }

@@ -90,7 +90,14 @@ pub async fn run(cli: Cli) -> Result<Exit> {
     if let Command::Schedule(args) = &cli.command
         && let crate::cli::ScheduleCommand::Check(f) = &args.command
     {
-        return schedule::check(f, cli.json);
+        // With the configuration when there is one: a job it cannot run fails.
+        let config = Config::load(cli.config.as_deref()).ok().and_then(|mut c| {
+            match &cli.repository {
+                Some(name) => c.select_repository(name).ok().map(|_| c),
+                None => Some(c),
+            }
+        });
+        return schedule::check(f, cli.json, config.as_ref());
     }
     let config = Config::load(cli.config.as_deref());
     // `init --generate-key` may run before a configuration exists.

@@ -88,6 +88,11 @@ pub struct DrillReport {
     pub started: DateTime<Utc>,
     /// When the failure was injected.
     pub failure_at: Option<DateTime<Utc>>,
+    /// A point-in-time drill's recovery target, and how it was chosen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_time: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_chosen: Option<String>,
     /// Failure to validated service through PgBouncer.
     pub rto_seconds: Option<f64>,
     pub rto_target_seconds: u64,
@@ -145,6 +150,27 @@ impl std::fmt::Display for Summary<'_> {
             .rto_seconds
             .map(|s| format!("{s:.1} s"))
             .unwrap_or_else(|| "not reached".into());
+        if let (Some(t), Some(how)) = (&s.target_time, &s.target_chosen) {
+            writeln!(f, "recovery target: {} ({how})", t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))?;
+        }
+        writeln!(
+            f,
+            "RTO measures from the injected failure{} to the first query the recovered service answered through PgBouncer; detecting the failure and deciding to recover are not in it",
+            s.failure_at
+                .map(|t| format!(" ({})", t.format("%H:%M:%S%.3f UTC")))
+                .unwrap_or_default()
+        )?;
+        if s.rpo.is_some() {
+            writeln!(
+                f,
+                "RPO counts the commits the drill's client had acknowledged (from the start of its workload{}) that are missing afterwards",
+                if s.target_time.is_some() {
+                    " to the recovery target"
+                } else {
+                    " to the failure"
+                }
+            )?;
+        }
         write!(
             f,
             "drill {}: {} — RTO {rto} (target {} min: {})",
@@ -630,6 +656,8 @@ pub async fn run(config: &Config, opts: &DrillOptions, say: &mut dyn FnMut(Strin
         ok: false,
         started,
         failure_at: None,
+        target_time: None,
+        target_chosen: None,
         rto_seconds: None,
         rto_target_seconds: opts.runbook.targets.rto_minutes * 60,
         rto_met: false,
@@ -926,6 +954,13 @@ async fn drill_body(
             })
             .await?;
         report.failure_at = Some(injected.failure_at);
+        if injected.keep_before < injected.failure_at && injected.archived_until.is_none() {
+            report.target_time = Some(injected.keep_before);
+            report.target_chosen = Some(format!(
+                "{:.1} s before the failure, chosen by the drill",
+                (injected.failure_at - injected.keep_before).num_milliseconds() as f64 / 1000.0
+            ));
+        }
         Ok::<_, anyhow::Error>(injected)
     }
     .await;

@@ -119,6 +119,7 @@ pub async fn create(config: &Config, opts: &StandbyOptions, say: &mut dyn FnMut(
             recovery: RecoveryTarget::Latest,
             time: None,
             lsn: None,
+            xid: None,
         },
         action: TargetAction::Promote,
         exclusive: false,

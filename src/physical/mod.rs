@@ -493,7 +493,23 @@ pub async fn check_wal_chain(
     let path = listing.path_to(&repo.storage, &repo.keys, target).await?;
     let start = Segment::parse(&info.wal_start, info.segment_size)
         .ok_or_else(|| anyhow!("the manifest has a malformed wal_start {}", info.wal_start))?;
+    past_the_end(&listing, &path, target, info.segment_size, until)?;
     let chain_end = listing.check_chain(start, &path, info.segment_size, until, &repo.storage.describe())?;
+    // A target time no archived segment reaches: PostgreSQL would replay all there is
+    // and stop with "recovery ended before configured recovery target was reached",
+    // leaving a directory that is good for nothing. A minute of grace for the clocks
+    // of the server and the storage, which need not agree.
+    if let archive::Until::Time(t) = until
+        && let Some(Some(archived)) = listing.segments.get(&chain_end.name(info.segment_size))
+        && *archived + chrono::Duration::seconds(60) < t
+    {
+        return Err(crate::usage!(
+            "--target-time {} is after the end of the archive: its newest WAL on timeline {target} ({}) was archived at {} — recovery would stop before reaching the target; restore with --target latest for everything archived, or wait until the WAL up to that time is archived (SELECT pg_switch_wal() on the primary); nothing was written",
+            t.to_rfc3339(),
+            chain_end.name(info.segment_size),
+            archived.to_rfc3339()
+        ));
+    }
     // The backup's own WAL must be complete whatever the target.
     let stop = Segment::parse(&info.wal_stop, info.segment_size)
         .ok_or_else(|| anyhow!("the manifest has a malformed wal_stop {}", info.wal_stop))?;
@@ -515,6 +531,34 @@ pub async fn check_wal_chain(
         }
     };
     Ok((chain_end, choice))
+}
+
+/// An LSN target beyond the last archived segment of the timeline it would be on.
+fn past_the_end(
+    listing: &archive::ArchiveListing,
+    path: &[archive::Stretch],
+    target: crate::postgres::TimelineId,
+    segment_size: u64,
+    until: archive::Until,
+) -> Result<()> {
+    let archive::Until::Lsn(lsn) = until else { return Ok(()) };
+    // The last timeline of the path starts where the one before it ended.
+    let last_starts = path.iter().rev().nth(1).and_then(|s| s.end).unwrap_or(crate::postgres::Lsn(0));
+    if lsn < last_starts {
+        return Ok(());
+    }
+    let newest = listing.newest_segment(target, segment_size);
+    let end = newest.map(|s| crate::postgres::Lsn(s.start_lsn(segment_size).0 + segment_size));
+    if end.is_none_or(|e| lsn >= e) {
+        return Err(crate::usage!(
+            "--target-lsn {lsn} is past the end of the archive on timeline {target} ({}) — recovery would stop before reaching it; restore with --target latest for everything archived, or wait until the WAL holding {lsn} is archived; nothing was written",
+            match (newest, end) {
+                (Some(s), Some(e)) => format!("its newest segment {} ends at {e}", s.name(segment_size)),
+                _ => "no segment of it is archived".to_string(),
+            }
+        ));
+    }
+    Ok(())
 }
 
 /// Which timeline a recovery from this backup follows when none is named.

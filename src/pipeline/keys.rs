@@ -69,8 +69,14 @@ impl RepoKey {
     }
 
     pub fn load_file(path: &Path) -> Result<RepoKey> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| usage!("cannot read the repository key file {}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => usage!(
+                "the repository key file {} does not exist — for a new repository make one with `pgdr init --generate-key {}`; for an existing one put its key there (mode 0600) or give it in PGDR_KEY",
+                path.display(),
+                path.display()
+            ),
+            _ => usage!("cannot read the repository key file {}: {e}", path.display()),
+        })?;
         warn_if_open(path);
         RepoKey::from_hex(&text, &format!("the key file {}", path.display()))
     }

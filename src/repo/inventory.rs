@@ -31,6 +31,30 @@ pub struct BackupEntry {
     pub databases: Vec<String>,
     pub keep: bool,
     pub verification: Option<Verdict>,
+    /// Physical backups: the WAL a restore of it needs at the least.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wal: Option<WalSpan>,
+}
+
+/// A physical backup's WAL: from its start to its stop, as LSNs and segments.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WalSpan {
+    pub timeline: u32,
+    pub start_lsn: String,
+    pub stop_lsn: String,
+    pub start_segment: String,
+    pub stop_segment: String,
+}
+
+/// One timeline of the WAL archive: its first and last segment, and how many of
+/// those between are missing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ArchivedTimeline {
+    pub timeline: u32,
+    pub first: String,
+    pub last: String,
+    pub segments: u64,
+    pub missing: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -47,6 +71,35 @@ pub struct Inventory {
     /// For the empty-repository line.
     #[serde(skip)]
     pub place: String,
+    /// The archive per timeline (in the text; `--json` keeps its list of backups).
+    #[serde(skip)]
+    pub archive: Vec<ArchivedTimeline>,
+}
+
+/// The archive's range per timeline, from one listing of `wal/`.
+async fn archived_timelines(repo: &Repo, segment_size: u64) -> Result<Vec<ArchivedTimeline>> {
+    use crate::postgres::Segment;
+    let listing = super::archive::list(&repo.storage).await?;
+    let mut out: Vec<ArchivedTimeline> = Vec::new();
+    for name in listing.segments.keys() {
+        let Some(seg) = Segment::parse(name, segment_size) else { continue };
+        match out.last_mut() {
+            Some(t) if t.timeline == seg.timeline => {
+                let last = Segment::parse(&t.last, segment_size).map_or(seg.number, |l| l.number);
+                t.missing += seg.number.saturating_sub(last + 1);
+                t.last = name.clone();
+                t.segments += 1;
+            }
+            _ => out.push(ArchivedTimeline {
+                timeline: seg.timeline,
+                first: name.clone(),
+                last: name.clone(),
+                segments: 1,
+                missing: 0,
+            }),
+        }
+    }
+    Ok(out)
 }
 
 /// Read the inventory: one listing of `backups/` gives the manifests and keep marks.
@@ -72,6 +125,13 @@ pub async fn read(repo: &Repo) -> Result<Inventory> {
                     ok: r.ok,
                     finished: r.finished,
                 }),
+                wal: m.physical.as_ref().map(|p| WalSpan {
+                    timeline: p.timeline,
+                    start_lsn: p.start_lsn.to_string(),
+                    stop_lsn: p.stop_lsn.to_string(),
+                    start_segment: p.wal_start.clone(),
+                    stop_segment: p.wal_stop.clone(),
+                }),
             })
         })
         .chain(damaged.into_iter().map(|d| Entry::Damaged {
@@ -79,9 +139,14 @@ pub async fn read(repo: &Repo) -> Result<Inventory> {
             damaged: d.why,
         }))
         .collect();
+    let segment_size = manifests
+        .iter()
+        .find_map(|m| m.physical.as_ref().map(|p| p.segment_size))
+        .unwrap_or(crate::postgres::wal::DEFAULT_SEGMENT_SIZE);
     Ok(Inventory {
         entries,
         place: repo.storage.describe(),
+        archive: archived_timelines(repo, segment_size).await.unwrap_or_default(),
     })
 }
 
@@ -138,6 +203,30 @@ impl fmt::Display for Inventory {
                 dbs,
                 tags.join(",")
             ));
+            if let Some(w) = &b.wal {
+                lines.push(format!(
+                    "{:<20} WAL {} ({}) .. {} ({}), timeline {}",
+                    "", w.start_lsn, w.start_segment, w.stop_lsn, w.stop_segment, w.timeline
+                ));
+            }
+        }
+        if !self.archive.is_empty() {
+            lines.push(String::new());
+            lines.push("WAL ARCHIVE".to_string());
+            for t in &self.archive {
+                lines.push(format!(
+                    "  timeline {}: {} .. {} ({} segment(s){})",
+                    t.timeline,
+                    t.first,
+                    t.last,
+                    t.segments,
+                    if t.missing > 0 {
+                        format!(", {} MISSING in between — `pgdr check` names them", t.missing)
+                    } else {
+                        String::new()
+                    }
+                ));
+            }
         }
         f.write_str(&lines.join("\n"))
     }

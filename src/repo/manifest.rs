@@ -62,6 +62,23 @@ pub struct PhysicalInfo {
     pub dirs: Vec<DirEntry>,
     pub tablespaces: Vec<Tablespace>,
     pub files: Vec<FileRecord>,
+    /// The oldest transaction still running just before the backup started (a 64-bit
+    /// txid): every older one had ended, so its commit lies before the backup's WAL
+    /// and a recovery from it cannot stop there (`--target-xid`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xmin_before: Option<u64>,
+}
+
+impl PhysicalInfo {
+    /// Whether transaction `xid` had ended before this backup started, as far as the
+    /// backup knows. A 32-bit xid is compared the way PostgreSQL does, modulo 2^32.
+    pub fn ended_before(&self, xid: u64) -> bool {
+        let Some(xmin) = self.xmin_before else { return false };
+        if xid > u32::MAX as u64 {
+            return xid < xmin;
+        }
+        ((xid as u32).wrapping_sub(xmin as u32) as i32) < 0
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -174,6 +191,7 @@ pub(crate) mod test_support {
                 dirs: vec![],
                 tablespaces: vec![],
                 files: vec![],
+                xmin_before: None,
             }),
             catalog: vec![],
         }

@@ -87,7 +87,11 @@ pub struct DatabaseRestored {
     pub created: bool,
     pub tables_checked: usize,
     pub rows: i64,
+    /// What was restored: the dump's size, or with --table those tables' size on disk.
     pub bytes: u64,
+    /// With --table: the size of the whole dump read to find them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dump_bytes: Option<u64>,
     pub seconds: f64,
 }
 
@@ -107,16 +111,27 @@ impl fmt::Display for LogicalRestoreReport {
         }
         if let Some(d) = &self.database {
             let elapsed = std::time::Duration::from_secs_f64(d.seconds);
+            let size = match d.dump_bytes {
+                // Only some tables: their size, and the dump that was read for them.
+                Some(dump) => format!(
+                    "{} table(s), {} on disk, in {:.1} s (read from a {} dump at {})",
+                    d.tables_checked,
+                    human_bytes(d.bytes),
+                    d.seconds,
+                    human_bytes(dump),
+                    human_rate(dump, elapsed)
+                ),
+                None => format!(
+                    "{} in {:.1} s ({}); {} table(s)",
+                    human_bytes(d.bytes),
+                    d.seconds,
+                    human_rate(d.bytes, elapsed),
+                    d.tables_checked
+                ),
+            };
             lines.push(format!(
-                "restored {} database {:?} into {:?}: {} in {:.1} s ({}); {} table(s), {} rows match the manifest",
-                self.backup,
-                d.database,
-                d.to_database,
-                human_bytes(d.bytes),
-                d.seconds,
-                human_rate(d.bytes, elapsed),
-                d.tables_checked,
-                d.rows
+                "restored {} database {:?} into {:?}: {size}, {} rows match the manifest",
+                self.backup, d.database, d.to_database, d.rows
             ));
         }
         f.write_str(&lines.join("\n"))
@@ -245,16 +260,39 @@ async fn restore_leased(
             mismatches.join("; ")
         ));
     }
+    // With --table, what was restored is those tables, not the whole dump read.
+    let bytes = if tables.is_empty() {
+        record.plain.size
+    } else {
+        tables_size(&target, &to, &tables).await.unwrap_or(record.plain.size)
+    };
     report.database = Some(DatabaseRestored {
         database: entry.name.clone(),
         to_database: to,
         created,
         tables_checked: expected.len(),
         rows,
-        bytes: record.plain.size,
+        bytes,
+        dump_bytes: (!tables.is_empty()).then_some(record.plain.size),
         seconds: elapsed.as_secs_f64(),
     });
     Ok(report)
+}
+
+/// The size on disk of the restored tables (their indexes and TOAST included).
+async fn tables_size(target: &PgTarget, db: &str, tables: &[(String, String)]) -> Result<u64> {
+    let client = target.connect(Some(db)).await?;
+    let mut total = 0i64;
+    for (schema, name) in tables {
+        let row = client
+            .query_one(
+                "SELECT coalesce(pg_total_relation_size(to_regclass(format('%I.%I', $1::text, $2::text))), 0)",
+                &[schema, name],
+            )
+            .await?;
+        total += row.get::<_, i64>(0);
+    }
+    Ok(total.max(0) as u64)
 }
 
 /// `--table schema.name`.
@@ -579,6 +617,7 @@ mod tests {
                 tables_checked: 3,
                 rows: 42,
                 bytes: 1000,
+                dump_bytes: None,
                 seconds: 0.5,
             }),
         };

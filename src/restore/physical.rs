@@ -252,6 +252,39 @@ fn running_postmaster(dir: &Path) -> Option<i32> {
     crate::process::exists(pid).then_some(pid)
 }
 
+/// `dir` is a PostgreSQL data directory of the cluster `system_identifier`:
+/// PG_VERSION, and pg_control naming that system. Otherwise why not, in words that
+/// name the directory and what is in it.
+fn recognise_data_dir(dir: &Path, system_identifier: &str) -> std::result::Result<(), String> {
+    let some_entries = || {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .map(|it| it.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        names.sort();
+        let more = names.len() > 3;
+        names.truncate(3);
+        format!("{}{}", names.join(", "), if more { ", …" } else { "" })
+    };
+    if !dir.join("PG_VERSION").is_file() {
+        return Err(format!(
+            "{} is not a PostgreSQL data directory (no PG_VERSION; it holds {})",
+            dir.display(),
+            some_entries()
+        ));
+    }
+    match crate::postgres::datadir::control_system_identifier(dir) {
+        Ok(found) if found == system_identifier => Ok(()),
+        Ok(found) => Err(format!(
+            "{} is the data directory of another cluster (system identifier {found}; this repository's is {system_identifier})",
+            dir.display()
+        )),
+        Err(e) => Err(format!(
+            "{} has no readable global/pg_control ({e}), so it cannot be told to be this cluster's",
+            dir.display()
+        )),
+    }
+}
+
 fn is_empty_dir(path: &Path) -> Result<bool> {
     match std::fs::read_dir(path) {
         Ok(mut entries) => Ok(entries.next().is_none()),
@@ -271,6 +304,7 @@ pub async fn plan(config: &Config, opts: &PhysicalRestoreOptions) -> Result<Rest
         opts.backup.as_str().ne("latest").then_some(opts.backup.as_str()),
         opts.target.time,
         opts.target.lsn,
+        opts.target.xid,
     ) {
         Ok(m) => m.clone(),
         Err(e) => return Err(repo.explain_missing(opts.backup.as_str(), e).await),
@@ -304,11 +338,27 @@ pub async fn plan(config: &Config, opts: &PhysicalRestoreOptions) -> Result<Rest
             manifest.label
         ));
     }
-    if !opts.delta && !resume && !is_empty_dir(dir)? {
-        return Err(usage!(
-            "{} is not empty — restore into a new directory, or pass --delta to rewrite only what differs",
-            dir.display()
-        ));
+    if !is_empty_dir(dir)? && !resume {
+        // --delta deletes what the backup does not have: only ever in a data
+        // directory of this very cluster.
+        let ours = recognise_data_dir(dir, &repo.info.system_identifier);
+        match (opts.delta, ours) {
+            (true, Ok(())) => {}
+            (true, Err(why)) => {
+                return Err(usage!(
+                    "--delta rewrites a data directory of this cluster, removing what the backup does not have, and {why} — nothing was changed: restore into a new or empty directory"
+                ));
+            }
+            (false, Ok(())) => {
+                return Err(usage!(
+                    "{} is not empty (a data directory of this cluster) — restore into a new directory, or pass --delta to rewrite only what differs",
+                    dir.display()
+                ));
+            }
+            (false, Err(why)) => {
+                return Err(usage!("{why} — restore into a new or empty directory"));
+            }
+        }
     }
     for ts in &info.tablespaces {
         let mapped = opts.tablespace_map.contains_key(&ts.oid);
@@ -415,7 +465,23 @@ async fn execute_leased(
         }
     };
     progress.finish();
-    let stats = stats.with_context(|| format!("restoring {} into {}", manifest.label, dir.display()))?;
+    let stats = stats.with_context(|| {
+        if marked {
+            format!(
+                "restoring {} into {} (it stopped part-way: the same command again finishes it, or remove what it wrote with rm -rf {})",
+                manifest.label,
+                dir.display(),
+                dir.display()
+            )
+        } else {
+            format!(
+                "restoring {} into {} (what it wrote is not usable: remove it with rm -rf {} before restoring again)",
+                manifest.label,
+                dir.display(),
+                dir.display()
+            )
+        }
+    })?;
 
     // PostgreSQL recreates the tablespace links from tablespace_map; pgdr made them
     // already (possibly remapped), so only backup_label is written.
@@ -493,7 +559,14 @@ async fn execute_leased(
         warnings: Vec::new(),
     };
     let Some(listen) = &opts.start else {
-        say(format!("start it with: pg_ctl -D {} start", dir.display()));
+        // Its postgresql.conf still carries production's port: started as it is on
+        // production's host, it would collide with production (or take its place).
+        let port = server::free_port().unwrap_or(5433);
+        say(format!(
+            "start it on a port of its own (its postgresql.conf still says production's): pg_ctl -D {} -o '-p {port}' start{}",
+            crate::process::sh_quote(&dir.to_string_lossy()),
+            if opts.archive { "" } else { " — a copy: archiving is off" }
+        ));
         return Ok(report);
     };
     if !listen.scratch_hba && !listen.addresses.trim().is_empty() {
@@ -522,7 +595,15 @@ async fn execute_leased(
         connect: PgTarget::from_config(config.postgres.url.as_deref())?,
         s3: matches!(config.repository.parsed_url(), Ok(crate::config::RepoUrl::S3 { .. })),
     })
-    .await?;
+    .await
+    .with_context(|| {
+        format!(
+            "{} holds the restored files and the server's log (pgdr-recovery.log) — read the log; to start over, stop the server if it still runs (pg_ctl -D {} stop) and remove the directory (rm -rf {})",
+            dir.display(),
+            dir.display(),
+            dir.display()
+        )
+    })?;
     // Recovery that ends before the WAL the archive holds lost data on the way
     // (an unreachable archive read as its end, say): say so, loudly.
     // A standby never ends recovery (it reports where it is, not where it stops);

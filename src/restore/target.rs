@@ -26,6 +26,7 @@ pub struct Target {
     pub recovery: RecoveryTarget,
     pub time: Option<DateTime<Utc>>,
     pub lsn: Option<Lsn>,
+    pub xid: Option<u64>,
 }
 
 impl Target {
@@ -34,6 +35,7 @@ impl Target {
             recovery,
             time: None,
             lsn: None,
+            xid: None,
         };
         if let Some(t) = spec.time {
             let time = parse_target_time(t)?;
@@ -42,6 +44,7 @@ impl Target {
                 recovery: RecoveryTarget::Time(pg),
                 time: Some(time),
                 lsn: None,
+                xid: None,
             });
         }
         if let Some(l) = spec.lsn {
@@ -50,13 +53,17 @@ impl Target {
                 recovery: RecoveryTarget::Lsn(lsn.to_string()),
                 time: None,
                 lsn: Some(lsn),
+                xid: None,
             });
         }
         if let Some(x) = spec.xid {
-            if x.parse::<u64>().is_err() {
+            let Ok(xid) = x.parse::<u64>() else {
                 return Err(usage!("--target-xid {x:?} is not a transaction id"));
-            }
-            return Ok(plain(RecoveryTarget::Xid(x.to_string())));
+            };
+            return Ok(Target {
+                xid: Some(xid),
+                ..plain(RecoveryTarget::Xid(x.to_string()))
+            });
         }
         if let Some(n) = spec.name {
             return Ok(plain(RecoveryTarget::Name(n.to_string())));

@@ -83,10 +83,13 @@ pub struct StepLog {
 
 impl fmt::Display for StepLog {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Start and end: a ✓ is a step done, and when it was done matters as much.
+        let ended = self.started + chrono::Duration::milliseconds((self.seconds * 1000.0) as i64);
         write!(
             f,
-            "{} {} {} ({:.2} s): {}",
+            "{}–{} {} {} ({:.2} s): {}",
             self.started.format("%H:%M:%S%.3f"),
+            ended.format("%H:%M:%S%.3f"),
             if self.ok { "✓" } else { "✗" },
             self.step,
             self.seconds,

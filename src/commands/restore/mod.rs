@@ -12,7 +12,40 @@ use crate::repo::BackupKind;
 use crate::restore::logical::{self, LogicalRestoreOptions};
 
 pub async fn run(ctx: &Ctx, args: RestoreArgs) -> Result<Exit> {
-    if args.kind == BackupKind::Physical || args.to.is_some() {
+    let labelled = args.backup.parse::<crate::repo::BackupLabel>().ok().map(|l| l.kind());
+    let kind = match (args.kind, labelled, args.to.is_some()) {
+        (Some(asked), Some(has), _) if asked != has => {
+            return Err(crate::usage!(
+                "backup {} is a {} backup, not a {} one — {}",
+                args.backup,
+                has,
+                asked,
+                match has {
+                    BackupKind::Physical => "restore it into a data directory with --kind physical --to DIR",
+                    BackupKind::Logical => "restore it into the server of [postgres] url without --kind physical and --to",
+                }
+            ));
+        }
+        (Some(kind), _, _) => kind,
+        (None, Some(BackupKind::Physical), false) => {
+            return Err(crate::usage!(
+                "backup {} is a physical backup: restore it into a data directory with --kind physical --to DIR",
+                args.backup
+            ));
+        }
+        (None, Some(kind), _) => kind,
+        (None, None, true) => BackupKind::Physical,
+        (None, None, false) => {
+            if !ctx.json {
+                println!(
+                    "restoring the {} logical backup (the default; --kind physical --to DIR for a physical one)",
+                    if args.backup == "latest" { "latest" } else { "chosen" }
+                );
+            }
+            BackupKind::Logical
+        }
+    };
+    if kind == BackupKind::Physical || args.to.is_some() {
         return physical::run(ctx, args).await;
     }
     let opts = LogicalRestoreOptions {
