@@ -426,9 +426,8 @@ impl Config {
         };
         let file_table = table.clone();
         apply_env_overrides(&mut table, std::env::vars())?;
-        let mut config = Config::from_table(table, &source).map_err(|e| {
-            misspelt_env(&file_table, std::env::vars()).unwrap_or(e)
-        })?;
+        let mut config =
+            Config::from_table(table, &source).map_err(|e| misspelt_env(&file_table, std::env::vars()).unwrap_or(e))?;
         config.file = path.map(|p| std::path::absolute(&p).unwrap_or(p));
         Ok(config)
     }

@@ -167,10 +167,16 @@ fn the_four_drills_recover_and_measure() {
     assert!(d["rpo"]["discarded_by_design"].as_u64().unwrap() > 0, "{d}");
     // Issue 26: the report says how the target was chosen.
     assert!(
-        d["target_chosen"].as_str().unwrap().ends_with("s before the failure, chosen by the drill"),
+        d["target_chosen"]
+            .as_str()
+            .unwrap()
+            .ends_with("s before the failure, chosen by the drill"),
         "{d}"
     );
-    assert!(d["target_time"].as_str().unwrap() < d["failure_at"].as_str().unwrap(), "{d}");
+    assert!(
+        d["target_time"].as_str().unwrap() < d["failure_at"].as_str().unwrap(),
+        "{d}"
+    );
     assert!(
         d["recover"]["discarded"].as_str().unwrap().contains("committed after"),
         "{d}"

@@ -31,7 +31,11 @@ fn bucket_of(config: &Path) -> String {
 }
 
 fn s3_snapshot(bucket: &str) -> Vec<String> {
-    let mut keys: Vec<String> = s3().keys(bucket, "").into_iter().filter(|k| !k.contains("/wal/")).collect();
+    let mut keys: Vec<String> = s3()
+        .keys(bucket, "")
+        .into_iter()
+        .filter(|k| !k.contains("/wal/"))
+        .collect();
     keys.sort();
     keys
 }
@@ -44,10 +48,16 @@ fn s3_snapshot(bucket: &str) -> Vec<String> {
 /// a verify run as root (allowed) leaves only postgres's files behind.
 #[test]
 fn root_is_refused_the_jobs_of_a_repository_that_belongs_to_postgres() {
-    assert!(is_root(), "this test makes a repository that belongs to postgres: it needs root");
+    assert!(
+        is_root(),
+        "this test makes a repository that belongs to postgres: it needs root"
+    );
     for kind in [RepoKind::Local, RepoKind::S3] {
         let a = Archiving::start_with(kind);
-        a.cluster.psql("postgres", "CREATE TABLE t AS SELECT g AS n FROM generate_series(1, 100) g");
+        a.cluster.psql(
+            "postgres",
+            "CREATE TABLE t AS SELECT g AS n FROM generate_series(1, 100) g",
+        );
         a.pgdr.ok(&["backup"]);
         let snapshot = || match &a.pgdr.repo_dir {
             Some(root) => format!("{:?}", local_snapshot(root)),
@@ -56,7 +66,11 @@ fn root_is_refused_the_jobs_of_a_repository_that_belongs_to_postgres() {
         let before = snapshot();
         let mut root = a.pgdr.clone_setup();
         root.as_postgres = false;
-        let by = if a.pgdr.repo_dir.is_some() { "the repository" } else { "the key file" };
+        let by = if a.pgdr.repo_dir.is_some() {
+            "the repository"
+        } else {
+            "the key file"
+        };
         for args in [
             &["backup"][..],
             &["backup", "--kind", "physical"],
@@ -66,7 +80,10 @@ fn root_is_refused_the_jobs_of_a_repository_that_belongs_to_postgres() {
         ] {
             let out = root.run(args);
             let said = assert_fails(&out, 2, "belongs to postgres: run pgdr as postgres");
-            assert!(said.contains(by) && said.contains("nothing was written"), "{args:?}: {said}");
+            assert!(
+                said.contains(by) && said.contains("nothing was written"),
+                "{args:?}: {said}"
+            );
         }
         assert_eq!(snapshot(), before, "a refused job changed the repository ({by})");
         // `check` as root says whose the repository is.
@@ -84,7 +101,12 @@ fn root_is_refused_the_jobs_of_a_repository_that_belongs_to_postgres() {
                 let meta = std::fs::metadata(&p).unwrap();
                 assert_eq!(meta.uid(), postgres, "{} was left to root", p.display());
                 let dir = std::fs::metadata(p.parent().unwrap()).unwrap();
-                assert_eq!(dir.uid(), postgres, "{} was left to root", p.parent().unwrap().display());
+                assert_eq!(
+                    dir.uid(),
+                    postgres,
+                    "{} was left to root",
+                    p.parent().unwrap().display()
+                );
             }
             let out = a.pgdr.ok(&["check"]);
             assert!(out.contains("✓ owner") && !out.contains("ownership"), "{out}");
@@ -116,7 +138,10 @@ fn root_is_refused_the_jobs_of_a_repository_that_belongs_to_postgres() {
 fn a_backup_of_a_restored_copy_is_refused() {
     let a = Archiving::start();
     let c = &a.cluster;
-    c.psql("postgres", "CREATE TABLE t AS SELECT g AS n FROM generate_series(1, 1000) g");
+    c.psql(
+        "postgres",
+        "CREATE TABLE t AS SELECT g AS n FROM generate_series(1, 1000) g",
+    );
     a.pgdr.ok(&["backup", "--kind", "physical"]);
     a.pgdr.ok(&["backup"]);
     let copy = a.pgdr.restore_started(&[]);
@@ -131,27 +156,43 @@ fn a_backup_of_a_restored_copy_is_refused() {
     );
     for args in [&["backup"][..], &["backup", "--kind", "physical"]] {
         let said = assert_fails(&wrong.run(args), 2, "is a copy pgdr restored");
-        assert!(said.contains("nothing was written") && said.contains("[postgres] url"), "{said}");
+        assert!(
+            said.contains("nothing was written") && said.contains("[postgres] url"),
+            "{said}"
+        );
     }
     assert_eq!(local_snapshot(&root), before, "a refused backup changed the repository");
     let out = wrong.run(&["check"]);
     let said = String::from_utf8_lossy(&out.stdout);
-    assert!(!out.status.success() && said.contains("✗ primary") && said.contains("copy pgdr restored"), "{said}");
+    assert!(
+        !out.status.success() && said.contains("✗ primary") && said.contains("copy pgdr restored"),
+        "{said}"
+    );
     // Without pgdr's marker (a DBA removed it), the timeline gives the copy away: the
     // archive has never seen timeline 2.
     copy.psql("postgres", "ALTER SYSTEM RESET \"pgdr.copy\"");
     copy.psql("postgres", "SELECT pg_reload_conf()");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while copy.psql("postgres", "SELECT coalesce(current_setting('pgdr.copy', true), '')") != "" {
-        assert!(std::time::Instant::now() < deadline, "pgdr.copy is still set after the reload");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pgdr.copy is still set after the reload"
+        );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    let said = assert_fails(&wrong.run(&["backup"]), 2, "timeline 2, which this repository's archive has never seen");
+    let said = assert_fails(
+        &wrong.run(&["backup"]),
+        2,
+        "timeline 2, which this repository's archive has never seen",
+    );
     assert!(said.contains("nothing was written"), "{said}");
     assert_eq!(local_snapshot(&root), before, "a refused backup changed the repository");
     // Production itself still backs up, and check says it is the primary.
     let out = a.pgdr.ok(&["check"]);
-    assert!(out.contains("✓ primary") && out.contains("is the repository's primary"), "{out}");
+    assert!(
+        out.contains("✓ primary") && out.contains("is the repository's primary"),
+        "{out}"
+    );
     a.pgdr.ok(&["backup"]);
 }
 
@@ -173,7 +214,10 @@ fn dir_snapshot(root: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
 #[test]
 fn delta_is_refused_anywhere_but_a_data_directory_of_this_cluster() {
     let a = Archiving::start();
-    a.cluster.psql("postgres", "CREATE TABLE t AS SELECT g AS n FROM generate_series(1, 500) g");
+    a.cluster.psql(
+        "postgres",
+        "CREATE TABLE t AS SELECT g AS n FROM generate_series(1, 500) g",
+    );
     a.pgdr.ok(&["backup", "--kind", "physical"]);
     let d = TestDir::new();
     chown_postgres(d.path());
@@ -186,9 +230,16 @@ fn delta_is_refused_anywhere_but_a_data_directory_of_this_cluster() {
         }
         a.pgdr.run(&args)
     };
-    let said = assert_fails(&restore(&stray, true), 2, "is not a PostgreSQL data directory (no PG_VERSION; it holds notes.txt)");
+    let said = assert_fails(
+        &restore(&stray, true),
+        2,
+        "is not a PostgreSQL data directory (no PG_VERSION; it holds notes.txt)",
+    );
     assert!(said.contains("nothing was changed"), "{said}");
-    assert_eq!(std::fs::read_to_string(stray.join("notes.txt")).unwrap(), "the DBA's notes\n");
+    assert_eq!(
+        std::fs::read_to_string(stray.join("notes.txt")).unwrap(),
+        "the DBA's notes\n"
+    );
     // Without --delta the error no longer offers it for such a directory.
     let said = assert_fails(&restore(&stray, false), 2, "not a PostgreSQL data directory");
     assert!(!said.contains("--delta"), "{said}");
@@ -196,7 +247,11 @@ fn delta_is_refused_anywhere_but_a_data_directory_of_this_cluster() {
     let mut other = Cluster::start();
     other.stop();
     let before = dir_snapshot(&other.data);
-    let said = assert_fails(&restore(&other.data, true), 2, "is the data directory of another cluster");
+    let said = assert_fails(
+        &restore(&other.data, true),
+        2,
+        "is the data directory of another cluster",
+    );
     assert!(said.contains("nothing was changed"), "{said}");
     assert_eq!(dir_snapshot(&other.data), before, "another cluster's files changed");
     // This cluster's own earlier restore: --delta goes ahead and removes what the
@@ -220,7 +275,10 @@ fn delta_is_refused_anywhere_but_a_data_directory_of_this_cluster() {
 fn a_target_after_the_archives_end_is_refused_up_front() {
     let a = Archiving::start();
     let c = &a.cluster;
-    c.psql("postgres", "CREATE TABLE t AS SELECT g AS n FROM generate_series(1, 500) g");
+    c.psql(
+        "postgres",
+        "CREATE TABLE t AS SELECT g AS n FROM generate_series(1, 500) g",
+    );
     a.pgdr.ok(&["backup", "--kind", "physical"]);
     a.switch_and_wait();
     let later = c.psql("postgres", "SELECT (now() + interval '1 hour')::text");
@@ -230,14 +288,19 @@ fn a_target_after_the_archives_end_is_refused_up_front() {
     let to = d.join("data");
     let to = to.to_str().unwrap();
     let said = assert_fails(
-        &a.pgdr.run(&["restore", "--kind", "physical", "--to", to, "--target-time", &later]),
+        &a.pgdr
+            .run(&["restore", "--kind", "physical", "--to", to, "--target-time", &later]),
         2,
         "is after the end of the archive",
     );
-    assert!(said.contains("--target latest") && said.contains("nothing was written"), "{said}");
+    assert!(
+        said.contains("--target latest") && said.contains("nothing was written"),
+        "{said}"
+    );
     assert!(!Path::new(to).exists(), "a refused restore made {to}");
     let said = assert_fails(
-        &a.pgdr.run(&["restore", "--kind", "physical", "--to", to, "--target-lsn", &past_lsn]),
+        &a.pgdr
+            .run(&["restore", "--kind", "physical", "--to", to, "--target-lsn", &past_lsn]),
         2,
         "is past the end of the archive",
     );
@@ -246,7 +309,10 @@ fn a_target_after_the_archives_end_is_refused_up_front() {
     // Within the archive, the restore goes ahead; the next step names a port that
     // is not production's.
     let out = a.pgdr.ok(&["restore", "--kind", "physical", "--to", to]);
-    let step = out.lines().find(|l| l.contains("pg_ctl -D")).unwrap_or_else(|| panic!("{out}"));
+    let step = out
+        .lines()
+        .find(|l| l.contains("pg_ctl -D"))
+        .unwrap_or_else(|| panic!("{out}"));
     let port: u16 = step
         .split("-p ")
         .nth(1)
@@ -263,18 +329,33 @@ fn a_target_after_the_archives_end_is_refused_up_front() {
 #[test]
 fn small_mistakes_get_one_clear_line_and_list_shows_the_wal() {
     let a = Archiving::start();
-    a.cluster.psql("postgres", "CREATE TABLE t AS SELECT g AS n FROM generate_series(1, 100) g");
+    a.cluster.psql(
+        "postgres",
+        "CREATE TABLE t AS SELECT g AS n FROM generate_series(1, 100) g",
+    );
     a.pgdr.ok(&["backup", "--kind", "physical"]);
     a.switch_and_wait();
     // A typo in a variable name: named as the variable.
-    let out = a.pgdr.command(&["list"]).env("PGDR_REPOSITRY_URL", "file:///nowhere").output().unwrap();
-    let said = assert_fails(&out, 2, "the environment variable PGDR_REPOSITRY_URL names no pgdr setting");
+    let out = a
+        .pgdr
+        .command(&["list"])
+        .env("PGDR_REPOSITRY_URL", "file:///nowhere")
+        .output()
+        .unwrap();
+    let said = assert_fails(
+        &out,
+        2,
+        "the environment variable PGDR_REPOSITRY_URL names no pgdr setting",
+    );
     assert!(!said.contains(a.pgdr.config.to_str().unwrap()), "{said}");
     // The key file is missing: the next step is named.
     let moved = a.pgdr.key_file.with_extension("away");
     std::fs::rename(&a.pgdr.key_file, &moved).unwrap();
     let said = assert_fails(&a.pgdr.run(&["list"]), 2, "does not exist");
-    assert!(said.contains("pgdr init --generate-key") && said.contains("PGDR_KEY"), "{said}");
+    assert!(
+        said.contains("pgdr init --generate-key") && said.contains("PGDR_KEY"),
+        "{said}"
+    );
     std::fs::rename(&moved, &a.pgdr.key_file).unwrap();
     // A physical label given to a (default, logical) restore.
     let list = a.pgdr.list_json();
@@ -286,7 +367,16 @@ fn small_mistakes_get_one_clear_line_and_list_shows_the_wal() {
     assert!(wal["start_segment"].as_str().unwrap().starts_with("00000001"), "{wal}");
     assert!(wal["stop_lsn"].as_str().unwrap().contains('/'), "{wal}");
     let text = a.pgdr.ok(&["list"]);
-    assert!(text.contains(&format!("WAL {} (", wal["start_lsn"].as_str().unwrap())), "{text}");
-    let archive = text.lines().find(|l| l.trim_start().starts_with("timeline 1:")).unwrap_or_else(|| panic!("{text}"));
-    assert!(archive.contains(wal["start_segment"].as_str().unwrap()) || archive.contains(" .. "), "{text}");
+    assert!(
+        text.contains(&format!("WAL {} (", wal["start_lsn"].as_str().unwrap())),
+        "{text}"
+    );
+    let archive = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("timeline 1:"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        archive.contains(wal["start_segment"].as_str().unwrap()) || archive.contains(" .. "),
+        "{text}"
+    );
 }

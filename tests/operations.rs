@@ -551,10 +551,21 @@ fn schedule_check_and_crontab() {
     );
     // Issue 26: one row per job under labelled columns, each time once.
     assert!(text.contains("NEXT RUN (UTC)") && text.contains("COMMAND"), "{text}");
-    let daily = text.lines().filter(|l| l.starts_with("daily-physical ")).collect::<Vec<_>>();
+    let daily = text
+        .lines()
+        .filter(|l| l.starts_with("daily-physical "))
+        .collect::<Vec<_>>();
     assert_eq!(daily.len(), 1, "{text}");
-    assert!(daily[0].contains("pgdr backup --kind physical") && daily[0].contains(" 02:00 "), "{text}");
-    assert_eq!(daily[0].matches(" 02:00").count(), 2, "next run and the one after: {}", daily[0]);
+    assert!(
+        daily[0].contains("pgdr backup --kind physical") && daily[0].contains(" 02:00 "),
+        "{text}"
+    );
+    assert_eq!(
+        daily[0].matches(" 02:00").count(),
+        2,
+        "next run and the one after: {}",
+        daily[0]
+    );
     let cluster = Cluster::start();
     let pgdr = Pgdr::new(&cluster, RepoKind::Local);
     // Against a configuration without copies, copy-to-dr cannot run: the check fails
@@ -568,9 +579,17 @@ fn schedule_check_and_crontab() {
     let said = assert_fails(&out, 2, "copy-to-dr: this configuration has no [[repository.copies]]");
     assert!(said.contains("1 job(s) of"), "{said}");
     let rows = String::from_utf8_lossy(&out.stdout);
-    let copy_row = rows.lines().find(|l| l.starts_with("copy-to-dr ")).unwrap_or_else(|| panic!("{rows}"));
+    let copy_row = rows
+        .lines()
+        .find(|l| l.starts_with("copy-to-dr "))
+        .unwrap_or_else(|| panic!("{rows}"));
     assert!(copy_row.contains("CANNOT RUN"), "{rows}");
-    assert!(rows.lines().filter(|l| l.starts_with("daily-physical ")).all(|l| l.ends_with("ok")), "{rows}");
+    assert!(
+        rows.lines()
+            .filter(|l| l.starts_with("daily-physical "))
+            .all(|l| l.ends_with("ok")),
+        "{rows}"
+    );
     let cron = pgdr.ok(&[
         "schedule",
         "crontab",

@@ -848,7 +848,14 @@ fn a_standby_on_this_host_is_given_the_old_primarys_pg_wal() {
     assert!(said.contains("refused before changing anything"), "{said}");
     f.assert_untouched(&ini_before);
     let standby_dir = f.standby.data.to_str().unwrap().to_string();
-    let out = f.failover(&["--old-data-dir", &data, "--standby-data-dir", &standby_dir, "--yes", "--json"]);
+    let out = f.failover(&[
+        "--old-data-dir",
+        &data,
+        "--standby-data-dir",
+        &standby_dir,
+        "--yes",
+        "--json",
+    ]);
     assert_success(&out, "pgdr failover --standby-data-dir");
     let report = json(&out);
     assert_eq!(report["rpo_bytes"], 0, "{report}");

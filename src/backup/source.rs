@@ -164,7 +164,11 @@ mod tests {
         looks.auto_conf = Some("# pgdr: restored from 20261201T000000Z-F at x\narchive_mode = 'on'\n".into());
         assert_eq!(copy_note(&looks), None, "a new primary keeps archiving");
         looks.auto_conf = Some("# pgdr: restored from 20261201T000000Z-F at x\narchive_mode = 'off'\n".into());
-        assert!(copy_note(&looks).unwrap().starts_with("restored from 20261201T000000Z-F"));
+        assert!(
+            copy_note(&looks)
+                .unwrap()
+                .starts_with("restored from 20261201T000000Z-F")
+        );
         looks.copy_marker = Some("restored from L".into());
         assert_eq!(copy_note(&looks).unwrap(), "pgdr.copy = 'restored from L'");
     }

@@ -91,12 +91,12 @@ pub async fn run(cli: Cli) -> Result<Exit> {
         && let crate::cli::ScheduleCommand::Check(f) = &args.command
     {
         // With the configuration when there is one: a job it cannot run fails.
-        let config = Config::load(cli.config.as_deref()).ok().and_then(|mut c| {
-            match &cli.repository {
+        let config = Config::load(cli.config.as_deref())
+            .ok()
+            .and_then(|mut c| match &cli.repository {
                 Some(name) => c.select_repository(name).ok().map(|_| c),
                 None => Some(c),
-            }
-        });
+            });
         return schedule::check(f, cli.json, config.as_ref());
     }
     let config = Config::load(cli.config.as_deref());

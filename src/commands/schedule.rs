@@ -50,7 +50,11 @@ fn cannot_run(job: &schedule::Job, config: Option<&crate::config::Config>) -> Op
         Err(e) => {
             let said = e.to_string();
             let first = said.lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
-            return Some(format!("`pgdr {} {}` does not parse: {first}", job.command, job.args.join(" ")));
+            return Some(format!(
+                "`pgdr {} {}` does not parse: {first}",
+                job.command,
+                job.args.join(" ")
+            ));
         }
     };
     let config = config?;
@@ -62,7 +66,10 @@ fn cannot_run(job: &schedule::Job, config: Option<&crate::config::Config>) -> Op
         if let Some(to) = &copy.to
             && !names.contains(&to.as_str())
         {
-            return Some(format!("no copy named {to:?} (the configured copies are {})", names.join(", ")));
+            return Some(format!(
+                "no copy named {to:?} (the configured copies are {})",
+                names.join(", ")
+            ));
         }
     }
     None
@@ -105,7 +112,11 @@ pub fn check(args: &ScheduleFileArgs, json_out: bool, config: Option<&crate::con
         );
         let command = |j: &schedule::Job| format!("pgdr {} {}", j.command, j.args.join(" ")).trim().to_string();
         let wide = |f: &dyn Fn(&schedule::Job) -> String, title: &str| {
-            jobs.iter().map(|j| f(j).chars().count()).chain([title.len()]).max().unwrap_or(0)
+            jobs.iter()
+                .map(|j| f(j).chars().count())
+                .chain([title.len()])
+                .max()
+                .unwrap_or(0)
         };
         let (wn, wc, wk) = (
             wide(&|j| j.name.clone(), "JOB"),
@@ -127,7 +138,13 @@ pub fn check(args: &ScheduleFileArgs, json_out: bool, config: Option<&crate::con
                 String::new()
             } else {
                 next.first()
-                    .map(|t| format!(" ({} {})", t.with_timezone(&j.timezone).format("%H:%M"), j.timezone.name()))
+                    .map(|t| {
+                        format!(
+                            " ({} {})",
+                            t.with_timezone(&j.timezone).format("%H:%M"),
+                            j.timezone.name()
+                        )
+                    })
                     .unwrap_or_default()
             };
             println!(

@@ -10,19 +10,21 @@ use crate::verify::{self, VerifyOptions};
 
 pub async fn run(ctx: &Ctx, args: VerifyArgs) -> Result<Exit> {
     // A label says its kind (`…-L`, `…-F`): `verify --backup LABEL` needs no more.
-    let kind = args.kind.unwrap_or_else(|| match args.backup.parse::<crate::repo::BackupLabel>() {
-        Ok(label) => label.kind(),
-        Err(_) => {
-            // Restore's default for `latest` is logical: say which one this is.
-            if !ctx.json {
-                println!(
-                    "verifying the {} physical backup (the default; --kind logical for a logical one)",
-                    if args.backup == "latest" { "latest" } else { "chosen" }
-                );
+    let kind = args
+        .kind
+        .unwrap_or_else(|| match args.backup.parse::<crate::repo::BackupLabel>() {
+            Ok(label) => label.kind(),
+            Err(_) => {
+                // Restore's default for `latest` is logical: say which one this is.
+                if !ctx.json {
+                    println!(
+                        "verifying the {} physical backup (the default; --kind logical for a logical one)",
+                        if args.backup == "latest" { "latest" } else { "chosen" }
+                    );
+                }
+                crate::repo::BackupKind::Physical
             }
-            crate::repo::BackupKind::Physical
-        }
-    });
+        });
     let opts = VerifyOptions {
         backup: args.backup,
         kind,

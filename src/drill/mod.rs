@@ -151,7 +151,11 @@ impl std::fmt::Display for Summary<'_> {
             .map(|s| format!("{s:.1} s"))
             .unwrap_or_else(|| "not reached".into());
         if let (Some(t), Some(how)) = (&s.target_time, &s.target_chosen) {
-            writeln!(f, "recovery target: {} ({how})", t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))?;
+            writeln!(
+                f,
+                "recovery target: {} ({how})",
+                t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            )?;
         }
         writeln!(
             f,

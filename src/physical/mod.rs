@@ -543,7 +543,12 @@ fn past_the_end(
 ) -> Result<()> {
     let archive::Until::Lsn(lsn) = until else { return Ok(()) };
     // The last timeline of the path starts where the one before it ended.
-    let last_starts = path.iter().rev().nth(1).and_then(|s| s.end).unwrap_or(crate::postgres::Lsn(0));
+    let last_starts = path
+        .iter()
+        .rev()
+        .nth(1)
+        .and_then(|s| s.end)
+        .unwrap_or(crate::postgres::Lsn(0));
     if lsn < last_starts {
         return Ok(());
     }

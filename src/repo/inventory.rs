@@ -82,7 +82,9 @@ async fn archived_timelines(repo: &Repo, segment_size: u64) -> Result<Vec<Archiv
     let listing = super::archive::list(&repo.storage).await?;
     let mut out: Vec<ArchivedTimeline> = Vec::new();
     for name in listing.segments.keys() {
-        let Some(seg) = Segment::parse(name, segment_size) else { continue };
+        let Some(seg) = Segment::parse(name, segment_size) else {
+            continue;
+        };
         match out.last_mut() {
             Some(t) if t.timeline == seg.timeline => {
                 let last = Segment::parse(&t.last, segment_size).map_or(seg.number, |l| l.number);

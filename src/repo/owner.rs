@@ -117,7 +117,9 @@ pub fn strays(root: &Path, uid: u32, limit: usize) -> (usize, Vec<PathBuf>) {
     while let Some(dir) = stack.pop() {
         let Ok(entries) = std::fs::read_dir(&dir) else { continue };
         for entry in entries.flatten() {
-            let Ok(meta) = entry.path().symlink_metadata() else { continue };
+            let Ok(meta) = entry.path().symlink_metadata() else {
+                continue;
+            };
             if meta.uid() != uid {
                 count += 1;
                 if found.len() < limit {

@@ -80,7 +80,10 @@ mod tests {
             physical_manifest("20261126T020000Z-F", t("2026-11-26T02:10:00Z"), Lsn(0x5000000)),
         ];
         let label = |m: &Manifest| m.label.to_string();
-        assert_eq!(label(backup_for(&ms, None, None, None, None).unwrap()), "20261126T030000Z-F");
+        assert_eq!(
+            label(backup_for(&ms, None, None, None, None).unwrap()),
+            "20261126T030000Z-F"
+        );
         assert_eq!(
             label(backup_for(&ms, None, Some(t("2026-11-26T03:00:00Z")), None, None).unwrap()),
             "20261126T020000Z-F"
@@ -93,7 +96,14 @@ mod tests {
         let err = backup_for(&ms, None, Some(t("2026-11-26T01:00:00Z")), None, None).unwrap_err();
         assert!(format!("{err:#}").contains("no physical backup finished before the target"));
         // A named backup that finished after the target cannot be rewound.
-        let err = backup_for(&ms, Some("20261126T030000Z-F"), Some(t("2026-11-26T03:00:00Z")), None, None).unwrap_err();
+        let err = backup_for(
+            &ms,
+            Some("20261126T030000Z-F"),
+            Some(t("2026-11-26T03:00:00Z")),
+            None,
+            None,
+        )
+        .unwrap_err();
         assert!(format!("{err:#}").contains("cannot be rewound"));
         assert!(backup_for(&[], None, None, None, None).is_err());
     }
@@ -109,10 +119,19 @@ mod tests {
         older.physical.as_mut().unwrap().xmin_before = Some(1000);
         let ms = vec![newer, older];
         let label = |m: &Manifest| m.label.to_string();
-        assert_eq!(label(backup_for(&ms, None, None, None, Some(6000)).unwrap()), "20261126T030000Z-F");
-        assert_eq!(label(backup_for(&ms, None, None, None, Some(4000)).unwrap()), "20261126T020000Z-F");
+        assert_eq!(
+            label(backup_for(&ms, None, None, None, Some(6000)).unwrap()),
+            "20261126T030000Z-F"
+        );
+        assert_eq!(
+            label(backup_for(&ms, None, None, None, Some(4000)).unwrap()),
+            "20261126T020000Z-F"
+        );
         let err = backup_for(&ms, None, None, None, Some(10)).unwrap_err();
-        assert!(format!("{err:#}").contains("had ended before every backup started"), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("had ended before every backup started"),
+            "{err:#}"
+        );
         let err = backup_for(&ms, Some("20261126T030000Z-F"), None, None, Some(4000)).unwrap_err();
         assert!(format!("{err:#}").contains("had ended before backup"), "{err:#}");
         // Modulo 2^32, as PostgreSQL compares: an xid just past a wraparound is newer.

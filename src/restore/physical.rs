@@ -258,7 +258,11 @@ fn running_postmaster(dir: &Path) -> Option<i32> {
 fn recognise_data_dir(dir: &Path, system_identifier: &str) -> std::result::Result<(), String> {
     let some_entries = || {
         let mut names: Vec<String> = std::fs::read_dir(dir)
-            .map(|it| it.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .map(|it| {
+                it.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
             .unwrap_or_default();
         names.sort();
         let more = names.len() > 3;
@@ -565,7 +569,11 @@ async fn execute_leased(
         say(format!(
             "start it on a port of its own (its postgresql.conf still says production's): pg_ctl -D {} -o '-p {port}' start{}",
             crate::process::sh_quote(&dir.to_string_lossy()),
-            if opts.archive { "" } else { " — a copy: archiving is off" }
+            if opts.archive {
+                ""
+            } else {
+                " — a copy: archiving is off"
+            }
         ));
         return Ok(report);
     };

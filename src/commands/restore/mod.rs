@@ -22,7 +22,8 @@ pub async fn run(ctx: &Ctx, args: RestoreArgs) -> Result<Exit> {
                 asked,
                 match has {
                     BackupKind::Physical => "restore it into a data directory with --kind physical --to DIR",
-                    BackupKind::Logical => "restore it into the server of [postgres] url without --kind physical and --to",
+                    BackupKind::Logical =>
+                        "restore it into the server of [postgres] url without --kind physical and --to",
                 }
             ));
         }
