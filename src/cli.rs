@@ -725,7 +725,7 @@ fn init_logging(format: LogFormat, daemon: bool) {
 /// never a backtrace (these machines set RUST_BACKTRACE=1).
 fn install_panic_hook() {
     std::panic::set_hook(Box::new(|info| {
-        let what = exit::panic_message(info.payload());
+        let what = panic_message(info.payload());
         let place = info
             .location()
             .map(|l| format!(" at {}:{}", l.file(), l.line()))
@@ -793,7 +793,7 @@ pub fn main() -> ExitCode {
             let e = anyhow::Error::new(e).context("cannot start the runtime");
             eprintln!(
                 "pgdr: error: {e:#}{}",
-                exit::hint(&e).map(|h| format!(" — {h}")).unwrap_or_default()
+                crate::os_error::hint(&e).map(|h| format!(" — {h}")).unwrap_or_default()
             );
             return ExitCode::from(failure_code());
         }
@@ -805,7 +805,9 @@ pub fn main() -> ExitCode {
     match outcome {
         Ok(code) => ExitCode::from(code as u8),
         Err(err) => {
-            let hint = exit::hint(&err).map(|h| format!(" — {h}")).unwrap_or_default();
+            let hint = crate::os_error::hint(&err)
+                .map(|h| format!(" — {h}"))
+                .unwrap_or_default();
             eprintln!("pgdr: error: {err:#}{hint}");
             ExitCode::from(wal_fetch_failure_code().unwrap_or(exit::classify(&err) as u8))
         }
@@ -851,4 +853,13 @@ impl ValueEnum for crate::repo::manifest::PhysicalMethod {
                 .help("pg_basebackup streams it over a replication connection (from anywhere)"),
         })
     }
+}
+
+/// A panic's message, whatever its payload type.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown".into())
 }

@@ -673,15 +673,25 @@ pub fn apply_env_overrides(table: &mut toml::Table, vars: impl Iterator<Item = (
 /// `PGDR_REPOSITRY_URL`), as an error naming the variable, not the file: each one is
 /// tried alone on the file's table.
 fn misspelt_env(file_table: &toml::Table, vars: impl Iterator<Item = (String, String)>) -> Option<anyhow::Error> {
-    for (name, value) in vars.filter(|(n, _)| n.starts_with("PGDR_")) {
+    let unknown_field =
+        |table: toml::Table| match serde_path_to_error::deserialize::<_, Config>(toml::Value::Table(table)) {
+            Err(e) => e.inner().to_string().contains("unknown field"),
+            Ok(_) => false,
+        };
+    // The file's own mistake is the file's to name.
+    if unknown_field(file_table.clone()) {
+        return None;
+    }
+    let overrides = vars.filter(|(n, _)| {
+        n.strip_prefix("PGDR_")
+            .is_some_and(|rest| !RESERVED_ENV.contains(&n.as_str()) && !rest.starts_with("TEST_"))
+    });
+    for (name, value) in overrides {
         let mut table = file_table.clone();
         if apply_env_overrides(&mut table, std::iter::once((name.clone(), value))).is_err() {
             continue;
         }
-        let Err(e) = serde_path_to_error::deserialize::<_, Config>(toml::Value::Table(table)) else {
-            continue;
-        };
-        if e.inner().to_string().contains("unknown field") {
+        if unknown_field(table) {
             return Some(usage!(
                 "the environment variable {name} names no pgdr setting — check its spelling, or unset it (settings are PGDR_<SECTION>_<KEY>, e.g. PGDR_REPOSITORY_URL, PGDR_POSTGRES_URL)"
             ));

@@ -32,6 +32,25 @@ pub fn raise_open_file_limit() {
     }
 }
 
+/// The user pgdr runs as.
+pub fn me() -> u32 {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() }
+}
+
+/// The name of user `uid`, or the number.
+pub fn user_name(uid: u32) -> String {
+    // SAFETY: getpwuid returns a pointer into static storage or null; the name is
+    // copied out at once.
+    unsafe {
+        let pw = libc::getpwuid(uid);
+        if pw.is_null() || (*pw).pw_name.is_null() {
+            return uid.to_string();
+        }
+        std::ffi::CStr::from_ptr((*pw).pw_name).to_string_lossy().into_owned()
+    }
+}
+
 /// The `postgres` OS user, when pgdr runs as root and must hand the files over.
 pub fn postgres_owner() -> Option<(u32, u32)> {
     // SAFETY: geteuid has no preconditions; getpwnam's result is read at once.

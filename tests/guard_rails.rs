@@ -173,7 +173,10 @@ fn a_backup_of_a_restored_copy_is_refused() {
     copy.psql("postgres", "ALTER SYSTEM RESET \"pgdr.copy\"");
     copy.psql("postgres", "SELECT pg_reload_conf()");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while copy.psql("postgres", "SELECT coalesce(current_setting('pgdr.copy', true), '')") != "" {
+    while !copy
+        .psql("postgres", "SELECT coalesce(current_setting('pgdr.copy', true), '')")
+        .is_empty()
+    {
         assert!(
             std::time::Instant::now() < deadline,
             "pgdr.copy is still set after the reload"

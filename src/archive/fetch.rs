@@ -87,13 +87,13 @@ pub async fn fetch(config: &Config, file: &WalFile, dest: &Path) -> Result<Fetch
             let e = match primary.fetch(config, file, dest).await {
                 Ok(true) => break,
                 Ok(false) => return Ok(Fetched::Absent),
-                Err(e) if crate::exit::is_damaged(&e) => return Err(FetchError::Damaged(e)),
-                Err(e) if crate::exit::chain_has::<WrongCluster>(&e) => return Err(FetchError::WrongCluster(e)),
+                Err(e) if crate::pipeline::is_damaged(&e) => return Err(FetchError::Damaged(e)),
+                Err(e) if crate::os_error::chain_has::<WrongCluster>(&e) => return Err(FetchError::WrongCluster(e)),
                 // Asking again will not bring the key, free the disk, or close files.
                 Err(e)
-                    if crate::exit::is_missing_key(&e)
-                        || crate::exit::chain_has::<LocalWrite>(&e)
-                        || crate::exit::is_out_of_files(&e) =>
+                    if crate::pipeline::is_missing_key(&e)
+                        || crate::os_error::chain_has::<LocalWrite>(&e)
+                        || crate::os_error::is_out_of_files(&e) =>
                 {
                     return Err(FetchError::Unavailable(e));
                 }
@@ -197,9 +197,9 @@ pub(super) async fn fetch_into(storage: &DynStorage, keys: &Keyring, file: &WalF
         }
         Err(e) => {
             let _ = std::fs::remove_file(&tmp);
-            if crate::exit::is_not_found(&e) {
+            if crate::storage::is_not_found(&e) {
                 Ok(false)
-            } else if crate::exit::is_disk_full(&e) {
+            } else if crate::os_error::is_disk_full(&e) {
                 Err(anyhow::Error::new(LocalWrite(format!(
                     "cannot write {}: {e:#}",
                     tmp.display()

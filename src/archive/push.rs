@@ -112,7 +112,7 @@ async fn store_one(repo: &Repo, file: &WalFile, path: &Path) -> Result<()> {
     let mut mode = PutMode::CreateNew;
     if repo.storage.head(&key).await?.is_some() {
         match compare_existing(repo, file, path).await {
-            Err(e) if crate::exit::is_damaged(&e) => {
+            Err(e) if crate::pipeline::is_damaged(&e) => {
                 // Not an authentic copy of anything: no restore can use it, and
                 // refusing would stop archiving for good. Replace it.
                 tracing::warn!("{file} is archived but damaged ({e:#}); storing it again");
@@ -142,7 +142,7 @@ async fn store_one(repo: &Repo, file: &WalFile, path: &Path) -> Result<()> {
     };
     let record = match store.loaded(&key, file.name(), map, mode).await {
         Ok(record) => record,
-        Err(e) if crate::exit::is_already_exists(&e) => return compare_existing(repo, file, path).await,
+        Err(e) if crate::storage::is_already_exists(&e) => return compare_existing(repo, file, path).await,
         Err(e) => return Err(e.context(format!("archiving {file}"))),
     };
     read_back(repo, file, path, &key, &record).await

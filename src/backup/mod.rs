@@ -40,41 +40,37 @@ pub struct BackupOptions {
     pub lock_wait: Duration,
 }
 
+impl Default for BackupOptions {
+    /// A logical backup of every database, one physical worker per core, no waiting
+    /// for another backup's lock.
+    fn default() -> BackupOptions {
+        BackupOptions {
+            kind: BackupKind::Logical,
+            method: PhysicalMethod::Local,
+            databases: Vec::new(),
+            tags: Vec::new(),
+            keep: false,
+            jobs: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            spread_checkpoint: false,
+            lock_wait: Duration::ZERO,
+        }
+    }
+}
+
 impl BackupOptions {
     /// Check what can be checked without a server: tags, and that `databases` is only
-    /// given to a logical backup. `jobs` of `None` means one per core.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        kind: BackupKind,
-        method: PhysicalMethod,
-        databases: Vec<String>,
-        tags: Vec<String>,
-        keep: bool,
-        jobs: Option<usize>,
-        spread_checkpoint: bool,
-        lock_wait: Duration,
-    ) -> Result<BackupOptions> {
-        for tag in &tags {
+    /// given to a logical backup; at least one worker.
+    pub fn validate(mut self) -> Result<BackupOptions> {
+        for tag in &self.tags {
             validate_tag(tag)?;
         }
-        if kind == BackupKind::Physical && !databases.is_empty() {
+        if self.kind == BackupKind::Physical && !self.databases.is_empty() {
             return Err(usage!(
                 "--database is for logical backups; a physical backup copies the whole cluster"
             ));
         }
-        let jobs = jobs
-            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2))
-            .max(1);
-        Ok(BackupOptions {
-            kind,
-            method,
-            databases,
-            tags,
-            keep,
-            jobs,
-            spread_checkpoint,
-            lock_wait,
-        })
+        self.jobs = self.jobs.max(1);
+        Ok(self)
     }
 }
 
@@ -165,16 +161,14 @@ mod tests {
     use super::*;
 
     fn opts(kind: BackupKind, databases: &[&str], tags: &[&str]) -> Result<BackupOptions> {
-        BackupOptions::new(
+        BackupOptions {
             kind,
-            PhysicalMethod::Local,
-            databases.iter().map(|s| s.to_string()).collect(),
-            tags.iter().map(|s| s.to_string()).collect(),
-            false,
-            Some(0),
-            false,
-            Duration::from_secs(1),
-        )
+            databases: databases.iter().map(|s| s.to_string()).collect(),
+            tags: tags.iter().map(|s| s.to_string()).collect(),
+            jobs: 0,
+            ..BackupOptions::default()
+        }
+        .validate()
     }
 
     #[test]

@@ -32,6 +32,7 @@ pub struct Looks {
     /// postgresql.auto.conf, when the server lets pgdr read it.
     pub auto_conf: Option<String>,
     pub last_archived: Option<String>,
+    pub last_failed: Option<String>,
     pub archive_mode: String,
 }
 
@@ -40,12 +41,13 @@ pub async fn look(client: &Client) -> Result<Looks> {
         .query_one(
             "SELECT pg_is_in_recovery(), nullif(current_setting($1, true), ''), \
              (SELECT last_archived_wal FROM pg_stat_archiver), current_setting('archive_mode'), \
+             (SELECT last_failed_wal FROM pg_stat_archiver), \
              CASE WHEN pg_is_in_recovery() THEN NULL ELSE substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) END",
             &[&COPY_SETTING],
         )
         .await
         .map_err(crate::postgres::conn::db_err("asking the server what it is"))?;
-    let timeline: Option<String> = row.get(4);
+    let timeline: Option<String> = row.get(5);
     // Superusers (and pg_read_server_files) may read it; others leave it unknown.
     let auto_conf = match client
         .query_one("SELECT pg_read_file('postgresql.auto.conf')", &[])
@@ -59,6 +61,7 @@ pub async fn look(client: &Client) -> Result<Looks> {
         copy_marker: row.get(1),
         last_archived: row.get(2),
         archive_mode: row.get(3),
+        last_failed: row.get(4),
         timeline: timeline.and_then(|t| u32::from_str_radix(&t, 16).ok()),
         auto_conf,
     })
@@ -109,8 +112,13 @@ pub async fn not_the_primary(config: &Config, repo: &Repo, looks: &Looks, server
                 .chain(listing.histories.keys().copied())
                 .max()
                 .unwrap_or(1);
+            let archiving = match (looks.archive_mode.as_str(), &looks.last_failed) {
+                ("off", _) => " It does not archive at all (archive_mode = off); if it is production, set archive_mode = on and archive_command = 'pgdr wal-push %p' and restart it.".to_string(),
+                (_, Some(failed)) => format!(" Its archiver last failed on {failed}: if it is production, fix its archive_command and run the backup again."),
+                _ => String::new(),
+            };
             return Ok(Some(format!(
-                "{server} writes on timeline {tli}, which this repository's archive has never seen (it holds timelines up to {newest}): a primary that archives here stores its timeline's history when it is promoted — it is a restored copy or another server; point [postgres] url at the primary (`pgdr check` shows both)"
+                "{server} writes on timeline {tli}, which this repository's archive has never seen (it holds timelines up to {newest}): a primary that archives here stores its timeline's history when it is promoted — it is a restored copy or another server; point [postgres] url at the primary (`pgdr check` shows both).{archiving}"
             )));
         }
     }

@@ -10,16 +10,17 @@ use crate::cli::BackupArgs;
 use crate::exit::Exit;
 
 pub async fn run(ctx: &Ctx, args: BackupArgs) -> Result<Exit> {
-    let opts = BackupOptions::new(
-        args.kind,
-        args.method,
-        args.databases,
-        args.tags,
-        args.keep,
-        args.jobs,
-        args.spread_checkpoint,
-        Duration::from_secs(args.lock_wait),
-    )?;
+    let opts = BackupOptions {
+        kind: args.kind,
+        method: args.method,
+        databases: args.databases,
+        tags: args.tags,
+        keep: args.keep,
+        jobs: args.jobs.unwrap_or(BackupOptions::default().jobs),
+        spread_checkpoint: args.spread_checkpoint,
+        lock_wait: Duration::from_secs(args.lock_wait),
+    }
+    .validate()?;
     let report = backup::run(&ctx.config, &opts).await?;
     ctx.print_report(&report);
     Ok(Exit::Success)

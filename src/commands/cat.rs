@@ -26,7 +26,7 @@ pub async fn run(ctx: &Ctx, args: CatArgs) -> Result<Exit> {
     pipeline::load_to_writer(&storage, &key, stdout, &keys, pipeline::Verify::Authenticated, None)
         .await
         .map_err(|e| {
-            if crate::exit::is_not_found(&e) {
+            if crate::storage::is_not_found(&e) {
                 usage!("{key} does not exist in {}", storage.describe())
             } else {
                 e

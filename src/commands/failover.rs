@@ -36,7 +36,7 @@ pub async fn run(ctx: &Ctx, args: FailoverArgs) -> Result<Exit> {
     let started = chrono::Utc::now();
     let report = failover::execute(&ctx.config, &opts, prepared).await;
     if !opts.dry_run {
-        failover::store_report(&ctx.config, "failover", started, &report).await;
+        crate::repo::verification::store_event_report(&ctx.config, "failover", started, &report).await;
         let what = match &report.error {
             None => format!(
                 "failover to {} done in {:.1} s, RPO {}",

@@ -39,7 +39,7 @@ pub async fn run(ctx: &Ctx, args: SwitchArgs) -> Result<Exit> {
             Some(e) => format!("switch to {} FAILED: {e}", report.to),
         };
         crate::notify::send(&ctx.config, &format!("pgdr: {what}")).await;
-        crate::failover::store_report(&ctx.config, "switch", started, &report).await;
+        crate::repo::verification::store_event_report(&ctx.config, "switch", started, &report).await;
     }
     ctx.print_report(&report);
     Ok(if report.ok { Exit::Success } else { Exit::Failure })

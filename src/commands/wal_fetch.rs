@@ -21,7 +21,9 @@ pub async fn run(ctx: &Ctx, args: WalFetchArgs) -> Result<Exit> {
     let standby = fetch::on_standby(&args.path);
     let outcome = fetch::fetch(&ctx.config, &file, &args.path).await;
     let hint = match &outcome {
-        Err(FetchError::Damaged(e) | FetchError::WrongCluster(e) | FetchError::Unavailable(e)) => exit::hint(e),
+        Err(FetchError::Damaged(e) | FetchError::WrongCluster(e) | FetchError::Unavailable(e)) => {
+            crate::os_error::hint(e)
+        }
         Ok(_) => None,
     }
     .map(|h| format!(" ({h})"))

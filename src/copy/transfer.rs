@@ -177,7 +177,7 @@ impl Copier {
                 // Gone only if the primary says so: a 404 may also come from the
                 // copy's side of the reseal (an upload the store dropped).
                 let vanished = match &written {
-                    Err(e) if crate::exit::is_not_found(e) => matches!(self.from.head(key).await, Ok(None)),
+                    Err(e) if crate::storage::is_not_found(e) => matches!(self.from.head(key).await, Ok(None)),
                     _ => false,
                 };
                 let written = match written {

@@ -30,7 +30,7 @@ use crate::postgres::{Lsn, PgTarget, PgTools};
 use crate::runbook::Runbook;
 use crate::runbook::engine::{self, RecoverOptions, RecoverReport};
 use crate::server::free_port;
-use crate::switch::StepLog;
+use crate::steps::{Log, StepLog};
 
 #[derive(Debug, Clone)]
 pub struct DrillOptions {
@@ -735,7 +735,7 @@ pub async fn run(config: &Config, opts: &DrillOptions, say: &mut dyn FnMut(Strin
         && report.checks.iter().all(|c| c.ok)
         && report.rto_met
         && report.rpo.as_ref().is_some_and(|r| r.met);
-    crate::failover::store_report(config, &format!("drill-{scenario}"), started, &report).await;
+    crate::repo::verification::store_event_report(config, &format!("drill-{scenario}"), started, &report).await;
     let summary = report.to_string();
     crate::notify::send(
         config,
@@ -808,7 +808,7 @@ async fn drill_body(
     say: &mut dyn FnMut(String),
 ) -> Result<()> {
     let scenario = opts.runbook.name.as_str();
-    let mut log = crate::switch::Log { steps: Vec::new() };
+    let mut log = Log::new("drill");
     let s3 = matches!(config.repository.parsed_url(), Ok(crate::config::RepoUrl::S3 { .. }));
     let port = free_port()?;
     let production = env.path("production");

@@ -56,6 +56,19 @@ pub fn check_standby_dir(dir: &Path, standby: &StandbySelf) -> Result<String> {
             standby.port
         ));
     }
+    // What is copied must be the standby's to read: a segment it cannot open makes
+    // it stop. pgdr gives it away as root, or must be that user.
+    let (uid, _) = wal_owner(&dir)?;
+    let me = crate::repo::owner::me();
+    if me != 0 && me != uid {
+        return Err(anyhow!(
+            "{}/pg_wal belongs to {}, and pgdr runs as {}: run the failover as {} (or root) to give the standby WAL",
+            dir.display(),
+            crate::repo::owner::user_name(uid),
+            crate::repo::owner::user_name(me),
+            crate::repo::owner::user_name(uid)
+        ));
+    }
     Ok(format!(
         "{} is the standby's data directory: if it falls short, it is given the old primary's WAL from its pg_wal",
         dir.display()
@@ -81,30 +94,46 @@ fn control_timeline(data_dir: &Path) -> Result<u32> {
 /// from the old `pg_wal` is an error: what follows it could not be replayed anyway.
 pub fn copy_segments(old_dir: &Path, standby_dir: &Path, from: Lsn, to: Lsn, segment_size: u64) -> Result<Vec<String>> {
     let timeline = control_timeline(old_dir)?;
+    let owner = wal_owner(standby_dir)?;
     let last = Segment::containing(timeline, to, segment_size);
     let mut segment = Segment::containing(timeline, from, segment_size);
+    // The segment the standby stopped in may be recycled on the old primary already
+    // (it was archived, and the standby has it): start at the first one still there.
+    while segment < last && !old_dir.join("pg_wal").join(segment.name(segment_size)).is_file() {
+        segment = segment.next();
+    }
     let mut copied = Vec::new();
     while segment <= last {
         let name = segment.name(segment_size);
         let source = old_dir.join("pg_wal").join(&name);
         let dest = standby_dir.join("pg_wal").join(&name);
-        copy_one(&source, &dest).with_context(|| format!("copying {} to {}", source.display(), dest.display()))?;
+        copy_one(&source, &dest, owner)
+            .with_context(|| format!("copying {} to {}", source.display(), dest.display()))?;
         copied.push(name);
         segment = segment.next();
     }
     Ok(copied)
 }
 
-fn copy_one(source: &Path, dest: &Path) -> Result<()> {
+/// The owner of a data directory's `pg_wal`: whom the server runs as.
+fn wal_owner(data_dir: &Path) -> Result<(u32, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(data_dir.join("pg_wal"))
+        .with_context(|| format!("{}/pg_wal cannot be read", data_dir.display()))?;
+    Ok((meta.uid(), meta.gid()))
+}
+
+fn copy_one(source: &Path, dest: &Path, (uid, gid): (u32, u32)) -> Result<()> {
     let tmp: PathBuf = dest.with_extension("pgdr-feed");
     let _ = std::fs::remove_file(&tmp);
     let mut input = std::fs::File::open(source)?;
     let mut output = crate::disk::create_private_file(&tmp)?;
     std::io::copy(&mut input, &mut output)?;
     output.sync_all()?;
-    if let Some((uid, gid)) = crate::process::postgres_owner() {
-        std::os::unix::fs::chown(&tmp, Some(uid), Some(gid))?;
+    if crate::repo::owner::me() == 0 {
+        std::os::unix::fs::fchown(&output, Some(uid), Some(gid))?;
     }
+    drop(output);
     std::fs::rename(&tmp, dest)?;
     Ok(())
 }

@@ -19,13 +19,13 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
-use chrono::Utc;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
 use crate::postgres::{Lsn, PgTarget};
 use crate::preflight::Checks;
-use crate::switch::{self, Endpoint, Log, StepLog, SwitchReport};
+use crate::steps::{Log, StepLog};
+use crate::switch::{self, Endpoint, SwitchReport};
 
 pub use fence::{FencePlan, FenceProof};
 
@@ -223,7 +223,7 @@ pub async fn prepare(config: &Config, opts: &FailoverOptions) -> Result<Prepared
                 segment_size: segment_size.parse().unwrap_or(0),
             };
             let found = feed::check_standby_dir(dir, &standby_self).and_then(|said| {
-                if standby_self.segment_size == 0 {
+                if !crate::postgres::wal::valid_segment_size(standby_self.segment_size) {
                     Err(anyhow!("the standby's wal_segment_size could not be read"))
                 } else {
                     Ok(said)
@@ -416,7 +416,7 @@ pub async fn execute(config: &Config, opts: &FailoverOptions, prepared: Prepared
             return report;
         }
     }
-    let mut log = Log { steps: Vec::new() };
+    let mut log = Log::new("failover");
     let standby = &prepared.standby;
     let Some(fence_plan) = &prepared.fence else {
         report.ok = false;
@@ -532,15 +532,20 @@ async fn before_promotion(
                 (old_end, feed, plan)
                 && c.replayed < end
             {
-                let copied = feed::copy_segments(dir, standby_dir, c.replayed, end, *segment_size)?;
-                tracing::info!(
-                    "copied {} from {}/pg_wal to {}/pg_wal",
-                    copied.join(", "),
-                    dir.display(),
-                    standby_dir.display()
-                );
-                c = catch_up(standby, old_end, budget).await?;
-                c.fed = copied.len();
+                // A copy that fails leaves the shortfall to the data-loss rule below.
+                match feed::copy_segments(dir, standby_dir, c.replayed, end, *segment_size) {
+                    Ok(copied) => {
+                        tracing::info!(
+                            "copied {} from {}/pg_wal to {}/pg_wal",
+                            copied.join(", "),
+                            dir.display(),
+                            standby_dir.display()
+                        );
+                        c = catch_up(standby, old_end, budget).await?;
+                        c.fed = copied.len();
+                    }
+                    Err(e) => tracing::warn!("the old primary's WAL could not be given to the standby: {e:#}"),
+                }
             }
             let detail = match old_end {
                 Some(end) if c.replayed >= end && c.fed > 0 => format!(
@@ -782,27 +787,6 @@ async fn verify_writes(standby: &tokio_postgres::Client, log: &mut Log) -> Resul
 async fn declare(config: &Config, tli: u32) -> Result<()> {
     let repo = crate::repo::Repo::open(config).await?;
     repo.declare_primary_timeline(tli, "pgdr failover").await
-}
-
-/// Keep an event's report (a switch, a failover) in `verifications/`; the repository
-/// being out of reach does not fail the event (a warning says so).
-pub async fn store_report<R: Serialize>(config: &Config, event: &str, started: chrono::DateTime<Utc>, report: &R) {
-    let stored = async {
-        let repo = crate::repo::Repo::open(config).await?;
-        let data = serde_json::to_vec_pretty(report).expect("report serialises");
-        repo.store()
-            .bytes(
-                &crate::repo::layout::event_report(&started, event),
-                "report",
-                data,
-                crate::storage::PutMode::Overwrite,
-            )
-            .await?;
-        anyhow::Ok(())
-    };
-    if let Err(e) = stored.await {
-        tracing::warn!("the {event} report could not be stored in the repository: {e:#}");
-    }
 }
 
 /// The old primary's data directory given to a runbook: a data directory of the

@@ -191,6 +191,12 @@ impl Placement {
 /// run as root. Relative, no empty, `.` or `..` components, no NUL; inside
 /// `pg_tblspc/` only the backup's own tablespace OIDs; tablespace locations absolute.
 pub fn validate_paths(info: &PhysicalInfo) -> Result<()> {
+    if !crate::postgres::wal::valid_segment_size(info.segment_size) {
+        return Err(anyhow!(
+            "the manifest gives a WAL segment size of {} bytes, which PostgreSQL never uses — it is damaged",
+            info.segment_size
+        ));
+    }
     let oids: HashSet<&str> = info.tablespaces.iter().map(|t| t.oid.as_str()).collect();
     for ts in &info.tablespaces {
         if ts.oid.is_empty() || !ts.oid.bytes().all(|b| b.is_ascii_digit()) {

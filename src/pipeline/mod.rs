@@ -318,7 +318,7 @@ fn seal_whole(
 /// Why a load failed, when the stored bytes are at fault (not the sink).
 fn damaged(key: &ObjectKey, err: io::Error) -> anyhow::Error {
     // The store, not the bytes: the body broke off on the way (read it again).
-    let err = match crate::exit::into_storage_error(err) {
+    let err = match crate::storage::StorageError::from_io(err) {
         Ok(crate::storage::StorageError::Corrupt(why)) => return Damaged(why).into(),
         Ok(storage) => return anyhow::Error::new(storage).context(format!("reading {key}")),
         Err(err) => err,
@@ -582,6 +582,16 @@ pub async fn load_whole_to_writer<W: Write + Send + 'static>(
     load_from(rx, key, sink, keys, verify, None).await
 }
 
+/// A stored object failed its integrity checks (`Damaged`).
+pub fn is_damaged(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| e.is::<Damaged>())
+}
+
+/// A stored object was sealed with a key this host does not hold.
+pub fn is_missing_key(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| e.is::<MissingKey>())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -636,6 +646,6 @@ mod tests {
         stored[mid] ^= 0x40;
         std::fs::write(&path, stored).unwrap();
         let err = load_bytes(&storage, &streamed, &keys).await.unwrap_err();
-        assert!(crate::exit::is_damaged(&err), "{err:#}");
+        assert!(crate::pipeline::is_damaged(&err), "{err:#}");
     }
 }

@@ -3,7 +3,7 @@
 //! wrapped by the repository key.
 //!
 //! ```text
-//! "PGDR" | format u8 = 1 | key id [16] | wrapped data key [60] | nonce prefix [7] | chunk size u32 BE
+//! "PGDR" | format u8 = 3 | key id [16] | wrapped data key [60] | nonce prefix [7] | chunk size u32 BE
 //! chunk 1 .. chunk N: ciphertext + 16-byte tag, every chunk `chunk size` bytes of
 //! plaintext but the last, which is flagged in its nonce and may be shorter (or empty)
 //! ```
@@ -477,7 +477,7 @@ impl<R: Read> Read for Opener<R> {
 
 /// The `SealError` inside an I/O error, if that is what it is.
 pub fn seal_error(err: &io::Error) -> Option<&SealError> {
-    crate::exit::seal_error(err)
+    err.get_ref().and_then(|e| e.downcast_ref::<SealError>())
 }
 
 #[cfg(test)]

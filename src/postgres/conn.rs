@@ -577,6 +577,12 @@ pub fn db_err(what: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> 
     move |e| anyhow!("{what}: {}", one_line(&e))
 }
 
+/// PostgreSQL is up and refused the login: waiting will not help.
+pub fn is_refused_login(err: &anyhow::Error) -> bool {
+    err.chain()
+        .any(|c| c.downcast_ref::<ConnectFailed>().is_some_and(|c| c.is_refused_login()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

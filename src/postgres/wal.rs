@@ -10,6 +10,12 @@ use serde::{Deserialize, Serialize};
 /// Default WAL segment size; the real one is read from the server or pg_control.
 pub const DEFAULT_SEGMENT_SIZE: u64 = 16 * 1024 * 1024;
 
+/// A WAL segment size PostgreSQL allows: a power of two from 1 MiB to 1 GiB. Sizes
+/// read from a manifest or a server are checked with this before any arithmetic.
+pub fn valid_segment_size(size: u64) -> bool {
+    size.is_power_of_two() && ((1 << 20)..=(1 << 30)).contains(&size)
+}
+
 /// A log sequence number, written `X/Y` in hex.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]

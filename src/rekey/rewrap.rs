@@ -157,7 +157,7 @@ async fn one(
     match move_object(repo, key, expect, false, progress).await {
         Ok(moved) => count(report, &moved),
         // Removed meanwhile (expire, a finished lease): nothing to move.
-        Err(e) if crate::exit::is_not_found(&e) => {}
+        Err(e) if crate::storage::is_not_found(&e) => {}
         Err(e) => report.failed.push(Failed {
             key: key.to_string(),
             why: format!("{e:#}"),

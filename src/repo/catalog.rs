@@ -136,7 +136,7 @@ pub async fn load_scanned_all(
             }),
             Err(e) if is_unreachable(&e) => return Err(e),
             // A retired key taken away: `pgdr check` and `pgdr key list` say so.
-            Err(e) if crate::exit::is_missing_key(&e) => {
+            Err(e) if crate::pipeline::is_missing_key(&e) => {
                 tracing::info!("backup {label} is skipped: {e:#}");
                 damaged.push(DamagedManifest {
                     label: label.clone(),
@@ -158,7 +158,7 @@ pub async fn load_scanned_all(
 
 /// A storage failure (the repository did not answer), as opposed to a bad object.
 fn is_unreachable(e: &anyhow::Error) -> bool {
-    crate::exit::is_unreachable(e)
+    crate::storage::is_unreachable(e)
 }
 
 pub fn sort_newest_first(manifests: &mut [Manifest]) {

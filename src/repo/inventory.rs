@@ -14,7 +14,7 @@ use crate::progress::human_bytes;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Entry {
-    Backup(BackupEntry),
+    Backup(Box<BackupEntry>),
     Damaged { label: BackupLabel, damaged: String },
 }
 
@@ -112,7 +112,7 @@ pub async fn read(repo: &Repo) -> Result<Inventory> {
     let entries = manifests
         .iter()
         .map(|m| {
-            Entry::Backup(BackupEntry {
+            Entry::Backup(Box::new(BackupEntry {
                 label: m.label.clone(),
                 kind: m.kind,
                 tags: m.tags.clone(),
@@ -134,7 +134,7 @@ pub async fn read(repo: &Repo) -> Result<Inventory> {
                     start_segment: p.wal_start.clone(),
                     stop_segment: p.wal_stop.clone(),
                 }),
-            })
+            }))
         })
         .chain(damaged.into_iter().map(|d| Entry::Damaged {
             label: d.label,
@@ -144,6 +144,7 @@ pub async fn read(repo: &Repo) -> Result<Inventory> {
     let segment_size = manifests
         .iter()
         .find_map(|m| m.physical.as_ref().map(|p| p.segment_size))
+        .filter(|s| crate::postgres::wal::valid_segment_size(*s))
         .unwrap_or(crate::postgres::wal::DEFAULT_SEGMENT_SIZE);
     Ok(Inventory {
         entries,

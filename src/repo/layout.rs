@@ -1,5 +1,5 @@
-//! Every object key pgdr uses is built here, and nowhere else (DESIGN.md, repository
-//! layout). Keys are relative to the cluster's area `<root>/<cluster>/`.
+//! Every object key pgdr uses is built here, and nowhere else (docs/FORMAT.md, the
+//! repository layout). Keys are relative to the cluster's area `<root>/<cluster>/`.
 
 use crate::storage::ObjectKey;
 

@@ -3,7 +3,7 @@
 //! renewed, so a holder that dies cannot block the job forever.
 //!
 //! Acquisition is a create-if-absent put; an expired lease is removed and the put
-//! tried again. On a store that ignores If-None-Match (DESIGN.md: Garage) two
+//! tried again. On a store that ignores If-None-Match (Garage, for one) two
 //! acquirers racing in the same instant could both win; the read-back below narrows
 //! that to the holder whose write landed last.
 
@@ -67,7 +67,7 @@ fn boot_id() -> Option<String> {
 async fn read(repo: &Repo, key: &ObjectKey) -> Result<Option<LeaseBody>> {
     match pipeline::load_bytes(&repo.storage, key, &repo.keys).await {
         Ok(data) => Ok(serde_json::from_slice(&data).ok()),
-        Err(e) if crate::exit::is_not_found(&e) => Ok(None),
+        Err(e) if crate::storage::is_not_found(&e) => Ok(None),
         Err(e) => Err(e),
     }
 }
@@ -117,7 +117,7 @@ impl Lease {
                         None => Ok(Err("another process (the lease vanished while acquiring)".into())),
                     };
                 }
-                Err(e) if crate::exit::is_already_exists(&e) => {}
+                Err(e) if crate::storage::is_already_exists(&e) => {}
                 Err(e) => return Err(e),
             }
             match read(repo, &key).await? {

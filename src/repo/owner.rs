@@ -24,24 +24,7 @@ pub struct Owner {
     pub by: String,
 }
 
-/// The user pgdr runs as.
-pub fn me() -> u32 {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() }
-}
-
-/// The name of user `uid`, or the number.
-pub fn user_name(uid: u32) -> String {
-    // SAFETY: getpwuid returns a pointer into static storage or null; the name is
-    // copied out at once.
-    unsafe {
-        let pw = libc::getpwuid(uid);
-        if pw.is_null() || (*pw).pw_name.is_null() {
-            return uid.to_string();
-        }
-        std::ffi::CStr::from_ptr((*pw).pw_name).to_string_lossy().into_owned()
-    }
-}
+pub use crate::process::{me, user_name};
 
 fn owner_of(path: &Path, by: String) -> Option<Owner> {
     use std::os::unix::fs::MetadataExt;
@@ -107,32 +90,46 @@ pub fn require(config: &Config, verb: &str) -> Result<()> {
     ))
 }
 
+/// Every entry under `root` (links not followed), with its metadata.
+fn each_entry(root: &Path, mut f: impl FnMut(PathBuf, &std::fs::Metadata)) {
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(meta) = path.symlink_metadata() else { continue };
+            if meta.is_dir() {
+                stack.push(path.clone());
+            }
+            f(path, &meta);
+        }
+    }
+}
+
 /// Entries under `root` that do not belong to `uid`: up to `limit` paths, and the
 /// count. Used by `check` to name what blocks the owner's jobs.
 pub fn strays(root: &Path, uid: u32, limit: usize) -> (usize, Vec<PathBuf>) {
     use std::os::unix::fs::MetadataExt;
     let mut count = 0;
     let mut found = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
-        for entry in entries.flatten() {
-            let Ok(meta) = entry.path().symlink_metadata() else {
-                continue;
-            };
-            if meta.uid() != uid {
-                count += 1;
-                if found.len() < limit {
-                    found.push(entry.path());
-                }
-            }
-            if meta.is_dir() {
-                stack.push(entry.path());
+    each_entry(root, |path, meta| {
+        if meta.uid() != uid {
+            count += 1;
+            if found.len() < limit {
+                found.push(path);
             }
         }
-    }
+    });
     found.sort();
     (count, found)
+}
+
+/// How many entries under `root` belong to `uid`.
+pub fn strays_of(root: &Path, uid: u32) -> usize {
+    use std::os::unix::fs::MetadataExt;
+    let mut count = 0;
+    each_entry(root, |_, meta| count += usize::from(meta.uid() == uid));
+    count
 }
 
 #[cfg(test)]

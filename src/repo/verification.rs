@@ -199,3 +199,30 @@ pub async fn history(repo: &Repo, limit: usize) -> Result<History> {
     entries.sort_by_key(|e| std::cmp::Reverse(e.started));
     Ok(History { entries })
 }
+
+/// Store an operation's report (a failover, a switch, a recovery, a drill) under
+/// `verifications/`, where `list --verifications` and the metrics find it. Best
+/// effort: the operation is done whether or not its record can be written.
+pub async fn store_event_report<R: Serialize>(
+    config: &crate::config::Config,
+    event: &str,
+    started: DateTime<Utc>,
+    report: &R,
+) {
+    let stored = async {
+        let repo = Repo::open(config).await?;
+        let data = serde_json::to_vec_pretty(report).expect("report serialises");
+        repo.store()
+            .bytes(
+                &layout::event_report(&started, event),
+                "report",
+                data,
+                crate::storage::PutMode::Overwrite,
+            )
+            .await?;
+        anyhow::Ok(())
+    };
+    if let Err(e) = stored.await {
+        tracing::warn!("the {event} report could not be stored in the repository: {e:#}");
+    }
+}

@@ -264,7 +264,7 @@ async fn restore_leased(
     let bytes = if tables.is_empty() {
         record.plain.size
     } else {
-        tables_size(&target, &to, &tables).await.unwrap_or(record.plain.size)
+        tables_size(&target, &to, tables).await.unwrap_or(record.plain.size)
     };
     report.database = Some(DatabaseRestored {
         database: entry.name.clone(),
@@ -482,7 +482,7 @@ async fn feed_tool(
     match loaded {
         Ok((sink, _, _)) => sink.finish(),
         Err(e) => {
-            let broken_pipe = crate::exit::is_broken_pipe(&e);
+            let broken_pipe = crate::os_error::is_broken_pipe(&e);
             // The tool has seen the end of its input by now; learn how it ended.
             let ended = waiter.wait();
             match (broken_pipe, ended) {

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use super::steps::{self, Server, StepCx, TableRestore};
 use super::{Op, Runbook, Targets};
 use crate::config::Config;
-use crate::switch::StepLog;
+use crate::steps::StepLog;
 
 #[derive(Debug, Clone)]
 pub struct RecoverOptions {
@@ -537,7 +537,13 @@ pub async fn execute(
         let total = (Utc::now() - state.started).num_milliseconds() as f64 / 1000.0;
         report.rto_met = Some(total <= runbook.targets.rto_minutes as f64 * 60.0);
     }
-    crate::failover::store_report(config, &format!("recover-{}", runbook.name), report.started, &report).await;
+    crate::repo::verification::store_event_report(
+        config,
+        &format!("recover-{}", runbook.name),
+        report.started,
+        &report,
+    )
+    .await;
     let template = if report.ok {
         &runbook.notify.success
     } else {

@@ -178,7 +178,7 @@ pub async fn start_and_wait(opts: &StartOptions) -> Result<Reached> {
         }
         let client = match target.connect(Some("postgres")).await {
             Ok(client) => client,
-            Err(e) if crate::exit::is_refused_login(&e) => {
+            Err(e) if crate::postgres::conn::is_refused_login(&e) => {
                 return Err(e.context(format!(
                     "the restored server is up but refuses pgdr's login (its pg_hba.conf is the source's), so recovery cannot be watched; it keeps running — see {}",
                     log.display()

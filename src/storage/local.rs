@@ -93,9 +93,9 @@ fn blocking(path: &Path) -> String {
     format!(
         "{} belongs to {} (mode {:o}) and pgdr runs as {}: run pgdr as the repository's owner, or give it back (chown -R)",
         dir.display(),
-        crate::repo::owner::user_name(meta.uid()),
+        crate::process::user_name(meta.uid()),
         meta.mode() & 0o7777,
-        crate::repo::owner::user_name(me)
+        crate::process::user_name(me)
     )
 }
 
@@ -115,7 +115,10 @@ impl TempFile {
         let file = OpenOptions::new().write(true).create_new(true).open(&path)?;
         let temp = TempFile { path, file: Some(file) };
         if let Some((uid, gid)) = owner {
-            std::os::unix::fs::fchown(temp.file.as_ref().expect("just opened"), Some(uid), Some(gid))?;
+            give_away(
+                std::os::unix::fs::fchown(temp.file.as_ref().expect("just opened"), Some(uid), Some(gid)),
+                &temp.path,
+            )?;
         }
         Ok(temp)
     }
@@ -157,6 +160,19 @@ fn modified(meta: &fs::Metadata) -> Option<DateTime<Utc>> {
     meta.modified().ok().map(DateTime::<Utc>::from)
 }
 
+/// The result of giving a new entry to the repository's owner: a filesystem that
+/// cannot change owners (CIFS, some FUSE, NFS with root squashed) keeps root's, with a
+/// warning, rather than failing the write.
+fn give_away(r: io::Result<()>, path: &Path) -> io::Result<()> {
+    match r {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM | libc::EINVAL | libc::ENOTSUP)) => {
+            tracing::warn!("cannot give {} to the repository's owner: {e}", path.display());
+            Ok(())
+        }
+        other => other,
+    }
+}
+
 /// Create a directory chain, fsyncing each directory that gained an entry; each new
 /// one given to `owner`.
 fn create_dirs(dir: &Path, owner: Option<(u32, u32)>) -> io::Result<()> {
@@ -169,7 +185,8 @@ fn create_dirs(dir: &Path, owner: Option<(u32, u32)>) -> io::Result<()> {
     match fs::create_dir(dir) {
         Ok(()) => {
             if let Some((uid, gid)) = owner {
-                std::os::unix::fs::chown(dir, Some(uid), Some(gid))?;
+                // Not followed: the directory's parent is the owner's to swap for a link.
+                give_away(std::os::unix::fs::lchown(dir, Some(uid), Some(gid)), dir)?;
             }
             if let Some(parent) = dir.parent() {
                 sync_dir(parent)?;

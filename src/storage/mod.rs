@@ -154,6 +154,43 @@ pub enum StorageError {
 
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 
+/// The storage error in an `anyhow` chain, if any.
+pub fn error_in(err: &anyhow::Error) -> Option<&StorageError> {
+    err.chain().find_map(|e| e.downcast_ref::<StorageError>())
+}
+
+/// Storage positively said the object is not there.
+pub fn is_not_found(err: &anyhow::Error) -> bool {
+    matches!(error_in(err), Some(StorageError::NotFound(_)))
+}
+
+/// A create-if-absent put found the object there.
+pub fn is_already_exists(err: &anyhow::Error) -> bool {
+    matches!(error_in(err), Some(StorageError::AlreadyExists(_)))
+}
+
+/// The repository did not answer (as opposed to a bad object).
+pub fn is_unreachable(err: &anyhow::Error) -> bool {
+    matches!(
+        error_in(err),
+        Some(StorageError::Unreachable(_) | StorageError::Transient(_) | StorageError::Interrupted { .. })
+    )
+}
+
+impl StorageError {
+    /// The storage error a reader carried through `io::Error` (a stream that broke
+    /// off while it was read), given back as itself; any other I/O error unchanged.
+    pub fn from_io(err: std::io::Error) -> std::result::Result<StorageError, std::io::Error> {
+        if !err.get_ref().is_some_and(|e| e.is::<StorageError>()) {
+            return Err(err);
+        }
+        match err.into_inner().map(|e| e.downcast::<StorageError>()) {
+            Some(Ok(storage)) => Ok(*storage),
+            _ => Err(std::io::Error::other("a storage error that could not be unpacked")),
+        }
+    }
+}
+
 /// The storage contract. Every method is safe to call concurrently.
 #[async_trait]
 pub trait Storage: Send + Sync + fmt::Debug {

@@ -206,7 +206,7 @@ pub fn probe(path: &Path) -> Result<WriteMode> {
     match std::fs::OpenOptions::new().write(true).open(path) {
         Ok(_) => Ok(WriteMode::InPlace),
         Err(why_not_in_place) => Err(anyhow!(
-            "pgdr (uid {}) can neither replace {} (a new file in {} with owner {}:{} and mode {:o}: {why_not_replace}) nor write it in place ({why_not_in_place}) — run pgdr as the file's owner, or give pgdr a [databases] include file of its own (README: \"PgBouncer as distributions install it\")",
+            "pgdr (uid {}) can neither replace {} (a new file in {} with owner {}:{} and mode {:o}: {why_not_replace}) nor write it in place ({why_not_in_place}) — run pgdr as the file's owner, or give pgdr a [databases] include file of its own (docs/RECOVERY.md: \"PgBouncer as distributions install it\")",
             effective_uid(),
             path.display(),
             dir.display(),

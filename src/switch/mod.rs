@@ -15,11 +15,11 @@ use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
-use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, SwitchConfig};
 use crate::preflight::Checks;
+use crate::steps::{Log, StepLog};
 use crate::usage;
 
 /// `HOST:PORT` (`[::1]:5432` for IPv6).
@@ -69,33 +69,6 @@ pub struct SwitchOptions {
     /// The server applications leave; default: where PgBouncer points now.
     pub from: Option<Endpoint>,
     pub dry_run: bool,
-}
-
-/// One step, as it happened.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StepLog {
-    pub step: String,
-    pub started: DateTime<Utc>,
-    pub seconds: f64,
-    pub ok: bool,
-    pub detail: String,
-}
-
-impl fmt::Display for StepLog {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Start and end: a ✓ is a step done, and when it was done matters as much.
-        let ended = self.started + chrono::Duration::milliseconds((self.seconds * 1000.0) as i64);
-        write!(
-            f,
-            "{}–{} {} {} ({:.2} s): {}",
-            self.started.format("%H:%M:%S%.3f"),
-            ended.format("%H:%M:%S%.3f"),
-            if self.ok { "✓" } else { "✗" },
-            self.step,
-            self.seconds,
-            self.detail
-        )
-    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -342,37 +315,6 @@ async fn hook_runnable(hook: &str) -> Result<String> {
     Ok(format!("{word} resolves to {resolved}"))
 }
 
-/// Timestamped steps (switch, failover).
-pub struct Log {
-    pub steps: Vec<StepLog>,
-}
-
-impl Log {
-    /// Run one step and record when it started, how long it took and what it said.
-    pub async fn step<T>(
-        &mut self,
-        name: &str,
-        work: impl std::future::Future<Output = Result<(T, String)>>,
-    ) -> Result<T> {
-        let started = Utc::now();
-        let t = Instant::now();
-        let r = work.await;
-        let (ok, detail) = match &r {
-            Ok((_, d)) => (true, d.clone()),
-            Err(e) => (false, format!("{e:#}")),
-        };
-        tracing::info!("switch: {name}: {}", if ok { "ok" } else { "failed" });
-        self.steps.push(StepLog {
-            step: name.to_string(),
-            started,
-            seconds: t.elapsed().as_secs_f64(),
-            ok,
-            detail,
-        });
-        r.map(|(v, _)| v)
-    }
-}
-
 /// Carry out a plan. A failure is in the report (`ok: false`, `error`), after
 /// PgBouncer was resumed; only a plan that cannot start at all is an `Err`.
 pub async fn run(config: &Config, plan: &SwitchPlan, dry_run: bool) -> Result<SwitchReport> {
@@ -443,7 +385,7 @@ impl<'a> Session<'a> {
             settings,
             plan,
             started: Instant::now(),
-            log: Log { steps: Vec::new() },
+            log: Log::new("switch"),
             dry_run,
             paused: None,
             paused_seconds: None,
