@@ -329,7 +329,7 @@ pub async fn plan(config: &Config, opts: &PhysicalRestoreOptions) -> Result<Rest
         return Err(usage!(
             "{} is the data directory of a running server (postmaster pid {pid}) — stop it first (pg_ctl -D {} stop), or restore somewhere else",
             dir.display(),
-            dir.display()
+            crate::process::sh_quote(&dir.to_string_lossy())
         ));
     }
     // A directory an interrupted restore left (its marker says so) is rewritten
@@ -475,14 +475,14 @@ async fn execute_leased(
                 "restoring {} into {} (it stopped part-way: the same command again finishes it, or remove what it wrote with rm -rf {})",
                 manifest.label,
                 dir.display(),
-                dir.display()
+                crate::process::sh_quote(&dir.to_string_lossy())
             )
         } else {
             format!(
                 "restoring {} into {} (what it wrote is not usable: remove it with rm -rf {} before restoring again)",
                 manifest.label,
                 dir.display(),
-                dir.display()
+                crate::process::sh_quote(&dir.to_string_lossy())
             )
         }
     })?;
@@ -608,8 +608,8 @@ async fn execute_leased(
         format!(
             "{} holds the restored files and the server's log (pgdr-recovery.log) — read the log; to start over, stop the server if it still runs (pg_ctl -D {} stop) and remove the directory (rm -rf {})",
             dir.display(),
-            dir.display(),
-            dir.display()
+            crate::process::sh_quote(&dir.to_string_lossy()),
+            crate::process::sh_quote(&dir.to_string_lossy())
         )
     })?;
     // Recovery that ends before the WAL the archive holds lost data on the way
