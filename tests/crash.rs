@@ -112,7 +112,13 @@ fn backups_killed_at_random_moments() {
         );
     }
     let check = a.pgdr.run(&["check"]);
-    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
+    assert!(
+        check.status.success(),
+        "check after the kills: {}\n{}\n{}",
+        check.status,
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
     a.pgdr.ok(&["check", "--clean-orphans"]);
     let text = String::from_utf8_lossy(&a.pgdr.run(&["check"]).stdout).to_string();
     assert!(text.contains("no orphans"), "{text}");
