@@ -549,58 +549,12 @@ async fn drill_body(
         .iter()
         .map(|r| r.get(0))
         .collect();
-    let before: Vec<&(i64, DateTime<Utc>, Lsn)> =
-        log_now.iter().filter(|(_, at, _)| *at < injected.keep_before).collect();
-    let lost: Vec<i64> = before
-        .iter()
-        .filter(|(id, _, _)| !present.contains(id))
-        .map(|(id, _, _)| *id)
-        .collect();
-    // What the archive had must all be there: a commit lost from before the end of
-    // the last archived segment is data pgdr lost.
-    let lost_archived = match injected.archived_until {
-        Some(end) => before
-            .iter()
-            .filter(|(id, _, lsn)| *lsn <= end && !present.contains(id))
-            .count() as u64,
-        None => lost.len() as u64,
-    };
-    // The RPO in time: from the last commit kept with everything before it to the failure.
-    let first_lost = lost.first().copied();
-    let kept_until = before
-        .iter()
-        .take_while(|(id, _, _)| Some(*id) != first_lost)
-        .last()
-        .map(|(_, at, _)| *at);
-    let rpo_seconds = match (first_lost, kept_until) {
-        (None, _) => 0.0,
-        (Some(_), Some(at)) => (injected.failure_at - at).num_milliseconds().max(0) as f64 / 1000.0,
-        (Some(_), None) => (injected.failure_at - report.started).num_milliseconds() as f64 / 1000.0,
-    };
-    // A recovery to a point in time (no lost server: nothing archived to measure
-    // against) discards what came after its target on purpose.
-    let discarded_by_design = match injected.archived_until {
-        Some(_) => 0,
-        None => log_now
-            .iter()
-            .filter(|(id, at, _)| *at >= injected.keep_before && !present.contains(id))
-            .count() as u64,
-    };
-    let target = opts.runbook.targets.rpo_seconds;
-    report.rpo = Some(Rpo {
-        discarded_by_design,
-        acknowledged: before.len() as u64,
-        lost: lost.len() as u64,
-        lost_archived,
-        archived_until: injected.archived_until.map(|l| l.to_string()),
-        seconds: rpo_seconds,
-        target_seconds: target,
-        met: lost_archived == 0
-            && if target == 0 {
-                lost.is_empty()
-            } else {
-                rpo_seconds <= target as f64
-            },
-    });
+    report.rpo = Some(report::measure_rpo(
+        &log_now,
+        &present,
+        &injected,
+        report.started,
+        opts.runbook.targets.rpo_seconds,
+    ));
     Ok(())
 }

@@ -164,3 +164,140 @@ impl std::fmt::Display for Summary<'_> {
         Ok(())
     }
 }
+
+/// The RPO from the client's log of acknowledged commits (id, when, the WAL position
+/// just after) and the ids present after the recovery: what was lost, what of that
+/// the archive had held (must be none), the loss in time, and what a point-in-time
+/// recovery discarded by design.
+pub(super) fn measure_rpo(
+    log: &[(i64, DateTime<Utc>, Lsn)],
+    present: &std::collections::HashSet<i64>,
+    injected: &Injected,
+    started: DateTime<Utc>,
+    target_seconds: u64,
+) -> Rpo {
+    let before: Vec<&(i64, DateTime<Utc>, Lsn)> = log.iter().filter(|(_, at, _)| *at < injected.keep_before).collect();
+    let lost: Vec<i64> = before
+        .iter()
+        .filter(|(id, _, _)| !present.contains(id))
+        .map(|(id, _, _)| *id)
+        .collect();
+    // What the archive had must all be there: a commit lost from before the end of
+    // the last archived segment is data pgdr lost.
+    let lost_archived = match injected.archived_until {
+        Some(end) => before
+            .iter()
+            .filter(|(id, _, lsn)| *lsn <= end && !present.contains(id))
+            .count() as u64,
+        None => lost.len() as u64,
+    };
+    // The RPO in time: from the last commit kept with everything before it to the failure.
+    let first_lost = lost.first().copied();
+    let kept_until = before
+        .iter()
+        .take_while(|(id, _, _)| Some(*id) != first_lost)
+        .last()
+        .map(|(_, at, _)| *at);
+    let seconds = match (first_lost, kept_until) {
+        (None, _) => 0.0,
+        (Some(_), Some(at)) => (injected.failure_at - at).num_milliseconds().max(0) as f64 / 1000.0,
+        (Some(_), None) => (injected.failure_at - started).num_milliseconds() as f64 / 1000.0,
+    };
+    // A recovery to a point in time (no lost server: nothing archived to measure
+    // against) discards what came after its target on purpose.
+    let discarded_by_design = match injected.archived_until {
+        Some(_) => 0,
+        None => log
+            .iter()
+            .filter(|(id, at, _)| *at >= injected.keep_before && !present.contains(id))
+            .count() as u64,
+    };
+    Rpo {
+        discarded_by_design,
+        acknowledged: before.len() as u64,
+        lost: lost.len() as u64,
+        lost_archived,
+        archived_until: injected.archived_until.map(|l| l.to_string()),
+        seconds,
+        target_seconds,
+        met: lost_archived == 0
+            && if target_seconds == 0 {
+                lost.is_empty()
+            } else {
+                seconds <= target_seconds as f64
+            },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap()
+    }
+
+    fn injected(keep_before: i64, failure_at: i64, archived_until: Option<u64>) -> Injected {
+        Injected {
+            failure_at: at(failure_at),
+            t_fail: Instant::now(),
+            inputs: BTreeMap::new(),
+            keep_before: at(keep_before),
+            archived_until: archived_until.map(Lsn),
+            expect: Vec::new(),
+        }
+    }
+
+    /// Commits 1..=10, one a second, at WAL positions 100, 200, ...
+    fn log() -> Vec<(i64, DateTime<Utc>, Lsn)> {
+        (1..=10).map(|i| (i, at(i), Lsn(i as u64 * 100))).collect()
+    }
+
+    fn present(ids: impl IntoIterator<Item = i64>) -> std::collections::HashSet<i64> {
+        ids.into_iter().collect()
+    }
+
+    #[test]
+    fn nothing_lost_is_rpo_zero() {
+        let r = measure_rpo(&log(), &present(1..=10), &injected(11, 11, Some(1000)), at(0), 0);
+        assert_eq!(
+            (r.acknowledged, r.lost, r.lost_archived, r.discarded_by_design),
+            (10, 0, 0, 0)
+        );
+        assert_eq!(r.seconds, 0.0);
+        assert!(r.met);
+    }
+
+    #[test]
+    fn a_point_in_time_recovery_discards_by_design_and_loses_nothing() {
+        // Target before commit 7: commits 7..=10 are gone on purpose.
+        let r = measure_rpo(&log(), &present(1..=6), &injected(7, 11, None), at(0), 0);
+        assert_eq!((r.acknowledged, r.lost, r.discarded_by_design), (6, 0, 4));
+        assert!(r.met);
+    }
+
+    #[test]
+    fn a_lost_server_loses_only_what_was_never_archived() {
+        // Archived up to commit 8's position; 9 and 10 were only on the lost server.
+        let r = measure_rpo(&log(), &present(1..=8), &injected(11, 11, Some(800)), at(0), 5);
+        assert_eq!((r.lost, r.lost_archived, r.discarded_by_design), (2, 0, 0));
+        assert_eq!(r.seconds, 3.0, "from commit 8 (kept) to the failure");
+        assert!(r.met, "3 s within a 5 s target");
+        let strict = measure_rpo(&log(), &present(1..=8), &injected(11, 11, Some(800)), at(0), 0);
+        assert!(!strict.met, "a zero target allows no loss");
+    }
+
+    #[test]
+    fn losing_an_archived_commit_always_fails() {
+        // Commit 5 was archived (position 500 <= 800) and is missing.
+        let r = measure_rpo(
+            &log(),
+            &present((1..=10).filter(|i| *i != 5)),
+            &injected(11, 11, Some(800)),
+            at(0),
+            3600,
+        );
+        assert_eq!((r.lost, r.lost_archived), (1, 1));
+        assert!(!r.met);
+    }
+}
