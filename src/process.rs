@@ -38,34 +38,44 @@ pub fn me() -> u32 {
     unsafe { libc::geteuid() }
 }
 
+/// A passwd entry, read with the reentrant calls: `getpwnam`/`getpwuid` share one
+/// static buffer, and pgdr's threads (and tests') would read each other's half-written
+/// entries — a uid of 0 where postgres was meant.
+fn passwd(by: Result<&std::ffi::CStr, u32>) -> Option<(u32, u32, String)> {
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is to memory this frame owns, sized as passed; the entry
+    // is read only when the call says it found one.
+    let rc = unsafe {
+        match by {
+            Ok(name) => libc::getpwnam_r(name.as_ptr(), &mut pwd, buf.as_mut_ptr(), buf.len(), &mut found),
+            Err(uid) => libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut found),
+        }
+    };
+    if rc != 0 || found.is_null() || pwd.pw_name.is_null() {
+        return None;
+    }
+    // SAFETY: pw_name points into `buf`, NUL-terminated by the call.
+    let name = unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) }
+        .to_string_lossy()
+        .into_owned();
+    Some((pwd.pw_uid, pwd.pw_gid, name))
+}
+
 /// The name of user `uid`, or the number.
 pub fn user_name(uid: u32) -> String {
-    // SAFETY: getpwuid returns a pointer into static storage or null; the name is
-    // copied out at once.
-    unsafe {
-        let pw = libc::getpwuid(uid);
-        if pw.is_null() || (*pw).pw_name.is_null() {
-            return uid.to_string();
-        }
-        std::ffi::CStr::from_ptr((*pw).pw_name).to_string_lossy().into_owned()
-    }
+    passwd(Err(uid))
+        .map(|(_, _, name)| name)
+        .unwrap_or_else(|| uid.to_string())
 }
 
 /// The `postgres` OS user, when pgdr runs as root and must hand the files over.
 pub fn postgres_owner() -> Option<(u32, u32)> {
-    // SAFETY: geteuid has no preconditions; getpwnam's result is read at once.
-    unsafe {
-        if libc::geteuid() != 0 {
-            return None;
-        }
-        let name = std::ffi::CString::new("postgres").expect("no NUL");
-        let pw = libc::getpwnam(name.as_ptr());
-        if pw.is_null() {
-            None
-        } else {
-            Some(((*pw).pw_uid, (*pw).pw_gid))
-        }
+    if me() != 0 {
+        return None;
     }
+    passwd(Ok(c"postgres")).map(|(uid, gid, _)| (uid, gid))
 }
 
 /// Run `cmd` as the `postgres` user when pgdr runs as root; unchanged otherwise.

@@ -41,13 +41,13 @@ fn env(name: &str) -> Option<String> {
 }
 
 fn os_user() -> String {
-    // SAFETY: geteuid has no preconditions; getpwuid's result is copied out at once.
-    unsafe {
-        let pw = libc::getpwuid(libc::geteuid());
-        if pw.is_null() {
-            return "postgres".to_string();
-        }
-        std::ffi::CStr::from_ptr((*pw).pw_name).to_string_lossy().into_owned()
+    let me = crate::process::me();
+    let name = crate::process::user_name(me);
+    // No passwd entry: libpq would fail too; "postgres" is the likely login.
+    if name == me.to_string() {
+        "postgres".to_string()
+    } else {
+        name
     }
 }
 

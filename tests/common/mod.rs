@@ -22,15 +22,22 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// uid/gid of the `postgres` OS user.
+/// uid/gid of the `postgres` OS user, looked up once. `getpwnam` shares one static
+/// buffer between threads: tests running in parallel read each other's half-written
+/// entries, and a directory meant for postgres went to root (EACCES at server start).
 pub fn postgres_ids() -> (u32, u32) {
-    let name = std::ffi::CString::new("postgres").unwrap();
-    let pw = unsafe { libc::getpwnam(name.as_ptr()) };
-    assert!(
-        !pw.is_null(),
-        "the tests run as root, so PostgreSQL must run as the `postgres` OS user, which does not exist — run scripts/install-deps.sh"
-    );
-    unsafe { ((*pw).pw_uid, (*pw).pw_gid) }
+    static IDS: OnceLock<(u32, u32)> = OnceLock::new();
+    *IDS.get_or_init(|| {
+        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut buf = vec![0 as libc::c_char; 16 * 1024];
+        let mut found: *mut libc::passwd = std::ptr::null_mut();
+        let rc = unsafe { libc::getpwnam_r(c"postgres".as_ptr(), &mut pwd, buf.as_mut_ptr(), buf.len(), &mut found) };
+        assert!(
+            rc == 0 && !found.is_null(),
+            "the tests run as root, so PostgreSQL must run as the `postgres` OS user, which does not exist — run scripts/install-deps.sh"
+        );
+        (pwd.pw_uid, pwd.pw_gid)
+    })
 }
 
 /// PostgreSQL's server binaries; panics with the fix when they are missing.
