@@ -2,70 +2,58 @@
 //! areas of the drill's own, the scratch production, the drill's PgBouncer.
 
 use super::*;
+use crate::config::{PostgresConfig, SwitchConfig, WalConfig};
 
-/// The drill's configuration file: the real repositories (and copies), each in an
-/// area of the drill's own; the scratch production; the drill's PgBouncer. Nothing
-/// else of the real configuration (no notifications, hooks, checks or schedule).
-pub(super) fn drill_config_table(
-    config: &Config,
-    user: &toml::Table,
-    cluster: &str,
-    env: &Env,
-    port: u16,
-) -> Result<toml::Table> {
-    use toml::Value;
-    let mut t = toml::Table::new();
-    t.insert("cluster".into(), Value::String(cluster.into()));
-    let mut pg = toml::Table::new();
-    pg.insert("url".into(), Value::String(env.url(port, "postgres")));
-    pg.insert(
-        "data_dir".into(),
-        Value::String(env.path("production").display().to_string()),
-    );
-    if let Some(bin) = &config.postgres.bin_dir {
-        pg.insert("bin_dir".into(), Value::String(bin.display().to_string()));
+/// The drill's configuration: the real repositories (and copies) as the
+/// configuration file names them, each in an area of the drill's own (`cluster`);
+/// the scratch production on `port`; the drill's PgBouncer. Nothing else of the real
+/// configuration: no notifications, hooks, checks, retention or schedule, and no
+/// `PGDR_*` override (nothing in the environment may point a drill at production).
+pub(super) fn drill_config(file: &Config, cluster: &str, env: &Env, port: u16) -> Config {
+    let mut repository = file.repository.clone();
+    // The drill's pgdr children run in another directory.
+    let absolute = |k: &mut Option<PathBuf>| {
+        if let Some(path) = k {
+            *path = std::path::absolute(&*path).unwrap_or(path.clone());
+        }
+    };
+    absolute(&mut repository.key_file);
+    for copy in &mut repository.copies {
+        absolute(&mut copy.key_file);
     }
-    t.insert("postgres".into(), Value::Table(pg));
-    let mut repo = user
-        .get("repository")
-        .and_then(Value::as_table)
-        .cloned()
-        .ok_or_else(|| crate::usage!("the configuration has no [repository]"))?;
-    if let Some(k) = &config.repository.key_file {
-        repo.insert(
-            "key_file".into(),
-            Value::String(std::path::absolute(k).unwrap_or(k.clone()).display().to_string()),
-        );
-    }
-    t.insert("repository".into(), Value::Table(repo));
-    let mut wal = user.get("wal").and_then(Value::as_table).cloned().unwrap_or_default();
-    wal.insert(
-        "spool_dir".into(),
-        Value::String(env.path("spool").display().to_string()),
-    );
-    t.insert("wal".into(), Value::Table(wal));
-    let mut switch = toml::Table::new();
-    switch.insert(
-        "pgbouncer_admin_url".into(),
-        Value::String(env.url(env.bouncer_port, "pgbouncer")),
-    );
-    switch.insert(
-        "pgbouncer_ini".into(),
-        Value::String(env.path("pgbouncer/pgbouncer.ini").display().to_string()),
-    );
-    switch.insert(
-        "pgbouncer_databases".into(),
-        Value::Array(vec![Value::String("postgres".into())]),
-    );
-    t.insert("switch".into(), Value::Table(switch));
-    Ok(t)
+    let mut config = Config::new(repository);
+    config.cluster = cluster.to_string();
+    config.postgres = PostgresConfig {
+        url: Some(env.url(port, "postgres")),
+        data_dir: Some(env.path("production")),
+        bin_dir: file.postgres.bin_dir.clone(),
+    };
+    config.wal = WalConfig {
+        spool_dir: Some(env.path("spool")),
+        ..file.wal.clone()
+    };
+    config.switch = SwitchConfig {
+        pgbouncer_admin_url: Some(env.url(env.bouncer_port, "pgbouncer")),
+        pgbouncer_ini: Some(env.path("pgbouncer/pgbouncer.ini")),
+        pgbouncer_databases: vec!["postgres".into()],
+        ..SwitchConfig::default()
+    };
+    config
 }
 
-pub(super) fn write_config(path: &Path, table: &toml::Table) -> Result<()> {
+/// Write the drill's configuration file, readable by the postgres OS user alone (the
+/// drill's servers archive with it).
+pub(super) fn write_config(path: &Path, config: &Config) -> Result<()> {
     let text = format!(
         "# pgdr drill: scratch configuration, removed with the drill\n{}",
-        toml::to_string(table).context("writing the drill configuration")?
+        config.to_toml()?
     );
-    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
-    chown_postgres(path)
+    // Rewritten when a region drill loses the primary region.
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(anyhow!("replacing {}: {e}", path.display()));
+        }
+        _ => {}
+    }
+    crate::disk::write_private_file(path, &text)
 }

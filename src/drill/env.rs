@@ -3,20 +3,19 @@
 
 use super::*;
 
-/// The scratch world; whatever happens, `Drop` stops its servers and PgBouncer and
-/// removes its directory. The repository areas are removed by `teardown`.
+/// The scratch world: its directory (servers stopped, strays killed and everything
+/// removed when dropped, whatever happens), PgBouncer and the workload. The
+/// repository areas are removed by `tear_down`.
 pub(super) struct Env {
-    pub(super) dir: PathBuf,
-    pub(super) pg_ctl: PathBuf,
+    pub(super) scratch: ScratchDir,
     pub(super) bouncer: Option<std::process::Child>,
     pub(super) bouncer_port: u16,
     pub(super) workload: Option<tokio::process::Child>,
-    pub(super) keep_dir: bool,
 }
 
 impl Env {
     pub(super) fn path(&self, p: &str) -> PathBuf {
-        self.dir.join(p)
+        self.scratch.join(p)
     }
 
     /// A connection URL to the drill's servers on 127.0.0.1: they take TCP logins
@@ -37,7 +36,7 @@ impl Env {
             ("pgpass", format!("*:*:*:postgres:{password}\n")),
             ("pwfile", format!("{password}\n")),
         ] {
-            write_private(&self.path(name), &text)?;
+            crate::disk::write_private_file(&self.path(name), &text)?;
         }
         Ok(password)
     }
@@ -50,64 +49,15 @@ impl Env {
             let _ = b.kill();
             let _ = b.wait();
         }
-        for d in ["production", "new", "standby", "scratch"] {
-            crate::server::stop_immediate(&self.pg_ctl, &self.path(d));
-        }
-        // What archive_command and restore_command left running on their own (a
-        // detached WAL pusher or prefetcher of this drill).
-        kill_strays(&self.dir);
+        self.scratch.stop_servers();
     }
 }
 
 impl Drop for Env {
     fn drop(&mut self) {
+        // PgBouncer and the workload; the scratch directory's own drop does the rest.
         self.stop_servers();
-        if !self.keep_dir {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
     }
-}
-
-/// SIGKILL every pgdr process (but this one) whose command line mentions `dir`.
-pub(super) fn kill_strays(dir: &Path) {
-    let needle = dir.display().to_string();
-    let me = std::process::id();
-    let Ok(exe) = std::env::current_exe() else { return };
-    let exe = exe.display().to_string();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return;
-    };
-    for e in entries.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
-            continue;
-        };
-        if pid == me {
-            continue;
-        }
-        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if text.starts_with(&format!("{exe} ")) && text.contains(&needle) {
-            // SAFETY: kill has no memory-safety preconditions.
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-        }
-    }
-}
-
-pub(super) fn chown_postgres(path: &Path) -> Result<()> {
-    if let Some((uid, gid)) = crate::process::postgres_owner() {
-        std::os::unix::fs::chown(path, Some(uid), Some(gid)).with_context(|| format!("chown {}", path.display()))?;
-    }
-    Ok(())
-}
-
-/// A new file only its owner (postgres) can read.
-pub(super) fn write_private(path: &Path, text: &str) -> Result<()> {
-    use std::io::Write;
-    let mut f = crate::disk::create_private_file(path).with_context(|| format!("creating {}", path.display()))?;
-    f.write_all(text.as_bytes())?;
-    chown_postgres(path)
 }
 
 /// `pgdr --config FILE ARGS --json` as a child; its JSON report, or its last line.
@@ -142,19 +92,4 @@ pub(super) async fn pgdr_child(config_file: &Path, args: &[&str]) -> Result<serd
         ));
     }
     Ok(serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null))
-}
-
-pub(super) async fn run_tool(mut cmd: tokio::process::Command, what: &str) -> Result<()> {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let out = cmd.output().await.with_context(|| format!("running {what}"))?;
-    if !out.status.success() {
-        return Err(anyhow!(
-            "{what} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(())
 }

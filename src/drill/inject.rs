@@ -86,7 +86,7 @@ pub(super) async fn archived_until(
     tli: u32,
     segment_size: u64,
 ) -> Result<Option<Lsn>> {
-    let mut config = Config::load_file_only(config_file)?;
+    let mut config = Config::load_file(config_file)?;
     if let Some(c) = copy {
         config.select_repository(c)?;
     }
@@ -99,7 +99,7 @@ pub(super) async fn archived_until(
 
 /// Inject the scenario's failure into the running scratch production.
 pub(super) async fn inject(
-    scenario: &str,
+    scenario: Scenario,
     env: &Env,
     prod: &PgTarget,
     production: &Path,
@@ -110,7 +110,7 @@ pub(super) async fn inject(
     let mut inputs = BTreeMap::new();
     let free = || free_port().map(|p| p.to_string());
     match scenario {
-        "database-corruption" | "data-loss" => {
+        Scenario::DatabaseCorruption | Scenario::DataLoss => {
             let ledger = hash(&c, LEDGER).await?;
             let archive = hash(&c, ARCHIVE).await?;
             // The failure point: a moment before the bad transaction, by the server's clock.
@@ -123,7 +123,7 @@ pub(super) async fn inject(
                 LEDGER.to_string(),
                 ledger,
             )];
-            if scenario == "database-corruption" {
+            if scenario == Scenario::DatabaseCorruption {
                 c.batch_execute("UPDATE drill_ledger SET amount = -amount, note = 'corrupted' WHERE id % 2 = 0")
                     .await?;
                 inputs.insert("data_dir".into(), env.path("new").display().to_string());
@@ -168,7 +168,7 @@ pub(super) async fn inject(
                 expect,
             })
         }
-        "database-failure" | "region-failure" => {
+        Scenario::DatabaseFailure | Scenario::RegionFailure => {
             let ledger = hash(&c, LEDGER).await?;
             // Let the workload run across an archive_timeout cycle, so that the
             // archive holds acknowledged commits the recovery must bring back.
@@ -207,21 +207,15 @@ pub(super) async fn inject(
             if copy.is_some() {
                 // The primary region's repository is gone too: the drill's configuration
                 // now points it nowhere; only the copy can serve.
-                let mut table: toml::Table = std::fs::read_to_string(config_file)?.parse()?;
-                if let Some(repo) = table.get_mut("repository").and_then(|r| r.as_table_mut()) {
-                    let url = repo.get("url").and_then(|u| u.as_str()).unwrap_or_default().to_string();
-                    if url.starts_with("s3://") {
-                        repo.insert("endpoint".into(), toml::Value::String("http://127.0.0.1:9".into()));
-                    } else {
-                        repo.insert(
-                            "url".into(),
-                            toml::Value::String(format!("file://{}", env.path("lost-region").display())),
-                        );
-                    }
+                let mut lost = Config::load_file(config_file)?;
+                if lost.repository.url.starts_with("s3://") {
+                    lost.repository.endpoint = Some("http://127.0.0.1:9".into());
+                } else {
+                    lost.repository.url = format!("file://{}", env.path("lost-region").display());
                 }
                 // Keep the original to remove the drill's areas afterwards.
                 std::fs::copy(config_file, config_file.with_extension("toml.orig"))?;
-                write_config(config_file, &table)?;
+                write_config(config_file, &lost)?;
             }
             inputs.insert("data_dir".into(), env.path("new").display().to_string());
             // The drill killed and deleted production itself: its word is proof.
@@ -240,6 +234,5 @@ pub(super) async fn inject(
                 expect,
             })
         }
-        other => Err(anyhow!("no failure to inject for {other:?}")),
     }
 }

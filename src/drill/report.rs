@@ -65,6 +65,31 @@ pub struct DrillReport {
     pub error: Option<String>,
 }
 
+impl DrillReport {
+    /// A report with nothing measured yet: the drill fills it in as it goes.
+    pub(super) fn new(scenario: Scenario, runbook: &Runbook, started: DateTime<Utc>) -> DrillReport {
+        DrillReport {
+            scenario: scenario.name().to_string(),
+            title: runbook.title.clone(),
+            ok: false,
+            started,
+            failure_at: None,
+            target_time: None,
+            target_chosen: None,
+            rto_seconds: None,
+            rto_target_seconds: runbook.targets.rto_minutes * 60,
+            rto_met: false,
+            rpo: None,
+            served_by: None,
+            steps: Vec::new(),
+            recover: None,
+            checks: Vec::new(),
+            seconds: 0.0,
+            error: None,
+        }
+    }
+}
+
 impl std::fmt::Display for DrillReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         for s in &self.steps {

@@ -204,7 +204,7 @@ pub fn restore_command(config: &Config) -> Result<String> {
     // The server's wal-fetch reads the file only: an override that points this restore
     // at another archive (PGDR_CLUSTER, PGDR_REPOSITORY_URL) would have the server
     // replay from one archive and fetch WAL from another.
-    if let Some(file_only) = config.file_only()? {
+    if let Some(file_only) = config.file_alone()? {
         let differ = config.archive_differences(&file_only);
         if !differ.is_empty() {
             return Err(usage!(

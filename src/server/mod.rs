@@ -11,6 +11,8 @@ use anyhow::{Context, Result, anyhow};
 use crate::postgres::{PgTarget, PgTools};
 use crate::usage;
 
+pub mod scratch;
+
 /// How to start a restored server; validated by `start_and_wait`.
 #[derive(Debug, Clone)]
 pub struct StartOptions {

@@ -5,7 +5,6 @@
 //! checks. The report goes to `verifications/` in the repository; the scratch cluster
 //! is always removed, on failure and on Ctrl-C too.
 
-use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Instant;
@@ -16,11 +15,11 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::postgres::{PgTarget, PgTools};
-use crate::process::postgres_owner;
 use crate::repo::verification::{Step, VerifyReport};
 use crate::repo::{BackupKind, Manifest, Repo, catalog, layout};
 use crate::restore::logical::LogicalRestoreReport;
 use crate::restore::report::PhysicalRestoreReport;
+use crate::server::scratch::{self, Logins, ScratchDir};
 use crate::storage::PutMode;
 
 /// Which backup to test.
@@ -77,45 +76,27 @@ impl std::fmt::Display for VerifyOutcome {
     }
 }
 
-/// A scratch cluster directory; stopped and removed when dropped, whatever happened.
+/// Verify's scratch directory: the restored cluster in `data`, its private socket in
+/// `sock`. Stopped and removed when dropped, whatever happened.
 struct Scratch {
-    dir: tempfile::TempDir,
-    pg_ctl: PathBuf,
+    dir: ScratchDir,
 }
 
 impl Scratch {
     fn new(tools: &PgTools) -> Result<Scratch> {
-        let dir = tempfile::Builder::new()
-            .prefix("pgdr-verify-")
-            .tempdir()
-            .context("creating a scratch directory")?;
+        let dir = ScratchDir::new(tools, "pgdr-verify-", None)?;
         // Scratch clusters hold production data with trust authentication: they listen
         // only on a Unix socket in this private (0700) directory.
-        let sock = dir.path().join("sock");
-        std::fs::DirBuilder::new().mode(0o700).create(&sock)?;
-        if let Some((uid, gid)) = postgres_owner() {
-            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))?;
-            std::os::unix::fs::chown(&sock, Some(uid), Some(gid))?;
-        }
-        Ok(Scratch {
-            dir,
-            pg_ctl: tools.path("pg_ctl")?,
-        })
+        crate::disk::create_server_dir(&dir.join("sock"))?;
+        Ok(Scratch { dir })
     }
 
     fn data(&self) -> PathBuf {
-        self.dir.path().join("data")
+        self.dir.join("data")
     }
 
     fn sock(&self) -> PathBuf {
-        self.dir.path().join("sock")
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        crate::server::stop_immediate(&self.pg_ctl, &self.data());
-        // TempDir removes the rest.
+        self.dir.join("sock")
     }
 }
 
@@ -406,39 +387,18 @@ async fn restore_logical(
 }
 
 async fn init_cluster(tools: &PgTools, scratch: &Scratch, port: u16) -> Result<()> {
-    // Killed if verify is abandoned (Ctrl-C): nothing outlives the scratch directory.
-    let run = |mut cmd: tokio::process::Command, what: &'static str| async move {
-        crate::process::as_postgres_async(&mut cmd);
-        cmd.env_clear().envs(crate::postgres::server_env(false));
-        cmd.stdin(Stdio::null()).kill_on_drop(true);
-        let out = cmd.output().await?;
-        if !out.status.success() {
-            return Err(anyhow!(
-                "{what} failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        anyhow::Ok(())
-    };
-    let mut initdb = tokio::process::Command::new(tools.path("initdb")?);
-    initdb
-        .arg("-D")
-        .arg(scratch.data())
-        .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"]);
-    run(initdb, "initdb").await?;
-    let mut start = tokio::process::Command::new(tools.path("pg_ctl")?);
-    start
-        .arg("-D")
-        .arg(scratch.data())
-        .arg("-l")
-        .arg(scratch.dir.path().join("server.log"))
-        .args(["-w", "-o"])
-        .arg(format!(
-            "-p {port} -k {} -c listen_addresses='' -c fsync=off",
-            crate::process::sh_quote(&scratch.sock().to_string_lossy())
-        ))
-        .arg("start");
-    run(start, "pg_ctl start").await
+    let data = scratch.data();
+    scratch::init(tools, &data, Logins::SocketOnly).await?;
+    scratch::configure(
+        &data,
+        &[
+            ("port", port.to_string()),
+            ("unix_socket_directories", scratch.sock().display().to_string()),
+            ("listen_addresses", String::new()),
+            ("fsync", "off".into()),
+        ],
+    )?;
+    scratch::start(tools, &data, &scratch.dir.join("server.log"), false).await
 }
 
 /// `pg_amcheck --all --heapallindexed` on the server at `target` (the amcheck

@@ -5,32 +5,14 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
+use crate::disk::private_dir;
 use crate::usage;
 
-/// Environment variables that carry something other than a config field.
-/// `PGDR_REPOSITORY` names the repository to use (the primary or a copy), like
-/// `--repository`.
-const RESERVED_ENV: &[&str] = &[
-    "PGDR_CONFIG",
-    "PGDR_KEY",
-    "PGDR_LOG",
-    "PGDR_LOG_FORMAT",
-    "PGDR_REPOSITORY",
-];
-const SECTIONS: &[&str] = &[
-    "postgres",
-    "repository",
-    "retention",
-    "wal",
-    "verify",
-    "notify",
-    "schedule",
-    "switch",
-];
+mod env;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Name of this cluster's area in the repository.
@@ -65,7 +47,7 @@ fn default_cluster() -> String {
     "main".to_string()
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PostgresConfig {
     /// A libpq URL or key=value string; libpq's PG* variables and .pgpass also work.
@@ -76,7 +58,7 @@ pub struct PostgresConfig {
     pub data_dir: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RepositoryConfig {
     /// `file:///path` or `s3://bucket/prefix`.
@@ -113,7 +95,7 @@ pub struct RepositoryConfig {
 
 /// A copy of the repository, usually in another region: everything a restore needs
 /// is copied there, so it can be restored from alone.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CopyConfig {
     /// How commands name it: `--repository NAME`, `copy --to NAME`.
@@ -133,7 +115,7 @@ pub struct CopyConfig {
     pub wal: CopyWal,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CopyWal {
     #[default]
@@ -153,7 +135,7 @@ fn default_s3_timeout() -> u64 {
     120
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetentionConfig {
     pub full_days: Option<u32>,
@@ -163,7 +145,7 @@ pub struct RetentionConfig {
     pub wal_days: Option<u32>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WalConfig {
     /// Segments `wal-push` has in flight during a burst: the one asked for plus those
@@ -228,7 +210,7 @@ fn default_archive_timeout() -> u64 {
 }
 
 /// The weekly restore test's own checks, on top of amcheck and row counts.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct VerifyConfig {
     #[serde(default)]
@@ -237,7 +219,7 @@ pub struct VerifyConfig {
 
 /// `[[verify.check]] sql = "...", expect = "..."`: the first column of the first row,
 /// as text, must equal `expect`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SqlCheck {
     #[serde(default)]
@@ -262,16 +244,17 @@ impl SqlCheck {
 
 /// Where failures are announced. The webhook URL usually carries a secret: it is
 /// never logged or printed, only its host.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NotifyConfig {
     /// JSON POST with a Slack-compatible `text` field.
+    #[serde(skip_serializing)]
     pub webhook_url: Option<String>,
     /// A command run with the message in PGDR_NOTIFY_MESSAGE (and on stdin).
     pub command: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduleConfig {
     /// Address of /metrics and /health (default 127.0.0.1:9187).
@@ -282,7 +265,7 @@ pub struct ScheduleConfig {
 
 /// How application connections are moved to another server (`pgdr switch`, the last
 /// step of `failover`): PgBouncer, a command hook, or both.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SwitchConfig {
     /// PgBouncer's admin console, e.g. `postgresql://pgbouncer@127.0.0.1:6432/pgbouncer`
@@ -413,49 +396,75 @@ impl Config {
                 .filter(|p| !p.is_empty())
                 .map(PathBuf::from)
         });
-        let (mut table, source) = match &path {
-            Some(path) => (read_table(path)?, path.display().to_string()),
-            None => {
-                if std::env::var_os("PGDR_REPOSITORY_URL").is_none() {
-                    return Err(usage!(
-                        "no configuration: pass --config FILE, set PGDR_CONFIG, or set PGDR_REPOSITORY_URL"
-                    ));
-                }
-                (toml::Table::new(), "the environment".to_string())
-            }
-        };
-        let file_table = table.clone();
-        apply_env_overrides(&mut table, std::env::vars())?;
-        let mut config =
-            Config::from_table(table, &source).map_err(|e| misspelt_env(&file_table, std::env::vars()).unwrap_or(e))?;
-        config.file = path.map(|p| std::path::absolute(&p).unwrap_or(p));
-        Ok(config)
+        if path.is_none() && std::env::var_os("PGDR_REPOSITORY_URL").is_none() {
+            return Err(usage!(
+                "no configuration: pass --config FILE, set PGDR_CONFIG, or set PGDR_REPOSITORY_URL"
+            ));
+        }
+        Config::read(path.as_deref(), Overrides::Environment)
     }
 
-    /// The configuration file alone, without `PGDR_*` overrides: what a child that
-    /// gets only `--config FILE` (a restored server's `wal-fetch`) will see.
-    pub fn file_only(&self) -> Result<Option<Config>> {
+    /// A configuration file alone, with no `PGDR_*` override applied: what a child
+    /// given only `--config FILE` sees (a restored server's `wal-fetch`), and a
+    /// drill's (nothing in the environment may point it at production).
+    pub fn load_file(path: &Path) -> Result<Config> {
+        Config::read(Some(path), Overrides::None)
+    }
+
+    /// This run's configuration file alone (see `load_file`), with the same
+    /// repository selected; `None` when the configuration came from the environment.
+    pub fn file_alone(&self) -> Result<Option<Config>> {
         let Some(path) = &self.file else { return Ok(None) };
-        let mut config = Config::from_table(read_table(path)?, &path.display().to_string())?;
-        config.file = Some(path.clone());
+        let mut config = Config::load_file(path)?;
         if let Some(name) = &self.selected {
             config.select_repository(name)?;
         }
         Ok(Some(config))
     }
 
-    /// A configuration file alone, with no `PGDR_*` override applied (a drill's:
-    /// nothing in the environment may point it at production).
-    pub fn load_file_only(path: &Path) -> Result<Config> {
-        let mut config = Config::from_table(read_table(path)?, &path.display().to_string())?;
-        config.file = Some(std::path::absolute(path).unwrap_or(path.to_path_buf()));
+    /// The one way in: the file's table (or an empty one), the environment's
+    /// overrides when asked for, then the schema and its validation.
+    fn read(path: Option<&Path>, overrides: Overrides) -> Result<Config> {
+        let (mut table, source) = match path {
+            Some(path) => (read_table(path)?, path.display().to_string()),
+            None => (toml::Table::new(), "the environment".to_string()),
+        };
+        let mut config = match overrides {
+            Overrides::None => Config::from_table(table, &source)?,
+            Overrides::Environment => {
+                let file_table = table.clone();
+                env::apply_overrides(&mut table, std::env::vars())?;
+                Config::from_table(table, &source)
+                    .map_err(|e| env::misspelt(&file_table, std::env::vars()).unwrap_or(e))?
+            }
+        };
+        config.file = path.map(|p| std::path::absolute(p).unwrap_or(p.to_path_buf()));
         Ok(config)
     }
 
-    /// The configuration file's own table (no `PGDR_*` overrides): what a derived
-    /// configuration (a drill's) starts from.
-    pub fn file_table(&self) -> Result<Option<toml::Table>> {
-        self.file.as_deref().map(read_table).transpose()
+    /// A configuration with every default, stored in `repository`: the start of a
+    /// derived configuration (a drill's), which is then written with `to_toml`.
+    pub fn new(repository: RepositoryConfig) -> Config {
+        Config {
+            cluster: default_cluster(),
+            postgres: PostgresConfig::default(),
+            repository,
+            retention: RetentionConfig::default(),
+            wal: WalConfig::default(),
+            verify: VerifyConfig::default(),
+            notify: NotifyConfig::default(),
+            schedule: ScheduleConfig::default(),
+            switch: SwitchConfig::default(),
+            source: String::new(),
+            file: None,
+            selected: None,
+        }
+    }
+
+    /// The configuration as a TOML file would hold it. Secrets have no place in a
+    /// written file: the notification webhook is left out.
+    pub fn to_toml(&self) -> Result<String> {
+        toml::to_string(self).context("writing the configuration as TOML")
     }
 
     /// The settings that decide which archive `wal-fetch` reads, where `other` (the
@@ -487,7 +496,7 @@ impl Config {
         out
     }
 
-    pub fn from_table(table: toml::Table, source: &str) -> Result<Config> {
+    fn from_table(table: toml::Table, source: &str) -> Result<Config> {
         let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
             let path = e.path().to_string();
             let inner = one_line(&e.into_inner().to_string());
@@ -623,6 +632,12 @@ impl Config {
     }
 }
 
+/// Whether `PGDR_*` environment variables override the file.
+enum Overrides {
+    None,
+    Environment,
+}
+
 /// The configuration file as a TOML table; errors name the file (exit 2).
 fn read_table(path: &Path) -> Result<toml::Table> {
     let text = std::fs::read_to_string(path)
@@ -633,109 +648,6 @@ fn read_table(path: &Path) -> Result<toml::Table> {
 
 pub fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
-/// `PGDR_REPOSITORY_URL=...` sets `repository.url`; `PGDR_CLUSTER` sets `cluster`.
-pub fn apply_env_overrides(table: &mut toml::Table, vars: impl Iterator<Item = (String, String)>) -> Result<()> {
-    for (name, raw) in vars {
-        let Some(rest) = name.strip_prefix("PGDR_") else {
-            continue;
-        };
-        if RESERVED_ENV.contains(&name.as_str()) || rest.starts_with("TEST_") {
-            continue;
-        }
-        let rest = rest.to_ascii_lowercase();
-        let (section, key) = match SECTIONS.iter().find(|s| rest.starts_with(&format!("{s}_"))) {
-            Some(section) => (Some(*section), rest[section.len() + 1..].to_string()),
-            None => (None, rest),
-        };
-        let value = env_value(&raw);
-        let target = match section {
-            Some(section) => {
-                let entry = table
-                    .entry(section.to_string())
-                    .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-                match entry {
-                    toml::Value::Table(t) => t,
-                    _ => {
-                        return Err(usage!("{name}: `{section}` is not a table in the configuration file"));
-                    }
-                }
-            }
-            None => &mut *table,
-        };
-        target.insert(key, value);
-    }
-    Ok(())
-}
-
-/// The `PGDR_*` variable that names no setting (a typo such as
-/// `PGDR_REPOSITRY_URL`), as an error naming the variable, not the file: each one is
-/// tried alone on the file's table.
-fn misspelt_env(file_table: &toml::Table, vars: impl Iterator<Item = (String, String)>) -> Option<anyhow::Error> {
-    let unknown_field =
-        |table: toml::Table| match serde_path_to_error::deserialize::<_, Config>(toml::Value::Table(table)) {
-            Err(e) => e.inner().to_string().contains("unknown field"),
-            Ok(_) => false,
-        };
-    // The file's own mistake is the file's to name.
-    if unknown_field(file_table.clone()) {
-        return None;
-    }
-    let overrides = vars.filter(|(n, _)| {
-        n.strip_prefix("PGDR_")
-            .is_some_and(|rest| !RESERVED_ENV.contains(&n.as_str()) && !rest.starts_with("TEST_"))
-    });
-    for (name, value) in overrides {
-        let mut table = file_table.clone();
-        if apply_env_overrides(&mut table, std::iter::once((name.clone(), value))).is_err() {
-            continue;
-        }
-        if unknown_field(table) {
-            return Some(usage!(
-                "the environment variable {name} names no pgdr setting — check its spelling, or unset it (settings are PGDR_<SECTION>_<KEY>, e.g. PGDR_REPOSITORY_URL, PGDR_POSTGRES_URL)"
-            ));
-        }
-    }
-    None
-}
-
-/// Environment values are strings; numbers and booleans are recognised as such.
-fn env_value(raw: &str) -> toml::Value {
-    if let Ok(b) = raw.parse::<bool>() {
-        return toml::Value::Boolean(b);
-    }
-    if let Ok(i) = raw.parse::<i64>() {
-        return toml::Value::Integer(i);
-    }
-    toml::Value::String(raw.to_string())
-}
-
-/// Create `dir` (mode 0700) if missing; refuse one that another user owns or that
-/// others may write to, since what is inside steers pgdr (locks, notes).
-pub fn private_dir(dir: &Path) -> Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
-    match std::fs::DirBuilder::new().mode(0o700).recursive(true).create(dir) {
-        Ok(()) => {}
-        Err(e) => return Err(anyhow::anyhow!("cannot create {}: {e}", dir.display())),
-    }
-    let meta = std::fs::symlink_metadata(dir).with_context(|| format!("reading {}", dir.display()))?;
-    // SAFETY: geteuid has no preconditions.
-    let me = unsafe { libc::geteuid() };
-    if !meta.is_dir() || meta.uid() != me {
-        return Err(usage!(
-            "{} is not a directory of this user (uid {me}) — it may have been planted; remove it or set another path",
-            dir.display()
-        ));
-    }
-    if meta.permissions().mode() & 0o022 != 0 {
-        return Err(usage!(
-            "{} may be written by other users (mode {:o}) — run chmod 700 on it",
-            dir.display(),
-            meta.permissions().mode() & 0o777
-        ));
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -779,7 +691,7 @@ mod tests {
             ("PGDR_CLUSTER".to_string(), "prod".to_string()),
             ("PGDR_KEY".to_string(), "secret".to_string()),
         ];
-        apply_env_overrides(&mut t, vars.into_iter()).unwrap();
+        env::apply_overrides(&mut t, vars.into_iter()).unwrap();
         let c = Config::from_table(t, "x").unwrap();
         assert_eq!(c.cluster, "prod");
         assert!(c.repository.force_path_style);
@@ -795,7 +707,7 @@ mod tests {
     #[test]
     fn unknown_env_override_is_rejected() {
         let mut t: toml::Table = "[repository]\nurl = \"file:///tmp/r\"\n".parse().unwrap();
-        apply_env_overrides(
+        env::apply_overrides(
             &mut t,
             vec![("PGDR_REPOSITORY_BOGUS".to_string(), "1".to_string())].into_iter(),
         )
