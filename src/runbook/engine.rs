@@ -16,9 +16,11 @@ use anyhow::{Context, Result, anyhow};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::steps::{self, Server, StepCx, TableRestore};
-use super::{Op, Runbook, Targets};
+use super::steps::dirs::{self, Made};
+use super::steps::{self, Server, StepCx};
+use super::{Op, Runbook, Step, Targets};
 use crate::config::Config;
+use crate::restore::copy_back::TableRestore;
 use crate::steps::StepLog;
 
 #[derive(Debug, Clone)]
@@ -66,7 +68,7 @@ pub struct StepState {
     /// Directories this recovery created for the step (recorded before they were
     /// made): the only ones an undo may remove.
     #[serde(default)]
-    pub created: Vec<steps::Made>,
+    pub created: Vec<Made>,
 }
 
 /// A recovery's progress on disk (JSON, written atomically after every change).
@@ -279,11 +281,33 @@ pub async fn prepare(config: &Config, opts: &RecoverOptions) -> Result<Prepared>
             runbook.name
         ));
     }
-    let fresh = State {
+    let fresh = fresh_state(runbook, &opts.inputs, &repository);
+    let lock = if opts.dry_run {
+        None
+    } else {
+        Some(lock_state(&opts.state_file)?)
+    };
+    let state = match State::load(&opts.state_file)? {
+        Some(old) if old.finished.is_none() => resumable(old, &fresh, opts)?,
+        _ => fresh,
+    };
+    let resumed = state.steps.iter().filter(|s| s.status == Status::Done).count();
+    let plan = plan_lines(config, opts, &state).await?;
+    Ok(Prepared {
+        state,
+        plan,
+        resumed,
+        _lock: lock,
+    })
+}
+
+/// The state of a recovery that has not started: every step pending.
+fn fresh_state(runbook: &Runbook, inputs: &BTreeMap<String, String>, repository: &str) -> State {
+    State {
         id: format!("{:016x}", rand::random::<u64>()),
         scenario: runbook.name.clone(),
-        inputs: opts.inputs.clone(),
-        repository: repository.clone(),
+        inputs: inputs.clone(),
+        repository: repository.to_string(),
         started: Utc::now(),
         steps: runbook
             .steps
@@ -296,68 +320,63 @@ pub async fn prepare(config: &Config, opts: &RecoverOptions) -> Result<Prepared>
                 seconds: 0.0,
                 detail: String::new(),
                 timeline: None,
-                params: s.filled(&opts.inputs),
+                params: s.filled(inputs),
                 created: Vec::new(),
             })
             .collect(),
         servers: BTreeMap::new(),
         restored: Vec::new(),
         finished: None,
-    };
-    let lock = if opts.dry_run {
-        None
-    } else {
-        Some(lock_state(&opts.state_file)?)
-    };
-    let state = match State::load(&opts.state_file)? {
-        Some(old) if old.finished.is_none() => {
-            let same_steps = old.steps.len() == fresh.steps.len()
-                && old
-                    .steps
-                    .iter()
-                    .zip(&fresh.steps)
-                    // A state from before parameters were recorded has none to compare.
-                    .all(|(a, b)| a.name == b.name && a.op == b.op && (a.params.is_empty() || a.params == b.params));
-            if old.scenario != fresh.scenario
-                || old.inputs != fresh.inputs
-                || old.repository != repository
-                || !same_steps
-            {
-                return Err(crate::usage!(
-                    "an unfinished recovery ({} from {}, started {}) is recorded in {} with other inputs or steps — finish it with the same inputs, or move the state file away to start over",
-                    old.scenario,
-                    old.repository,
-                    old.started.format("%Y-%m-%d %H:%M:%S UTC"),
-                    opts.state_file.display()
-                ));
-            }
-            let age = std::fs::metadata(&opts.state_file)
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.elapsed().ok())
-                .unwrap_or_default();
-            if age > STALE_STATE && !opts.resume {
-                return Err(crate::usage!(
-                    "an unfinished recovery ({}, started {}) was last written {} h ago in {} — if it is this incident, run again with --resume; if it was finished by hand, move the state file away to start a new one",
-                    old.id,
-                    old.started.format("%Y-%m-%d %H:%M:%S UTC"),
-                    age.as_secs() / 3600,
-                    opts.state_file.display()
-                ));
-            }
-            old
-        }
-        _ => fresh,
-    };
-    let resumed = state.steps.iter().filter(|s| s.status == Status::Done).count();
+    }
+}
+
+/// An unfinished recovery found in the state file, if this run may go on with it:
+/// the same scenario, inputs, repository and steps, and not stale (or `--resume`).
+fn resumable(old: State, fresh: &State, opts: &RecoverOptions) -> Result<State> {
+    let same_steps = old.steps.len() == fresh.steps.len()
+        && old
+            .steps
+            .iter()
+            .zip(&fresh.steps)
+            // A state from before parameters were recorded has none to compare.
+            .all(|(a, b)| a.name == b.name && a.op == b.op && (a.params.is_empty() || a.params == b.params));
+    if old.scenario != fresh.scenario || old.inputs != fresh.inputs || old.repository != fresh.repository || !same_steps
+    {
+        return Err(crate::usage!(
+            "an unfinished recovery ({} from {}, started {}) is recorded in {} with other inputs or steps — finish it with the same inputs, or move the state file away to start over",
+            old.scenario,
+            old.repository,
+            old.started.format("%Y-%m-%d %H:%M:%S UTC"),
+            opts.state_file.display()
+        ));
+    }
+    let age = std::fs::metadata(&opts.state_file)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .unwrap_or_default();
+    if age > STALE_STATE && !opts.resume {
+        return Err(crate::usage!(
+            "an unfinished recovery ({}, started {}) was last written {} h ago in {} — if it is this incident, run again with --resume; if it was finished by hand, move the state file away to start a new one",
+            old.id,
+            old.started.format("%Y-%m-%d %H:%M:%S UTC"),
+            age.as_secs() / 3600,
+            opts.state_file.display()
+        ));
+    }
+    Ok(old)
+}
+
+/// One line per step: done earlier, to be undone and run again, or what it will do.
+async fn plan_lines(config: &Config, opts: &RecoverOptions, state: &State) -> Result<Vec<String>> {
+    let runbook = &opts.runbook;
     let mut plan = Vec::new();
     for (step, st) in runbook.steps.iter().zip(&state.steps) {
-        let line = match st.status {
-            Status::Done => format!("{} — done earlier ({})", step.name, st.detail),
+        let line = match (st.status, steps::own_dir(step, &opts.inputs)) {
+            (Status::Done, _) => format!("{} — done earlier ({})", step.name, st.detail),
             // A half-done restore is undone first; its directory is not free yet.
-            Status::Started | Status::Failed if matches!(step.op, Op::Restore | Op::Standby) => {
-                let to = PathBuf::from(step.param("to", &opts.inputs));
-                steps::check_undo_allowed(&to, &st.created, &state.id)
+            (Status::Started | Status::Failed, Some(to)) => {
+                dirs::check_undo_allowed(&to, &st.created, &state.id)
                     .with_context(|| format!("step {:?} (line {} of {})", step.name, step.line, runbook.source))?;
                 format!(
                     "{} — interrupted earlier: {} (made by this recovery, {}) is removed and the step runs again",
@@ -376,12 +395,7 @@ pub async fn prepare(config: &Config, opts: &RecoverOptions) -> Result<Prepared>
         };
         plan.push(line);
     }
-    Ok(Prepared {
-        state,
-        plan,
-        resumed,
-        _lock: lock,
-    })
+    Ok(plan)
 }
 
 /// Run the prepared recovery. A failed step is in the report (`ok: false`, with
@@ -400,28 +414,7 @@ pub async fn execute(
         resumed,
         _lock,
     } = prepared;
-    let mut report = RecoverReport {
-        scenario: runbook.name.clone(),
-        title: runbook.title.clone(),
-        runbook: runbook.source.clone(),
-        repository: state.repository.clone(),
-        inputs: opts.inputs.clone(),
-        dry_run: opts.dry_run,
-        ok: true,
-        resumed_steps: resumed,
-        started: state.started,
-        seconds: 0.0,
-        targets: runbook.targets.clone(),
-        rto_met: None,
-        plan,
-        steps: Vec::new(),
-        servers: BTreeMap::new(),
-        restored: Vec::new(),
-        error: None,
-        next: None,
-        discarded: discarded_window(runbook, &opts.inputs),
-        state_file: opts.state_file.clone(),
-    };
+    let mut report = start_report(opts, &state, plan, resumed);
     if opts.dry_run {
         return Ok(report);
     }
@@ -437,80 +430,10 @@ pub async fn execute(
             });
             continue;
         }
-        let interrupted = matches!(state.steps[i].status, Status::Started | Status::Failed);
-        let started = Utc::now();
-        let t = Instant::now();
-        state.steps[i].status = Status::Started;
-        state.steps[i].started = Some(started);
-        state.save(&opts.state_file)?;
-        say(format!("{} ▶ {} ({})", started.format("%H:%M:%S"), step.name, step.op));
-        // Remember (on disk, before its directory goes) the timeline an interrupted
-        // attempt followed; the first attempt's choice wins over later ones.
-        if interrupted && state.steps[i].timeline.is_none() {
-            state.steps[i].timeline = steps::partial_timeline(step, &opts.inputs);
-            if state.steps[i].timeline.is_some() {
-                state.save(&opts.state_file)?;
-            }
-        }
-        if matches!(step.op, Op::Restore | Op::Standby) {
-            // Recorded (on disk) before they are made: an undo removes only these.
-            // The data directory is made here, and known by its identity (inode and
-            // birth time), so a directory someone else put at the same path later is
-            // never taken for it.
-            let to = PathBuf::from(step.param("to", &opts.inputs));
-            if !steps::absent(&to)? && steps::is_empty_dir(&to) && !state.steps[i].created.iter().any(|m| m.path == to)
-            {
-                state.steps[i].created.push(steps::known_dir(&to)?);
-            } else if steps::absent(&to)? {
-                // The intent first: killed between this and the next save, an empty
-                // directory at `to` is ours.
-                state.steps[i].created.retain(|m| m.path != to);
-                state.steps[i].created.push(steps::Made::intended(&to));
-                state.save(&opts.state_file)?;
-                let made = steps::make_own_dir(&to)?;
-                state.steps[i].created.retain(|m| m.path != to);
-                state.steps[i].created.push(made);
-            }
-            state.save(&opts.state_file)?;
-        }
-        let pinned = state.steps[i].timeline;
-        let created = state.steps[i].created.clone();
-        let recovery_id = state.id.clone();
-        let mut cx = StepCx {
-            config,
-            inputs: &opts.inputs,
-            jobs: opts.jobs,
-            servers: &mut state.servers,
-            restored: &mut state.restored,
-            say,
-            pinned_timeline: pinned,
-        };
-        let outcome = async {
-            if interrupted && let Some(undone) = steps::undo_partial(step, &mut cx, &created, &recovery_id).await? {
-                (cx.say)(undone);
-            }
-            steps::run(step, &runbook.checks, &mut cx).await
-        }
-        .await;
-        let seconds = t.elapsed().as_secs_f64();
-        let (ok, detail) = match &outcome {
-            Ok(d) => (true, d.clone()),
-            Err(e) => (false, format!("{e:#}")),
-        };
-        state.steps[i].status = if ok { Status::Done } else { Status::Failed };
-        state.steps[i].seconds = seconds;
-        state.steps[i].detail = detail.clone();
-        state.save(&opts.state_file)?;
-        let log = StepLog {
-            step: step.name.clone(),
-            started,
-            seconds,
-            ok,
-            detail: detail.clone(),
-        };
-        say(log.to_string());
+        let log = run_step(config, opts, &mut state, i, step, say).await?;
+        let failed = (!log.ok).then(|| log.detail.clone());
         report.steps.push(log);
-        if !ok {
+        if let Some(detail) = failed {
             report.ok = false;
             report.error = Some(format!(
                 "step {} ({}, line {}) failed: {detail}",
@@ -544,6 +467,133 @@ pub async fn execute(
         &report,
     )
     .await;
+    notify_outcome(config, opts, &report).await;
+    if !report.ok && report.error.is_none() {
+        return Err(anyhow!("recovery failed"));
+    }
+    Ok(report)
+}
+
+/// The report before any step has run: what was planned, and what a point-in-time
+/// recovery discards by design.
+fn start_report(opts: &RecoverOptions, state: &State, plan: Vec<String>, resumed: usize) -> RecoverReport {
+    let runbook = &opts.runbook;
+    RecoverReport {
+        scenario: runbook.name.clone(),
+        title: runbook.title.clone(),
+        runbook: runbook.source.clone(),
+        repository: state.repository.clone(),
+        inputs: opts.inputs.clone(),
+        dry_run: opts.dry_run,
+        ok: true,
+        resumed_steps: resumed,
+        started: state.started,
+        seconds: 0.0,
+        targets: runbook.targets.clone(),
+        rto_met: None,
+        plan,
+        steps: Vec::new(),
+        servers: BTreeMap::new(),
+        restored: Vec::new(),
+        error: None,
+        next: None,
+        discarded: discarded_window(runbook, &opts.inputs),
+        state_file: opts.state_file.clone(),
+    }
+}
+
+/// Run step `i`, which is not done: mark it started, record the directory it makes,
+/// undo what an interrupted attempt left, run it, and save its outcome. A failed
+/// step is a log line with `ok: false`; an `Err` is a state file that cannot be
+/// written.
+async fn run_step(
+    config: &Config,
+    opts: &RecoverOptions,
+    state: &mut State,
+    i: usize,
+    step: &Step,
+    say: &mut dyn FnMut(String),
+) -> Result<StepLog> {
+    let interrupted = matches!(state.steps[i].status, Status::Started | Status::Failed);
+    let started = Utc::now();
+    let t = Instant::now();
+    state.steps[i].status = Status::Started;
+    state.steps[i].started = Some(started);
+    state.save(&opts.state_file)?;
+    say(format!("{} ▶ {} ({})", started.format("%H:%M:%S"), step.name, step.op));
+    // Remember (on disk, before its directory goes) the timeline an interrupted
+    // attempt followed; the first attempt's choice wins over later ones.
+    if interrupted && state.steps[i].timeline.is_none() {
+        state.steps[i].timeline = steps::partial_timeline(step, &opts.inputs);
+        if state.steps[i].timeline.is_some() {
+            state.save(&opts.state_file)?;
+        }
+    }
+    if let Some(to) = steps::own_dir(step, &opts.inputs) {
+        record_own_dir(state, i, &to, &opts.state_file)?;
+    }
+    let pinned = state.steps[i].timeline;
+    let created = state.steps[i].created.clone();
+    let recovery_id = state.id.clone();
+    let mut cx = StepCx {
+        config,
+        inputs: &opts.inputs,
+        jobs: opts.jobs,
+        servers: &mut state.servers,
+        restored: &mut state.restored,
+        say,
+        pinned_timeline: pinned,
+    };
+    let outcome = async {
+        if interrupted && let Some(undone) = steps::undo_partial(step, &mut cx, &created, &recovery_id).await? {
+            (cx.say)(undone);
+        }
+        steps::run(step, &opts.runbook.checks, &mut cx).await
+    }
+    .await;
+    let seconds = t.elapsed().as_secs_f64();
+    let (ok, detail) = match &outcome {
+        Ok(d) => (true, d.clone()),
+        Err(e) => (false, format!("{e:#}")),
+    };
+    state.steps[i].status = if ok { Status::Done } else { Status::Failed };
+    state.steps[i].seconds = seconds;
+    state.steps[i].detail = detail.clone();
+    state.save(&opts.state_file)?;
+    let log = StepLog {
+        step: step.name.clone(),
+        started,
+        seconds,
+        ok,
+        detail,
+    };
+    say(log.to_string());
+    Ok(log)
+}
+
+/// Record step `i`'s data directory `to` as this recovery's, making it if absent.
+/// Recorded (on disk) before they are made: an undo removes only these. The data
+/// directory is made here, and known by its identity (inode and birth time), so a
+/// directory someone else put at the same path later is never taken for it.
+fn record_own_dir(state: &mut State, i: usize, to: &Path, state_file: &Path) -> Result<()> {
+    if !dirs::absent(to)? && dirs::is_empty_dir(to) && !state.steps[i].created.iter().any(|m| m.path == to) {
+        state.steps[i].created.push(dirs::known_dir(to)?);
+    } else if dirs::absent(to)? {
+        // The intent first: killed between this and the next save, an empty
+        // directory at `to` is ours.
+        state.steps[i].created.retain(|m| m.path != to);
+        state.steps[i].created.push(Made::intended(to));
+        state.save(state_file)?;
+        let made = dirs::make_own_dir(to)?;
+        state.steps[i].created.retain(|m| m.path != to);
+        state.steps[i].created.push(made);
+    }
+    state.save(state_file)
+}
+
+/// Tell `[notify]` how the recovery ended, in the runbook's words where it has them.
+async fn notify_outcome(config: &Config, opts: &RecoverOptions, report: &RecoverReport) {
+    let runbook = &opts.runbook;
     let template = if report.ok {
         &runbook.notify.success
     } else {
@@ -563,8 +613,4 @@ pub async fn execute(
         message.push_str(&format!(": {e}"));
     }
     crate::notify::send(config, &message).await;
-    if !report.ok && report.error.is_none() {
-        return Err(anyhow!("recovery failed"));
-    }
-    Ok(report)
 }

@@ -1,12 +1,14 @@
 //! Runbooks: the plan's disaster scenarios as TOML files (`scenarios/*.toml`), read
 //! and checked whole before anything runs. A runbook names its recovery targets, the
 //! inputs it needs, ordered steps (each one of pgdr's operations with its
-//! parameters), SQL checks and notifications. `engine` executes one (`recover`);
-//! `drill` rehearses one on scratch resources.
+//! parameters), SQL checks and notifications. `parse` reads and checks one, `steps`
+//! holds what each operation does, `engine` executes one (`recover`); `drill`
+//! rehearses one on scratch resources.
 //!
 //! An invalid runbook is refused with its file, line and field.
 
 pub mod engine;
+mod parse;
 pub mod steps;
 
 use std::collections::BTreeMap;
@@ -15,7 +17,6 @@ use std::path::Path;
 
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
-use toml::Spanned;
 
 use crate::usage;
 
@@ -67,39 +68,11 @@ pub struct InputSpec {
     pub default: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawCheck {
-    name: String,
-    server: String,
-    #[serde(default)]
-    database: Option<String>,
-    sql: String,
-    expect: toml::Value,
-}
-
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NotifySpec {
     pub success: Option<String>,
     pub failure: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRunbook {
-    name: String,
-    title: String,
-    #[serde(default)]
-    needs_copy: bool,
-    targets: Targets,
-    #[serde(default)]
-    inputs: BTreeMap<String, InputSpec>,
-    steps: Vec<Spanned<BTreeMap<Spanned<String>, Spanned<toml::Value>>>>,
-    #[serde(default)]
-    checks: Vec<Spanned<RawCheck>>,
-    #[serde(default)]
-    notify: NotifySpec,
 }
 
 /// What a step does: one of pgdr's operations.
@@ -226,23 +199,6 @@ pub struct Runbook {
     pub notify: NotifySpec,
 }
 
-fn line_of(text: &str, offset: usize) -> usize {
-    let before = text.as_bytes().get(..offset).unwrap_or(text.as_bytes());
-    before.iter().filter(|b| **b == b'\n').count() + 1
-}
-
-/// `{name}` references in a template.
-fn references(template: &str) -> Vec<&str> {
-    let mut out = Vec::new();
-    let mut rest = template;
-    while let Some(open) = rest.find('{') {
-        let Some(close) = rest[open..].find('}') else { break };
-        out.push(&rest[open + 1..open + close]);
-        rest = &rest[open + close + 1..];
-    }
-    out
-}
-
 /// Replace `{name}` with the input's value.
 pub fn fill(template: &str, inputs: &BTreeMap<String, String>) -> String {
     let mut out = template.to_string();
@@ -250,15 +206,6 @@ pub fn fill(template: &str, inputs: &BTreeMap<String, String>) -> String {
         out = out.replace(&format!("{{{name}}}"), value);
     }
     out
-}
-
-fn value_text(v: &toml::Value) -> Option<String> {
-    match v {
-        toml::Value::String(s) => Some(s.clone()),
-        toml::Value::Integer(i) => Some(i.to_string()),
-        toml::Value::Boolean(b) => Some(b.to_string()),
-        _ => None,
-    }
 }
 
 impl Runbook {
@@ -285,216 +232,6 @@ impl Runbook {
                 built_in_names().join(", ")
             )),
         }
-    }
-
-    /// Parse and check a whole runbook; errors name `source:line` and the field.
-    pub fn parse(text: &str, source: &str) -> Result<Runbook> {
-        let raw: RawRunbook = toml::from_str(text).map_err(|e| {
-            let at = e
-                .span()
-                .map(|s| format!(":{}", line_of(text, s.start)))
-                .unwrap_or_default();
-            usage!(
-                "invalid runbook {source}{at}: {}",
-                e.message().trim().replace('\n', " ")
-            )
-        })?;
-        let bad = |offset: usize, what: String| usage!("invalid runbook {source}:{}: {what}", line_of(text, offset));
-        for (name, spec) in &raw.inputs {
-            if !name
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-            {
-                return Err(usage!(
-                    "invalid runbook {source}: input {name:?}: names are lower-case letters, digits and '_'"
-                ));
-            }
-            if spec.help.trim().is_empty() {
-                return Err(usage!("invalid runbook {source}: input {name:?} needs a help text"));
-            }
-        }
-        let known_input = |name: &str| raw.inputs.contains_key(name);
-        let mut servers: Vec<String> = Vec::new();
-        let mut steps = Vec::new();
-        if raw.steps.is_empty() {
-            return Err(usage!("invalid runbook {source}: it has no [[steps]]"));
-        }
-        for (i, table) in raw.steps.iter().enumerate() {
-            let start = table.span().start;
-            let at = |key: &str| {
-                table
-                    .get_ref()
-                    .keys()
-                    .find(|k| k.get_ref() == key)
-                    .map(|k| k.span().start)
-                    .unwrap_or(start)
-            };
-            let get = |key: &str| table.get_ref().iter().find(|(k, _)| k.get_ref() == key).map(|(_, v)| v);
-            let Some(op_value) = get("op") else {
-                return Err(bad(start, format!("step {} has no `op`", i + 1)));
-            };
-            let op_text = value_text(op_value.get_ref()).unwrap_or_default();
-            let Some(op) = Op::parse(&op_text) else {
-                return Err(bad(
-                    op_value.span().start,
-                    format!(
-                        "step {}: field `op`: unknown operation {op_text:?} (expected restore, validate, fence, standby, switch, copy-back or teardown)",
-                        i + 1
-                    ),
-                ));
-            };
-            let name = match get("name").map(|v| (v.span().start, value_text(v.get_ref()))) {
-                Some((_, Some(n))) if !n.trim().is_empty() => n,
-                Some((offset, _)) => return Err(bad(offset, format!("step {}: field `name` must be a text", i + 1))),
-                None => return Err(bad(start, format!("step {} ({op}) has no `name`", i + 1))),
-            };
-            let (required, optional) = op.params();
-            let mut params = BTreeMap::new();
-            for (key, value) in table.get_ref() {
-                let k = key.get_ref().as_str();
-                if k == "op" || k == "name" {
-                    continue;
-                }
-                if !required.contains(&k) && !optional.contains(&k) {
-                    let mut all: Vec<&str> = required.iter().chain(optional.iter()).copied().collect();
-                    all.sort();
-                    return Err(bad(
-                        key.span().start,
-                        format!(
-                            "step {name:?}: unknown field `{k}` for op {op} (expected {})",
-                            all.join(", ")
-                        ),
-                    ));
-                }
-                let Some(text) = value_text(value.get_ref()) else {
-                    return Err(bad(
-                        value.span().start,
-                        format!("step {name:?}: field `{k}` must be a text, a number or true/false"),
-                    ));
-                };
-                for r in references(&text) {
-                    if !known_input(r) {
-                        return Err(bad(
-                            value.span().start,
-                            format!("step {name:?}: field `{k}` uses {{{r}}}, which is not an input of this runbook"),
-                        ));
-                    }
-                }
-                params.insert(k.to_string(), text);
-            }
-            for r in required {
-                if !params.contains_key(*r) {
-                    return Err(bad(start, format!("step {name:?} ({op}) needs the field `{r}`")));
-                }
-            }
-            for r in op.server_refs() {
-                let server = &params[*r];
-                if !servers.contains(server) {
-                    return Err(bad(
-                        at(r),
-                        format!(
-                            "step {name:?}: field `{r}`: no earlier step makes a server {server:?} (a restore or standby step with server = {server:?})"
-                        ),
-                    ));
-                }
-            }
-            if op == Op::Restore {
-                let role = &params["role"];
-                if role != "primary" && role != "scratch" {
-                    return Err(bad(
-                        at("role"),
-                        format!("step {name:?}: field `role` is \"primary\" or \"scratch\", not {role:?}"),
-                    ));
-                }
-                if role == "primary" && !params.contains_key("port") {
-                    return Err(bad(
-                        start,
-                        format!("step {name:?}: a new primary needs the field `port`"),
-                    ));
-                }
-            }
-            if let Some(v) = params.get("amcheck")
-                && v != "true"
-                && v != "false"
-            {
-                return Err(bad(
-                    at("amcheck"),
-                    format!("step {name:?}: field `amcheck` is true or false"),
-                ));
-            }
-            if matches!(op, Op::Restore | Op::Standby) {
-                let server = params["server"].clone();
-                if servers.contains(&server) {
-                    return Err(bad(
-                        at("server"),
-                        format!("step {name:?}: server {server:?} is made twice"),
-                    ));
-                }
-                servers.push(server);
-            }
-            if op == Op::Teardown {
-                servers.retain(|s| *s != params["server"]);
-            }
-            steps.push(Step {
-                name,
-                op,
-                line: line_of(text, start),
-                params,
-            });
-        }
-        let mut checks = Vec::new();
-        for c in &raw.checks {
-            let line = line_of(text, c.span().start);
-            let c = c.get_ref();
-            if !steps
-                .iter()
-                .any(|s| matches!(s.op, Op::Restore | Op::Standby) && s.params["server"] == c.server)
-            {
-                return Err(usage!(
-                    "invalid runbook {source}:{line}: check {:?}: field `server`: no step makes a server {:?}",
-                    c.name,
-                    c.server
-                ));
-            }
-            let expect = match &c.expect {
-                toml::Value::String(s) => s.clone(),
-                toml::Value::Boolean(b) => if *b { "t" } else { "f" }.to_string(),
-                toml::Value::Integer(i) => i.to_string(),
-                _ => {
-                    return Err(usage!(
-                        "invalid runbook {source}:{line}: check {:?}: field `expect` is a text, a number or true/false",
-                        c.name
-                    ));
-                }
-            };
-            checks.push(Check {
-                name: c.name.clone(),
-                server: c.server.clone(),
-                database: c.database.clone().unwrap_or_else(|| "postgres".into()),
-                sql: c.sql.clone(),
-                expect,
-            });
-        }
-        for template in [&raw.notify.success, &raw.notify.failure].into_iter().flatten() {
-            for r in references(template) {
-                if !known_input(r) {
-                    return Err(usage!(
-                        "invalid runbook {source}: [notify] uses {{{r}}}, which is not an input of this runbook"
-                    ));
-                }
-            }
-        }
-        Ok(Runbook {
-            name: raw.name,
-            title: raw.title,
-            source: source.to_string(),
-            needs_copy: raw.needs_copy,
-            targets: raw.targets,
-            inputs: raw.inputs,
-            steps,
-            checks,
-            notify: raw.notify,
-        })
     }
 
     /// The inputs of a run: the given values checked by kind, defaults filled in.
