@@ -1,6 +1,8 @@
-//! Catalog queries pgdr needs: the server's identity and version, its databases, and
-//! exact row counts of every table inside an exported snapshot (the one `pg_dump
-//! --snapshot` then dumps), so a restore can be checked row for row.
+//! What pgdr asks a running server in SQL: its identity, version, settings and
+//! timeline; its databases; exact row counts of every table inside an exported
+//! snapshot (the one `pg_dump --snapshot` then dumps), so a restore can be checked
+//! row for row; the backup session (`pg_backup_start` / `pg_backup_stop`); a WAL
+//! switch. Starting and stopping servers is `crate::server`'s.
 
 use anyhow::Result;
 use serde::{Deserialize, Serialize};

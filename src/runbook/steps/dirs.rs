@@ -140,10 +140,7 @@ pub(super) fn make_socket_dir(dir: &Path, private: bool) -> Result<()> {
         dir,
         std::fs::Permissions::from_mode(if private { 0o700 } else { 0o755 }),
     )?;
-    if let Some((uid, gid)) = crate::process::postgres_owner() {
-        std::os::unix::fs::chown(dir, Some(uid), Some(gid))?;
-    }
-    Ok(())
+    crate::disk::give_to_postgres(dir)
 }
 
 /// Stop whatever runs in `dir` (immediately: it is being thrown away).
