@@ -107,20 +107,48 @@ pub async fn push_one(repo: &Repo, file: &WalFile, path: &Path) -> Result<()> {
 
 async fn store_one(repo: &Repo, file: &WalFile, path: &Path) -> Result<()> {
     let key = layout::wal_file(file);
-    // Look first: PostgreSQL retries a push after a crash, and comparing what is there
-    // is cheaper than compressing and sending a segment only to be refused.
+    // PostgreSQL retries a push after a crash. On a store that honours If-None-Match
+    // the create-only PUT itself finds a copy already there (one request, not a HEAD
+    // first on every push); elsewhere look first, since a PUT there would overwrite.
     let mut mode = PutMode::CreateNew;
-    if repo.storage.head(&key).await?.is_some() {
-        match compare_existing(repo, file, path).await {
-            Err(e) if crate::pipeline::is_damaged(&e) => {
-                // Not an authentic copy of anything: no restore can use it, and
-                // refusing would stop archiving for good. Replace it.
-                tracing::warn!("{file} is archived but damaged ({e:#}); storing it again");
-                mode = PutMode::Overwrite;
-            }
-            other => return other,
+    if repo.info.may_overwrite() && repo.storage.head(&key).await?.is_some() {
+        match existing(repo, file, path).await? {
+            Existing::Same => return Ok(()),
+            Existing::Damaged => mode = PutMode::Overwrite,
         }
     }
+    match put(repo, file, path, &key, mode).await {
+        Err(e) if crate::storage::is_already_exists(&e) => match existing(repo, file, path).await? {
+            Existing::Same => Ok(()),
+            Existing::Damaged => put(repo, file, path, &key, PutMode::Overwrite).await,
+        },
+        other => other,
+    }
+}
+
+/// What is already archived under a WAL file's name, when it is not different bytes
+/// (those are refused).
+enum Existing {
+    /// An authentic copy of the same file: nothing to do.
+    Same,
+    /// Not an authentic copy of anything: no restore can use it, and refusing would
+    /// stop archiving for good. It is replaced.
+    Damaged,
+}
+
+async fn existing(repo: &Repo, file: &WalFile, path: &Path) -> Result<Existing> {
+    match compare_existing(repo, file, path).await {
+        Ok(()) => Ok(Existing::Same),
+        Err(e) if crate::pipeline::is_damaged(&e) => {
+            tracing::warn!("{file} is archived but damaged ({e:#}); storing it again");
+            Ok(Existing::Damaged)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Compress, seal and store the file, then prove the store kept it.
+async fn put(repo: &Repo, file: &WalFile, path: &Path, key: &crate::storage::ObjectKey, mode: PutMode) -> Result<()> {
     // Mapped, not read: zstd compresses straight from the page cache. PostgreSQL
     // never truncates a segment it has marked ready (it recycles one only after it
     // was archived), so the mapping stays whole while we read it.
@@ -140,47 +168,70 @@ async fn store_one(repo: &Repo, file: &WalFile, path: &Path) -> Result<()> {
         },
         ..repo.store()
     };
-    let record = match store.loaded(&key, file.name(), map, mode).await {
+    let record = match store.loaded(key, file.name(), map, mode).await {
         Ok(record) => record,
-        Err(e) if crate::storage::is_already_exists(&e) => return compare_existing(repo, file, path).await,
+        Err(e) if crate::storage::is_already_exists(&e) => return Err(e),
         Err(e) => return Err(e.context(format!("archiving {file}"))),
     };
-    read_back(repo, file, path, &key, &record).await
+    read_back(repo, file, path, key, &record, mode).await
 }
 
 /// The object under `key` must be the bytes just stored, or (another pusher of the
 /// same file won a race on a store that ignores conditions) an authentic copy of
 /// the same WAL file.
+///
+/// A create-only store is proven by a HEAD: the PUT's ETag already matched the MD5
+/// of what was sent (`S3Storage::put_once`), so what is left to catch is a store that
+/// acknowledged a PUT it did not keep, or kept something else: absent, or another
+/// size. Nothing else can be under the name (If-None-Match, or a claim on a store
+/// that ignores it: a rival there stores the same WAL file). A replacement
+/// (`Overwrite`) is read back whole, since the damaged copy it replaces may be what
+/// the store still holds.
 async fn read_back(
     repo: &Repo,
     file: &WalFile,
     path: &Path,
     key: &crate::storage::ObjectKey,
     record: &pipeline::ObjectRecord,
+    mode: PutMode,
 ) -> Result<()> {
     use sha2::Digest;
     if repo.storage.put_is_proof() {
         return Ok(());
     }
-    let stored = match repo.storage.get(key).await {
-        Ok(bytes) => bytes,
-        Err(crate::storage::StorageError::NotFound(_)) => {
-            return Err(anyhow!(
-                "{file} was acknowledged by {} but is not there when read back — the store lost it; PostgreSQL will retry",
-                repo.storage.describe()
-            ));
-        }
-        Err(e) => return Err(anyhow::Error::new(e).context(format!("reading {file} back after storing it"))),
+    let lost = || {
+        anyhow!(
+            "{file} was acknowledged by {} but is not there when read back — the store lost it; PostgreSQL will retry",
+            repo.storage.describe()
+        )
     };
-    let sha = hex::encode(sha2::Sha256::digest(&stored));
-    if stored.len() as u64 == record.stored.size && sha == record.stored.sha256 {
+    let (size, matches) = if mode == PutMode::CreateNew {
+        let meta = repo
+            .storage
+            .head(key)
+            .await
+            .with_context(|| format!("looking for {file} after storing it"))?
+            .ok_or_else(lost)?;
+        (meta.size, meta.size == record.stored.size)
+    } else {
+        let stored = match repo.storage.get(key).await {
+            Ok(bytes) => bytes,
+            Err(crate::storage::StorageError::NotFound(_)) => return Err(lost()),
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("reading {file} back after storing it"))),
+        };
+        let sha = hex::encode(sha2::Sha256::digest(&stored));
+        (
+            stored.len() as u64,
+            stored.len() as u64 == record.stored.size && sha == record.stored.sha256,
+        )
+    };
+    if matches {
         return Ok(());
     }
     compare_existing(repo, file, path).await.map_err(|e| {
         e.context(format!(
-            "{file} reads back from {} as something other than what was stored ({} bytes, expected {})",
+            "{file} reads back from {} as something other than what was stored ({size} bytes, expected {})",
             repo.storage.describe(),
-            stored.len(),
             record.stored.size
         ))
     })

@@ -87,6 +87,9 @@ pub struct RepositoryConfig {
     /// The AWS profile whose credentials and settings to use (default: `AWS_PROFILE`,
     /// then `default`).
     pub profile: Option<String>,
+    /// The certificate authority (PEM) an S3 endpoint behind a private CA is checked
+    /// against, instead of the system's roots (MinIO, Ceph, an on-premises store).
+    pub ca_file: Option<PathBuf>,
     /// Copies of this repository in other regions (`[[repository.copies]]`), kept
     /// up to date by `pgdr copy`.
     #[serde(default)]
@@ -107,6 +110,9 @@ pub struct CopyConfig {
     #[serde(default)]
     pub force_path_style: bool,
     pub profile: Option<String>,
+    /// Its own certificate authority (see `repository.ca_file`); a copy elsewhere is
+    /// not trusted through the primary's.
+    pub ca_file: Option<PathBuf>,
     /// Its own key file; by default the primary's key (objects are copied as they are).
     pub key_file: Option<PathBuf>,
     /// `async` (default): WAL reaches the copy through `pgdr copy`; `sync`: `wal-push`
@@ -357,6 +363,7 @@ impl RepositoryConfig {
             force_path_style: copy.force_path_style,
             key_file: copy.key_file.clone().or_else(|| self.key_file.clone()),
             profile: copy.profile.clone(),
+            ca_file: copy.ca_file.clone(),
             copies: Vec::new(),
             ..self.clone()
         })
@@ -492,6 +499,9 @@ impl Config {
         }
         if a.profile != b.profile {
             out.push("repository.profile");
+        }
+        if a.ca_file != b.ca_file {
+            out.push("repository.ca_file");
         }
         out
     }

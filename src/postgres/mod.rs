@@ -43,6 +43,9 @@ pub fn server_env(with_aws: bool) -> Vec<(String, String)> {
             matches!(k.as_str(), "PATH" | "HOME" | "LANG" | "TZ" | "TMPDIR" | "PGDR_LOG")
                 || k.starts_with("LC_")
                 || (with_aws && k.starts_with("AWS_"))
+                // The trust the DBA's own pgdr commands have (rustls reads these as
+                // the system's roots): a restored server's wal-fetch keeps it.
+                || (with_aws && matches!(k.as_str(), "SSL_CERT_FILE" | "SSL_CERT_DIR"))
         })
         .collect()
 }

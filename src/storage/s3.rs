@@ -146,6 +146,9 @@ impl S3Storage {
         if let Some(endpoint) = &endpoint {
             builder = builder.endpoint_url(endpoint);
         }
+        if let Some(ca_file) = &repo.ca_file {
+            builder = builder.http_client(private_ca_client(ca_file)?);
+        }
         let part_size = repo
             .s3_part_size
             .map(|s| s as usize)
@@ -181,6 +184,12 @@ impl S3Storage {
     {
         let place = format!("s3://{}/{} at {}", self.bucket, self.prefix, self.endpoint);
         match &err {
+            SdkError::DispatchFailure(_) if untrusted_certificate(&err) => {
+                return StorageError::Unreachable(format!(
+                    "the S3 endpoint for {place} presented a certificate pgdr does not trust ({}) — if a private CA signed it, set [repository] ca_file to that CA's PEM file",
+                    DisplayErrorContext(&err)
+                ));
+            }
             SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
                 return StorageError::Unreachable(format!(
                     "cannot reach the S3 endpoint for {place}: {} — check that the server is up and [repository] endpoint",
@@ -848,6 +857,50 @@ impl Storage for S3Storage {
         }
         Ok(refused)
     }
+}
+
+/// An HTTPS client that trusts the certificate authority in `ca_file` alone, for an
+/// S3 endpoint behind a private CA (pgBackRest's `repo-storage-ca-file`). Every pgdr
+/// process reads the same file from the configuration: the pusher, a restored
+/// server's `wal-fetch`, verify and the drills trust what the DBA's commands trust.
+fn private_ca_client(ca_file: &std::path::Path) -> anyhow::Result<aws_sdk_s3::config::SharedHttpClient> {
+    use aws_smithy_http_client::tls::{self, TlsContext, TrustStore, rustls_provider::CryptoMode};
+    let pem = std::fs::read(ca_file)
+        .map_err(|e| crate::usage!("cannot read [repository] ca_file {}: {e}", ca_file.display()))?;
+    let certificates = pem_certificates(&pem);
+    if certificates == 0 {
+        return Err(crate::usage!(
+            "[repository] ca_file {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+            ca_file.display()
+        ));
+    }
+    let trust = TrustStore::empty().with_native_roots(false).with_pem_certificate(pem);
+    let context = TlsContext::builder()
+        .with_trust_store(trust)
+        .build()
+        .map_err(|e| crate::usage!("[repository] ca_file {}: {e}", ca_file.display()))?;
+    Ok(aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(CryptoMode::AwsLc))
+        .tls_context(context)
+        .build_https())
+}
+
+/// How many PEM certificates `pem` holds.
+fn pem_certificates(pem: &[u8]) -> usize {
+    String::from_utf8_lossy(pem)
+        .matches("-----BEGIN CERTIFICATE-----")
+        .count()
+}
+
+/// The request failed because the endpoint's certificate is not trusted (an unknown
+/// issuer, a name it does not cover, expired).
+fn untrusted_certificate<E, R>(err: &SdkError<E, R>) -> bool
+where
+    E: std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    let text = format!("{}", DisplayErrorContext(err));
+    text.contains("certificate") || text.contains("UnknownIssuer") || text.contains("NotValidForName")
 }
 
 #[cfg(test)]

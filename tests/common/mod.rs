@@ -520,10 +520,15 @@ fn moto_command() -> Vec<String> {
 }
 
 fn spawn_moto(port: u16) -> std::process::Child {
+    spawn_moto_with(port, &[])
+}
+
+fn spawn_moto_with(port: u16, extra: &[&OsStr]) -> std::process::Child {
     let moto = moto_command();
     let mut cmd = Command::new(&moto[0]);
     cmd.args(&moto[1..])
         .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     die_with_parent(&mut cmd);
@@ -587,6 +592,48 @@ impl OwnS3 {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// An S3 server of one test's own behind TLS, with the certificate and key given
+/// (signed by a CA the test made); killed when dropped.
+pub struct TlsS3 {
+    pub port: u16,
+    child: std::process::Child,
+}
+
+impl TlsS3 {
+    pub fn start(cert: &Path, key: &Path) -> TlsS3 {
+        let port = free_port();
+        let child = spawn_moto_with(port, &["-c".as_ref(), cert.as_os_str(), "-k".as_ref(), key.as_os_str()]);
+        wait_listening(port);
+        TlsS3 { port, child }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    /// Create bucket `name`, trusting `ca` (curl, unsigned: moto accepts it).
+    pub fn create_bucket(&self, name: &str, ca: &Path) {
+        let out = Command::new("curl")
+            .args(["-sS", "-f", "-X", "PUT", "--cacert"])
+            .arg(ca)
+            .arg(format!("{}/{name}", self.endpoint()))
+            .output()
+            .expect("curl is needed to create a bucket over TLS");
+        assert!(
+            out.status.success(),
+            "creating bucket {name} over TLS failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for TlsS3 {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
