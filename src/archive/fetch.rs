@@ -68,8 +68,13 @@ pub async fn fetch(config: &Config, file: &WalFile, dest: &Path) -> Result<Fetch
     let wal_dir = dest.parent().unwrap_or(Path::new("")).to_path_buf();
     let wal_dir = wal_dir.as_path();
     let prefetch_dir = wal_dir.join(super::prefetch::PREFETCH_DIR);
+    let prefetching = matches!(file, WalFile::Segment(_)) && config.wal.prefetch > 0;
+    if prefetching {
+        super::prefetch::want(&prefetch_dir, file);
+    }
     let ready = prefetch_dir.join(file.name());
-    if ready.is_file() {
+    let ready_now = ready.is_file() || (prefetching && super::prefetch::wait_in_flight(&prefetch_dir, file).is_some());
+    if ready_now {
         std::fs::rename(&ready, dest)
             .map_err(|e| FetchError::Unavailable(anyhow!("cannot move {} into place: {e}", ready.display())))?;
     } else {
@@ -126,9 +131,7 @@ pub async fn fetch(config: &Config, file: &WalFile, dest: &Path) -> Result<Fetch
             delay = (delay * 2).min(std::time::Duration::from_secs(5));
         }
     }
-    if let WalFile::Segment(_) = file
-        && config.wal.prefetch > 0
-    {
+    if prefetching {
         super::prefetch::start(config, file, dest, &prefetch_dir);
     }
     Ok(Fetched::Found)

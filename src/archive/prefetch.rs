@@ -1,8 +1,23 @@
-//! The WAL prefetcher: after a segment, a detached `pgdr wal-prefetch` fetches the
-//! next ones in parallel into `pg_wal/.pgdr-prefetch/`, so replay is not bound by one
-//! round trip per segment. `fetch` takes a prefetched file from there first.
+//! The WAL prefetcher: a detached `pgdr wal-prefetch` keeps the next segments fetched,
+//! in parallel, into `pg_wal/.pgdr-prefetch/`, so that replay is not bound by one
+//! round trip per segment: each `restore_command` call is then a local rename.
+//!
+//! - `restore_command` (`fetch`) records the newest segment PostgreSQL asked for in
+//!   `.wanted`, takes a prefetched file when there is one, waits for one the
+//!   prefetcher is fetching right now (never fetching the same segment twice), and
+//!   starts a prefetcher when none runs.
+//! - The prefetcher keeps the `[wal] prefetch` segments after `.wanted` fetched, as
+//!   replay moves on, and drops those replay has passed. It stops at the archive's
+//!   end (a file the repository does not have), after repeated errors, or once
+//!   nothing was asked for a while (recovery ended or paused); the next
+//!   `restore_command` call starts another.
+//!
+//! A prefetched file is whole, authenticated and on disk (fsync) before it gets its
+//! name: after a crash, a name in the directory never stands for a torn file.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow};
 use tokio::task::JoinSet;
@@ -14,23 +29,71 @@ use crate::repo;
 use crate::storage;
 
 pub const PREFETCH_DIR: &str = ".pgdr-prefetch";
+/// Fetches at once: enough to hide a round trip of tens of milliseconds behind the
+/// others, few enough that decryption and decompression leave replay a core.
 const PREFETCH_PARALLEL: usize = 4;
+/// The newest segment asked for, written by each `restore_command` call.
+const WANTED: &str = ".wanted";
+/// A prefetcher nobody asked anything of for this long stops.
+const IDLE: Duration = Duration::from_secs(30);
+/// Consecutive failed fetches after which a prefetcher stops (`restore_command`
+/// fetches for itself, and reports what is wrong).
+const MAX_FAILURES: u32 = 3;
+/// How long `restore_command` waits for a segment the prefetcher is fetching.
+const IN_FLIGHT_WAIT: Duration = Duration::from_secs(60);
+
+/// Record that PostgreSQL asked for `file`: the prefetcher keeps the segments after
+/// it fetched.
+pub fn want(dir: &Path, file: &WalFile) {
+    if std::fs::create_dir_all(dir).is_err() {
+        return;
+    }
+    let tmp = dir.join(".wanted.tmp");
+    if std::fs::write(&tmp, file.name()).is_ok() {
+        let _ = std::fs::rename(&tmp, dir.join(WANTED));
+    }
+}
+
+/// The prefetcher's pid, when one is at work for `dir`.
+fn running(dir: &Path) -> Option<i32> {
+    let pid = std::fs::read_to_string(dir.join(".lock"))
+        .ok()?
+        .trim()
+        .parse::<i32>()
+        .ok()?;
+    // SAFETY: kill with signal 0 only checks for existence; a pid of another user
+    // (EPERM) is not our prefetcher.
+    (pid > 0 && unsafe { libc::kill(pid, 0) } == 0).then_some(pid)
+}
+
+/// The temporary file a fetch of `name` into `dir` writes before it is whole.
+pub(super) fn in_flight_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!(".{name}.pgdr-tmp"))
+}
+
+/// When the prefetcher is fetching `file` right now, wait until it is in place (or
+/// the fetch ends without it): fetching it again would only compete with it.
+/// Returns the prefetched file's path, if it came.
+pub fn wait_in_flight(dir: &Path, file: &WalFile) -> Option<PathBuf> {
+    let ready = dir.join(file.name());
+    let tmp = in_flight_path(dir, file.name());
+    let deadline = Instant::now() + IN_FLIGHT_WAIT;
+    while !ready.is_file() {
+        if !tmp.exists() || running(dir).is_none() || Instant::now() > deadline {
+            return ready.is_file().then_some(ready);
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Some(ready)
+}
 
 /// Start a detached `pgdr wal-prefetch` for the segments after `file`, unless one is
-/// still running.
+/// running.
 pub fn start(config: &Config, file: &WalFile, dest: &Path, dir: &Path) {
     let Ok(header) = LongPageHeader::read(dest) else { return };
     let seg_size = header.segment_size as u64;
-    if !seg_size.is_power_of_two() || std::fs::create_dir_all(dir).is_err() {
+    if !seg_size.is_power_of_two() || std::fs::create_dir_all(dir).is_err() || running(dir).is_some() {
         return;
-    }
-    if let Ok(pid) = std::fs::read_to_string(dir.join(".lock"))
-        && let Ok(pid) = pid.trim().parse::<i32>()
-        // SAFETY: kill with signal 0 only checks for existence; a pid of another user
-        // (EPERM) is not our prefetcher.
-        && unsafe { libc::kill(pid, 0) } == 0
-    {
-        return; // a prefetcher is at work
     }
     let Some(mut cmd) = crate::process::pgdr_again(config) else {
         return;
@@ -49,52 +112,128 @@ pub fn start(config: &Config, file: &WalFile, dest: &Path, dir: &Path) {
     }
 }
 
-/// The detached prefetcher's work: fetch the `[wal] prefetch` segments after `after`
-/// (of `segment_size`) into `dir`, in parallel, dropping those replay has passed.
+/// The detached prefetcher's work: keep the `[wal] prefetch` segments (of
+/// `segment_size`) after the newest one asked for (at first `after`) fetched into
+/// `dir`, in parallel, until the archive ends, fetches keep failing, or nothing is
+/// asked for `IDLE`.
 pub async fn run(config: &Config, after: &str, segment_size: u64, dir: &Path) -> Result<()> {
-    let Some(first) = Segment::parse(after, segment_size) else {
+    if Segment::parse(after, segment_size).is_none() {
         return Ok(());
-    };
+    }
     let storage = storage::open(&config.repository, &config.cluster).await?;
     let keys = repo::bound_keyring(config, &storage).await?;
-    // Drop what recovery has gone past.
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if WalFile::parse(&name).is_some() && name.as_str() <= after {
-                let _ = std::fs::remove_file(e.path());
+    remove_stale_temporaries(dir);
+    let window = config.wal.prefetch as usize;
+    let mut wanted = after.to_string();
+    let mut asked_at = Instant::now();
+    let mut in_flight: HashSet<String> = HashSet::new();
+    let mut tasks: JoinSet<(String, Result<bool>)> = JoinSet::new();
+    let mut archive_ends = false;
+    let mut failures = 0;
+    loop {
+        if let Ok(now) = std::fs::read_to_string(dir.join(WANTED))
+            && Segment::parse(now.trim(), segment_size).is_some()
+            && now.trim() != wanted
+        {
+            wanted = now.trim().to_string();
+            asked_at = Instant::now();
+        }
+        drop_passed(dir, &wanted, &in_flight);
+        if !archive_ends && failures < MAX_FAILURES {
+            for name in window_after(&wanted, segment_size, window) {
+                if tasks.len() >= PREFETCH_PARALLEL {
+                    break;
+                }
+                if in_flight.contains(&name) || dir.join(&name).exists() {
+                    continue;
+                }
+                let (storage, keys, path) = (storage.clone(), keys.clone(), dir.join(&name));
+                in_flight.insert(name.clone());
+                tasks.spawn(async move {
+                    let fetched = match WalFile::parse(&name) {
+                        Some(file) => super::fetch::fetch_into(&storage, &keys, &file, &path).await,
+                        None => Err(anyhow!("{name} is not a WAL file name")),
+                    };
+                    (name, fetched)
+                });
             }
         }
-    }
-    let mut wanted: Vec<PathBuf> = Vec::new();
-    let mut seg = first;
-    for _ in 0..config.wal.prefetch {
-        seg = seg.next();
-        let path = dir.join(seg.name(segment_size));
-        if !path.exists() {
-            wanted.push(path);
+        if tasks.is_empty() && (archive_ends || failures >= MAX_FAILURES || asked_at.elapsed() > IDLE) {
+            break;
         }
-    }
-    let mut tasks = JoinSet::new();
-    for path in wanted {
-        while tasks.len() >= PREFETCH_PARALLEL {
-            if let Some(Ok(Ok(false))) = tasks.join_next().await {
-                break; // the archive ends here
+        tokio::select! {
+            Some(done) = tasks.join_next() => {
+                let Ok((name, fetched)) = done else { continue };
+                in_flight.remove(&name);
+                match fetched {
+                    Ok(true) => failures = 0,
+                    // The archive ends here (for now: a standby asks again later).
+                    Ok(false) => archive_ends = true,
+                    Err(e) => {
+                        failures += 1;
+                        tracing::debug!("prefetching {name}: {e:#}");
+                    }
+                }
             }
+            _ = tokio::time::sleep(Duration::from_millis(10)) => {}
         }
-        let storage = storage.clone();
-        let keys = keys.clone();
-        tasks.spawn(async move {
-            let name = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or_default()
-                .to_string();
-            let file = WalFile::parse(&name).ok_or_else(|| anyhow!("bad name"))?;
-            super::fetch::fetch_into(&storage, &keys, &file, &path).await
-        });
     }
-    while tasks.join_next().await.is_some() {}
     let _ = std::fs::remove_file(dir.join(".lock"));
     Ok(())
+}
+
+/// The `window` segment names after `wanted`.
+fn window_after(wanted: &str, segment_size: u64, window: usize) -> Vec<String> {
+    let Some(mut seg) = Segment::parse(wanted, segment_size) else {
+        return Vec::new();
+    };
+    (0..window)
+        .map(|_| {
+            seg = seg.next();
+            seg.name(segment_size)
+        })
+        .collect()
+}
+
+/// Remove the prefetched files replay has passed: names before `wanted` (an older
+/// timeline's sort before it too). Not `wanted` itself: `restore_command` may be
+/// taking it right now.
+fn drop_passed(dir: &Path, wanted: &str, in_flight: &HashSet<String>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if WalFile::parse(&name).is_some() && name.as_str() < wanted && !in_flight.contains(&name) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+/// Half-written files of a prefetcher that died: nobody is fetching them.
+fn remove_stale_temporaries(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') && name.ends_with(".pgdr-tmp") {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_window_follows_the_newest_segment_asked_for() {
+        let size = 16 * 1024 * 1024;
+        assert_eq!(
+            window_after("0000000100000000000000FE", size, 3),
+            vec![
+                "0000000100000000000000FF",
+                "000000010000000100000000",
+                "000000010000000100000001"
+            ]
+        );
+        assert!(window_after("not a segment", size, 3).is_empty());
+    }
 }
