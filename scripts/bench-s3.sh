@@ -158,7 +158,7 @@ wait_port() {
   echo "nothing listening on 127.0.0.1:$1 ($2)" >&2; exit 1
 }
 S3_ACCESS_KEY=$AWS_ACCESS_KEY_ID S3_SECRET_KEY=$AWS_SECRET_ACCESS_KEY "$s3s" "$work/s3" "$s3port" > "$work/s3-server.log" 2>&1 &
-pids+=($!)
+s3pid=$!; pids+=($s3pid)
 wait_port "$s3port" s3s-fs
 python3 "$scripts/s3-proxy.py" --listen-port "$proxyport" --upstream-port "$s3port" \
   --delay-ms "$delay_ms" --stats "$work/proxy.json" --log "$work/requests.log" > "$work/proxy.log" 2>&1 &
@@ -175,16 +175,27 @@ cert = $work/tls/server.pem
 key = $work/tls/server.key
 CONF
 stunnel4 "$work/tls/stunnel.conf" > "$work/stunnel.log" 2>&1 &
-pids+=($!)
+stunnelpid=$!; pids+=($stunnelpid)
 wait_port "$tlsport" stunnel
 
-# Snapshot of the proxy's counters: snap NAME → $work/counts-NAME.json
+# Snapshot of the proxy's counters: snap NAME → $work/counts-NAME.json, with the CPU time
+# (clock ticks) used so far by the machine as a whole (busy and total, all cores), by the
+# proxy, by stunnel and by the S3 server: where a phase's time went.
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 snap() {
   echo "# $1" >> "$work/requests.log"
   rm -f "$work/proxy.json"
   kill -USR1 "$proxypid"
   for _ in $(seq 200); do [ -s "$work/proxy.json" ] && break; sleep 0.05; done
-  cp "$work/proxy.json" "$work/counts-$1.json"
+  local busy total
+  read -r busy total < <(awk '/^cpu / {t=0; for (i=2;i<=NF;i++) t+=$i; print t-$5-$6, t}' /proc/stat)
+  python3 - "$work/proxy.json" "$work/counts-$1.json" "$busy" "$total" "$(ticks "$proxypid")" \
+    "$(ticks "$stunnelpid")" "$(ticks "$s3pid")" <<'PY'
+import json, sys
+c = json.load(open(sys.argv[1]))
+c["cpu"] = dict(zip(("busy", "total", "proxy", "stunnel", "server"), map(int, sys.argv[3:8])))
+json.dump(c, open(sys.argv[2], "w"))
+PY
 }
 # requests A B [DIVISOR] → one line: the requests between snapshots A and B (per DIVISOR)
 requests() {
@@ -198,8 +209,15 @@ def d(k, sub=None):
 parts = [f"{m} {d('methods', m) / n:.2f}" if n != 1 else f"{m} {d('methods', m)}"
          for m in ("HEAD", "GET", "LIST", "PUT", "POST", "DELETE") if d('methods', m)]
 tot = d('requests') / n
-print(f"{tot:.2f}" if n != 1 else f"{int(tot)}", "requests (" + ", ".join(parts) + ")",
-      f"{d('bytes_down') / 1e6:.1f} MB down, {d('bytes_up') / 1e6:.1f} MB up, {d('connections')} connections")
+line = (f"{tot:.2f}" if n != 1 else f"{int(tot)}") + " requests (" + ", ".join(parts) + "), " + \
+    f"{d('bytes_down') / 1e6 / n:.1f} MB down, {d('bytes_up') / 1e6 / n:.1f} MB up, {d('connections') / n:.{2 if n != 1 else 0}f} connections"
+if n == 1:
+    hz = 100  # USER_HZ
+    cpu = {k: b["cpu"][k] - a["cpu"][k] for k in b["cpu"]}
+    if cpu["total"]:
+        line += (f"; CPU: machine {100 * cpu['busy'] / cpu['total']:.0f} % busy (all cores), "
+                 f"proxy {cpu['proxy'] / hz:.1f} s, stunnel {cpu['stunnel'] / hz:.1f} s, S3 server {cpu['server'] / hz:.1f} s")
+print(line)
 PY
 }
 reqs_total() {  # reqs_total A B → the number of requests between two snapshots
