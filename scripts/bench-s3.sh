@@ -106,6 +106,7 @@ fi
 
 # A private copy of the binary: someone may rebuild the original meanwhile.
 mkdir -p "$work/bin"; cp "$pgdr" "$work/bin/pgdr"; pgdr="$work/bin/pgdr"
+echo "== pgdr: $("$pgdr" --version), copied from ${BENCH_PGDR_BIN:-a build of this checkout}, md5 $(md5sum < "$pgdr" | cut -c1-12); $(pgbackrest version)"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 s3port=$(free_port); proxyport=$(free_port); tlsport=$(free_port); rport=$(free_port)
 
@@ -211,7 +212,7 @@ parts = [f"{m} {d('methods', m) / n:.2f}" if n != 1 else f"{m} {d('methods', m)}
 tot = d('requests') / n
 line = (f"{tot:.2f}" if n != 1 else f"{int(tot)}") + " requests (" + ", ".join(parts) + "), " + \
     f"{d('bytes_down') / 1e6 / n:.1f} MB down, {d('bytes_up') / 1e6 / n:.1f} MB up, {d('connections') / n:.{2 if n != 1 else 0}f} connections"
-if n == 1:
+if True:
     hz = 100  # USER_HZ
     cpu = {k: b["cpu"][k] - a["cpu"][k] for k in b["cpu"]}
     if cpu["total"]:
