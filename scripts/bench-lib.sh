@@ -6,8 +6,15 @@ bench_setup() {
   root=$(cd "$(dirname "$0")/.." && pwd)
   "$root/scripts/install-deps.sh" >/dev/null
   command -v /usr/bin/time >/dev/null || apt-get install -y -qq time >/dev/null
-  (cd "$root" && cargo build --release --quiet)
-  pgdr="${CARGO_TARGET_DIR:-$root/target}/release/pgdr"
+  if [ -n "${BENCH_PGDR_BIN:-}" ]; then
+    # A ready binary (e.g. one built elsewhere): no build. (Not PGDR_*: pgdr refuses
+    # unknown PGDR_ variables.)
+    [ -x "$BENCH_PGDR_BIN" ] || { echo "BENCH_PGDR_BIN=$BENCH_PGDR_BIN is not an executable" >&2; exit 1; }
+    pgdr=$BENCH_PGDR_BIN
+  else
+    (cd "$root" && cargo build --release --quiet)
+    pgdr="${CARGO_TARGET_DIR:-$root/target}/release/pgdr"
+  fi
   bindir=$(pg_config --bindir 2>/dev/null || true)
   [ -x "$bindir/initdb" ] || bindir=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
   work=${BENCH_DIR:-/var/tmp/pgdr-bench}
