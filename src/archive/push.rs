@@ -149,16 +149,6 @@ async fn existing(repo: &Repo, file: &WalFile, path: &Path) -> Result<Existing> 
 
 /// Compress, seal and store the file, then prove the store kept it.
 async fn put(repo: &Repo, file: &WalFile, path: &Path, key: &crate::storage::ObjectKey, mode: PutMode) -> Result<()> {
-    // Mapped, not read: zstd compresses straight from the page cache. PostgreSQL
-    // never truncates a segment it has marked ready (it recycles one only after it
-    // was archived), so the mapping stays whole while we read it.
-    let source = path.to_path_buf();
-    let map = move || -> Result<memmap2::Mmap> {
-        let file = std::fs::File::open(&source).map_err(|e| anyhow!("cannot read {}: {e}", source.display()))?;
-        // SAFETY: see above; the map is read-only and dropped once compressed.
-        unsafe { memmap2::MmapOptions::new().populate().map(&file) }
-            .map_err(|e| anyhow!("cannot read {}: {e}", source.display()))
-    };
     // The stored bytes' digest is what a read-back is compared with.
     let store = pipeline::Store {
         digests: if repo.storage.put_is_proof() {
@@ -168,7 +158,7 @@ async fn put(repo: &Repo, file: &WalFile, path: &Path, key: &crate::storage::Obj
         },
         ..repo.store()
     };
-    let record = match store.loaded(key, file.name(), map, mode).await {
+    let record = match store.file(key, file.name(), path, mode).await {
         Ok(record) => record,
         Err(e) if crate::storage::is_already_exists(&e) => return Err(e),
         Err(e) => return Err(e.context(format!("archiving {file}"))),

@@ -214,14 +214,39 @@ impl Store<'_> {
         self.loaded(key, name, move || Ok(data), mode).await
     }
 
-    /// As `bytes`, for an object that `load` brings into memory (maps, for a WAL
-    /// segment: a third less CPU than the streaming path). `load` runs only once the
-    /// object's turn to be compressed has come, so objects waiting for a core hold
-    /// no memory.
+    /// As `bytes`, for an object that `load` brings into memory. `load` runs only
+    /// once the object's turn to be compressed has come, so objects waiting for a
+    /// core hold no memory.
     pub async fn loaded<B, F>(&self, key: &ObjectKey, name: &str, load: F, mode: PutMode) -> Result<ObjectRecord>
     where
         B: AsRef<[u8]>,
         F: FnOnce() -> Result<B> + Send + 'static,
+    {
+        self.sealed_whole(key, name, mode, move |repo_key, object, level, digests| {
+            let data = load()?;
+            Ok(seal_whole(data.as_ref(), repo_key, object, level, digests)?)
+        })
+        .await
+    }
+
+    /// Store a local file of at most a few tens of MiB (a WAL segment) in one put: it
+    /// is read in 1 MiB pieces through a streaming zstd context, so a compression
+    /// holds the window and the compressed bytes, not the file (the WAL pusher keeps
+    /// several segments in flight).
+    pub async fn file(&self, key: &ObjectKey, name: &str, path: &std::path::Path, mode: PutMode) -> Result<ObjectRecord> {
+        let path = path.to_path_buf();
+        self.sealed_whole(key, name, mode, move |repo_key, object, level, digests| {
+            seal_file(&path, repo_key, object, level, digests)
+                .map_err(|e| anyhow!("cannot read {}: {e}", path.display()))
+        })
+        .await
+    }
+
+    /// Seal an object whole with `seal` (on a blocking thread, once a core is
+    /// free), then store it in one put.
+    async fn sealed_whole<F>(&self, key: &ObjectKey, name: &str, mode: PutMode, seal: F) -> Result<ObjectRecord>
+    where
+        F: FnOnce(&RepoKey, &str, i32, Digests) -> Result<(Vec<u8>, Tally, Tally)> + Send + 'static,
     {
         let repo_key = self.keys.primary().clone();
         let object = self.keys.context(key.as_str());
@@ -233,12 +258,9 @@ impl Store<'_> {
             .acquire()
             .await
             .map_err(|e| anyhow!("pipeline gate closed: {e}"))?;
-        let (sealed, plain, stored) = tokio::task::spawn_blocking(move || -> Result<_> {
-            let data = load()?;
-            Ok(seal_whole(data.as_ref(), &repo_key, &object, level, digests)?)
-        })
-        .await
-        .map_err(|e| anyhow!("pipeline thread failed: {e}"))??;
+        let (sealed, plain, stored) = tokio::task::spawn_blocking(move || seal(&repo_key, &object, level, digests))
+            .await
+            .map_err(|e| anyhow!("pipeline thread failed: {e}"))??;
         drop(cpu);
         self.storage
             .put(key, Bytes::from(sealed), mode)
@@ -312,6 +334,55 @@ fn seal_whole(
     };
     let plain = digest(data, digests == Digests::Both);
     let stored = digest(&sealed, digests != Digests::None);
+    Ok((sealed, plain, stored))
+}
+
+/// zstd streamed from the file at `path` in 1 MiB pieces, then sealed into one
+/// buffer; the tallies as `digests` asks. The file must not change while it is read
+/// (a WAL segment PostgreSQL marked ready does not).
+fn seal_file(
+    path: &std::path::Path,
+    key: &RepoKey,
+    object: &str,
+    level: i32,
+    digests: Digests,
+) -> io::Result<(Vec<u8>, Tally, Tally)> {
+    let mut file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    let mut zstd = zstd::stream::write::Encoder::new(Vec::with_capacity(len as usize / 4), level)?;
+    zstd.set_pledged_src_size(Some(len))?;
+    zstd.include_contentsize(true)?;
+    let mut plain_sha = (digests == Digests::Both).then(sha2::Sha256::new);
+    let mut piece = vec![0u8; 1 << 20];
+    let mut read = 0u64;
+    loop {
+        let n = file.read(&mut piece)?;
+        if n == 0 {
+            break;
+        }
+        read += n as u64;
+        if let Some(sha) = &mut plain_sha {
+            sha.update(&piece[..n]);
+        }
+        zstd.write_all(&piece[..n])?;
+    }
+    if read != len {
+        return Err(io::Error::other(format!("{} changed while it was read", path.display())));
+    }
+    let compressed = zstd.finish()?;
+    let sealed = seal::seal_slice(&compressed, key, object)?;
+    let stored = Tally {
+        size: sealed.len() as u64,
+        sha256: if digests != Digests::None {
+            hex::encode(sha2::Sha256::digest(&sealed))
+        } else {
+            String::new()
+        },
+    };
+    let plain = Tally {
+        size: len,
+        sha256: plain_sha.map(|h| hex::encode(h.finalize())).unwrap_or_default(),
+    };
     Ok((sealed, plain, stored))
 }
 
