@@ -149,9 +149,10 @@ async fn existing(repo: &Repo, file: &WalFile, path: &Path) -> Result<Existing> 
 
 /// Compress, seal and store the file, then prove the store kept it.
 async fn put(repo: &Repo, file: &WalFile, path: &Path, key: &crate::storage::ObjectKey, mode: PutMode) -> Result<()> {
-    // The stored bytes' digest is what a read-back is compared with.
+    // The stored bytes' digest is what a whole read-back (a replacement) is compared
+    // with; a create-only write is proven by its size.
     let store = pipeline::Store {
-        digests: if repo.storage.put_is_proof() {
+        digests: if repo.storage.put_is_proof() || mode == PutMode::CreateNew {
             pipeline::Digests::None
         } else {
             pipeline::Digests::StoredOnly
