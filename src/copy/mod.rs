@@ -7,6 +7,7 @@
 //! backups in label order, each manifest last: a backup is listed in the copy only
 //! once all of it is there. What a killed copy already stored is not sent again.
 
+mod plan;
 mod transfer;
 
 use std::collections::HashMap;
@@ -22,7 +23,7 @@ use crate::config::Config;
 use crate::pipeline::Keyring;
 use crate::progress::{Progress, human_bytes};
 use crate::repo::manifest::Manifest;
-use crate::repo::{BackupLabel, Repo, catalog, info, layout, load_keyring_for};
+use crate::repo::{BackupLabel, Repo, info, layout, load_keyring_for};
 use crate::storage::{self, DynStorage, ObjectKey, ObjectMeta};
 use crate::usage;
 
@@ -154,20 +155,6 @@ async fn copy_leased(config: &Config, opts: &CopyOptions, names: Vec<String>, so
         );
     }
     Ok(report)
-}
-
-/// One backup's part of a copy: objects already in the copy that must be checked
-/// (the backup is not committed there, so an earlier run may have died before reading
-/// them back), its missing objects, then (when the backup is not complete in the copy
-/// yet) its manifest's stored bytes, written last.
-struct BackupCopy {
-    label: BackupLabel,
-    recheck: Vec<Item>,
-    items: Vec<Item>,
-    manifest: Option<Vec<u8>>,
-    /// The manifest, parsed: a re-keyed copy writes its own, with the new stored
-    /// tallies and key id.
-    parsed: Option<Manifest>,
 }
 
 /// One object to copy, and what it must be.
@@ -321,223 +308,82 @@ async fn prepare_repo_info(dest: &DynStorage, source: &Repo, key_id: &str, name:
     }
 }
 
-/// What `have` (the copy) says about an object of the primary.
-enum There {
-    Missing,
-    Same,
-    Differs(u64),
-}
-
-/// A re-keyed copy's objects differ in size from the primary's (other headers):
-/// there, only presence counts.
-fn there(have: &HashMap<ObjectKey, ObjectMeta>, key: &ObjectKey, size: u64, rekeyed: bool) -> There {
-    match have.get(key) {
-        None => There::Missing,
-        Some(m) if m.size == size || rekeyed => There::Same,
-        Some(m) => There::Differs(m.size),
-    }
-}
-
+/// One copy: open it, list both sides, plan what it lacks, send that (unless a dry
+/// run), then measure how far behind the primary it is.
 async fn copy_to(config: &Config, source: &Repo, name: &str, opts: &CopyOptions) -> Result<CopyTargetReport> {
     let started = Instant::now();
+    let (dest, rekey) = open_copy(config, source, name, opts.dry_run).await?;
+    let primary = plan::list_primary(source, opts.backup.as_deref()).await?;
+    let have = plan::list_copy(&dest).await?;
+    let plan = plan::plan(source, &primary, &have, rekey.is_some(), &dest, name).await?;
+    let mut report = planned_report(name, &dest, opts.dry_run, &plan);
+    if opts.dry_run {
+        report.lag = lag(&primary.wal, &have);
+        report.seconds = started.elapsed().as_secs_f64();
+        return Ok(report);
+    }
+
+    send(source, &dest, rekey, plan, name, opts.jobs, &mut report).await?;
+    // Against the primary as it is now: WAL kept arriving while this ran.
+    let wal_now = wal_listing(&source.storage).await?;
+    let after = listed(&dest, layout::WAL).await?;
+    report.lag = lag(&wal_now, &after);
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// The copy's store, ready to be written: opened, proven not to be the primary (unless
+/// a dry run), its repo.json in place. With it, the copy's own keyring when its
+/// objects are re-sealed for it.
+async fn open_copy(config: &Config, source: &Repo, name: &str, dry_run: bool) -> Result<(DynStorage, Option<Keyring>)> {
     let copy_config = config.repository.copy(name)?;
     let rekey = copy_keyring(config, source, &copy_config)?;
     let key_id = rekey
         .as_ref()
         .map_or_else(|| source.info.key_id.clone(), |k| k.primary().id().to_hex());
     let dest = storage::open(&copy_config, &config.cluster).await?;
-    if !opts.dry_run {
+    if !dry_run {
         refuse_same_place(&source.storage, &dest, name).await?;
     }
-    let ignores = prepare_repo_info(&dest, source, &key_id, name, opts.dry_run).await?;
-    let dest = storage::no_overwrite::guard(dest, ignores);
+    let ignores = prepare_repo_info(&dest, source, &key_id, name, dry_run).await?;
+    Ok((storage::no_overwrite::guard(dest, ignores), rekey))
+}
 
-    // Backups first, WAL after: a backup that commits in between is not copied by this
-    // run, and every backup that is has its WAL (archived before its manifest) in the
-    // WAL listing.
-    let backup_listing = source.storage.list(layout::BACKUPS).await?;
-    let sizes: HashMap<ObjectKey, u64> = backup_listing.iter().map(|m| (m.key.clone(), m.size)).collect();
-    let scan = catalog::scan_listing(backup_listing);
-    let wanted: Option<BackupLabel> = match &opts.backup {
-        None => None,
-        Some(selector) => {
-            let manifests = source.manifests().await?;
-            Some(catalog::resolve(&manifests, selector, None)?.label.clone())
-        }
-    };
-    let wal_source = wal_listing(&source.storage).await?;
-    let timelines: Vec<ObjectMeta> = source
-        .storage
-        .list(layout::TIMELINES)
-        .await?
-        .into_iter()
-        .filter(|m| {
-            layout::parse_timeline_declaration(&m.key).is_some() || layout::parse_timeline_abandoned(&m.key).is_some()
-        })
-        .collect();
-
-    // What the copy has, listed once; what it lacks is copied.
-    let mut have = listed(&dest, layout::WAL).await?;
-    have.extend(listed(&dest, layout::TIMELINES).await?);
-    have.extend(listed(&dest, layout::BACKUPS).await?);
-
-    let mut present = 0u64;
-    let mut conflicts = Vec::new();
-    let mut wal_items = Vec::new();
-    for meta in &wal_source {
-        match there(&have, &meta.key, meta.size, rekey.is_some()) {
-            There::Same => present += 1,
-            There::Differs(theirs) => conflicts.push(format!(
-                "{} ({theirs} bytes in the copy, {} in the primary)",
-                meta.key, meta.size
-            )),
-            There::Missing => wal_items.push(Item {
-                key: meta.key.clone(),
-                size: meta.size,
-                expect: Expect::Sealed,
-                mutable: false,
-            }),
-        }
-    }
-    for meta in &timelines {
-        match there(&have, &meta.key, meta.size, rekey.is_some()) {
-            There::Same => present += 1,
-            There::Differs(_) | There::Missing => wal_items.push(Item {
-                key: meta.key.clone(),
-                size: meta.size,
-                expect: Expect::Sealed,
-                mutable: true,
-            }),
-        }
-    }
-
-    // Backups, oldest first; each with its authenticated manifest.
-    let mut backups: Vec<BackupCopy> = Vec::new();
-    let mut backups_present = 0;
-    let mut labels = scan.complete.clone();
-    labels.sort();
-    for label in labels {
-        if wanted.as_ref().is_some_and(|w| *w != label) {
-            continue;
-        }
-        let manifest_key = layout::manifest(&label);
-        let keep = layout::keep_mark(&label);
-        let mut backup = BackupCopy {
-            label: label.clone(),
-            recheck: Vec::new(),
-            items: Vec::new(),
-            manifest: None,
-            parsed: None,
-        };
-        if have.contains_key(&manifest_key) {
-            backups_present += 1;
-            present += scan
-                .objects
-                .get(&label)
-                .map_or(0, |keys| keys.iter().filter(|k| **k != keep).count() as u64);
-        } else {
-            let data = source
-                .storage
-                .get(&manifest_key)
-                .await
-                .with_context(|| format!("reading {manifest_key}"))?;
-            let (plain, _) = crate::pipeline::open_sealed(&data, &manifest_key, &source.keys)
-                .with_context(|| format!("the manifest of {label} in the primary repository"))?;
-            let m: Manifest =
-                serde_json::from_slice(&plain).with_context(|| format!("the manifest of {label} is not valid JSON"))?;
-            source.check_manifest_identity(&m)?;
-            for record in &m.objects {
-                let key = layout::backup_object(&label, &record.name)?;
-                if !sizes.contains_key(&key) {
-                    return Err(anyhow!(
-                        "{key} is named by the manifest of {label} but missing from the primary repository — the backup is damaged there; it is not copied"
-                    ));
-                }
-                let item = Item {
-                    key: key.clone(),
-                    size: record.stored.size,
-                    expect: Expect::Stored {
-                        stored: record.stored.clone(),
-                        plain: record.plain.clone(),
-                    },
-                    mutable: false,
-                };
-                match there(&have, &key, record.stored.size, rekey.is_some()) {
-                    There::Same => {
-                        present += 1;
-                        backup.recheck.push(item);
-                    }
-                    // Not committed in the copy: whatever an earlier run left there is
-                    // checked and replaced if it is not the primary's object.
-                    There::Differs(_) => {
-                        present += 1;
-                        backup.recheck.push(item);
-                    }
-                    There::Missing => backup.items.push(item),
-                }
-            }
-            backup.manifest = Some(data.to_vec());
-            backup.parsed = Some(m);
-        }
-        // A keep mark travels with its backup.
-        if let Some(size) = sizes.get(&keep) {
-            match there(&have, &keep, *size, rekey.is_some()) {
-                There::Same => present += 1,
-                There::Differs(_) | There::Missing => backup.items.push(Item {
-                    key: keep,
-                    size: *size,
-                    expect: Expect::Sealed,
-                    mutable: true,
-                }),
-            }
-        }
-        if !backup.items.is_empty() || !backup.recheck.is_empty() || backup.manifest.is_some() {
-            backups.push(backup);
-        }
-    }
-    if !conflicts.is_empty() {
-        return Err(anyhow!(
-            "{} object(s) in {} differ from the primary and are never overwritten: {} — another cluster may be copying there; check copy {name:?}",
-            conflicts.len(),
-            dest.describe(),
-            conflicts.join(", ")
-        ));
-    }
-
-    let total: u64 = wal_items.iter().map(|i| i.size).sum::<u64>()
-        + backups
-            .iter()
-            .map(|b| b.items.iter().map(|i| i.size).sum::<u64>() + b.manifest.as_ref().map_or(0, |d| d.len() as u64))
-            .sum::<u64>();
-    let objects: u64 = wal_items.len() as u64
-        + backups
-            .iter()
-            .map(|b| b.items.len() as u64 + u64::from(b.manifest.is_some()))
-            .sum::<u64>();
-    let mut report = CopyTargetReport {
+/// The report of a copy that has not sent anything yet: what the plan would send.
+fn planned_report(name: &str, dest: &DynStorage, dry_run: bool, plan: &plan::CopyPlan) -> CopyTargetReport {
+    CopyTargetReport {
         name: name.to_string(),
         repository: dest.describe(),
-        dry_run: opts.dry_run,
-        backups_copied: backups
+        dry_run,
+        backups_copied: plan
+            .backups
             .iter()
             .filter(|b| b.manifest.is_some())
             .map(|b| b.label.clone())
             .collect(),
-        backups_present,
-        objects_copied: objects,
-        bytes_copied: total,
-        objects_present: present,
-        wal_copied: wal_items.iter().filter(|i| !i.mutable).count() as u64,
+        backups_present: plan.backups_present,
+        objects_copied: plan.objects(),
+        bytes_copied: plan.bytes(),
+        objects_present: plan.present,
+        wal_copied: plan.wal_items.iter().filter(|i| !i.mutable).count() as u64,
         lag: Lag::default(),
         seconds: 0.0,
-    };
-    if opts.dry_run {
-        report.lag = lag(&wal_source, &have);
-        report.seconds = started.elapsed().as_secs_f64();
-        return Ok(report);
     }
+}
 
-    let progress = Progress::start(Some(total));
+/// Sends what the copy lacks, with a progress bar: WAL first, then each backup, its
+/// manifest last. Objects an earlier run left that had to be sent again move from
+/// `objects_present` to `objects_copied` in `report`.
+async fn send(
+    source: &Repo,
+    dest: &DynStorage,
+    rekey: Option<Keyring>,
+    plan: plan::CopyPlan,
+    name: &str,
+    jobs: usize,
+    report: &mut CopyTargetReport,
+) -> Result<()> {
+    let progress = Progress::start(Some(plan.bytes()));
     progress.set_message(format!("→ {name}"));
     let copier = transfer::Copier {
         from: source.storage.clone(),
@@ -553,42 +399,59 @@ async fn copy_to(config: &Config, source: &Repo, name: &str, opts: &CopyOptions)
         // WAL in order, one at a time: a copy killed half-way then holds an unbroken
         // prefix of the archive, which a restore from the copy can replay to its end;
         // segments stored out of order would leave a hole that stops `latest`.
-        copier.all(wal_items, 1).await?;
-        for backup in backups {
-            let resent = copier.recheck(backup.recheck, opts.jobs).await?;
+        copier.all(plan.wal_items, 1).await?;
+        for backup in plan.backups {
+            let resent = copier.recheck(backup.recheck, jobs).await?;
             report.objects_copied += resent;
             report.objects_present -= resent.min(report.objects_present);
-            copier.all(backup.items, opts.jobs).await?;
-            // The commit point, last: the backup appears in the copy now.
-            let key = layout::manifest(&backup.label);
-            match (backup.manifest, backup.parsed, &rekey) {
-                (Some(_), Some(m), Some(keys)) => {
-                    commit_rekeyed(&copier, &dest, keys, source, m).await?;
-                }
-                (Some(data), _, _) => {
-                    copier
-                        .one(Item {
-                            key,
-                            size: data.len() as u64,
-                            expect: Expect::Bytes(data, backup.label.clone()),
-                            mutable: false,
-                        })
-                        .await?;
-                }
-                _ => {}
-            }
+            copier.all(backup.items, jobs).await?;
+            commit(
+                &copier,
+                dest,
+                rekey.as_ref(),
+                source,
+                backup.label,
+                backup.manifest,
+                backup.parsed,
+            )
+            .await?;
         }
         anyhow::Ok(())
     }
     .await;
     progress.finish();
-    result?;
-    // Against the primary as it is now: WAL kept arriving while this ran.
-    let wal_now = wal_listing(&source.storage).await?;
-    let after = listed(&dest, layout::WAL).await?;
-    report.lag = lag(&wal_now, &after);
-    report.seconds = started.elapsed().as_secs_f64();
-    Ok(report)
+    result
+}
+
+/// The commit point, last: the backup appears in the copy now. Nothing to write for a
+/// backup the copy had complete already (`manifest` is `None`).
+async fn commit(
+    copier: &transfer::Copier,
+    dest: &DynStorage,
+    rekey: Option<&Keyring>,
+    source: &Repo,
+    label: BackupLabel,
+    manifest: Option<Vec<u8>>,
+    parsed: Option<Manifest>,
+) -> Result<()> {
+    let key = layout::manifest(&label);
+    match (manifest, parsed, rekey) {
+        (Some(_), Some(m), Some(keys)) => {
+            commit_rekeyed(copier, dest, keys, source, m).await?;
+        }
+        (Some(data), _, _) => {
+            copier
+                .one(Item {
+                    key,
+                    size: data.len() as u64,
+                    expect: Expect::Bytes(data, label),
+                    mutable: false,
+                })
+                .await?;
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 /// A re-keyed copy's manifest: the primary's, with each object's new stored tally and

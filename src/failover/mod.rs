@@ -12,13 +12,14 @@
 
 pub mod feed;
 pub mod fence;
+mod prepare;
 pub mod standby;
 
 use std::fmt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Result, anyhow};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
@@ -28,6 +29,7 @@ use crate::steps::{Log, StepLog};
 use crate::switch::{self, Endpoint, SwitchReport};
 
 pub use fence::{FencePlan, FenceProof};
+pub use prepare::{Prepared, plan_text, prepare};
 
 #[derive(Debug, Clone)]
 pub struct FailoverOptions {
@@ -140,210 +142,8 @@ impl fmt::Display for FailoverReport {
     }
 }
 
-/// Everything `execute` needs, found out without changing anything.
-pub struct Prepared {
-    pub checks: Checks,
-    /// `None` when no fence can be proven or declared (a failed check says why).
-    pub fence: Option<FencePlan>,
-    pub switch: Option<switch::SwitchPlan>,
-    standby: tokio_postgres::Client,
-    /// The standby's data directory (checked) and the segment size, to give it the
-    /// old primary's WAL from `pg_wal` when it falls short.
-    feed: Option<(PathBuf, u64)>,
-}
-
 fn target(config: &Config, at: &Endpoint) -> Result<PgTarget> {
     Ok(PgTarget::from_config(config.postgres.url.as_deref())?.with_address(&at.host, at.port))
-}
-
-/// Check the standby, decide the fence and check the switch; nothing is changed.
-/// Only a standby that cannot be asked at all is an `Err`; every other finding is a
-/// check in `Prepared::checks`.
-pub async fn prepare(config: &Config, opts: &FailoverOptions) -> Result<Prepared> {
-    let mut checks = Checks::default();
-    let reached = tokio::time::timeout(
-        Duration::from_secs(10),
-        target(config, &opts.to)?.connect(Some("postgres")),
-    )
-    .await
-    .map_err(|_| {
-        anyhow!(
-            "the standby {} did not answer within 10 s; nothing was changed",
-            opts.to
-        )
-    })?;
-    let standby = reached.with_context(|| format!("the standby {}; nothing was changed", opts.to))?;
-    let row = standby
-        .query_one(
-            "SELECT pg_is_in_recovery(), (SELECT system_identifier::text FROM pg_control_system()), \
-             coalesce((SELECT status FROM pg_stat_wal_receiver), ''), current_setting('restore_command'), \
-             CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() ELSE false END, \
-             concat_ws(' ', nullif(current_setting('recovery_target'), ''), nullif(current_setting('recovery_target_time'), ''), \
-               nullif(current_setting('recovery_target_lsn'), ''), nullif(current_setting('recovery_target_xid'), ''), \
-               nullif(current_setting('recovery_target_name'), '')), \
-             current_setting('data_directory'), current_setting('port'), \
-             (SELECT setting FROM pg_settings WHERE name = 'wal_segment_size')",
-            &[],
-        )
-        .await
-        .map_err(crate::postgres::conn::db_err(format!("asking the standby {}", opts.to)))?;
-    let (in_recovery, system_id, receiver, restore_command, paused, recovery_target): (
-        bool,
-        String,
-        String,
-        String,
-        bool,
-        String,
-    ) = (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4), row.get(5));
-    let (data_directory, port, segment_size): (String, String, String) = (row.get(6), row.get(7), row.get(8));
-    if !in_recovery {
-        return Err(crate::usage!(
-            "{} is not a standby (it is not in recovery) — name the standby to promote with --to",
-            opts.to
-        ));
-    }
-    if opts.old.as_ref() == Some(&opts.to) {
-        return Err(crate::usage!("--old and --to name the same server {}", opts.to));
-    }
-    // The old primary's pg_wal, copied into the standby's: both on this host.
-    let local_feed = match (&opts.standby_data_dir, &opts.old_data_dir) {
-        (None, _) => None,
-        (Some(_), None) => {
-            checks.fail(
-                "standby data directory",
-                "--standby-data-dir gives the standby the old primary's WAL from its pg_wal: it needs --old-data-dir too",
-            );
-            None
-        }
-        (Some(dir), Some(_)) => {
-            let standby_self = feed::StandbySelf {
-                system_id: system_id.clone(),
-                data_directory,
-                port: port.parse().unwrap_or(0),
-                segment_size: segment_size.parse().unwrap_or(0),
-            };
-            let found = feed::check_standby_dir(dir, &standby_self).and_then(|said| {
-                if !crate::postgres::wal::valid_segment_size(standby_self.segment_size) {
-                    Err(anyhow!("the standby's wal_segment_size could not be read"))
-                } else {
-                    Ok(said)
-                }
-            });
-            let ok = found.is_ok();
-            checks.record("standby data directory", found);
-            ok.then(|| (dir.clone(), standby_self.segment_size))
-        }
-    };
-    let feed = match (receiver.as_str(), restore_command.trim().is_empty()) {
-        // Resumed there, its recovery would end at the target and promote it on its
-        // own, outside the failover's order.
-        _ if !recovery_target.is_empty() => Err(anyhow!(
-            "it has a recovery target ({recovery_target}): a standby to fail over to follows its primary to the end — clear its recovery_target settings and reload"
-        )),
-        ("streaming", _) => Ok("streaming from its primary".to_string()),
-        (r, false) => Ok(format!(
-            "not streaming ({}); it replays from the archive (restore_command)",
-            if r.is_empty() { "no WAL receiver" } else { r }
-        )),
-        (r, true) if local_feed.is_some() => Ok(format!(
-            "not streaming ({}) and no restore_command: it is given the old primary's WAL in its pg_wal",
-            if r.is_empty() { "no WAL receiver" } else { r }
-        )),
-        (r, true) if opts.accept_data_loss => Ok(format!(
-            "neither streams ({}) nor has a restore_command: it has only what it already received (--accept-data-loss)",
-            if r.is_empty() { "no WAL receiver" } else { r }
-        )),
-        (r, true) => Err(anyhow!(
-            "it neither streams ({}) nor has a restore_command, so it cannot catch up with the old primary — fix its primary_conninfo or restore_command, or pass --accept-data-loss",
-            if r.is_empty() { "no WAL receiver" } else { r }
-        )),
-    };
-    checks.record(
-        "standby",
-        feed.map(|f| {
-            format!(
-                "{} is a standby of system {system_id}, {f}{}",
-                opts.to,
-                if paused {
-                    "; its replay is paused (it is resumed to catch up)"
-                } else {
-                    ""
-                }
-            )
-        }),
-    );
-    let fence = fence::prepare(
-        config,
-        opts.old.as_ref(),
-        opts.old_data_dir.as_deref(),
-        opts.old_primary_is_down,
-        &system_id,
-        &mut checks,
-    )
-    .await;
-    let s = &config.switch;
-    let switch = if s.pgbouncer_admin_url.is_some() || s.hook.is_some() {
-        match switch::plan(
-            config,
-            &switch::SwitchOptions {
-                to: opts.to.clone(),
-                from: opts.old.clone(),
-                dry_run: opts.dry_run,
-            },
-        ) {
-            Ok(mut plan) => {
-                checks.extend(switch::preflight(config, &mut plan).await);
-                Some(plan)
-            }
-            Err(e) => {
-                checks.fail("switch", format!("{e:#}"));
-                None
-            }
-        }
-    } else {
-        None
-    };
-    Ok(Prepared {
-        checks,
-        fence,
-        switch,
-        standby,
-        feed: local_feed,
-    })
-}
-
-/// What failover will do, and what was checked, before it does it.
-pub fn plan_text(config: &Config, opts: &FailoverOptions, prepared: &Prepared) -> String {
-    let mut out = format!("{}failover to {}:\n", prepared.checks, opts.to);
-    match &prepared.fence {
-        Some(plan) => out.push_str(&format!("  1. fence the old primary: {plan}\n")),
-        None => {
-            out.push_str("  1. fence the old primary: nothing proves or declares it down — refused (see the checks)\n")
-        }
-    }
-    out.push_str(&format!(
-        "  2. let {} replay everything the old primary wrote (at most {} s; {}), then promote it — the point of no return\n",
-        opts.to,
-        config.switch.catch_up_seconds,
-        if opts.accept_data_loss {
-            "if it cannot, it is promoted anyway (--accept-data-loss) and the loss reported"
-        } else {
-            "if it cannot, nothing is promoted and the fence is taken back"
-        }
-    ));
-    if let Some((dir, _)) = &prepared.feed {
-        out.push_str(&format!(
-            "     (what it cannot get by streaming or from the archive is copied from the old primary's pg_wal into {}/pg_wal)\n",
-            dir.display()
-        ));
-    }
-    out.push_str("  3. write and read back a row in pgdr_failover_check\n");
-    match &prepared.switch {
-        Some(p) => out.push_str(&format!("  4. {p}")),
-        None => out.push_str("  4. switch: nothing configured ([switch]); move application connections yourself\n"),
-    }
-    out.push_str("  5. declare the new timeline in the repository as the one `latest` follows; report the RPO\n");
-    out
 }
 
 /// How the standby stood when it had caught up (or was given up on).
@@ -358,28 +158,7 @@ struct CaughtUp {
 /// is in the report (`ok: false`) with the state it left behind.
 pub async fn execute(config: &Config, opts: &FailoverOptions, prepared: Prepared) -> FailoverReport {
     let started = Instant::now();
-    let mut report = FailoverReport {
-        new_primary: opts.to.clone(),
-        old_primary: opts.old.clone(),
-        ok: true,
-        dry_run: opts.dry_run,
-        checks: prepared.checks.clone(),
-        fenced: None,
-        fence: None,
-        fence_weak: false,
-        old_lsn: None,
-        promoted_at_lsn: None,
-        rpo: None,
-        rpo_bytes: None,
-        data_loss_accepted: false,
-        last_replayed_commit: None,
-        timeline: None,
-        warnings: Vec::new(),
-        steps: Vec::new(),
-        switch: None,
-        seconds: 0.0,
-        error: None,
-    };
+    let mut report = FailoverReport::new(opts, &prepared.checks);
     if opts.dry_run {
         report.seconds = started.elapsed().as_secs_f64();
         return report;
@@ -434,40 +213,94 @@ pub async fn execute(config: &Config, opts: &FailoverOptions, prepared: Prepared
     )
     .await;
     if let Err(e) = outcome {
-        // Nothing promoted: the fence is taken back so applications have their old
-        // primary again, and PgBouncer resumes there.
-        let mut why = format!("{e:#}");
-        if report.fence.is_some() {
-            match log
-                .step("take the fence back", async {
-                    let said = fence::undo(config, fence_plan).await?;
-                    Ok(((), said))
-                })
-                .await
-            {
-                Ok(()) => why.push_str(&format!(" — {} was not promoted and the fence was taken back", opts.to)),
-                Err(u) => why.push_str(&format!(
-                    " — {} was not promoted; the old primary is still fenced ({u:#}): start it again, or fail over with --accept-data-loss",
-                    opts.to
-                )),
-            }
-        } else {
-            why.push_str(" — nothing was fenced or promoted");
-        }
-        report.steps = log.steps;
-        report.ok = false;
-        report.error = Some(why.clone());
-        if let Some(mut s) = session {
-            s.abandon(anyhow!("the failover stopped before the promotion: {why}"))
-                .await;
-            report.switch = Some(s.report());
-        }
-        report.seconds = started.elapsed().as_secs_f64();
-        return report;
+        stopped_before_promotion(config, opts, fence_plan, e, session, log, &mut report).await;
+    } else {
+        after_promotion(config, opts, standby, session, log, &mut report).await;
     }
+    report.seconds = started.elapsed().as_secs_f64();
+    report
+}
+
+impl FailoverReport {
+    /// The report before anything is done: what was checked, nothing else yet.
+    fn new(opts: &FailoverOptions, checks: &Checks) -> Self {
+        FailoverReport {
+            new_primary: opts.to.clone(),
+            old_primary: opts.old.clone(),
+            ok: true,
+            dry_run: opts.dry_run,
+            checks: checks.clone(),
+            fenced: None,
+            fence: None,
+            fence_weak: false,
+            old_lsn: None,
+            promoted_at_lsn: None,
+            rpo: None,
+            rpo_bytes: None,
+            data_loss_accepted: false,
+            last_replayed_commit: None,
+            timeline: None,
+            warnings: Vec::new(),
+            steps: Vec::new(),
+            switch: None,
+            seconds: 0.0,
+            error: None,
+        }
+    }
+}
+
+/// Nothing promoted (`e` says why): the fence is taken back so applications have their
+/// old primary again, and PgBouncer resumes there.
+async fn stopped_before_promotion(
+    config: &Config,
+    opts: &FailoverOptions,
+    fence_plan: &FencePlan,
+    e: anyhow::Error,
+    session: Option<switch::Session<'_>>,
+    mut log: Log,
+    report: &mut FailoverReport,
+) {
+    let mut why = format!("{e:#}");
+    if report.fence.is_some() {
+        match log
+            .step("take the fence back", async {
+                let said = fence::undo(config, fence_plan).await?;
+                Ok(((), said))
+            })
+            .await
+        {
+            Ok(()) => why.push_str(&format!(" — {} was not promoted and the fence was taken back", opts.to)),
+            Err(u) => why.push_str(&format!(
+                " — {} was not promoted; the old primary is still fenced ({u:#}): start it again, or fail over with --accept-data-loss",
+                opts.to
+            )),
+        }
+    } else {
+        why.push_str(" — nothing was fenced or promoted");
+    }
+    report.steps = log.steps;
+    report.ok = false;
+    report.error = Some(why.clone());
+    if let Some(mut s) = session {
+        s.abandon(anyhow!("the failover stopped before the promotion: {why}"))
+            .await;
+        report.switch = Some(s.report());
+    }
+}
+
+/// The point of no return is passed (promotion requested): watch the promotion,
+/// prove a write, switch connections, declare the new timeline.
+async fn after_promotion(
+    config: &Config,
+    opts: &FailoverOptions,
+    standby: &tokio_postgres::Client,
+    session: Option<switch::Session<'_>>,
+    mut log: Log,
+    report: &mut FailoverReport,
+) {
     // The point of no return: from the promotion request on, PgBouncer goes only to
     // the new primary, whatever fails later.
-    let mut failure = promote(config, opts, standby, &mut log, &mut report).await.err();
+    let mut failure = promote(config, opts, standby, &mut log, report).await.err();
     if failure.is_none() {
         failure = verify_writes(standby, &mut log).await.err();
     }
@@ -495,8 +328,6 @@ pub async fn execute(config: &Config, opts: &FailoverOptions, prepared: Prepared
         report.ok = false;
         report.error = Some(format!("{e:#}"));
     }
-    report.seconds = started.elapsed().as_secs_f64();
-    report
 }
 
 /// Fence, then let the standby catch up. Every failure here leaves the standby
@@ -568,22 +399,7 @@ async fn before_promotion(
         .await?;
     report.promoted_at_lsn = Some(caught.replayed.to_string());
     report.last_replayed_commit = caught.last_commit.clone();
-    let rpo = match old_end {
-        // A shutdown checkpoint record past what a standby replays is not data.
-        Some(end) if caught.replayed >= end => Rpo::NoneLost,
-        Some(end) => Rpo::Lost {
-            bytes: end.0 - caught.replayed.0,
-        },
-        None => Rpo::Unknown {
-            why: match report.fence {
-                Some(FenceProof::DeclaredByDba) => "the old primary was declared down, not asked".to_string(),
-                Some(FenceProof::Command) => {
-                    "the old primary was fenced by fence_command and could not be asked".to_string()
-                }
-                _ => "the old primary's last WAL position could not be read after the fence".to_string(),
-            },
-        },
-    };
+    let rpo = rpo(old_end, caught.replayed, report.fence.as_ref());
     report.rpo_bytes = match &rpo {
         Rpo::NoneLost => Some(0),
         Rpo::Lost { bytes } => Some(*bytes),
@@ -624,6 +440,27 @@ async fn before_promotion(
     })
     .await?;
     Ok(())
+}
+
+/// The data lost at promotion: the WAL between what the standby replayed and the old
+/// primary's end, when that end is known; else why it is not.
+fn rpo(old_end: Option<Lsn>, replayed: Lsn, fence: Option<&FenceProof>) -> Rpo {
+    match old_end {
+        // A shutdown checkpoint record past what a standby replays is not data.
+        Some(end) if replayed >= end => Rpo::NoneLost,
+        Some(end) => Rpo::Lost {
+            bytes: end.0 - replayed.0,
+        },
+        None => Rpo::Unknown {
+            why: match fence {
+                Some(FenceProof::DeclaredByDba) => "the old primary was declared down, not asked".to_string(),
+                Some(FenceProof::Command) => {
+                    "the old primary was fenced by fence_command and could not be asked".to_string()
+                }
+                _ => "the old primary's last WAL position could not be read after the fence".to_string(),
+            },
+        },
+    }
 }
 
 /// Wait until the standby has replayed `old_end` (or, when it is unknown, all it can:

@@ -426,19 +426,45 @@ pub async fn execute(
     result
 }
 
+/// The phases of a restore, under the lease: mark the directory, lay the files down,
+/// write the recovery settings, hand the files to `postgres`, unmark, report; then,
+/// with `--start`, start the server and check where its recovery ended.
 async fn execute_leased(
     config: &Config,
     opts: &PhysicalRestoreOptions,
     plan: RestorePlan,
     say: &mut dyn FnMut(String),
 ) -> Result<PhysicalRestoreReport> {
-    let dir = opts.to.clone();
-    let manifest = &plan.manifest;
-    let info = plan.info();
-    let repo = &plan.repo;
+    let dir = &opts.to;
     let started = Instant::now();
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let delta = opts.delta || plan.resume;
+    let marker = mark_in_progress(dir, &plan, say)?;
+    let placement = Placement {
+        data_dir: dir.clone(),
+        tablespaces: opts.tablespace_map.clone(),
+    };
+    let stats = lay_files(config, opts, &plan, &placement, delta, marker.is_some()).await?;
+    write_settings(config, opts, &plan)?;
+    physical::set_ownership(&placement, crate::process::postgres_owner())?;
+    // Complete: no longer an interrupted restore.
+    if let Some(marker) = &marker {
+        std::fs::remove_file(marker).with_context(|| format!("removing {}", marker.display()))?;
+    }
+    let restore_secs = started.elapsed().as_secs_f64();
+    let mut report = restored(opts, &plan, &stats, delta, started, restore_secs, say);
+    let Some(listen) = &opts.start else {
+        say_how_to_start(opts, say);
+        return Ok(report);
+    };
+    let recovery = start(config, opts, &plan, listen, &mut report.warnings, say).await?;
+    report.recovery = Some(recovery);
+    Ok(report)
+}
+
+/// Creates the directory and, for pgdr's own copy, writes the restore marker; returns
+/// the marker's path when there is one.
+fn mark_in_progress(dir: &Path, plan: &RestorePlan, say: &mut dyn FnMut(String)) -> Result<Option<PathBuf>> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     if plan.resume {
         say(format!(
             "{} holds an interrupted restore: rewriting only what differs",
@@ -448,28 +474,41 @@ async fn execute_leased(
     // pgdr's own copy can be resumed; pg_basebackup's tar is checked whole by
     // pg_verifybackup, which would take the marker for a stray file.
     let marker = dir.join(physical::RESTORE_MARKER);
-    let marked = info.method == PhysicalMethod::Local;
+    let marked = plan.info().method == PhysicalMethod::Local;
     if marked {
-        std::fs::write(&marker, format!("{}\n", manifest.label))
+        std::fs::write(&marker, format!("{}\n", plan.manifest.label))
             .with_context(|| format!("writing {}", marker.display()))?;
     }
-    let placement = Placement {
-        data_dir: dir.clone(),
-        tablespaces: opts.tablespace_map.clone(),
-    };
+    Ok(marked.then_some(marker))
+}
+
+/// Lays the backup's files down (pgdr's bundles or pg_basebackup's tar), with a
+/// progress bar. A failure says whether the same command finishes the job (`marked`).
+async fn lay_files(
+    config: &Config,
+    opts: &PhysicalRestoreOptions,
+    plan: &RestorePlan,
+    placement: &Placement,
+    delta: bool,
+    marked: bool,
+) -> Result<physical::RestoreStats> {
+    let dir = &opts.to;
+    let manifest = &plan.manifest;
+    let info = plan.info();
+    let repo = &plan.repo;
     let progress = Progress::start(Some(plan.bytes));
     progress.set_message(format!("{} → {}", manifest.label, dir.display()));
     let stats = match info.method {
         PhysicalMethod::Local => {
-            physical::restore_files(repo, manifest, info, &placement, opts.jobs, delta, progress.counter()).await
+            physical::restore_files(repo, manifest, info, placement, opts.jobs, delta, progress.counter()).await
         }
         PhysicalMethod::Basebackup => {
             let tools = PgTools::locate(config.postgres.bin_dir.as_deref())?;
-            physical::restore_tar(repo, manifest, &dir, &tools, progress.counter()).await
+            physical::restore_tar(repo, manifest, dir, &tools, progress.counter()).await
         }
     };
     progress.finish();
-    let stats = stats.with_context(|| {
+    stats.with_context(|| {
         if marked {
             format!(
                 "restoring {} into {} (it stopped part-way: the same command again finishes it, or remove what it wrote with rm -rf {})",
@@ -485,11 +524,15 @@ async fn execute_leased(
                 crate::process::sh_quote(&dir.to_string_lossy())
             )
         }
-    })?;
+    })
+}
 
+/// Writes backup_label and the recovery settings into the restored directory.
+fn write_settings(config: &Config, opts: &PhysicalRestoreOptions, plan: &RestorePlan) -> Result<()> {
+    let dir = &opts.to;
     // PostgreSQL recreates the tablespace links from tablespace_map; pgdr made them
     // already (possibly remapped), so only backup_label is written.
-    std::fs::write(dir.join("backup_label"), &info.backup_label)?;
+    std::fs::write(dir.join("backup_label"), &plan.info().backup_label)?;
     let _ = std::fs::remove_file(dir.join("tablespace_map"));
     let options = RecoveryOptions {
         restore_command: plan.restore_command.clone(),
@@ -510,20 +553,30 @@ async fn execute_leased(
         },
     };
     recovery::write(
-        &dir,
+        dir,
         &options,
-        &format!("restored from {} at {}", manifest.label, Utc::now().to_rfc3339()),
+        &format!("restored from {} at {}", plan.manifest.label, Utc::now().to_rfc3339()),
     )?;
-    physical::set_ownership(&placement, crate::process::postgres_owner())?;
-    // Complete: no longer an interrupted restore.
-    if marked {
-        std::fs::remove_file(&marker).with_context(|| format!("removing {}", marker.display()))?;
-    }
-    let restore_secs = started.elapsed().as_secs_f64();
+    Ok(())
+}
+
+/// Says what was restored and whether the copy archives, and returns the report so
+/// far (no recovery yet).
+fn restored(
+    opts: &PhysicalRestoreOptions,
+    plan: &RestorePlan,
+    stats: &physical::RestoreStats,
+    delta: bool,
+    started: Instant,
+    restore_secs: f64,
+    say: &mut dyn FnMut(String),
+) -> PhysicalRestoreReport {
+    let dir = &opts.to;
+    let manifest = &plan.manifest;
     say(if opts.archive {
         format!(
             "archiving stays on: this copy will archive its new timeline into {} as the new primary, and it keeps production's subscriptions and scheduled jobs",
-            repo.storage.describe()
+            plan.repo.storage.describe()
         )
     } else {
         "archiving is off in the restored copy (archive_mode = off), so it cannot write into the repository, and no subscription or pg_cron job runs in it (max_logical_replication_workers = 0, cron.launch_active_jobs = off); restore with --archive for a new primary".to_string()
@@ -547,7 +600,7 @@ async fn execute_leased(
         target,
         wal_until
     ));
-    let mut report = PhysicalRestoreReport {
+    PhysicalRestoreReport {
         backup: manifest.label.clone(),
         to: dir.clone(),
         target: target.to_string(),
@@ -561,35 +614,39 @@ async fn execute_leased(
         archiving: opts.archive,
         recovery: None,
         warnings: Vec::new(),
-    };
-    let Some(listen) = &opts.start else {
-        // Its postgresql.conf still carries production's port: started as it is on
-        // production's host, it would collide with production (or take its place).
-        let port = server::free_port().unwrap_or(5433);
-        say(format!(
-            "start it on a port of its own (its postgresql.conf still says production's): pg_ctl -D {} -o '-p {port}' start{}",
-            crate::process::sh_quote(&dir.to_string_lossy()),
-            if opts.archive {
-                ""
-            } else {
-                " — a copy: archiving is off"
-            }
-        ));
-        return Ok(report);
-    };
-    if !listen.scratch_hba && !listen.addresses.trim().is_empty() {
-        let trusted = server::trusted_tcp_lines(&dir);
-        if !trusted.is_empty() {
-            let warning = format!(
-                "this copy keeps production's pg_hba.conf, which lets TCP clients in without a password ({}); it listens on {}:{} — anyone who can reach that logs in to a copy of production: start it with --listen '' --socket-dir DIR, or edit {}",
-                trusted.join("; "),
-                listen.addresses,
-                listen.port,
-                dir.join("pg_hba.conf").display()
-            );
-            say(format!("warning: {warning}"));
-            report.warnings.push(warning);
+    }
+}
+
+/// Without `--start`: how to start the copy without colliding with production.
+fn say_how_to_start(opts: &PhysicalRestoreOptions, say: &mut dyn FnMut(String)) {
+    // Its postgresql.conf still carries production's port: started as it is on
+    // production's host, it would collide with production (or take its place).
+    let port = server::free_port().unwrap_or(5433);
+    say(format!(
+        "start it on a port of its own (its postgresql.conf still says production's): pg_ctl -D {} -o '-p {port}' start{}",
+        crate::process::sh_quote(&opts.to.to_string_lossy()),
+        if opts.archive {
+            ""
+        } else {
+            " — a copy: archiving is off"
         }
+    ));
+}
+
+/// With `--start`: warns of production's password-less TCP lines, starts the server,
+/// waits for its recovery, and refuses a recovery that ended before the archive's WAL.
+async fn start(
+    config: &Config,
+    opts: &PhysicalRestoreOptions,
+    plan: &RestorePlan,
+    listen: &Listen,
+    warnings: &mut Vec<String>,
+    say: &mut dyn FnMut(String),
+) -> Result<RecoveryReport> {
+    let dir = &opts.to;
+    if let Some(warning) = open_hba_warning(dir, listen) {
+        say(format!("warning: {warning}"));
+        warnings.push(warning);
     }
     let reached = server::start_and_wait(&server::StartOptions {
         data_dir: dir.clone(),
@@ -612,20 +669,7 @@ async fn execute_leased(
             crate::process::sh_quote(&dir.to_string_lossy())
         )
     })?;
-    // Recovery that ends before the WAL the archive holds lost data on the way
-    // (an unreachable archive read as its end, say): say so, loudly.
-    // A standby never ends recovery (it reports where it is, not where it stops);
-    // an exclusive LSN target stops just before its record, somewhere in the
-    // segment holding it.
-    let segment_size = info.segment_size;
-    let must_reach = match (target, opts.target.lsn) {
-        _ if opts.standby => None,
-        (RecoveryTarget::Latest, _) => Some(plan.chain_end.start_lsn(segment_size)),
-        (_, Some(l)) if opts.exclusive => Some(Lsn(l.0 - l.0 % segment_size)),
-        (_, Some(l)) => Some(l),
-        _ => None,
-    };
-    if let (Some(want), Ok(got)) = (must_reach, reached.lsn.parse::<Lsn>())
+    if let (Some(want), Ok(got)) = (must_reach(opts, plan), reached.lsn.parse::<Lsn>())
         && got < want
     {
         return Err(anyhow!(
@@ -638,8 +682,43 @@ async fn execute_leased(
     }
     let recovery = RecoveryReport::from(reached);
     say(recovery.to_string());
-    report.recovery = Some(recovery);
-    Ok(report)
+    Ok(recovery)
+}
+
+/// A copy that keeps production's pg_hba.conf and listens on TCP lets in, without a
+/// password, whoever production trusted: the warning, when that is so.
+fn open_hba_warning(dir: &Path, listen: &Listen) -> Option<String> {
+    if listen.scratch_hba || listen.addresses.trim().is_empty() {
+        return None;
+    }
+    let trusted = server::trusted_tcp_lines(dir);
+    if trusted.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "this copy keeps production's pg_hba.conf, which lets TCP clients in without a password ({}); it listens on {}:{} — anyone who can reach that logs in to a copy of production: start it with --listen '' --socket-dir DIR, or edit {}",
+        trusted.join("; "),
+        listen.addresses,
+        listen.port,
+        dir.join("pg_hba.conf").display()
+    ))
+}
+
+/// The LSN recovery must reach for the copy to hold all the WAL the archive has.
+fn must_reach(opts: &PhysicalRestoreOptions, plan: &RestorePlan) -> Option<Lsn> {
+    // Recovery that ends before the WAL the archive holds lost data on the way
+    // (an unreachable archive read as its end, say): say so, loudly.
+    // A standby never ends recovery (it reports where it is, not where it stops);
+    // an exclusive LSN target stops just before its record, somewhere in the
+    // segment holding it.
+    let segment_size = plan.info().segment_size;
+    match (&opts.target.recovery, opts.target.lsn) {
+        _ if opts.standby => None,
+        (RecoveryTarget::Latest, _) => Some(plan.chain_end.start_lsn(segment_size)),
+        (_, Some(l)) if opts.exclusive => Some(Lsn(l.0 - l.0 % segment_size)),
+        (_, Some(l)) => Some(l),
+        _ => None,
+    }
 }
 
 #[cfg(test)]

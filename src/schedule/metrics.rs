@@ -53,7 +53,21 @@ pub async fn render(config: &Config, repo: &Repo, jobs: &BTreeMap<String, JobSta
         declared: Default::default(),
     };
     let now = Utc::now();
+    job_metrics(&mut out, jobs);
+    backup_metrics(&mut out, repo, now).await;
+    repository_size(&mut out, repo).await;
+    // The newest switch, failover, recovery and drill (their reports in verifications/).
+    if let Ok(objects) = repo.storage.list(crate::repo::layout::VERIFICATIONS).await {
+        events(&mut out, repo, objects).await;
+    }
+    copy_metrics(&mut out, config, repo).await;
+    verify_metrics(&mut out, repo).await;
+    archiver_metrics(&mut out, config, now).await;
+    out.text
+}
 
+/// Each scheduled job's last run and its failures since its last success.
+fn job_metrics(out: &mut Out, jobs: &BTreeMap<String, JobState>) {
     for (name, s) in jobs {
         let l = [("job", name.as_str())];
         if let Some(t) = s.last_success {
@@ -91,7 +105,11 @@ pub async fn render(config: &Config, repo: &Repo, jobs: &BTreeMap<String, JobSta
             s.consecutive_failures as f64,
         );
     }
+}
 
+/// Complete backups of each kind and the newest one's time, age and size; whether the
+/// repository could be read.
+async fn backup_metrics(out: &mut Out, repo: &Repo, now: chrono::DateTime<Utc>) {
     match repo.manifests().await {
         Ok(manifests) => {
             for kind in [BackupKind::Physical, BackupKind::Logical] {
@@ -148,6 +166,10 @@ pub async fn render(config: &Config, repo: &Repo, jobs: &BTreeMap<String, JobSta
             );
         }
     }
+}
+
+/// Bytes stored in this cluster's repository area (nothing when it cannot be listed).
+async fn repository_size(out: &mut Out, repo: &Repo) {
     if let Ok(objects) = repo.storage.list("").await {
         let size: u64 = objects.iter().map(|o| o.size).sum();
         out.metric(
@@ -158,10 +180,10 @@ pub async fn render(config: &Config, repo: &Repo, jobs: &BTreeMap<String, JobSta
             size as f64,
         );
     }
-    // The newest switch, failover, recovery and drill (their reports in verifications/).
-    if let Ok(objects) = repo.storage.list(crate::repo::layout::VERIFICATIONS).await {
-        events(&mut out, repo, objects).await;
-    }
+}
+
+/// Each repository copy: whether it could be listed, and how far behind it is.
+async fn copy_metrics(out: &mut Out, config: &Config, repo: &Repo) {
     for (name, lag) in crate::copy::lags(config, &repo.storage).await {
         let l = [("copy", name.as_str())];
         out.metric(
@@ -190,6 +212,10 @@ pub async fn render(config: &Config, repo: &Repo, jobs: &BTreeMap<String, JobSta
             }
         }
     }
+}
+
+/// The newest restore test: whether it passed, and when it ended.
+async fn verify_metrics(out: &mut Out, repo: &Repo) {
     if let Ok(reports) = verification::latest_reports(repo).await
         && let Some(newest) = reports.values().max_by_key(|r| r.finished)
     {
@@ -208,29 +234,13 @@ pub async fn render(config: &Config, repo: &Repo, jobs: &BTreeMap<String, JobSta
             newest.finished.timestamp() as f64,
         );
     }
+}
 
+/// The server's archiver (last archived time, lag, files waiting, counters), or
+/// `pgdr_postgres_up 0` when the server does not answer.
+async fn archiver_metrics(out: &mut Out, config: &Config, now: chrono::DateTime<Utc>) {
     // WAL archiving, as the server sees it.
-    let archiver = async {
-        let target = PgTarget::from_config(config.postgres.url.as_deref())?;
-        let client = target.connect(None).await?;
-        let row = client
-            .query_one(
-                "SELECT extract(epoch FROM last_archived_time)::float8, archived_count, failed_count, \
-                 extract(epoch FROM last_failed_time)::float8, \
-                 (SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready')::int8 \
-                 FROM pg_stat_archiver",
-                &[],
-            )
-            .await?;
-        anyhow::Ok((
-            row.get::<_, Option<f64>>(0),
-            row.get::<_, i64>(1),
-            row.get::<_, i64>(2),
-            row.get::<_, Option<f64>>(3),
-            row.get::<_, i64>(4),
-        ))
-    }
-    .await;
+    let archiver = archiver_stats(config).await;
     match archiver {
         Ok((last, archived, failed, last_failed, ready)) => {
             out.metric("pgdr_postgres_up", "gauge", "1 if PostgreSQL answered.", &[], 1.0);
@@ -285,7 +295,29 @@ pub async fn render(config: &Config, repo: &Repo, jobs: &BTreeMap<String, JobSta
         }
         Err(_) => out.metric("pgdr_postgres_up", "gauge", "1 if PostgreSQL answered.", &[], 0.0),
     }
-    out.text
+}
+
+/// pg_stat_archiver's last archived time, archived and failed counts, last failure
+/// time, and the number of .ready files.
+async fn archiver_stats(config: &Config) -> anyhow::Result<(Option<f64>, i64, i64, Option<f64>, i64)> {
+    let target = PgTarget::from_config(config.postgres.url.as_deref())?;
+    let client = target.connect(None).await?;
+    let row = client
+        .query_one(
+            "SELECT extract(epoch FROM last_archived_time)::float8, archived_count, failed_count, \
+             extract(epoch FROM last_failed_time)::float8, \
+             (SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready')::int8 \
+             FROM pg_stat_archiver",
+            &[],
+        )
+        .await?;
+    Ok((
+        row.get::<_, Option<f64>>(0),
+        row.get::<_, i64>(1),
+        row.get::<_, i64>(2),
+        row.get::<_, Option<f64>>(3),
+        row.get::<_, i64>(4),
+    ))
 }
 
 /// What a request to the metrics endpoint asks for.
@@ -363,26 +395,47 @@ pub async fn serve(listener: tokio::net::TcpListener, config: Config, repo: Repo
     }
 }
 
+/// Every report says how long it took; drills say more.
+#[derive(serde::Deserialize)]
+struct Took {
+    seconds: f64,
+    #[serde(default)]
+    ok: Option<bool>,
+    #[serde(default)]
+    rto_seconds: Option<f64>,
+    #[serde(default)]
+    rpo: Option<DrillRpo>,
+}
+
+#[derive(serde::Deserialize)]
+struct DrillRpo {
+    lost: u64,
+}
+
+/// An event's reports: when each started, and its key.
+type Reports = Vec<(chrono::DateTime<Utc>, crate::storage::ObjectKey)>;
+
 /// Metrics of the event reports: the newest switch/failover and recovery per kind,
 /// and per drill scenario the newest drill, its RTO and RPO, and the newest that
 /// passed (for "no successful drill in 35 days").
 async fn events(out: &mut Out, repo: &Repo, objects: Vec<crate::storage::ObjectMeta>) {
-    // Every report says how long it took; drills say more.
-    #[derive(serde::Deserialize)]
-    struct Took {
-        seconds: f64,
-        #[serde(default)]
-        ok: Option<bool>,
-        #[serde(default)]
-        rto_seconds: Option<f64>,
-        #[serde(default)]
-        rpo: Option<DrillRpo>,
+    for (event, mut reports) in by_event(objects) {
+        reports.sort_by_key(|r| std::cmp::Reverse(r.0));
+        let (at, key) = reports[0].clone();
+        let newest = read_report(repo, key).await;
+        if let Some(scenario) = event.strip_prefix("drill-") {
+            drill_metrics(out, repo, scenario, &reports, newest).await;
+        } else if let Some(scenario) = event.strip_prefix("recover-") {
+            recover_metrics(out, scenario, at, newest);
+        } else {
+            switch_metrics(out, &event, at, newest);
+        }
     }
-    #[derive(serde::Deserialize)]
-    struct DrillRpo {
-        lost: u64,
-    }
-    let mut by_event: BTreeMap<String, Vec<(chrono::DateTime<Utc>, crate::storage::ObjectKey)>> = BTreeMap::new();
+}
+
+/// The event reports under verifications/, by event.
+fn by_event(objects: Vec<crate::storage::ObjectMeta>) -> BTreeMap<String, Reports> {
+    let mut by_event: BTreeMap<String, Reports> = BTreeMap::new();
     for meta in objects {
         if let Some((at, event)) = crate::repo::layout::parse_event_report(&meta.key) {
             by_event
@@ -391,114 +444,122 @@ async fn events(out: &mut Out, repo: &Repo, objects: Vec<crate::storage::ObjectM
                 .push((at, meta.key.clone()));
         }
     }
-    let read = |key: crate::storage::ObjectKey| async move {
-        crate::pipeline::load_bytes(&repo.storage, &key, &repo.keys)
-            .await
-            .ok()
-            .and_then(|d| serde_json::from_slice::<Took>(&d).ok())
-    };
-    for (event, mut reports) in by_event {
-        reports.sort_by_key(|r| std::cmp::Reverse(r.0));
-        let (at, key) = reports[0].clone();
-        let newest = read(key).await;
-        if let Some(scenario) = event.strip_prefix("drill-") {
-            let l = [("scenario", scenario)];
-            out.metric(
-                "pgdr_drill_last_timestamp_seconds",
-                "gauge",
-                "Start time of the newest drill of the scenario.",
-                &l,
-                at.timestamp() as f64,
-            );
-            let Some(r) = newest else { continue };
-            out.metric(
-                "pgdr_drill_last_success",
-                "gauge",
-                "1 if the newest drill of the scenario passed, else 0.",
-                &l,
-                if r.ok == Some(true) { 1.0 } else { 0.0 },
-            );
-            if let Some(rto) = r.rto_seconds {
-                out.metric(
-                    "pgdr_drill_rto_seconds",
-                    "gauge",
-                    "Recovery time measured by the newest drill: failure to service through PgBouncer.",
-                    &l,
-                    rto,
-                );
-            }
-            if let Some(rpo) = &r.rpo {
-                out.metric(
-                    "pgdr_drill_rpo_lost_commits",
-                    "gauge",
-                    "Acknowledged commits the newest drill's recovery lost.",
-                    &l,
-                    rpo.lost as f64,
-                );
-            }
-            // The newest drill that passed (a few reports back at most).
-            let mut passed = (r.ok == Some(true)).then_some(at);
-            for (t, k) in reports.iter().skip(1).take(20) {
-                if passed.is_some() {
-                    break;
-                }
-                if read(k.clone()).await.is_some_and(|r| r.ok == Some(true)) {
-                    passed = Some(*t);
-                }
-            }
-            if let Some(t) = passed {
-                out.metric(
-                    "pgdr_drill_last_success_timestamp_seconds",
-                    "gauge",
-                    "Start time of the newest drill of the scenario that passed.",
-                    &l,
-                    t.timestamp() as f64,
-                );
-            }
-        } else if let Some(scenario) = event.strip_prefix("recover-") {
-            let l = [("scenario", scenario)];
-            out.metric(
-                "pgdr_recover_last_timestamp_seconds",
-                "gauge",
-                "Start time of the newest recovery (pgdr recover) of the scenario.",
-                &l,
-                at.timestamp() as f64,
-            );
-            if let Some(r) = newest {
-                out.metric(
-                    "pgdr_recover_last_success",
-                    "gauge",
-                    "1 if the newest recovery of the scenario finished, else 0.",
-                    &l,
-                    if r.ok == Some(true) { 1.0 } else { 0.0 },
-                );
-                out.metric(
-                    "pgdr_recover_last_duration_seconds",
-                    "gauge",
-                    "How long the newest run of the recovery took.",
-                    &l,
-                    r.seconds,
-                );
-            }
-        } else {
-            let l = [("event", event.as_str())];
-            out.metric(
-                "pgdr_switch_last_timestamp_seconds",
-                "gauge",
-                "Start time of the newest connection switch or failover.",
-                &l,
-                at.timestamp() as f64,
-            );
-            if let Some(r) = newest {
-                out.metric(
-                    "pgdr_switch_last_duration_seconds",
-                    "gauge",
-                    "How long the newest connection switch or failover took.",
-                    &l,
-                    r.seconds,
-                );
-            }
+    by_event
+}
+
+/// A report, or `None` when it cannot be read or parsed.
+async fn read_report(repo: &Repo, key: crate::storage::ObjectKey) -> Option<Took> {
+    crate::pipeline::load_bytes(&repo.storage, &key, &repo.keys)
+        .await
+        .ok()
+        .and_then(|d| serde_json::from_slice::<Took>(&d).ok())
+}
+
+/// A drill scenario: its newest drill (`reports`, newest first; `newest` read), and
+/// the newest that passed.
+async fn drill_metrics(out: &mut Out, repo: &Repo, scenario: &str, reports: &Reports, newest: Option<Took>) {
+    let at = reports[0].0;
+    let l = [("scenario", scenario)];
+    out.metric(
+        "pgdr_drill_last_timestamp_seconds",
+        "gauge",
+        "Start time of the newest drill of the scenario.",
+        &l,
+        at.timestamp() as f64,
+    );
+    let Some(r) = newest else { return };
+    out.metric(
+        "pgdr_drill_last_success",
+        "gauge",
+        "1 if the newest drill of the scenario passed, else 0.",
+        &l,
+        if r.ok == Some(true) { 1.0 } else { 0.0 },
+    );
+    if let Some(rto) = r.rto_seconds {
+        out.metric(
+            "pgdr_drill_rto_seconds",
+            "gauge",
+            "Recovery time measured by the newest drill: failure to service through PgBouncer.",
+            &l,
+            rto,
+        );
+    }
+    if let Some(rpo) = &r.rpo {
+        out.metric(
+            "pgdr_drill_rpo_lost_commits",
+            "gauge",
+            "Acknowledged commits the newest drill's recovery lost.",
+            &l,
+            rpo.lost as f64,
+        );
+    }
+    // The newest drill that passed (a few reports back at most).
+    let mut passed = (r.ok == Some(true)).then_some(at);
+    for (t, k) in reports.iter().skip(1).take(20) {
+        if passed.is_some() {
+            break;
         }
+        if read_report(repo, k.clone()).await.is_some_and(|r| r.ok == Some(true)) {
+            passed = Some(*t);
+        }
+    }
+    if let Some(t) = passed {
+        out.metric(
+            "pgdr_drill_last_success_timestamp_seconds",
+            "gauge",
+            "Start time of the newest drill of the scenario that passed.",
+            &l,
+            t.timestamp() as f64,
+        );
+    }
+}
+
+/// A recovery scenario's newest run (`pgdr recover`).
+fn recover_metrics(out: &mut Out, scenario: &str, at: chrono::DateTime<Utc>, newest: Option<Took>) {
+    let l = [("scenario", scenario)];
+    out.metric(
+        "pgdr_recover_last_timestamp_seconds",
+        "gauge",
+        "Start time of the newest recovery (pgdr recover) of the scenario.",
+        &l,
+        at.timestamp() as f64,
+    );
+    if let Some(r) = newest {
+        out.metric(
+            "pgdr_recover_last_success",
+            "gauge",
+            "1 if the newest recovery of the scenario finished, else 0.",
+            &l,
+            if r.ok == Some(true) { 1.0 } else { 0.0 },
+        );
+        out.metric(
+            "pgdr_recover_last_duration_seconds",
+            "gauge",
+            "How long the newest run of the recovery took.",
+            &l,
+            r.seconds,
+        );
+    }
+}
+
+/// The newest connection switch or failover of its kind (`event`).
+fn switch_metrics(out: &mut Out, event: &str, at: chrono::DateTime<Utc>, newest: Option<Took>) {
+    let l = [("event", event)];
+    out.metric(
+        "pgdr_switch_last_timestamp_seconds",
+        "gauge",
+        "Start time of the newest connection switch or failover.",
+        &l,
+        at.timestamp() as f64,
+    );
+    if let Some(r) = newest {
+        out.metric(
+            "pgdr_switch_last_duration_seconds",
+            "gauge",
+            "How long the newest connection switch or failover took.",
+            &l,
+            r.seconds,
+        );
     }
 }
 

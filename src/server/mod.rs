@@ -71,9 +71,18 @@ pub fn trusted_tcp_lines(data_dir: &Path) -> Vec<String> {
 /// target was not reached, WAL is missing) is reported with its own words.
 pub async fn start_and_wait(opts: &StartOptions) -> Result<Reached> {
     let dir = opts.data_dir.as_path();
-    let port = opts.port;
     let tools = PgTools::locate(opts.bin_dir.as_deref())?;
     let log = dir.join("pgdr-recovery.log");
+    let pg_opts = server_options(opts)?;
+    let started = pg_ctl_start(&tools, dir, &log, &pg_opts, opts.s3)?;
+    wait_for_postmaster(dir, &log).await?;
+    watch_recovery(opts, &log, started).await
+}
+
+/// The server's settings on pg_ctl's command line: port, listen_addresses, socket
+/// directory and, for a scratch copy, an hba_file of its own (written here).
+fn server_options(opts: &StartOptions) -> Result<String> {
+    let port = opts.port;
     // Never the source's listen_addresses ('*' on many primaries): a restored copy
     // holds production data and must not be reachable from elsewhere unless asked.
     let listen = opts.listen.as_str();
@@ -90,48 +99,61 @@ pub async fn start_and_wait(opts: &StartOptions) -> Result<Reached> {
         pg_opts.push_str(&format!(" -k {}", crate::process::sh_quote(&sock.to_string_lossy())));
     }
     if opts.scratch_hba {
-        // Trust is safe only where nobody else can connect: no TCP, and a socket
-        // directory only its owner can enter.
-        use std::os::unix::fs::PermissionsExt;
-        let private = opts
-            .socket_dir
-            .as_ref()
-            .and_then(|s| std::fs::metadata(s).ok())
-            .is_some_and(|m| {
-                use std::os::unix::fs::MetadataExt;
-                // SAFETY: geteuid has no preconditions.
-                let owner = crate::process::postgres_owner().map_or(unsafe { libc::geteuid() }, |(uid, _)| uid);
-                m.is_dir() && m.permissions().mode() & 0o077 == 0 && m.uid() == owner
-            });
-        if !listen.is_empty() || !private {
-            return Err(usage!(
-                "--scratch-hba needs --listen '' and a --socket-dir of mode 0700"
-            ));
-        }
-        let hba = dir.join("pgdr-scratch-hba.conf");
-        std::fs::write(
-            &hba,
-            "# pgdr: a scratch copy, reachable only on its private socket\nlocal all all trust\n",
-        )
-        .with_context(|| format!("writing {}", hba.display()))?;
-        if let Some((uid, gid)) = crate::process::postgres_owner() {
-            std::os::unix::fs::chown(&hba, Some(uid), Some(gid))?;
-        }
-        pg_opts.push_str(&format!(
-            " -c {}",
-            crate::process::sh_quote(&format!("hba_file={}", hba.display()))
+        pg_opts.push_str(&scratch_hba(opts)?);
+    }
+    Ok(pg_opts)
+}
+
+/// `--scratch-hba`: writes an hba_file that trusts the private socket, and returns the
+/// setting that points the server at it.
+fn scratch_hba(opts: &StartOptions) -> Result<String> {
+    let dir = opts.data_dir.as_path();
+    // Trust is safe only where nobody else can connect: no TCP, and a socket
+    // directory only its owner can enter.
+    use std::os::unix::fs::PermissionsExt;
+    let private = opts
+        .socket_dir
+        .as_ref()
+        .and_then(|s| std::fs::metadata(s).ok())
+        .is_some_and(|m| {
+            use std::os::unix::fs::MetadataExt;
+            // SAFETY: geteuid has no preconditions.
+            let owner = crate::process::postgres_owner().map_or(unsafe { libc::geteuid() }, |(uid, _)| uid);
+            m.is_dir() && m.permissions().mode() & 0o077 == 0 && m.uid() == owner
+        });
+    if !opts.listen.is_empty() || !private {
+        return Err(usage!(
+            "--scratch-hba needs --listen '' and a --socket-dir of mode 0700"
         ));
     }
+    let hba = dir.join("pgdr-scratch-hba.conf");
+    std::fs::write(
+        &hba,
+        "# pgdr: a scratch copy, reachable only on its private socket\nlocal all all trust\n",
+    )
+    .with_context(|| format!("writing {}", hba.display()))?;
+    if let Some((uid, gid)) = crate::process::postgres_owner() {
+        std::os::unix::fs::chown(&hba, Some(uid), Some(gid))?;
+    }
+    Ok(format!(
+        " -c {}",
+        crate::process::sh_quote(&format!("hba_file={}", hba.display()))
+    ))
+}
+
+/// Runs `pg_ctl start` as `postgres`, without waiting, and returns when it was run:
+/// recovery is timed from then.
+fn pg_ctl_start(tools: &PgTools, dir: &Path, log: &Path, pg_opts: &str, s3: bool) -> Result<Instant> {
     let mut cmd = std::process::Command::new(tools.path("pg_ctl")?);
     // -W: pg_ctl would give up after 60 s, long before a big recovery is done; this
     // function does the waiting.
     cmd.arg("-D")
         .arg(dir)
         .arg("-l")
-        .arg(&log)
-        .args(["-W", "-o", &pg_opts, "start"]);
+        .arg(log)
+        .args(["-W", "-o", pg_opts, "start"]);
     cmd.env_clear()
-        .envs(crate::postgres::server_env(opts.s3))
+        .envs(crate::postgres::server_env(s3))
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped());
@@ -145,38 +167,45 @@ pub async fn start_and_wait(opts: &StartOptions) -> Result<Reached> {
             said.lines().next().unwrap_or("").trim()
         ));
     }
-    // The postmaster writes its pid file when it is up; until then there is nothing
-    // to watch.
+    Ok(started)
+}
+
+/// The postmaster writes its pid file when it is up; until then there is nothing
+/// to watch.
+async fn wait_for_postmaster(dir: &Path, log: &Path) -> Result<()> {
     let appear = Instant::now() + Duration::from_secs(60);
     while !dir.join("postmaster.pid").exists() {
-        if Instant::now() > appear || recovery_log_says(&log, "FATAL:") {
+        if Instant::now() > appear || recovery_log_says(log, "FATAL:") {
             return Err(anyhow!(
                 "the restored server stopped during recovery: {}",
-                fatal_line(&log)
+                fatal_line(log)
             ));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    Ok(())
+}
+
+/// Where recovery is: in recovery, the pause state, the replayed (or current) LSN, the
+/// checkpoint's timeline, the last replayed transaction's time.
+const RECOVERY_STATE: &str = "SELECT pg_is_in_recovery(), \
+     CASE WHEN pg_is_in_recovery() THEN pg_get_wal_replay_pause_state() ELSE 'not paused' END, \
+     (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text, \
+     (SELECT timeline_id FROM pg_control_checkpoint()), \
+     pg_last_xact_replay_timestamp()::text";
+
+/// Polls the running server until its recovery ends (a standby: until it runs), it
+/// stops, or 24 h pass.
+async fn watch_recovery(opts: &StartOptions, log: &Path, started: Instant) -> Result<Reached> {
+    let dir = opts.data_dir.as_path();
     let target = opts
         .connect
-        .with_address(&watch_address(listen, opts.socket_dir.as_deref()), port);
+        .with_address(&watch_address(&opts.listen, opts.socket_dir.as_deref()), opts.port);
     let deadline = started + Duration::from_secs(24 * 3600);
     loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
         if !dir.join("postmaster.pid").exists() {
-            if opts.shutdown_at_target && recovery_log_says(&log, "shutting down") {
-                return Ok(Reached {
-                    state: "shut down at the target".into(),
-                    lsn: "-".into(),
-                    timeline: 0,
-                    last_replay: None,
-                    seconds: started.elapsed().as_secs_f64(),
-                });
-            }
-            return Err(anyhow!(
-                "the restored server stopped during recovery: {}",
-                fatal_line(&log)
-            ));
+            return stopped(opts, log, started);
         }
         let client = match target.connect(Some("postgres")).await {
             Ok(client) => client,
@@ -191,52 +220,73 @@ pub async fn start_and_wait(opts: &StartOptions) -> Result<Reached> {
             }
             Err(_) => continue,
         };
-        let row = client
-            .query_one(
-                "SELECT pg_is_in_recovery(), \
-                 CASE WHEN pg_is_in_recovery() THEN pg_get_wal_replay_pause_state() ELSE 'not paused' END, \
-                 (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text, \
-                 (SELECT timeline_id FROM pg_control_checkpoint()), \
-                 pg_last_xact_replay_timestamp()::text",
-                &[],
-            )
-            .await;
-        let Ok(row) = row else { continue };
-        let in_recovery: bool = row.get(0);
-        let pause: String = row.get(1);
-        let done_state = if !in_recovery {
-            Some("promoted")
-        } else if pause == "paused" {
-            Some("paused at the target")
-        } else if opts.standby && started.elapsed() > Duration::from_secs(1) {
-            Some("running as a standby")
-        } else {
-            None
+        let Ok(row) = client.query_one(RECOVERY_STATE, &[]).await else {
+            continue;
         };
-        if let Some(state) = done_state {
-            // After a promotion the checkpoint may still show the old timeline.
-            let timeline = if in_recovery {
-                row.get::<_, i32>(3) as u32
-            } else {
-                client
-                    .query_one("SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)", &[])
-                    .await
-                    .ok()
-                    .and_then(|r| u32::from_str_radix(&r.get::<_, String>(0), 16).ok())
-                    .unwrap_or(row.get::<_, i32>(3) as u32)
-            };
-            return Ok(Reached {
-                state: state.to_string(),
-                lsn: row.get(2),
-                timeline,
-                last_replay: row.get(4),
-                seconds: started.elapsed().as_secs_f64(),
-            });
+        if let Some(reached) = done(&client, &row, opts.standby, started).await {
+            return Ok(reached);
         }
         if Instant::now() > deadline {
             return Err(anyhow!("recovery did not finish within 24 h; see {}", log.display()));
         }
     }
+}
+
+/// The server stopped: the success when it was to shut down at the target and did,
+/// else the log's own words.
+fn stopped(opts: &StartOptions, log: &Path, started: Instant) -> Result<Reached> {
+    if opts.shutdown_at_target && recovery_log_says(log, "shutting down") {
+        return Ok(Reached {
+            state: "shut down at the target".into(),
+            lsn: "-".into(),
+            timeline: 0,
+            last_replay: None,
+            seconds: started.elapsed().as_secs_f64(),
+        });
+    }
+    Err(anyhow!(
+        "the restored server stopped during recovery: {}",
+        fatal_line(log)
+    ))
+}
+
+/// Where recovery ended, from a `RECOVERY_STATE` row: promoted, paused at the target,
+/// or (a standby) running; `None` while it goes on.
+async fn done(
+    client: &tokio_postgres::Client,
+    row: &tokio_postgres::Row,
+    standby: bool,
+    started: Instant,
+) -> Option<Reached> {
+    let in_recovery: bool = row.get(0);
+    let pause: String = row.get(1);
+    let state = if !in_recovery {
+        "promoted"
+    } else if pause == "paused" {
+        "paused at the target"
+    } else if standby && started.elapsed() > Duration::from_secs(1) {
+        "running as a standby"
+    } else {
+        return None;
+    };
+    // After a promotion the checkpoint may still show the old timeline.
+    let timeline = if in_recovery {
+        row.get::<_, i32>(3) as u32
+    } else {
+        client
+            .query_one("SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)", &[])
+            .await
+            .ok()
+            .and_then(|r| u32::from_str_radix(&r.get::<_, String>(0), 16).ok())
+            .unwrap_or(row.get::<_, i32>(3) as u32)
+    };
+    Some(Reached {
+        state: state.to_string(),
+        lsn: row.get(2),
+        timeline,
+        last_replay: row.get(4),
+        seconds: started.elapsed().as_secs_f64(),
+    })
 }
 
 /// Where pgdr connects to watch the restored server: the first address it listens
