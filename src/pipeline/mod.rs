@@ -233,7 +233,13 @@ impl Store<'_> {
     /// is read in 1 MiB pieces through a streaming zstd context, so a compression
     /// holds the window and the compressed bytes, not the file (the WAL pusher keeps
     /// several segments in flight).
-    pub async fn file(&self, key: &ObjectKey, name: &str, path: &std::path::Path, mode: PutMode) -> Result<ObjectRecord> {
+    pub async fn file(
+        &self,
+        key: &ObjectKey,
+        name: &str,
+        path: &std::path::Path,
+        mode: PutMode,
+    ) -> Result<ObjectRecord> {
         let path = path.to_path_buf();
         self.sealed_whole(key, name, mode, move |repo_key, object, level, digests| {
             seal_file(&path, repo_key, object, level, digests)
@@ -367,7 +373,10 @@ fn seal_file(
         zstd.write_all(&piece[..n])?;
     }
     if read != len {
-        return Err(io::Error::other(format!("{} changed while it was read", path.display())));
+        return Err(io::Error::other(format!(
+            "{} changed while it was read",
+            path.display()
+        )));
     }
     let compressed = zstd.finish()?;
     let sealed = seal::seal_slice(&compressed, key, object)?;
