@@ -48,9 +48,16 @@ pub fn want(dir: &Path, file: &WalFile) {
     if std::fs::create_dir_all(dir).is_err() {
         return;
     }
+    // A note the prefetcher may miss (a full disk): then it only fetches less ahead.
+    // Nothing half-written stays behind.
     let tmp = dir.join(".wanted.tmp");
-    if std::fs::write(&tmp, file.name()).is_ok() {
-        let _ = std::fs::rename(&tmp, dir.join(WANTED));
+    match std::fs::write(&tmp, file.name()) {
+        Ok(()) => {
+            let _ = std::fs::rename(&tmp, dir.join(WANTED));
+        }
+        Err(_) => {
+            let _ = std::fs::remove_file(&tmp);
+        }
     }
 }
 
