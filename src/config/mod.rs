@@ -445,7 +445,9 @@ impl Config {
         out
     }
 
-    fn from_table(table: toml::Table, source: &str) -> Result<Config> {
+    /// The schema and its validation over a parsed table: the last step of `read`,
+    /// public for the fuzz target (fuzz/fuzz_targets/config.rs).
+    pub fn from_table(table: toml::Table, source: &str) -> Result<Config> {
         let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
             let path = e.path().to_string();
             let inner = one_line(&e.into_inner().to_string());
