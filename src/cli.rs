@@ -520,6 +520,10 @@ pub struct BackupArgs {
     /// pg_basebackup when it is on another host (basebackup)
     #[arg(long, value_enum, default_value_t = crate::repo::manifest::PhysicalMethod::Local)]
     pub method: crate::repo::manifest::PhysicalMethod,
+    /// Physical: full (every file), incr (the blocks changed since the last physical
+    /// backup, found in the archived WAL) or diff (since the last full)
+    #[arg(long = "type", value_enum, default_value_t = crate::backup::BackupType::Full)]
+    pub backup_type: crate::backup::BackupType,
     /// How long to wait for another backup of this cluster to finish
     #[arg(long, value_name = "SECONDS", default_value_t = 600)]
     pub lock_wait: u64,

@@ -5,6 +5,7 @@
 //! verb turns command-line flags into [`BackupOptions`] and prints the [`BackupReport`].
 
 mod commit;
+mod incremental;
 mod logical;
 mod physical;
 pub mod report;
@@ -38,6 +39,21 @@ pub struct BackupOptions {
     pub spread_checkpoint: bool,
     /// How long to wait for another backup of the cluster to release the lock.
     pub lock_wait: Duration,
+    /// Physical, `--method local`: full, or only what changed since a parent.
+    pub backup_type: BackupType,
+}
+
+/// What a physical backup copies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackupType {
+    /// Every file.
+    #[default]
+    Full,
+    /// The blocks changed since the last full backup.
+    Diff,
+    /// The blocks changed since the last physical backup, full or not.
+    Incr,
 }
 
 impl Default for BackupOptions {
@@ -53,6 +69,7 @@ impl Default for BackupOptions {
             jobs: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
             spread_checkpoint: false,
             lock_wait: Duration::ZERO,
+            backup_type: BackupType::Full,
         }
     }
 }
@@ -67,6 +84,13 @@ impl BackupOptions {
         if self.kind == BackupKind::Physical && !self.databases.is_empty() {
             return Err(usage!(
                 "--database is for logical backups; a physical backup copies the whole cluster"
+            ));
+        }
+        if self.backup_type != BackupType::Full
+            && (self.kind != BackupKind::Physical || self.method != PhysicalMethod::Local)
+        {
+            return Err(usage!(
+                "--type incr and --type diff are for physical backups with --method local (pgdr reads the changed blocks itself)"
             ));
         }
         self.jobs = self.jobs.max(1);

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use chrono::Utc;
 
 use super::commit::{commit, discard, fresh_label, new_manifest};
-use super::{BackupOptions, PhysicalBackupReport, interruptible};
+use super::{BackupOptions, BackupType, PhysicalBackupReport, interruptible};
 use crate::config::Config;
 use crate::pipeline::ObjectRecord;
 use crate::postgres::server::{self, BackupSession, BackupStop};
@@ -78,6 +78,14 @@ pub(super) async fn run(
         ));
     }
 
+    let parent = match opts.backup_type {
+        BackupType::Full => None,
+        other => Some(super::incremental::choose_parent(repo, &server, other).await?),
+    };
+    let geometry = match parent {
+        Some(_) => Some(super::incremental::geometry(&client).await?),
+        None => None,
+    };
     let jobs = opts.jobs;
     let label = fresh_label(repo, BackupKind::Physical).await?;
     let start_time = Utc::now();
@@ -87,19 +95,47 @@ pub(super) async fn run(
     let databases = server::databases(session.client()).await?;
     let catalog = super::read_catalogs(&target, &databases, Some(timeline)).await;
     let listing = crate::physical::listing_for(&data_dir)?;
-    let total: u64 = listing.files.iter().map(|f| f.size).sum();
+    let (to_copy, refs, incremental) = match (&parent, geometry) {
+        (Some(parent), Some(geometry)) => {
+            let start: Lsn = start_lsn.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+            let window = super::incremental::Window {
+                parent,
+                start_lsn: start,
+                timeline,
+                segment_size,
+            };
+            let changes = interruptible(super::incremental::changes_since(
+                config,
+                repo,
+                session.client(),
+                &window,
+            ))
+            .await;
+            let changes = match changes {
+                Ok(c) => c,
+                Err(e) => return Err(abandon(repo, session, &label, e).await),
+            };
+            let (plan, section) = super::incremental::plan(&listing, &window, &changes, geometry);
+            (plan.copy, plan.refs, Some(section))
+        }
+        _ => (listing.files.clone(), Vec::new(), None),
+    };
+    let total: u64 = to_copy.iter().map(|f| f.len.unwrap_or(f.size)).sum();
     let progress = Progress::start(Some(total));
     progress.set_message(format!("{label} ({jobs} workers)"));
     let copied = interruptible(crate::physical::copy_files(
         repo,
         &label,
-        &listing,
+        &to_copy,
         jobs,
         progress.counter(),
     ))
     .await;
     let outcome = match copied {
-        Ok(parts) => {
+        Ok((mut files, objects)) => {
+            files.extend(refs);
+            files.sort_by(|a, b| a.path.cmp(&b.path).then(a.file_offset.cmp(&b.file_offset)));
+            let parts = (files, objects);
             progress.set_message("waiting for WAL");
             finish_copy(
                 repo,
@@ -135,6 +171,7 @@ pub(super) async fn run(
         dirs: listing.dirs.clone(),
         tablespaces: listing.tablespaces.clone(),
         files,
+        incremental,
     };
     let manifest = Manifest {
         databases: Vec::new(),
@@ -146,6 +183,15 @@ pub(super) async fn run(
     };
     commit(repo, &manifest, opts.keep, lock).await?;
     Ok(PhysicalBackupReport::of(&manifest))
+}
+
+/// A backup that fails before its copy: the server's backup is stopped (best effort)
+/// and what was stored of it removed.
+async fn abandon(repo: &Repo, session: BackupSession, label: &BackupLabel, e: anyhow::Error) -> anyhow::Error {
+    if let Err(stop) = session.stop().await {
+        tracing::warn!("stopping the abandoned backup on the server: {stop:#}");
+    }
+    discard(repo, label, e).await
 }
 
 type CopyParts = (Vec<FileRecord>, Vec<ObjectRecord>, BackupStop, String, String);
@@ -261,6 +307,8 @@ async fn basebackup(
                 bundle: BASE_TAR.to_string(),
                 offset: 0,
                 file_offset: 0,
+                backup: None,
+                ranges: None,
             })
             .collect();
         anyhow::Ok(PhysicalInfo {
@@ -277,6 +325,7 @@ async fn basebackup(
             tablespaces: Vec::new(),
             files,
             xmin_before,
+            incremental: None,
         })
     }
     .await;

@@ -107,6 +107,12 @@ pub struct PhysicalBackupReport {
     /// Only for pgdr's own copy (pg_basebackup's time is its own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seconds: Option<f64>,
+    /// `full` or `incr`.
+    #[serde(default)]
+    pub backup_type: String,
+    /// An incremental: its parent, chain, and what it took from where.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incremental: Option<crate::repo::manifest::Incremental>,
 }
 
 impl PhysicalBackupReport {
@@ -129,12 +135,32 @@ impl PhysicalBackupReport {
             wal_start: info.wal_start.clone(),
             wal_stop: info.wal_stop.clone(),
             seconds: (!basebackup).then_some(elapsed.as_secs_f64()),
+            backup_type: info.backup_type().to_string(),
+            incremental: info.incremental.clone(),
         }
     }
 }
 
 impl fmt::Display for PhysicalBackupReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(i) = &self.incremental {
+            let whole: Vec<String> = i.whole_files.iter().map(|(why, n)| format!("{n} {why}")).collect();
+            writeln!(
+                f,
+                "incremental on {} (WAL {} .. {}): {} changed block(s) stored, {} referred to in {}; files stored whole: {}",
+                i.parent,
+                i.wal_from,
+                i.wal_to,
+                i.changed_blocks,
+                human_bytes(i.referenced_bytes),
+                i.chain.join(", "),
+                if whole.is_empty() {
+                    "none".to_string()
+                } else {
+                    whole.join(", ")
+                }
+            )?;
+        }
         match self.seconds {
             Some(secs) => write!(
                 f,

@@ -100,6 +100,7 @@ pub async fn run(config: &Config, opts: &CheckOptions) -> CheckReport {
     disk::checks(config, &mut report);
     if let Some(storage) = &storage {
         orphans::checks(config, storage, opts.clean_orphans, &mut report).await;
+        chains(config, &mut report).await;
         copies(config, storage, &mut report).await;
     }
     if server_info.is_some() {
@@ -140,6 +141,51 @@ async fn primary(config: &Config, report: &mut CheckReport) {
         ),
         // The repository or server lines above already say what failed.
         Err(e) => tracing::debug!("primary check skipped: {e:#}"),
+    }
+}
+
+/// Every incremental backup's chain is whole: each older backup it refers to is in
+/// the repository and readable.
+async fn chains(config: &Config, report: &mut CheckReport) {
+    let Ok(repo) = crate::repo::Repo::open(config).await else {
+        return; // the repository lines above say why
+    };
+    let Ok(manifests) = repo.manifests().await else {
+        return;
+    };
+    let mut incrementals = 0;
+    let mut broken = Vec::new();
+    for m in &manifests {
+        let Some(p) = &m.physical else { continue };
+        if p.incremental.is_none() {
+            continue;
+        }
+        incrementals += 1;
+        let missing: Vec<&str> = p
+            .chain()
+            .iter()
+            .filter(|l| !manifests.iter().any(|o| o.label.as_str() == l.as_str()))
+            .map(|l| l.as_str())
+            .collect();
+        if !missing.is_empty() {
+            broken.push(format!("{} needs {}", m.label, missing.join(", ")));
+        }
+    }
+    if !broken.is_empty() {
+        report.add(
+            Status::Fail,
+            "chains",
+            format!(
+                "incremental backup(s) with a broken chain, which cannot be restored: {} — the missing backups are gone or their manifests unreadable; take a full backup (pgdr backup --kind physical --type full)",
+                broken.join("; ")
+            ),
+        );
+    } else if incrementals > 0 {
+        report.add(
+            Status::Ok,
+            "chains",
+            format!("{incrementals} incremental backup(s), every chain whole"),
+        );
     }
 }
 

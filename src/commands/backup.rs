@@ -19,6 +19,7 @@ pub async fn run(ctx: &Ctx, args: BackupArgs) -> Result<Exit> {
         jobs: args.jobs.unwrap_or(BackupOptions::default().jobs),
         spread_checkpoint: args.spread_checkpoint,
         lock_wait: Duration::from_secs(args.lock_wait),
+        backup_type: args.backup_type,
     }
     .validate()?;
     let report = backup::run(&ctx.config, &opts).await?;

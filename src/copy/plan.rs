@@ -19,8 +19,9 @@ pub(super) struct Primary {
     /// The stored size of every object under backups/.
     sizes: HashMap<ObjectKey, u64>,
     scan: catalog::Scan,
-    /// `--backup`: the one backup to copy; `None`: every backup.
-    wanted: Option<BackupLabel>,
+    /// `--backup`: the one backup to copy, with the older backups an incremental
+    /// refers to (a copy is never missing a parent); `None`: every backup.
+    wanted: Option<Vec<BackupLabel>>,
     /// WAL and history files, in archive order.
     pub(super) wal: Vec<ObjectMeta>,
     /// Timeline declarations (primary and abandoned).
@@ -35,11 +36,22 @@ pub(super) async fn list_primary(source: &Repo, backup: Option<&str>) -> Result<
     let backup_listing = source.storage.list(layout::BACKUPS).await?;
     let sizes: HashMap<ObjectKey, u64> = backup_listing.iter().map(|m| (m.key.clone(), m.size)).collect();
     let scan = catalog::scan_listing(backup_listing);
-    let wanted: Option<BackupLabel> = match backup {
+    let wanted: Option<Vec<BackupLabel>> = match backup {
         None => None,
         Some(selector) => {
             let manifests = source.manifests().await?;
-            Some(catalog::resolve(&manifests, selector, None)?.label.clone())
+            let chosen = catalog::resolve(&manifests, selector, None)?;
+            let mut labels = vec![chosen.label.clone()];
+            for older in chosen.physical.as_ref().map(|p| p.chain()).unwrap_or_default() {
+                let found = manifests.iter().find(|m| m.label.as_str() == older).ok_or_else(|| {
+                    anyhow!(
+                        "{} is an incremental backup and needs {older}, which is missing from the primary — its chain is broken; nothing was copied",
+                        chosen.label
+                    )
+                })?;
+                labels.push(found.label.clone());
+            }
+            Some(labels)
         }
     };
     let wal = wal_listing(&source.storage).await?;
@@ -130,7 +142,7 @@ pub(super) async fn plan(
     let mut labels = primary.scan.complete.clone();
     labels.sort();
     for label in labels {
-        if primary.wanted.as_ref().is_some_and(|w| *w != label) {
+        if primary.wanted.as_ref().is_some_and(|w| !w.contains(&label)) {
             continue;
         }
         plan.add_backup(source, primary, have, rekeyed, label).await?;

@@ -60,6 +60,8 @@ impl BundleSource {
                 bundle: self.bundle.clone(),
                 offset: cur.offset,
                 file_offset: cur.entry.start,
+                backup: None,
+                ranges: None,
             });
         }
     }
@@ -132,6 +134,9 @@ pub struct BundleSink {
     open: Option<(File, Sha256, u64)>,
     pub written_bytes: u64,
     pub written_files: u64,
+    /// The targets are some of the bundle's files (an incremental takes a few from an
+    /// older backup's bundle): bytes after the last one are read past.
+    partial: bool,
 }
 
 impl BundleSink {
@@ -144,7 +149,15 @@ impl BundleSink {
             open: None,
             written_bytes: 0,
             written_files: 0,
+            partial: false,
         }
+    }
+
+    /// A sink for some of a bundle's files: what follows the last one is not checked
+    /// against the targets (the object as a whole is authenticated as it is read).
+    pub fn partial(mut self) -> BundleSink {
+        self.partial = true;
+        self
     }
 
     fn start(&mut self) -> io::Result<()> {
@@ -154,17 +167,13 @@ impl BundleSink {
             return Ok(());
         }
         // Files were created at their full size beforehand; pieces land at their offsets.
-        let mut file = OpenOptions::new()
+        let file = OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(false)
             .mode(t.record.mode.max(0o600))
             .open(&t.dest)
             .map_err(|e| io::Error::new(e.kind(), format!("cannot write {}: {e}", t.dest.display())))?;
-        if t.record.file_offset > 0 {
-            use std::io::Seek;
-            file.seek(io::SeekFrom::Start(t.record.file_offset))?;
-        }
         self.open = Some((file, Sha256::new(), 0));
         Ok(())
     }
@@ -231,6 +240,10 @@ impl Write for BundleSink {
         while !buf.is_empty() {
             self.settle()?;
             if self.index >= self.targets.len() {
+                if self.partial {
+                    self.pos += buf.len() as u64;
+                    return Ok(len);
+                }
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
                     "bundle holds more data than its manifest says",
@@ -251,10 +264,20 @@ impl Write for BundleSink {
             let end = t.record.offset + t.record.size;
             let take = ((end - self.pos) as usize).min(buf.len());
             if let Some((file, hasher, written)) = &mut self.open {
-                file.write_all(&buf[..take])?;
+                // Where these bytes go in the file; of a referenced entry, only the
+                // ranges the backup takes from it (the rest is newer elsewhere).
+                use std::os::unix::fs::FileExt;
+                let at = t.record.file_offset + (self.pos - t.record.offset);
+                let chunk = [at, at + take as u64];
+                for [a, b] in t.record.writes() {
+                    let (a, b) = (a.max(chunk[0]), b.min(chunk[1]));
+                    if a < b {
+                        file.write_all_at(&buf[(a - at) as usize..(b - at) as usize], a)?;
+                        self.written_bytes += b - a;
+                    }
+                }
                 hasher.update(&buf[..take]);
                 *written += take as u64;
-                self.written_bytes += take as u64;
             }
             self.pos += take as u64;
             buf = &buf[take..];

@@ -5,6 +5,7 @@
 
 pub mod basebackup;
 pub mod bundle;
+pub mod incremental;
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
@@ -28,21 +29,23 @@ const BUNDLE_SIZE: u64 = 64 << 20;
 /// Files larger than this are stored as pieces of this size.
 const PIECE_SIZE: u64 = 64 << 20;
 
-/// Copy the listed files into bundles under `label`, `jobs` at a time.
+/// Copy the listed files (or parts of files) into bundles under `label`, `jobs` at a
+/// time.
 pub async fn copy_files(
     repo: &Repo,
     label: &crate::repo::BackupLabel,
-    listing: &Listing,
+    listed: &[FileToCopy],
     jobs: usize,
     progress: Arc<AtomicU64>,
 ) -> Result<(Vec<FileRecord>, Vec<ObjectRecord>)> {
     // Large files go as pieces, so one big relation does not serialise the backup
     // (or the restore) behind a single worker. Largest first: small files fill the
     // last bundles.
-    let mut files = Vec::with_capacity(listing.files.len());
-    for f in &listing.files {
-        let mut start = 0;
-        while f.size > start + PIECE_SIZE {
+    let mut files = Vec::with_capacity(listed.len());
+    for f in listed {
+        let end = f.len.map(|len| f.start + len);
+        let mut start = f.start;
+        while end.unwrap_or(f.size).saturating_sub(start) > PIECE_SIZE {
             files.push(FileToCopy {
                 start,
                 len: Some(PIECE_SIZE),
@@ -53,8 +56,8 @@ pub async fn copy_files(
         }
         files.push(FileToCopy {
             start,
-            len: None,
-            size: f.size - start,
+            len: end.map(|e| e - start),
+            size: end.unwrap_or(f.size).saturating_sub(start),
             ..f.clone()
         });
     }
@@ -236,6 +239,39 @@ pub fn validate_paths(info: &PhysicalInfo) -> Result<()> {
     }
     for f in &info.files {
         check(&f.path)?;
+        check_reference(info, f)?;
+    }
+    Ok(())
+}
+
+/// A record that refers to an older backup names one of the chain, and takes sorted,
+/// disjoint ranges from inside its entry.
+fn check_reference(info: &PhysicalInfo, f: &FileRecord) -> Result<()> {
+    let damaged = |what: &str| {
+        anyhow!(
+            "the manifest's entry for {} {what} — it is damaged or was tampered with; nothing was written",
+            f.path
+        )
+    };
+    if f.file_offset.checked_add(f.size).is_none() {
+        return Err(damaged("has an impossible size"));
+    }
+    if let Some(from) = &f.backup
+        && !info.chain().contains(from)
+    {
+        return Err(damaged(&format!("refers to backup {from}, which is not in its chain")));
+    }
+    if let Some(ranges) = &f.ranges {
+        if f.backup.is_none() {
+            return Err(damaged("has ranges but refers to no older backup"));
+        }
+        let mut at = f.file_offset;
+        for [a, b] in ranges {
+            if *a < at || a >= b || *b > f.file_offset + f.size {
+                return Err(damaged("takes a range outside its entry"));
+            }
+            at = *b;
+        }
     }
     Ok(())
 }
@@ -261,12 +297,16 @@ pub struct RestoreStats {
 pub async fn restore_files(
     repo: &Repo,
     manifest: &crate::repo::Manifest,
-    info: &PhysicalInfo,
+    chain: &[crate::repo::Manifest],
     placement: &Placement,
     jobs: usize,
     delta: bool,
     progress: Arc<AtomicU64>,
 ) -> Result<RestoreStats> {
+    let info = manifest
+        .physical
+        .as_ref()
+        .ok_or_else(|| anyhow!("{} is not a physical backup", manifest.label))?;
     validate_paths(info)?;
     let mut stats = RestoreStats::default();
     for dir in &info.dirs {
@@ -296,7 +336,9 @@ pub async fn restore_files(
 
     // Decide what to write (delta: pieces already identical on disk are skipped),
     // then give every file its final size, so pieces can land in parallel.
-    let mut by_bundle: BTreeMap<&str, Vec<Target>> = BTreeMap::new();
+    // Keyed by the backup that holds the bundle: an incremental's own, or an older
+    // one of its chain.
+    let mut by_bundle: BTreeMap<(&str, &str), Vec<Target>> = BTreeMap::new();
     let mut sizes: BTreeMap<&str, (u64, u32)> = BTreeMap::new();
     for record in &info.files {
         let dest = placement.dest(&record.path);
@@ -306,12 +348,16 @@ pub async fn restore_files(
             stats.files_unchanged += 1;
         }
         let entry = sizes.entry(record.path.as_str()).or_insert((0, record.mode));
-        entry.0 = entry.0.max(record.file_offset + record.size);
-        by_bundle.entry(record.bundle.as_str()).or_default().push(Target {
-            record: record.clone(),
-            dest,
-            skip,
-        });
+        entry.0 = entry.0.max(record.end());
+        let holder = record.backup.as_deref().unwrap_or(manifest.label.as_str());
+        by_bundle
+            .entry((holder, record.bundle.as_str()))
+            .or_default()
+            .push(Target {
+                record: record.clone(),
+                dest,
+                skip,
+            });
     }
     for (path, (size, mode)) in &sizes {
         use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -334,17 +380,27 @@ pub async fn restore_files(
         }
     }
     let mut queue = VecDeque::new();
-    for (name, mut targets) in by_bundle {
+    for ((holder, name), mut targets) in by_bundle {
         if targets.iter().all(|t| t.skip) {
             stats.bundles_skipped += 1;
             continue;
         }
         targets.sort_by_key(|t| t.record.offset);
-        let object = manifest
+        let owner = if holder == manifest.label.as_str() {
+            manifest
+        } else {
+            chain.iter().find(|m| m.label.as_str() == holder).ok_or_else(|| {
+                anyhow!(
+                    "{} refers to backup {holder}, which is not in the repository — its chain is broken",
+                    manifest.label
+                )
+            })?
+        };
+        let object = owner
             .object(name)
-            .ok_or_else(|| anyhow!("the manifest of {} lists no bundle {name}", manifest.label))?
+            .ok_or_else(|| anyhow!("the manifest of {} lists no bundle {name}", owner.label))?
             .clone();
-        queue.push_back((object, targets));
+        queue.push_back((owner.label.clone(), object, targets));
     }
     let queue = Arc::new(Mutex::new(queue));
     let workers = (0..jobs.max(1)).map(|_| {
@@ -353,11 +409,15 @@ pub async fn restore_files(
         async move {
             let mut written = (0u64, 0u64);
             loop {
-                let Some((object, targets)) = queue.lock().expect("queue lock").pop_front() else {
+                let Some((owner, object, targets)) = queue.lock().expect("queue lock").pop_front() else {
                     break;
                 };
-                let key = layout::backup_object(&manifest.label, &object.name)?;
-                let sink = BundleSink::new(targets);
+                let key = layout::backup_object(&owner, &object.name)?;
+                let sink = if owner == manifest.label {
+                    BundleSink::new(targets)
+                } else {
+                    BundleSink::new(targets).partial()
+                };
                 let (sink, _, _) = pipeline::load_to_writer(
                     &repo.storage,
                     &key,

@@ -34,6 +34,17 @@ pub struct BackupEntry {
     /// Physical backups: the WAL a restore of it needs at the least.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wal: Option<WalSpan>,
+    /// Physical backups: `full`, or `incr` for one that refers to older backups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_type: Option<String>,
+    /// An incremental's parent, and every backup it needs (the full one first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chain: Vec<String>,
+    /// Backups of the chain that are not in the repository: it cannot be restored.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chain_missing: Vec<String>,
 }
 
 /// A physical backup's WAL: from its start to its stop, as LSNs and segments.
@@ -134,6 +145,23 @@ pub async fn read(repo: &Repo) -> Result<Inventory> {
                     start_segment: p.wal_start.clone(),
                     stop_segment: p.wal_stop.clone(),
                 }),
+                backup_type: m.physical.as_ref().map(|p| p.backup_type().to_string()),
+                parent: m
+                    .physical
+                    .as_ref()
+                    .and_then(|p| p.incremental.as_ref().map(|i| i.parent.clone())),
+                chain: m.physical.as_ref().map(|p| p.chain().to_vec()).unwrap_or_default(),
+                chain_missing: m
+                    .physical
+                    .as_ref()
+                    .map(|p| {
+                        p.chain()
+                            .iter()
+                            .filter(|l| !manifests.iter().any(|o| o.label.as_str() == l.as_str()))
+                            .cloned()
+                            .collect()
+                    })
+                    .unwrap_or_default(),
             }))
         })
         .chain(damaged.into_iter().map(|d| Entry::Damaged {
@@ -206,6 +234,21 @@ impl fmt::Display for Inventory {
                 dbs,
                 tags.join(",")
             ));
+            if let Some(parent) = &b.parent {
+                lines.push(format!(
+                    "{:<20} incremental on {parent}; needs {}{}",
+                    "",
+                    b.chain.join(", "),
+                    if b.chain_missing.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            " — CHAIN BROKEN: {} missing, it cannot be restored",
+                            b.chain_missing.join(", ")
+                        )
+                    }
+                ));
+            }
             if let Some(w) = &b.wal {
                 lines.push(format!(
                     "{:<20} WAL {} ({}) .. {} ({}), timeline {}",

@@ -67,6 +67,41 @@ pub struct PhysicalInfo {
     /// and a recovery from it cannot stop there (`--target-xid`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub xmin_before: Option<u64>,
+    /// An incremental backup: its parent and what it took from the WAL between them.
+    /// `None`: a full backup, which needs no other.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incremental: Option<Incremental>,
+}
+
+/// What makes a backup incremental (docs/FORMAT.md, "Incremental backups").
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Incremental {
+    /// The backup this one was taken against.
+    pub parent: String,
+    /// Every older backup whose bundles this one's files refer to, the full one
+    /// first: a restore, copy or retention of this backup needs all of them.
+    pub chain: Vec<String>,
+    /// The WAL read for changed blocks: from the parent's start to this backup's.
+    pub wal_from: Lsn,
+    pub wal_to: Lsn,
+    /// Blocks the WAL named in files this backup stores in part.
+    pub changed_blocks: u64,
+    /// Files stored whole, and why, counted by reason (new, truncated, fsm/vm, …).
+    pub whole_files: std::collections::BTreeMap<String, u64>,
+    /// Bytes referred to in older backups instead of stored again.
+    pub referenced_bytes: u64,
+}
+
+impl PhysicalInfo {
+    /// `full` or `incr`.
+    pub fn backup_type(&self) -> &'static str {
+        if self.incremental.is_some() { "incr" } else { "full" }
+    }
+
+    /// The backups this one needs besides itself, the full one first.
+    pub fn chain(&self) -> &[String] {
+        self.incremental.as_ref().map_or(&[], |i| i.chain.as_slice())
+    }
 }
 
 impl PhysicalInfo {
@@ -107,6 +142,34 @@ pub struct FileRecord {
     /// (records with the same path), so that they copy and restore in parallel.
     #[serde(default)]
     pub file_offset: u64,
+    /// An incremental backup's reference to an entry stored by an older backup of its
+    /// chain: that backup's label (its bundle `bundle` holds the entry). `None`: this
+    /// backup's own bundle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<String>,
+    /// Of a referenced entry, the byte ranges of the file (`[start, end)`, in file
+    /// positions, sorted, inside the entry) that this backup takes from it; the rest
+    /// of the entry is older than a block this backup stores itself. `None`: all of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ranges: Option<Vec<[u64; 2]>>,
+}
+
+impl FileRecord {
+    /// The file positions this record lays down.
+    pub fn writes(&self) -> Vec<[u64; 2]> {
+        match &self.ranges {
+            Some(r) => r.clone(),
+            None => vec![[self.file_offset, self.file_offset + self.size]],
+        }
+    }
+
+    /// The end of what this record lays down: the file is at least this long.
+    pub fn end(&self) -> u64 {
+        match &self.ranges {
+            Some(r) => r.last().map_or(self.file_offset, |r| r[1]),
+            None => self.file_offset + self.size,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -192,6 +255,7 @@ pub(crate) mod test_support {
                 tablespaces: vec![],
                 files: vec![],
                 xmin_before: None,
+                incremental: None,
             }),
             catalog: vec![],
         }

@@ -7,6 +7,8 @@
 //!   WAL-G delete its newest backups when it sorted by name, wal-g#636);
 //! - the newest valid backup of each kind, and backups marked keep, always stay;
 //! - a backup stays while it is among the newest `*_count` or younger than `*_days`;
+//!   for physical backups `full_count` counts chains (a full backup and the
+//!   incrementals taken on it), and whatever a kept incremental refers to stays;
 //! - WAL stays from the start of the newest backup that began before the `wal_days`
 //!   window (so any point inside the window can be reached), and every retained
 //!   backup keeps the WAL it needs to become consistent; timeline history files stay.
@@ -57,11 +59,26 @@ pub fn plan(
     let mut plan = Plan::default();
     let mut by_time: Vec<&Manifest> = manifests.iter().collect();
     by_time.sort_by(|a, b| b.start_time.cmp(&a.start_time).then_with(|| b.label.cmp(&a.label)));
+    // Physical `*_count` counts chains: a full backup and the incrementals on it.
+    let root_of = |m: &Manifest| -> Option<String> { m.physical.as_ref().and_then(|p| p.chain().first().cloned()) };
     for kind in [BackupKind::Physical, BackupKind::Logical] {
         let (days, count) = kind_rules(cfg, kind);
-        for (rank, m) in by_time.iter().filter(|m| m.kind == kind).enumerate() {
+        let mut chains = 0usize;
+        for (newest, m) in by_time.iter().filter(|m| m.kind == kind).enumerate() {
             let age = now - m.start_time;
-            let (keep, reason) = if rank == 0 {
+            let rank = match root_of(m) {
+                None => {
+                    chains += 1;
+                    chains - 1
+                }
+                // Newer than its full: ranked with it (usize::MAX: its full is gone).
+                Some(root) => by_time
+                    .iter()
+                    .filter(|o| o.kind == kind && root_of(o).is_none())
+                    .position(|o| o.label.as_str() == root)
+                    .unwrap_or(usize::MAX),
+            };
+            let (keep, reason) = if newest == 0 {
                 (true, "the newest backup of its kind is always kept".to_string())
             } else if keep_marks.contains(&m.label) {
                 (true, "marked keep".to_string())
@@ -69,7 +86,7 @@ pub fn plan(
                 (true, why.clone())
             } else if days.is_none() && count.is_none() {
                 (true, format!("no retention set for {kind} backups"))
-            } else if count.is_some_and(|c| (rank as u32) < c) {
+            } else if count.is_some_and(|c| (rank as u64) < c as u64) {
                 (true, format!("among the newest {}", count.unwrap_or(0)))
             } else if days.is_some_and(|d| age < Duration::days(d as i64)) {
                 (true, format!("younger than {} days", days.unwrap_or(0)))
@@ -89,6 +106,24 @@ pub fn plan(
                 keep,
                 reason,
             });
+        }
+    }
+    // Whatever a kept incremental refers to stays with it.
+    let needs: Vec<(BackupLabel, Vec<String>)> = manifests
+        .iter()
+        .filter(|m| plan.backups.iter().any(|d| d.label == m.label && d.keep))
+        .filter_map(|m| m.physical.as_ref().map(|p| (m.label.clone(), p.chain().to_vec())))
+        .collect();
+    for (by, chain) in needs {
+        for d in plan
+            .backups
+            .iter_mut()
+            .filter(|d| chain.iter().any(|l| l == d.label.as_str()))
+        {
+            if !d.keep {
+                d.keep = true;
+                d.reason = format!("the incremental {by} needs it");
+            }
         }
     }
 

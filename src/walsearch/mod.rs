@@ -450,6 +450,7 @@ pub async fn search(config: &Config, opts: &SearchOptions) -> Result<SearchRepor
         keys: &repo.keys,
         pg_waldump: tool,
         work: work.path(),
+        rmgrs: stream::SEARCH_RMGRS,
     };
     let mut events = Vec::new();
     let scanned = reader
@@ -555,6 +556,7 @@ pub async fn restore_points(config: &Config, timeline: Option<TimelineId>) -> Re
         keys: &repo.keys,
         pg_waldump: tool,
         work: work.path(),
+        rmgrs: stream::SEARCH_RMGRS,
     };
     let seg = base.segment_size;
     let mut points = Vec::new();

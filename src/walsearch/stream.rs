@@ -34,6 +34,9 @@ pub struct Plan {
     pub segment_size: u64,
 }
 
+/// The resource managers wal-search reads (the others only cost parsing time).
+pub const SEARCH_RMGRS: &[&str] = &["Transaction", "Storage", "Heap", "Heap2", "XLOG"];
+
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct Scanned {
     pub segments: usize,
@@ -48,26 +51,42 @@ pub struct Reader<'a> {
     pub keys: &'a Keyring,
     pub pg_waldump: PathBuf,
     pub work: &'a Path,
+    /// Only records of these resource managers (empty: all of them).
+    pub rmgrs: &'a [&'a str],
 }
 
 impl Reader<'_> {
     /// Read every record of the plan, in order, into `feed`. The next batch is
     /// fetched while pg_waldump reads this one.
     pub async fn scan(&self, plan: &Plan, mut feed: impl FnMut(Lsn, Record, &Path)) -> Result<Scanned> {
+        self.scan_lines(plan, |lsn, line| {
+            if let Some(record) = waldump::parse(line) {
+                let file = self.local(plan, lsn.0 / plan.segment_size);
+                feed(lsn, record, &file);
+            }
+        })
+        .await
+    }
+
+    /// Where segment `number` of the plan is read from.
+    fn local(&self, plan: &Plan, number: u64) -> PathBuf {
+        self.work.join(
+            Segment {
+                timeline: plan.timeline,
+                number,
+            }
+            .name(plan.segment_size),
+        )
+    }
+
+    /// Every record line pg_waldump prints for the plan, in order, once each.
+    pub async fn scan_lines(&self, plan: &Plan, mut feed: impl FnMut(Lsn, &str)) -> Result<Scanned> {
         let mut scanned = Scanned::default();
         let n = plan.files.len();
         if n == 0 {
             return Ok(scanned);
         }
-        let local = |number: u64| {
-            self.work.join(
-                Segment {
-                    timeline: plan.timeline,
-                    number,
-                }
-                .name(plan.segment_size),
-            )
-        };
+        let local = |number: u64| self.local(plan, number);
         let batch_end = |i: usize| (i + BATCH - 1).min(n - 1);
         let wanted = |from: usize, to: usize| -> Vec<(String, PathBuf)> {
             plan.files[from..=to]
@@ -113,20 +132,27 @@ impl Reader<'_> {
             };
             let end = seg_start(last + 1);
             let read = tokio::task::block_in_place(|| {
-                run_waldump(&self.pg_waldump, self.work, plan.timeline, start, end, |line| {
-                    let Some(lsn) = waldump::lsn_of(line) else {
-                        return;
-                    };
-                    if lsn <= last_seen {
-                        return;
-                    }
-                    last_seen = lsn;
-                    scanned.records += 1;
-                    if let Some(record) = waldump::parse(line) {
-                        let file = local(lsn.0 / plan.segment_size);
-                        feed(lsn, record, &file);
-                    }
-                })
+                if start >= end {
+                    return Ok(());
+                }
+                run_waldump(
+                    &self.pg_waldump,
+                    self.work,
+                    plan.timeline,
+                    self.rmgrs,
+                    (start, end),
+                    |line| {
+                        let Some(lsn) = waldump::lsn_of(line) else {
+                            return;
+                        };
+                        if lsn <= last_seen {
+                            return;
+                        }
+                        last_seen = lsn;
+                        scanned.records += 1;
+                        feed(lsn, line);
+                    },
+                )
             });
             for (_, number) in &plan.files[i..j] {
                 let _ = std::fs::remove_file(local(*number));
@@ -190,8 +216,8 @@ fn run_waldump(
     tool: &Path,
     dir: &Path,
     tli: TimelineId,
-    start: Lsn,
-    end: Lsn,
+    rmgrs: &[&str],
+    (start, end): (Lsn, Lsn),
     mut line: impl FnMut(&str),
 ) -> Result<()> {
     let mut cmd = Command::new(tool);
@@ -200,7 +226,7 @@ fn run_waldump(
         .arg(format!("--timeline={tli}"))
         .arg(format!("--start={start}"))
         .arg(format!("--end={end}"));
-    for rmgr in ["Transaction", "Storage", "Heap", "Heap2", "XLOG"] {
+    for rmgr in rmgrs {
         cmd.arg(format!("--rmgr={rmgr}"));
     }
     // Commit times in UTC; nothing else of pgdr's environment is needed.

@@ -110,7 +110,16 @@ async fn lay_files(
     progress.set_message(format!("{} → {}", manifest.label, dir.display()));
     let stats = match info.method {
         PhysicalMethod::Local => {
-            physical::restore_files(repo, manifest, info, placement, opts.jobs, delta, progress.counter()).await
+            physical::restore_files(
+                repo,
+                manifest,
+                &plan.chain,
+                placement,
+                opts.jobs,
+                delta,
+                progress.counter(),
+            )
+            .await
         }
         PhysicalMethod::Basebackup => {
             let tools = PgTools::locate(config.postgres.bin_dir.as_deref())?;

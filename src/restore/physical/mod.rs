@@ -121,6 +121,9 @@ pub fn parse_tablespace_map(raw: &[String]) -> Result<BTreeMap<String, PathBuf>>
 pub struct RestorePlan {
     repo: Repo,
     pub manifest: Manifest,
+    /// The older backups an incremental refers to, the full one first (empty for a
+    /// full backup).
+    pub chain: Vec<Manifest>,
     /// The directory holds an interrupted restore: rewrite what differs.
     pub resume: bool,
     /// The last archived segment of the checked chain.
@@ -151,8 +154,14 @@ impl RestorePlan {
 
     /// One line for a plan a DBA confirms: the backup, what is laid down, the WAL.
     pub fn headline(&self) -> String {
+        let chain = if self.chain.is_empty() {
+            String::new()
+        } else {
+            let labels: Vec<&str> = self.chain.iter().map(|m| m.label.as_str()).collect();
+            format!("incremental, with blocks from {}; ", labels.join(", "))
+        };
         format!(
-            "backup {} ({} to lay down), WAL {} … {} from the archive ({} segments)",
+            "backup {} ({chain}{} to lay down), WAL {} … {} from the archive ({} segments)",
             self.manifest.label,
             crate::progress::human_bytes(self.bytes),
             self.wal_from(),
@@ -295,6 +304,89 @@ fn is_empty_dir(path: &Path) -> Result<bool> {
     }
 }
 
+/// The manifests of the backups `manifest` refers to, the full one first; a missing
+/// one is a broken chain, named before anything is written.
+pub fn chain_of(manifest: &Manifest, manifests: &[Manifest]) -> Result<Vec<Manifest>> {
+    let Some(info) = &manifest.physical else {
+        return Ok(Vec::new());
+    };
+    info.chain()
+        .iter()
+        .map(|label| {
+            let found = manifests.iter().find(|m| m.label.as_str() == label);
+            match found {
+                Some(m) if m.system_identifier == manifest.system_identifier && m.physical.is_some() => Ok(m.clone()),
+                Some(_) => Err(anyhow!(
+                    "{} refers to backup {label}, which is not a physical backup of the same cluster — the repository is damaged",
+                    manifest.label
+                )),
+                None => Err(usage!(
+                    "{} is an incremental backup and needs {label}, which is missing or unreadable — its chain is broken: restore an older backup (pgdr list shows each one's chain) or run pgdr check",
+                    manifest.label
+                )),
+            }
+        })
+        .collect()
+}
+
+/// Every bundle the restore reads is in the repository at its recorded size: a
+/// missing one (an incremental's parent damaged, say) is named before anything is
+/// written. Its contents are checked as it is read.
+async fn bundles_present(repo: &Repo, manifest: &Manifest, chain: &[Manifest]) -> Result<()> {
+    use futures::stream::{self, StreamExt, TryStreamExt};
+    let info = manifest.physical.as_ref().expect("physical");
+    let mut wanted: Vec<(&Manifest, &str)> = Vec::new();
+    for f in &info.files {
+        let owner = match &f.backup {
+            None => manifest,
+            Some(label) => chain
+                .iter()
+                .find(|m| m.label.as_str() == label)
+                .ok_or_else(|| anyhow!("{} refers to backup {label}, which is not in its chain", manifest.label))?,
+        };
+        if !wanted.iter().any(|(m, b)| m.label == owner.label && *b == f.bundle) {
+            wanted.push((owner, f.bundle.as_str()));
+        }
+    }
+    stream::iter(wanted)
+        .map(|(owner, name)| async move {
+            let object = owner
+                .object(name)
+                .ok_or_else(|| anyhow!("the manifest of {} lists no bundle {name}", owner.label))?;
+            let key = crate::repo::layout::backup_object(&owner.label, name)?;
+            match repo.storage.head(&key).await? {
+                Some(meta) if meta.size == object.stored.size => Ok(()),
+                Some(meta) => Err(anyhow!(
+                    "bundle {name} of backup {} is {} bytes in the repository, and its manifest says {} — it is damaged; nothing was written{}",
+                    owner.label,
+                    meta.size,
+                    object.stored.size,
+                    chain_hint(manifest, owner)
+                )),
+                None => Err(anyhow!(
+                    "bundle {name} of backup {} is missing from the repository; nothing was written{}",
+                    owner.label,
+                    chain_hint(manifest, owner)
+                )),
+            }
+        })
+        .buffer_unordered(16)
+        .try_collect::<Vec<()>>()
+        .await?;
+    Ok(())
+}
+
+fn chain_hint(manifest: &Manifest, owner: &Manifest) -> String {
+    if owner.label == manifest.label {
+        String::new()
+    } else {
+        format!(
+            " ({} is an incremental and takes blocks from it: its chain is broken — restore an older backup)",
+            manifest.label
+        )
+    }
+}
+
 /// Decide and check everything; write nothing.
 pub async fn plan(config: &Config, opts: &PhysicalRestoreOptions) -> Result<RestorePlan> {
     let restore_command = restore_command(config)?;
@@ -316,6 +408,10 @@ pub async fn plan(config: &Config, opts: &PhysicalRestoreOptions) -> Result<Rest
         .physical
         .as_ref()
         .ok_or_else(|| anyhow!("{} has no physical section", manifest.label))?;
+    let chain = chain_of(&manifest, &manifests)?;
+    if info.method == PhysicalMethod::Local {
+        bundles_present(&repo, &manifest, &chain).await?;
+    }
     if opts.delta && info.method == PhysicalMethod::Basebackup {
         return Err(usage!(
             "--delta is not available for {}, which was taken with --method basebackup — restore into an empty directory",
@@ -395,10 +491,15 @@ pub async fn plan(config: &Config, opts: &PhysicalRestoreOptions) -> Result<Rest
     } else {
         choice.followed.to_string()
     };
-    let bytes = info.files.iter().map(|f| f.size).sum();
+    let bytes = info
+        .files
+        .iter()
+        .map(|f| f.writes().iter().map(|[a, b]| b - a).sum::<u64>())
+        .sum();
     Ok(RestorePlan {
         repo,
         manifest,
+        chain,
         resume,
         chain_end,
         timeline: choice,

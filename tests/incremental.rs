@@ -1,0 +1,450 @@
+//! Incremental physical backups (`--type incr|diff`): chains of a full backup and
+//! incrementals with real traffic in between, restored to each backup and to a time
+//! between two, compared by content hash and checked with pg_amcheck; a full and an
+//! incremental of the same moment compared file by file; a broken chain, a WAL gap,
+//! a killed incremental and retention beside a chain.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+/// Content hashes of every database but the templates, by database.
+fn all_hashes(port: u16) -> BTreeMap<String, Vec<String>> {
+    let out = psql_at(
+        port,
+        "postgres",
+        "SELECT datname FROM pg_database WHERE NOT datistemplate ORDER BY 1",
+    );
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|db| (db.to_string(), content_hashes_at(port, db)))
+        .collect()
+}
+
+fn amcheck(port: u16) {
+    let out = Command::new(pg_bin().join("pg_amcheck"))
+        .args(["-h", "127.0.0.1", "-U", "postgres", "-p", &port.to_string()])
+        .args(["--all", "--install-missing", "--heapallindexed"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "pg_amcheck on the restored copy: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn backup(a: &Archiving, kind: &str) -> serde_json::Value {
+    let out = a.pgdr.ok(&["backup", "--kind", "physical", "--type", kind, "--json"]);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+/// Restore `label` (to its own end, or to `time`) and start it; the data compared
+/// against `expected` and checked with pg_amcheck.
+fn restore_and_compare(
+    a: &Archiving,
+    label: &str,
+    target: &[&str],
+    ts_oid: &str,
+    expected: &BTreeMap<String, Vec<String>>,
+) {
+    let ts = a
+        .pgdr
+        .dir
+        .join(format!("ts-{label}-{}", target.join("-").replace([':', '.'], "")));
+    pg_owned_dir(&ts);
+    let mut args = vec!["--backup", label, "--tablespace-map"];
+    let map = format!("{ts_oid}={}", ts.display());
+    args.push(&map);
+    args.extend_from_slice(target);
+    let r = a.pgdr.restore_started(&args);
+    let got = all_hashes(r.port);
+    // An unlogged table comes back empty from any physical restore.
+    let mut expected = expected.clone();
+    for hashes in expected.values_mut() {
+        for h in hashes.iter_mut() {
+            if h.starts_with("public.scratch=") {
+                *h = "public.scratch=0:-".to_string();
+            }
+        }
+    }
+    assert_eq!(
+        got, expected,
+        "restore of {label} {target:?} differs from the source at that moment"
+    );
+    amcheck(r.port);
+}
+
+fn traffic(c: &Cluster, round: u32) {
+    // Updates across the big table, a table that grows and then shrinks, an unlogged
+    // table, a truncate, a drop, a VACUUM FULL, a table in a tablespace.
+    c.psql(
+        "app",
+        &format!(
+            "UPDATE accounts SET balance = balance + {round} WHERE id % 97 = {round};
+             INSERT INTO accounts SELECT g, {round}, repeat('n', 80) FROM generate_series({s}, {e}) g;
+             INSERT INTO grows SELECT g, repeat('g', 200) FROM generate_series(1000 * {round}, 1000 * {round} + 20000) g;
+             DELETE FROM grows WHERE id > 1000 * {round} + 100; VACUUM grows;
+             INSERT INTO scratch SELECT g FROM generate_series(1, 1000) g;
+             TRUNCATE trunc; INSERT INTO trunc SELECT g, 'round {round}' FROM generate_series(1, 300) g;
+             DROP TABLE IF EXISTS dropme; CREATE TABLE dropme AS SELECT g AS id FROM generate_series(1, 500 * {round}) g;
+             VACUUM FULL vf; UPDATE vf SET v = v || '{round}' WHERE id % 10 = 0;
+             INSERT INTO far SELECT g + 10000 * {round} FROM generate_series(1, 2000) g;",
+            s = 100_000 * round + 1,
+            e = 100_000 * round + 3000
+        ),
+    );
+}
+
+/// A full backup and three incrementals with traffic in between (CREATE DATABASE with
+/// both strategies, TRUNCATE, DROP TABLE, VACUUM FULL, a tablespace, an unlogged
+/// table, a table that grows and shrinks); every backup restores to exactly the data
+/// of its moment, and so does a time between two of them.
+#[test]
+fn a_chain_restores_to_each_backup_and_between() {
+    let a = Archiving::start();
+    let c = &a.cluster;
+    let ts_dir = pg_owned_dir(&a.pgdr.dir.join("ts"));
+    c.psql(
+        "postgres",
+        &format!("CREATE TABLESPACE far LOCATION '{}'", ts_dir.display()),
+    );
+    let ts_oid = c.psql("postgres", "SELECT oid FROM pg_tablespace WHERE spcname = 'far'");
+    c.psql("postgres", "CREATE DATABASE app");
+    c.psql(
+        "app",
+        "CREATE TABLE accounts (id int PRIMARY KEY, balance int, filler text);
+         INSERT INTO accounts SELECT g, 0, repeat('x', 80) FROM generate_series(1, 60000) g;
+         CREATE TABLE grows (id int PRIMARY KEY, pad text);
+         CREATE UNLOGGED TABLE scratch (x int);
+         CREATE TABLE trunc (id int, note text);
+         CREATE TABLE vf (id int PRIMARY KEY, v text);
+         INSERT INTO vf SELECT g, 'v' FROM generate_series(1, 5000) g;
+         CREATE TABLE far (x int) TABLESPACE far; INSERT INTO far SELECT generate_series(1, 1000);",
+    );
+    let full = backup(&a, "full");
+    assert_eq!(full["backup_type"], "full");
+    let mut expected = vec![(full["label"].as_str().unwrap().to_string(), all_hashes(c.port))];
+
+    traffic(c, 1);
+    c.psql("postgres", "CREATE DATABASE copied TEMPLATE app STRATEGY FILE_COPY");
+    let i1 = backup(&a, "incr");
+    assert_eq!(i1["backup_type"], "incr", "{i1}");
+    assert_eq!(i1["incremental"]["parent"], full["label"]);
+    let whole = &i1["incremental"]["whole_files"];
+    assert!(
+        whole["database copied with FILE_COPY"].as_u64().unwrap_or(0) > 0
+            || whole["new since the parent"].as_u64().unwrap() > 0,
+        "{i1}"
+    );
+    assert!(i1["incremental"]["changed_blocks"].as_u64().unwrap() > 0, "{i1}");
+    assert!(
+        i1["incremental"]["referenced_bytes"].as_u64().unwrap() > 1 << 20,
+        "{i1}"
+    );
+    expected.push((i1["label"].as_str().unwrap().to_string(), all_hashes(c.port)));
+
+    traffic(c, 2);
+    c.psql("postgres", "CREATE DATABASE logged TEMPLATE app STRATEGY WAL_LOG");
+    // A quiet moment between two backups, to restore to by time.
+    let between_hashes = all_hashes(c.port);
+    std::thread::sleep(Duration::from_millis(1100));
+    let between = c.psql(
+        "postgres",
+        "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    c.psql(
+        "app",
+        "UPDATE accounts SET balance = -1 WHERE id < 50; DROP DATABASE copied;",
+    );
+    let i2 = backup(&a, "incr");
+    assert_eq!(i2["incremental"]["parent"], i1["label"]);
+    expected.push((i2["label"].as_str().unwrap().to_string(), all_hashes(c.port)));
+
+    traffic(c, 3);
+    let d3 = backup(&a, "diff");
+    assert_eq!(
+        d3["incremental"]["parent"], full["label"],
+        "a diff is taken against the last full"
+    );
+    expected.push((d3["label"].as_str().unwrap().to_string(), all_hashes(c.port)));
+    let i4 = backup(&a, "incr");
+    assert_eq!(i4["incremental"]["parent"], d3["label"]);
+    expected.push((i4["label"].as_str().unwrap().to_string(), all_hashes(c.port)));
+
+    // list --json carries the type, the parent and the chain.
+    let list = a.pgdr.list_json();
+    let entry = list.iter().find(|e| e["label"] == i2["label"]).unwrap();
+    assert_eq!(entry["backup_type"], "incr");
+    assert_eq!(entry["parent"], i1["label"]);
+    assert!(
+        entry["chain"].as_array().unwrap().iter().any(|l| *l == full["label"]),
+        "{entry}"
+    );
+    let check = a.pgdr.ok(&["check"]);
+    assert!(check.contains("every chain whole"), "{check}");
+
+    for (label, hashes) in &expected {
+        restore_and_compare(&a, label, &["--target", "immediate"], &ts_oid, hashes);
+    }
+    restore_and_compare(
+        &a,
+        i1["label"].as_str().unwrap(),
+        &["--target-time", &between],
+        &ts_oid,
+        &between_hashes,
+    );
+}
+
+/// Main-fork relation files under `data`, by path relative to it (tablespaces
+/// followed through their links).
+fn relation_files(data: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![(data.to_path_buf(), String::new())];
+    while let Some((dir, rel)) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let e = e.unwrap();
+            let name = e.file_name().to_string_lossy().to_string();
+            let path = e.path();
+            let relp = if rel.is_empty() {
+                name.clone()
+            } else {
+                format!("{rel}/{name}")
+            };
+            let meta = std::fs::metadata(&path).unwrap();
+            if meta.is_dir() {
+                if rel.is_empty() && !["base", "global", "pg_tblspc"].contains(&name.as_str()) {
+                    continue;
+                }
+                stack.push((path, relp));
+            } else if name.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+                out.insert(relp, std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    out
+}
+
+/// A full backup and an incremental taken at the same moment of a quiet cluster lay
+/// down byte-identical relation files.
+#[test]
+fn a_full_and_an_incremental_of_the_same_moment_are_identical() {
+    let a = Archiving::start();
+    let c = &a.cluster;
+    // Nothing but the test writes: no autovacuum between the two backups.
+    c.psql("postgres", "ALTER SYSTEM SET autovacuum = off");
+    c.psql("postgres", "SELECT pg_reload_conf()");
+    c.psql("postgres", "CREATE DATABASE app");
+    c.pgbench_init("app", 2);
+    a.pgdr.ok(&["backup", "--kind", "physical"]);
+    c.psql(
+        "app",
+        "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % 50 = 0;
+         CREATE TABLE fresh AS SELECT g FROM generate_series(1, 10000) g;
+         DELETE FROM pgbench_history;",
+    );
+    // Settle every page: frozen tuples need no hint bits, and freezing is WAL-logged
+    // (ANALYZE first: the statistics it writes are frozen too).
+    for db in ["app", "postgres", "template1"] {
+        c.psql(db, "ANALYZE");
+        c.psql(db, "VACUUM FREEZE");
+    }
+    c.psql("postgres", "CHECKPOINT");
+    let incr = backup(&a, "incr");
+    let full = backup(&a, "full");
+    let lay = |label: &str| {
+        let dir = TestDir::new();
+        chown_postgres(dir.path());
+        let data = dir.join("data");
+        a.pgdr.ok(&[
+            "restore",
+            "--kind",
+            "physical",
+            "--backup",
+            label,
+            "--to",
+            data.to_str().unwrap(),
+        ]);
+        (dir, relation_files(&data))
+    };
+    let (_d1, from_incr) = lay(incr["label"].as_str().unwrap());
+    let (_d2, from_full) = lay(full["label"].as_str().unwrap());
+    assert!(from_full.len() > 100);
+    let differ: Vec<&String> = from_full
+        .iter()
+        .filter(|(p, bytes)| from_incr.get(*p) != Some(bytes))
+        .map(|(p, _)| p)
+        .collect();
+    assert!(
+        differ.is_empty(),
+        "relation files differ between the full and the incremental: {differ:?}"
+    );
+    assert_eq!(from_full.len(), from_incr.len());
+}
+
+/// A parent's bundle missing: restore and verify name it before writing anything;
+/// `check` and `list` name the broken chain when the parent's manifest is gone.
+#[test]
+fn a_broken_chain_is_named_and_nothing_is_written() {
+    let a = Archiving::start();
+    let c = &a.cluster;
+    c.psql("postgres", "CREATE DATABASE app");
+    c.pgbench_init("app", 2);
+    let full = backup(&a, "full");
+    c.psql("app", "UPDATE pgbench_accounts SET abalance = 7 WHERE aid < 1000");
+    let incr = backup(&a, "incr");
+    let full_label = full["label"].as_str().unwrap();
+    let incr_label = incr["label"].as_str().unwrap();
+    let repo = a.pgdr.repo_dir.clone().unwrap();
+    let bundle = repo_files(&repo)
+        .into_iter()
+        .find(|p| p.to_string_lossy().contains(full_label) && p.to_string_lossy().contains("bundle"))
+        .expect("a bundle of the full backup");
+    std::fs::remove_file(&bundle).unwrap();
+
+    let target = a.pgdr.dir.join("restore");
+    let restore = || {
+        let to = target.to_str().unwrap();
+        a.pgdr
+            .run(&["restore", "--kind", "physical", "--backup", incr_label, "--to", to])
+    };
+    let err = assert_fails(&restore(), 1, full_label);
+    assert!(err.contains("bundle"), "{err}");
+    assert!(
+        !target.exists() || std::fs::read_dir(&target).unwrap().next().is_none(),
+        "the restore wrote into {}",
+        target.display()
+    );
+
+    let manifest = repo_files(&repo)
+        .into_iter()
+        .find(|p| p.to_string_lossy().contains(full_label) && p.to_string_lossy().ends_with("manifest.json"))
+        .expect("the full backup's manifest");
+    std::fs::remove_file(&manifest).unwrap();
+    let out = a.pgdr.run(&["check"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("broken chain") && text.contains(full_label), "{text}");
+    assert_fails(&restore(), 2, "chain is broken");
+}
+
+/// An incremental across a gap in the archived WAL refuses, and says to take a full.
+#[test]
+fn an_incremental_across_a_wal_gap_refuses() {
+    let a = Archiving::start();
+    let c = &a.cluster;
+    let config = std::fs::read_to_string(&a.pgdr.config).unwrap();
+    std::fs::write(
+        &a.pgdr.config,
+        config.replace("archive_timeout = 60", "archive_timeout = 5"),
+    )
+    .unwrap();
+    c.psql("postgres", "CREATE TABLE t AS SELECT generate_series(1, 1000) g");
+    a.pgdr.ok(&["backup", "--kind", "physical"]);
+    c.psql("postgres", "INSERT INTO t SELECT generate_series(1, 1000)");
+    let gone = a.switch_and_wait();
+    c.psql("postgres", "INSERT INTO t SELECT generate_series(1, 1000)");
+    a.switch_and_wait();
+    let repo = a.pgdr.repo_dir.clone().unwrap();
+    let file = repo_files(&repo)
+        .into_iter()
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with(&gone))
+        .expect("the archived segment");
+    std::fs::remove_file(file).unwrap();
+    let before = a.pgdr.list_json().len();
+    let out = a.pgdr.run(&["backup", "--kind", "physical", "--type", "incr"]);
+    let err = assert_fails(&out, 2, "--type full");
+    assert!(err.contains(&gone), "{err}");
+    assert_eq!(
+        a.pgdr.list_json().len(),
+        before,
+        "a refused incremental left a backup behind"
+    );
+}
+
+/// `kill -9` in the middle of an incremental: the next one is whole and restores.
+#[test]
+fn an_incremental_killed_midway_leaves_the_next_one_whole() {
+    let a = Archiving::start();
+    let c = &a.cluster;
+    c.psql("postgres", "CREATE DATABASE app");
+    c.pgbench_init("app", 5);
+    a.pgdr.ok(&["backup", "--kind", "physical"]);
+    c.psql("app", "UPDATE pgbench_accounts SET abalance = 3 WHERE aid % 3 = 0");
+    let mut child = a
+        .pgdr
+        .command(&["backup", "--kind", "physical", "--type", "incr", "--jobs", "1"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let _ = child.kill();
+    let _ = child.wait();
+    c.psql("app", "UPDATE pgbench_accounts SET abalance = 4 WHERE aid % 5 = 0");
+    let out = a.pgdr.ok(&[
+        "backup",
+        "--kind",
+        "physical",
+        "--type",
+        "incr",
+        "--json",
+        "--lock-wait",
+        "30",
+    ]);
+    let incr: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let expected = all_hashes(c.port);
+    let r = a
+        .pgdr
+        .restore_started(&["--backup", incr["label"].as_str().unwrap(), "--target", "immediate"]);
+    assert_eq!(all_hashes(r.port), expected);
+    amcheck(r.port);
+}
+
+/// Retention counts chains: with `full_count = 1`, an older full backup that a kept
+/// incremental refers to stays, and the incremental still restores after expire.
+#[test]
+fn expire_keeps_what_a_kept_incremental_needs() {
+    let a = Archiving::start();
+    let c = &a.cluster;
+    c.psql(
+        "postgres",
+        "CREATE TABLE t (x int); INSERT INTO t SELECT generate_series(1, 10000)",
+    );
+    let f0 = backup(&a, "full");
+    c.psql("postgres", "INSERT INTO t SELECT generate_series(1, 100)");
+    let i1 = backup(&a, "incr");
+    let i1_hashes = all_hashes(c.port);
+    c.psql("postgres", "INSERT INTO t SELECT generate_series(1, 100)");
+    let f1 = backup(&a, "full");
+    c.psql("postgres", "INSERT INTO t SELECT generate_series(1, 100)");
+    let i2 = backup(&a, "incr");
+    let mut config = std::fs::read_to_string(&a.pgdr.config).unwrap();
+    config.push_str("\n[retention]\nfull_count = 1\n");
+    std::fs::write(&a.pgdr.config, config).unwrap();
+    let i1_label = i1["label"].as_str().unwrap();
+    a.pgdr.ok(&["expire", "--keep", i1_label]);
+    let out = a.pgdr.ok(&["expire"]);
+    assert!(out.contains("needs it"), "{out}");
+    let left: Vec<String> = a
+        .pgdr
+        .list_json()
+        .iter()
+        .map(|e| e["label"].as_str().unwrap().to_string())
+        .collect();
+    for kept in [&f0, &i1, &f1, &i2] {
+        assert!(
+            left.iter().any(|l| kept["label"] == *l),
+            "{} was removed: {left:?}",
+            kept["label"]
+        );
+    }
+    let r = a.pgdr.restore_started(&["--backup", i1_label, "--target", "immediate"]);
+    assert_eq!(all_hashes(r.port), i1_hashes);
+}
