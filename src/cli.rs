@@ -524,6 +524,11 @@ pub struct BackupArgs {
     /// backup, found in the archived WAL) or diff (since the last full)
     #[arg(long = "type", value_enum, default_value_t = crate::backup::BackupType::Full)]
     pub backup_type: crate::backup::BackupType,
+    /// Physical: read the data files on the standby of [postgres] standby_url (its
+    /// data directory standby_data_dir), not on the primary; refused if it lags more
+    /// than standby_max_lag_mb or follows another timeline
+    #[arg(long)]
+    pub from_standby: bool,
     /// How long to wait for another backup of this cluster to finish
     #[arg(long, value_name = "SECONDS", default_value_t = 600)]
     pub lock_wait: u64,

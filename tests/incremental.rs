@@ -348,7 +348,18 @@ fn an_incremental_across_a_wal_gap_refuses() {
     )
     .unwrap();
     c.psql("postgres", "CREATE TABLE t AS SELECT generate_series(1, 1000) g");
-    a.pgdr.ok(&["backup", "--kind", "physical"]);
+    // Nothing to start from: an incremental is taken full, and says so.
+    let out = a
+        .pgdr
+        .run(&["backup", "--kind", "physical", "--type", "incr", "--json"]);
+    assert_success(&out, "the first --type incr");
+    let first: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(first["backup_type"], "full", "{first}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("taking a full backup"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     c.psql("postgres", "INSERT INTO t SELECT generate_series(1, 1000)");
     let gone = a.switch_and_wait();
     c.psql("postgres", "INSERT INTO t SELECT generate_series(1, 1000)");
@@ -379,14 +390,35 @@ fn an_incremental_killed_midway_leaves_the_next_one_whole() {
     c.pgbench_init("app", 5);
     a.pgdr.ok(&["backup", "--kind", "physical"]);
     c.psql("app", "UPDATE pgbench_accounts SET abalance = 3 WHERE aid % 3 = 0");
+    let repo = a.pgdr.repo_dir.clone().unwrap();
+    let bundles = || {
+        repo_files(&repo)
+            .into_iter()
+            .filter(|p| p.to_string_lossy().contains("/data/bundle-"))
+            .count()
+    };
+    let before = bundles();
     let mut child = a
         .pgdr
         .command(&["backup", "--kind", "physical", "--type", "incr", "--jobs", "1"])
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
-    let _ = child.kill();
+    // Killed once its copy has stored something: mid-copy, not before nor after.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while bundles() == before {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the incremental ended before it could be killed"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the incremental stored nothing in 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
     let _ = child.wait();
+    assert_eq!(a.pgdr.list_json().len(), 1, "the killed incremental was committed");
     c.psql("app", "UPDATE pgbench_accounts SET abalance = 4 WHERE aid % 5 = 0");
     let out = a.pgdr.ok(&[
         "backup",
@@ -447,4 +479,105 @@ fn expire_keeps_what_a_kept_incremental_needs() {
     }
     let r = a.pgdr.restore_started(&["--backup", i1_label, "--target", "immediate"]);
     assert_eq!(all_hashes(r.port), i1_hashes);
+}
+
+/// Wait until the standby on `port` has replayed everything the primary wrote so far.
+fn wait_replayed(c: &Cluster, port: u16) {
+    let target = c.psql("postgres", "SELECT pg_current_wal_lsn()");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = psql_at(
+            port,
+            "postgres",
+            &format!("SELECT pg_last_wal_replay_lsn() >= '{target}'::pg_lsn"),
+        );
+        if String::from_utf8_lossy(&out.stdout).trim() == "t" {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the standby did not replay up to {target}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `backup --from-standby`: the files are read on a streaming standby (the backup
+/// label says so), full and incremental backups from it restore to the primary's
+/// data; a standby that lags too far, or a "standby" that is the primary, is refused.
+#[test]
+fn backups_from_a_standby_restore_the_primarys_data() {
+    let a = Archiving::start();
+    let c = &a.cluster;
+    c.psql("postgres", "CREATE DATABASE app");
+    c.pgbench_init("app", 2);
+    a.pgdr.ok(&["backup", "--kind", "physical"]);
+    let conninfo = format!("host=127.0.0.1 port={} user=postgres", c.port);
+    let standby = a.pgdr.restore_started(&["--standby", "--primary-conninfo", &conninfo]);
+    let config = std::fs::read_to_string(&a.pgdr.config).unwrap();
+    let with_standby = |url: &str, lag: u64| {
+        config.replacen(
+            "[postgres]\n",
+            &format!(
+                "[postgres]\nstandby_url = \"{url}\"\nstandby_data_dir = \"{}\"\nstandby_max_lag_mb = {lag}\n",
+                standby.data.display()
+            ),
+            1,
+        )
+    };
+    let standby_url = format!("postgresql://postgres@127.0.0.1:{}/postgres", standby.port);
+    std::fs::write(&a.pgdr.config, with_standby(&standby_url, 64)).unwrap();
+
+    c.psql("app", "UPDATE pgbench_accounts SET abalance = 11 WHERE aid % 7 = 0");
+    wait_replayed(c, standby.port);
+    let out = a.pgdr.ok(&["backup", "--kind", "physical", "--from-standby", "--json"]);
+    let full: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let full_hashes = all_hashes(c.port);
+    let label = full["label"].as_str().unwrap();
+    let manifest = a.pgdr.ok(&["cat", &format!("{label}/manifest.json")]);
+    assert!(
+        manifest.contains("BACKUP FROM: standby"),
+        "the backup was not taken on the standby"
+    );
+
+    c.psql("app", "UPDATE pgbench_accounts SET abalance = 12 WHERE aid % 11 = 0");
+    wait_replayed(c, standby.port);
+    let out = a.pgdr.ok(&[
+        "backup",
+        "--kind",
+        "physical",
+        "--from-standby",
+        "--type",
+        "incr",
+        "--json",
+    ]);
+    let incr: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(incr["incremental"]["parent"], full["label"], "{incr}");
+    let incr_hashes = all_hashes(c.port);
+
+    for (backup, expected) in [(&full, &full_hashes), (&incr, &incr_hashes)] {
+        let r = a
+            .pgdr
+            .restore_started(&["--backup", backup["label"].as_str().unwrap(), "--target", "immediate"]);
+        assert_eq!(&all_hashes(r.port), expected, "restore of {}", backup["label"]);
+        amcheck(r.port);
+    }
+
+    // Too far behind: replay paused while the primary writes.
+    assert_eq!(standby.psql("postgres", "SELECT pg_wal_replay_pause()"), "");
+    c.psql("app", "UPDATE pgbench_accounts SET abalance = 13");
+    std::fs::write(&a.pgdr.config, with_standby(&standby_url, 1)).unwrap();
+    let before = a.pgdr.list_json().len();
+    let out = a.pgdr.run(&["backup", "--kind", "physical", "--from-standby"]);
+    assert_fails(&out, 2, "behind the primary");
+    standby.psql("postgres", "SELECT pg_wal_replay_resume()");
+    // A "standby" that is the primary.
+    std::fs::write(&a.pgdr.config, with_standby(&c.url("postgres"), 64)).unwrap();
+    let out = a.pgdr.run(&["backup", "--kind", "physical", "--from-standby"]);
+    assert_fails(&out, 2, "not in recovery");
+    assert_eq!(
+        a.pgdr.list_json().len(),
+        before,
+        "a refused backup left something behind"
+    );
 }

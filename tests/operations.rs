@@ -543,7 +543,8 @@ fn schedule_check_and_crontab() {
     assert_success(&out, "schedule check");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains("daily-physical")
+        text.contains("weekly-full")
+            && text.contains("daily-incremental")
             && text.contains("weekly-verify")
             && text.contains("copy-to-dr")
             && text.contains("monthly-drill-region-failure"),
@@ -553,11 +554,11 @@ fn schedule_check_and_crontab() {
     assert!(text.contains("NEXT RUN (UTC)") && text.contains("COMMAND"), "{text}");
     let daily = text
         .lines()
-        .filter(|l| l.starts_with("daily-physical "))
+        .filter(|l| l.starts_with("daily-incremental "))
         .collect::<Vec<_>>();
     assert_eq!(daily.len(), 1, "{text}");
     assert!(
-        daily[0].contains("pgdr backup --kind physical") && daily[0].contains(" 02:00 "),
+        daily[0].contains("pgdr backup --kind physical --type incr") && daily[0].contains(" 02:00 "),
         "{text}"
     );
     assert_eq!(
@@ -586,7 +587,7 @@ fn schedule_check_and_crontab() {
     assert!(copy_row.contains("CANNOT RUN"), "{rows}");
     assert!(
         rows.lines()
-            .filter(|l| l.starts_with("daily-physical "))
+            .filter(|l| l.starts_with("daily-incremental ") || l.starts_with("weekly-full "))
             .all(|l| l.ends_with("ok")),
         "{rows}"
     );
@@ -597,7 +598,7 @@ fn schedule_check_and_crontab() {
         concat!(env!("CARGO_MANIFEST_DIR"), "/schedules/production.toml"),
     ]);
     assert!(
-        cron.contains("0 2 * * * flock -n /run/lock/pgdr-daily-physical.lock"),
+        cron.contains("0 2 * * Mon-Sat flock -n /run/lock/pgdr-daily-incremental.lock"),
         "{cron}"
     );
     assert!(cron.contains("0 3 * * Sun"), "{cron}");

@@ -18,7 +18,8 @@ use crate::usage;
 /// The backup an incremental (`incr`: the newest physical one; `diff`: the newest
 /// full one) is taken against. Only pgdr's own copies qualify (a pg_basebackup tar
 /// cannot be referred to block by block), of this cluster and this major version.
-pub async fn choose_parent(repo: &Repo, server: &ServerInfo, backup_type: BackupType) -> Result<Manifest> {
+/// `None`: there is none, and the backup is taken full (as pgBackRest does), saying so.
+pub async fn choose_parent(repo: &Repo, server: &ServerInfo, backup_type: BackupType) -> Result<Option<Manifest>> {
     let manifests = repo.manifests().await?;
     let parent = manifests.into_iter().find(|m| {
         let Some(info) = &m.physical else { return false };
@@ -27,14 +28,14 @@ pub async fn choose_parent(repo: &Repo, server: &ServerInfo, backup_type: Backup
             && (backup_type == BackupType::Incr || info.incremental.is_none())
     });
     let Some(parent) = parent else {
-        return Err(usage!(
-            "--type {} needs an earlier physical backup (--method local) of this cluster to start from, and the repository has none — take a full one first: pgdr backup --kind physical --type full",
-            if backup_type == BackupType::Incr {
-                "incr"
-            } else {
-                "diff"
-            }
-        ));
+        let (flag, wanted) = match backup_type {
+            BackupType::Incr => ("incr", "physical"),
+            _ => ("diff", "full physical"),
+        };
+        tracing::warn!(
+            "--type {flag}: the repository has no earlier {wanted} backup (--method local) of this cluster to start from — taking a full backup"
+        );
+        return Ok(None);
     };
     if parent.pg_version_num / 10000 != server.version_num / 10000 {
         return Err(usage!(
@@ -44,7 +45,7 @@ pub async fn choose_parent(repo: &Repo, server: &ServerInfo, backup_type: Backup
             server.version
         ));
     }
-    Ok(parent)
+    Ok(Some(parent))
 }
 
 /// Block size and blocks per relation segment file, as the server was built.

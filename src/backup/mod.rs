@@ -10,6 +10,7 @@ mod logical;
 mod physical;
 pub mod report;
 pub mod source;
+mod standby;
 
 use std::time::Duration;
 
@@ -41,6 +42,8 @@ pub struct BackupOptions {
     pub lock_wait: Duration,
     /// Physical, `--method local`: full, or only what changed since a parent.
     pub backup_type: BackupType,
+    /// Physical, `--method local`: read the files on `[postgres] standby_url`.
+    pub from_standby: bool,
 }
 
 /// What a physical backup copies.
@@ -70,6 +73,7 @@ impl Default for BackupOptions {
             spread_checkpoint: false,
             lock_wait: Duration::ZERO,
             backup_type: BackupType::Full,
+            from_standby: false,
         }
     }
 }
@@ -91,6 +95,11 @@ impl BackupOptions {
         {
             return Err(usage!(
                 "--type incr and --type diff are for physical backups with --method local (pgdr reads the changed blocks itself)"
+            ));
+        }
+        if self.from_standby && (self.kind != BackupKind::Physical || self.method != PhysicalMethod::Local) {
+            return Err(usage!(
+                "--from-standby is for physical backups with --method local (pgdr reads the standby's data directory on this host)"
             ));
         }
         self.jobs = self.jobs.max(1);

@@ -53,34 +53,18 @@ pub(super) async fn run(
         drop(client);
         return basebackup(config, opts, repo, &target, &server, segment_size, lock).await;
     }
-    let data_dir = match &config.postgres.data_dir {
-        Some(dir) => dir.clone(),
-        None => server::setting(&client, "data_directory").await?.into(),
+    let standby = match opts.from_standby {
+        true => Some(super::standby::check(config, &client, &server).await?),
+        false => None,
     };
-    let local = crate::postgres::datadir::control_system_identifier(&data_dir).map_err(|e| {
-        use std::io::ErrorKind;
-        // Not there or not ours: the setup. Anything else (no file descriptors, an I/O
-        // error) is a failure of this run, with its own cause.
-        if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::PermissionDenied) {
-            usage!(
-                "cannot read {}/global/pg_control ({e}) — physical backups run on the database host; set [postgres] data_dir",
-                data_dir.display()
-            )
-        } else {
-            anyhow::Error::new(e).context(format!("cannot read {}/global/pg_control", data_dir.display()))
-        }
-    })?;
-    if local != server.system_identifier {
-        return Err(usage!(
-            "{} belongs to another cluster (system identifier {local}) than the server pgdr is connected to ({}) — check [postgres] data_dir and url",
-            data_dir.display(),
-            server.system_identifier
-        ));
-    }
+    let data_dir = match &standby {
+        Some(standby) => standby.data_dir.clone(),
+        None => primary_data_dir(config, &client, &server).await?,
+    };
 
     let parent = match opts.backup_type {
         BackupType::Full => None,
-        other => Some(super::incremental::choose_parent(repo, &server, other).await?),
+        other => super::incremental::choose_parent(repo, &server, other).await?,
     };
     let geometry = match parent {
         Some(_) => Some(super::incremental::geometry(&client).await?),
@@ -90,7 +74,19 @@ pub(super) async fn run(
     let label = fresh_label(repo, BackupKind::Physical).await?;
     let start_time = Utc::now();
     let xmin_before = xmin_now(&client).await;
-    let (session, start_lsn) = BackupSession::start(client, label.as_str(), !opts.spread_checkpoint).await?;
+    // From a standby, the standby runs the backup and the primary only switches WAL.
+    let (session_client, primary) = match standby {
+        Some(standby) => {
+            tracing::info!(
+                "reading the files on the standby {} ({} KiB of WAL behind the primary)",
+                standby.describe,
+                standby.lag >> 10
+            );
+            (standby.client, Some(client))
+        }
+        None => (client, None),
+    };
+    let (session, start_lsn) = BackupSession::start(session_client, label.as_str(), !opts.spread_checkpoint).await?;
     let timeline = session.timeline().await?;
     let databases = server::databases(session.client()).await?;
     let catalog = super::read_catalogs(&target, &databases, Some(timeline)).await;
@@ -107,7 +103,7 @@ pub(super) async fn run(
             let changes = interruptible(super::incremental::changes_since(
                 config,
                 repo,
-                session.client(),
+                primary.as_ref().unwrap_or_else(|| session.client()),
                 &window,
             ))
             .await;
@@ -140,13 +136,14 @@ pub(super) async fn run(
             finish_copy(
                 repo,
                 session,
+                primary.as_ref(),
                 parts,
-                &label,
                 timeline,
                 segment_size,
                 config.wal.archive_timeout,
             )
             .await
+            .with_context(|| format!("backup {label}"))
         }
         Err(e) => Err(e),
     };
@@ -173,7 +170,13 @@ pub(super) async fn run(
         files,
         incremental,
     };
+    let format = if info.incremental.is_some() {
+        crate::repo::manifest::MANIFEST_FORMAT_INCREMENTAL
+    } else {
+        crate::repo::manifest::MANIFEST_FORMAT
+    };
     let manifest = Manifest {
+        format,
         databases: Vec::new(),
         globals: None,
         objects,
@@ -183,6 +186,39 @@ pub(super) async fn run(
     };
     commit(repo, &manifest, opts.keep, lock).await?;
     Ok(PhysicalBackupReport::of(&manifest))
+}
+
+/// The primary's data directory on this host, checked to be the connected server's.
+async fn primary_data_dir(
+    config: &Config,
+    client: &tokio_postgres::Client,
+    server: &ServerInfo,
+) -> Result<std::path::PathBuf> {
+    let data_dir = match &config.postgres.data_dir {
+        Some(dir) => dir.clone(),
+        None => server::setting(client, "data_directory").await?.into(),
+    };
+    let local = crate::postgres::datadir::control_system_identifier(&data_dir).map_err(|e| {
+        use std::io::ErrorKind;
+        // Not there or not ours: the setup. Anything else (no file descriptors, an I/O
+        // error) is a failure of this run, with its own cause.
+        if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::PermissionDenied) {
+            usage!(
+                "cannot read {}/global/pg_control ({e}) — physical backups run on the database host; set [postgres] data_dir",
+                data_dir.display()
+            )
+        } else {
+            anyhow::Error::new(e).context(format!("cannot read {}/global/pg_control", data_dir.display()))
+        }
+    })?;
+    if local != server.system_identifier {
+        return Err(usage!(
+            "{} belongs to another cluster (system identifier {local}) than the server pgdr is connected to ({}) — check [postgres] data_dir and url",
+            data_dir.display(),
+            server.system_identifier
+        ));
+    }
+    Ok(data_dir)
 }
 
 /// A backup that fails before its copy: the server's backup is stopped (best effort)
@@ -200,13 +236,21 @@ type CopyParts = (Vec<FileRecord>, Vec<ObjectRecord>, BackupStop, String, String
 async fn finish_copy(
     repo: &Repo,
     session: BackupSession,
+    primary: Option<&tokio_postgres::Client>,
     (files, objects): (Vec<FileRecord>, Vec<ObjectRecord>),
-    label: &BackupLabel,
     timeline: u32,
     segment_size: u64,
     timeout: u64,
 ) -> Result<CopyParts> {
     let stop = session.stop().await?;
+    if let Some(primary) = primary {
+        // A standby's backup ends at a position the primary has passed: its segment
+        // goes to the archive now rather than at archive_timeout.
+        primary
+            .query_one("SELECT pg_switch_wal()::text", &[])
+            .await
+            .context("switching WAL on the primary (pg_switch_wal) after the standby's backup")?;
+    }
     let stop_lsn: Lsn = stop.lsn.parse().map_err(|e: String| anyhow::anyhow!(e))?;
     let (wal_start, wal_stop) = crate::physical::wait_for_backup_wal(
         repo,
@@ -216,8 +260,7 @@ async fn finish_copy(
         segment_size,
         std::time::Duration::from_secs(timeout),
     )
-    .await
-    .with_context(|| format!("backup {label}"))?;
+    .await?;
     Ok((files, objects, stop, wal_start, wal_stop))
 }
 

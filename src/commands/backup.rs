@@ -20,6 +20,7 @@ pub async fn run(ctx: &Ctx, args: BackupArgs) -> Result<Exit> {
         spread_checkpoint: args.spread_checkpoint,
         lock_wait: Duration::from_secs(args.lock_wait),
         backup_type: args.backup_type,
+        from_standby: args.from_standby,
     }
     .validate()?;
     let report = backup::run(&ctx.config, &opts).await?;

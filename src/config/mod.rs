@@ -59,6 +59,17 @@ pub struct PostgresConfig {
     pub bin_dir: Option<PathBuf>,
     /// The data directory, for physical backups on the database host.
     pub data_dir: Option<PathBuf>,
+    /// A standby of this primary that physical backups read their files from
+    /// (`backup --from-standby`), keeping the backup's reads off the primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standby_url: Option<String>,
+    /// That standby's data directory, on this host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standby_data_dir: Option<PathBuf>,
+    /// How far the standby may be behind the primary, in MiB of WAL, for a backup
+    /// from it (default 64): further behind, the backup refuses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standby_max_lag_mb: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

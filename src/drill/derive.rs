@@ -27,6 +27,7 @@ pub(super) fn drill_config(file: &Config, cluster: &str, env: &Env, port: u16) -
         url: Some(env.url(port, "postgres")),
         data_dir: Some(env.path("production")),
         bin_dir: file.postgres.bin_dir.clone(),
+        ..PostgresConfig::default()
     };
     config.wal = WalConfig {
         spool_dir: Some(env.path("spool")),

@@ -24,6 +24,8 @@ use crate::repo::{Repo, archive, layout};
 use crate::storage::PutMode;
 use bundle::{BundleSink, BundleSource, Target};
 
+/// The control file, which a backup copies last.
+const CONTROL_FILE: &str = "global/pg_control";
 /// Plaintext bytes after which a bundle is closed.
 const BUNDLE_SIZE: u64 = 64 << 20;
 /// Files larger than this are stored as pieces of this size.
@@ -62,6 +64,11 @@ pub async fn copy_files(
         });
     }
     files.sort_by(|a, b| b.size.cmp(&a.size).then_with(|| a.path.cmp(&b.path)));
+    // pg_control is copied after every other file, in a bundle of its own: a backup
+    // taken on a standby ends where the copied pg_control's minimum recovery point
+    // says, which must be past every change in the other files (pg_basebackup, too,
+    // sends it last).
+    let (last, files): (Vec<FileToCopy>, Vec<FileToCopy>) = files.into_iter().partition(|f| f.path == CONTROL_FILE);
     let queue = Arc::new(Mutex::new(VecDeque::from(files)));
     let records = Arc::new(Mutex::new(Vec::new()));
     let next_bundle = Arc::new(AtomicU64::new(0));
@@ -95,7 +102,19 @@ pub async fn copy_files(
             anyhow::Ok(objects)
         }
     });
-    let objects: Vec<ObjectRecord> = try_join_all(workers).await?.into_iter().flatten().collect();
+    let mut objects: Vec<ObjectRecord> = try_join_all(workers).await?.into_iter().flatten().collect();
+    if !last.is_empty() {
+        queue.lock().expect("queue lock").extend(last);
+        let n = next_bundle.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = layout::bundle(n);
+        let source = BundleSource::new(queue.clone(), name.clone(), BUNDLE_SIZE, records.clone());
+        let key = layout::backup_object(label, &name)?;
+        objects.push(
+            store
+                .reader(&key, &name, source, PutMode::CreateNew, Some(progress.clone()))
+                .await?,
+        );
+    }
     let mut records = std::mem::take(&mut *records.lock().expect("records lock"));
     records.sort_by(|a, b| a.path.cmp(&b.path).then(a.file_offset.cmp(&b.file_offset)));
     Ok((records, objects))

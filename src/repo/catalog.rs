@@ -96,7 +96,16 @@ pub async fn write_manifest(repo: &super::Repo, manifest: &Manifest) -> Result<(
 
 pub async fn load_manifest(storage: &DynStorage, keys: &Keyring, label: &BackupLabel) -> Result<Manifest> {
     let data = pipeline::load_bytes(storage, &layout::manifest(label), keys).await?;
-    serde_json::from_slice(&data).with_context(|| format!("the manifest of {label} is not valid JSON"))
+    let manifest: Manifest =
+        serde_json::from_slice(&data).with_context(|| format!("the manifest of {label} is not valid JSON"))?;
+    if manifest.format > crate::repo::manifest::MANIFEST_FORMAT_INCREMENTAL {
+        return Err(anyhow::anyhow!(
+            "the manifest of {label} has format {}, newer than this pgdr reads ({}) — use the pgdr that wrote it",
+            manifest.format,
+            crate::repo::manifest::MANIFEST_FORMAT_INCREMENTAL
+        ));
+    }
+    Ok(manifest)
 }
 
 /// Every complete backup's manifest, newest first (by start time, then label).

@@ -10,6 +10,9 @@ use crate::postgres::datadir::{DirEntry, Tablespace};
 use crate::postgres::{Lsn, TableRows, TimelineId};
 
 pub const MANIFEST_FORMAT: u32 = 1;
+/// The format of an incremental backup's manifest (its records may refer to older
+/// backups); the newest this pgdr reads.
+pub const MANIFEST_FORMAT_INCREMENTAL: u32 = 2;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Manifest {
