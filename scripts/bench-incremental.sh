@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmark, not a test: incremental physical backups, pgdr against pgBackRest (Debian's
 # package) on the same pgbench database (scale ${SCALE:-100}), in one run.
-#   pgBackRest: posix repo, block incremental (repo-block=y, repo-bundle=y), zst 3,
+#   pgBackRest: posix repo, block incremental (repo-block=y, repo-bundle=y; beta=y in 2.45), zst 3,
 #               aes-256-cbc, process-max 2, --type=incr
 #   pgdr:       local repository, zstd 3, AES-256-GCM, --jobs 2, --type incr (changed
 #               blocks read from the archived WAL)
@@ -45,6 +45,7 @@ repo1-cipher-type=aes-256-cbc
 repo1-cipher-pass=bench-passphrase-not-secret
 repo1-block=y
 repo1-bundle=y
+beta=y
 compress-type=zst
 compress-level=3
 process-max=2

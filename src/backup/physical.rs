@@ -352,6 +352,7 @@ async fn basebackup(
                 file_offset: 0,
                 backup: None,
                 ranges: None,
+                extents: None,
             })
             .collect();
         anyhow::Ok(PhysicalInfo {

@@ -18,8 +18,65 @@ use crate::repo::manifest::FileRecord;
 /// Files waiting to be copied, shared by the workers.
 pub type FileQueue = Arc<Mutex<VecDeque<FileToCopy>>>;
 
+/// A file's parts read one after another: one run (`start`, `len`) or an
+/// incremental's extents. A file that ends early ends the piece there, and
+/// `done` says which parts were read.
+struct Parts {
+    file: File,
+    parts: Vec<[u64; 2]>,
+    next: usize,
+    left: u64,
+    done: Vec<[u64; 2]>,
+}
+
+impl Parts {
+    fn open(entry: &FileToCopy) -> io::Result<Parts> {
+        let parts = match &entry.extents {
+            Some(e) => e.clone(),
+            None => vec![[entry.start, entry.len.map_or(u64::MAX, |len| entry.start + len)]],
+        };
+        Ok(Parts {
+            file: File::open(&entry.source)?,
+            parts,
+            next: 0,
+            left: 0,
+            done: Vec::new(),
+        })
+    }
+}
+
+impl Read for Parts {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use std::io::Seek;
+        loop {
+            if self.left == 0 {
+                let Some(&[start, end]) = self.parts.get(self.next) else {
+                    return Ok(0);
+                };
+                self.next += 1;
+                self.file.seek(io::SeekFrom::Start(start))?;
+                self.left = end - start;
+                self.done.push([start, start]);
+                continue;
+            }
+            let want = buf.len().min(self.left.min(usize::MAX as u64) as usize);
+            let n = self.file.read(&mut buf[..want])?;
+            if n == 0 {
+                self.next = self.parts.len(); // the file ended: so does the piece
+                self.left = 0;
+                return Ok(0);
+            }
+            self.left -= n as u64;
+            if let Some(last) = self.done.last_mut() {
+                last[1] += n as u64;
+            }
+            return Ok(n);
+        }
+    }
+}
+
 struct Current {
-    file: io::Take<File>,
+    file: Parts,
     entry: FileToCopy,
     offset: u64,
     read: u64,
@@ -62,6 +119,12 @@ impl BundleSource {
                 file_offset: cur.entry.start,
                 backup: None,
                 ranges: None,
+                // The parts actually read (a file that shrank ends its piece early).
+                extents: cur.entry.extents.is_some().then(|| {
+                    let mut done = cur.file.done;
+                    done.retain(|[a, b]| a < b);
+                    done
+                }),
             });
         }
     }
@@ -89,11 +152,7 @@ impl Read for BundleSource {
             let Some(entry) = self.queue.lock().expect("queue lock").pop_front() else {
                 return Ok(0);
             };
-            let opened = File::open(&entry.source).and_then(|mut f| {
-                use std::io::Seek;
-                f.seek(io::SeekFrom::Start(entry.start))?;
-                Ok(f.take(entry.len.unwrap_or(u64::MAX)))
-            });
+            let opened = Parts::open(&entry);
             match opened {
                 Ok(file) => {
                     self.current = Some(Current {
@@ -125,13 +184,57 @@ pub struct Target {
     pub skip: bool,
 }
 
+/// The piece being written: its file, the hash of its bytes so far, and where they go.
+struct Open {
+    file: File,
+    hasher: Sha256,
+    /// The file positions the piece's bytes fill, in order, with the piece offset
+    /// each one starts at.
+    extents: Vec<(u64, [u64; 2])>,
+    /// The file positions to write (sorted): all of the piece, or a referred piece's
+    /// ranges.
+    writes: Vec<[u64; 2]>,
+}
+
+impl Open {
+    /// Write the piece's bytes `buf`, which start at piece offset `from`, where they go.
+    fn place(&mut self, from: u64, buf: &[u8]) -> io::Result<u64> {
+        use std::os::unix::fs::FileExt;
+        let to = from + buf.len() as u64;
+        let mut written = 0;
+        let first = self.extents.partition_point(|(at, [a, b])| at + (b - a) <= from);
+        for &(at, [a, b]) in &self.extents[first..] {
+            if at >= to {
+                break;
+            }
+            // This extent's share of the chunk, in file positions.
+            let lo = a + from.saturating_sub(at);
+            let hi = a + (to - at).min(b - a);
+            let w = self.writes.partition_point(|r| r[1] <= lo);
+            for &[ra, rb] in &self.writes[w..] {
+                if ra >= hi {
+                    break;
+                }
+                let (x, y) = (ra.max(lo), rb.min(hi));
+                if x < y {
+                    let off = (at + (x - a) - from) as usize;
+                    self.file.write_all_at(&buf[off..off + (y - x) as usize], x)?;
+                    written += y - x;
+                }
+            }
+        }
+        self.hasher.update(buf);
+        Ok(written)
+    }
+}
+
 /// A `Write` that cuts a bundle's plaintext back into its files, checking each one's
 /// SHA-256 against the manifest as it completes.
 pub struct BundleSink {
     targets: Vec<Target>,
     index: usize,
     pos: u64,
-    open: Option<(File, Sha256, u64)>,
+    open: Option<Open>,
     pub written_bytes: u64,
     pub written_files: u64,
     /// The targets are some of the bundle's files (an incremental takes a few from an
@@ -174,13 +277,29 @@ impl BundleSink {
             .mode(t.record.mode.max(0o600))
             .open(&t.dest)
             .map_err(|e| io::Error::new(e.kind(), format!("cannot write {}: {e}", t.dest.display())))?;
-        self.open = Some((file, Sha256::new(), 0));
+        let mut at = 0;
+        let extents = t
+            .record
+            .extents()
+            .into_iter()
+            .map(|e| {
+                let placed = (at, e);
+                at += e[1] - e[0];
+                placed
+            })
+            .collect();
+        self.open = Some(Open {
+            file,
+            hasher: Sha256::new(),
+            extents,
+            writes: t.record.writes(),
+        });
         Ok(())
     }
 
     fn complete(&mut self) -> io::Result<()> {
         let t = &self.targets[self.index];
-        if let Some((file, hasher, _)) = self.open.take() {
+        if let Some(Open { file, hasher, .. }) = self.open.take() {
             // Start writing the piece back now, so the final flush finds little left
             // and disk writes overlap with the work on other pieces.
             {
@@ -263,21 +382,10 @@ impl Write for BundleSink {
             let t = &self.targets[self.index];
             let end = t.record.offset + t.record.size;
             let take = ((end - self.pos) as usize).min(buf.len());
-            if let Some((file, hasher, written)) = &mut self.open {
+            if let Some(open) = &mut self.open {
                 // Where these bytes go in the file; of a referenced entry, only the
                 // ranges the backup takes from it (the rest is newer elsewhere).
-                use std::os::unix::fs::FileExt;
-                let at = t.record.file_offset + (self.pos - t.record.offset);
-                let chunk = [at, at + take as u64];
-                for [a, b] in t.record.writes() {
-                    let (a, b) = (a.max(chunk[0]), b.min(chunk[1]));
-                    if a < b {
-                        file.write_all_at(&buf[(a - at) as usize..(b - at) as usize], a)?;
-                        self.written_bytes += b - a;
-                    }
-                }
-                hasher.update(&buf[..take]);
-                *written += take as u64;
+                self.written_bytes += open.place(self.pos - t.record.offset, &buf[..take])?;
             }
             self.pos += take as u64;
             buf = &buf[take..];
@@ -302,6 +410,7 @@ mod tests {
             files
                 .iter()
                 .map(|(path, source, start, len)| FileToCopy {
+                    extents: None,
                     path: path.to_string(),
                     source: source.clone(),
                     size: std::fs::metadata(source).map(|m| m.len()).unwrap_or(0),
@@ -372,5 +481,67 @@ mod tests {
         damaged[0].1[4321] ^= 1;
         let err = restore(&damaged).unwrap_err();
         assert!(err.to_string().contains("does not match the manifest"), "{err}");
+    }
+
+    /// A scattered piece (an incremental's changed blocks) goes back to its positions,
+    /// and a referred piece writes only its ranges: every byte of the file once.
+    #[test]
+    fn extents_and_ranges_round_trip() {
+        let src = tempfile::tempdir().unwrap();
+        let old: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
+        let changed = vec![[1000, 3000], [20_000, 20_500], [39_000, 40_000]];
+        let mut new = old.clone();
+        for [a, b] in &changed {
+            for byte in &mut new[*a as usize..*b as usize] {
+                *byte = byte.wrapping_add(1);
+            }
+        }
+        let path = src.path().join("f");
+        std::fs::write(&path, &new).unwrap();
+        let q: FileQueue = Arc::new(Mutex::new(VecDeque::from(vec![FileToCopy {
+            path: "f".into(),
+            source: path.clone(),
+            size: 3500,
+            mode: 0o600,
+            start: 1000,
+            len: Some(3500),
+            extents: Some(changed.clone()),
+        }])));
+        let records = Arc::new(Mutex::new(Vec::new()));
+        let mut bytes = Vec::new();
+        BundleSource::new(q, "b1".into(), 1 << 20, records.clone())
+            .read_to_end(&mut bytes)
+            .unwrap();
+        let piece = records.lock().unwrap()[0].clone();
+        assert_eq!(piece.size, 3500);
+        assert_eq!(piece.extents.as_deref(), Some(&changed[..]));
+        // The older, whole piece, and the ranges of it the incremental still takes.
+        let older = FileRecord {
+            path: "f".into(),
+            size: old.len() as u64,
+            sha256: hex::encode(Sha256::digest(&old)),
+            mode: 0o600,
+            bundle: "b0".into(),
+            offset: 0,
+            file_offset: 0,
+            backup: Some("B0".into()),
+            ranges: Some(vec![[0, 1000], [3000, 20_000], [20_500, 39_000]]),
+            extents: None,
+        };
+        let dest = tempfile::tempdir().unwrap();
+        let out = dest.path().join("f");
+        std::fs::File::create(&out).unwrap().set_len(40_000).unwrap();
+        for (record, data) in [(older, &old), (piece, &bytes)] {
+            let mut sink = BundleSink::new(vec![Target {
+                record,
+                dest: out.clone(),
+                skip: false,
+            }]);
+            sink.write_all(data).unwrap();
+            sink.finish().unwrap();
+        }
+        let got = std::fs::read(&out).unwrap();
+        let first_difference = got.iter().zip(&new).position(|(a, b)| a != b);
+        assert_eq!((got.len(), first_difference), (new.len(), None));
     }
 }

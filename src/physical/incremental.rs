@@ -269,7 +269,7 @@ pub fn plan(listing: &Listing, parent_label: &str, parent: &PhysicalInfo, change
             }
             let bytes: u64 = ranges.iter().map(|x| x[1] - x[0]).sum();
             out.referenced_bytes += bytes;
-            let whole_entry = r.ranges.is_none() && ranges == [[r.file_offset, r.file_offset + r.size]];
+            let whole_entry = r.ranges.is_none() && ranges == r.extents();
             let from = r.backup.clone().unwrap_or_else(|| parent_label.to_string());
             used.insert(from.clone());
             out.refs.push(FileRecord {
@@ -278,11 +278,14 @@ pub fn plan(listing: &Listing, parent_label: &str, parent: &PhysicalInfo, change
                 ..(*r).clone()
             });
         }
-        for [start, end] in changed {
+        // The changed parts, one piece for the file (split at PIECE_SIZE by the copy).
+        if let Some(first) = changed.first() {
+            let bytes = changed.iter().map(|[a, b]| b - a).sum();
             out.copy.push(FileToCopy {
-                start,
-                len: Some(end - start),
-                size: end - start,
+                start: first[0],
+                len: Some(bytes),
+                size: bytes,
+                extents: Some(changed),
                 ..f.clone()
             });
         }
@@ -402,6 +405,7 @@ mod tests {
             mode: 0o600,
             start: 0,
             len: None,
+            extents: None,
         }
     }
 
@@ -416,6 +420,7 @@ mod tests {
             file_offset,
             backup: None,
             ranges: None,
+            extents: None,
         }
     }
 
@@ -455,15 +460,24 @@ mod tests {
         }
         c.settle();
         let p = plan(&listing, "B1", &info, &c, GEO);
-        let copies: Vec<(&str, u64, Option<u64>)> = p.copy.iter().map(|f| (f.path.as_str(), f.start, f.len)).collect();
+        type Copy<'a> = (&'a str, u64, Option<u64>, Option<Vec<[u64; 2]>>);
+        let copies: Vec<Copy> = p
+            .copy
+            .iter()
+            .map(|f| (f.path.as_str(), f.start, f.len, f.extents.clone()))
+            .collect();
         assert_eq!(
             copies,
             vec![
-                ("base/5/100", 2 * b, Some(2 * b)),
-                ("base/5/100", 10 * b, Some(2 * b)),
-                ("global/pg_control", 0, None),
-                ("base/5/300_fsm", 0, None),
-                ("base/5/400", 0, None),
+                (
+                    "base/5/100",
+                    2 * b,
+                    Some(4 * b),
+                    Some(vec![[2 * b, 4 * b], [10 * b, 12 * b]])
+                ),
+                ("global/pg_control", 0, None, None),
+                ("base/5/300_fsm", 0, None, None),
+                ("base/5/400", 0, None, None),
             ]
         );
         assert_eq!(p.refs.len(), 2);
@@ -475,11 +489,12 @@ mod tests {
         assert_eq!(p.chain, vec!["B1".to_string()]);
         assert_eq!(p.whole["new since the parent"], 1);
 
-        // The next incremental refers through B2 to B1 where B1 still holds the bytes.
+        // The next incremental refers through B2 to B1 where B1 still holds the bytes,
+        // and to the part of B2's scattered piece it did not change (the file shrank).
         let mut files = p.refs.clone();
         files.push(FileRecord {
-            ranges: None,
-            ..record("base/5/100", 2 * b, 2 * b, "bundle-0")
+            extents: Some(vec![[2 * b, 4 * b], [10 * b, 12 * b]]),
+            ..record("base/5/100", 2 * b, 4 * b, "bundle-0")
         });
         let second = PhysicalInfo {
             incremental: Some(crate::repo::manifest::Incremental {
@@ -507,7 +522,7 @@ mod tests {
             from,
             vec![
                 (Some("B1"), Some(vec![[b, 2 * b], [4 * b, 10 * b]])),
-                (Some("B2"), None),
+                (Some("B2"), Some(vec![[2 * b, 4 * b]])),
             ]
         );
         assert_eq!(p.chain, vec!["B1".to_string(), "B2".to_string()]);

@@ -45,6 +45,10 @@ pub async fn copy_files(
     // last bundles.
     let mut files = Vec::with_capacity(listed.len());
     for f in listed {
+        if let Some(extents) = &f.extents {
+            files.extend(extent_pieces(f, extents));
+            continue;
+        }
         let end = f.len.map(|len| f.start + len);
         let mut start = f.start;
         while end.unwrap_or(f.size).saturating_sub(start) > PIECE_SIZE {
@@ -81,43 +85,63 @@ pub async fn copy_files(
         },
         ..repo.store()
     };
-    let workers = (0..jobs.max(1)).map(|_| {
-        let queue = queue.clone();
-        let records = records.clone();
-        let next_bundle = next_bundle.clone();
-        let progress = progress.clone();
-        async move {
-            let mut objects = Vec::new();
-            while !queue.lock().expect("queue lock").is_empty() {
-                let n = next_bundle.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let name = layout::bundle(n);
-                let source = BundleSource::new(queue.clone(), name.clone(), BUNDLE_SIZE, records.clone());
-                let key = layout::backup_object(label, &name)?;
-                objects.push(
-                    store
-                        .reader(&key, &name, source, PutMode::CreateNew, Some(progress.clone()))
-                        .await?,
-                );
-            }
-            anyhow::Ok(objects)
-        }
-    });
-    let mut objects: Vec<ObjectRecord> = try_join_all(workers).await?.into_iter().flatten().collect();
-    if !last.is_empty() {
-        queue.lock().expect("queue lock").extend(last);
+    // One bundle: the next files of the queue, up to BUNDLE_SIZE.
+    let bundle = || async {
         let n = next_bundle.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let name = layout::bundle(n);
         let source = BundleSource::new(queue.clone(), name.clone(), BUNDLE_SIZE, records.clone());
         let key = layout::backup_object(label, &name)?;
-        objects.push(
-            store
-                .reader(&key, &name, source, PutMode::CreateNew, Some(progress.clone()))
-                .await?,
-        );
+        store
+            .reader(&key, &name, source, PutMode::CreateNew, Some(progress.clone()))
+            .await
+    };
+    let workers = (0..jobs.max(1)).map(|_| async {
+        let mut objects = Vec::new();
+        while !queue.lock().expect("queue lock").is_empty() {
+            objects.push(bundle().await?);
+        }
+        anyhow::Ok(objects)
+    });
+    let mut objects: Vec<ObjectRecord> = try_join_all(workers).await?.into_iter().flatten().collect();
+    if !last.is_empty() {
+        queue.lock().expect("queue lock").extend(last);
+        objects.push(bundle().await?);
     }
     let mut records = std::mem::take(&mut *records.lock().expect("records lock"));
     records.sort_by(|a, b| a.path.cmp(&b.path).then(a.file_offset.cmp(&b.file_offset)));
     Ok((records, objects))
+}
+
+/// A file's scattered parts as pieces of at most `PIECE_SIZE` bytes each.
+fn extent_pieces(f: &FileToCopy, extents: &[[u64; 2]]) -> Vec<FileToCopy> {
+    let mut pieces = Vec::new();
+    let mut group: Vec<[u64; 2]> = Vec::new();
+    let mut bytes = 0;
+    let mut close = |group: &mut Vec<[u64; 2]>, bytes: &mut u64| {
+        if let Some(first) = group.first() {
+            pieces.push(FileToCopy {
+                start: first[0],
+                len: Some(*bytes),
+                size: *bytes,
+                extents: Some(std::mem::take(group)),
+                ..f.clone()
+            });
+        }
+        *bytes = 0;
+    };
+    for &[mut a, b] in extents {
+        while a < b {
+            let take = (b - a).min(PIECE_SIZE - bytes);
+            group.push([a, a + take]);
+            bytes += take;
+            a += take;
+            if bytes == PIECE_SIZE {
+                close(&mut group, &mut bytes);
+            }
+        }
+    }
+    close(&mut group, &mut bytes);
+    pieces
 }
 
 /// The first WAL segment a backup needs, from its backup_label.
@@ -280,13 +304,28 @@ fn check_reference(info: &PhysicalInfo, f: &FileRecord) -> Result<()> {
     {
         return Err(damaged(&format!("refers to backup {from}, which is not in its chain")));
     }
+    if let Some(extents) = &f.extents {
+        let mut at = 0;
+        let mut total = 0u64;
+        for [a, b] in extents {
+            if *a < at || a >= b {
+                return Err(damaged("has parts out of order"));
+            }
+            total = total.saturating_add(b - a);
+            at = *b;
+        }
+        if total != f.size || extents.first().is_some_and(|e| e[0] != f.file_offset) {
+            return Err(damaged("has parts that do not add up to its size"));
+        }
+    }
     if let Some(ranges) = &f.ranges {
         if f.backup.is_none() {
             return Err(damaged("has ranges but refers to no older backup"));
         }
+        let span = f.extents().last().map_or(f.file_offset, |e| e[1]);
         let mut at = f.file_offset;
         for [a, b] in ranges {
-            if *a < at || a >= b || *b > f.file_offset + f.size {
+            if *a < at || a >= b || *b > span {
                 return Err(damaged("takes a range outside its entry"));
             }
             at = *b;
@@ -361,7 +400,9 @@ pub async fn restore_files(
     let mut sizes: BTreeMap<&str, (u64, u32)> = BTreeMap::new();
     for record in &info.files {
         let dest = placement.dest(&record.path);
+        // (A scattered piece is always written: it holds only changed blocks.)
         let skip = delta
+            && record.extents.is_none()
             && pipeline::tally::sha256_range(&dest, record.file_offset, record.size).is_ok_and(|s| s == record.sha256);
         if skip {
             stats.files_unchanged += 1;

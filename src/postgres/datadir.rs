@@ -22,6 +22,11 @@ const EMPTY_DIRS: &[&str] = &[
     "pg_subtrans",
 ];
 
+/// The log of a server pgdr restored and started, in its data directory.
+pub const RECOVERY_LOG: &str = "pgdr-recovery.log";
+/// The log of the start before.
+pub const RECOVERY_LOG_OLD: &str = "pgdr-recovery.log.old";
+
 /// Files never copied, at the top level.
 const SKIP_TOP_FILES: &[&str] = &[
     "postmaster.pid",
@@ -38,6 +43,11 @@ const SKIP_TOP_FILES: &[&str] = &[
     // A restored copy's one-time `--archive` marker: a backup of that server must not
     // carry it into later restores (see `recovery::NEW_PRIMARY_MARKER`).
     crate::postgres::recovery::NEW_PRIMARY_MARKER,
+    // The log pgdr gives a server it restored and started: that server's history, not
+    // the cluster's. Carried into a backup, its old FATAL lines made the next
+    // restore's start look failed.
+    RECOVERY_LOG,
+    RECOVERY_LOG_OLD,
 ];
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -63,6 +73,10 @@ pub struct FileToCopy {
     /// A piece of a large file: copy from `start`, `len` bytes (`None`: to the end).
     pub start: u64,
     pub len: Option<u64>,
+    /// Scattered parts of the file, copied one after the other into one piece
+    /// (`[start, end)` file positions, sorted; an incremental's changed blocks).
+    /// When set, `start` is the first one's start and `len` their total.
+    pub extents: Option<Vec<[u64; 2]>>,
 }
 
 #[derive(Debug, Default)]
@@ -206,6 +220,7 @@ fn walk(dir: &Path, rel: &str, listing: &mut Listing, top: bool) -> io::Result<(
             mode: meta.permissions().mode() & 0o7777,
             start: 0,
             len: None,
+            extents: None,
         });
     }
     Ok(())
@@ -256,6 +271,8 @@ mod tests {
         for f in [
             "PG_VERSION",
             "postmaster.pid",
+            "pgdr-recovery.log",
+            "pgdr-recovery.log.old",
             "global/pg_control",
             "pg_wal/000000010000000000000001",
             "pg_stat_tmp/x",

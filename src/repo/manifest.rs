@@ -155,23 +155,34 @@ pub struct FileRecord {
     /// of the entry is older than a block this backup stores itself. `None`: all of it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ranges: Option<Vec<[u64; 2]>>,
+    /// A piece of scattered parts of its file (an incremental's changed blocks): the
+    /// file positions its bytes fill, in order (`[start, end)`, sorted, disjoint,
+    /// their lengths adding up to `size`). `None`: one run from `file_offset`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extents: Option<Vec<[u64; 2]>>,
 }
 
 impl FileRecord {
-    /// The file positions this record lays down.
+    /// The file positions the piece's bytes fill, in order.
+    pub fn extents(&self) -> Vec<[u64; 2]> {
+        match &self.extents {
+            Some(e) => e.clone(),
+            None => vec![[self.file_offset, self.file_offset + self.size]],
+        }
+    }
+
+    /// The file positions this record lays down: its ranges of a referred piece, or
+    /// all of its own piece.
     pub fn writes(&self) -> Vec<[u64; 2]> {
         match &self.ranges {
             Some(r) => r.clone(),
-            None => vec![[self.file_offset, self.file_offset + self.size]],
+            None => self.extents(),
         }
     }
 
     /// The end of what this record lays down: the file is at least this long.
     pub fn end(&self) -> u64 {
-        match &self.ranges {
-            Some(r) => r.last().map_or(self.file_offset, |r| r[1]),
-            None => self.file_offset + self.size,
-        }
+        self.writes().last().map_or(0, |r| r[1])
     }
 }
 

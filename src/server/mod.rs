@@ -72,7 +72,14 @@ pub fn trusted_tcp_lines(data_dir: &Path) -> Vec<String> {
 pub async fn start_and_wait(opts: &StartOptions) -> Result<Reached> {
     let dir = opts.data_dir.as_path();
     let tools = PgTools::locate(opts.bin_dir.as_deref())?;
-    let log = dir.join("pgdr-recovery.log");
+    use crate::postgres::datadir::{RECOVERY_LOG, RECOVERY_LOG_OLD};
+    let log = dir.join(RECOVERY_LOG);
+    // The server's words are read from this start only: an earlier start's log (or one
+    // a backup carried in) is kept beside it, not mistaken for this one.
+    if log.exists() {
+        std::fs::rename(&log, dir.join(RECOVERY_LOG_OLD))
+            .with_context(|| format!("moving the earlier {} aside", log.display()))?;
+    }
     let pg_opts = server_options(opts)?;
     let started = pg_ctl_start(&tools, dir, &log, &pg_opts, opts.s3)?;
     wait_for_postmaster(dir, &log).await?;

@@ -1086,6 +1086,15 @@ impl Pgdr {
         ]);
         all.extend(args.iter().map(|s| s.to_string()));
         let out = self.run(&all);
+        if !out.status.success() {
+            // The restored server's own account of why it stopped, for the failure.
+            let log = std::fs::read_to_string(data.join("pgdr-recovery.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(25).collect();
+            eprintln!(
+                "pgdr-recovery.log (last lines):\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
         let restored = Restored {
             dir,
             data,
