@@ -114,6 +114,13 @@ pub async fn changes_since(
         Lsn(switched.0.max(window.start_lsn.0).saturating_sub(1)),
         seg,
     );
+    if last.number < first.number {
+        return Err(anyhow!(
+            "the WAL window of this incremental is empty ({} .. {}): nothing can say which blocks changed",
+            info.start_lsn,
+            window.start_lsn
+        ));
+    }
     crate::physical::wait_for_wal(
         repo,
         first,

@@ -66,6 +66,17 @@ pub(super) async fn run(
         BackupType::Full => None,
         other => super::incremental::choose_parent(repo, &server, other).await?,
     };
+    // An expire that runs meanwhile leaves the parent and its chain alone.
+    let parent_lease = match &parent {
+        Some(parent) => {
+            let mut labels = vec![parent.label.clone()];
+            for older in parent.physical.as_ref().map(|p| p.chain()).unwrap_or_default() {
+                labels.push(older.parse().map_err(|e: String| anyhow::anyhow!(e))?);
+            }
+            Some(crate::repo::lock::UseLease::acquire(repo, &labels, "incremental backup").await?)
+        }
+        None => None,
+    };
     let geometry = match parent {
         Some(_) => Some(super::incremental::geometry(&client).await?),
         None => None,
@@ -75,19 +86,22 @@ pub(super) async fn run(
     let start_time = Utc::now();
     let xmin_before = xmin_now(&client).await;
     // From a standby, the standby runs the backup and the primary only switches WAL.
-    let (session_client, primary) = match standby {
+    let (session_client, primary, standby_timeline) = match standby {
         Some(standby) => {
             tracing::info!(
                 "reading the files on the standby {} ({} KiB of WAL behind the primary)",
                 standby.describe,
                 standby.lag >> 10
             );
-            (standby.client, Some(client))
+            (standby.client, Some(client), Some(standby.timeline))
         }
-        None => (client, None),
+        None => (client, None, None),
     };
     let (session, start_lsn) = BackupSession::start(session_client, label.as_str(), !opts.spread_checkpoint).await?;
-    let timeline = session.timeline().await?;
+    let timeline = match standby_timeline {
+        Some(tli) => tli,
+        None => session.timeline().await?,
+    };
     let databases = server::databases(session.client()).await?;
     let catalog = super::read_catalogs(&target, &databases, Some(timeline)).await;
     let listing = crate::physical::listing_for(&data_dir)?;
@@ -154,6 +168,20 @@ pub(super) async fn run(
             return Err(discard(repo, &label, e).await);
         }
     };
+    // The pages taken from the parent may hold changes up to its stop: a restore of
+    // this backup is consistent only past both (a standby's backup can end behind a
+    // parent taken on the primary).
+    if let Some(parent_info) = parent.as_ref().and_then(|p| p.physical.as_ref()) {
+        let stop_lsn: Lsn = stop.lsn.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+        if stop_lsn < parent_info.stop_lsn {
+            let e = usage!(
+                "this backup ends at {stop_lsn} in the WAL, before its parent ends ({}) — the standby is behind the parent: wait for it to replay past {}, or take a full backup (--type full)",
+                parent_info.stop_lsn,
+                parent_info.stop_lsn
+            );
+            return Err(discard(repo, &label, e).await);
+        }
+    }
     let info = PhysicalInfo {
         method: PhysicalMethod::Local,
         start_lsn: start_lsn.parse().map_err(|e: String| anyhow::anyhow!(e))?,
@@ -185,6 +213,9 @@ pub(super) async fn run(
         ..new_manifest(repo, &label, BackupKind::Physical, &opts.tags, start_time, &server)
     };
     commit(repo, &manifest, opts.keep, lock).await?;
+    if let Some(lease) = parent_lease {
+        lease.release().await;
+    }
     Ok(PhysicalBackupReport::of(&manifest))
 }
 

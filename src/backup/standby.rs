@@ -27,6 +27,8 @@ pub struct Standby {
     pub describe: String,
     /// Bytes of WAL it was behind the primary when checked.
     pub lag: u64,
+    /// The timeline it replays, the primary's (its restartpoint's may be older).
+    pub timeline: u32,
 }
 
 /// Connect to the configured standby and check it against the primary.
@@ -48,13 +50,14 @@ pub async fn check(config: &Config, primary: &Client, server: &ServerInfo) -> Re
             "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text,
                     (SELECT system_identifier FROM pg_control_system())::text,
                     coalesce((SELECT received_tli FROM pg_stat_wal_receiver),
-                             (SELECT timeline_id FROM pg_control_checkpoint()))::int4",
+                             (SELECT timeline_id FROM pg_control_checkpoint()))::int4,
+                    current_setting('data_directory')",
             &[],
         )
         .await
         .context("reading the standby's state")?;
-    let (in_recovery, replayed, sysid, standby_tli): (bool, Option<String>, String, i32) =
-        (row.get(0), row.get(1), row.get(2), row.get(3));
+    let (in_recovery, replayed, sysid, standby_tli, its_dir): (bool, Option<String>, String, i32, String) =
+        (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
     if !in_recovery {
         return Err(usage!(
             "{describe} ([postgres] standby_url) is not in recovery: it is a primary, not a standby — point standby_url at a standby, or back up without --from-standby"
@@ -66,9 +69,11 @@ pub async fn check(config: &Config, primary: &Client, server: &ServerInfo) -> Re
             server.system_identifier
         ));
     }
+    // The timeline of the WAL the primary writes now (its checkpoint's lags a
+    // promotion until the next checkpoint).
     let row = primary
         .query_one(
-            "SELECT pg_current_wal_lsn()::text, (SELECT timeline_id FROM pg_control_checkpoint())::int4",
+            "SELECT pg_current_wal_lsn()::text, ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int4",
             &[],
         )
         .await
@@ -94,6 +99,18 @@ pub async fn check(config: &Config, primary: &Client, server: &ServerInfo) -> Re
             lag >> 20
         ));
     }
+    // The directory read is the standby's own: a primary on the same host has the
+    // same system identifier, and its newer files would make a torn backup.
+    let same = match (std::fs::canonicalize(&data_dir), std::fs::canonicalize(&its_dir)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => data_dir == std::path::Path::new(&its_dir),
+    };
+    if !same {
+        return Err(usage!(
+            "[postgres] standby_data_dir is {}, but the standby {describe} runs from {its_dir} — set standby_data_dir to the standby's data directory",
+            data_dir.display()
+        ));
+    }
     let local = crate::postgres::datadir::control_system_identifier(&data_dir).map_err(|e| {
         usage!(
             "cannot read {}/global/pg_control ({e}) — check [postgres] standby_data_dir",
@@ -111,5 +128,6 @@ pub async fn check(config: &Config, primary: &Client, server: &ServerInfo) -> Re
         data_dir,
         describe,
         lag,
+        timeline: primary_tli as u32,
     })
 }

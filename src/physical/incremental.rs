@@ -182,7 +182,7 @@ pub struct Plan {
     /// Changed blocks stored from files otherwise referred to.
     pub changed_blocks: u64,
     pub referenced_bytes: u64,
-    /// Every backup `refs` names.
+    /// Every backup this one descends from, the full one first (`refs` name some).
     pub chain: Vec<String>,
 }
 
@@ -224,9 +224,10 @@ pub fn plan(listing: &Listing, parent_label: &str, parent: &PhysicalInfo, change
         by_path.entry(r.path.as_str()).or_default().push(r);
     }
     let mut out = Plan::default();
+    // Every backup this one descends from, the full one first: whether or not its
+    // bundles are referred to, so the chain's root is always its first.
     let mut chain: Vec<String> = parent.chain().to_vec();
     chain.push(parent_label.to_string());
-    let mut used: HashSet<String> = HashSet::new();
     for f in &listing.files {
         let records = by_path.get(f.path.as_str());
         let parent_size = records.map(|rs| rs.iter().map(|r| r.end()).max().unwrap_or(0));
@@ -251,7 +252,8 @@ pub fn plan(listing: &Listing, parent_label: &str, parent: &PhysicalInfo, change
                     break;
                 }
                 let start = (b - base) * geo.block_size;
-                if start >= f.size {
+                // Past the parent's end, the growth below takes the whole rest.
+                if start >= f.size.min(parent_size) {
                     break;
                 }
                 out.changed_blocks += 1;
@@ -271,7 +273,6 @@ pub fn plan(listing: &Listing, parent_label: &str, parent: &PhysicalInfo, change
             out.referenced_bytes += bytes;
             let whole_entry = r.ranges.is_none() && ranges == r.extents();
             let from = r.backup.clone().unwrap_or_else(|| parent_label.to_string());
-            used.insert(from.clone());
             out.refs.push(FileRecord {
                 backup: Some(from),
                 ranges: (!whole_entry).then_some(ranges),
@@ -290,7 +291,6 @@ pub fn plan(listing: &Listing, parent_label: &str, parent: &PhysicalInfo, change
             });
         }
     }
-    chain.retain(|l| used.contains(l));
     out.chain = chain;
     out
 }
@@ -526,6 +526,24 @@ mod tests {
             ]
         );
         assert_eq!(p.chain, vec!["B1".to_string(), "B2".to_string()]);
+    }
+
+    /// A block the WAL names past the parent's end does not hide the growth before it
+    /// (found by review: block 10 was neither copied nor referred to).
+    #[test]
+    fn growth_is_copied_whole_even_where_the_wal_names_a_block_in_it() {
+        let b = GEO.block_size;
+        let info = parent(vec![record("base/5/100", 0, 10 * b, "x")]);
+        let listing = Listing {
+            files: vec![file("base/5/100", 13 * b)],
+            ..Listing::default()
+        };
+        let mut c = Changes::default();
+        c.feed("rmgr: Heap lsn: 0/1, desc: INSERT, blkref #0: rel 1663/5/100 blk 11");
+        c.settle();
+        let p = plan(&listing, "B1", &info, &c, GEO);
+        assert_eq!(p.copy[0].extents, Some(vec![[10 * b, 13 * b]]));
+        assert_eq!(p.refs[0].ranges, None, "all of the parent's piece is still current");
     }
 
     #[test]

@@ -280,9 +280,38 @@ pub fn validate_paths(info: &PhysicalInfo) -> Result<()> {
     for d in &info.dirs {
         check(&d.path)?;
     }
+    let mut writes: BTreeMap<&str, Vec<[u64; 2]>> = BTreeMap::new();
+    let mut entries: BTreeMap<(&str, &str), Vec<[u64; 2]>> = BTreeMap::new();
     for f in &info.files {
         check(&f.path)?;
         check_reference(info, f)?;
+        writes.entry(f.path.as_str()).or_default().extend(f.writes());
+        let holder = f.backup.as_deref().unwrap_or("");
+        entries
+            .entry((holder, f.bundle.as_str()))
+            .or_default()
+            .push([f.offset, f.offset + f.size]);
+    }
+    // Pieces of one bundle never share bytes (pg_basebackup's records name its tar,
+    // not offsets in it).
+    let bundles = info.method == crate::repo::manifest::PhysicalMethod::Local;
+    for ((_, bundle), mut e) in entries.into_iter().filter(|_| bundles) {
+        e.sort_unstable();
+        if e.windows(2).any(|p| p[1][0] < p[0][1]) {
+            return Err(anyhow!(
+                "the manifest places two pieces at the same bytes of {bundle} — it is damaged or was tampered with; nothing was written"
+            ));
+        }
+    }
+    // Every byte of a file comes from one record: two that write the same place
+    // would race, and each would still pass its own checksum.
+    for (path, mut w) in writes {
+        w.sort_unstable();
+        if w.windows(2).any(|p| p[1][0] < p[0][1]) {
+            return Err(anyhow!(
+                "the manifest has two records for the same part of {path} — it is damaged or was tampered with; nothing was written"
+            ));
+        }
     }
     Ok(())
 }
@@ -296,7 +325,7 @@ fn check_reference(info: &PhysicalInfo, f: &FileRecord) -> Result<()> {
             f.path
         )
     };
-    if f.file_offset.checked_add(f.size).is_none() {
+    if f.file_offset.checked_add(f.size).is_none() || f.offset.checked_add(f.size).is_none() {
         return Err(damaged("has an impossible size"));
     }
     if let Some(from) = &f.backup
@@ -322,10 +351,13 @@ fn check_reference(info: &PhysicalInfo, f: &FileRecord) -> Result<()> {
         if f.backup.is_none() {
             return Err(damaged("has ranges but refers to no older backup"));
         }
-        let span = f.extents().last().map_or(f.file_offset, |e| e[1]);
+        let extents = f.extents();
         let mut at = f.file_offset;
         for [a, b] in ranges {
-            if *a < at || a >= b || *b > span {
+            // Inside one of the piece's parts (parts never touch: they are merged).
+            let i = extents.partition_point(|e| e[1] <= *a);
+            let inside = extents.get(i).is_some_and(|e| e[0] <= *a && *b <= e[1]);
+            if *a < at || a >= b || !inside {
                 return Err(damaged("takes a range outside its entry"));
             }
             at = *b;
@@ -756,4 +788,83 @@ pub async fn restore_tar(
         bytes_written: record.plain.size,
         ..Default::default()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(path: &str, file_offset: u64, size: u64, offset: u64) -> FileRecord {
+        FileRecord {
+            path: path.into(),
+            size,
+            sha256: String::new(),
+            mode: 0o600,
+            bundle: "bundle-00000".into(),
+            offset,
+            file_offset,
+            backup: None,
+            ranges: None,
+            extents: None,
+        }
+    }
+
+    fn info(files: Vec<FileRecord>, chain: &[&str]) -> PhysicalInfo {
+        let mut json = serde_json::json!({
+            "start_lsn": "0/1000000", "stop_lsn": "0/2000000", "timeline": 1,
+            "segment_size": 16777216, "wal_start": "", "wal_stop": "", "backup_label": "",
+            "dirs": [], "tablespaces": [], "files": files,
+        });
+        if !chain.is_empty() {
+            json["incremental"] = serde_json::json!({
+                "parent": chain.last(), "chain": chain, "wal_from": "0/0", "wal_to": "0/0",
+                "changed_blocks": 0, "whole_files": {}, "referenced_bytes": 0,
+            });
+        }
+        serde_json::from_value(json).unwrap()
+    }
+
+    /// A damaged or hostile incremental manifest is refused before anything is
+    /// written: overlapping records, shared bundle bytes, references outside the
+    /// chain, ranges outside a piece's parts, parts that do not add up, overflow.
+    #[test]
+    fn hostile_references_extents_and_overlaps_are_refused() {
+        let good = || {
+            let mut r = record("base/5/1", 0, 100, 0);
+            r.backup = Some("B0".into());
+            r.ranges = Some(vec![[0, 10], [20, 100]]);
+            let mut s = record("base/5/1", 10, 10, 0);
+            s.extents = Some(vec![[10, 20]]);
+            vec![r, s]
+        };
+        assert!(validate_paths(&info(good(), &["B0"])).is_ok());
+        let refused = |files: Vec<FileRecord>, chain: &[&str]| {
+            let e = validate_paths(&info(files, chain)).unwrap_err().to_string();
+            assert!(e.contains("nothing was written"), "{e}");
+        };
+        // Outside the chain.
+        refused(good(), &["B9"]);
+        // Two records for the same bytes of the file.
+        let mut f = good();
+        f[0].ranges = Some(vec![[0, 15], [20, 100]]);
+        refused(f, &["B0"]);
+        // Two pieces of one bundle sharing bytes.
+        let mut f = good();
+        f.push(record("base/5/2", 0, 10, 5));
+        refused(f, &["B0"]);
+        // A range in the gap between a piece's parts.
+        let mut f = good();
+        f[0].extents = Some(vec![[0, 40], [60, 120]]);
+        f[0].size = 100;
+        f[0].ranges = Some(vec![[0, 10], [40, 50]]);
+        refused(f, &["B0"]);
+        // Parts that do not add up to the piece's size.
+        let mut f = good();
+        f[1].extents = Some(vec![[10, 25]]);
+        refused(f, &["B0"]);
+        // Offsets that overflow.
+        let mut f = good();
+        f[1].offset = u64::MAX - 2;
+        refused(f, &["B0"]);
+    }
 }

@@ -344,6 +344,47 @@ pub fn free_port() -> Result<u16> {
 
 /// Stop whatever server runs in `dir` at once (`pg_ctl -m immediate`, as postgres):
 /// for copies being thrown away. Nothing running is not an error.
+/// SIGKILL a `pg_ctl … start` for `dir` still on its way (left by a killed pgdr) and
+/// any server it started there: an orphaned `pg_ctl` that starts its server after
+/// the directory was emptied would recreate its log there, or start on half-laid
+/// files. Only `pg_ctl`, `postgres` and the shell `pg_ctl` runs it through, with
+/// `-D` naming `dir`, are touched.
+pub fn kill_starting(dir: &Path) {
+    let needles = [
+        format!("-D {}", dir.display()),
+        format!("-D \"{}\"", dir.display()),
+        format!("-D '{}'", dir.display()),
+    ];
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    let me = std::process::id();
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let program = text.split_whitespace().next().unwrap_or("");
+        let name = program.rsplit('/').next().unwrap_or(program);
+        let ours = matches!(name, "pg_ctl" | "postgres") || (name == "sh" && text.contains("postgres"));
+        // The argument ends at the path: `-D /x` must not match `-D /x2`.
+        let names_dir = needles.iter().any(|n| {
+            text.match_indices(n.as_str())
+                .any(|(i, _)| text[i + n.len()..].chars().next().is_none_or(|c| c == ' '))
+        });
+        if ours && names_dir {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+    }
+}
+
 pub fn stop_immediate(pg_ctl: &Path, dir: &Path) {
     if !dir.join("postmaster.pid").exists() {
         return;

@@ -29,8 +29,11 @@ pub async fn execute(
     plan: RestorePlan,
     say: &mut dyn FnMut(String),
 ) -> Result<PhysicalRestoreReport> {
-    // expire leaves the backup, and the WAL from its start, while this runs.
-    let lease = UseLease::acquire(&plan.repo, std::slice::from_ref(&plan.manifest.label), "restore").await?;
+    // expire leaves the backup (and the older ones an incremental takes blocks from),
+    // and the WAL from its start, while this runs.
+    let mut leased = vec![plan.manifest.label.clone()];
+    leased.extend(plan.chain.iter().map(|m| m.label.clone()));
+    let lease = UseLease::acquire(&plan.repo, &leased, "restore").await?;
     let result = execute_leased(config, opts, plan, say).await;
     lease.release().await;
     result

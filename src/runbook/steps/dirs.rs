@@ -162,7 +162,9 @@ pub(super) enum KeepDir {
 /// Remove a server a step made: stop the server in `dir`, then remove its data (and
 /// `dir` itself unless `keep`) and its socket directory.
 pub(super) fn remove_server(config: &Config, dir: &Path, keep: KeepDir) -> Result<()> {
+    // A running server, then a start a killed run left on its way.
     stop_immediate(config, dir);
+    crate::server::kill_starting(dir);
     if keep == KeepDir::Yes {
         empty_dir(dir)?;
     }
