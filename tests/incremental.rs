@@ -581,3 +581,102 @@ fn backups_from_a_standby_restore_the_primarys_data() {
         "a refused backup left something behind"
     );
 }
+
+/// A chain on the S3 server: `verify` restores the newest incremental in a scratch
+/// cluster; `copy --backup` takes its parents along and the copy alone restores it;
+/// after `key rotate` and `key rewrap` the chain still restores, with `--delta` over a
+/// restore of an older backup of the chain.
+#[test]
+fn a_chain_on_s3_verifies_copies_with_its_parents_and_survives_rewrap() {
+    let a = Archiving::start_with(RepoKind::S3);
+    let c = &a.cluster;
+    c.psql("postgres", "CREATE DATABASE app");
+    c.pgbench_init("app", 2);
+    let full = backup(&a, "full");
+    c.psql("app", "UPDATE pgbench_accounts SET abalance = 5 WHERE aid % 13 = 0");
+    let i1 = backup(&a, "incr");
+    c.psql(
+        "app",
+        "UPDATE pgbench_accounts SET abalance = 6 WHERE aid % 17 = 0; CREATE TABLE later AS SELECT 1 AS x",
+    );
+    let i2 = backup(&a, "incr");
+    let expected = all_hashes(c.port);
+    let (i1, i2) = (i1["label"].as_str().unwrap(), i2["label"].as_str().unwrap());
+    assert_eq!(
+        a.pgdr.list_json().iter().find(|e| e["label"] == i2).unwrap()["chain"],
+        serde_json::json!([full["label"], i1])
+    );
+
+    let out = a.pgdr.ok(&["verify", "--backup", i2]);
+    assert!(out.contains(i2), "{out}");
+
+    let copy_dir = a.pgdr.dir.join("copy-region2");
+    pg_owned_dir(&copy_dir);
+    let mut config = std::fs::read_to_string(&a.pgdr.config).unwrap();
+    config.push_str(&format!(
+        "\n[[repository.copies]]\nname = \"dr\"\nurl = \"file://{}\"\n",
+        copy_dir.display()
+    ));
+    std::fs::write(&a.pgdr.config, &config).unwrap();
+    a.pgdr.ok(&["copy", "--backup", i2]);
+    let out = a.pgdr.ok(&["list", "--json", "--repository", "dr"]);
+    let copied: Vec<String> = serde_json::from_str::<serde_json::Value>(&out)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["label"].as_str().unwrap().to_string())
+        .collect();
+    for label in [full["label"].as_str().unwrap(), i1, i2] {
+        assert!(
+            copied.iter().any(|l| l == label),
+            "{label} is not in the copy: {copied:?}"
+        );
+    }
+    let r = a
+        .pgdr
+        .restore_started(&["--repository", "dr", "--backup", i2, "--target", "immediate"]);
+    assert_eq!(all_hashes(r.port), expected, "the copy's restore of {i2}");
+    drop(r);
+
+    a.pgdr.ok(&["key", "rotate"]);
+    let report: serde_json::Value = serde_json::from_str(&a.pgdr.ok(&["key", "rewrap", "--json"])).unwrap();
+    assert_eq!(report["failed"].as_array().unwrap().len(), 0, "{report}");
+
+    // An older backup of the chain laid down, then the newest over it with --delta.
+    let dir = TestDir::new();
+    chown_postgres(dir.path());
+    let data = dir.join("data");
+    let sock = pg_owned_dir(&dir.join("sock"));
+    let to = data.to_str().unwrap().to_string();
+    a.pgdr
+        .ok(&["restore", "--kind", "physical", "--backup", i1, "--to", to.as_str()]);
+    let port = free_port();
+    let port_text = port.to_string();
+    let out = a.pgdr.run(&[
+        "restore",
+        "--kind",
+        "physical",
+        "--backup",
+        i2,
+        "--to",
+        to.as_str(),
+        "--delta",
+        "--target",
+        "immediate",
+        "--start",
+        "--port",
+        port_text.as_str(),
+        "--socket-dir",
+        sock.to_str().unwrap(),
+    ]);
+    let r = Restored {
+        dir,
+        data,
+        port,
+        output: String::from_utf8_lossy(&out.stdout).into_owned(),
+    };
+    assert_success(&out, "restore --delta of the newest incremental over an older one");
+    assert_eq!(all_hashes(r.port), expected, "--delta across the chain");
+    amcheck(r.port);
+}
