@@ -37,6 +37,16 @@ pub async fn choose_parent(repo: &Repo, server: &ServerInfo, backup_type: Backup
         );
         return Ok(None);
     };
+    // The parent's records are read from the repository: checked as a restore checks
+    // them before any of their offsets and ranges are used.
+    if let Some(info) = &parent.physical {
+        crate::physical::validate_paths(info).map_err(|e| {
+            usage!(
+                "the parent backup {} cannot be built on: {e:#} — take a full backup (--type full)",
+                parent.label
+            )
+        })?;
+    }
     if parent.pg_version_num / 10000 != server.version_num / 10000 {
         return Err(usage!(
             "the newest physical backup, {}, is of PostgreSQL {} and this server runs {} — an incremental cannot span a major upgrade: take a full backup (--type full)",
