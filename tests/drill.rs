@@ -198,6 +198,27 @@ fn the_four_drills_recover_and_measure() {
             "switch application connections"
         ]
     );
+    // Issue 29: production takes a full and incrementals, and so does the drill; the
+    // new primary was laid down from the chain (the ledger's hash above holds rows
+    // changed after the full backup, so the incremental's blocks are in it).
+    let setup = d["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step"] == "data and backup")
+        .unwrap_or_else(|| panic!("{d}"));
+    let detail = setup["detail"].as_str().unwrap();
+    let full = detail
+        .split("physical backup ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_else(|| panic!("{detail}"));
+    assert!(detail.contains(" and incremental "), "{detail}");
+    let restored = d["recover"]["steps"][0]["detail"].as_str().unwrap();
+    assert!(
+        restored.contains(&format!("(an incremental, with blocks from {full})")),
+        "{restored}"
+    );
     assert_torn_down(&r, work.path());
 
     // 2. Data loss: the live database keeps what was written after the loss and gets

@@ -7,7 +7,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -291,24 +291,34 @@ fn a_full_and_an_incremental_of_the_same_moment_are_identical() {
     assert_eq!(from_full.len(), from_incr.len());
 }
 
+/// An `app` database, a full backup, a change, an incremental on it: the two labels
+/// and the full backup's largest bundle (the incremental takes most of its bytes
+/// from it).
+fn full_and_incremental(a: &Archiving) -> (String, String, PathBuf) {
+    let c = &a.cluster;
+    c.psql("postgres", "CREATE DATABASE app");
+    c.pgbench_init("app", 2);
+    let full = backup(a, "full");
+    c.psql("app", "UPDATE pgbench_accounts SET abalance = 7 WHERE aid % 13 = 0");
+    let incr = backup(a, "incr");
+    let label = |v: &serde_json::Value| v["label"].as_str().unwrap().to_string();
+    let full = label(&full);
+    let bundle = repo_files(a.pgdr.repo_dir.as_ref().unwrap())
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains(full.as_str()) && p.to_string_lossy().contains("bundle"))
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .expect("a bundle of the full backup");
+    (full, label(&incr), bundle)
+}
+
 /// A parent's bundle missing: restore and verify name it before writing anything;
 /// `check` and `list` name the broken chain when the parent's manifest is gone.
 #[test]
 fn a_broken_chain_is_named_and_nothing_is_written() {
     let a = Archiving::start();
-    let c = &a.cluster;
-    c.psql("postgres", "CREATE DATABASE app");
-    c.pgbench_init("app", 2);
-    let full = backup(&a, "full");
-    c.psql("app", "UPDATE pgbench_accounts SET abalance = 7 WHERE aid < 1000");
-    let incr = backup(&a, "incr");
-    let full_label = full["label"].as_str().unwrap();
-    let incr_label = incr["label"].as_str().unwrap();
+    let (full_label, incr_label, bundle) = full_and_incremental(&a);
+    let (full_label, incr_label) = (full_label.as_str(), incr_label.as_str());
     let repo = a.pgdr.repo_dir.clone().unwrap();
-    let bundle = repo_files(&repo)
-        .into_iter()
-        .find(|p| p.to_string_lossy().contains(full_label) && p.to_string_lossy().contains("bundle"))
-        .expect("a bundle of the full backup");
     std::fs::remove_file(&bundle).unwrap();
 
     let target = a.pgdr.dir.join("restore");
@@ -334,6 +344,57 @@ fn a_broken_chain_is_named_and_nothing_is_written() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("broken chain") && text.contains(full_label), "{text}");
     assert_fails(&restore(), 2, "chain is broken");
+}
+
+/// A parent's bundle damaged in place (one byte flipped, the size unchanged, so the
+/// checks before writing pass): a restore of the incremental stops naming the parent's
+/// bundle and leaves its restore marker (the directory never looks whole, and the
+/// server is not started); `verify` of the incremental fails naming it too.
+#[test]
+fn a_damaged_parent_is_named_and_the_restore_is_not_taken_for_whole() {
+    let a = Archiving::start();
+    let (full_label, incr_label, bundle) = full_and_incremental(&a);
+    let (full_label, incr_label) = (full_label.as_str(), incr_label.as_str());
+    let mut bytes = std::fs::read(&bundle).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x20;
+    std::fs::write(&bundle, &bytes).unwrap();
+    let name = bundle.file_name().unwrap().to_string_lossy().into_owned();
+
+    let target = a.pgdr.dir.join("restore");
+    let sock = pg_owned_dir(&a.pgdr.dir.join("restore-sock"));
+    let port = free_port().to_string();
+    let out = a.pgdr.run(&[
+        "restore",
+        "--kind",
+        "physical",
+        "--backup",
+        incr_label,
+        "--to",
+        target.to_str().unwrap(),
+        "--start",
+        "--port",
+        &port,
+        "--socket-dir",
+        sock.to_str().unwrap(),
+    ]);
+    let err = assert_fails(&out, 1, &name);
+    assert!(err.contains(full_label), "{err}");
+    let marker = std::fs::read_to_string(target.join("pgdr-restore-in-progress")).unwrap_or_default();
+    assert_eq!(marker.trim(), incr_label, "the half-done restore is not marked");
+    assert!(
+        !target.join("postmaster.pid").exists(),
+        "a half-written restore was started"
+    );
+
+    let out = a.pgdr.run(&["verify", "--backup", incr_label, "--kind", "physical"]);
+    assert_eq!(out.status.code(), Some(1), "verify of a damaged parent");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains(&name) && said.contains(full_label), "{said}");
 }
 
 /// An incremental across a gap in the archived WAL refuses, and says to take a full.
@@ -575,6 +636,20 @@ fn backups_from_a_standby_restore_the_primarys_data() {
     std::fs::write(&a.pgdr.config, with_standby(&c.url("postgres"), 64)).unwrap();
     let out = a.pgdr.run(&["backup", "--kind", "physical", "--from-standby"]);
     assert_fails(&out, 2, "not in recovery");
+    // The standby's connection with the primary's directory (same host, same system
+    // identifier): reading it would make a torn backup.
+    let wrong_dir = config.replacen(
+        "[postgres]\n",
+        &format!(
+            "[postgres]\nstandby_url = \"{standby_url}\"\nstandby_data_dir = \"{}\"\n",
+            c.data.display()
+        ),
+        1,
+    );
+    std::fs::write(&a.pgdr.config, wrong_dir).unwrap();
+    let out = a.pgdr.run(&["backup", "--kind", "physical", "--from-standby"]);
+    let said = assert_fails(&out, 2, "set standby_data_dir to the standby's data directory");
+    assert!(said.contains(&standby.data.display().to_string()), "{said}");
     assert_eq!(
         a.pgdr.list_json().len(),
         before,
@@ -644,13 +719,20 @@ fn a_chain_on_s3_verifies_copies_with_its_parents_and_survives_rewrap() {
     assert_eq!(report["failed"].as_array().unwrap().len(), 0, "{report}");
 
     // An older backup of the chain laid down, then the newest over it with --delta.
+    let r = delta_restore_started(&a, i1, i2);
+    assert_eq!(all_hashes(r.port), expected, "--delta across the chain");
+    amcheck(r.port);
+}
+
+/// `older` restored into a new directory, then `newer` over it with `--delta`, started.
+fn delta_restore_started(a: &Archiving, older: &str, newer: &str) -> Restored {
     let dir = TestDir::new();
     chown_postgres(dir.path());
     let data = dir.join("data");
     let sock = pg_owned_dir(&dir.join("sock"));
     let to = data.to_str().unwrap().to_string();
     a.pgdr
-        .ok(&["restore", "--kind", "physical", "--backup", i1, "--to", to.as_str()]);
+        .ok(&["restore", "--kind", "physical", "--backup", older, "--to", to.as_str()]);
     let port = free_port();
     let port_text = port.to_string();
     let out = a.pgdr.run(&[
@@ -658,7 +740,7 @@ fn a_chain_on_s3_verifies_copies_with_its_parents_and_survives_rewrap() {
         "--kind",
         "physical",
         "--backup",
-        i2,
+        newer,
         "--to",
         to.as_str(),
         "--delta",
@@ -676,7 +758,73 @@ fn a_chain_on_s3_verifies_copies_with_its_parents_and_survives_rewrap() {
         port,
         output: String::from_utf8_lossy(&out.stdout).into_owned(),
     };
-    assert_success(&out, "restore --delta of the newest incremental over an older one");
-    assert_eq!(all_hashes(r.port), expected, "--delta across the chain");
+    assert_success(&out, &format!("restore --delta of {newer} over {older}"));
+    r
+}
+
+/// A chain begun by an older build (pieces hashed with SHA-256, manifest formats 1 and
+/// 2) still restores, is continued by this build (BLAKE3, format 3), and the mixed
+/// chain restores, whole and with `--delta` over a restore of the old full backup.
+#[test]
+fn a_chain_begun_with_sha256_pieces_is_continued_and_restores() {
+    let mut a = Archiving::start();
+    a.pgdr.set_env("PGDR_TEST_PIECE_DIGEST", "sha256");
+    let c = &a.cluster;
+    c.psql("postgres", "CREATE DATABASE app");
+    c.pgbench_init("app", 2);
+    let full = backup(&a, "full");
+    let full_hashes = all_hashes(c.port);
+    c.psql("app", "UPDATE pgbench_accounts SET abalance = 3 WHERE aid % 11 = 0");
+    let old_incr = backup(&a, "incr");
+    a.pgdr.extra_env.retain(|(k, _)| k != "PGDR_TEST_PIECE_DIGEST");
+    let c = &a.cluster;
+    c.psql(
+        "app",
+        "UPDATE pgbench_accounts SET abalance = 4 WHERE aid % 19 = 0; CREATE TABLE later AS SELECT g FROM generate_series(1, 5000) g",
+    );
+    let new_incr = backup(&a, "incr");
+    let expected = all_hashes(c.port);
+    let label = |v: &serde_json::Value| v["label"].as_str().unwrap().to_string();
+    let (full, old_incr, new_incr) = (label(&full), label(&old_incr), label(&new_incr));
+
+    let manifest = |l: &str| -> serde_json::Value {
+        serde_json::from_str(&a.pgdr.ok(&["cat", &format!("{l}/manifest.json")])).unwrap()
+    };
+    for (l, format, digest) in [(&full, 1, "sha256"), (&old_incr, 2, "sha256"), (&new_incr, 3, "blake3")] {
+        let m = manifest(l);
+        assert_eq!(m["format"], format, "{l}");
+        let files = m["physical"]["files"].as_array().unwrap();
+        let own: Vec<_> = files.iter().filter(|f| f["backup"].is_null()).collect();
+        assert!(!own.is_empty(), "{l} stores nothing of its own");
+        for f in own {
+            assert_eq!(f[digest].as_str().map(str::len), Some(64), "{l}: {f}");
+        }
+    }
+    // The new incremental refers to pieces of the old backups by their SHA-256.
+    let m = manifest(&new_incr);
+    assert!(
+        m["physical"]["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["backup"].is_string() && f["sha256"].as_str().map(str::len) == Some(64)),
+        "no reference to an old piece: {m}"
+    );
+
+    let r = a.pgdr.restore_started(&["--backup", &full, "--target", "immediate"]);
+    assert_eq!(all_hashes(r.port), full_hashes, "restore of the old full {full}");
+    drop(r);
+    let r = a
+        .pgdr
+        .restore_started(&["--backup", &new_incr, "--target", "immediate"]);
+    assert_eq!(all_hashes(r.port), expected, "restore of the mixed chain");
+    amcheck(r.port);
+    drop(r);
+    let r = delta_restore_started(&a, &full, &new_incr);
+    assert_eq!(
+        all_hashes(r.port),
+        expected,
+        "--delta of the mixed chain over the old full"
+    );
     amcheck(r.port);
 }

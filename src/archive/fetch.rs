@@ -73,7 +73,8 @@ pub async fn fetch(config: &Config, file: &WalFile, dest: &Path) -> Result<Fetch
         super::prefetch::want(&prefetch_dir, file);
     }
     let ready = prefetch_dir.join(file.name());
-    let ready_now = ready.is_file() || (prefetching && super::prefetch::wait_in_flight(&prefetch_dir, file).is_some());
+    let ready_now =
+        ready.is_file() || (prefetching && super::prefetch::wait_in_flight(&prefetch_dir, file).await.is_some());
     if ready_now {
         std::fs::rename(&ready, dest)
             .map_err(|e| FetchError::Unavailable(anyhow!("cannot move {} into place: {e}", ready.display())))?;

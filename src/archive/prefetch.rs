@@ -81,7 +81,7 @@ pub(super) fn in_flight_path(dir: &Path, name: &str) -> PathBuf {
 /// When the prefetcher is fetching `file` right now, wait until it is in place (or
 /// the fetch ends without it): fetching it again would only compete with it.
 /// Returns the prefetched file's path, if it came.
-pub fn wait_in_flight(dir: &Path, file: &WalFile) -> Option<PathBuf> {
+pub async fn wait_in_flight(dir: &Path, file: &WalFile) -> Option<PathBuf> {
     let ready = dir.join(file.name());
     let tmp = in_flight_path(dir, file.name());
     let deadline = Instant::now() + IN_FLIGHT_WAIT;
@@ -89,7 +89,7 @@ pub fn wait_in_flight(dir: &Path, file: &WalFile) -> Option<PathBuf> {
         if !tmp.exists() || running(dir).is_none() || Instant::now() > deadline {
             return ready.is_file().then_some(ready);
         }
-        std::thread::sleep(Duration::from_millis(2));
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
     Some(ready)
 }

@@ -39,7 +39,7 @@ pub async fn archive(config: &Config, path: &Path) -> Result<()> {
     if let Some(spool) = &spool {
         let print = Fingerprint::of(&path)?;
         // Stored ahead by the pusher? Then answer at once (waiting a little if it is on it).
-        if spool.noted(file.name(), &print) || spool.wait_for_pusher(file.name(), &print) {
+        if spool.noted(file.name(), &print) || spool.wait_for_pusher(file.name(), &print).await {
             spool.forget(file.name());
             return Ok(());
         }
@@ -47,7 +47,7 @@ pub async fn archive(config: &Config, path: &Path) -> Result<()> {
         // parallel, this one first, and wait for its note.
         if config.wal.push_parallel > 1 && !ready_after(&wal_dir, &file).is_empty() {
             spool.start_pusher(config, &wal_dir);
-            if spool.wait_for_pusher(file.name(), &print) {
+            if spool.wait_for_pusher(file.name(), &print).await {
                 spool.forget(file.name());
                 return Ok(());
             }

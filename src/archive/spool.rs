@@ -218,13 +218,13 @@ impl Spool {
     }
 
     /// While a pusher runs, wait for it to note `name`.
-    pub fn wait_for_pusher(&self, name: &str, print: &Fingerprint) -> bool {
+    pub async fn wait_for_pusher(&self, name: &str, print: &Fingerprint) -> bool {
         let deadline = Instant::now() + WAIT_FOR_PUSHER;
         while self.pusher_pid().is_some() && Instant::now() < deadline {
             if self.noted(name, print) {
                 return true;
             }
-            std::thread::sleep(Duration::from_millis(5));
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
         self.noted(name, print)
     }

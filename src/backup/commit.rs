@@ -101,10 +101,14 @@ pub(super) async fn discard(repo: &Repo, label: &BackupLabel, e: anyhow::Error) 
     e.context(format!("backup {label} failed; nothing was kept"))
 }
 
-/// A label no other backup (complete or not) uses yet.
-pub(super) async fn fresh_label(repo: &Repo, kind: BackupKind) -> Result<BackupLabel> {
+/// A label no other backup (complete or not) uses yet; `incremental`: a physical
+/// incremental's (`-I`).
+pub(super) async fn fresh_label(repo: &Repo, kind: BackupKind, incremental: bool) -> Result<BackupLabel> {
     for _ in 0..5 {
-        let label = BackupLabel::new(Utc::now(), kind);
+        let label = match incremental {
+            true => BackupLabel::incremental(Utc::now()),
+            false => BackupLabel::new(Utc::now(), kind),
+        };
         if repo.storage.list(&layout::backup_prefix(&label)).await?.is_empty() {
             return Ok(label);
         }

@@ -60,7 +60,7 @@ pub(super) async fn run(
     };
     drop(client);
 
-    let label = fresh_label(repo, BackupKind::Logical).await?;
+    let label = fresh_label(repo, BackupKind::Logical, false).await?;
     let start_time = Utc::now();
     let source = Source { target, tools, server };
     let progress = Progress::start(None);

@@ -82,7 +82,7 @@ pub(super) async fn run(
         None => None,
     };
     let jobs = opts.jobs;
-    let label = fresh_label(repo, BackupKind::Physical).await?;
+    let label = fresh_label(repo, BackupKind::Physical, parent.is_some()).await?;
     let start_time = Utc::now();
     let xmin_before = xmin_now(&client).await;
     // From a standby, the standby runs the backup and the primary only switches WAL.
@@ -198,10 +198,12 @@ pub(super) async fn run(
         files,
         incremental,
     };
-    let format = if info.incremental.is_some() {
-        crate::repo::manifest::MANIFEST_FORMAT_INCREMENTAL
-    } else {
-        crate::repo::manifest::MANIFEST_FORMAT
+    let format = match (crate::physical::digest::legacy_sha256(), info.incremental.is_some()) {
+        // Pieces hashed with BLAKE3, and perhaps incremental.
+        (false, _) => crate::repo::manifest::MANIFEST_FORMAT_BLAKE3,
+        // Tests: what older builds wrote.
+        (true, true) => crate::repo::manifest::MANIFEST_FORMAT_INCREMENTAL,
+        (true, false) => crate::repo::manifest::MANIFEST_FORMAT,
     };
     let manifest = Manifest {
         format,
@@ -309,7 +311,7 @@ async fn basebackup(
 ) -> Result<PhysicalBackupReport> {
     use crate::physical::basebackup::{PgManifest, TarObserver};
     let tools = PgTools::locate(config.postgres.bin_dir.as_deref())?;
-    let label = fresh_label(repo, BackupKind::Physical).await?;
+    let label = fresh_label(repo, BackupKind::Physical, false).await?;
     let start_time = Utc::now();
     let xmin_before = match target.connect(None).await {
         Ok(client) => xmin_now(&client).await,
@@ -377,6 +379,7 @@ async fn basebackup(
                 path: f.path.clone(),
                 size: f.size,
                 sha256: f.checksum.clone(),
+                blake3: None,
                 mode: 0o600,
                 bundle: BASE_TAR.to_string(),
                 offset: 0,

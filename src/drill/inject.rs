@@ -49,7 +49,7 @@ pub(super) async fn server_time(client: &tokio_postgres::Client) -> Result<DateT
 /// The failure as a power cut would do it: SIGKILL to the postmaster's whole process
 /// group (pg_ctl starts it as a session leader), so no backend, archiver or
 /// archive_command it started lives on; then wait until the group is gone.
-pub(super) fn kill_postmaster(data: &Path) -> Result<()> {
+pub(super) async fn kill_postmaster(data: &Path) -> Result<()> {
     let text = std::fs::read_to_string(data.join("postmaster.pid")).context("reading postmaster.pid")?;
     let pid: i32 = text
         .lines()
@@ -68,7 +68,7 @@ pub(super) fn kill_postmaster(data: &Path) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     // kill(target, 0) fails (ESRCH) once no process of the group is left.
     while unsafe { libc::kill(target, 0) } == 0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     if unsafe { libc::kill(target, 0) } == 0 {
         return Err(anyhow!(
@@ -217,7 +217,7 @@ async fn lost_server(
     let failure_at = Utc::now();
     let t_fail = Instant::now();
     drop(c);
-    kill_postmaster(production)?;
+    kill_postmaster(production).await?;
     // What the recovery can have: read from its repository once nothing of the
     // killed server (an archive_command half-way) can add to it.
     let archived_until = archived_until(config_file, copy, tli, segment_size).await?;

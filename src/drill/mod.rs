@@ -313,11 +313,22 @@ impl<'a> Drill<'a> {
              CREATE TABLE drill_acks (id bigint PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp());",
         )
         .await?;
-        let backup = pgdr_child(&self.config_file, &["backup", "--kind", "physical"]).await?;
-        let label = backup["label"].as_str().unwrap_or("?").to_string();
+        let full = pgdr_child(&self.config_file, &["backup", "--kind", "physical", "--type", "full"]).await?;
+        // Production takes a weekly full and daily incrementals: the drill restores
+        // such a chain, a full and an incremental on it taken after more changes.
+        c.batch_execute(
+            "UPDATE drill_archive SET payload = md5(payload) WHERE id % 7 = 0;
+             UPDATE drill_ledger SET note = note || ' (changed after the full backup)' WHERE id % 5 = 0;
+             CREATE TABLE drill_after_full AS SELECT g AS id FROM generate_series(1, 500) g;",
+        )
+        .await?;
+        let incr = pgdr_child(&self.config_file, &["backup", "--kind", "physical", "--type", "incr"]).await?;
+        let label = |v: &serde_json::Value| v["label"].as_str().unwrap_or("?").to_string();
         let mut detail = format!(
-            "pgbench scale {}, drill tables, physical backup {label}",
-            self.opts.scale
+            "pgbench scale {}, drill tables, physical backup {} and incremental {} on it",
+            self.opts.scale,
+            label(&full),
+            label(&incr)
         );
         if let Some(copy) = &self.copy {
             pgdr_child(&self.config_file, &["copy", "--to", copy]).await?;

@@ -10,8 +10,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use sha2::{Digest, Sha256};
-
+use super::digest::{self, PieceHasher};
 use crate::postgres::datadir::FileToCopy;
 use crate::repo::manifest::FileRecord;
 
@@ -80,7 +79,7 @@ struct Current {
     entry: FileToCopy,
     offset: u64,
     read: u64,
-    hasher: Sha256,
+    hasher: PieceHasher,
 }
 
 /// A `Read` that concatenates files taken from the queue until the bundle holds at
@@ -109,10 +108,11 @@ impl BundleSource {
 
     fn close_current(&mut self) {
         if let Some(cur) = self.current.take() {
-            self.records.lock().expect("records lock").push(FileRecord {
+            let mut record = FileRecord {
                 path: cur.entry.path,
                 size: cur.read,
-                sha256: hex::encode(cur.hasher.finalize()),
+                sha256: String::new(),
+                blake3: None,
                 mode: cur.entry.mode,
                 bundle: self.bundle.clone(),
                 offset: cur.offset,
@@ -125,7 +125,9 @@ impl BundleSource {
                     done.retain(|[a, b]| a < b);
                     done
                 }),
-            });
+            };
+            cur.hasher.record_into(&mut record);
+            self.records.lock().expect("records lock").push(record);
         }
     }
 }
@@ -160,7 +162,7 @@ impl Read for BundleSource {
                         entry,
                         offset: self.pos,
                         read: 0,
-                        hasher: Sha256::new(),
+                        hasher: PieceHasher::new(),
                     });
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
@@ -187,7 +189,7 @@ pub struct Target {
 /// The piece being written: its file, the hash of its bytes so far, and where they go.
 struct Open {
     file: File,
-    hasher: Sha256,
+    hasher: PieceHasher,
     /// The file positions the piece's bytes fill, in order, with the piece offset
     /// each one starts at.
     extents: Vec<(u64, [u64; 2])>,
@@ -290,7 +292,7 @@ impl BundleSink {
             .collect();
         self.open = Some(Open {
             file,
-            hasher: Sha256::new(),
+            hasher: PieceHasher::for_record(&t.record),
             extents,
             writes: t.record.writes(),
         });
@@ -301,8 +303,10 @@ impl BundleSink {
         let t = &self.targets[self.index];
         if let Some(Open { file, hasher, .. }) = self.open.take() {
             // Start writing the piece back now, so the final flush finds little left
-            // and disk writes overlap with the work on other pieces.
-            {
+            // and disk writes overlap with the work on other pieces. Not a scattered
+            // piece (an incremental's changed blocks): those are written back with
+            // the older bytes around them, in one run rather than block by block.
+            if t.record.extents.is_none() {
                 use std::os::fd::AsRawFd;
                 // SAFETY: a hint on a descriptor we own; errors are harmless.
                 unsafe {
@@ -315,13 +319,14 @@ impl BundleSink {
                 }
             }
             drop(file);
-            let sha = hex::encode(hasher.finalize());
-            if sha != t.record.sha256 {
+            let got = hasher.finish();
+            let (algorithm, expected) = digest::expected(&t.record);
+            if !got.eq_ignore_ascii_case(expected) {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
                     format!(
-                        "{} does not match the manifest (sha256 {sha}, expected {})",
-                        t.record.path, t.record.sha256
+                        "{} does not match the manifest ({algorithm} {got}, expected {expected})",
+                        t.record.path
                     ),
                 ));
             }
@@ -519,7 +524,11 @@ mod tests {
         let older = FileRecord {
             path: "f".into(),
             size: old.len() as u64,
-            sha256: hex::encode(Sha256::digest(&old)),
+            sha256: {
+                use sha2::Digest;
+                hex::encode(sha2::Sha256::digest(&old))
+            },
+            blake3: None,
             mode: 0o600,
             bundle: "b0".into(),
             offset: 0,

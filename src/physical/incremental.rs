@@ -414,6 +414,7 @@ mod tests {
             path: path.into(),
             size,
             sha256: format!("sha-{path}-{file_offset}"),
+            blake3: None,
             mode: 0o600,
             bundle: bundle.into(),
             offset: 0,

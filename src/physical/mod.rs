@@ -5,6 +5,7 @@
 
 pub mod basebackup;
 pub mod bundle;
+pub mod digest;
 pub mod incremental;
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
@@ -282,9 +283,16 @@ pub fn validate_paths(info: &PhysicalInfo) -> Result<()> {
     }
     let mut writes: BTreeMap<&str, Vec<[u64; 2]>> = BTreeMap::new();
     let mut entries: BTreeMap<(&str, &str), Vec<[u64; 2]>> = BTreeMap::new();
+    let own_copy = info.method == crate::repo::manifest::PhysicalMethod::Local;
     for f in &info.files {
         check(&f.path)?;
         check_reference(info, f)?;
+        if own_copy && !digest::well_formed(f) {
+            return Err(anyhow!(
+                "the manifest's entry for {} has no digest to check it against — it is damaged or was tampered with; nothing was written",
+                f.path
+            ));
+        }
         writes.entry(f.path.as_str()).or_default().extend(f.writes());
         let holder = f.backup.as_deref().unwrap_or("");
         entries
@@ -294,8 +302,7 @@ pub fn validate_paths(info: &PhysicalInfo) -> Result<()> {
     }
     // Pieces of one bundle never share bytes (pg_basebackup's records name its tar,
     // not offsets in it).
-    let bundles = info.method == crate::repo::manifest::PhysicalMethod::Local;
-    for ((_, bundle), mut e) in entries.into_iter().filter(|_| bundles) {
+    for ((_, bundle), mut e) in entries.into_iter().filter(|_| own_copy) {
         e.sort_unstable();
         if e.windows(2).any(|p| p[1][0] < p[0][1]) {
             return Err(anyhow!(
@@ -433,9 +440,7 @@ pub async fn restore_files(
     for record in &info.files {
         let dest = placement.dest(&record.path);
         // (A scattered piece is always written: it holds only changed blocks.)
-        let skip = delta
-            && record.extents.is_none()
-            && pipeline::tally::sha256_range(&dest, record.file_offset, record.size).is_ok_and(|s| s == record.sha256);
+        let skip = delta && record.extents.is_none() && digest::on_disk_matches(&dest, record).unwrap_or(false);
         if skip {
             stats.files_unchanged += 1;
         }
@@ -471,6 +476,17 @@ pub async fn restore_files(
             file.set_permissions(std::fs::Permissions::from_mode(restored_mode(*mode)))?;
         }
     }
+    // The newest backup's bundles first, then older ones: a referred piece of an older
+    // backup then finishes with the newer blocks inside its span already written, and
+    // goes to disk in one run instead of around holes filled later.
+    let age = |holder: &str| {
+        std::iter::once(manifest.label.as_str())
+            .chain(chain.iter().rev().map(|m| m.label.as_str()))
+            .position(|l| l == holder)
+            .unwrap_or(usize::MAX)
+    };
+    let mut by_bundle: Vec<_> = by_bundle.into_iter().collect();
+    by_bundle.sort_by_key(|((holder, name), _)| (age(holder), *name));
     let mut queue = VecDeque::new();
     for ((holder, name), mut targets) in by_bundle {
         if targets.iter().all(|t| t.skip) {
@@ -796,16 +812,10 @@ mod tests {
 
     fn record(path: &str, file_offset: u64, size: u64, offset: u64) -> FileRecord {
         FileRecord {
-            path: path.into(),
-            size,
-            sha256: String::new(),
-            mode: 0o600,
             bundle: "bundle-00000".into(),
             offset,
             file_offset,
-            backup: None,
-            ranges: None,
-            extents: None,
+            ..crate::repo::manifest::test_support::file_record(path, size)
         }
     }
 

@@ -132,26 +132,3 @@ pub fn sha256_file(path: &std::path::Path) -> io::Result<String> {
     }
     Ok(hex::encode(hasher.finalize()))
 }
-
-/// SHA-256 of `len` bytes of a file from `offset`; an error if the file is shorter.
-pub fn sha256_range(path: &std::path::Path, offset: u64, len: u64) -> io::Result<String> {
-    use std::io::Seek;
-    let mut file = std::fs::File::open(path)?;
-    file.seek(io::SeekFrom::Start(offset))?;
-    let mut file = file.take(len);
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut seen = 0u64;
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        seen += n as u64;
-    }
-    if seen != len {
-        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "file is shorter"));
-    }
-    Ok(hex::encode(hasher.finalize()))
-}

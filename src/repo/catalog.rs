@@ -98,11 +98,11 @@ pub async fn load_manifest(storage: &DynStorage, keys: &Keyring, label: &BackupL
     let data = pipeline::load_bytes(storage, &layout::manifest(label), keys).await?;
     let manifest: Manifest =
         serde_json::from_slice(&data).with_context(|| format!("the manifest of {label} is not valid JSON"))?;
-    if manifest.format > crate::repo::manifest::MANIFEST_FORMAT_INCREMENTAL {
+    if manifest.format > crate::repo::manifest::MANIFEST_FORMAT_NEWEST {
         return Err(anyhow::anyhow!(
             "the manifest of {label} has format {}, newer than this pgdr reads ({}) — use the pgdr that wrote it",
             manifest.format,
-            crate::repo::manifest::MANIFEST_FORMAT_INCREMENTAL
+            crate::repo::manifest::MANIFEST_FORMAT_NEWEST
         ));
     }
     Ok(manifest)

@@ -1,4 +1,5 @@
-//! Backup labels: `20261126T020000Z-F` (physical full) or `-L` (logical). A label
+//! Backup labels: `20261126T020000Z-F` (physical full), `-I` (physical incremental)
+//! or `-L` (logical). A label
 //! sorts by time, but catalogs order by the manifest's times, never by name alone.
 
 use std::fmt;
@@ -43,15 +44,21 @@ impl BackupLabel {
         BackupLabel(format!("{}-{}", time.format(TIME_FORMAT), kind.suffix()))
     }
 
+    /// A physical incremental's label: `-I`, so that a listing tells it from a full
+    /// backup at a glance (its manifest, not the label, names its chain).
+    pub fn incremental(time: DateTime<Utc>) -> BackupLabel {
+        BackupLabel(format!("{}-I", time.format(TIME_FORMAT)))
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
 
     pub fn kind(&self) -> BackupKind {
-        if self.0.ends_with('F') {
-            BackupKind::Physical
-        } else {
+        if self.0.ends_with('L') {
             BackupKind::Logical
+        } else {
+            BackupKind::Physical
         }
     }
 
@@ -72,7 +79,7 @@ impl FromStr for BackupLabel {
         let ok = s.len() == 18
             && s.is_ascii()
             && NaiveDateTime::parse_from_str(&s[..16], TIME_FORMAT).is_ok()
-            && (s.ends_with("-F") || s.ends_with("-L"));
+            && (s.ends_with("-F") || s.ends_with("-I") || s.ends_with("-L"));
         if ok {
             Ok(BackupLabel(s.to_string()))
         } else {
@@ -118,6 +125,9 @@ mod tests {
             "20261126T020000Z-F".parse::<BackupLabel>().unwrap().kind(),
             BackupKind::Physical
         );
+        let i = BackupLabel::incremental(t);
+        assert_eq!((i.as_str(), i.kind()), ("20261126T020000Z-I", BackupKind::Physical));
+        assert_eq!(i.as_str().parse::<BackupLabel>().unwrap(), i);
         assert!("latest".parse::<BackupLabel>().is_err());
         assert!("20261126T020000Z-X".parse::<BackupLabel>().is_err());
         // Multi-byte characters where the time ends must not panic.

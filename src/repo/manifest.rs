@@ -13,6 +13,12 @@ pub const MANIFEST_FORMAT: u32 = 1;
 /// The format of an incremental backup's manifest (its records may refer to older
 /// backups); the newest this pgdr reads.
 pub const MANIFEST_FORMAT_INCREMENTAL: u32 = 2;
+/// A physical backup pgdr copied itself: its pieces carry BLAKE3 digests (`blake3`)
+/// instead of SHA-256 (the same check at a fraction of the CPU), and it may be
+/// incremental. The newest format this pgdr reads.
+pub const MANIFEST_FORMAT_BLAKE3: u32 = 3;
+/// The newest manifest format this pgdr reads: a newer one is refused, not guessed at.
+pub const MANIFEST_FORMAT_NEWEST: u32 = MANIFEST_FORMAT_BLAKE3;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Manifest {
@@ -137,7 +143,13 @@ pub const BASE_TAR: &str = "data/base.tar";
 pub struct FileRecord {
     pub path: String,
     pub size: u64,
+    /// The piece's SHA-256 (hex): backups of format 1 and 2, and `--method
+    /// basebackup` (PostgreSQL's own manifest). Empty when `blake3` is given.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub sha256: String,
+    /// The piece's BLAKE3 digest (hex): backups of format 3 on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blake3: Option<String>,
     pub mode: u32,
     pub bundle: String,
     pub offset: u64,
@@ -272,6 +284,24 @@ pub(crate) mod test_support {
                 incremental: None,
             }),
             catalog: vec![],
+        }
+    }
+
+    /// A record of `size` bytes at the start of `path`, in bundle `b0`, with a
+    /// well-formed (not a true) BLAKE3 digest.
+    pub fn file_record(path: &str, size: u64) -> FileRecord {
+        FileRecord {
+            path: path.into(),
+            size,
+            sha256: String::new(),
+            blake3: Some("0".repeat(64)),
+            mode: 0o600,
+            bundle: "b0".into(),
+            offset: 0,
+            file_offset: 0,
+            backup: None,
+            ranges: None,
+            extents: None,
         }
     }
 }

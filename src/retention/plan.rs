@@ -279,6 +279,81 @@ mod tests {
         assert!(!p.wal_remove.iter().any(|n| n.as_str() >= "000000010000000000000008"));
     }
 
+    /// An incremental on `chain` (the full first).
+    fn incremental(mut m: Manifest, chain: &[&str]) -> Manifest {
+        m.physical.as_mut().unwrap().incremental = Some(crate::repo::manifest::Incremental {
+            parent: chain.last().unwrap().to_string(),
+            chain: chain.iter().map(|l| l.to_string()).collect(),
+            wal_from: crate::postgres::Lsn(0),
+            wal_to: crate::postgres::Lsn(0),
+            changed_blocks: 1,
+            whole_files: Default::default(),
+            referenced_bytes: 1,
+        });
+        m
+    }
+
+    /// `full_count` counts chains (a full and the incrementals on it rank with the
+    /// full); a kept incremental keeps every backup of its chain, and the WAL each of
+    /// them needs, whatever their age.
+    #[test]
+    fn counts_chains_and_keeps_what_a_kept_incremental_needs() {
+        let now: DateTime<Utc> = "2026-11-30T00:00:00Z".parse().unwrap();
+        let days = |d: i64| now - Duration::days(d);
+        let seg = |n: u32| format!("{:08X}{:08X}{:08X}", 1, 0, n);
+        let at = |label: &str, d: i64, n: u32| physical(label, days(d), &seg(n), &seg(n));
+        let (f1, i1a, i1b) = ("20261101T000000Z-F", "20261103T000000Z-I", "20261127T000000Z-I");
+        let (f2, i2a) = ("20261123T000000Z-F", "20261128T000000Z-I");
+        let ms = vec![
+            at(f1, 29, 2),
+            incremental(at(i1a, 27, 3), &[f1]),
+            incremental(at(i1b, 3, 9), &[f1, i1a]),
+            at(f2, 7, 6),
+            incremental(at(i2a, 2, 10), &[f2]),
+        ];
+        let names: Vec<String> = (1..=12).map(seg).collect();
+        let arch = archive(&names.iter().map(String::as_str).collect::<Vec<_>>());
+        let run = |cfg: RetentionConfig| {
+            let p = plan(&cfg, &ms, &BTreeSet::new(), &BTreeMap::new(), &arch, now);
+            let kept: BTreeMap<String, String> = p
+                .backups
+                .iter()
+                .filter(|d| d.keep)
+                .map(|d| (d.label.to_string(), d.reason.clone()))
+                .collect();
+            (kept, p.wal_remove)
+        };
+        // One chain: the newest full's. i1b is the newer of the two chains' newest
+        // backups, but it ranks with its full, the older chain.
+        let (kept, _) = run(RetentionConfig {
+            full_count: Some(1),
+            ..Default::default()
+        });
+        assert_eq!(kept.keys().collect::<Vec<_>>(), [f2, i2a], "{kept:?}");
+        // Two chains: everything.
+        let (kept, _) = run(RetentionConfig {
+            full_count: Some(2),
+            ..Default::default()
+        });
+        assert_eq!(kept.len(), 5, "{kept:?}");
+        // By age (5 days): i1b is young, so its whole chain stays, however old, and
+        // so does the WAL each of its backups needs to become consistent.
+        let (kept, wal_remove) = run(RetentionConfig {
+            full_days: Some(5),
+            ..Default::default()
+        });
+        assert_eq!(kept.keys().collect::<Vec<_>>(), [f1, i1a, f2, i1b, i2a], "{kept:?}");
+        assert_eq!(kept[f1], format!("the incremental {i1b} needs it"));
+        assert_eq!(kept[i1a], format!("the incremental {i1b} needs it"));
+        for needed in [2, 3, 9] {
+            assert!(
+                !wal_remove.contains(&seg(needed)),
+                "{} removed: {wal_remove:?}",
+                seg(needed)
+            );
+        }
+    }
+
     #[test]
     fn orders_by_time_not_name_across_timelines() {
         let now: DateTime<Utc> = "2026-11-30T00:00:00Z".parse().unwrap();

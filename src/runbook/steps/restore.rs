@@ -128,6 +128,12 @@ impl RestoreStep {
         let sock = socket_dir_for(&opts.to);
         let plan = physical::plan(config, &opts).await?;
         (cx.say)(plan.to_string());
+        let chain = if plan.chain.is_empty() {
+            String::new()
+        } else {
+            let labels: Vec<&str> = plan.chain.iter().map(|m| m.label.as_str()).collect();
+            format!(" (an incremental, with blocks from {})", labels.join(", "))
+        };
         dirs::make_socket_dir(&sock, self.scratch)?;
         let report = physical::execute(config, &opts, plan, cx.say).await?;
         // Tests: die here like kill -9 would, the files down and the server up,
@@ -156,7 +162,7 @@ impl RestoreStep {
             .map(|r| format!("recovery {} at LSN {} on timeline {}", r.state, r.lsn, r.timeline))
             .unwrap_or_default();
         Ok(format!(
-            "restored {} into {} (port {port}); {recovery}",
+            "restored {}{chain} into {} (port {port}); {recovery}",
             report.backup,
             opts.to.display()
         ))
