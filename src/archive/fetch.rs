@@ -72,11 +72,13 @@ pub async fn fetch(config: &Config, file: &WalFile, dest: &Path) -> Result<Fetch
     if prefetching {
         super::prefetch::want(&prefetch_dir, file);
     }
-    let ready = prefetch_dir.join(file.name());
-    let ready_now =
-        ready.is_file() || (prefetching && super::prefetch::wait_in_flight(&prefetch_dir, file).await.is_some());
-    if ready_now {
-        std::fs::rename(&ready, dest)
+    use super::prefetch::InFlight;
+    let in_flight = match prefetching {
+        true => super::prefetch::claim_or_wait(&prefetch_dir, file).await,
+        false => InFlight::Unclaimed,
+    };
+    if let InFlight::Ready(ready) = &in_flight {
+        std::fs::rename(ready, dest)
             .map_err(|e| FetchError::Unavailable(anyhow!("cannot move {} into place: {e}", ready.display())))?;
     } else {
         let mut primary = Source::new(None);
@@ -178,11 +180,44 @@ impl Source {
 /// Fetch one archived file to `dest` (through a temporary file, renamed when whole
 /// and authenticated). `Ok(false)` only if storage positively says it is absent.
 pub(super) async fn fetch_into(storage: &DynStorage, keys: &Keyring, file: &WalFile, dest: &Path) -> Result<bool> {
-    let key = layout::wal_file(file);
     let tmp = dest.with_file_name(format!(".{}.pgdr-tmp", file.name()));
+    let out = std::fs::File::create(&tmp)
+        .map_err(|e| anyhow::Error::new(LocalWrite(format!("cannot create {}: {e}", tmp.display()))))?;
+    fetch_through(storage, keys, file, dest, &tmp, out).await
+}
+
+/// The prefetcher's fetch of `file` to `dest`: its temporary file is created
+/// exclusively, and a segment a `restore_command` has claimed (or another fetch
+/// holds) is left to it: `Ok(None)`.
+pub(super) async fn prefetch_into(
+    storage: &DynStorage,
+    keys: &Keyring,
+    file: &WalFile,
+    dest: &Path,
+) -> Result<Option<bool>> {
+    let tmp = super::prefetch::in_flight_path(dest.parent().unwrap_or(Path::new("")), file.name());
+    match std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp) {
+        Ok(out) => fetch_through(storage, keys, file, dest, &tmp, out).await.map(Some),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(None),
+        Err(e) => Err(anyhow::Error::new(LocalWrite(format!(
+            "cannot create {}: {e}",
+            tmp.display()
+        )))),
+    }
+}
+
+/// `file` downloaded into `out` (the open temporary file `tmp`), then renamed to `dest`.
+async fn fetch_through(
+    storage: &DynStorage,
+    keys: &Keyring,
+    file: &WalFile,
+    dest: &Path,
+    tmp: &Path,
+    out: std::fs::File,
+) -> Result<bool> {
+    let key = layout::wal_file(file);
     let local =
         |what: &str, e: std::io::Error| anyhow::Error::new(LocalWrite(format!("cannot {what} {}: {e}", tmp.display())));
-    let out = std::fs::File::create(&tmp).map_err(|e| local("create", e))?;
     let loaded = pipeline::load_whole_to_writer(storage, &key, out, keys, pipeline::Verify::Authenticated).await;
     match loaded {
         Ok((mut out, _, _)) => {
@@ -192,15 +227,15 @@ pub(super) async fn fetch_into(storage: &DynStorage, keys: &Keyring, file: &WalF
                 .map_err(|e| local("write", e))
                 .and_then(|_| {
                     drop(out);
-                    std::fs::rename(&tmp, dest).map_err(|e| local("move into place", e))
+                    std::fs::rename(tmp, dest).map_err(|e| local("move into place", e))
                 });
             if done.is_err() {
-                let _ = std::fs::remove_file(&tmp);
+                let _ = std::fs::remove_file(tmp);
             }
             done.map(|_| true)
         }
         Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
+            let _ = std::fs::remove_file(tmp);
             if crate::storage::is_not_found(&e) {
                 Ok(false)
             } else if crate::os_error::is_disk_full(&e) {

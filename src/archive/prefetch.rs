@@ -78,20 +78,80 @@ pub(super) fn in_flight_path(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!(".{name}.pgdr-tmp"))
 }
 
-/// When the prefetcher is fetching `file` right now, wait until it is in place (or
-/// the fetch ends without it): fetching it again would only compete with it.
-/// Returns the prefetched file's path, if it came.
-pub async fn wait_in_flight(dir: &Path, file: &WalFile) -> Option<PathBuf> {
+/// What `restore_command` finds for a segment in the prefetch directory.
+pub enum InFlight {
+    /// Prefetched: rename it into place.
+    Ready(PathBuf),
+    /// Nobody has it: this call claimed it (the prefetcher leaves it alone) and
+    /// fetches it itself; the claim goes when the guard is dropped.
+    Claimed(Claim),
+    /// No prefetcher at work, or the wait ran out: fetch it without a claim.
+    Unclaimed,
+}
+
+/// A `restore_command`'s claim on a segment: its in-flight file holds the claimer's
+/// pid (a prefetcher's holds WAL bytes), removed on drop.
+pub struct Claim(PathBuf);
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// The pid in a claim's in-flight file, if it is a claim (not a download).
+fn claimer(tmp: &Path) -> Option<i32> {
+    let text = std::fs::read(tmp).ok()?;
+    let text = std::str::from_utf8(&text).ok()?;
+    (!text.is_empty() && text.len() <= 10)
+        .then(|| text.parse().ok())
+        .flatten()
+}
+
+/// The segment `file`, as the prefetcher stands with it: in place, being fetched
+/// (wait until it is in place, or the fetch ends without it), or claimed now by this
+/// call. The in-flight file is created exclusively by whichever comes first, the
+/// prefetcher's download or this claim, so a segment is never fetched by both, even
+/// while the prefetcher is only starting.
+pub async fn claim_or_wait(dir: &Path, file: &WalFile) -> InFlight {
     let ready = dir.join(file.name());
     let tmp = in_flight_path(dir, file.name());
     let deadline = Instant::now() + IN_FLIGHT_WAIT;
-    while !ready.is_file() {
-        if !tmp.exists() || running(dir).is_none() || Instant::now() > deadline {
-            return ready.is_file().then_some(ready);
+    loop {
+        if ready.is_file() {
+            return InFlight::Ready(ready);
         }
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        match std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp) {
+            Ok(mut f) => {
+                use std::io::Write;
+                let claim = Claim(tmp.clone());
+                return match write!(f, "{}", std::process::id()) {
+                    Ok(()) if !ready.is_file() => InFlight::Claimed(claim),
+                    // Placed meanwhile (the download renamed just before the claim).
+                    Ok(()) => InFlight::Ready(ready),
+                    Err(_) => InFlight::Unclaimed,
+                };
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                // A claim by a fetch that died is taken over.
+                if let Some(pid) = claimer(&tmp)
+                    // SAFETY: kill with signal 0 only checks for existence.
+                    && unsafe { libc::kill(pid, 0) } != 0
+                {
+                    let _ = std::fs::remove_file(&tmp);
+                    continue;
+                }
+                if running(dir).is_none() || Instant::now() > deadline {
+                    return match ready.is_file() {
+                        true => InFlight::Ready(ready),
+                        false => InFlight::Unclaimed,
+                    };
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            Err(_) => return InFlight::Unclaimed,
+        }
     }
-    Some(ready)
 }
 
 /// Start a detached `pgdr wal-prefetch` for the segments after `file`, unless one is
@@ -158,7 +218,10 @@ pub async fn run(config: &Config, after: &str, segment_size: u64, dir: &Path) ->
                 in_flight.insert(name.clone());
                 tasks.spawn(async move {
                     let fetched = match WalFile::parse(&name) {
-                        Some(file) => super::fetch::fetch_into(&storage, &keys, &file, &path).await,
+                        // Claimed by a restore_command (Ok(None)): it fetches it itself.
+                        Some(file) => super::fetch::prefetch_into(&storage, &keys, &file, &path)
+                            .await
+                            .map(|f| f.unwrap_or(true)),
                         None => Err(anyhow!("{name} is not a WAL file name")),
                     };
                     (name, fetched)
@@ -229,6 +292,56 @@ fn remove_stale_temporaries(dir: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The in-flight file decides who fetches a segment: a claim by `restore_command`
+    /// when nobody has it (the prefetcher then leaves it alone), a wait while the
+    /// prefetcher downloads it, a claim of a dead fetch taken over. CI found the race
+    /// this closes: a `restore_command` that looked while the prefetcher was only
+    /// starting fetched a segment the prefetcher fetched too.
+    #[tokio::test]
+    async fn one_fetch_per_segment_between_restore_command_and_the_prefetcher() {
+        let dir = tempfile::tempdir().unwrap();
+        let dir = dir.path();
+        let seg = WalFile::Segment("000000010000000000000003".into());
+        let tmp = in_flight_path(dir, seg.name());
+
+        // Nobody has it: claimed, with this process's pid, and given back on drop.
+        let InFlight::Claimed(claim) = claim_or_wait(dir, &seg).await else {
+            panic!("not claimed")
+        };
+        assert_eq!(claimer(&tmp), Some(std::process::id() as i32));
+        // The prefetcher's exclusive create now fails: it leaves the segment alone.
+        let err = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp);
+        assert_eq!(err.unwrap_err().kind(), std::io::ErrorKind::AlreadyExists);
+        drop(claim);
+        assert!(!tmp.exists());
+
+        // The prefetcher (this process stands in for it) is downloading: wait for it.
+        std::fs::write(dir.join(".lock"), std::process::id().to_string()).unwrap();
+        std::fs::write(&tmp, b"\x10\xd1\x05\x00 WAL bytes, not a pid").unwrap();
+        let placed = dir.join(seg.name());
+        let (tmp2, placed2) = (tmp.clone(), placed.clone());
+        let download = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            std::fs::rename(&tmp2, &placed2).unwrap();
+        });
+        match claim_or_wait(dir, &seg).await {
+            InFlight::Ready(p) => assert_eq!(p, placed),
+            _ => panic!("did not wait for the download"),
+        }
+        download.await.unwrap();
+        std::fs::remove_file(&placed).unwrap();
+
+        // A claim left by a fetch that died (a pid no process has) is taken over.
+        let dead = {
+            let mut child = std::process::Command::new("true").spawn().unwrap();
+            let pid = child.id();
+            child.wait().unwrap();
+            pid
+        };
+        std::fs::write(&tmp, dead.to_string()).unwrap();
+        assert!(matches!(claim_or_wait(dir, &seg).await, InFlight::Claimed(_)));
+    }
 
     #[test]
     fn the_window_follows_the_newest_segment_asked_for() {
