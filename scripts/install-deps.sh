@@ -24,6 +24,9 @@ command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 command -v mount >/dev/null 2>&1 || need_apt+=(mount)
 command -v tar >/dev/null 2>&1 || need_apt+=(tar)
 command -v strace >/dev/null 2>&1 || need_apt+=(strace)
+# The report page's browser test (tests/operations.rs): headless Chromium.
+command -v chromium-headless-shell >/dev/null 2>&1 || command -v chromium >/dev/null 2>&1 \
+  || need_apt+=(chromium-headless-shell)
 if [ "${#need_apt[@]}" -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "install-deps: need root to apt-get install ${need_apt[*]}" >&2

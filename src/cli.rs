@@ -81,6 +81,9 @@ pub enum Command {
     Schedule(ScheduleArgs),
     /// Print Prometheus metrics once (for a textfile collector)
     Metrics(MetricsArgs),
+    /// How far back and forward a restore can go, WAL gaps, archive and copy health,
+    /// the last drills: as text, --json, or one self-contained HTML page (--html FILE)
+    Report(ReportArgs),
     /// archive_command: store one WAL file (archive_command = 'pgdr wal-push %p')
     WalPush(WalPushArgs),
     /// restore_command: fetch one WAL file (restore_command = 'pgdr wal-fetch %f %p')
@@ -549,6 +552,13 @@ pub struct ListArgs {
     /// Timeline to follow (--restore-points; default: as a restore would)
     #[arg(long, value_name = "TLI", requires = "restore_points")]
     pub timeline: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Write the report as one self-contained HTML page to FILE (`-` for stdout)
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -26,6 +26,7 @@ pub mod process;
 pub mod progress;
 pub mod rekey;
 pub mod repo;
+pub mod report;
 pub mod restore;
 pub mod retention;
 pub mod runbook;

@@ -297,6 +297,29 @@ fn the_four_drills_recover_and_measure() {
         assert_eq!(e["ok"], true, "{e}");
         assert!(e["rto_seconds"].as_f64().unwrap() > 0.0, "{e}");
     }
+    // Issue 30: the report carries each scenario's newest drill, its targets and
+    // where its time went (the recovery's steps among the drill's own), for the
+    // primary repository and its copy; the page draws one bar chart per scenario.
+    let report = json(&r.pgdr.ok(&["report", "--json"]));
+    let repos = report["repositories"].as_array().unwrap();
+    assert_eq!(repos.len(), 2, "{report}");
+    assert_eq!(repos[1]["name"], "dr");
+    assert!(repos[1]["copy_lag"]["segments_behind"].is_u64(), "{report}");
+    let drills = repos[0]["drills"].as_array().unwrap();
+    assert_eq!(drills.len(), 4, "{report}");
+    for d in drills {
+        assert_eq!(d["ok"], true, "{d}");
+        assert!(d["rto_target_seconds"].as_u64().unwrap() > 0, "{d}");
+        assert_eq!(d["rto_met"], true, "{d}");
+        let steps = d["steps"].as_array().unwrap();
+        assert!(steps.iter().any(|s| s["recovery"] == true), "{d}");
+        assert!(steps.iter().any(|s| s["recovery"] == false), "{d}");
+        assert!(steps.iter().all(|s| s["seconds"].as_f64().unwrap() >= 0.0), "{d}");
+        assert!(d["last_passed"].is_string(), "{d}");
+    }
+    let page = r.pgdr.ok(&["report", "--html", "-"]);
+    assert_eq!(page.matches("where the time went").count(), 4, "one chart per scenario");
+    std::fs::write(Path::new(env!("CARGO_TARGET_TMPDIR")).join("report-drills.html"), &page).unwrap();
     let text = r.pgdr.ok(&["list", "--verifications"]);
     assert!(text.contains("drill RTO per scenario"), "{text}");
     let metrics = r.pgdr.ok(&["metrics"]);

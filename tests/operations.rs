@@ -773,3 +773,111 @@ fn verify_cleans_up_on_ctrl_c() {
         .collect();
     assert!(strays.is_empty(), "a scratch server still runs: {strays:?}");
 }
+
+/// Issue 30: the report page that `schedule run` serves at `/`, beside /metrics, on
+/// the same listener. It is HTML with no-cache and a policy that forbids loading
+/// anything; it shows a backup taken while the scheduler runs (no restart); and
+/// headless Chromium (Debian's package) renders it with no console message and no
+/// request beyond the page itself. The screenshot is kept for a person to look at.
+#[test]
+fn the_report_page_renders_in_chromium_and_loads_nothing_else() {
+    let chromium = ["chromium-headless-shell", "chromium"]
+        .iter()
+        .find_map(|name| which(name))
+        .expect("headless Chromium is missing: run scripts/install-deps.sh (Debian's chromium-headless-shell)");
+    let a = Archiving::start();
+    let first = serde_json::from_str::<serde_json::Value>(&a.pgdr.ok(&["backup", "--kind", "physical", "--json"]))
+        .unwrap()["label"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    a.switch_and_wait();
+    // A job that never comes due: the daemon only serves.
+    let d = Daemon::start(
+        &a.pgdr,
+        "[[job]]\nname = \"check\"\ncron = \"0 0 3 1 1 *\"\ncommand = \"check\"\n",
+        5,
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    // Probe with a real request (a bare connection would count as a stray one).
+    while TcpStream::connect(("127.0.0.1", d.port))
+        .and_then(|mut s| s.write_all(b"GET /health HTTP/1.1\r\n\r\n"))
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "the scheduler did not listen");
+        sleep(100);
+    }
+    let reply = d.get("/");
+    let (head, body) = reply.split_once("\r\n\r\n").unwrap_or_else(|| panic!("{reply}"));
+    for needle in [
+        "HTTP/1.1 200 OK",
+        "Content-Type: text/html; charset=utf-8",
+        "Cache-Control: no-cache",
+        "Content-Security-Policy: default-src 'none'",
+    ] {
+        assert!(head.contains(needle), "{needle:?} not in {head}");
+    }
+    assert!(body.contains(&first) && body.contains("<svg"), "{body}");
+    let json: serde_json::Value =
+        serde_json::from_str(d.get("/report.json").split_once("\r\n\r\n").unwrap().1).unwrap();
+    assert_eq!(json["repositories"][0]["backups"][0]["label"], first.as_str());
+
+    // A new backup shows without a restart, once the page's few seconds are up.
+    let second = serde_json::from_str::<serde_json::Value>(&a.pgdr.ok(&["backup", "--kind", "physical", "--json"]))
+        .unwrap()["label"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !d.get("/").contains(&second) {
+        assert!(Instant::now() < deadline, "the page never showed {second}");
+        sleep(500);
+    }
+
+    let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("report-page.png");
+    let _ = std::fs::remove_file(&shot);
+    let profile = TestDir::new();
+    let out = std::process::Command::new(&chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--window-size=1200,2600",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg(format!("http://127.0.0.1:{}/", d.port))
+        .env("HOME", profile.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "chromium failed: {err}");
+    let size = std::fs::metadata(&shot).map(|m| m.len()).unwrap_or(0);
+    assert!(size > 10_000, "no screenshot ({size} bytes): {err}");
+    println!("screenshot of the report page: {}", shot.display());
+    for bad in ["CONSOLE", "Refused to", "Uncaught", "net::ERR"] {
+        assert!(!err.contains(bad), "the browser said {bad:?}:\n{err}");
+    }
+    let (_, log) = d.terminate();
+    // Our gets (at least 2 + 1 + polls) and the browser's one: every request was for
+    // the page or its data, none for anything else (no favicon, no asset).
+    assert!(log.matches("Report requested").count() >= 3, "{log}");
+    assert!(
+        !log.contains("NotFound requested"),
+        "the browser asked for more than the page:\n{log}"
+    );
+}
+
+fn which(name: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")?
+        .to_string_lossy()
+        .split(':')
+        .map(|dir| std::path::Path::new(dir).join(name))
+        .find(|p| p.is_file())
+}

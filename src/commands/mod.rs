@@ -13,6 +13,7 @@ mod key;
 mod list;
 mod metrics;
 mod recover;
+mod report;
 mod restore;
 mod schedule;
 mod standby;
@@ -134,6 +135,7 @@ pub async fn run(cli: Cli) -> Result<Exit> {
         Command::Key(args) => key::run(&ctx, args).await,
         Command::Schedule(args) => schedule::run(&ctx, args).await,
         Command::Metrics(args) => metrics::run(&ctx, args).await,
+        Command::Report(args) => report::run(&ctx, args).await,
         Command::WalPush(args) => wal_push::run(&ctx, args).await,
         Command::WalFetch(args) => wal_fetch::run(&ctx, args).await,
         Command::WalPrefetch(args) => wal_fetch::prefetch(&ctx, args).await,

@@ -35,7 +35,7 @@ use crate::steps::{Log, StepLog};
 mod derive;
 mod env;
 mod inject;
-mod report;
+pub mod report;
 mod workload;
 
 use derive::*;

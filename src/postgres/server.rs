@@ -283,3 +283,25 @@ pub async fn archive_current_wal(client: &Client) -> Result<()> {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+/// pg_stat_archiver's last archived time, archived and failed counts, last failure
+/// time, and the number of .ready files.
+pub async fn archiver_stats(target: &PgTarget) -> Result<(Option<f64>, i64, i64, Option<f64>, i64)> {
+    let client = target.connect(None).await?;
+    let row = client
+        .query_one(
+            "SELECT extract(epoch FROM last_archived_time)::float8, archived_count, failed_count, \
+             extract(epoch FROM last_failed_time)::float8, \
+             (SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready')::int8 \
+             FROM pg_stat_archiver",
+            &[],
+        )
+        .await?;
+    Ok((
+        row.get::<_, Option<f64>>(0),
+        row.get::<_, i64>(1),
+        row.get::<_, i64>(2),
+        row.get::<_, Option<f64>>(3),
+        row.get::<_, i64>(4),
+    ))
+}

@@ -59,7 +59,10 @@ pub async fn run(config: Config, opts: Options) -> Result<()> {
             opts.listen
         )
     })?;
-    tracing::info!("serving /metrics and /health on {}", opts.listen);
+    tracing::info!(
+        "serving the report page (/), /report.json, /metrics and /health on {}",
+        opts.listen
+    );
     let server = tokio::spawn(super::metrics::serve(
         listener,
         config.clone(),

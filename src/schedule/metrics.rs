@@ -297,27 +297,10 @@ async fn archiver_metrics(out: &mut Out, config: &Config, now: chrono::DateTime<
     }
 }
 
-/// pg_stat_archiver's last archived time, archived and failed counts, last failure
-/// time, and the number of .ready files.
+/// The server's archiver statistics (`postgres::server::archiver_stats`).
 async fn archiver_stats(config: &Config) -> anyhow::Result<(Option<f64>, i64, i64, Option<f64>, i64)> {
     let target = PgTarget::from_config(config.postgres.url.as_deref())?;
-    let client = target.connect(None).await?;
-    let row = client
-        .query_one(
-            "SELECT extract(epoch FROM last_archived_time)::float8, archived_count, failed_count, \
-             extract(epoch FROM last_failed_time)::float8, \
-             (SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready')::int8 \
-             FROM pg_stat_archiver",
-            &[],
-        )
-        .await?;
-    Ok((
-        row.get::<_, Option<f64>>(0),
-        row.get::<_, i64>(1),
-        row.get::<_, i64>(2),
-        row.get::<_, Option<f64>>(3),
-        row.get::<_, i64>(4),
-    ))
+    crate::postgres::server::archiver_stats(&target).await
 }
 
 /// What a request to the metrics endpoint asks for.
@@ -325,11 +308,15 @@ async fn archiver_stats(config: &Config) -> anyhow::Result<(Option<f64>, i64, i6
 pub enum Route {
     Metrics,
     Health,
+    /// `/`: the report page (`report::html`); `/report.json`: its data.
+    Report,
+    ReportJson,
     NotFound,
 }
 
 /// Read the request line of whatever a client sent (any bytes, possibly cut short):
-/// `GET /metrics` or `GET /health`, anything else is not found.
+/// `GET /metrics`, `/health`, `/` (the report page) or `/report.json`; anything else
+/// is not found.
 pub fn route(request: &[u8]) -> Route {
     let line = request.split(|b| *b == b'\n').next().unwrap_or_default();
     let mut words = line.split(|b| b.is_ascii_whitespace()).filter(|w| !w.is_empty());
@@ -337,18 +324,31 @@ pub fn route(request: &[u8]) -> Route {
     match (method, path) {
         (Some(b"GET" | b"HEAD"), Some(b"/metrics")) => Route::Metrics,
         (Some(b"GET" | b"HEAD"), Some(b"/health")) => Route::Health,
+        (Some(b"GET" | b"HEAD"), Some(b"/" | b"/index.html")) => Route::Report,
+        (Some(b"GET" | b"HEAD"), Some(b"/report.json")) => Route::ReportJson,
         _ => Route::NotFound,
     }
 }
 
-/// Serve GET /metrics and GET /health until aborted.
+/// How long a report stays fresh: a page reloaded in a burst reads the repository
+/// once, and a new backup shows within this long.
+const REPORT_FRESH: Duration = Duration::from_secs(5);
+
+/// Serve GET /metrics, /health, / (the report page) and /report.json until aborted.
 pub async fn serve(listener: tokio::net::TcpListener, config: Config, repo: Repo, shared: SharedState) {
     let cache: std::sync::Arc<tokio::sync::Mutex<Option<(Instant, String)>>> = Default::default();
+    let reports: std::sync::Arc<tokio::sync::Mutex<Option<(Instant, crate::report::Report)>>> = Default::default();
     loop {
         let Ok((mut socket, _)) = listener.accept().await else {
             continue;
         };
-        let (config, repo, shared, cache) = (config.clone(), repo.clone(), shared.clone(), cache.clone());
+        let (config, repo, shared, cache, reports) = (
+            config.clone(),
+            repo.clone(),
+            shared.clone(),
+            cache.clone(),
+            reports.clone(),
+        );
         tokio::spawn(async move {
             let mut buf = vec![0u8; 8192];
             let mut len = 0;
@@ -361,7 +361,13 @@ pub async fn serve(listener: tokio::net::TcpListener, config: Config, repo: Repo
                     break;
                 }
             }
-            let (status, ctype, body) = match route(&buf[..len]) {
+            let route = route(&buf[..len]);
+            // Prometheus scrapes every few seconds; a person opens the page.
+            match route {
+                Route::Metrics | Route::Health => tracing::debug!("{route:?} requested"),
+                _ => tracing::info!("{route:?} requested"),
+            }
+            let (status, ctype, body) = match route {
                 Route::Metrics => {
                     let mut cached = cache.lock().await;
                     let fresh = cached
@@ -383,10 +389,42 @@ pub async fn serve(listener: tokio::net::TcpListener, config: Config, repo: Repo
                     let body = serde_json::json!({"status": "ok", "running": running}).to_string();
                     ("200 OK", "application/json", body)
                 }
+                Route::Report | Route::ReportJson => {
+                    let mut cached = reports.lock().await;
+                    if cached.as_ref().is_none_or(|(t, _)| t.elapsed() >= REPORT_FRESH) {
+                        *cached = Some((Instant::now(), crate::report::build(&config).await));
+                    }
+                    let report = &cached.as_ref().expect("filled above").1;
+                    if route == Route::ReportJson {
+                        let body = serde_json::to_string_pretty(report).unwrap_or_default();
+                        ("200 OK", "application/json", body)
+                    } else {
+                        match crate::report::html::render(report) {
+                            Ok(html) => ("200 OK", "text/html; charset=utf-8", html),
+                            Err(e) => (
+                                "500 Internal Server Error",
+                                "text/plain; charset=utf-8",
+                                format!("the report page could not be rendered: {e:#}\n"),
+                            ),
+                        }
+                    }
+                }
                 Route::NotFound => ("404 Not Found", "text/plain", "not found\n".to_string()),
             };
+            // The page is built from the repository on request: never cached, and it
+            // may load nothing beyond itself.
+            let extra = match route {
+                Route::Report => format!(
+                    "Cache-Control: no-cache, max-age=0\r\nContent-Security-Policy: {}\r\nX-Content-Type-Options: nosniff\r\nReferrer-Policy: no-referrer\r\n",
+                    crate::report::html::CONTENT_SECURITY_POLICY
+                ),
+                Route::ReportJson => {
+                    "Cache-Control: no-cache, max-age=0\r\nX-Content-Type-Options: nosniff\r\n".to_string()
+                }
+                _ => String::new(),
+            };
             let reply = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{body}",
                 body.len()
             );
             let _ = socket.write_all(reply.as_bytes()).await;
@@ -573,6 +611,9 @@ mod tests {
         assert_eq!(route(b"GET /health HTTP/1.0\r\n\r\n"), Route::Health);
         assert_eq!(route(b"POST /metrics HTTP/1.1\r\n\r\n"), Route::NotFound);
         assert_eq!(route(b"GET /metricsx HTTP/1.1\r\n"), Route::NotFound);
+        assert_eq!(route(b"GET / HTTP/1.1\r\n\r\n"), Route::Report);
+        assert_eq!(route(b"HEAD /report.json HTTP/1.1\r\n\r\n"), Route::ReportJson);
+        assert_eq!(route(b"GET /favicon.ico HTTP/1.1\r\n\r\n"), Route::NotFound);
         assert_eq!(route(b"GET"), Route::NotFound);
         assert_eq!(route(b""), Route::NotFound);
         assert_eq!(route(b"\xff\xfe GET /metrics"), Route::NotFound);

@@ -1001,6 +1001,27 @@ pub struct Restored {
 }
 
 impl Restored {
+    /// Write a little (a switch of an idle segment does nothing), switch, and wait
+    /// until this server has archived that segment.
+    pub fn switch_and_wait(&self) -> String {
+        self.psql(
+            "postgres",
+            "CREATE TABLE IF NOT EXISTS pgdr_test_w (x int); INSERT INTO pgdr_test_w VALUES (1)",
+        );
+        let seg = self.psql("postgres", "SELECT pg_walfile_name(pg_current_wal_lsn())");
+        self.psql("postgres", "SELECT pg_switch_wal()");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.psql(
+            "postgres",
+            "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver",
+        ) < seg
+        {
+            assert!(Instant::now() < deadline, "{seg} was not archived");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        seg
+    }
+
     pub fn psql(&self, db: &str, sql: &str) -> String {
         let out = psql_at(self.port, db, sql);
         assert!(
