@@ -191,6 +191,12 @@ pub async fn build(config: &Config) -> Report {
         let target = crate::postgres::PgTarget::from_config(config.postgres.url.as_deref())?;
         crate::postgres::server::archiver_stats(&target).await
     };
+    // A server that does not answer must not hold the page up.
+    let stats = async {
+        tokio::time::timeout(std::time::Duration::from_secs(5), stats)
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the server did not answer within 5 s")))
+    };
     let (server, server_error) = match stats.await {
         Ok((last, archived, failed, last_failed, ready)) => {
             let at = |t: Option<f64>| t.and_then(|s| DateTime::from_timestamp_millis((s * 1000.0) as i64));
