@@ -195,15 +195,18 @@ pub(super) async fn prefetch_into(
     file: &WalFile,
     dest: &Path,
 ) -> Result<Option<bool>> {
-    let tmp = super::prefetch::in_flight_path(dest.parent().unwrap_or(Path::new("")), file.name());
-    match std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp) {
-        Ok(out) => fetch_through(storage, keys, file, dest, &tmp, out).await.map(Some),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(None),
-        Err(e) => Err(anyhow::Error::new(LocalWrite(format!(
-            "cannot create {}: {e}",
-            tmp.display()
-        )))),
-    }
+    let dir = dest.parent().unwrap_or(Path::new(""));
+    let in_flight = super::prefetch::in_flight_path(dir, file.name());
+    let local =
+        |e: std::io::Error| anyhow::Error::new(LocalWrite(format!("cannot create {}: {e}", in_flight.display())));
+    let Some(_claim) = super::prefetch::Claim::take(&in_flight).map_err(local)? else {
+        return Ok(None);
+    };
+    // Downloaded under this process's own name: only this download is renamed in.
+    let tmp = super::prefetch::download_path(dir, file.name());
+    let out = std::fs::File::create(&tmp)
+        .map_err(|e| anyhow::Error::new(LocalWrite(format!("cannot create {}: {e}", tmp.display()))))?;
+    fetch_through(storage, keys, file, dest, &tmp, out).await.map(Some)
 }
 
 /// `file` downloaded into `out` (the open temporary file `tmp`), then renamed to `dest`.

@@ -73,9 +73,17 @@ fn running(dir: &Path) -> Option<i32> {
     (pid > 0 && unsafe { libc::kill(pid, 0) } == 0).then_some(pid)
 }
 
-/// The temporary file a fetch of `name` into `dir` writes before it is whole.
+/// The in-flight file of segment `name` in `dir`: created exclusively by whoever
+/// fetches it (the prefetcher or a `restore_command`), holding that process's pid,
+/// removed by it when done. Nobody else writes or renames it.
 pub(super) fn in_flight_path(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!(".{name}.pgdr-tmp"))
+}
+
+/// Where the prefetcher downloads `name` before renaming it into place: its own
+/// name per process, so that nothing but its download is ever renamed to a segment.
+pub(super) fn download_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!(".{name}.{}.pgdr-dl", std::process::id()))
 }
 
 /// What `restore_command` finds for a segment in the prefetch directory.
@@ -89,30 +97,52 @@ pub enum InFlight {
     Unclaimed,
 }
 
-/// A `restore_command`'s claim on a segment: its in-flight file holds the claimer's
-/// pid (a prefetcher's holds WAL bytes), removed on drop.
+/// A held in-flight file (a claim): removed on drop, if it is still this process's.
 pub struct Claim(PathBuf);
 
-impl Drop for Claim {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+impl Claim {
+    /// Take the in-flight file at `path` if nobody holds it: `Ok(None)` if someone does.
+    pub(super) fn take(path: &Path) -> std::io::Result<Option<Claim>> {
+        use std::io::Write;
+        match std::fs::OpenOptions::new().write(true).create_new(true).open(path) {
+            Ok(mut f) => {
+                let claim = Claim(path.to_path_buf());
+                f.write_all(std::process::id().to_string().as_bytes())?;
+                Ok(Some(claim))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 }
 
-/// The pid in a claim's in-flight file, if it is a claim (not a download).
-fn claimer(tmp: &Path) -> Option<i32> {
-    let text = std::fs::read(tmp).ok()?;
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if holder(&self.0) == Some(std::process::id() as i32) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
+/// The pid an in-flight file holds (`None`: unreadable, or not written yet).
+fn holder(path: &Path) -> Option<i32> {
+    let text = std::fs::read(path).ok()?;
     let text = std::str::from_utf8(&text).ok()?;
-    (!text.is_empty() && text.len() <= 10)
-        .then(|| text.parse().ok())
-        .flatten()
+    text.trim().parse().ok().filter(|pid| *pid > 0)
+}
+
+/// Whether `pid` is certainly gone (not merely another user's process).
+fn dead(pid: i32) -> bool {
+    // SAFETY: kill with signal 0 only checks for existence.
+    let gone = unsafe { libc::kill(pid, 0) } != 0;
+    gone && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
 }
 
 /// The segment `file`, as the prefetcher stands with it: in place, being fetched
 /// (wait until it is in place, or the fetch ends without it), or claimed now by this
 /// call. The in-flight file is created exclusively by whichever comes first, the
-/// prefetcher's download or this claim, so a segment is never fetched by both, even
-/// while the prefetcher is only starting.
+/// prefetcher or this call, so a segment is never fetched by both, even while the
+/// prefetcher is only starting; one left by a process that died is taken over.
 pub async fn claim_or_wait(dir: &Path, file: &WalFile) -> InFlight {
     let ready = dir.join(file.name());
     let tmp = in_flight_path(dir, file.name());
@@ -121,27 +151,24 @@ pub async fn claim_or_wait(dir: &Path, file: &WalFile) -> InFlight {
         if ready.is_file() {
             return InFlight::Ready(ready);
         }
-        match std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp) {
-            Ok(mut f) => {
-                use std::io::Write;
-                let claim = Claim(tmp.clone());
-                return match write!(f, "{}", std::process::id()) {
-                    Ok(()) if !ready.is_file() => InFlight::Claimed(claim),
-                    // Placed meanwhile (the download renamed just before the claim).
-                    Ok(()) => InFlight::Ready(ready),
-                    Err(_) => InFlight::Unclaimed,
-                };
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                // A claim by a fetch that died is taken over.
-                if let Some(pid) = claimer(&tmp)
-                    // SAFETY: kill with signal 0 only checks for existence.
-                    && unsafe { libc::kill(pid, 0) } != 0
+        if Instant::now() > deadline {
+            return InFlight::Unclaimed;
+        }
+        match Claim::take(&tmp) {
+            // Placed meanwhile (renamed just before the claim): use it.
+            Ok(Some(_)) if ready.is_file() => return InFlight::Ready(ready),
+            Ok(Some(claim)) => return InFlight::Claimed(claim),
+            Ok(None) => {
+                if let Some(pid) = holder(&tmp)
+                    && dead(pid)
                 {
-                    let _ = std::fs::remove_file(&tmp);
+                    // Taken over, once: if it cannot be removed, fetch unclaimed.
+                    if std::fs::remove_file(&tmp).is_err() {
+                        return InFlight::Unclaimed;
+                    }
                     continue;
                 }
-                if running(dir).is_none() || Instant::now() > deadline {
+                if running(dir).is_none() {
                     return match ready.is_file() {
                         true => InFlight::Ready(ready),
                         false => InFlight::Unclaimed,
@@ -194,7 +221,10 @@ pub async fn run(config: &Config, after: &str, segment_size: u64, dir: &Path) ->
     let mut wanted = after.to_string();
     let mut asked_at = Instant::now();
     let mut in_flight: HashSet<String> = HashSet::new();
-    let mut tasks: JoinSet<(String, Result<bool>)> = JoinSet::new();
+    // Segments another process holds (a restore_command fetching it itself): not
+    // tried again until replay has moved past them.
+    let mut left: HashSet<String> = HashSet::new();
+    let mut tasks: JoinSet<(String, Result<Option<bool>>)> = JoinSet::new();
     let mut archive_ends = false;
     let mut failures = 0;
     loop {
@@ -206,22 +236,20 @@ pub async fn run(config: &Config, after: &str, segment_size: u64, dir: &Path) ->
             asked_at = Instant::now();
         }
         drop_passed(dir, &wanted, &in_flight);
+        left.retain(|name| name.as_str() > wanted.as_str());
         if !archive_ends && failures < MAX_FAILURES {
             for name in window_after(&wanted, segment_size, window) {
                 if tasks.len() >= PREFETCH_PARALLEL {
                     break;
                 }
-                if in_flight.contains(&name) || dir.join(&name).exists() {
+                if in_flight.contains(&name) || left.contains(&name) || dir.join(&name).exists() {
                     continue;
                 }
                 let (storage, keys, path) = (storage.clone(), keys.clone(), dir.join(&name));
                 in_flight.insert(name.clone());
                 tasks.spawn(async move {
                     let fetched = match WalFile::parse(&name) {
-                        // Claimed by a restore_command (Ok(None)): it fetches it itself.
-                        Some(file) => super::fetch::prefetch_into(&storage, &keys, &file, &path)
-                            .await
-                            .map(|f| f.unwrap_or(true)),
+                        Some(file) => super::fetch::prefetch_into(&storage, &keys, &file, &path).await,
                         None => Err(anyhow!("{name} is not a WAL file name")),
                     };
                     (name, fetched)
@@ -236,9 +264,13 @@ pub async fn run(config: &Config, after: &str, segment_size: u64, dir: &Path) ->
                 let Ok((name, fetched)) = done else { continue };
                 in_flight.remove(&name);
                 match fetched {
-                    Ok(true) => failures = 0,
+                    Ok(Some(true)) => failures = 0,
                     // The archive ends here (for now: a standby asks again later).
-                    Ok(false) => archive_ends = true,
+                    Ok(Some(false)) => archive_ends = true,
+                    // Claimed by a restore_command: it fetches it itself.
+                    Ok(None) => {
+                        left.insert(name);
+                    }
                     Err(e) => {
                         failures += 1;
                         tracing::debug!("prefetching {name}: {e:#}");
@@ -278,12 +310,27 @@ fn drop_passed(dir: &Path, wanted: &str, in_flight: &HashSet<String>) {
     }
 }
 
-/// Half-written files of a prefetcher that died: nobody is fetching them.
+/// What a prefetcher or `restore_command` that died left: in-flight files whose
+/// holder is gone (or that hold no pid: an older pgdr's downloads), and downloads
+/// of processes that are gone. A live holder's are left alone.
 fn remove_stale_temporaries(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') && name.ends_with(".pgdr-tmp") {
+        if !name.starts_with('.') {
+            continue;
+        }
+        let stale = if name.ends_with(".pgdr-tmp") {
+            holder(&e.path()).is_none_or(dead)
+        } else if let Some(rest) = name.strip_suffix(".pgdr-dl") {
+            rest.rsplit('.')
+                .next()
+                .and_then(|p| p.parse::<i32>().ok())
+                .is_none_or(dead)
+        } else {
+            false
+        };
+        if stale {
             let _ = std::fs::remove_file(e.path());
         }
     }
@@ -294,36 +341,41 @@ mod tests {
     use super::*;
 
     /// The in-flight file decides who fetches a segment: a claim by `restore_command`
-    /// when nobody has it (the prefetcher then leaves it alone), a wait while the
-    /// prefetcher downloads it, a claim of a dead fetch taken over. CI found the race
-    /// this closes: a `restore_command` that looked while the prefetcher was only
-    /// starting fetched a segment the prefetcher fetched too.
+    /// when nobody has it (the prefetcher then leaves it alone), a wait while a live
+    /// process holds it, a takeover of one whose holder died; a claim is removed only
+    /// by its holder, and the start-up clean-up spares live holders. CI found the race
+    /// the claim closes: a `restore_command` that looked while the prefetcher was only
+    /// starting fetched a segment the prefetcher fetched too. Review found the one the
+    /// holder's pid closes: a claim removed under its holder let a download be renamed
+    /// over another process's file.
     #[tokio::test]
     async fn one_fetch_per_segment_between_restore_command_and_the_prefetcher() {
         let dir = tempfile::tempdir().unwrap();
         let dir = dir.path();
         let seg = WalFile::Segment("000000010000000000000003".into());
         let tmp = in_flight_path(dir, seg.name());
+        let me = std::process::id() as i32;
 
         // Nobody has it: claimed, with this process's pid, and given back on drop.
         let InFlight::Claimed(claim) = claim_or_wait(dir, &seg).await else {
             panic!("not claimed")
         };
-        assert_eq!(claimer(&tmp), Some(std::process::id() as i32));
-        // The prefetcher's exclusive create now fails: it leaves the segment alone.
-        let err = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp);
-        assert_eq!(err.unwrap_err().kind(), std::io::ErrorKind::AlreadyExists);
+        assert_eq!(holder(&tmp), Some(me));
+        // The prefetcher's exclusive take now fails: it leaves the segment alone.
+        assert!(Claim::take(&tmp).unwrap().is_none());
         drop(claim);
         assert!(!tmp.exists());
 
-        // The prefetcher (this process stands in for it) is downloading: wait for it.
-        std::fs::write(dir.join(".lock"), std::process::id().to_string()).unwrap();
-        std::fs::write(&tmp, b"\x10\xd1\x05\x00 WAL bytes, not a pid").unwrap();
+        // The prefetcher (this process stands in for it) holds it and downloads:
+        // restore_command waits until the segment is in place.
+        std::fs::write(dir.join(".lock"), me.to_string()).unwrap();
+        let held = Claim::take(&tmp).unwrap().expect("free");
         let placed = dir.join(seg.name());
-        let (tmp2, placed2) = (tmp.clone(), placed.clone());
+        let placed2 = placed.clone();
         let download = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            std::fs::rename(&tmp2, &placed2).unwrap();
+            std::fs::write(&placed2, b"segment").unwrap();
+            drop(held);
         });
         match claim_or_wait(dir, &seg).await {
             InFlight::Ready(p) => assert_eq!(p, placed),
@@ -332,7 +384,8 @@ mod tests {
         download.await.unwrap();
         std::fs::remove_file(&placed).unwrap();
 
-        // A claim left by a fetch that died (a pid no process has) is taken over.
+        // A claim whose holder died (a pid no process has) is taken over, and the
+        // start-up clean-up removes such files but not a live holder's.
         let dead = {
             let mut child = std::process::Command::new("true").spawn().unwrap();
             let pid = child.id();
@@ -340,7 +393,18 @@ mod tests {
             pid
         };
         std::fs::write(&tmp, dead.to_string()).unwrap();
+        let download = dir.join(format!(".{}.{dead}.pgdr-dl", seg.name()));
+        std::fs::write(&download, b"half").unwrap();
+        let live = in_flight_path(dir, "000000010000000000000004");
+        std::fs::write(&live, me.to_string()).unwrap();
+        remove_stale_temporaries(dir);
+        assert!(!tmp.exists() && !download.exists() && live.exists());
+        std::fs::write(&tmp, dead.to_string()).unwrap();
         assert!(matches!(claim_or_wait(dir, &seg).await, InFlight::Claimed(_)));
+        // Someone else's claim is not removed by a guard that did not make it.
+        std::fs::write(&tmp, dead.to_string()).unwrap();
+        drop(Claim(tmp.clone()));
+        assert!(tmp.exists(), "a guard removed a claim it did not hold");
     }
 
     #[test]

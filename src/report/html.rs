@@ -327,8 +327,9 @@ fn chart(r: &RepoReport, now: DateTime<Utc>) -> Option<Chart> {
     let t1 = now;
     // A little room on both sides; at least two minutes of axis.
     let span = (t1 - t0).max(Duration::minutes(2));
-    let t0 = t0 - span / 40;
-    let t1 = t1 + span / 40;
+    // (Checked: a hostile manifest may carry a time at the end of chrono's range.)
+    let t0 = t0.checked_sub_signed(span / 40)?;
+    let t1 = t1.checked_add_signed(span / 40)?;
     let total = (t1 - t0).num_milliseconds().max(1) as f64;
     let x = |t: &DateTime<Utc>| LEFT + ((*t - t0).num_milliseconds() as f64 / total) * (WIDTH - LEFT - 10.0);
     let rows: Vec<Row> = r
@@ -393,7 +394,9 @@ fn chart(r: &RepoReport, now: DateTime<Utc>) -> Option<Chart> {
     let axis_y = TOP + rows.len() as f64 * ROW + 4.0;
     let ticks = (0..=6)
         .map(|i| {
-            let at = t0 + Duration::milliseconds((total * i as f64 / 6.0) as i64);
+            let at = t0
+                .checked_add_signed(Duration::milliseconds((total * i as f64 / 6.0) as i64))
+                .unwrap_or(t1);
             let fmt = if span > Duration::days(2) {
                 "%m-%d %H:%M"
             } else {
@@ -443,6 +446,24 @@ mod tests {
             repositories: vec![bad],
         };
         let html = render(&report).unwrap();
+        // A manifest's times at the ends of the calendar: no panic, just no chart.
+        let mut odd = report.clone();
+        odd.repositories[0].backups.push(super::super::BackupRow {
+            label: "20261206T000000Z-F".into(),
+            kind: "physical".into(),
+            backup_type: Some("full".into()),
+            parent: None,
+            start_time: DateTime::<Utc>::MIN_UTC,
+            stop_time: DateTime::<Utc>::MAX_UTC,
+            seconds: f64::MAX,
+            stored_bytes: u64::MAX,
+            plain_bytes: 0,
+            timeline: Some(1),
+            keep: false,
+            status: "not verified".into(),
+            verified_at: None,
+        });
+        render(&odd).unwrap();
         assert!(html.contains("cannot be read in full"), "{html}");
         assert!(html.contains("&lt;script&gt;") && !html.contains("<script>"), "{html}");
         assert!(!html.contains("<img src=http"), "{html}");

@@ -266,10 +266,16 @@ async fn repository(config: &Config, name: &str, copy: Option<&str>, now: DateTi
         .unwrap_or(crate::postgres::wal::DEFAULT_SEGMENT_SIZE);
 
     // Timelines, gaps and spans.
+    // A backup whose chain is broken reaches nothing.
+    let whole = |p: &crate::repo::manifest::PhysicalInfo| {
+        p.chain()
+            .iter()
+            .all(|l| manifests.iter().any(|o| o.label.as_str() == l.as_str()))
+    };
     let marks: Vec<window::BackupMark> = manifests
         .iter()
         .filter_map(|m| {
-            let p = m.physical.as_ref()?;
+            let p = m.physical.as_ref().filter(|p| whole(p))?;
             let start = crate::postgres::Segment::parse(&p.wal_start, segment_size)?;
             let stop = crate::postgres::Segment::parse(&p.wal_stop, segment_size)?;
             Some(window::BackupMark {

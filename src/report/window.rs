@@ -102,6 +102,8 @@ pub fn timelines(
         segs.sort_by_key(|s| s.0);
         let mut runs: Vec<Run> = Vec::new();
         let mut gaps = Vec::new();
+        // One name per number (a listing could hold `…0a` beside `…0A`).
+        segs.dedup_by_key(|s| s.0);
         for &(number, _, at) in &segs {
             match runs.last_mut() {
                 Some(run) if run.last + 1 == number => {
@@ -149,15 +151,17 @@ pub fn timelines(
             Some(&(parent, lsn)) => (Some(parent), Some(lsn)),
             None => (None, None),
         };
-        // Inherited: the parent's span reaches the switch, and this timeline's WAL
-        // goes on from the switch's segment.
+        // Inherited: the parent's span reaches the segment before the switch's (the
+        // switch's own segment is read from this timeline: after a failover the
+        // parent's copy of it is only ever archived as .partial), and this timeline's
+        // WAL goes on from there.
         if let (Some(parent), Some(lsn)) = (parent, switch) {
             let at = lsn.0 / segment_size.max(1);
             let number = |n: &str| Segment::parse(n, segment_size).map(|s| s.number);
             let reaches = out.iter().find(|t| t.timeline == parent).is_some_and(|p| {
                 p.restorable.iter().any(|s| {
                     number(&s.from_segment).is_some_and(|a| a <= at)
-                        && number(&s.until_segment).is_some_and(|b| b >= at)
+                        && number(&s.until_segment).is_some_and(|b| b.saturating_add(1) >= at)
                 })
             });
             if reaches
@@ -180,7 +184,9 @@ pub fn timelines(
         let mut merged: Vec<Span> = Vec::new();
         for s in spans {
             match merged.last_mut() {
-                Some(m) if s.from <= m.to || number(&s.from_segment) <= number(&m.until_segment) => {
+                // Only spans on one run: archive times lag (a backlog, a copy's own
+                // times), and merging by time could hide a gap.
+                Some(m) if number(&s.from_segment) <= number(&m.until_segment) => {
                     if s.to > m.to {
                         m.to = s.to;
                         m.until_segment = s.until_segment;
@@ -290,13 +296,30 @@ mod tests {
         assert_eq!(two.restorable[0].from_backup, "switch from timeline 1");
         assert_eq!((two.restorable[0].from, two.restorable[0].to), (at(29), at(32)));
 
-        // A switch inside the gap: timeline 2 cannot be reached.
-        let histories = BTreeMap::from([(2, (1, Lsn(5 * SZ + 100)))]);
+        // After a failover the parent's copy of the switch's segment is only archived
+        // as .partial: timeline 2 is still reached (it holds that segment itself).
+        let mut failover = segments.clone();
+        failover.remove(&seg(1, 9));
+        failover.remove(&seg(1, 10));
+        let t = timelines(&failover, SZ, &BTreeMap::from([(2, (1, Lsn(9 * SZ + 100)))]), &backups);
+        assert_eq!(t[1].restorable.len(), 1, "{:?}", t[1]);
+        // Two names for one number (lower-case hex) count once.
+        let mut twice = segments.clone();
+        twice.insert(seg(1, 10).to_lowercase(), Some(at(10)));
+        let t = timelines(&twice, SZ, &histories, &backups);
+        assert_eq!(t[0].segments, 8);
+
+        // A switch in the first missing segment is reached (that segment comes from
+        // timeline 2); one in the second is not (the first is missing on timeline 1).
         let mut segments2 = segments.clone();
         segments2.retain(|n, _| !n.starts_with("00000002"));
-        for n in 5..=6 {
+        for n in 5..=7 {
             segments2.insert(seg(2, n), Some(at(40 + n as u32)));
         }
+        let histories = BTreeMap::from([(2, (1, Lsn(5 * SZ + 100)))]);
+        let t = timelines(&segments2, SZ, &histories, &backups);
+        assert_eq!(t[1].restorable.len(), 1, "{:?}", t[1].restorable);
+        let histories = BTreeMap::from([(2, (1, Lsn(6 * SZ + 100)))]);
         let t = timelines(&segments2, SZ, &histories, &backups);
         assert!(t[1].restorable.is_empty(), "{:?}", t[1].restorable);
     }
