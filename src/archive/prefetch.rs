@@ -105,11 +105,14 @@ impl Claim {
     pub(super) fn take(path: &Path) -> std::io::Result<Option<Claim>> {
         use std::io::Write;
         match std::fs::OpenOptions::new().write(true).create_new(true).open(path) {
-            Ok(mut f) => {
-                let claim = Claim(path.to_path_buf());
-                f.write_all(std::process::id().to_string().as_bytes())?;
-                Ok(Some(claim))
-            }
+            Ok(mut f) => match f.write_all(std::process::id().to_string().as_bytes()) {
+                Ok(()) => Ok(Some(Claim(path.to_path_buf()))),
+                // (A full disk: the file is ours, but holds no pid to tell by.)
+                Err(e) => {
+                    let _ = std::fs::remove_file(path);
+                    Err(e)
+                }
+            },
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(None),
             Err(e) => Err(e),
         }
