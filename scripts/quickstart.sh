@@ -93,4 +93,8 @@ fi
 [ "$(id -u)" -eq 0 ] && chown postgres: "$sandbox/repo.key"   # archive_command runs as postgres
 echo "== pgdr drill --scenario data-loss (a rehearsal on scratch resources: RTO and RPO)"
 "$pgdr" drill --scenario data-loss
+echo "== pgdr report (what can be restored, and where the drill's time went)"
+"$pgdr" report
+"$pgdr" report --html "$root/pgdr-report.html"
+echo "Open ./pgdr-report.html in a browser: the page pgdr schedule run serves at /."
 echo "The repository is in ./pgdr-repo; the sandbox cluster is stopped (data in ./pgdr-sandbox)."
