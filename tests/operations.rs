@@ -818,6 +818,16 @@ fn the_report_page_renders_in_chromium_and_loads_nothing_else() {
         assert!(head.contains(needle), "{needle:?} not in {head}");
     }
     assert!(body.contains(&first) && body.contains("<svg"), "{body}");
+    // HEAD: the same headers, no body.
+    let mut s = TcpStream::connect(("127.0.0.1", d.port)).unwrap();
+    write!(s, "HEAD / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    let (head_only, rest) = reply.split_once("\r\n\r\n").unwrap();
+    assert!(
+        head_only.contains("Content-Type: text/html") && rest.is_empty(),
+        "{reply}"
+    );
     let json: serde_json::Value =
         serde_json::from_str(d.get("/report.json").split_once("\r\n\r\n").unwrap().1).unwrap();
     assert_eq!(json["repositories"][0]["backups"][0]["label"], first.as_str());

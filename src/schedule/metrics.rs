@@ -423,9 +423,12 @@ pub async fn serve(listener: tokio::net::TcpListener, config: Config, repo: Repo
                 }
                 _ => String::new(),
             };
+            // HEAD: the headers GET would send, without the body.
+            let head = buf[..len].starts_with(b"HEAD ");
             let reply = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{body}",
-                body.len()
+                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{}",
+                body.len(),
+                if head { "" } else { body.as_str() }
             );
             let _ = socket.write_all(reply.as_bytes()).await;
             let _ = socket.shutdown().await;
