@@ -178,14 +178,25 @@ pub(super) async fn undo(dir: &Path, cx: &mut StepCx<'_>, created: &[Made], id: 
     }
     check_undo_allowed(dir, created, id)?;
     if let Some(tli) = cx.pinned_timeline.and_then(|followed| promoted_timeline(dir, followed)) {
-        crate::repo::Repo::open(cx.config)
-            .await?
-            .abandon_timeline(tli, &format!("pgdr recover {id}: an interrupted attempt, redone"))
+        let repo = crate::repo::Repo::open(cx.config).await?;
+        repo.abandon_timeline(tli, &format!("pgdr recover {id}: an interrupted attempt, redone"))
             .await
             .with_context(|| format!("recording timeline {tli} of the interrupted attempt as abandoned"))?;
         (cx.say)(format!(
             "timeline {tli}, made by the interrupted attempt, is recorded as abandoned"
         ));
+        // Its history goes into the archive now, so that the redo's promotion picks
+        // the next timeline: stored later (by the attempt's detached pusher), it would
+        // refuse the redo's own history under the same name, and the redo's timeline
+        // would never be declared (CI: crash::recoveries_killed_at_random_moments).
+        let name = format!("{tli:08X}.history");
+        let path = dir.join("pg_wal").join(&name);
+        if path.is_file()
+            && let Err(e) =
+                crate::archive::push::push_one(&repo, &crate::postgres::WalFile::History(name.clone()), &path).await
+        {
+            (cx.say)(format!("could not archive {name} of the interrupted attempt: {e:#}"));
+        }
     }
     dirs::empty_server_dir(cx.config, dir).map(Some)
 }
