@@ -476,6 +476,21 @@ fn recover_dry_run_changes_nothing_and_bad_runbooks_are_refused() {
 /// the recovered primary has the data, served through PgBouncer.
 #[test]
 fn a_recovery_killed_mid_restore_resumes() {
+    killed_mid_restore_resumes(false);
+}
+
+/// The same, but the host went down with pgdr: the attempt's server had promoted
+/// and never archived its timeline's history (a detached pusher may store it at any
+/// later moment). The redo must still take a new timeline, not the abandoned one, and
+/// its standby must stream from it. Before the fix (62955b3) the redo promoted onto
+/// timeline 2 again, recorded as abandoned and declared production's at once, and in
+/// CI the standby followed timeline 1 without streaming.
+#[test]
+fn a_recovery_killed_mid_restore_with_its_host_resumes_on_a_new_timeline() {
+    killed_mid_restore_resumes(true);
+}
+
+fn killed_mid_restore_resumes(host_crashed: bool) {
     let (a, bouncer) = production();
     a.cluster.psql(
         "postgres",
@@ -488,7 +503,7 @@ fn a_recovery_killed_mid_restore_resumes() {
     let new = out_dir.join("new");
     let standby = out_dir.join("standby");
     let state = out_dir.join("state.json");
-    let port = free_port();
+    let (port, standby_port) = (free_port(), free_port());
     let args = [
         "recover",
         "--scenario",
@@ -503,7 +518,7 @@ fn a_recovery_killed_mid_restore_resumes() {
         "--standby-data-dir",
         standby.to_str().unwrap(),
         "--standby-port",
-        &free_port().to_string(),
+        &standby_port.to_string(),
         "--state",
         state.to_str().unwrap(),
         "--yes",
@@ -535,6 +550,21 @@ fn a_recovery_killed_mid_restore_resumes() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    if host_crashed {
+        // The host went down with pgdr: the attempt's server stops where it is, and
+        // the archive is as it was before its history was stored (the history is
+        // still in its pg_wal).
+        let mut stop = Command::new(pg_bin().join("pg_ctl"));
+        stop.args(["-D", new.to_str().unwrap(), "-m", "immediate", "stop"]);
+        as_postgres(&mut stop);
+        assert!(stop.output().unwrap().status.success());
+        for f in repo_files(a.pgdr.repo_dir.as_ref().unwrap()) {
+            if f.to_string_lossy().contains("00000002.history") {
+                std::fs::remove_file(&f).unwrap();
+            }
+        }
+        assert!(new.join("pg_wal/00000002.history").is_file());
+    }
 
     let out = a.pgdr.ok(&args);
     assert!(out.contains("removed") && out.contains("left half done"), "{out}");
@@ -560,6 +590,21 @@ fn a_recovery_killed_mid_restore_resumes() {
     let served = bouncer.psql("postgres", "SELECT current_setting('port'), pg_is_in_recovery()");
     assert!(served.status.success(), "{served:?}");
     assert_eq!(String::from_utf8_lossy(&served.stdout).trim(), format!("{port}|f"));
+    // The standby streams from the new primary, on its timeline.
+    let streaming = "SELECT status || '|' || received_tli FROM pg_stat_wal_receiver";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = psql_at(standby_port, "postgres", streaming);
+        let got = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if got == "streaming|3" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the standby does not stream timeline 3: {got:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     // Run once more: a finished recovery is not redone into the same directories.
     let again = a.pgdr.run(&args);
     assert_fails(&again, 2, "running server");
