@@ -806,6 +806,7 @@ pub fn main() -> ExitCode {
     let daemon = matches!(&cli.command, Command::Schedule(s) if matches!(s.command, ScheduleCommand::Run(_)));
     init_logging(cli.log_format, daemon);
     crate::process::raise_open_file_limit();
+    crate::process::bound_heap_growth();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -95,14 +95,14 @@ pub async fn drain(config: &Config, wal_dir: &Path) -> Result<()> {
     }
     spool.release_pusher();
     // Its stderr is the spool's pusher.log: one line per run, for the operator.
+    let (peak_rss, cpu) = own_usage();
     eprintln!(
-        "{} pusher {}: stored {} file(s) in {:.2} s, {} failed, peak RSS {} KiB",
+        "{} pusher {}: stored {} file(s) in {:.2} s, {} failed, CPU {cpu:.2} s, peak RSS {peak_rss} KiB",
         chrono::Utc::now().to_rfc3339(),
         std::process::id(),
         done.len(),
         began.elapsed().as_secs_f64(),
         failed.len(),
-        peak_rss_kib()
     );
     Ok(())
 }
@@ -156,13 +156,15 @@ pub struct Spool {
 }
 
 /// This process's peak resident memory, for the pusher's log line.
-fn peak_rss_kib() -> i64 {
+/// This process's peak RSS (KiB) and CPU time (user + system, seconds) so far.
+fn own_usage() -> (i64, f64) {
     // SAFETY: getrusage fills the struct we hand it.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
-        return 0;
+        return (0, 0.0);
     }
-    usage.ru_maxrss
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    (usage.ru_maxrss, secs(usage.ru_utime) + secs(usage.ru_stime))
 }
 
 impl Spool {
