@@ -1028,4 +1028,15 @@ fn a_recovery_fetches_each_archived_segment_once() {
         fetched >= 24,
         "the recovery fetched {fetched} archived segments:\n{log:#?}"
     );
+    // Promoting onto timeline 2, PostgreSQL asks for timeline 1's history, which
+    // never exists: answered without a request (a round trip saved at the end of
+    // every recovery). Timeline 2's own history is asked for: it might.
+    assert!(
+        !log.iter().any(|l| l.contains("00000001.history")),
+        "timeline 1's history was asked of the store:\n{log:#?}"
+    );
+    assert!(
+        log.iter().any(|l| l.contains("00000002.history")),
+        "the end of recovery never looked for timeline 2's history:\n{log:#?}"
+    );
 }

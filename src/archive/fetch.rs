@@ -65,6 +65,14 @@ impl std::error::Error for WrongCluster {}
 /// repository, retrying transient errors for `[wal] fetch_retry_seconds`), then make
 /// sure the prefetcher works ahead.
 pub async fn fetch(config: &Config, file: &WalFile, dest: &Path) -> Result<Fetched, FetchError> {
+    // Timeline 1 has no history file; PostgreSQL asks for one anyway, as the parent's,
+    // when it promotes onto timeline 2. No archive holds a real one (one planted there
+    // would be copied into timeline 2's history), so the repository is not asked.
+    if let WalFile::History(name) = file
+        && name.get(..8).and_then(|tli| u32::from_str_radix(tli, 16).ok()) == Some(1)
+    {
+        return Ok(Fetched::Absent);
+    }
     let wal_dir = dest.parent().unwrap_or(Path::new("")).to_path_buf();
     let wal_dir = wal_dir.as_path();
     let prefetch_dir = wal_dir.join(super::prefetch::PREFETCH_DIR);
@@ -167,23 +175,35 @@ impl Source {
             // The keyring is bound to repo.json, which proves the repository is there:
             // "absent" counts only from a repository that is (an unmounted volume or a
             // wrong prefix would make every file absent, and recovery end early).
-            // A copy may have a key of its own.
-            let (keys, info) = repo::bound_keyring_and_info_for(&settings, &storage).await?;
+            // A copy may have a key of its own. The file is asked for at the same
+            // time (one round trip, not two: the calls at the end of a recovery are
+            // mostly for files the archive does not have), and used only once the
+            // repository is proven.
+            let key = layout::wal_file(file);
+            let (bound, got) = tokio::join!(repo::bound_keyring_and_info_for(&settings, &storage), storage.get(&key));
+            let (keys, info) = bound?;
             check_same_cluster(dest, &info, &storage.describe())?;
+            let placed = place(got, &keys, file, dest).await;
             self.opened = Some((storage, keys));
+            return placed;
         }
         let (storage, keys) = self.opened.as_ref().expect("opened above");
         fetch_into(storage, keys, file, dest).await
     }
 }
 
-/// Fetch one archived file to `dest` (through a temporary file, renamed when whole
-/// and authenticated). `Ok(false)` only if storage positively says it is absent.
-pub(super) async fn fetch_into(storage: &DynStorage, keys: &Keyring, file: &WalFile, dest: &Path) -> Result<bool> {
+/// Put `file`, as a GET of it came back (`got`), at `dest` through a temporary file.
+async fn place(got: storage::Result<bytes::Bytes>, keys: &Keyring, file: &WalFile, dest: &Path) -> Result<bool> {
     let tmp = dest.with_file_name(format!(".{}.pgdr-tmp", file.name()));
     let out = std::fs::File::create(&tmp)
         .map_err(|e| anyhow::Error::new(LocalWrite(format!("cannot create {}: {e}", tmp.display()))))?;
-    fetch_through(storage, keys, file, dest, &tmp, out).await
+    place_through(got, keys, file, dest, &tmp, out).await
+}
+
+/// Fetch one archived file to `dest` (through a temporary file, renamed when whole
+/// and authenticated). `Ok(false)` only if storage positively says it is absent.
+pub(super) async fn fetch_into(storage: &DynStorage, keys: &Keyring, file: &WalFile, dest: &Path) -> Result<bool> {
+    place(storage.get(&layout::wal_file(file)).await, keys, file, dest).await
 }
 
 /// The prefetcher's fetch of `file` to `dest`: its temporary file is created
@@ -206,12 +226,14 @@ pub(super) async fn prefetch_into(
     let tmp = super::prefetch::download_path(dir, file.name());
     let out = std::fs::File::create(&tmp)
         .map_err(|e| anyhow::Error::new(LocalWrite(format!("cannot create {}: {e}", tmp.display()))))?;
-    fetch_through(storage, keys, file, dest, &tmp, out).await.map(Some)
+    let got = storage.get(&layout::wal_file(file)).await;
+    place_through(got, keys, file, dest, &tmp, out).await.map(Some)
 }
 
-/// `file` downloaded into `out` (the open temporary file `tmp`), then renamed to `dest`.
-async fn fetch_through(
-    storage: &DynStorage,
+/// `file`, as a GET of it came back (`got`), decoded into `out` (the open temporary
+/// file `tmp`), then renamed to `dest`.
+async fn place_through(
+    got: storage::Result<bytes::Bytes>,
     keys: &Keyring,
     file: &WalFile,
     dest: &Path,
@@ -221,7 +243,7 @@ async fn fetch_through(
     let key = layout::wal_file(file);
     let local =
         |what: &str, e: std::io::Error| anyhow::Error::new(LocalWrite(format!("cannot {what} {}: {e}", tmp.display())));
-    let loaded = pipeline::load_whole_to_writer(storage, &key, out, keys, pipeline::Verify::Authenticated).await;
+    let loaded = pipeline::open_whole_to_writer(got, &key, out, keys, pipeline::Verify::Authenticated).await;
     match loaded {
         Ok((mut out, _, _)) => {
             let done = out

@@ -652,7 +652,19 @@ pub async fn load_whole_to_writer<W: Write + Send + 'static>(
     keys: &Keyring,
     verify: Verify<'_>,
 ) -> Result<(W, Tally, Tally)> {
-    let whole = match storage.get(key).await {
+    open_whole_to_writer(storage.get(key).await, key, sink, keys, verify).await
+}
+
+/// `load_whole_to_writer` of a GET already made (`got`: its outcome), e.g. one sent
+/// beside another request.
+pub async fn open_whole_to_writer<W: Write + Send + 'static>(
+    got: crate::storage::Result<Bytes>,
+    key: &ObjectKey,
+    sink: W,
+    keys: &Keyring,
+    verify: Verify<'_>,
+) -> Result<(W, Tally, Tally)> {
+    let whole = match got {
         Err(crate::storage::StorageError::Corrupt(why)) => return Err(Damaged(why).into()),
         other => other.with_context(|| format!("reading {key}"))?,
     };
