@@ -221,6 +221,11 @@ if True:
 print(line)
 PY
 }
+cpu_now() {  # machine busy and total ticks (all cores), then proxy, stunnel and server ticks
+  local busy total
+  read -r busy total < <(awk '/^cpu / {t=0; for (i=2;i<=NF;i++) t+=$i; print t-$5-$6, t}' /proc/stat)
+  echo "$busy $total $(ticks "$proxypid") $(ticks "$stunnelpid") $(ticks "$s3pid")"
+}
 reqs_total() {  # reqs_total A B → the number of requests between two snapshots
   python3 -c "import json,sys; a,b=(json.load(open(p)) for p in sys.argv[1:]); print(b['requests']-a['requests'])" \
     "$work/counts-$1.json" "$work/counts-$2.json"
@@ -485,8 +490,11 @@ burst() {  # burst NAME COMMAND
   local start end
   start=$(date +%s.%N)
   set_archive "/usr/bin/time -f %M -a -o $rsslog $command"
+  local cpu0 cpu1
+  cpu0=$(cpu_now)
   while [ -n "$(find "$work/data/pg_wal/archive_status" -name '*.ready' -print -quit)" ]; do sleep 0.1; done
   end=$(date +%s.%N)
+  cpu1=$(cpu_now)
   local archived
   archived=$(psql_q -d postgres -c "SELECT archived_count FROM pg_stat_archiver")
   [ "$archived" -ge "$target" ] || { echo "burst $name: only $((archived - before)) of $burst_segments archived" >&2; exit 1; }
@@ -496,9 +504,17 @@ burst() {  # burst NAME COMMAND
   local wall rss
   wall=$(python3 -c "print(f'{$end - $start:.2f}')")
   rss=$(grep -E '^[0-9]+$' "$rsslog" | sort -n | tail -n 1)
-  printf '%s\t%s\t%s\n' "$wall" "$rss" "$(reqs_total "$ph-0" "$ph-1")" >> "$work/rounds-$name.tsv"
+  # During the drain itself: how busy the machine was, and the CPU of everything but
+  # the proxy, stunnel and the S3 server (the tool, PostgreSQL's archiver) per segment.
+  local busy tool_ms
+  read -r busy tool_ms < <(python3 -c "
+a, b = [list(map(int, x.split())) for x in ('$cpu0', '$cpu1')]
+d = [y - x for x, y in zip(a, b)]
+print(f'{100 * d[0] / d[1]:.0f} {1000 * (d[0] - d[2] - d[3] - d[4]) / 100 / $burst_segments:.1f}')")
+  printf '%s\t%s\t%s\t%s\t%s\n' "$wall" "$rss" "$(reqs_total "$ph-0" "$ph-1")" "$busy" "$tool_ms" >> "$work/rounds-$name.tsv"
   printf '  %-34s %8.2f s  %6.1f segments/s  (foreground peak RSS %d KiB)\n' "burst $name" "$wall" \
     "$(python3 -c "print($burst_segments / $wall)")" "$rss"
+  echo "    during the drain: machine ${busy} % busy (both cores); the tool and PostgreSQL used ${tool_ms} ms of CPU per segment (all but proxy, stunnel, S3 server)"
   echo "    per archived segment: $(requests "$ph-0" "$ph-1" "$burst_segments")"
   psql_q -d bench -c "TRUNCATE burst" -c "CHECKPOINT" >/dev/null
 }
@@ -511,7 +527,9 @@ for name in pgdr pgbackrest; do
   median=$(sort -n "$work/rounds-$name.tsv" | awk '{w[NR]=$1} END {print w[int((NR+1)/2)]}')
   peak=$(sort -k2 -n "$work/rounds-$name.tsv" | tail -n 1 | cut -f2)
   reqs=$(awk '{s+=$3} END {print s/NR}' "$work/rounds-$name.tsv")
-  printf '%s\t%s\t%s\t%s\n' "burst $name" "$median" "$peak" "$reqs" >> "$results"
+  busy=$(cut -f4 "$work/rounds-$name.tsv" | sort -n | awk '{w[NR]=$1} END {print w[int((NR+1)/2)]}')
+  tool_ms=$(cut -f5 "$work/rounds-$name.tsv" | sort -n | awk '{w[NR]=$1} END {print w[int((NR+1)/2)]}')
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "burst $name" "$median" "$peak" "$reqs" "$busy" "$tool_ms" >> "$results"
 done
 
 # --- the table --------------------------------------------------------------------------
@@ -552,6 +570,9 @@ row(f"recovery to latest over {rec} segments, pgdr / local floor ({wall('recover
 x = wall("recovery pgdr") / wall("recovery pgbackrest")
 row(f"recovery to latest over {rec} segments, pgdr / pgBackRest ({wall('recovery pgdr'):.1f} / {wall('recovery pgbackrest'):.1f} s)", f"{x:.2f}", "≤ 0.6", x <= 0.6)
 a, b = float(r["burst pgdr"][2]) / burst_n, float(r["burst pgbackrest"][2]) / burst_n
+burst_cpu = (f"During the bursts (medians): the machine was {r['burst pgdr'][3]} % / {r['burst pgbackrest'][3]} % busy "
+             f"(pgdr / pgBackRest, both cores), and the tool with PostgreSQL used {r['burst pgdr'][4]} / "
+             f"{r['burst pgbackrest'][4]} ms of CPU per segment (all but the proxy, stunnel and the S3 server).")
 row("S3 requests per archived segment, pgdr / pgBackRest", f"{a:.2f} / {b:.2f}", "≤ pgBackRest's", a <= b)
 a, b = float(fetch["pgdr"]), float(fetch["pgbackrest"])
 row("S3 requests per fetched segment, pgdr / pgBackRest", f"{a:.2f} / {b:.2f}", "≤ pgBackRest's", a <= b)
@@ -562,6 +583,8 @@ print()
 print(f"| measure, {delay} ms per request | measured | target | |")
 print("|---|---|---|---|")
 print("\n".join(rows))
+print()
+print(burst_cpu)
 print()
 print("pgdr peak RSS by subcommand (sampled VmHWM): " + ", ".join(
     f"{k} {v[0] / 1024:.0f} MiB" for k, v in sorted(rss.items(), key=lambda kv: -kv[1][0]))
