@@ -192,3 +192,12 @@ pub fn crash_point(name: &str) {
         }
     }
 }
+
+/// For tests of failures the machine will not produce on demand (a disk's write-back
+/// error): `PGDR_TEST_FAIL_AT=<name>` makes the step called `name` fail with EIO.
+pub fn injected_failure(name: &str) -> std::io::Result<()> {
+    match std::env::var("PGDR_TEST_FAIL_AT").is_ok_and(|at| at == name) {
+        true => Err(std::io::Error::from_raw_os_error(libc::EIO)),
+        false => Ok(()),
+    }
+}

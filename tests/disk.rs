@@ -307,3 +307,74 @@ fn too_many_open_files_and_an_unwritable_spool() {
     let r = a.pgdr.restore_started(&[]);
     assert_eq!(content_hashes_at(r.port, "postgres"), want);
 }
+
+/// A restore whose flush to disk fails (a write-back error; injected as EIO from the
+/// syncfs of a filesystem it wrote to) fails with one line naming the place, leaves
+/// the restore marked unfinished and not set up to start, and the same command then
+/// finishes it. Here the backup's tablespace goes back to where it was, as on a new
+/// host with the same paths. Before: syncfs's result was ignored; a tablespace left in
+/// its place was neither flushed nor given to postgres (a restore run as root left it
+/// root's); and a restore interrupted after writing there could not be finished, its
+/// "non-empty" tablespace place refused.
+#[test]
+fn a_restore_whose_flush_fails_says_so_and_the_same_command_finishes_it() {
+    let a = Archiving::start();
+    let ts_dir = pg_owned_dir(&a.pgdr.dir.join("ts"));
+    a.cluster.psql(
+        "postgres",
+        &format!("CREATE TABLESPACE kept LOCATION '{}'", ts_dir.display()),
+    );
+    a.cluster.psql(
+        "postgres",
+        "CREATE TABLE far TABLESPACE kept AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 5000) g",
+    );
+    a.pgdr.ok(&["backup", "--kind", "physical"]);
+    let want = a.cluster.content_hashes("postgres");
+    // A new host with the same paths: the old server and its tablespace are gone.
+    let mut cluster = a.cluster;
+    cluster.stop();
+    std::fs::rename(&ts_dir, a.pgdr.dir.join("ts-of-the-old-host")).unwrap();
+
+    let out_dir = TestDir::new();
+    chown_postgres(out_dir.path());
+    let data = out_dir.join("data");
+    let sock = pg_owned_dir(&out_dir.join("sock"));
+    let port = free_port();
+    let restore = [
+        "restore",
+        "--kind",
+        "physical",
+        "--to",
+        data.to_str().unwrap(),
+        "--target",
+        "immediate",
+        "--start",
+        "--port",
+        &port.to_string(),
+        "--socket-dir",
+        sock.to_str().unwrap(),
+    ];
+    for failing in [&data, &ts_dir] {
+        let mut cmd = a.pgdr.command(&restore);
+        cmd.env("PGDR_TEST_FAIL_AT", format!("restore-syncfs {}", failing.display()));
+        let out = cmd.output().unwrap();
+        let line = assert_fails(&out, 1, "flushing the restored files");
+        assert!(line.contains(failing.to_str().unwrap()), "{line}");
+        assert!(line.contains("same command again"), "{line}");
+        assert!(data.join("pgdr-restore-in-progress").is_file(), "not marked unfinished");
+        assert!(
+            !data.join("recovery.signal").exists(),
+            "set up to start after a failed flush"
+        );
+        assert!(!data.join("postmaster.pid").exists(), "started after a failed flush");
+    }
+    let out = a.pgdr.run(&restore);
+    assert_success(&out, "the same restore again");
+    assert!(!data.join("pgdr-restore-in-progress").exists());
+    assert!(!ts_dir.join("pgdr-restore-in-progress").exists());
+    assert_eq!(content_hashes_at(port, "postgres"), want);
+    // The tablespace's table, read by the server (as postgres) from its old place.
+    let far = psql_at(port, "postgres", "SELECT count(*) FROM far");
+    assert_eq!(String::from_utf8_lossy(&far.stdout).trim(), "5000", "{far:?}");
+    pg_ctl_stop(&data);
+}

@@ -546,20 +546,31 @@ pub async fn restore_files(
         stats.files_written += files;
         stats.bytes_written += bytes;
     }
-    // One flush of the whole filesystem instead of an fsync per file.
-    sync_filesystem(&placement.data_dir);
-    for dir in placement.tablespaces.values() {
-        sync_filesystem(dir);
+    // One flush of each filesystem instead of an fsync per file: the data directory's
+    // and every tablespace's, moved or left where it was.
+    sync_filesystem(&placement.data_dir)?;
+    for ts in &info.tablespaces {
+        sync_filesystem(placement.tablespaces.get(&ts.oid).unwrap_or(&ts.location))?;
     }
     Ok(stats)
 }
 
-fn sync_filesystem(path: &Path) {
-    if let Ok(dir) = std::fs::File::open(path) {
-        use std::os::fd::AsRawFd;
-        // SAFETY: syncfs on an open descriptor we own.
-        unsafe { libc::syncfs(dir.as_raw_fd()) };
-    }
+/// Flush the filesystem that holds `path` to disk. A failure (a write-back error
+/// reported since the files were written) means some of them may not be on disk.
+fn sync_filesystem(path: &Path) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let dir = std::fs::File::open(path).with_context(|| format!("opening {} to flush it to disk", path.display()))?;
+    // SAFETY: syncfs on an open descriptor we own.
+    let flushed = match unsafe { libc::syncfs(dir.as_raw_fd()) } {
+        0 => crate::process::injected_failure(&format!("restore-syncfs {}", path.display())),
+        _ => Err(std::io::Error::last_os_error()),
+    };
+    flushed.with_context(|| {
+        format!(
+            "flushing the restored files under {} to disk failed: some may not be on disk (check the disk: dmesg)",
+            path.display()
+        )
+    })
 }
 
 /// Delta restore: remove files under the data directory that the backup does not have
@@ -569,9 +580,23 @@ fn sync_filesystem(path: &Path) {
 /// and the next restore into it rewrites only what differs (as `--delta`).
 pub const RESTORE_MARKER: &str = "pgdr-restore-in-progress";
 
+/// The marker in a tablespace's place while a restore writes it: the backup's label,
+/// then the data directory it belongs to.
+pub fn tablespace_marker(location: &Path) -> PathBuf {
+    location.join(RESTORE_MARKER)
+}
+
+/// Whether the tablespace place `location` holds what an interrupted restore into
+/// `data_dir` left (its marker names that directory).
+pub fn tablespace_marked_for(location: &Path, data_dir: &Path) -> bool {
+    std::fs::read_to_string(tablespace_marker(location))
+        .is_ok_and(|text| text.lines().nth(1) == Some(data_dir.to_string_lossy().as_ref()))
+}
+
 fn remove_strays(info: &PhysicalInfo, placement: &Placement) -> Result<u64> {
     let mut wanted: HashSet<PathBuf> = info.files.iter().map(|f| placement.dest(&f.path)).collect();
     wanted.insert(placement.data_dir.join(RESTORE_MARKER));
+    wanted.extend(placement.tablespaces.values().map(|l| tablespace_marker(l)));
     let mut removed = 0;
     let mut stack = vec![placement.data_dir.clone()];
     stack.extend(placement.tablespaces.values().cloned());
@@ -798,7 +823,7 @@ pub async fn restore_tar(
         cmd
     });
     verify.context("pg_verifybackup found the restored files differ from the backup")?;
-    sync_filesystem(dir);
+    sync_filesystem(dir)?;
     Ok(RestoreStats {
         files_written: info.files.len() as u64,
         bytes_written: record.plain.size,

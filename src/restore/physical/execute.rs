@@ -51,16 +51,27 @@ async fn execute_leased(
     let dir = &opts.to;
     let started = Instant::now();
     let delta = opts.delta || plan.resume;
-    let marker = mark_in_progress(dir, &plan, say)?;
+    // Every tablespace's place: where --tablespace-map puts it, or where it was.
     let placement = Placement {
         data_dir: dir.clone(),
-        tablespaces: opts.tablespace_map.clone(),
+        tablespaces: plan
+            .info()
+            .tablespaces
+            .iter()
+            .map(|ts| {
+                let location = opts.tablespace_map.get(&ts.oid).unwrap_or(&ts.location);
+                (ts.oid.clone(), location.clone())
+            })
+            .collect(),
     };
-    let stats = lay_files(config, opts, &plan, &placement, delta, marker.is_some()).await?;
+    let markers = mark_in_progress(&placement, &plan, say)?;
+    let stats = lay_files(config, opts, &plan, &placement, delta, !markers.is_empty()).await?;
     write_settings(config, opts, &plan)?;
     physical::set_ownership(&placement, crate::process::postgres_owner())?;
-    // Complete: no longer an interrupted restore.
-    if let Some(marker) = &marker {
+    // Complete: no longer an interrupted restore. The data directory's marker goes
+    // first: a tablespace's left behind by a crash here is a stray file, not a
+    // restore that looks unfinished.
+    for marker in &markers {
         std::fs::remove_file(marker).with_context(|| format!("removing {}", marker.display()))?;
     }
     let restore_secs = started.elapsed().as_secs_f64();
@@ -74,9 +85,11 @@ async fn execute_leased(
     Ok(report)
 }
 
-/// Creates the directory and, for pgdr's own copy, writes the restore marker; returns
-/// the marker's path when there is one.
-fn mark_in_progress(dir: &Path, plan: &RestorePlan, say: &mut dyn FnMut(String)) -> Result<Option<PathBuf>> {
+/// Creates the directory and, for pgdr's own copy, writes the restore marker into it
+/// and into each tablespace's place; returns the markers' paths, the data directory's
+/// first (none for pg_basebackup's tar).
+fn mark_in_progress(placement: &Placement, plan: &RestorePlan, say: &mut dyn FnMut(String)) -> Result<Vec<PathBuf>> {
+    let dir = &placement.data_dir;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     if plan.resume {
         say(format!(
@@ -86,13 +99,23 @@ fn mark_in_progress(dir: &Path, plan: &RestorePlan, say: &mut dyn FnMut(String))
     }
     // pgdr's own copy can be resumed; pg_basebackup's tar is checked whole by
     // pg_verifybackup, which would take the marker for a stray file.
-    let marker = dir.join(physical::RESTORE_MARKER);
-    let marked = plan.info().method == PhysicalMethod::Local;
-    if marked {
-        std::fs::write(&marker, format!("{}\n", plan.manifest.label))
-            .with_context(|| format!("writing {}", marker.display()))?;
+    if plan.info().method != PhysicalMethod::Local {
+        return Ok(Vec::new());
     }
-    Ok(marked.then_some(marker))
+    let marker = dir.join(physical::RESTORE_MARKER);
+    std::fs::write(&marker, format!("{}\n", plan.manifest.label))
+        .with_context(|| format!("writing {}", marker.display()))?;
+    let mut markers = vec![marker];
+    // A tablespace's place is written too, perhaps where it was on the old host: its
+    // marker names this data directory, so that the same command can finish there.
+    for location in placement.tablespaces.values() {
+        std::fs::create_dir_all(location).with_context(|| format!("creating {}", location.display()))?;
+        let marker = physical::tablespace_marker(location);
+        std::fs::write(&marker, format!("{}\n{}\n", plan.manifest.label, dir.display()))
+            .with_context(|| format!("writing {}", marker.display()))?;
+        markers.push(marker);
+    }
+    Ok(markers)
 }
 
 /// Lays the backup's files down (pgdr's bundles or pg_basebackup's tar), with a

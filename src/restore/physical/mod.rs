@@ -463,8 +463,10 @@ pub async fn plan(config: &Config, opts: &PhysicalRestoreOptions) -> Result<Rest
         let location = opts.tablespace_map.get(&ts.oid).unwrap_or(&ts.location);
         // --delta skips the emptiness check only where the DBA named the place: an
         // unmapped tablespace goes back to its original location, which on the
-        // primary's host is the live tablespace.
-        if (!(opts.delta || resume) || !mapped) && !is_empty_dir(location)? {
+        // primary's host is the live tablespace. An interrupted restore into this
+        // data directory left its marker there: that place is this restore's own.
+        let ours = resume && physical::tablespace_marked_for(location, dir);
+        if (!(opts.delta || resume) || !mapped) && !ours && !is_empty_dir(location)? {
             return Err(usage!(
                 "tablespace {} would be restored into {}, which is not empty — remap it with --tablespace-map {}=DIR",
                 ts.oid,
