@@ -542,7 +542,7 @@ fn killed_mid_restore_resumes(host_crashed: bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !repo_files(a.pgdr.repo_dir.as_ref().unwrap())
         .iter()
-        .any(|f| f.to_string_lossy().contains("00000002.history"))
+        .any(|f| f.file_name().is_some_and(|n| n == "00000002.history"))
     {
         assert!(
             Instant::now() < deadline,
@@ -559,7 +559,7 @@ fn killed_mid_restore_resumes(host_crashed: bool) {
         as_postgres(&mut stop);
         assert!(stop.output().unwrap().status.success());
         for f in repo_files(a.pgdr.repo_dir.as_ref().unwrap()) {
-            if f.to_string_lossy().contains("00000002.history") {
+            if f.file_name().is_some_and(|n| n == "00000002.history") {
                 std::fs::remove_file(&f).unwrap();
             }
         }

@@ -381,7 +381,11 @@ fn a_damaged_parent_is_named_and_the_restore_is_not_taken_for_whole() {
     let err = assert_fails(&out, 1, &name);
     assert!(err.contains(full_label), "{err}");
     let marker = std::fs::read_to_string(target.join("pgdr-restore-in-progress")).unwrap_or_default();
-    assert_eq!(marker.trim(), incr_label, "the half-done restore is not marked");
+    assert_eq!(
+        marker.lines().next(),
+        Some(incr_label),
+        "the half-done restore is not marked: {marker:?}"
+    );
     assert!(
         !target.join("postmaster.pid").exists(),
         "a half-written restore was started"

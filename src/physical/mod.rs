@@ -388,18 +388,33 @@ pub struct RestoreStats {
     pub files_removed: u64,
 }
 
-/// Lay the backup's files down under `placement`, `jobs` bundles at a time. With
-/// `delta`, files already identical on disk are left alone (and bundles holding only
-/// such files are not even downloaded), and files not in the backup are removed.
+/// How a restore treats what is already in its places.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnDisk {
+    /// A new or empty directory: write everything.
+    Empty,
+    /// `--delta`, or an interrupted restore resumed: files already identical are left
+    /// alone (bundles holding only such files are not even downloaded), files not in
+    /// the backup are removed.
+    Delta,
+    /// An interrupted restore whose flush failed: files not in the backup are
+    /// removed and every file is written again (one that reads back identical may
+    /// be so only in memory).
+    Rewrite,
+}
+
+/// Lay the backup's files down under `placement`, `jobs` bundles at a time, treating
+/// what is there as `on_disk` says; then flush each filesystem written.
 pub async fn restore_files(
     repo: &Repo,
     manifest: &crate::repo::Manifest,
     chain: &[crate::repo::Manifest],
     placement: &Placement,
     jobs: usize,
-    delta: bool,
+    on_disk: OnDisk,
     progress: Arc<AtomicU64>,
 ) -> Result<RestoreStats> {
+    let delta = on_disk != OnDisk::Empty;
     let info = manifest
         .physical
         .as_ref()
@@ -426,6 +441,12 @@ pub async fn restore_files(
         let _ = std::fs::remove_file(&link);
         std::os::unix::fs::symlink(&location, &link).with_context(|| format!("linking {}", link.display()))?;
     }
+    // Opened before anything is written: a write-back error reported to another
+    // process's flush (a `sync -f`) in the meantime is still reported to these.
+    let mut flushes = vec![Flush::open(&placement.data_dir)?];
+    for location in placement.tablespaces.values() {
+        flushes.push(Flush::open(location)?);
+    }
 
     if delta {
         stats.files_removed = remove_strays(info, placement)?;
@@ -440,7 +461,9 @@ pub async fn restore_files(
     for record in &info.files {
         let dest = placement.dest(&record.path);
         // (A scattered piece is always written: it holds only changed blocks.)
-        let skip = delta && record.extents.is_none() && digest::on_disk_matches(&dest, record).unwrap_or(false);
+        let skip = on_disk == OnDisk::Delta
+            && record.extents.is_none()
+            && digest::on_disk_matches(&dest, record).unwrap_or(false);
         if skip {
             stats.files_unchanged += 1;
         }
@@ -547,30 +570,49 @@ pub async fn restore_files(
         stats.bytes_written += bytes;
     }
     // One flush of each filesystem instead of an fsync per file: the data directory's
-    // and every tablespace's, moved or left where it was.
-    sync_filesystem(&placement.data_dir)?;
-    for ts in &info.tablespaces {
-        sync_filesystem(placement.tablespaces.get(&ts.oid).unwrap_or(&ts.location))?;
+    // and every tablespace's, moved or left where it was. A failure is noted in the
+    // marker: the run that resumes writes every file again.
+    for flush in flushes {
+        if let Err(e) = flush.sync() {
+            note_unflushed(&placement.data_dir);
+            return Err(e);
+        }
     }
     Ok(stats)
 }
 
-/// Flush the filesystem that holds `path` to disk. A failure (a write-back error
-/// reported since the files were written) means some of them may not be on disk.
-fn sync_filesystem(path: &Path) -> Result<()> {
-    use std::os::fd::AsRawFd;
-    let dir = std::fs::File::open(path).with_context(|| format!("opening {} to flush it to disk", path.display()))?;
-    // SAFETY: syncfs on an open descriptor we own.
-    let flushed = match unsafe { libc::syncfs(dir.as_raw_fd()) } {
-        0 => crate::process::injected_failure(&format!("restore-syncfs {}", path.display())),
-        _ => Err(std::io::Error::last_os_error()),
-    };
-    flushed.with_context(|| {
-        format!(
-            "flushing the restored files under {} to disk failed: some may not be on disk (check the disk: dmesg)",
-            path.display()
-        )
-    })
+/// A descriptor on a directory, to flush its whole filesystem to disk.
+struct Flush {
+    path: PathBuf,
+    dir: std::fs::File,
+}
+
+impl Flush {
+    fn open(path: &Path) -> Result<Flush> {
+        let dir =
+            std::fs::File::open(path).with_context(|| format!("opening {} to flush it to disk", path.display()))?;
+        Ok(Flush {
+            path: path.to_path_buf(),
+            dir,
+        })
+    }
+
+    /// `syncfs`: a failure (a write-back error since the descriptor was opened) means
+    /// some of the files written may not be on disk.
+    fn sync(self) -> Result<()> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: syncfs on an open descriptor we own.
+        let flushed = match unsafe { libc::syncfs(self.dir.as_raw_fd()) } {
+            0 => crate::process::injected_failure(&format!("restore-syncfs {}", self.path.display())),
+            _ => Err(std::io::Error::last_os_error()),
+        };
+        flushed.with_context(|| {
+            format!(
+                "flushing the restored files under {} to disk failed: some may not be on disk (check the disk: dmesg); the same command again writes every file anew",
+                self.path.display()
+            )
+        })
+    }
 }
 
 /// Delta restore: remove files under the data directory that the backup does not have
@@ -580,17 +622,65 @@ fn sync_filesystem(path: &Path) -> Result<()> {
 /// and the next restore into it rewrites only what differs (as `--delta`).
 pub const RESTORE_MARKER: &str = "pgdr-restore-in-progress";
 
-/// The marker in a tablespace's place while a restore writes it: the backup's label,
-/// then the data directory it belongs to.
+/// The marker in each tablespace's place while a restore writes it (a dot name: a
+/// backup's listing skips it, should one be left behind): the backup's label, the data
+/// directory, and the restore's id from the data directory's marker.
+pub const TABLESPACE_MARKER: &str = ".pgdr-restore-in-progress";
+
 pub fn tablespace_marker(location: &Path) -> PathBuf {
-    location.join(RESTORE_MARKER)
+    location.join(TABLESPACE_MARKER)
 }
 
-/// Whether the tablespace place `location` holds what an interrupted restore into
-/// `data_dir` left (its marker names that directory).
-pub fn tablespace_marked_for(location: &Path, data_dir: &Path) -> bool {
+/// What an interrupted restore left in its data directory's marker.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Unfinished {
+    /// Random, made by the restore that began it and kept by each run that resumes
+    /// it; its tablespace places' markers carry it too. (An older pgdr wrote none.)
+    pub id: Option<String>,
+    /// Flushing its files to disk failed: what is on disk may differ from what reads
+    /// back from memory, so nothing is taken as already in place.
+    pub unflushed: bool,
+}
+
+/// The data directory's restore marker, when there is one.
+pub fn unfinished_restore(data_dir: &Path) -> Option<Unfinished> {
+    let text = std::fs::read_to_string(data_dir.join(RESTORE_MARKER)).ok()?;
+    Some(Unfinished {
+        id: text.lines().find_map(|l| l.strip_prefix("id ")).map(str::to_string),
+        unflushed: text.lines().any(|l| l == "unflushed"),
+    })
+}
+
+/// The data directory's marker text: the label, the id, and whether a flush failed.
+pub fn restore_marker_text(label: &str, id: &str, unflushed: bool) -> String {
+    format!("{label}\nid {id}\n{}", if unflushed { "unflushed\n" } else { "" })
+}
+
+/// Whether the tablespace place `location` holds what the interrupted restore `id`
+/// left there.
+pub fn tablespace_marked_for(location: &Path, id: &str) -> bool {
     std::fs::read_to_string(tablespace_marker(location))
-        .is_ok_and(|text| text.lines().nth(1) == Some(data_dir.to_string_lossy().as_ref()))
+        .is_ok_and(|text| text.lines().any(|l| l.strip_prefix("id ") == Some(id)))
+}
+
+/// Write a marker at `path`, never through a symlink planted there.
+pub fn write_marker(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(path)?;
+    f.write_all(text.as_bytes())
+}
+
+/// A flush failed: the data directory's marker says so, for the run that resumes.
+fn note_unflushed(data_dir: &Path) {
+    use std::io::Write;
+    let marker = data_dir.join(RESTORE_MARKER);
+    if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(&marker) {
+        let _ = f.write_all(b"unflushed\n");
+    }
 }
 
 fn remove_strays(info: &PhysicalInfo, placement: &Placement) -> Result<u64> {
@@ -600,15 +690,6 @@ fn remove_strays(info: &PhysicalInfo, placement: &Placement) -> Result<u64> {
     let mut removed = 0;
     let mut stack = vec![placement.data_dir.clone()];
     stack.extend(placement.tablespaces.values().cloned());
-    for ts in &info.tablespaces {
-        stack.push(
-            placement
-                .tablespaces
-                .get(&ts.oid)
-                .cloned()
-                .unwrap_or_else(|| ts.location.clone()),
-        );
-    }
     while let Some(dir) = stack.pop() {
         let Ok(entries) = std::fs::read_dir(&dir) else { continue };
         for entry in entries.flatten() {
@@ -634,8 +715,17 @@ pub fn set_ownership(placement: &Placement, owner: Option<(u32, u32)>) -> Result
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&placement.data_dir, std::fs::Permissions::from_mode(0o700))?;
     let Some((uid, gid)) = owner else { return Ok(()) };
-    let mut stack = vec![placement.data_dir.clone()];
-    stack.extend(placement.tablespaces.values().cloned());
+    // The places themselves may be symlinks (a tablespace's `/var/lib/pgsql/ts ->
+    // /mnt/ssd/ts`): their directories are followed; nothing below them is.
+    let mut stack = Vec::new();
+    for root in std::iter::once(&placement.data_dir).chain(placement.tablespaces.values()) {
+        if !root.is_dir() {
+            continue; // (a tablespace pg_basebackup's tar did not bring)
+        }
+        std::os::unix::fs::chown(root, Some(uid), Some(gid)).with_context(|| format!("chown {}", root.display()))?;
+        let entries = std::fs::read_dir(root).with_context(|| format!("reading {}", root.display()))?;
+        stack.extend(entries.flatten().map(|e| e.path()));
+    }
     while let Some(path) = stack.pop() {
         let Ok(meta) = std::fs::symlink_metadata(&path) else {
             continue;
@@ -823,7 +913,7 @@ pub async fn restore_tar(
         cmd
     });
     verify.context("pg_verifybackup found the restored files differ from the backup")?;
-    sync_filesystem(dir)?;
+    Flush::open(dir)?.sync()?;
     Ok(RestoreStats {
         files_written: info.files.len() as u64,
         bytes_written: record.plain.size,

@@ -9,7 +9,7 @@ use anyhow::{Context, Result, anyhow};
 use chrono::Utc;
 
 use crate::config::Config;
-use crate::physical::{self, Placement};
+use crate::physical::{self, OnDisk, Placement};
 use crate::postgres::recovery::{self, RecoveryOptions, RecoveryTarget, TargetAction};
 use crate::postgres::{Lsn, PgTarget, PgTools};
 use crate::progress::{Progress, human_bytes, human_rate};
@@ -50,7 +50,13 @@ async fn execute_leased(
 ) -> Result<PhysicalRestoreReport> {
     let dir = &opts.to;
     let started = Instant::now();
-    let delta = opts.delta || plan.resume;
+    let unflushed = plan.unfinished.as_ref().is_some_and(|u| u.unflushed);
+    let on_disk = match (unflushed, opts.delta || plan.resume) {
+        (true, _) => OnDisk::Rewrite,
+        (false, true) => OnDisk::Delta,
+        (false, false) => OnDisk::Empty,
+    };
+    let delta = on_disk != OnDisk::Empty;
     // Every tablespace's place: where --tablespace-map puts it, or where it was.
     let placement = Placement {
         data_dir: dir.clone(),
@@ -65,14 +71,19 @@ async fn execute_leased(
             .collect(),
     };
     let markers = mark_in_progress(&placement, &plan, say)?;
-    let stats = lay_files(config, opts, &plan, &placement, delta, !markers.is_empty()).await?;
+    let stats = lay_files(config, opts, &plan, &placement, on_disk, !markers.is_empty()).await?;
     write_settings(config, opts, &plan)?;
     physical::set_ownership(&placement, crate::process::postgres_owner())?;
     // Complete: no longer an interrupted restore. The data directory's marker goes
-    // first: a tablespace's left behind by a crash here is a stray file, not a
-    // restore that looks unfinished.
-    for marker in &markers {
-        std::fs::remove_file(marker).with_context(|| format!("removing {}", marker.display()))?;
+    // first: a tablespace's left behind by a crash here is a stray dot file (no backup
+    // lists it), not a restore that looks unfinished.
+    if let Some((first, rest)) = markers.split_first() {
+        std::fs::remove_file(first).with_context(|| format!("removing {}", first.display()))?;
+        for marker in rest {
+            if let Err(e) = std::fs::remove_file(marker) {
+                say(format!("warning: cannot remove {}: {e}", marker.display()));
+            }
+        }
     }
     let restore_secs = started.elapsed().as_secs_f64();
     let mut report = restored(opts, &plan, &stats, delta, started, restore_secs, say);
@@ -102,17 +113,25 @@ fn mark_in_progress(placement: &Placement, plan: &RestorePlan, say: &mut dyn FnM
     if plan.info().method != PhysicalMethod::Local {
         return Ok(Vec::new());
     }
+    // A resumed restore keeps its id (its tablespace places' markers carry it), and
+    // that a flush failed, until it is done.
+    let unfinished = plan.unfinished.clone().unwrap_or_default();
+    let id = unfinished.id.unwrap_or_else(|| hex::encode(rand::random::<[u8; 16]>()));
     let marker = dir.join(physical::RESTORE_MARKER);
-    std::fs::write(&marker, format!("{}\n", plan.manifest.label))
-        .with_context(|| format!("writing {}", marker.display()))?;
+    physical::write_marker(
+        &marker,
+        &physical::restore_marker_text(plan.manifest.label.as_str(), &id, unfinished.unflushed),
+    )
+    .with_context(|| format!("writing {}", marker.display()))?;
     let mut markers = vec![marker];
     // A tablespace's place is written too, perhaps where it was on the old host: its
-    // marker names this data directory, so that the same command can finish there.
-    for location in placement.tablespaces.values() {
+    // marker carries the id, so that the same command can finish there.
+    let places: std::collections::BTreeSet<&PathBuf> = placement.tablespaces.values().collect();
+    for location in places {
         std::fs::create_dir_all(location).with_context(|| format!("creating {}", location.display()))?;
         let marker = physical::tablespace_marker(location);
-        std::fs::write(&marker, format!("{}\n{}\n", plan.manifest.label, dir.display()))
-            .with_context(|| format!("writing {}", marker.display()))?;
+        let text = format!("{}\n{}\nid {id}\n", plan.manifest.label, dir.display());
+        physical::write_marker(&marker, &text).with_context(|| format!("writing {}", marker.display()))?;
         markers.push(marker);
     }
     Ok(markers)
@@ -125,7 +144,7 @@ async fn lay_files(
     opts: &PhysicalRestoreOptions,
     plan: &RestorePlan,
     placement: &Placement,
-    delta: bool,
+    on_disk: OnDisk,
     marked: bool,
 ) -> Result<physical::RestoreStats> {
     let dir = &opts.to;
@@ -142,7 +161,7 @@ async fn lay_files(
                 &plan.chain,
                 placement,
                 opts.jobs,
-                delta,
+                on_disk,
                 progress.counter(),
             )
             .await
@@ -153,20 +172,27 @@ async fn lay_files(
         }
     };
     progress.finish();
+    // What it wrote: the directory and every tablespace's place.
+    let places: std::collections::BTreeSet<&PathBuf> =
+        std::iter::once(dir).chain(placement.tablespaces.values()).collect();
+    let places: Vec<String> = places
+        .into_iter()
+        .map(|p| crate::process::sh_quote(&p.to_string_lossy()))
+        .collect();
     stats.with_context(|| {
         if marked {
             format!(
                 "restoring {} into {} (it stopped part-way: the same command again finishes it, or remove what it wrote with rm -rf {})",
                 manifest.label,
                 dir.display(),
-                crate::process::sh_quote(&dir.to_string_lossy())
+                places.join(" ")
             )
         } else {
             format!(
                 "restoring {} into {} (what it wrote is not usable: remove it with rm -rf {} before restoring again)",
                 manifest.label,
                 dir.display(),
-                crate::process::sh_quote(&dir.to_string_lossy())
+                places.join(" ")
             )
         }
     })

@@ -5,7 +5,7 @@
 //! server and watches its recovery to the end. `recover` and `drill` show the plan
 //! before they execute it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -126,6 +126,9 @@ pub struct RestorePlan {
     pub chain: Vec<Manifest>,
     /// The directory holds an interrupted restore: rewrite what differs.
     pub resume: bool,
+    /// What the interrupted restore's marker says (its id; a failed flush), when the
+    /// directory has one (resumed, or rewritten with --delta).
+    pub unfinished: Option<physical::Unfinished>,
     /// The last archived segment of the checked chain.
     pub chain_end: Segment,
     pub timeline: TimelineChoice,
@@ -428,7 +431,8 @@ pub async fn plan(config: &Config, opts: &PhysicalRestoreOptions) -> Result<Rest
     }
     // A directory an interrupted restore left (its marker says so) is rewritten
     // where it differs, as with --delta: running the same command again finishes it.
-    let resume = !opts.delta && dir.join(physical::RESTORE_MARKER).is_file();
+    let unfinished = physical::unfinished_restore(dir);
+    let resume = !opts.delta && unfinished.is_some();
     if resume && info.method == PhysicalMethod::Basebackup {
         return Err(usage!(
             "{} holds an interrupted restore of another backup's files, and {} was taken with --method basebackup, which cannot be resumed — remove the directory's contents and run the restore again",
@@ -458,14 +462,25 @@ pub async fn plan(config: &Config, opts: &PhysicalRestoreOptions) -> Result<Rest
             }
         }
     }
+    let mut places = HashSet::new();
     for ts in &info.tablespaces {
         let mapped = opts.tablespace_map.contains_key(&ts.oid);
         let location = opts.tablespace_map.get(&ts.oid).unwrap_or(&ts.location);
+        if !places.insert(location) {
+            return Err(usage!(
+                "two tablespaces would be restored into {}: give each its own place with --tablespace-map OID=DIR",
+                location.display()
+            ));
+        }
         // --delta skips the emptiness check only where the DBA named the place: an
         // unmapped tablespace goes back to its original location, which on the
         // primary's host is the live tablespace. An interrupted restore into this
-        // data directory left its marker there: that place is this restore's own.
-        let ours = resume && physical::tablespace_marked_for(location, dir);
+        // data directory left its marker there, with its id: that place is its own
+        // (with --delta too).
+        let ours = unfinished
+            .as_ref()
+            .and_then(|u| u.id.as_deref())
+            .is_some_and(|id| physical::tablespace_marked_for(location, id));
         if (!(opts.delta || resume) || !mapped) && !ours && !is_empty_dir(location)? {
             return Err(usage!(
                 "tablespace {} would be restored into {}, which is not empty — remap it with --tablespace-map {}=DIR",
@@ -503,6 +518,7 @@ pub async fn plan(config: &Config, opts: &PhysicalRestoreOptions) -> Result<Rest
         manifest,
         chain,
         resume,
+        unfinished,
         chain_end,
         timeline: choice,
         recovery_timeline,
