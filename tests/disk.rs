@@ -401,6 +401,29 @@ fn a_restore_whose_flush_fails_says_so_and_the_same_command_finishes_it() {
         std::fs::read_dir(&ts_dir).unwrap().count() > 1,
         "nothing written to the tablespace"
     );
+    // A marker from another restore (another id) does not make the place this one's:
+    // refused before anything is removed from it.
+    let marker = ts_dir.join(".pgdr-restore-in-progress");
+    let ours = std::fs::read_to_string(&marker).unwrap();
+    let theirs: String = ours
+        .lines()
+        .map(|l| {
+            if l.starts_with("id ") {
+                "id 0000another0000\n".to_string()
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    std::fs::write(&marker, &theirs).unwrap();
+    let before = walk(&ts_dir).len();
+    assert_fails(&a.pgdr.run(&delta), 2, "not empty");
+    assert_eq!(
+        walk(&ts_dir).len(),
+        before,
+        "files removed from a place not proven this restore's"
+    );
+    std::fs::write(&marker, &ours).unwrap();
     let out = a.pgdr.run(&delta);
     assert_success(&out, "the same --delta restore again");
     assert_eq!(content_hashes_at(port, "postgres"), want);
